@@ -78,12 +78,12 @@ COLUMN_DOCS = {
     "part": "Which part of a multipart message this receipt is for (XML form), or null.",
     "parts": "Number of parts of the message, or null.",
     "hlr": "The hlr object as JSON text, or null.",
-    "extra": "Any receipt field Mobivate adds beyond the documented ones, as a JSON object "
-    "text (with the original text of fields that had to be normalised), or null.",
+    "extra": "Any receipt field Mobivate adds beyond the documented ones, plus the original "
+    "value of statusCode/part/parts when it was not numeric, as a JSON object text, or null.",
     "campaign": "The `campaign` query parameter of the webhook URL, or null.",
     "labels": "All query parameters of the webhook URL except the secret, as a JSON object "
     "text ({} when none).",
-    "source_format": "json | xml: how the receipt reached us.",
+    "source_format": "json | xml: how the receipt reached us (xml covers the form-encoded xml= field).",
 }
 
 

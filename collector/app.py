@@ -1,0 +1,217 @@
+"""The collector's Flask application: ``POST /dlr``, ``GET /healthz``, ``GET /metrics``.
+
+``create_app`` builds one app per process with its own :class:`ReceiptStorage`. A ``200``
+from ``/dlr`` means every stored receipt is fsynced in the write-ahead log; when storage
+fails the answer is ``503`` (so Mobivate retries) and nothing is acknowledged. Every
+refused request gets a 4xx JSON body ``{"error": reason, "message": ...}``, is counted by
+reason, and its raw body is kept under ``data/rejected/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+from datetime import datetime, timezone
+
+from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from collector import metrics
+from collector.parsing import BadBody, parse_request, url_labels
+from collector.rejected import RejectedBodies
+from collector.security import FailureLimiter, address_allowed, token_matches
+from collector.settings import Settings, load_settings
+from collector.storage import ReceiptStorage
+from collector.wal import StorageError
+
+log = logging.getLogger("dlrlens.collector")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the collector app; opens (and recovers) this process's receipt storage."""
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["dlrlens"] = {
+        "settings": settings,
+        "storage": ReceiptStorage(settings.data_dir, settings.flush_seconds, settings.flush_rows),
+        "rejected": RejectedBodies(settings.data_dir, settings.rejected_keep, settings.rejected_max_bytes),
+        "limiter": FailureLimiter(),
+    }
+    if settings.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
+
+    app.add_url_rule("/dlr", view_func=receive, methods=["POST"])
+    app.add_url_rule("/dlr/<path:secret>", view_func=receive, methods=["POST"])
+    app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
+    app.add_url_rule("/metrics", view_func=metrics_text, methods=["GET"])
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected_error)
+    app.after_request(log_request)
+    return app
+
+
+def _ctx() -> dict:
+    return current_app.extensions["dlrlens"]
+
+
+def storage_of(app: Flask) -> ReceiptStorage:
+    return app.extensions["dlrlens"]["storage"]
+
+
+# -- answers -------------------------------------------------------------------------------
+
+
+def refuse(status: int, reason: str, message: str, body: bytes = b"", **extra) -> Response:
+    """Answer a 4xx JSON error, count it by reason and keep the body for audit."""
+    ctx = _ctx()
+    ctx["storage"].counters.reject(reason)
+    ctx["rejected"].keep_body(reason, body, {
+        "status": status, "message": message, "content_type": request.content_type,
+        "method": request.method, "labels": url_labels(request.args.items(multi=True)),
+        "remote_addr": request.remote_addr, "received_at": datetime.now(timezone.utc),
+    })
+    g.outcome = reason
+    response = jsonify(error=reason, message=message, **extra)
+    response.status_code = status
+    return response
+
+
+def http_error(exc: HTTPException) -> Response:
+    reasons = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+    reason = reasons.get(exc.code, (exc.name or "http_error").lower().replace(" ", "_"))
+    if exc.code == 404:
+        message = "no such endpoint; receipts go to POST /dlr"  # never echo the path: it may hold a secret
+    elif exc.code == 405:
+        message = f"{request.method} is not allowed here; use {', '.join(sorted(exc.valid_methods or []))}"
+    elif exc.code == 413:
+        message = f"body is larger than the limit of {current_app.config['MAX_CONTENT_LENGTH']} bytes"
+    else:
+        message = exc.description or exc.name
+    response = refuse(exc.code or 400, reason, message)
+    if exc.code == 405 and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    return response
+
+
+def unexpected_error(exc: Exception) -> Response:
+    """Last resort: a bug must still answer JSON, and not 200. 500 means 'not stored, retry'."""
+    log.exception("event=unexpected_error path=%s", request.path.split("/dlr/")[0])
+    g.outcome = "internal_error"
+    response = jsonify(error="internal_error", message="the collector failed; the receipt was not stored")
+    response.status_code = 500
+    return response
+
+
+def log_request(response: Response) -> Response:
+    # One line per request, never with the query string or a secret path segment.
+    path = "/dlr/<secret>" if request.path.startswith("/dlr/") else request.path
+    if request.path != "/metrics":
+        log.info("event=request method=%s path=%s status=%d outcome=%s remote=%s",
+                 request.method, path, response.status_code, g.get("outcome", "-"), request.remote_addr)
+    return response
+
+
+# -- views ---------------------------------------------------------------------------------
+
+
+def _basic_password() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if not header[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return None
+    return decoded.partition(":")[2]
+
+
+def receive(secret: str | None = None) -> Response:
+    """Store the receipts in the body; 200 only once they are durable."""
+    ctx = _ctx()
+    settings: Settings = ctx["settings"]
+    storage: ReceiptStorage = ctx["storage"]
+    storage.counters.add("requests")
+    source = request.remote_addr or "-"
+
+    if not address_allowed(source, settings.allow_networks):
+        storage.counters.add("forbidden")
+        return refuse(403, "forbidden_source", f"source address {source} is not in the allow-list")
+    if settings.tokens:
+        if ctx["limiter"].blocked(source):
+            return refuse(429, "too_many_auth_failures",
+                          "too many failed attempts from this address; try again in a minute")
+        if not token_matches([request.args.get("token"), _basic_password(), secret], settings.tokens):
+            ctx["limiter"].record_failure(source)
+            storage.counters.add("auth_failures")
+            return refuse(401, "unauthorized", "missing or wrong webhook secret (token)")
+    elif secret is not None:
+        return refuse(404, "not_found", "no such endpoint (no webhook secret is configured)")
+
+    body = request.get_data(cache=False)
+    received_at = datetime.now(timezone.utc)
+    try:
+        parsed = parse_request(body, request.content_type, url_labels(request.args.items(multi=True)), received_at)
+    except BadBody as exc:
+        return refuse(exc.status, exc.reason, exc.message, body)
+
+    storage.counters.add("received", len(parsed.records) + len(parsed.errors))
+    try:
+        storage.store(parsed.records)
+    except StorageError as exc:
+        g.outcome = "storage_unavailable"
+        log.error("event=storage_unavailable error=%r", str(exc))
+        response = jsonify(error="storage_unavailable",
+                           message="receipts could not be stored durably; nothing was acknowledged, retry later")
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+        return response
+
+    g.outcome = "stored"
+    answer = {"status": "stored", "stored": len(parsed.records)}
+    if parsed.errors:
+        for error in parsed.errors:
+            storage.counters.reject(error.reason)
+        ctx["rejected"].keep_body("partial", body, {
+            "status": 207, "errors": [e.as_dict() for e in parsed.errors],
+            "labels": url_labels(request.args.items(multi=True)), "received_at": received_at,
+        })
+        answer.update(status="partial", rejected=[e.as_dict() for e in parsed.errors])
+        g.outcome = "partial"
+        return Response(json.dumps(answer), status=207, mimetype="application/json")
+    return jsonify(answer)
+
+
+def healthz() -> Response:
+    """200 when storage is writable (a real fsynced write), with the log backlog; else 503."""
+    storage: ReceiptStorage = _ctx()["storage"]
+    probe = storage.data_dir / f".healthz-{os.getpid()}"
+    writable, problem = True, None
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"ok")
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as exc:
+        writable, problem = False, str(exc)
+    doc = {
+        "status": "ok" if writable and not storage.last_flush_error else "degraded",
+        "storage_writable": writable,
+        "storage_error": problem,
+        "last_flush_error": storage.last_flush_error,
+        "slot": storage.slot,
+        "backlog": storage.backlog(),
+    }
+    response = jsonify(doc)
+    response.status_code = 200 if doc["status"] == "ok" else 503
+    return response
+
+
+def metrics_text() -> Response:
+    storage: ReceiptStorage = _ctx()["storage"]
+    return Response(metrics.render(storage), mimetype="text/plain; version=0.0.4")

@@ -1,0 +1,76 @@
+"""Prometheus text exposition of the collector's counters.
+
+Each writer slot (worker process) persists its counters to ``stats/<slot>.json`` at every
+flush; ``/metrics`` sums every slot's file, with this process's live values instead of its
+own file, so any worker answers for the whole collector.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from collector import layout
+
+HELP = {
+    "requests": ("dlrlens_requests_total", "Webhook requests received."),
+    "received": ("dlrlens_receipts_received_total", "Receipts found in accepted bodies (stored or refused)."),
+    "stored": ("dlrlens_receipts_stored_total", "Receipts acknowledged durable (fsynced in the log)."),
+    "duplicates_seen": ("dlrlens_duplicates_seen_total",
+                        "Receipts whose receipt_id this worker had seen recently (retries, replays)."),
+    "storage_errors": ("dlrlens_storage_errors_total", "Requests answered 503 because storage failed."),
+    "flushes": ("dlrlens_flushes_total", "Log-to-Parquet flushes that wrote receipts."),
+    "flushed_receipts": ("dlrlens_flushed_receipts_total", "Receipts written to Parquet."),
+    "flush_errors": ("dlrlens_flush_errors_total", "Flushes that failed (retried on the next tick)."),
+    "auth_failures": ("dlrlens_auth_failures_total", "Requests with a missing or wrong secret."),
+    "forbidden": ("dlrlens_forbidden_total", "Requests from sources outside the allow-list."),
+}
+
+
+def collect(storage) -> dict:
+    """Sum of every slot's counters, this process's own taken live."""
+    totals = {name: 0 for name in HELP}
+    rejected: dict[str, int] = {}
+    flush_seconds = 0.0
+    snapshots = [storage.counters.snapshot()]
+    for path in sorted(Path(storage.data_dir, layout.STATS_DIR).glob("*.json")):
+        if path.stem == storage.slot:
+            continue
+        try:
+            snapshots.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    for snap in snapshots:
+        for name, value in snap.get("counters", {}).items():
+            if name in totals:
+                totals[name] += int(value)
+        for reason, value in snap.get("rejected", {}).items():
+            rejected[reason] = rejected.get(reason, 0) + int(value)
+        flush_seconds += float(snap.get("flush_seconds_sum", 0.0))
+    return {"counters": totals, "rejected": rejected, "flush_seconds_sum": flush_seconds}
+
+
+def render(storage) -> str:
+    data = collect(storage)
+    lines: list[str] = []
+    for name, (metric, text) in HELP.items():
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} counter", f"{metric} {data['counters'][name]}"]
+    lines += ["# HELP dlrlens_rejected_total Requests or receipts refused, by reason.",
+              "# TYPE dlrlens_rejected_total counter"]
+    for reason, value in sorted(data["rejected"].items()):
+        lines.append(f'dlrlens_rejected_total{{reason="{reason}"}} {value}')
+    lines += ["# HELP dlrlens_flush_seconds Time spent flushing the log to Parquet.",
+              "# TYPE dlrlens_flush_seconds summary",
+              f"dlrlens_flush_seconds_sum {data['flush_seconds_sum']:.6f}",
+              f"dlrlens_flush_seconds_count {data['counters']['flushes']}",
+              "# HELP dlrlens_last_flush_seconds Duration of this worker's last flush.",
+              "# TYPE dlrlens_last_flush_seconds gauge",
+              f"dlrlens_last_flush_seconds {storage.counters.last_flush_seconds:.6f}"]
+    backlog = storage.backlog()
+    lines += ["# HELP dlrlens_log_backlog_bytes Bytes acknowledged in this worker's log, not yet in Parquet.",
+              "# TYPE dlrlens_log_backlog_bytes gauge",
+              f"dlrlens_log_backlog_bytes {backlog['bytes']}",
+              "# HELP dlrlens_log_backlog_segments Log segments of this worker waiting for a flush.",
+              "# TYPE dlrlens_log_backlog_segments gauge",
+              f"dlrlens_log_backlog_segments {backlog['segments']}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,376 @@
+"""Turn a webhook request body into normalised receipt records.
+
+Pure functions, no I/O: :func:`parse_request` takes the raw body, its content type and the
+request's query parameters and returns records shaped exactly like
+:data:`collector.layout.RECEIPT_SCHEMA`, plus a list of the elements it refused.
+
+Contract:
+
+* A body that cannot be read as receipts at all raises :class:`BadBody` (a 4xx status, a
+  machine-readable ``reason`` and a message naming the problem).
+* A body holding several receipts (a JSON array, or an XML document with several
+  ``<deliveryreceipt>``) yields every good one; each bad element is reported as an
+  :class:`ElementError` instead of failing the whole body.
+* Unknown status names or codes are never refused: they are classified ``unknown``.
+* Nothing here raises anything but :class:`BadBody` for any input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import parse_qs
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+from xml.etree.ElementTree import ParseError
+
+from collector.statuses import classify
+
+# The documented receipt fields, by lower-cased name, mapped to their canonical spelling.
+KNOWN_FIELDS = {
+    name.lower(): name
+    for name in (
+        "deliveryMessageId",
+        "batchId",
+        "clientReference",
+        "created",
+        "status",
+        "statusCode",
+        "part",
+        "parts",
+        "hlr",
+    )
+}
+MAX_ID_LENGTH = 256
+MAX_LABELS = 32
+MAX_LABEL_LENGTH = 256
+SECRET_PARAMS = frozenset({"token"})
+
+_TIMESTAMP_SHAPE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_INT32_MAX = 2**31 - 1
+
+
+class BadBody(Exception):
+    """The whole request is refused. ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ElementError:
+    """One receipt inside a body was refused; the others were kept."""
+
+    index: int
+    reason: str
+    message: str
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "reason": self.reason, "message": self.message}
+
+
+@dataclass
+class ParsedBody:
+    records: list[dict] = field(default_factory=list)
+    errors: list[ElementError] = field(default_factory=list)
+
+
+class _BadElement(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------
+# Body formats
+
+
+def body_format(content_type: str | None, body: bytes) -> str:
+    """Return ``json``, ``form`` or ``xml`` for a request, or raise :class:`BadBody` (415).
+
+    A missing or ``text/plain`` content type is sniffed from the body, because simple
+    HTTP clients (and replays with curl) often omit it.
+    """
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or media.endswith("+json") or media == "text/json":
+        return "json"
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    if media in ("application/xml", "text/xml") or media.endswith("+xml"):
+        return "xml"
+    if media in ("", "text/plain"):
+        head = body.lstrip()[:8]
+        if head[:1] in (b"{", b"["):
+            return "json"
+        if head[:1] == b"<":
+            return "xml"
+        if head.startswith(b"xml="):
+            return "form"
+        raise BadBody(415, "unsupported_media_type",
+                      "cannot tell the body's format: send application/json, "
+                      "application/x-www-form-urlencoded (xml=...) or application/xml")
+    raise BadBody(415, "unsupported_media_type",
+                  f"content type {media!r} is not accepted: send application/json, "
+                  "application/x-www-form-urlencoded (xml=...) or application/xml")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_elements(body: bytes) -> list:
+    try:
+        document = json.loads(body, parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise BadBody(400, "invalid_json", f"body is not valid UTF-8 JSON: {exc.reason}") from None
+    except RecursionError:
+        raise BadBody(400, "invalid_json", "JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise BadBody(400, "invalid_json", f"body is not valid JSON: {str(exc)[:200]}") from None
+    if isinstance(document, dict):
+        return [document]
+    if isinstance(document, list):
+        if not document:
+            raise BadBody(400, "not_a_receipt", "JSON array holds no receipts")
+        return document
+    raise BadBody(400, "not_a_receipt",
+                  f"JSON body is a {type(document).__name__}, expected a receipt object or an array of them")
+
+
+def _xml_elements(text: str | bytes) -> list:
+    try:
+        root = SafeET.fromstring(text, forbid_dtd=True)
+    except DefusedXmlException as exc:
+        raise BadBody(400, "forbidden_xml", f"XML uses a forbidden construct ({type(exc).__name__})") from None
+    except (ParseError, ValueError, UnicodeError) as exc:
+        raise BadBody(400, "invalid_xml", f"body is not valid XML: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise BadBody(400, "invalid_xml", "XML is nested too deeply") from None
+    tag = _local_name(root.tag)
+    if tag == "deliveryreceipt":
+        receipts = [root]
+    else:
+        receipts = [child for child in root if _local_name(child.tag) == "deliveryreceipt"]
+        if not receipts:
+            raise BadBody(400, "not_a_receipt", f"XML root <{tag}> is not a <deliveryreceipt>")
+    return [_xml_fields(element) for element in receipts]
+
+
+def _local_name(tag) -> str:
+    return str(tag).rsplit("}", 1)[-1].lower()
+
+
+def _xml_fields(element) -> dict:
+    fields: dict = {}
+    for child in element:
+        name = _local_name(child.tag)
+        if len(child):
+            fields[name] = {_local_name(g.tag): (g.text or "").strip() for g in child}
+        else:
+            text = (child.text or "").strip()
+            fields[name] = text if text else None
+    return fields
+
+
+def _form_elements(body: bytes) -> list:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadBody(400, "invalid_form", "form body is not valid UTF-8") from None
+    values = parse_qs(text, keep_blank_values=True).get("xml")
+    if not values or not values[0].strip():
+        raise BadBody(400, "not_a_receipt", "form body has no 'xml' field holding a <deliveryreceipt>")
+    return _xml_elements(values[0])
+
+
+def raw_elements(body: bytes, content_type: str | None) -> tuple[str, list]:
+    """Return the body's format and its receipt elements (dicts), unvalidated."""
+    fmt = body_format(content_type, body)
+    if not body.strip():
+        raise BadBody(400, "empty_body", "request body is empty")
+    if fmt == "json":
+        return "json", _json_elements(body)
+    if fmt == "form":
+        return "xml", _form_elements(body)
+    return "xml", _xml_elements(body)
+
+
+# ---------------------------------------------------------------------------------------
+# Field normalisation
+
+
+def parse_created(value) -> datetime:
+    """Parse Mobivate's ``created``: ISO 8601 with ``+00:00``, ``+0000`` or ``Z``, any fraction.
+
+    A timestamp without an offset is taken as UTC. Returns an aware UTC datetime.
+    """
+    if not isinstance(value, str) or not _TIMESTAMP_SHAPE.match(value):
+        raise _BadElement("bad_created", f"'created' is not an ISO 8601 timestamp: {_show(value)}")
+    text = value.strip()
+    # fromisoformat takes at most microseconds; Mobivate sends milliseconds, others nanoseconds.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise _BadElement("bad_created", f"'created' is not a valid timestamp: {_show(value)}") from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise _BadElement("bad_created", f"'created' is out of range: {_show(value)}") from None
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _optional_int(value) -> int | None:
+    """An int32 from a number or numeric string; None when absent or not numeric."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float):
+        if not value.is_integer():
+            return None
+        number = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"[+-]?\d{1,10}", text):
+            return None
+        number = int(text)
+    else:
+        return None
+    return number if -_INT32_MAX <= number <= _INT32_MAX else None
+
+
+def _optional_text(value, name: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _BadElement("bad_field", f"'{name}' must be a string, got {type(value).__name__}")
+    text = str(value).strip()
+    if len(text) > MAX_ID_LENGTH:
+        raise _BadElement("bad_field", f"'{name}' is longer than {MAX_ID_LENGTH} characters")
+    return text or None
+
+
+def receipt_id(message_id: str, status: str, status_code: int | None, created: datetime, part: int | None) -> str:
+    """Stable id of a receipt: the same receipt delivered twice (any format) has the same id."""
+    key = "\x1f".join(
+        (message_id, status, "" if status_code is None else str(status_code),
+         created.isoformat(timespec="microseconds"), "" if part is None else str(part))
+    )
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def normalise(element, *, source_format: str, received_at: datetime, labels: dict[str, str]) -> dict:
+    """One receipt element (a dict from JSON or XML) as a record of the storage schema."""
+    if not isinstance(element, dict):
+        raise _BadElement("not_a_receipt", f"element is a {type(element).__name__}, expected a receipt object")
+    fields: dict = {}
+    extra: dict = {}
+    for key, value in element.items():
+        canonical = KNOWN_FIELDS.get(str(key).lower())
+        if canonical:
+            fields[canonical] = value
+        else:
+            extra[str(key)] = value
+
+    message_id = _optional_text(fields.get("deliveryMessageId"), "deliveryMessageId")
+    if not message_id:
+        raise _BadElement("missing_message_id", "receipt has no 'deliveryMessageId'")
+    if "created" not in fields or fields["created"] in (None, ""):
+        raise _BadElement("bad_created", "receipt has no 'created' timestamp")
+    created = parse_created(fields["created"])
+
+    raw_status = fields.get("status")
+    if raw_status is not None and not isinstance(raw_status, (str, int)):
+        raise _BadElement("bad_field", f"'status' must be a string, got {type(raw_status).__name__}")
+    status_name = str(raw_status).strip() if raw_status is not None else ""
+    if len(status_name) > 64:
+        raise _BadElement("bad_field", "'status' is longer than 64 characters")
+    status_code = _optional_int(fields.get("statusCode"))
+    if not status_name and status_code is None:
+        raise _BadElement("missing_status", "receipt has neither 'status' nor a numeric 'statusCode'")
+    status, category = classify(status_name or None, status_code)
+
+    # Keep what could not be normalised, so the original payload can be rebuilt.
+    for name in ("statusCode", "part", "parts"):
+        value = fields.get(name)
+        if value is not None and _optional_int(value) is None:
+            extra[name] = value
+
+    hlr = fields.get("hlr")
+    part = _optional_int(fields.get("part"))
+    return {
+        "receipt_id": receipt_id(message_id, status, status_code, created, part),
+        "delivery_message_id": message_id,
+        "batch_id": _optional_text(fields.get("batchId"), "batchId"),
+        "client_reference": _optional_text(fields.get("clientReference"), "clientReference"),
+        "created": created,
+        "received_at": received_at,
+        "status": status,
+        "status_code": status_code,
+        "category": category,
+        "part": part,
+        "parts": _optional_int(fields.get("parts")),
+        "hlr": None if hlr is None else _json_text(hlr),
+        "extra": _json_text(extra) if extra else None,
+        "campaign": labels.get("campaign"),
+        "labels": _json_text(labels),
+        "source_format": source_format,
+    }
+
+
+def _json_text(value) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def url_labels(query: list[tuple[str, str]]) -> dict[str, str]:
+    """The webhook URL's query parameters that label receipts: all but the secret.
+
+    The first value of a repeated key wins; keys and values are trimmed and bounded.
+    """
+    labels: dict[str, str] = {}
+    for key, value in query:
+        key = key.strip()[:MAX_LABEL_LENGTH]
+        if not key or key.lower() in SECRET_PARAMS or key in labels:
+            continue
+        if len(labels) >= MAX_LABELS:
+            break
+        labels[key] = value.strip()[:MAX_LABEL_LENGTH]
+    return labels
+
+
+def parse_request(body: bytes, content_type: str | None, labels: dict[str, str],
+                  received_at: datetime) -> ParsedBody:
+    """Parse a webhook body into records; raise :class:`BadBody` when nothing in it is usable.
+
+    When every element of a multi-receipt body is bad, the body as a whole is refused
+    (400) with the first element's reason.
+    """
+    source_format, elements = raw_elements(body, content_type)
+    result = ParsedBody()
+    for index, element in enumerate(elements):
+        try:
+            result.records.append(
+                normalise(element, source_format=source_format, received_at=received_at, labels=labels)
+            )
+        except _BadElement as exc:
+            result.errors.append(ElementError(index, exc.reason, exc.message))
+    if not result.records:
+        first = result.errors[0]
+        where = f" (element {first.index})" if len(elements) > 1 else ""
+        raise BadBody(400, first.reason, first.message + where)
+    return result

@@ -1,0 +1,304 @@
+"""Receipt storage for one collector process: write-ahead log in, immutable Parquet out.
+
+One :class:`ReceiptStorage` per process. At start it takes the first free *writer slot*
+(an ``flock`` on ``wal/<slot>.lock``, released by the kernel when the process dies), replays
+whatever its slot's log still holds from a previous life, and adopts the logs of slots no
+live process holds. So any number of gunicorn workers can run, each writing only its own
+files, and a restarted worker finishes what its predecessor acknowledged.
+
+Flushing turns a closed log segment into one Parquet file per UTC day of ``created``,
+named after the slot and segment (``<slot>-<segment>.parquet``). The name is
+deterministic, so replaying a segment whose files were already renamed into place
+replaces them with identical files rather than adding copies. The segment is deleted only
+after every file it produced is durable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from collector import layout
+from collector.wal import StorageError, WriteAheadLog, encode_record, list_segments, read_segment
+
+log = logging.getLogger("dlrlens.collector")
+
+PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
+RECENT_IDS = 200_000  # receipt ids remembered per process to count duplicates as they arrive
+
+
+def write_parquet_atomically(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path``: temporary dot-name, fsync, rename, fsync the directory.
+
+    A reader globbing ``*.parquet`` sees either no file or the whole file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, **PARQUET_OPTIONS)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    layout.fsync_dir(path.parent)
+
+
+def records_to_table(records: list[dict]) -> pa.Table:
+    """Log records (timestamps in epoch microseconds) as a table of the contract schema,
+    sorted so that one message's receipts sit together (better compression, faster scans)."""
+    columns = {name: [r.get(name) for r in records] for name in layout.RECEIPT_SCHEMA.names}
+    table = pa.table(
+        {
+            name: pa.array(values, type=pa.int64()).cast(field.type) if name in ("created", "received_at")
+            else pa.array(values, type=field.type)
+            for (name, values), field in zip(columns.items(), layout.RECEIPT_SCHEMA)
+        },
+        schema=layout.RECEIPT_SCHEMA,
+    )
+    return table.sort_by([("delivery_message_id", "ascending"), ("created", "ascending")])
+
+
+def utc_day(micros: int) -> str:
+    return datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def flush_segment(data_dir: Path, slot: str, segment: Path) -> int:
+    """Turn one closed log segment into Parquet files and delete it. Returns receipts written.
+
+    Idempotent: running it again on the same segment (after a crash) writes the same files.
+    """
+    records, torn = read_segment(segment)
+    if torn:
+        log.warning("event=torn_log_tail segment=%s kept=%d", segment.name, len(records))
+    by_day: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_day[utc_day(record["created"])].append(record)
+    for day, rows in sorted(by_day.items()):
+        target = layout.partition_dir(data_dir, day) / f"{slot}-{segment.stem}.parquet"
+        write_parquet_atomically(records_to_table(rows), target)
+    segment.unlink()
+    layout.fsync_dir(segment.parent)
+    return len(records)
+
+
+class Counters:
+    """Monotonic counters of one writer slot, persisted to ``stats/<slot>.json`` at each flush."""
+
+    NAMES = ("requests", "received", "stored", "duplicates_seen", "storage_errors",
+             "flushes", "flushed_receipts", "flush_errors", "auth_failures", "forbidden")
+
+    def __init__(self, path: Path):
+        import json
+
+        self._json = json
+        self.path = path
+        self._lock = threading.Lock()
+        self.values = dict.fromkeys(self.NAMES, 0)
+        self.rejected: dict[str, int] = defaultdict(int)
+        self.flush_seconds_sum = 0.0
+        self.last_flush_seconds = 0.0
+        try:
+            saved = json.loads(path.read_text())
+            self.values.update({k: int(v) for k, v in saved.get("counters", {}).items() if k in self.values})
+            self.rejected.update({k: int(v) for k, v in saved.get("rejected", {}).items()})
+            self.flush_seconds_sum = float(saved.get("flush_seconds_sum", 0.0))
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self.values[name] += amount
+
+    def reject(self, reason: str) -> None:
+        with self._lock:
+            self.rejected[reason] += 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "counters": dict(self.values),
+                "rejected": dict(self.rejected),
+                "flush_seconds_sum": self.flush_seconds_sum,
+                "last_flush_seconds": self.last_flush_seconds,
+                "updated_at": datetime.now(timezone.utc).isoformat(),
+            }
+
+    def save(self) -> None:
+        try:
+            layout.atomic_write_bytes(self.path, self._json.dumps(self.snapshot()).encode())
+        except OSError:
+            pass  # counters are best effort; receipts are not
+
+
+class ReceiptStorage:
+    """Durable receipt storage for this process (see the module docstring)."""
+
+    def __init__(self, data_dir: Path, flush_seconds: float = 2.0, flush_rows: int = 50_000):
+        self.data_dir = Path(data_dir)
+        self.flush_seconds = flush_seconds
+        self.flush_rows = flush_rows
+        self.wal_root = self.data_dir / layout.WAL_DIR
+        self.wal_root.mkdir(parents=True, exist_ok=True)
+        self.slot, self._slot_lock = self._take_slot()
+        self.log_dir = self.wal_root / self.slot
+        self.counters = Counters(self.data_dir / layout.STATS_DIR / f"{self.slot}.json")
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.last_flush_error: str | None = None
+        self.recover()
+        self.wal = WriteAheadLog(self.log_dir)
+        self._thread = threading.Thread(target=self._flush_loop, name="dlrlens-flusher", daemon=True)
+        self._thread.start()
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def _take_slot(self) -> tuple[str, int]:
+        for number in range(10_000):
+            slot = f"w{number:03d}"
+            fd = os.open(self.wal_root / f"{slot}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return slot, fd
+        raise RuntimeError("no free writer slot")
+
+    def recover(self) -> int:
+        """Flush what this slot's log and every unheld slot's log still hold. Returns receipts."""
+        recovered = self._flush_dir(self.slot, self.wal_root / self.slot)
+        for lock_path in sorted(self.wal_root.glob("*.lock")):
+            slot = lock_path.stem
+            if slot == self.slot or not list_segments(self.wal_root / slot):
+                continue
+            fd = os.open(lock_path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live process owns it and will flush it itself
+            else:
+                recovered += self._flush_dir(slot, self.wal_root / slot)
+            finally:
+                os.close(fd)
+        if recovered:
+            log.info("event=recovered receipts=%d", recovered)
+        return recovered
+
+    def _flush_dir(self, slot: str, log_dir: Path) -> int:
+        return sum(flush_segment(self.data_dir, slot, segment) for segment in list_segments(log_dir))
+
+    # -- writing -------------------------------------------------------------------------
+
+    def store(self, records: list[dict]) -> None:
+        """Make ``records`` durable. Returns only after they are fsynced in the log.
+
+        Raises :class:`StorageError` when they could not be: then none of them is acknowledged.
+        """
+        lines = [encode_record(r) for r in records]
+        try:
+            self.wal.append(lines)
+        except StorageError:
+            self.counters.add("storage_errors")
+            raise
+        self.counters.add("stored", len(records))
+        self._count_duplicates(records)
+        if self.wal.pending_records >= self.flush_rows:
+            self._wake.set()
+
+    def _count_duplicates(self, records: list[dict]) -> None:
+        duplicates = 0
+        with self._recent_lock:
+            for record in records:
+                rid = record["receipt_id"]
+                if rid in self._recent:
+                    duplicates += 1
+                    self._recent.move_to_end(rid)
+                else:
+                    self._recent[rid] = None
+                    if len(self._recent) > RECENT_IDS:
+                        self._recent.popitem(last=False)
+        if duplicates:
+            self.counters.add("duplicates_seen", duplicates)
+
+    # -- flushing ------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Move everything acknowledged so far into Parquet. Returns receipts written.
+
+        On failure the segments stay in the log and the next flush retries them.
+        """
+        with self._flush_lock:
+            started = time.perf_counter()
+            try:
+                self.wal.rotate()
+                # Only segments closed by now: a concurrent append may already have opened a
+                # newer one, which must not be flushed (and deleted) while it is written.
+                closed_up_to = self.wal.last_segment_id
+                written = sum(
+                    flush_segment(self.data_dir, self.slot, segment)
+                    for segment in list_segments(self.log_dir)
+                    if int(segment.stem) <= closed_up_to
+                )
+            except OSError as exc:
+                self.counters.add("flush_errors")
+                self.last_flush_error = str(exc)
+                log.error("event=flush_failed error=%r", str(exc))
+                raise StorageError(str(exc)) from exc
+            self.last_flush_error = None
+            elapsed = time.perf_counter() - started
+            if written:
+                self.counters.add("flushes")
+                self.counters.add("flushed_receipts", written)
+                self.counters.flush_seconds_sum += elapsed
+                self.counters.last_flush_seconds = elapsed
+            return written
+
+    def _flush_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            try:
+                self.flush()
+            except StorageError:
+                pass  # counted and logged; retried next tick
+            except Exception:  # never let the flusher die: the log keeps the receipts
+                log.exception("event=flush_crashed")
+            self.counters.save()
+
+    def backlog(self) -> dict:
+        """Receipts and bytes acknowledged but not yet in Parquet."""
+        segments = list_segments(self.log_dir)
+        size = 0
+        for segment in segments:
+            try:
+                size += segment.stat().st_size
+            except OSError:
+                pass
+        return {"segments": len(segments), "bytes": size, "records_open_segment": self.wal.pending_records}
+
+    def close(self) -> None:
+        """Stop the flusher and flush what is left (best effort: the log keeps it otherwise)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        try:
+            self.flush()
+        except StorageError:
+            pass
+        self.counters.save()
+        os.close(self._slot_lock)

@@ -1,0 +1,450 @@
+"""Dashboard session state: the data store, the shared sidebar filters and the URL that mirrors them.
+
+Three things live here, because every page needs all three and none of them is page-specific:
+
+* **The store.** One :class:`~dashboard.queries.Store` per browser session for the data
+  directory given by ``--data DIR`` after ``--`` on the ``streamlit run`` command line, else
+  ``DLRLENS_DATA``, else ``data/`` (:func:`data_dir`). Query results go through :func:`cached`,
+  keyed by (query function, its arguments, ``store.version()``): a new Parquet file changes the
+  version, so fresh data is never hidden by the cache and unchanged data is never re-queried.
+* **The filters.** The sidebar widgets (:func:`sidebar`) hold the user's choices in
+  ``st.session_state``. :class:`FilterState` is those choices as one value (a date-range preset,
+  not resolved dates, so a shared "last 7 days" link stays "last 7 days");
+  :func:`resolve` turns it into the :class:`~dashboard.queries.Filters` the queries take.
+* **The URL.** The choices are mirrored into the query string on every full run, and read back
+  from it on the first run of a session, so a copied link reproduces the view.
+  :func:`to_query` and :func:`from_query` are the (pure, tested) encoding. Parameters::
+
+      range=24h|7d|30d|month|all|custom   from=YYYY-MM-DD  to=YYYY-MM-DD   (custom only)
+      campaign=NAME (repeated)  outcome=delivered|failed|unknown|pending (repeated)
+      status=NAME (repeated)    label=KEY=VALUE (repeated)   tz=IANA/Zone   live=1
+
+  The sync is done by hand rather than with the widgets' ``bind="query-params"``: Streamlit's
+  binding is written by the browser, so it cannot be tested without one, and it cannot encode
+  a preset-plus-dates pair or validate values against the data. The price: browser
+  back/forward does not restore earlier filters within a session (a reload does).
+"""
+
+from __future__ import annotations
+
+import sys
+import zoneinfo
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import TypeVar
+
+import streamlit as st
+
+from collector import layout
+from collector.statuses import status_table
+from dashboard import queries
+from dashboard.queries import Filters, Store
+
+T = TypeVar("T")
+
+PRESETS: dict[str, str] = {
+    "24h": "Last 24 hours",
+    "7d": "Last 7 days",
+    "30d": "Last 30 days",
+    "month": "This month",
+    "all": "All time",
+    "custom": "Custom dates",
+}
+ROLLING_PRESETS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+OUTCOMES = ("delivered", "failed", "unknown", "pending")
+DEFAULT_TZ = "UTC"
+LIVE_REFRESH = timedelta(seconds=5)
+# The default window while data is recent; older data defaults to "all" so the first view
+# of a demo or archive data set is never empty.
+RECENT_PRESET = "7d"
+
+# Session-state keys of the sidebar widgets (one place, so pages and tests agree).
+KEY_RANGE = "filter_range"
+KEY_DATES = "filter_dates"
+KEY_CAMPAIGNS = "filter_campaigns"
+KEY_OUTCOMES = "filter_outcomes"
+KEY_STATUSES = "filter_statuses"
+KEY_LABELS = "filter_labels"
+KEY_TZ = "filter_tz"
+KEY_LIVE = "filter_live"
+_URL_READ = "_filters_read_from_url"
+
+
+@dataclass(frozen=True)
+class FilterState:
+    """The user's filter choices as the sidebar shows them and the URL carries them."""
+
+    preset: str = "all"
+    date_from: date | None = None  # custom range, inclusive, in ``tz``
+    date_to: date | None = None  # inclusive
+    campaigns: tuple[str, ...] = ()
+    outcomes: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    tz: str = DEFAULT_TZ
+    live: bool = False
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """What the data offers to choose from; URL values outside it are dropped, not errors."""
+
+    campaigns: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()  # "key=value"
+    zones: tuple[str, ...] = field(default_factory=lambda: time_zones())
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure encoding: FilterState <-> URL query parameters <-> queries.Filters
+# ---------------------------------------------------------------------------------------------
+
+
+def to_query(state: FilterState) -> dict[str, str | list[str]]:
+    """The URL query parameters for ``state``. ``range`` is always present (so a link does not
+    depend on the data's age); the others only when they differ from their default."""
+    params: dict[str, str | list[str]] = {"range": state.preset}
+    if state.preset == "custom":
+        if state.date_from:
+            params["from"] = state.date_from.isoformat()
+        if state.date_to:
+            params["to"] = state.date_to.isoformat()
+    for name, values in (("campaign", state.campaigns), ("outcome", state.outcomes),
+                         ("status", state.statuses), ("label", [f"{k}={v}" for k, v in state.labels])):
+        if values:
+            params[name] = list(values)
+    if state.tz != DEFAULT_TZ:
+        params["tz"] = state.tz
+    if state.live:
+        params["live"] = "1"
+    return params
+
+
+def from_query(params: Mapping[str, str | Iterable[str]], default_preset: str = "all",
+               options: FilterOptions | None = None) -> FilterState:
+    """Read a :class:`FilterState` back from URL parameters, dropping anything invalid.
+
+    With ``options``, campaigns and labels the data does not have are dropped (a stale link
+    must not break the page); statuses are kept as typed, since any status name is legal.
+    """
+
+    def values(name: str) -> list[str]:
+        raw = params.get(name, [])
+        items = [raw] if isinstance(raw, str) else list(raw)
+        return list(dict.fromkeys(v.strip() for v in items if v and v.strip()))  # dedupe, keep order
+
+    def first(name: str) -> str | None:
+        found = values(name)
+        return found[0] if found else None
+
+    preset = first("range")
+    if preset not in PRESETS:
+        preset = default_preset
+    date_from, date_to = _parse_date(first("from")), _parse_date(first("to"))
+    if preset != "custom":
+        date_from = date_to = None
+    elif date_from and date_to and date_from > date_to:
+        date_from, date_to = date_to, date_from
+    labels = tuple(_split_label(v) for v in values("label") if "=" in v and not v.startswith("="))
+    campaigns = tuple(values("campaign"))
+    if options is not None:
+        campaigns = tuple(c for c in campaigns if c in options.campaigns)
+        labels = tuple(pair for pair in labels if f"{pair[0]}={pair[1]}" in options.labels)
+    tz = first("tz") or DEFAULT_TZ
+    return FilterState(
+        preset=preset,
+        date_from=date_from,
+        date_to=date_to,
+        campaigns=campaigns,
+        outcomes=tuple(o for o in values("outcome") if o in OUTCOMES),
+        statuses=tuple(s.upper() for s in values("status")),
+        labels=labels,
+        tz=tz if is_time_zone(tz) else DEFAULT_TZ,
+        live=first("live") in ("1", "true", "on", "yes"),
+    )
+
+
+def resolve(state: FilterState, now: datetime) -> Filters:
+    """The query filters for ``state`` at ``now``.
+
+    Rolling windows end at the next whole minute after ``now``, so repeated runs within a
+    minute share cached results yet a receipt that arrived a moment ago is included.
+    "This month" and custom dates are whole days in the chosen time zone; "all" is unbounded.
+    """
+    zone = zoneinfo.ZoneInfo(state.tz)
+    start = end = None
+    if state.preset in ROLLING_PRESETS:
+        end = now.astimezone(timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        start = end - ROLLING_PRESETS[state.preset]
+    elif state.preset == "month":
+        local = now.astimezone(zone)
+        first_day = local.date().replace(day=1)
+        next_first = (first_day + timedelta(days=32)).replace(day=1)
+        start, end = _midnight(first_day, zone), _midnight(next_first, zone)
+    elif state.preset == "custom":
+        start = _midnight(state.date_from, zone) if state.date_from else None
+        end = _midnight(state.date_to + timedelta(days=1), zone) if state.date_to else None
+    return Filters(start=start, end=end, campaigns=state.campaigns, outcomes=state.outcomes,
+                   statuses=state.statuses, labels=state.labels, tz=state.tz)
+
+
+def default_preset(data_range: tuple[datetime, datetime] | None, now: datetime) -> str:
+    """``RECENT_PRESET`` while the newest message falls inside it, else "all"."""
+    if data_range is None:
+        return "all"
+    newest = data_range[1]
+    return RECENT_PRESET if newest >= now - ROLLING_PRESETS[RECENT_PRESET] else "all"
+
+
+def period_label(f: Filters, data_range: tuple[datetime, datetime] | None = None) -> str:
+    """``2026-11-01_to_2026-11-05`` for file names: the filter's days in its time zone (end
+    exclusive), open ends taken from the data's range; ``all-time`` when nothing is known."""
+    zone = zoneinfo.ZoneInfo(f.tz)
+    first = f.start or (data_range[0] if data_range else None)
+    last = (f.end - timedelta(microseconds=1)) if f.end else (data_range[1] if data_range else None)
+    if first is None or last is None:
+        return "all-time"
+    return f"{first.astimezone(zone).date().isoformat()}_to_{last.astimezone(zone).date().isoformat()}"
+
+
+def time_zones() -> tuple[str, ...]:
+    """UTC first, then every IANA zone name in alphabetical order."""
+    return (DEFAULT_TZ, *sorted(z for z in zoneinfo.available_timezones() if z != DEFAULT_TZ))
+
+
+def is_time_zone(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _parse_date(text: str | None) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _split_label(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    return key.strip(), value.strip()
+
+
+def _midnight(day: date, zone: zoneinfo.ZoneInfo) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(timezone.utc)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store and cached queries
+# ---------------------------------------------------------------------------------------------
+
+
+def data_dir(argv: list[str] | None = None) -> Path:
+    """``--data DIR`` (or ``--data=DIR``) from the script's arguments, else ``DLRLENS_DATA``,
+    else ``data/``. Only ``--data`` is looked at: under tests ``sys.argv`` is pytest's."""
+    args = sys.argv[1:] if argv is None else argv
+    explicit = None
+    for i, arg in enumerate(args):
+        if arg == "--data" and i + 1 < len(args):
+            explicit = args[i + 1]
+        elif arg.startswith("--data="):
+            explicit = arg.split("=", 1)[1]
+    return layout.data_dir(explicit)
+
+
+@st.cache_resource(scope="session", show_spinner=False, on_release=lambda s: s.close())
+def _open_store(directory: str) -> Store:
+    return Store(directory)
+
+
+def store() -> Store:
+    """This session's store over :func:`data_dir` (opened once, closed when the session ends)."""
+    return _open_store(str(data_dir()))
+
+
+@st.cache_data(show_spinner=False, max_entries=1000, ttl=timedelta(hours=1))
+def _cached_call(name: str, directory: str, version: str, args: tuple, _fn: Callable, _store: Store):
+    # name, directory, version and args are the cache key; _fn/_store are excluded from hashing.
+    return _fn(_store, *args)
+
+
+def cached(fn: Callable[..., T], *args) -> T:
+    """``fn(store(), *args)`` through the result cache, keyed by (fn, args, data version).
+
+    ``args`` must be hashable by Streamlit (Filters, strings, datetimes and tuples are).
+    """
+    current = store()
+    return _cached_call(f"{fn.__module__}.{fn.__qualname__}", str(data_dir()), current.version(),
+                        args, _fn=fn, _store=current)
+
+
+def _data_range(current: Store):
+    return current.data_range()
+
+
+def data_range() -> tuple[datetime, datetime] | None:
+    """Min and max sent time of all data (UTC), cached per data version."""
+    return cached(_data_range)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sidebar widgets and the URL mirror
+# ---------------------------------------------------------------------------------------------
+
+
+def filter_options() -> FilterOptions:
+    """The choices the sidebar offers for the current data."""
+    if not store().has_data():
+        return FilterOptions(statuses=tuple(s.name for s in status_table()))
+    pairs = cached(queries.label_pairs)
+    return FilterOptions(
+        campaigns=tuple(cached(queries.campaign_names)),
+        statuses=tuple(s.name for s in status_table()),
+        labels=tuple(f"{k}={v}" for k, v in zip(pairs["key"], pairs["value"])),
+    )
+
+
+def sidebar() -> FilterState:
+    """Render the shared filters in the sidebar, mirror them into the URL and return them.
+
+    Call once per full run, from the entry point, before the page runs.
+    """
+    options = filter_options()
+    now = utc_now()
+    preset_default = default_preset(data_range(), now)
+    _read_url_once(options, preset_default)
+    with st.sidebar:
+        st.header("Filters")
+        preset = st.selectbox("Date range", list(PRESETS), format_func=PRESETS.__getitem__, key=KEY_RANGE,
+                              help="Messages are placed in time by when they were sent "
+                                   "(their earliest receipt).")
+        if preset == "custom":
+            if KEY_DATES not in st.session_state:
+                st.session_state[KEY_DATES] = _default_custom_dates(now)
+            st.date_input("From - to (inclusive)", key=KEY_DATES, persist_state="session")
+        st.multiselect("Campaigns", options.campaigns, key=KEY_CAMPAIGNS, placeholder="All campaigns",
+                       help="A message's campaign is the `campaign` parameter of the webhook URL, "
+                            "else its batch id.")
+        st.pills("Outcome", OUTCOMES, selection_mode="multi", key=KEY_OUTCOMES,
+                 help="None selected means all outcomes.")
+        st.multiselect("Status", options.statuses, key=KEY_STATUSES, placeholder="All statuses",
+                       accept_new_options=True,
+                       help="The status that decided a message's outcome (the failure reason of "
+                            "failed messages), or the latest status of pending ones.")
+        st.multiselect("URL labels", options.labels, key=KEY_LABELS, placeholder="Any labels",
+                       help="Query parameters of the webhook URL (key=value). A message must have "
+                            "all selected labels.")
+        st.selectbox("Time zone", options.zones, key=KEY_TZ,
+                     help="Used for day/hour buckets, date presets and the times shown.")
+        st.toggle("Live", key=KEY_LIVE,
+                  help=f"Refresh figures every {int(LIVE_REFRESH.total_seconds())} s.")
+    chosen = current_state()
+    st.query_params.from_dict(to_query(chosen))
+    return chosen
+
+
+def current_state() -> FilterState:
+    """The sidebar's choices, from session state (safe to call from a fragment rerun)."""
+    ss = st.session_state
+    preset = ss.get(KEY_RANGE, "all")
+    dates = tuple(ss.get(KEY_DATES) or ()) if preset == "custom" else ()
+    return FilterState(
+        preset=preset,
+        date_from=dates[0] if len(dates) > 0 else None,
+        date_to=dates[1] if len(dates) > 1 else (dates[0] if dates else None),
+        campaigns=tuple(ss.get(KEY_CAMPAIGNS) or ()),
+        outcomes=tuple(ss.get(KEY_OUTCOMES) or ()),
+        statuses=tuple(ss.get(KEY_STATUSES) or ()),
+        labels=tuple(_split_label(v) for v in ss.get(KEY_LABELS) or ()),
+        tz=ss.get(KEY_TZ, DEFAULT_TZ),
+        live=bool(ss.get(KEY_LIVE, False)),
+    )
+
+
+def filters(now: datetime | None = None) -> Filters:
+    """The current query filters, resolved at ``now`` (so a Live refresh moves rolling windows)."""
+    return resolve(current_state(), now or utc_now())
+
+
+def _read_url_once(options: FilterOptions, preset_default: str) -> None:
+    """Seed the widgets from the URL on a session's first run; later the widgets lead."""
+    if st.session_state.get(_URL_READ):
+        return
+    st.session_state[_URL_READ] = True
+    params = {key: st.query_params.get_all(key) for key in st.query_params}
+    wanted = from_query(params, preset_default, options)
+    st.session_state[KEY_RANGE] = wanted.preset
+    if wanted.preset == "custom" and (wanted.date_from or wanted.date_to):
+        first = wanted.date_from or wanted.date_to
+        st.session_state[KEY_DATES] = (first, wanted.date_to or first)
+    st.session_state[KEY_CAMPAIGNS] = list(wanted.campaigns)
+    st.session_state[KEY_OUTCOMES] = list(wanted.outcomes)
+    st.session_state[KEY_STATUSES] = list(wanted.statuses)
+    st.session_state[KEY_LABELS] = [f"{k}={v}" for k, v in wanted.labels]
+    st.session_state[KEY_TZ] = wanted.tz
+    st.session_state[KEY_LIVE] = wanted.live
+
+
+def _default_custom_dates(now: datetime) -> tuple[date, date]:
+    """The data's days when known, else the last 7 days: a useful start for custom dates."""
+    zone = zoneinfo.ZoneInfo(st.session_state.get(KEY_TZ, DEFAULT_TZ))
+    known = data_range()
+    if known:
+        return known[0].astimezone(zone).date(), known[1].astimezone(zone).date()
+    today = now.astimezone(zone).date()
+    return today - timedelta(days=6), today
+
+
+# ---------------------------------------------------------------------------------------------
+# Page helpers: live refresh and the friendly empty states
+# ---------------------------------------------------------------------------------------------
+
+
+def live(body: Callable[[], None]) -> Callable[[], None]:
+    """Wrap a page's figures as a fragment that reruns every ``LIVE_REFRESH`` while Live is on.
+
+    The fragment re-reads the filters from session state, so a refresh keeps them.
+    """
+    return st.fragment(body, run_every=LIVE_REFRESH if current_state().live else None)
+
+
+def data_notice() -> bool:
+    """Explain, with what to do, why there is nothing to show; True when there is data."""
+    current = store()
+    if current.has_data():
+        return True
+    directory = data_dir()
+    start_collecting = (
+        f"Start the collector with `dlrlens collector --data {directory}` and point Mobivate's "
+        f"delivery-receipt webhook at it, or create demo data with `dlrlens simulate --data {directory}`."
+    )
+    if not directory.exists():
+        st.info(f"The data folder `{directory}` does not exist yet. {start_collecting}",
+                title="No data folder yet", icon=":material/folder_off:")
+    else:
+        st.info(f"The data folder `{directory}` holds no delivery receipts yet. {start_collecting}",
+                title="No receipts yet", icon=":material/inbox:")
+    return False
+
+
+def no_match_notice(messages: int) -> bool:
+    """Explain an empty filter result; True when ``messages`` > 0."""
+    if messages > 0:
+        return True
+    st.info("No messages match these filters. Widen the date range (try **All time**) or clear the "
+            "campaign, outcome, status and label filters in the sidebar.",
+            title="Nothing matches", icon=":material/filter_alt_off:")
+    return False
+
+
+def with_campaigns(f: Filters, names: Iterable[str]) -> Filters:
+    """``f`` narrowed to ``names`` (for drilling into campaigns)."""
+    return replace(f, campaigns=tuple(names))

@@ -1,0 +1,5 @@
+import sys
+
+from dlrlens.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""Start and stop real dlrlens processes for tests: free loopback ports, always stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Collector:
+    process: subprocess.Popen
+    url: str
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def dlr(self) -> str:
+        return self.url + "/dlr"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (master and workers), as a crash would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(url + "/healthz", timeout=2).status_code in (200, 503)
+    except requests.RequestException:
+        return False
+
+
+def start_collector(data_dir: Path, *, workers: int = 2, flush_seconds: float = 0.5,
+                    env: dict | None = None, port: int | None = None) -> Collector:
+    """Run ``dlrlens collector`` in its own process group and wait until it answers."""
+    port = port or free_port()
+    log_path = Path(data_dir).parent / f"collector-{port}.log"
+    full_env = dict(os.environ, **(env or {}))
+    full_env.pop("DLRLENS_TOKEN", None) if env is None or "DLRLENS_TOKEN" not in env else None
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dlrlens", "collector", "--data", str(data_dir), "--host", "127.0.0.1",
+             "--port", str(port), "--workers", str(workers), "--flush-seconds", str(flush_seconds)],
+            cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    collector = Collector(process, f"http://127.0.0.1:{port}", Path(data_dir), log_path)
+    try:
+        wait_until(lambda: process.poll() is not None or _healthy(collector.url), 60, what="collector start")
+        if process.poll() is not None:
+            raise RuntimeError(f"collector exited with {process.returncode}:\n{collector.log()}")
+    except BaseException:
+        collector.stop()
+        raise
+    return collector
+
+
+@contextlib.contextmanager
+def running_collector(data_dir: Path, **kwargs):
+    collector = start_collector(data_dir, **kwargs)
+    try:
+        yield collector
+    finally:
+        collector.stop()
