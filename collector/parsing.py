@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,10 +49,15 @@ KNOWN_FIELDS = {
 MAX_ID_LENGTH = 256
 MAX_LABELS = 32
 MAX_LABEL_LENGTH = 256
+# A receipt is 2-3 levels deep (array, receipt, hlr). The bound keeps every later step
+# (json.dumps of hlr/extra, the WAL encoder) clear of Python's recursion limit, whatever
+# the caller's stack depth.
+MAX_JSON_DEPTH = 32
 SECRET_PARAMS = frozenset({"token"})
 
 _TIMESTAMP_SHAPE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _INT32_MAX = 2**31 - 1
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class BadBody(Exception):
@@ -107,7 +113,7 @@ def body_format(content_type: str | None, body: bytes) -> str:
     if media in ("application/xml", "text/xml") or media.endswith("+xml"):
         return "xml"
     if media in ("", "text/plain"):
-        head = body.lstrip()[:8]
+        head = body.removeprefix(_UTF8_BOM).lstrip()[:8]
         if head[:1] in (b"{", b"["):
             return "json"
         if head[:1] == b"<":
@@ -126,15 +132,48 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 would become inf and be written back out as the non-JSON token Infinity.
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def _check_json_document(document) -> None:
+    """Refuse a parsed document that storage could not hold: too deep, or with lone
+    surrogates (``"\\ud800"`` decodes to a str that cannot be encoded as UTF-8, which
+    Parquet requires: one such receipt would make its whole log segment unflushable)."""
+    pending = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise BadBody(400, "invalid_json",
+                                  "JSON holds a lone surrogate escape (not valid Unicode text)") from None
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise BadBody(400, "invalid_json", f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(value, dict):
+                pending.extend((key, depth) for key in value)
+                pending.extend((item, depth + 1) for item in value.values())
+            else:
+                pending.extend((item, depth + 1) for item in value)
+
+
 def _json_elements(body: bytes) -> list:
     try:
-        document = json.loads(body, parse_constant=_reject_constant)
+        document = json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError as exc:
         raise BadBody(400, "invalid_json", f"body is not valid UTF-8 JSON: {exc.reason}") from None
     except RecursionError:
         raise BadBody(400, "invalid_json", "JSON is nested too deeply") from None
     except ValueError as exc:
         raise BadBody(400, "invalid_json", f"body is not valid JSON: {str(exc)[:200]}") from None
+    _check_json_document(document)
     if isinstance(document, dict):
         return [document]
     if isinstance(document, list):
@@ -327,7 +366,7 @@ def normalise(element, *, source_format: str, received_at: datetime, labels: dic
         "parts": _optional_int(fields.get("parts")),
         "hlr": None if hlr is None else _json_text(hlr),
         "extra": _json_text(extra) if extra else None,
-        "campaign": labels.get("campaign"),
+        "campaign": labels.get("campaign") or None,
         "labels": _json_text(labels),
         "source_format": source_format,
     }

@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import random
+import re
 import sys
 import threading
 import time
@@ -448,7 +449,7 @@ def _plan_messages(profile: CampaignProfile, size: int, rng: random.Random, star
 def _message_receipts(message: _Message, rng: random.Random) -> list[Receipt]:
     """The message's receipts in created order: one per status, one per part for XML.
 
-    Written ``created`` times never go backwards within a message, whatever their precision.
+    Written ``created`` times strictly increase within a message, whatever their precision.
     """
     styles, style_weights = zip(*CREATED_STYLES)
     parts = range(1, message.parts + 1) if message.source_format == "xml" else (None,)
@@ -456,7 +457,10 @@ def _message_receipts(message: _Message, rng: random.Random) -> list[Receipt]:
     for status, when in message.timeline:
         for part in parts:
             offset_style, with_millis = _weighted_choice(rng, styles, style_weights)
-            instant = _ceil_instant(when if floor is None else max(when, floor), with_millis)
+            # Strictly later than the previous receipt, so created order is never a tie.
+            if floor is not None:
+                when = max(when, floor + timedelta(milliseconds=1))
+            instant = _ceil_instant(when, with_millis)
             floor = instant
             receipts.append(Receipt(
                 delivery_message_id=message.delivery_message_id,
@@ -577,7 +581,7 @@ def describe_traffic(posts: Sequence[SimulatedPost]) -> str:
         f"{len(posts)} posts: {len(originals)} receipts + {len(posts) - len(originals)} duplicates, "
         f"{sum(p.receipt.source_format == 'xml' for p in posts)} xml-form, "
         f"{sum(p.out_of_order for p in originals)} out of order",
-        f"{len(by_message) - total_finals} messages without a final; finals: {mix}",
+        f"{len(by_message) - total_finals} without a final so far; finals: {mix}",
         f"created {min(created).isoformat()} .. {max(created).isoformat()}",
     ])
 
@@ -602,11 +606,19 @@ def post_url(url: str, labels: Iterable[tuple[str, str]], token: str | None = No
 
 
 def redact_url(url: str) -> str:
-    """``url`` with the secret's value hidden, for printing."""
+    """``url`` with the webhook secret hidden, for printing.
+
+    Hides every place the collector takes a secret from: the ``token`` parameter, the
+    HTTP Basic password and the path segment after ``/dlr/``.
+    """
     parts = urlsplit(url)
     query = [(k, "***" if k == TOKEN_PARAM else v)
              for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{netloc.rpartition('@')[2]}"
+    path = re.sub(r"(/dlr/).+", r"\1***", parts.path)
+    return urlunsplit(parts._replace(netloc=netloc, path=path, query=urlencode(query, safe="*")))
 
 
 @dataclass
@@ -639,6 +651,14 @@ class SendStats:
                 f"{self.errors} errors, {self.retries} retries, "
                 f"{self.elapsed:.1f}s ({rate:.0f} posts/s)"
                 + (f"; last error: {self.last_error}" if self.last_error else ""))
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A one-line reason for a failed post, without the URL's secret."""
+    # requests wraps urllib3's MaxRetryError, whose `reason` says what actually went wrong.
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    text = f"{type(exc).__name__}: {reason or exc}"
+    return re.sub(rf"({TOKEN_PARAM}=)[^&\s'\"]*", r"\1***", text)
 
 
 def _backoff(attempt: int, base: float, response: requests.Response | None) -> float:
@@ -721,7 +741,7 @@ def send(
                 stats.retries += attempts
                 if status is None:
                     stats.errors += 1
-                    stats.last_error = f"{type(failure).__name__}: {failure}"
+                    stats.last_error = describe_failure(failure)
                 elif 200 <= status < 300:
                     stats.acked += 1
                 else:

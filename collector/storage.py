@@ -170,7 +170,7 @@ class ReceiptStorage:
     def _take_slot(self) -> tuple[str, int]:
         for number in range(10_000):
             slot = f"w{number:03d}"
-            fd = os.open(self.wal_root / f"{slot}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.wal_root / f"{slot}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -186,7 +186,7 @@ class ReceiptStorage:
             slot = lock_path.stem
             if slot == self.slot or not list_segments(self.wal_root / slot):
                 continue
-            fd = os.open(lock_path, os.O_RDWR)
+            fd = os.open(lock_path, os.O_RDONLY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -71,12 +71,16 @@ def _healthy(url: str) -> bool:
 
 
 def start_collector(data_dir: Path, *, workers: int = 2, flush_seconds: float = 0.5,
-                    env: dict | None = None, port: int | None = None) -> Collector:
-    """Run ``dlrlens collector`` in its own process group and wait until it answers."""
+                    env: dict | None = None, port: int | None = None, log_dir: Path | None = None) -> Collector:
+    """Run ``dlrlens collector`` in its own process group and wait until it answers.
+
+    Its output goes to ``collector-<port>.log`` in ``log_dir`` (default: beside ``data_dir``).
+    """
     port = port or free_port()
-    log_path = Path(data_dir).parent / f"collector-{port}.log"
-    full_env = dict(os.environ, **(env or {}))
-    full_env.pop("DLRLENS_TOKEN", None) if env is None or "DLRLENS_TOKEN" not in env else None
+    log_path = Path(log_dir or Path(data_dir).parent) / f"collector-{port}.log"
+    # Only the test's own DLRLENS_* settings reach the collector, never the caller's shell.
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DLRLENS_")}
+    full_env.update(env or {})
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "dlrlens", "collector", "--data", str(data_dir), "--host", "127.0.0.1",
