@@ -33,26 +33,33 @@ def _worker_exit(server, worker) -> None:
         storage.close()
 
 
-class CollectorServer(BaseApplication):
-    def __init__(self, settings: Settings, host: str, port: int, workers: int, threads: int):
-        self.settings = settings
-        self.options = {
-            "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-            "workers": workers,
-            "threads": threads,
-            "worker_class": "gthread",
-            "timeout": 60,
-            "graceful_timeout": 30,
-            "keepalive": 5,
-            "accesslog": None,
-            "control_socket_disable": True,  # one shared socket path would clash between instances
-            "errorlog": "-",
-            "loglevel": "info",
-            "limit_request_line": 8190,
-            "limit_request_fields": 100,
-            "post_worker_init": _post_worker_init,
-            "worker_exit": _worker_exit,
-        }
+def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict:
+    """The gunicorn settings the collector runs with (benchmarks reuse them for fairness)."""
+    return {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "timeout": 60,
+        "graceful_timeout": 30,
+        "keepalive": 5,
+        "accesslog": None,
+        "control_socket_disable": True,  # one shared socket path would clash between instances
+        "errorlog": "-",
+        "loglevel": "info",
+        "limit_request_line": 8190,
+        "limit_request_fields": 100,
+        "post_worker_init": _post_worker_init,
+        "worker_exit": _worker_exit,
+    }
+
+
+class WsgiServer(BaseApplication):
+    """Gunicorn serving the app that ``load_app()`` builds in each worker."""
+
+    def __init__(self, load_app, options: dict):
+        self.load_app = load_app
+        self.options = options
         super().__init__()
 
     def load_config(self) -> None:
@@ -60,11 +67,14 @@ class CollectorServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from collector.app import create_app
-
-        return create_app(self.settings)
+        return self.load_app()
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers: int = 2, threads: int = 16) -> None:
     """Serve until stopped (SIGTERM/SIGINT); returns after every worker flushed and exited."""
-    CollectorServer(settings, host, port, workers, threads).run()
+    def load_app():
+        from collector.app import create_app
+
+        return create_app(settings)
+
+    WsgiServer(load_app, gunicorn_options(host, port, workers, threads)).run()

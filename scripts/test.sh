@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs (Python packages, Debian's chromium for the
+# browser test), then run the whole suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian's chromium for the browser test"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "chromium is missing and this is not root: the browser test will be skipped" >&2
+  fi
+fi
+
+exec python3 -m pytest "$@"
