@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from collector import layout
+from collector.faults import crash_point
 from collector.wal import StorageError, WriteAheadLog, encode_record, list_segments, read_segment
 
 log = logging.getLogger("dlrlens.collector")
@@ -46,12 +47,15 @@ def write_parquet_atomically(table: pa.Table, path: Path) -> None:
     try:
         with open(tmp, "wb") as fh:
             pq.write_table(table, fh, **PARQUET_OPTIONS)
+            crash_point("parquet:before-fsync")
             fh.flush()
             os.fsync(fh.fileno())
+        crash_point("parquet:before-rename")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    crash_point("parquet:before-dir-fsync")
     layout.fsync_dir(path.parent)
 
 
@@ -68,6 +72,23 @@ def records_to_table(records: list[dict]) -> pa.Table:
         schema=layout.RECEIPT_SCHEMA,
     )
     return table.sort_by([("delivery_message_id", "ascending"), ("created", "ascending")])
+
+
+def remove_orphan_temp_files(root: Path) -> int:
+    """Delete ``.*.<pid>.tmp`` files under ``root`` whose writing process no longer exists."""
+    removed = 0
+    for tmp in root.glob("*/.*.tmp") if root.is_dir() else ():
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+            continue  # its writer is alive and may still rename it
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def utc_day(micros: int) -> str:
@@ -88,6 +109,8 @@ def flush_segment(data_dir: Path, slot: str, segment: Path) -> int:
     for day, rows in sorted(by_day.items()):
         target = layout.partition_dir(data_dir, day) / f"{slot}-{segment.stem}.parquet"
         write_parquet_atomically(records_to_table(rows), target)
+        crash_point("flush:between-partitions")
+    crash_point("flush:before-segment-delete")
     segment.unlink()
     layout.fsync_dir(segment.parent)
     return len(records)
@@ -180,7 +203,11 @@ class ReceiptStorage:
         raise RuntimeError("no free writer slot")
 
     def recover(self) -> int:
-        """Flush what this slot's log and every unheld slot's log still hold. Returns receipts."""
+        """Flush what this slot's log and every unheld slot's log still hold. Returns receipts.
+
+        Also removes temporary files left by writers that died mid-write.
+        """
+        remove_orphan_temp_files(layout.receipts_dir(self.data_dir))
         recovered = self._flush_dir(self.slot, self.wal_root / self.slot)
         for lock_path in sorted(self.wal_root.glob("*.lock")):
             slot = lock_path.stem

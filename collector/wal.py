@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from collector.faults import crash_point
+
 SEGMENT_SUFFIX = ".wal"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _TIMESTAMP_FIELDS = ("created", "received_at")
@@ -136,7 +138,9 @@ class WriteAheadLog:
         try:
             self._file.write(b"".join(batch.lines))
             self._file.flush()
+            crash_point("wal:before-fsync")
             self._fsync(self._file.fileno())
+            crash_point("wal:after-fsync")
             self.fsyncs += 1
             self._segment_records += batch.count
         except OSError:

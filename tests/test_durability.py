@@ -212,3 +212,51 @@ def test_full_or_read_only_storage_answers_503_and_recovers(tmp_path):
         assert set(acked) <= set(stored)
         assert "read-only" not in stored
         assert_files_whole(data)
+
+
+# -- a crash between any two steps of the write path -----------------------------------------
+
+CRASH_POINTS = ["wal:before-fsync", "wal:after-fsync", "parquet:before-fsync", "parquet:before-rename",
+                "parquet:before-dir-fsync", "flush:between-partitions", "flush:before-segment-delete"]
+
+
+def post_until_acked(session: requests.Session, url: str, doc: dict, attempts: int = 50) -> None:
+    """Post like Mobivate retrying: again until a 200 (the worker may be restarting)."""
+    for _ in range(attempts):
+        try:
+            if session.post(url, json=doc, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{doc['deliveryMessageId']} never acknowledged")
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_crash_at_each_write_step_loses_nothing_and_shows_no_partial_file(tmp_path, point):
+    data = tmp_path / "data"
+    marker = tmp_path / "crashed"
+    sent = []
+    with running_collector(data, workers=1, flush_seconds=0.2,
+                           env={"DLRLENS_CRASH_AT": f"{point}@{marker}"}) as collector:
+        with requests.Session() as session:
+            for index in range(30):
+                # Two UTC days, so a flush writes two partitions.
+                created = f"2026-11-{20 + index % 2}T23:59:{index:02d}Z"
+                doc = receipt(f"{point}-{index}", created=created)
+                post_until_acked(session, collector.dlr, doc)
+                sent.append(doc["deliveryMessageId"])
+                assert_files_whole(data)
+                time.sleep(0.05)
+        wait_until(marker.exists, 20, what=f"the crash at {point}")
+        wait_until(lambda: set(sent) <= set(message_ids(data)), 30, what="recovery")
+    rows = stored_rows(data)
+    assert {r["delivery_message_id"] for r in rows} == set(sent)
+    # A process killed after writing its log but before answering leaves that receipt in the
+    # log (the kernel still has it), and the sender retries it: a second copy with the same
+    # receipt_id, which the KPIs count once. A crash inside a flush must add no copy at all.
+    assert len({r["receipt_id"] for r in rows}) == len(sent)
+    if not point.startswith("wal:"):
+        assert len(rows) == len(sent)
+    assert_files_whole(data)
+    assert not list(data.glob("receipts/*/.*.tmp")), "temporary files of the dead writer are cleaned up"
