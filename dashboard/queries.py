@@ -35,17 +35,18 @@ import json
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
 import duckdb
 import numpy as np
 import pandas as pd
 
 from collector import layout
-from collector.statuses import CATEGORIES, status_table
+from collector.statuses import status_table
 from dashboard import _sql
 
 UTC = timezone.utc
@@ -123,10 +124,15 @@ class Filters:
 
 def zone_info(name: str) -> ZoneInfo:
     """The IANA zone ``name``; ValueError with a clear message if there is none."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
-        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)") from exc
+    if name != "UTC" and name not in _zone_names():
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)")
+    return ZoneInfo(name)
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    # "localtime" is the host's zone file, not an IANA name (DuckDB does not know it).
+    return frozenset(available_timezones()) - {"localtime"}
 
 
 # --------------------------------------------------------------------------- store
