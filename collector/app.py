@@ -20,7 +20,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from collector import metrics
+from collector import metrics, openapi
 from collector.parsing import BadBody, parse_request, url_labels
 from collector.rejected import RejectedBodies
 from collector.security import FailureLimiter, address_allowed, token_matches
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.add_url_rule("/dlr/<path:secret>", view_func=receive, methods=["POST"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/metrics", view_func=metrics_text, methods=["GET"])
+    openapi.register(app)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)
     app.after_request(log_request)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import random
 import subprocess
-import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -19,52 +17,13 @@ import requests
 from collector import layout
 from collector.storage import ReceiptStorage
 from collector.wal import WriteAheadLog, encode_record, read_segment
-from tests.servers import running_collector, start_collector, wait_until
+from tests.reliability import kill_at_random
+from tests.servers import running_collector, wait_until
 from tests.test_collector import receipt, stored_rows
 
 
 def message_ids(data_dir: Path) -> list[str]:
     return [row["delivery_message_id"] for row in stored_rows(data_dir)]
-
-
-class Poster:
-    """Client threads posting unique receipts until stopped; remembers what got 200."""
-
-    def __init__(self, url: str, prefix: str, threads: int = 4):
-        self.url, self.prefix, self.threads = url, prefix, threads
-        self.acked: set[str] = set()
-        self.sent: set[str] = set()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(threads)
-        self._futures = []
-
-    def _run(self, worker: int) -> None:
-        with requests.Session() as session:
-            n = 0
-            while not self._stop.is_set() and n < 5000:
-                message_id = f"{self.prefix}-{worker}-{n}"
-                n += 1
-                with self._lock:
-                    self.sent.add(message_id)
-                try:
-                    answer = session.post(self.url, json=receipt(message_id), timeout=5)
-                except requests.RequestException:
-                    time.sleep(0.05)
-                    continue
-                if answer.status_code == 200:
-                    with self._lock:
-                        self.acked.add(message_id)
-
-    def __enter__(self):
-        self._futures = [self._pool.submit(self._run, w) for w in range(self.threads)]
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for future in self._futures:
-            future.result(timeout=60)
-        self._pool.shutdown()
 
 
 def assert_files_whole(data_dir: Path) -> None:
@@ -76,29 +35,14 @@ def assert_files_whole(data_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_while_posting_loses_no_acknowledged_receipt(tmp_path):
-    data = tmp_path / "data"
-    rng = random.Random(7)
-    acked_total: set[str] = set()
-    for round_number in range(3):
-        collector = start_collector(data, workers=2, flush_seconds=0.2)
-        try:
-            with Poster(collector.dlr, f"crash{round_number}") as poster:
-                wait_until(lambda: len(poster.acked) >= 50, 30, what="some acknowledged receipts")
-                time.sleep(rng.uniform(0.0, 1.0))
-                collector.kill()
-            acked_total |= poster.acked
-        finally:
-            collector.stop()
-    with running_collector(data, workers=2, flush_seconds=0.2):
-        pass  # start recovers every slot's log; a clean stop flushes the rest
-    stored = message_ids(data)
-    missing = acked_total - set(stored)
-    print(f"acked={len(acked_total)} stored={len(set(stored))} lost={len(missing)}")
-    assert not missing
-    assert len(stored) == len(set(stored)), "a receipt stored once must be in Parquet once"
-    assert_files_whole(data)
-    assert not list((data / "wal").glob("*/*.wal")), "recovered log segments are removed"
+def test_twenty_random_sigkills_lose_no_acknowledged_receipt(tmp_path):
+    result = kill_at_random(tmp_path / "data", kills=20, seed=7)
+    print(result.line())
+    assert result.acked > 20 * 20
+    assert result.lost == 0
+    assert result.duplicated_in_kpis == 0
+    assert_files_whole(tmp_path / "data")
+    assert not list((tmp_path / "data" / "wal").glob("*/*.wal")), "recovered log segments are removed"
 
 
 def test_torn_log_tail_is_skipped_and_the_rest_recovered(tmp_path):

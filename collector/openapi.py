@@ -1,0 +1,300 @@
+"""OpenAPI 3.1 description of the collector's HTTP interface, served at ``GET /openapi.json``.
+
+The document is a plain dict built here (no YAML, no generator) and must stay truthful to
+``collector/app.py`` and ``collector/parsing.py``: ``tests/test_openapi.py`` fuzzes the
+running collector from it (every answer must be a documented status with a conforming
+body) and checks that every refusal reason the code can give is listed here.
+
+Receipt schemas describe what Mobivate sends and the collector stores as-is. The
+collector is more lenient than the schema in one documented way: a ``statusCode``,
+``part`` or ``parts`` that is not an integer does not fail the receipt, it is kept
+under the ``extra`` column instead.
+
+:func:`register` adds the route to an app; :func:`openapi_document` builds the dict.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, current_app, jsonify
+
+from collector.parsing import MAX_ID_LENGTH, MAX_JSON_DEPTH, MAX_LABEL_LENGTH, MAX_LABELS
+
+OPENAPI_PATH = "/openapi.json"
+
+# Why a whole request is refused, by HTTP status: the ``error`` of the JSON answer.
+REQUEST_REFUSALS: dict[int, tuple[str, ...]] = {
+    400: ("invalid_json", "invalid_xml", "invalid_form", "forbidden_xml", "not_a_receipt", "empty_body",
+          "missing_message_id", "missing_status", "bad_created", "bad_field"),
+    401: ("unauthorized",),
+    403: ("forbidden_source",),
+    404: ("not_found",),
+    405: ("method_not_allowed",),
+    413: ("body_too_large",),
+    415: ("unsupported_media_type",),
+    429: ("too_many_auth_failures",),
+}
+# Why one receipt of a multi-receipt body is refused (a ``rejected`` item of a 207 answer).
+ELEMENT_REFUSALS: tuple[str, ...] = ("not_a_receipt", "missing_message_id", "missing_status", "bad_created",
+                                     "bad_field")
+
+_REFUSAL_WHEN = {
+    400: "The body does not parse (invalid UTF-8, NaN/Infinity, numbers out of range, lone surrogate escapes, "
+         f"JSON nested deeper than {MAX_JSON_DEPTH} levels), uses a DTD or entities (forbidden_xml), holds no "
+         "receipt, or its only receipt(s) lack deliveryMessageId, status or a parseable created.",
+    401: "A webhook secret is configured (DLRLENS_TOKEN) and the request carries none that matches.",
+    403: "The source address is outside DLRLENS_ALLOW_NETWORKS.",
+    404: "No such endpoint; also POST /dlr/{secret} when no webhook secret is configured.",
+    405: "The method is not allowed on this path (see the Allow header).",
+    413: "The body is larger than DLRLENS_MAX_BODY_BYTES.",
+    415: "The content type is not JSON, form or XML (a missing or text/plain one is sniffed from the body).",
+    429: "Too many failed secrets from this source address within a minute.",
+}
+
+# A POST to /dlr can be refused with any of these; 404 only on /dlr/{secret}, 405 never.
+_RECEIVE_REFUSALS = (400, 401, 403, 413, 415, 429)
+
+_INT32 = {"minimum": -(2**31 - 1), "maximum": 2**31 - 1}
+_NUMERIC_TEXT = {"type": "string", "pattern": r"^\s*[+-]?[0-9]{1,10}\s*$"}
+
+
+def _integer_or_numeric_text(description: str) -> dict:
+    return {"description": description, "anyOf": [{"type": "integer", **_INT32}, _NUMERIC_TEXT]}
+
+
+def _optional_text(description: str) -> dict:
+    return {"description": description, "type": ["string", "null"], "maxLength": MAX_ID_LENGTH}
+
+
+def _receipt_properties() -> dict:
+    return {
+        "deliveryMessageId": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": r"\S",
+                              "description": "Mobivate's id of one SMS message. Required."},
+        "batchId": _optional_text("Mobivate's id of the send request."),
+        "clientReference": _optional_text("Your send's reference."),
+        "created": {
+            "type": "string", "format": "date-time",
+            "description": "When Mobivate created the receipt: ISO 8601 with +00:00, +0000 or Z (no offset means "
+                           "UTC), any fraction of a second. Required.",
+            "examples": ["2023-07-28T03:23:22.000+00:00"],
+        },
+        "status": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"\S",
+                   "description": "Status name, any case. Unknown names are stored and classified 'unknown', "
+                                  "never refused. May be absent when statusCode is numeric."},
+        "statusCode": _integer_or_numeric_text("Mobivate status code. A non-numeric value is kept under 'extra'."),
+        "part": _integer_or_numeric_text("Part number of a multipart message."),
+        "parts": _integer_or_numeric_text("Number of parts of the message."),
+        "hlr": {"type": ["object", "null"], "description": "HLR lookup result, stored as JSON."},
+    }
+
+
+def _receipt_schema() -> dict:
+    return {
+        "type": "object",
+        "description": "A Mobivate delivery receipt. Field names match in any case; fields Mobivate adds later "
+                       "are kept (as JSON, in the 'extra' column).",
+        "required": ["deliveryMessageId", "created", "status"],
+        "properties": _receipt_properties(),
+        "additionalProperties": True,
+        "examples": [{
+            "deliveryMessageId": "9A85B95E0A000A9D2FBD46710388AD54",
+            "batchId": "9A85B9110A000A9D2FBD4671D691C328", "clientReference": None,
+            "created": "2023-07-28T03:23:22.000+00:00", "status": "ACCEPTED", "statusCode": 2, "parts": 1,
+            "hlr": None,
+        }],
+    }
+
+
+def _xml_receipt_schema() -> dict:
+    # The same fields as elements of <deliveryreceipt>; nested elements of <hlr> become its keys.
+    properties = _receipt_properties()
+    properties["hlr"] = {"type": "object", "additionalProperties": {"type": "string"},
+                         "description": "HLR lookup result: child elements, stored as a JSON object of texts."}
+    return {
+        "type": "object",
+        "xml": {"name": "deliveryreceipt"},
+        "description": "A <deliveryreceipt> element (or a root element holding several of them).",
+        "required": ["deliveryMessageId", "created", "status"],
+        "properties": properties,
+    }
+
+
+def _error_schema(reasons: tuple[str, ...]) -> dict:
+    return {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {
+            "error": {"type": "string", "enum": list(reasons)},
+            "message": {"type": "string", "minLength": 1, "description": "What was wrong, in plain words."},
+        },
+    }
+
+
+def _json_response(description: str, schema: dict, headers: dict | None = None) -> dict:
+    response = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _refusal(status: int) -> dict:
+    return _json_response(_REFUSAL_WHEN[status], {"$ref": f"#/components/schemas/Refusal{status}"})
+
+
+def _components() -> dict:
+    schemas = {f"Refusal{status}": _error_schema(reasons) for status, reasons in REQUEST_REFUSALS.items()}
+    schemas.update({
+        "Receipt": _receipt_schema(),
+        "XmlReceipt": _xml_receipt_schema(),
+        "Stored": {
+            "type": "object", "required": ["status", "stored"],
+            "properties": {"status": {"const": "stored"}, "stored": {"type": "integer", "minimum": 1}},
+        },
+        "Partial": {
+            "type": "object", "required": ["status", "stored", "rejected"],
+            "properties": {
+                "status": {"const": "partial"},
+                "stored": {"type": "integer", "minimum": 1},
+                "rejected": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["index", "reason", "message"],
+                    "properties": {
+                        "index": {"type": "integer", "minimum": 0, "description": "Position in the body."},
+                        "reason": {"type": "string", "enum": list(ELEMENT_REFUSALS)},
+                        "message": {"type": "string", "minLength": 1},
+                    },
+                }},
+            },
+        },
+        "StorageUnavailable": _error_schema(("storage_unavailable",)),
+        "InternalError": _error_schema(("internal_error",)),
+        "Health": {
+            "type": "object",
+            "required": ["status", "storage_writable", "storage_error", "last_flush_error", "slot", "backlog"],
+            "properties": {
+                "status": {"enum": ["ok", "degraded"]},
+                "storage_writable": {"type": "boolean"},
+                "storage_error": {"type": ["string", "null"]},
+                "last_flush_error": {"type": ["string", "null"]},
+                "slot": {"type": "string", "description": "This worker's writer slot."},
+                "backlog": {"type": "object", "description": "This worker's write-ahead log not yet in Parquet.",
+                            "required": ["bytes", "segments", "records_open_segment"],
+                            "properties": {"bytes": {"type": "integer", "minimum": 0},
+                                           "segments": {"type": "integer", "minimum": 0},
+                                           "records_open_segment": {"type": "integer", "minimum": 0}}},
+            },
+        },
+    })
+    return {
+        "schemas": schemas,
+        "securitySchemes": {
+            "basicPassword": {"type": "http", "scheme": "basic",
+                              "description": "The webhook secret as the HTTP Basic password (any user name)."},
+        },
+    }
+
+
+def _receive_operation(summary: str, extra_parameters: list, refusals: tuple[int, ...]) -> dict:
+    receipts = {"$ref": "#/components/schemas/Receipt"}
+    return {
+        "summary": summary,
+        "description": (
+            "Stores the receipts in the body. 200 means every receipt is fsynced in the write-ahead log. "
+            "When DLRLENS_TOKEN is set, one of its secrets must come as ?token=, as the HTTP Basic password "
+            "or as the last path segment. Every query parameter but token labels the stored receipts; "
+            f"campaign is a column of its own. At most {MAX_LABELS} labels are kept, keys and values cut to "
+            f"{MAX_LABEL_LENGTH} characters; the first of a repeated key wins."
+        ),
+        "security": [{}, {"basicPassword": []}],
+        "parameters": extra_parameters + [
+            {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "Webhook secret (when DLRLENS_TOKEN is set); never stored or logged."},
+            {"name": "campaign", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "Campaign name stored with each receipt (the dashboard groups by it)."},
+            {"name": "labels", "in": "query", "required": False, "style": "form", "explode": True,
+             "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+             "description": "Any other query parameter (team=retail, country=uk): a filterable URL label."},
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"oneOf": [
+                    receipts, {"type": "array", "minItems": 1, "items": receipts},
+                ]}},
+                "application/x-www-form-urlencoded": {"schema": {
+                    "type": "object", "required": ["xml"],
+                    "properties": {"xml": {"type": "string",
+                                           "description": "A <deliveryreceipt> XML document."}},
+                }},
+                "application/xml": {"schema": {"$ref": "#/components/schemas/XmlReceipt"}},
+            },
+        },
+        "responses": {
+            "200": _json_response("Every receipt is stored durably.", {"$ref": "#/components/schemas/Stored"}),
+            "207": _json_response("Some receipts of a multi-receipt body are stored; 'rejected' names the others.",
+                                  {"$ref": "#/components/schemas/Partial"}),
+            **{str(status): _refusal(status) for status in refusals},
+            "500": _json_response("A collector bug; nothing was stored, the sender should retry.",
+                                  {"$ref": "#/components/schemas/InternalError"}),
+            "503": _json_response(
+                "Storage failed (disk full, read-only, I/O error); nothing was acknowledged, retry later.",
+                {"$ref": "#/components/schemas/StorageUnavailable"},
+                {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait."}},
+            ),
+        },
+    }
+
+
+def openapi_document(max_body_bytes: int | None = None) -> dict:
+    """The OpenAPI 3.1 document; ``max_body_bytes`` (the 413 limit) goes into the description."""
+    limit = f" Bodies above {max_body_bytes} bytes are refused (413)." if max_body_bytes else ""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "dlrlens collector",
+            "version": "1",
+            "description": "Webhook receiver for Mobivate delivery receipts (DLRs). Every refusal is a JSON "
+                           "object {error, message}, counted in /metrics and kept under data/rejected/." + limit,
+        },
+        "paths": {
+            "/dlr": {"post": {**_receive_operation("Receive delivery receipts", [], _RECEIVE_REFUSALS),
+                              "operationId": "receive"}},
+            "/dlr/{secret}": {"post": {
+                **_receive_operation("Receive delivery receipts, the webhook secret in the path", [
+                    {"name": "secret", "in": "path", "required": True, "schema": {"type": "string"},
+                     "description": "A webhook secret; 404 when none is configured."},
+                ], _RECEIVE_REFUSALS + (404,)),
+                "operationId": "receiveWithPathSecret",
+            }},
+            "/healthz": {"get": {
+                "operationId": "health",
+                "summary": "Storage health",
+                "description": "200 when this worker's storage takes a real fsynced write and the last flush "
+                               "succeeded, else 503, with the log backlog.",
+                "responses": {
+                    "200": _json_response("Storage works.", {"$ref": "#/components/schemas/Health"}),
+                    "503": _json_response("Storage is degraded.", {"$ref": "#/components/schemas/Health"}),
+                },
+            }},
+            "/metrics": {"get": {
+                "operationId": "metrics",
+                "summary": "Prometheus counters of the whole collector",
+                "responses": {"200": {"description": "Prometheus text exposition format 0.0.4.",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            }},
+            OPENAPI_PATH: {"get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": _json_response("The OpenAPI 3.1 description of the collector.",
+                                                    {"type": "object", "required": ["openapi", "paths"]})},
+            }},
+        },
+        "components": _components(),
+    }
+
+
+def serve_document() -> Response:
+    return jsonify(openapi_document(current_app.config.get("MAX_CONTENT_LENGTH")))
+
+
+def register(app: Flask) -> None:
+    """Add ``GET /openapi.json`` to the collector ``app``."""
+    app.add_url_rule(OPENAPI_PATH, view_func=serve_document, methods=["GET"])
