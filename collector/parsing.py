@@ -232,9 +232,9 @@ def _form_elements(body: bytes) -> list:
 
 def raw_elements(body: bytes, content_type: str | None) -> tuple[str, list]:
     """Return the body's format and its receipt elements (dicts), unvalidated."""
-    fmt = body_format(content_type, body)
     if not body.strip():
         raise BadBody(400, "empty_body", "request body is empty")
+    fmt = body_format(content_type, body)
     if fmt == "json":
         return "json", _json_elements(body)
     if fmt == "form":
@@ -256,6 +256,8 @@ def parse_created(value) -> datetime:
     text = value.strip()
     # fromisoformat takes at most microseconds; Mobivate sends milliseconds, others nanoseconds.
     text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    # A form body whose sender did not percent-encode '+' turns '+00:00' into ' 00:00'.
+    text = re.sub(r"(:\d{2}(?:\.\d+)?) (\d{2}:?\d{2})$", r"\1+\2", text)
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
