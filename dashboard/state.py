@@ -31,6 +31,7 @@ import sys
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import TypeVar
@@ -53,7 +54,7 @@ PRESETS: dict[str, str] = {
     "custom": "Custom dates",
 }
 ROLLING_PRESETS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
-OUTCOMES = ("delivered", "failed", "unknown", "pending")
+OUTCOMES = queries.OUTCOMES
 DEFAULT_TZ = "UTC"
 LIVE_REFRESH = timedelta(seconds=5)
 # The default window while data is recent; older data defaults to "all" so the first view
@@ -173,7 +174,7 @@ def resolve(state: FilterState, now: datetime) -> Filters:
     minute share cached results yet a receipt that arrived a moment ago is included.
     "This month" and custom dates are whole days in the chosen time zone; "all" is unbounded.
     """
-    zone = zoneinfo.ZoneInfo(state.tz)
+    zone = queries.zone_info(state.tz)
     start = end = None
     if state.preset in ROLLING_PRESETS:
         end = now.astimezone(timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
@@ -198,26 +199,17 @@ def default_preset(data_range: tuple[datetime, datetime] | None, now: datetime) 
     return RECENT_PRESET if newest >= now - ROLLING_PRESETS[RECENT_PRESET] else "all"
 
 
-def period_label(f: Filters, data_range: tuple[datetime, datetime] | None = None) -> str:
-    """``2026-11-01_to_2026-11-05`` for file names: the filter's days in its time zone (end
-    exclusive), open ends taken from the data's range; ``all-time`` when nothing is known."""
-    zone = zoneinfo.ZoneInfo(f.tz)
-    first = f.start or (data_range[0] if data_range else None)
-    last = (f.end - timedelta(microseconds=1)) if f.end else (data_range[1] if data_range else None)
-    if first is None or last is None:
-        return "all-time"
-    return f"{first.astimezone(zone).date().isoformat()}_to_{last.astimezone(zone).date().isoformat()}"
-
-
+@lru_cache(maxsize=1)
 def time_zones() -> tuple[str, ...]:
-    """UTC first, then every IANA zone name in alphabetical order."""
-    return (DEFAULT_TZ, *sorted(z for z in zoneinfo.available_timezones() if z != DEFAULT_TZ))
+    """UTC first, then every zone the queries accept, alphabetically."""
+    return (DEFAULT_TZ, *sorted(z for z in zoneinfo.available_timezones() if z != DEFAULT_TZ and is_time_zone(z)))
 
 
 def is_time_zone(name: str) -> bool:
+    """True when the queries accept ``name`` as a zone."""
     try:
-        zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        queries.zone_info(name)
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
         return False
     return True
 
@@ -240,6 +232,11 @@ def _midnight(day: date, zone: zoneinfo.ZoneInfo) -> datetime:
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def minute_now() -> datetime:
+    """Now, floored to the minute: a cache-friendly "now" for ages that may lag by < 1 min."""
+    return utc_now().replace(second=0, microsecond=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,27 +348,36 @@ def sidebar() -> FilterState:
     return chosen
 
 
-def current_state() -> FilterState:
-    """The sidebar's choices, from session state (safe to call from a fragment rerun)."""
-    ss = st.session_state
-    preset = ss.get(KEY_RANGE, "all")
-    dates = tuple(ss.get(KEY_DATES) or ()) if preset == "custom" else ()
+def state_from(values: Mapping) -> FilterState:
+    """The :class:`FilterState` held by the sidebar widgets' keys in ``values`` (session state)."""
+    preset = values.get(KEY_RANGE, "all")
+    dates = tuple(values.get(KEY_DATES) or ()) if preset == "custom" else ()
     return FilterState(
         preset=preset,
-        date_from=dates[0] if len(dates) > 0 else None,
-        date_to=dates[1] if len(dates) > 1 else (dates[0] if dates else None),
-        campaigns=tuple(ss.get(KEY_CAMPAIGNS) or ()),
-        outcomes=tuple(ss.get(KEY_OUTCOMES) or ()),
-        statuses=tuple(ss.get(KEY_STATUSES) or ()),
-        labels=tuple(_split_label(v) for v in ss.get(KEY_LABELS) or ()),
-        tz=ss.get(KEY_TZ, DEFAULT_TZ),
-        live=bool(ss.get(KEY_LIVE, False)),
+        date_from=dates[0] if dates else None,
+        date_to=dates[-1] if dates else None,  # a range still being picked has one date
+        campaigns=tuple(values.get(KEY_CAMPAIGNS) or ()),
+        outcomes=tuple(values.get(KEY_OUTCOMES) or ()),
+        statuses=tuple(values.get(KEY_STATUSES) or ()),
+        labels=tuple(_split_label(v) for v in values.get(KEY_LABELS) or ()),
+        tz=values.get(KEY_TZ, DEFAULT_TZ),
+        live=bool(values.get(KEY_LIVE, False)),
     )
+
+
+def filters_for(values: Mapping, now: datetime | None = None) -> Filters:
+    """The query filters the widget values in ``values`` stand for, at ``now``."""
+    return resolve(state_from(values), now or utc_now())
+
+
+def current_state() -> FilterState:
+    """The sidebar's choices (safe to call from a fragment rerun)."""
+    return state_from(st.session_state)
 
 
 def filters(now: datetime | None = None) -> Filters:
     """The current query filters, resolved at ``now`` (so a Live refresh moves rolling windows)."""
-    return resolve(current_state(), now or utc_now())
+    return filters_for(st.session_state, now)
 
 
 def _read_url_once(options: FilterOptions, preset_default: str) -> None:
@@ -395,7 +401,7 @@ def _read_url_once(options: FilterOptions, preset_default: str) -> None:
 
 def _default_custom_dates(now: datetime) -> tuple[date, date]:
     """The data's days when known, else the last 7 days: a useful start for custom dates."""
-    zone = zoneinfo.ZoneInfo(st.session_state.get(KEY_TZ, DEFAULT_TZ))
+    zone = queries.zone_info(st.session_state.get(KEY_TZ, DEFAULT_TZ))
     known = data_range()
     if known:
         return known[0].astimezone(zone).date(), known[1].astimezone(zone).date()

@@ -1,0 +1,323 @@
+"""Plotly figures and human-readable number formats for the dashboard pages.
+
+Every figure builder is a pure function from the DataFrame a query returned (columns as
+documented in ``dashboard/queries.py``) to a ``plotly.graph_objects.Figure``; none reads
+Streamlit state, so each can be built and inspected in a plain test. An empty frame gives an
+empty figure, never an error. The formatters are the one place numbers become text on screen
+(downloads keep the exact values).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from collector.statuses import status_table
+
+# One colour per outcome, used by every figure that splits by outcome.
+OUTCOME_COLORS = {
+    "delivered": "#2e9d5b",
+    "failed": "#d64545",
+    "unknown": "#8c7ae6",
+    "pending": "#e3a21a",
+}
+RATE_COLOR = "#1f5fa8"
+# Failure reasons get fixed colours by name so a reason looks the same in every figure.
+# Failed statuses in code order (EXPIRED, DELETED, UNDELIVERABLE, REJECTED, ...) take these in
+# turn, so the common reasons get clearly different colours.
+REASON_PALETTE = ["#e15759", "#bab0ac", "#f28e2b", "#b07aa1", "#9c755f", "#4e79a7", "#edc948", "#76b7b2",
+                  "#59a14f", "#ff9da7", "#499894", "#d37295", "#8cd17d", "#a0cbe8", "#f1ce63", "#86bcb6"]
+PERCENTILE_COLORS = {"p50": "#9ecae1", "p90": "#4292c6", "p95": "#2171b5", "p99": "#08306b"}
+# Readable ticks for log time axes: value in seconds -> label.
+TIME_TICKS = {0.1: "100 ms", 1: "1 s", 10: "10 s", 60: "1 min", 300: "5 min", 1800: "30 min",
+              3600: "1 h", 6 * 3600: "6 h", 86400: "1 d", 7 * 86400: "7 d"}
+_LEGENDS = {
+    "top": dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),  # few series
+    "right": dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02),  # many series
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats
+# ---------------------------------------------------------------------------------------------
+
+
+def is_missing(value) -> bool:
+    """True for None, NaN and pd.NA."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def format_count(value) -> str:
+    """``12,345``; an em dash for a missing value."""
+    return "—" if is_missing(value) else f"{int(round(float(value))):,}"
+
+
+def format_percent(share, decimals: int = 1) -> str:
+    """A share 0..1 as ``97.3%``; an em dash when undefined (e.g. delivery rate of 0 messages)."""
+    return "—" if is_missing(share) else f"{float(share) * 100:.{decimals}f}%"
+
+
+def format_duration(seconds) -> str:
+    """Seconds as ``850 ms``, ``4.2 s``, ``3 min 5 s``, ``2 h 10 min`` or ``3 d 4 h``."""
+    if is_missing(seconds):
+        return "—"
+    value = float(seconds)
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    if value < 1:
+        return f"{sign}{value * 1000:.0f} ms"
+    if value < 60:
+        return f"{sign}{value:.1f} s"
+    whole = int(round(value))
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{sign}{days} d {hours} h" if hours else f"{sign}{days} d"
+    if hours:
+        return f"{sign}{hours} h {minutes} min" if minutes else f"{sign}{hours} h"
+    return f"{sign}{minutes} min {secs} s" if secs else f"{sign}{minutes} min"
+
+
+def _style(fig: go.Figure, title: str, legend: str | None = "top", height: int | None = None) -> go.Figure:
+    """Title top left, legend under it (or to the right for many series), room for both."""
+    fig.update_layout(title=dict(text=title, y=0.98, yanchor="top", x=0, xanchor="left"),
+                      margin=dict(l=10, r=10, t=80 if legend == "top" else 50, b=10),
+                      showlegend=legend is not None, legend=dict(_LEGENDS.get(legend or "top"), traceorder="normal"))
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def _bucket_period(starts: pd.Series) -> float | None:
+    """The bucket length in ms (hour or day), so bars span their bucket instead of
+    being centred on its start."""
+    ordered = pd.Series(starts).dropna().drop_duplicates().sort_values()
+    if len(ordered) < 2:
+        return None
+    step = ordered.diff().min()
+    return 3_600_000.0 if step < pd.Timedelta(hours=23) else 86_400_000.0
+
+
+def _period_axis(fig: go.Figure, starts: pd.Series) -> None:
+    period = _bucket_period(starts)
+    if period:
+        fig.update_traces(xperiod=period, xperiodalignment="middle", selector=dict(type="bar"))
+        fig.update_traces(xperiod=period, xperiodalignment="middle", selector=dict(type="scatter"))
+        if period == 86_400_000.0:
+            fig.update_xaxes(tickformat="%b %d", dtick=period, ticklabelmode="period")
+
+
+# ---------------------------------------------------------------------------------------------
+# Overview
+# ---------------------------------------------------------------------------------------------
+
+
+def trend_figure(trend: pd.DataFrame, title: str = "Volume and delivery rate") -> go.Figure:
+    """Stacked message counts per bucket by outcome, with the delivery rate as a line (right axis)."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    for outcome, color in OUTCOME_COLORS.items():
+        if outcome in trend:
+            fig.add_bar(x=trend["bucket_start"], y=trend[outcome], name=outcome.capitalize(),
+                        marker_color=color, secondary_y=False)
+    if "delivery_rate" in trend:
+        fig.add_scatter(x=trend["bucket_start"], y=trend["delivery_rate"], name="Delivery rate",
+                        mode="lines+markers", line=dict(color=RATE_COLOR, width=2),
+                        hovertemplate="%{y:.1%}", secondary_y=True)
+    fig.update_layout(barmode="stack", hovermode="x unified")
+    fig.update_yaxes(title_text="Messages", secondary_y=False, rangemode="tozero")
+    fig.update_yaxes(title_text="Delivery rate", tickformat=".0%", range=[0, 1.05], secondary_y=True,
+                     tickvals=[0, 0.25, 0.5, 0.75, 1], showgrid=False)
+    _period_axis(fig, trend["bucket_start"])
+    return _style(fig, title)
+
+
+def rate_trend_figure(trends: dict[str, pd.DataFrame], title: str = "Delivery rate over time") -> go.Figure:
+    """One delivery-rate line per named trend (campaign comparison)."""
+    fig = go.Figure()
+    for name, frame in trends.items():
+        fig.add_scatter(x=frame["bucket_start"], y=frame["delivery_rate"], name=name, mode="lines+markers",
+                        hovertemplate="%{y:.1%}")
+    fig.update_layout(hovermode="x unified")
+    fig.update_yaxes(title_text="Delivery rate", tickformat=".0%", range=[0, 1.05])
+    for frame in trends.values():
+        _period_axis(fig, frame["bucket_start"])
+        break
+    return _style(fig, title)
+
+
+def outcome_figure(breakdown: pd.DataFrame, title: str = "Outcomes") -> go.Figure:
+    """A donut of messages by outcome."""
+    colors = [OUTCOME_COLORS.get(o, "#999999") for o in breakdown["outcome"]]
+    fig = go.Figure(go.Pie(labels=[str(o).capitalize() for o in breakdown["outcome"]],
+                           values=breakdown["messages"], hole=0.55, sort=False,
+                           marker=dict(colors=colors), texttemplate="%{label}<br>%{percent:.1%}",
+                           hovertemplate="%{label}: %{value:,} messages (%{percent})<extra></extra>"))
+    fig.add_annotation(text=f"{format_count(breakdown['messages'].sum())}<br>messages", showarrow=False,
+                       font=dict(size=18))
+    return _style(fig, title, legend=None)
+
+
+def pending_ages_figure(ages: pd.DataFrame, buckets: tuple[str, ...] = (),
+                        title: str = "Pending messages by age") -> go.Figure:
+    """Bars of pending messages per age bucket (``buckets`` fixes the axis order and shows
+    empty buckets), stacked by the status they are stuck at."""
+    fig = go.Figure()
+    for status, part in ages.groupby("last_status", sort=True):
+        fig.add_bar(x=part["age_bucket"], y=part["messages"], name=str(status),
+                    hovertemplate=f"{status}: " + "%{y:,} messages<extra>%{x}</extra>")
+    fig.update_layout(barmode="stack")
+    if buckets:
+        fig.update_xaxes(categoryorder="array", categoryarray=list(buckets), type="category",
+                         range=[-0.5, len(buckets) - 0.5], tickvals=list(buckets))
+    fig.update_yaxes(title_text="Messages", rangemode="tozero")
+    return _style(fig, title, legend="right")
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures
+# ---------------------------------------------------------------------------------------------
+
+
+def reason_color(reason: str) -> str:
+    """A stable colour for a failure reason (documented statuses by code order, others hashed)."""
+    names = [s.name for s in status_table() if s.category == "failed"]
+    index = names.index(reason) if reason in names else sum(map(ord, str(reason)))
+    return REASON_PALETTE[index % len(REASON_PALETTE)]
+
+
+
+def _by_total(frame: pd.DataFrame, column: str) -> list:
+    """Values of ``column`` by their total ``messages``, largest first (ties by name)."""
+    totals = frame.groupby(column)["messages"].sum().reset_index()
+    return totals.sort_values(["messages", column], ascending=[False, True])[column].tolist()
+
+
+def failure_reasons_figure(reasons: pd.DataFrame, title: str = "Failure reasons") -> go.Figure:
+    """Horizontal bars, the most common reason on top."""
+    ranked = reasons.sort_values("messages")
+    fig = go.Figure(go.Bar(x=ranked["messages"], y=ranked["reason"], orientation="h",
+                           marker_color=[reason_color(r) for r in ranked["reason"]],
+                           customdata=ranked["share"] if "share" in ranked else None,
+                           hovertemplate="%{y}: %{x:,} messages (%{customdata:.1%} of failed)<extra></extra>"))
+    fig.update_xaxes(title_text="Failed messages")
+    return _style(fig, title, legend=None, height=max(280, 80 + 30 * len(ranked)))
+
+
+def failures_by_campaign_figure(by_campaign: pd.DataFrame, title: str = "Failure reasons by campaign") -> go.Figure:
+    """Stacked horizontal bars: one bar per campaign, one segment per reason."""
+    fig = go.Figure()
+    for reason in _by_total(by_campaign, "reason"):
+        part = by_campaign[by_campaign["reason"] == reason]
+        fig.add_bar(x=part["messages"], y=part["campaign"], name=str(reason), orientation="h",
+                    marker_color=reason_color(reason), hovertemplate=f"{reason}: " + "%{x:,}<extra>%{y}</extra>")
+    campaigns = by_campaign["campaign"].nunique()
+    fig.update_layout(barmode="stack")
+    fig.update_xaxes(title_text="Failed messages")
+    # Most failures on top.
+    fig.update_yaxes(categoryorder="array", categoryarray=_by_total(by_campaign, "campaign")[::-1])
+    return _style(fig, title, legend="right", height=max(300, 90 + 34 * campaigns))
+
+
+def failures_over_time_figure(over_time: pd.DataFrame, title: str = "Failures over time") -> go.Figure:
+    """Stacked bars of failed messages per bucket by reason."""
+    fig = go.Figure()
+    for reason in _by_total(over_time, "reason"):
+        part = over_time[over_time["reason"] == reason]
+        fig.add_bar(x=part["bucket_start"], y=part["messages"], name=str(reason), marker_color=reason_color(reason))
+    fig.update_layout(barmode="stack", hovermode="x unified")
+    fig.update_yaxes(title_text="Failed messages", rangemode="tozero")
+    _period_axis(fig, over_time["bucket_start"])
+    return _style(fig, title, legend="right")
+
+
+# ---------------------------------------------------------------------------------------------
+# Latency
+# ---------------------------------------------------------------------------------------------
+
+
+def _log_time_axis(fig: go.Figure, values: pd.Series, axis: str = "x", title: str = "Time to deliver") -> None:
+    """A log axis labelled with durations, covering ``values`` (seconds)."""
+    positive = values[values > 0]
+    low = positive.min() if len(positive) else 1.0
+    high = positive.max() if len(positive) else 60.0
+    ticks = [t for t in TIME_TICKS if low / 10 <= t <= high * 10] or list(TIME_TICKS)
+    settings = dict(type="log", title_text=title, tickvals=ticks, ticktext=[TIME_TICKS[t] for t in ticks])
+    (fig.update_xaxes if axis == "x" else fig.update_yaxes)(**settings)
+
+
+def latency_histogram_figure(latencies: pd.DataFrame, bins: int = 40,
+                             title: str = "Time to deliver: distribution") -> go.Figure:
+    """Message counts in log-spaced time bins, drawn as a step area on a log time axis."""
+    seconds = latencies["latency_s"].astype(float)
+    seconds = seconds[seconds > 0]
+    fig = go.Figure()
+    if len(seconds):
+        low, high = np.log10(seconds.min()), np.log10(seconds.max())
+        if high - low < 1e-9:
+            low, high = low - 0.5, high + 0.5
+        edges = np.logspace(low, high, bins + 1)
+        edges[0], edges[-1] = min(edges[0], seconds.min()), max(edges[-1], seconds.max())  # float round-off
+        counts, _ = np.histogram(seconds, bins=edges)
+        fig.add_scatter(x=edges, y=np.append(counts, counts[-1]), mode="lines", line_shape="hv",
+                        fill="tozeroy", line=dict(color=OUTCOME_COLORS["delivered"]), name="Messages",
+                        customdata=np.append(edges[1:], edges[-1]),
+                        hovertemplate="%{x:.3~s}s - %{customdata:.3~s}s: %{y:,} messages<extra></extra>")
+    fig.update_yaxes(title_text="Messages", rangemode="tozero")
+    _log_time_axis(fig, seconds)
+    return _style(fig, title, legend=None)
+
+
+def latency_cdf_figure(latencies: pd.DataFrame, by_campaign: list[str] | None = None,
+                       title: str = "Time to deliver: cumulative") -> go.Figure:
+    """Share of delivered messages delivered within x: one curve, or one per campaign in
+    ``by_campaign`` (in that order, so colours match other figures drawn in the same order)."""
+    fig = go.Figure()
+    if by_campaign:
+        groups = [(name, latencies[latencies["campaign"] == name]) for name in by_campaign]
+    else:
+        groups = [("All", latencies)]
+    for name, part in groups:
+        seconds = np.sort(part["latency_s"].astype(float).to_numpy())
+        seconds = seconds[seconds > 0]
+        if not len(seconds):
+            continue
+        shares = np.arange(1, len(seconds) + 1) / len(seconds)
+        fig.add_scatter(x=seconds, y=shares, name=str(name), mode="lines", line_shape="hv",
+                        hovertemplate="%{y:.1%} within %{x:.3~s}s<extra>" + str(name) + "</extra>")
+    fig.update_yaxes(title_text="Share delivered", tickformat=".0%", range=[0, 1.02])
+    _log_time_axis(fig, latencies["latency_s"].astype(float))
+    return _style(fig, title, legend="top" if by_campaign else None)
+
+
+def percentiles_by_campaign_figure(by_campaign: pd.DataFrame,
+                                   title: str = "Time to deliver percentiles by campaign") -> go.Figure:
+    """Grouped bars p50/p90/p95/p99 per campaign on a log time axis."""
+    fig = go.Figure()
+    for column, label in (("p50_s", "p50"), ("p90_s", "p90"), ("p95_s", "p95"), ("p99_s", "p99")):
+        if column in by_campaign:
+            fig.add_bar(x=by_campaign["campaign"], y=by_campaign[column], name=label,
+                        marker_color=PERCENTILE_COLORS[label],
+                        customdata=[format_duration(v) for v in by_campaign[column]],
+                        hovertemplate=f"{label}: " + "%{customdata}<extra>%{x}</extra>")
+    fig.update_layout(barmode="group")
+    values = pd.concat([by_campaign[c] for c in ("p50_s", "p99_s") if c in by_campaign] or [pd.Series(dtype=float)])
+    _log_time_axis(fig, values.astype(float), axis="y")
+    return _style(fig, title)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data health
+# ---------------------------------------------------------------------------------------------
+
+
+def receipts_per_minute_figure(per_minute: pd.DataFrame, title: str = "Receipts received per minute") -> go.Figure:
+    """Receipts per minute of arrival at the collector."""
+    fig = go.Figure(go.Bar(x=per_minute["minute"], y=per_minute["receipts"], marker_color=RATE_COLOR,
+                           hovertemplate="%{x}: %{y:,} receipts<extra></extra>"))
+    fig.update_layout(bargap=0)
+    fig.update_yaxes(title_text="Receipts", rangemode="tozero")
+    return _style(fig, title, legend=None)

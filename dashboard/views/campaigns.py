@@ -1,0 +1,93 @@
+"""Campaigns page: every KPI per campaign, searchable; drill into and compare campaigns."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, downloads, queries, state
+from dashboard.report import KPI_DEFINITIONS
+
+# KPI columns first in the order a reader scans them; the rest follow as the query gives them.
+LEADING_COLUMNS = ["campaign", "messages", "delivered", "failed", "unknown", "pending", "delivery_rate",
+                   "latency_p50_s", "latency_p95_s"]
+COMPARE_LIMIT = 4
+# (column, label, formatter) of the side-by-side comparison cards
+COMPARE_CARDS = [
+    ("messages", "Messages", charts.format_count),
+    ("delivery_rate", "Delivery rate", charts.format_percent),
+    ("failed", "Failed", charts.format_count),
+    ("pending", "Pending", charts.format_count),
+    ("latency_p50_s", "Time to deliver p50", charts.format_duration),
+    ("latency_p95_s", "Time to deliver p95", charts.format_duration),
+]
+
+
+def bucket_of(trend) -> str:
+    """'hour' or 'day': the bucket size the query chose for ``trend`` (read from its spacing)."""
+    starts = trend["bucket_start"].sort_values()
+    if len(starts) < 2:
+        return "day"
+    return "hour" if starts.diff().min() < pd.Timedelta(hours=23) else "day"
+
+
+def campaigns() -> None:
+    st.title("Campaigns")
+    if not state.data_notice():
+        return
+
+    @state.live
+    def figures() -> None:
+        f = state.filters()
+        table = state.cached(queries.campaigns, f)
+        if not state.no_match_notice(int(table["messages"].sum()) if len(table) else 0):
+            return
+        ordered = [c for c in LEADING_COLUMNS if c in table] + [c for c in table if c not in LEADING_COLUMNS]
+        search = st.text_input("Search campaigns", key="campaign_search", placeholder="Part of a campaign name",
+                               icon=":material/search:")
+        shown = table[ordered]
+        if search:
+            shown = shown[shown["campaign"].str.contains(search.strip(), case=False, regex=False)]
+        st.caption(f"{len(shown)} of {len(table)} campaigns. Click a column header to sort.")
+        downloads.show_table(shown, "campaigns", f)
+
+        chosen = st.multiselect(
+            "Drill into campaigns", table["campaign"].tolist(), key="campaign_compare",
+            max_selections=COMPARE_LIMIT, placeholder=f"Pick up to {COMPARE_LIMIT} campaigns to compare",
+        )
+        if not chosen:
+            st.caption("Pick one or several campaigns to see their trend, failure reasons and latency side by side.")
+            return
+        selected = table.set_index("campaign").loc[chosen]
+        columns = st.columns(len(chosen), border=True)
+        for column, name in zip(columns, chosen):
+            with column:
+                st.subheader(name, anchor=False)
+                with st.grid(2 if len(chosen) <= 2 else 1):  # keep values readable in narrow columns
+                    for metric, label, formatter in COMPARE_CARDS:
+                        st.metric(label, formatter(selected.at[name, metric]), help=KPI_DEFINITIONS[metric])
+
+        narrowed = state.with_campaigns(f, chosen)
+        # One bucket size for every line, chosen (hour/day) for the chosen campaigns together.
+        bucket = bucket_of(state.cached(queries.trend, narrowed, None))
+        trends = {name: state.cached(queries.trend, state.with_campaigns(f, [name]), bucket) for name in chosen}
+        st.plotly_chart(charts.rate_trend_figure(trends), key="campaign_rate_trend")
+        left, right = st.columns(2)
+        with left:
+            reasons = state.cached(queries.failure_reasons_by_campaign, narrowed)
+            st.plotly_chart(charts.failures_by_campaign_figure(reasons), key="campaign_failures")
+        with right:
+            latencies = state.cached(queries.latencies, narrowed)
+            st.plotly_chart(charts.latency_cdf_figure(latencies, by_campaign=chosen), key="campaign_latency")
+        st.markdown("**Failure reasons of the chosen campaigns**")
+        downloads.show_table(reasons, "campaign-failure-reasons", narrowed)
+        st.markdown("**Time to deliver of the chosen campaigns**")
+        downloads.show_table(state.cached(queries.latency_by_campaign, narrowed), "campaign-latency", narrowed)
+        st.markdown("**Export the chosen campaigns**")
+        downloads.export_buttons(narrowed, key="campaign_export")
+
+    figures()
+
+
+if __name__ == "__main__":
+    campaigns()

@@ -1,0 +1,67 @@
+"""Data health page: is data arriving, and how clean is it? Receipts per minute, last receipt,
+duplicates, regressions, rejected requests by reason, statuses Mobivate sent that we don't know."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts, downloads, queries, state
+from dashboard.report import KPI_DEFINITIONS
+
+
+def _age(moment, now) -> str:
+    return "" if charts.is_missing(moment) else charts.format_duration((now - moment).total_seconds())
+
+
+def health() -> None:
+    st.title("Data health")
+    st.caption("Everything stored, whatever the sidebar filters say; times in the chosen time zone.")
+
+    @state.live
+    def figures() -> None:
+        f = state.filters()
+        if state.data_notice():
+            health_frames = state.cached(queries.data_health, None)
+            summary = health_frames["summary"].iloc[0] if len(health_frames["summary"]) else pd.Series(dtype=object)
+            now = state.utc_now()
+            last = summary.get("last_received_at")
+            with st.grid(5, min_column_width=150):
+                st.metric("Since the last receipt", _age(last, now) or "no receipt", border=True, height="stretch",
+                          delta=None if charts.is_missing(last) else
+                          pd.Timestamp(last).tz_convert(f.tz).strftime("%Y-%m-%d %H:%M:%S %Z"),
+                          delta_color="off", delta_arrow="off",
+                          help="When the collector last received a receipt (its own clock).")
+                for column, label, text in (
+                    ("receipts", "Receipts", KPI_DEFINITIONS["receipts"]),
+                    ("messages", "Messages", "Distinct messages (deliveryMessageIds) stored."),
+                    ("duplicate_rows", "Duplicate rows", KPI_DEFINITIONS["duplicate_rows"]),
+                    ("regressions", "Regressions", KPI_DEFINITIONS["regressions"]),
+                ):
+                    st.metric(label, charts.format_count(summary.get(column)), border=True, height="stretch", help=text)
+            st.plotly_chart(charts.receipts_per_minute_figure(downloads.in_zone(health_frames["per_minute"], f.tz)),
+                            key="health_per_minute")
+            with st.expander("Receipts per minute (table)"):
+                downloads.show_table(health_frames["per_minute"], "receipts-per-minute", f)
+            st.subheader("Unknown statuses seen", anchor=False)
+            unknown = health_frames["unknown_statuses"]
+            if unknown.empty:
+                st.caption("Every status received is in Mobivate's documented table.")
+            else:
+                st.caption("Status names or codes not in Mobivate's table; they count as *unknown* outcomes.")
+                downloads.show_table(unknown, "unknown-statuses", f)
+
+        st.subheader("Rejected requests", anchor=False)
+        rejected = queries.rejected_summary(state.data_dir())  # a few small files; not worth caching
+        if rejected.empty:
+            st.caption("The collector has rejected no request.")
+        else:
+            st.caption("Requests the collector refused (bad secret, unparsable body, ...), by reason. "
+                       "Their raw bodies are kept under `rejected/` in the data folder.")
+            downloads.show_table(rejected, "rejected", f)
+
+    figures()
+
+
+if __name__ == "__main__":
+    health()

@@ -1,0 +1,64 @@
+"""Latency page: how long delivered messages took, as a distribution, a cumulative curve and
+percentiles by campaign."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, downloads, queries, state
+from dashboard.report import KPI_DEFINITIONS
+
+PERCENTILE_CARDS = [("latency_p50_s", "p50"), ("latency_p90_s", "p90"), ("latency_p95_s", "p95"),
+                    ("latency_p99_s", "p99")]
+WITHIN_CARDS = [("within_10s", "Within 10 s"), ("within_1m", "Within 1 min"), ("within_5m", "Within 5 min"),
+                ("within_1h", "Within 1 h")]
+
+
+def latency() -> None:
+    st.title("Latency")
+    if not state.data_notice():
+        return
+
+    @state.live
+    def figures() -> None:
+        f = state.filters()
+        kpi = state.cached(queries.kpis, f)
+        if not state.no_match_notice(int(kpi["messages"].iloc[0]) if len(kpi) else 0):
+            return
+        row = kpi.iloc[0]
+        measured = int(row["latency_messages"])
+        st.caption(
+            f"Time to deliver = first DELIVERED receipt minus the message's first receipt, over "
+            f"{charts.format_count(measured)} delivered messages. "
+            f"{charts.format_count(row['delivered_without_earlier'])} delivered messages had no earlier "
+            "receipt and are left out."
+        )
+        if measured == 0:
+            st.info("No delivered message with an earlier receipt matches these filters, so there is no "
+                    "time to deliver to show.", icon=":material/timer_off:")
+            return
+        with st.grid(4):
+            for column, label in PERCENTILE_CARDS:
+                st.metric(f"Time to deliver {label}", charts.format_duration(row[column]), border=True,
+                          help=KPI_DEFINITIONS[column])
+            for column, label in WITHIN_CARDS:
+                st.metric(f"Delivered {label.lower()}", charts.format_percent(row[column]), border=True,
+                          help=KPI_DEFINITIONS[column])
+
+        latencies = state.cached(queries.latencies, f)
+        left, right = st.columns(2)
+        with left:
+            st.plotly_chart(charts.latency_histogram_figure(latencies), key="latency_histogram")
+        with right:
+            st.plotly_chart(charts.latency_cdf_figure(latencies), key="latency_cdf")
+        by_campaign = state.cached(queries.latency_by_campaign, f)
+        st.plotly_chart(charts.percentiles_by_campaign_figure(by_campaign), key="latency_by_campaign")
+        downloads.show_table(by_campaign, "latency-by-campaign", f)
+        with st.expander("Every measured message"):
+            downloads.show_table(latencies, "latencies", f)
+
+    figures()
+
+
+if __name__ == "__main__":
+    latency()

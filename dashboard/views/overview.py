@@ -1,0 +1,81 @@
+"""Overview page: KPI cards against the previous period, trend, outcomes, pending ages."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import charts, downloads, queries, state
+from dashboard.report import KPI_DEFINITIONS
+
+# (kpis() column, card label, value formatter, True when a rise is bad news)
+CARDS = [
+    ("messages", "Messages", charts.format_count, False),
+    ("delivered", "Delivered", charts.format_count, False),
+    ("failed", "Failed", charts.format_count, True),
+    ("unknown", "Unknown", charts.format_count, True),
+    ("pending", "Pending", charts.format_count, True),
+    ("delivery_rate", "Delivery rate", charts.format_percent, False),
+    ("latency_p50_s", "Time to deliver p50", charts.format_duration, True),
+    ("latency_p95_s", "Time to deliver p95", charts.format_duration, True),
+]
+
+
+def delta_text(change, formatter) -> str | int | None:
+    """A card's change against the previous period, in the value's own unit (rates in
+    percentage points); 0 when flat (shown grey, without an arrow); None when not comparable."""
+    if charts.is_missing(change):
+        return None
+    if change == 0:
+        return 0
+    if formatter is charts.format_percent:
+        return f"{change * 100:+.1f} pp"
+    if formatter is charts.format_duration:
+        return ("+" if change > 0 else "") + charts.format_duration(change)
+    return f"{change:+,.0f}"
+
+
+def overview() -> None:
+    st.title("Overview")
+    if not state.data_notice():
+        return
+
+    @state.live
+    def figures() -> None:
+        f = state.filters()
+        kpis = state.cached(queries.kpis_with_change, f).set_index("metric")
+        with st.grid(4, key="kpi_cards"):
+            for metric, label, formatter, rise_is_bad in CARDS:
+                change = delta_text(kpis.at[metric, "change"], formatter)
+                st.metric(label, formatter(kpis.at[metric, "value"]), delta=change, border=True, height="stretch",
+                          delta_color="inverse" if rise_is_bad else "normal", help=KPI_DEFINITIONS[metric],
+                          delta_description="vs previous period" if change is not None else None)
+        if f.previous_period() is None:
+            st.caption("Changes against the previous period show for a bounded date range (not *All time*).")
+        if not state.no_match_notice(int(kpis.at["messages", "value"])):
+            return
+
+        trend = state.cached(queries.trend, f, None)
+        st.plotly_chart(charts.trend_figure(trend), key="overview_trend")
+        left, right = st.columns(2)
+        with left:
+            breakdown = state.cached(queries.outcome_breakdown, f)
+            st.plotly_chart(charts.outcome_figure(breakdown), key="overview_outcomes")
+        with right:
+            ages = state.cached(queries.pending_ages, f, state.minute_now())
+            st.plotly_chart(charts.pending_ages_figure(ages, queries.AGE_BUCKETS), key="overview_pending")
+
+        with st.expander("Tables behind these figures"):
+            for title, frame, view in (("KPIs against the previous period", kpis.reset_index(), "kpis"),
+                                       ("Volume and delivery rate", trend, "trend"),
+                                       ("Outcomes", breakdown, "outcomes"),
+                                       ("Pending messages by age and status", ages, "pending-ages")):
+                st.markdown(f"**{title}**")
+                downloads.show_table(frame, view, f)
+        st.markdown("**Export**")
+        downloads.export_buttons(f)
+
+    figures()
+
+
+if __name__ == "__main__":
+    overview()
