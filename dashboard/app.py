@@ -18,7 +18,7 @@ if str(_ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard import state  # noqa: E402
+from dashboard import auth, state  # noqa: E402
 
 VIEWS = Path(__file__).resolve().parent / "views"
 
@@ -47,6 +47,7 @@ PAGES = {
 
 def main() -> None:
     st.set_page_config(page_title="dlrlens", page_icon=":material/sms:", layout="wide")
+    auth.require_login()
     page = st.navigation(PAGES)
     state.sidebar()
     page.run()
