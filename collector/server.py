@@ -28,9 +28,11 @@ def _post_worker_init(worker) -> None:
 
 def _worker_exit(server, worker) -> None:
     app = getattr(worker, "wsgi", None)
-    storage = getattr(app, "extensions", {}).get("dlrlens", {}).get("storage") if app else None
-    if storage is not None:
-        storage.close()
+    parts = getattr(app, "extensions", {}).get("dlrlens", {}) if app else {}
+    if parts.get("maintainer") is not None:
+        parts["maintainer"].stop(timeout=5)  # an interrupted compaction is crash-safe anyway
+    if parts.get("storage") is not None:
+        parts["storage"].close()
 
 
 def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict:

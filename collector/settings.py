@@ -41,6 +41,10 @@ SETTINGS_TABLE = (
             "Number of reverse proxies in front whose X-Forwarded-For to trust for the source address."),
     Setting("flush_seconds", "DLRLENS_FLUSH_SECONDS", "2", float, "Seconds between log-to-Parquet flushes."),
     Setting("flush_rows", "DLRLENS_FLUSH_ROWS", "50000", int, "Flush early once the log holds this many receipts."),
+    Setting("maintenance_seconds", "DLRLENS_MAINTENANCE_SECONDS", "5", float,
+            "Seconds between updates of the derived per-message state (0 turns it off)."),
+    Setting("compact_seconds", "DLRLENS_COMPACT_SECONDS", "60", float,
+            "Seconds between compactions of small Parquet files (0 turns it off)."),
     Setting("max_body_bytes", "DLRLENS_MAX_BODY_BYTES", "1048576", int, "Largest accepted request body (413 above)."),
     Setting("rejected_keep", "DLRLENS_REJECTED_KEEP", "1000", int, "Rejected bodies kept per reason (oldest go first)."),
     Setting("rejected_max_bytes", "DLRLENS_REJECTED_MAX_BYTES", "65536", int, "Bytes of each rejected body kept."),
@@ -55,6 +59,8 @@ class Settings:
     trusted_proxies: int
     flush_seconds: float
     flush_rows: int
+    maintenance_seconds: float
+    compact_seconds: float
     max_body_bytes: int
     rejected_keep: int
     rejected_max_bytes: int

@@ -61,6 +61,18 @@ def cmd_report(args) -> int:
     return report.run_report(args, layout.data_dir(args.data))
 
 
+def cmd_compact(args) -> int:
+    from collector import compaction
+
+    return compaction.run_compact(args, layout.data_dir(args.data))
+
+
+def cmd_rebuild(args) -> int:
+    from collector import derive
+
+    return derive.run_rebuild(args, layout.data_dir(args.data))
+
+
 def _wait_healthy(url: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,6 +180,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         report.add_report_arguments(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compact", help="merge small receipt files into large sorted ones (the collector also does it)")
+    _data_argument(p)
+    if command == "compact":
+        from collector import compaction
+
+        compaction.add_compact_arguments(p)
+    p.set_defaults(func=cmd_compact)
+
+    p = sub.add_parser("rebuild", help="recompute the derived per-message state from the raw receipts")
+    _data_argument(p)
+    if command == "rebuild":
+        from collector import derive
+
+        derive.add_rebuild_arguments(p)
+    p.set_defaults(func=cmd_rebuild)
     return parser
 
 

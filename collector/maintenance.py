@@ -1,0 +1,162 @@
+"""Background maintenance inside the collector: derived per-message state and compaction.
+
+Every collector process calls :func:`start`; only the one holding a non-blocking ``flock`` on
+``data/maintenance.lock`` does the work, the others retry the lock every
+``lock_retry_seconds``, so when the holder dies (the kernel drops its lock) another worker
+takes over within that time. The active maintainer runs ``collector.derive.update_derived``
+every ``interval`` seconds (when that module exists) and :func:`collector.compaction.compact`
+every ``compact_every`` seconds. A failing task is logged on one line
+(``event=maintenance_failed``) and retried at its next tick: nothing stops the thread but
+:meth:`Maintainer.stop`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from collector import compaction
+
+log = logging.getLogger("dlrlens.collector")
+
+LOCK_NAME = "maintenance.lock"
+LOCK_RETRY_SECONDS = 60.0
+
+
+class Maintainer:
+    """The maintenance thread of one process (see the module docstring)."""
+
+    def __init__(self, data_dir: Path, *, interval: float = 5.0, compact_every: float = 60.0,
+                 lock_retry_seconds: float = LOCK_RETRY_SECONDS, compact_options: dict | None = None):
+        self.data_dir = Path(data_dir)
+        self.interval = interval
+        self.compact_every = compact_every
+        self.lock_retry_seconds = lock_retry_seconds
+        self.compact_options = dict(compact_options or {})  # keyword arguments of compaction.compact
+        self.lock_attempts = 0
+        self.runs = {"derive": 0, "compact": 0}
+        self.errors = {"derive": 0, "compact": 0}
+        self.last_results: dict[str, dict] = {}
+        self.last_error: str | None = None
+        self._lock_fd: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dlrlens-maintenance", daemon=True)
+
+    @property
+    def active(self) -> bool:
+        """Whether this process holds the maintenance lock (and so does the work)."""
+        return self._lock_fd is not None
+
+    def start(self) -> Maintainer:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop after the task in progress (if any) and release the lock."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._lock_fd is not None and not self._thread.is_alive():
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def status(self) -> dict:
+        """Counters for metrics and health pages."""
+        return {"active": self.active, "runs": dict(self.runs), "errors": dict(self.errors),
+                "last_error": self.last_error, "last_results": dict(self.last_results)}
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_due = {"derive": 0.0, "compact": 0.0}
+        every = {"derive": self.interval, "compact": self.compact_every}
+        tasks = {"derive": self._update_derived, "compact": self._compact}
+        while not self._stop.is_set():
+            if not self.active and not self._take_lock():
+                self._stop.wait(self.lock_retry_seconds)
+                continue
+            for name, task in tasks.items():
+                if every[name] > 0 and time.monotonic() >= next_due[name] and not self._stop.is_set():
+                    self._run_task(name, task)
+                    next_due[name] = time.monotonic() + every[name]
+            waits = [next_due[name] - time.monotonic() for name in tasks if every[name] > 0]
+            self._stop.wait(max(0.0, min(waits)) if waits else self.lock_retry_seconds)
+
+    def _take_lock(self) -> bool:
+        self.lock_attempts += 1
+        path = self.data_dir / LOCK_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        log.info("event=maintenance_active pid=%d", os.getpid())
+        return True
+
+    def _run_task(self, name: str, task) -> None:
+        try:
+            result = task()
+        except Exception as exc:  # the thread must outlive any failure; the next tick retries
+            self.errors[name] += 1
+            self.last_error = f"{name}: {type(exc).__name__}: {exc}"
+            log.error("event=maintenance_failed task=%s error=%r", name, f"{type(exc).__name__}: {exc}")
+            return
+        self.runs[name] += 1
+        if result is not None:
+            self.last_results[name] = result
+
+    def _update_derived(self) -> dict | None:
+        try:
+            from collector import derive
+        except ModuleNotFoundError as exc:
+            if exc.name == "collector.derive":
+                return None  # no derived state in this build: compaction only
+            raise
+        return derive.update_derived(self.data_dir)
+
+    def _compact(self) -> dict:
+        stats = compaction.compact(self.data_dir, **self.compact_options)
+        if stats.files_written or stats.files_removed or stats.errors:
+            log.info("event=compacted files_merged=%d files_written=%d rows=%d bytes_before=%d bytes_after=%d "
+                     "files_removed=%d errors=%d seconds=%.2f", stats.files_merged, stats.files_written,
+                     stats.rows, stats.bytes_before, stats.bytes_after, stats.files_removed, stats.errors,
+                     stats.seconds)
+        return stats.as_dict()
+
+
+def start(data_dir: Path, *, interval: float = 5.0, compact_every: float = 60.0,
+          lock_retry_seconds: float = LOCK_RETRY_SECONDS, compact_options: dict | None = None) -> Maintainer | None:
+    """Start this process's maintenance thread; ``None`` when both tasks are disabled (<= 0).
+
+    The returned maintainer works only while it holds the lock (``.active``); call
+    :meth:`Maintainer.stop` at shutdown.
+    """
+    if interval <= 0 and compact_every <= 0:
+        return None
+    return Maintainer(data_dir, interval=interval, compact_every=compact_every,
+                      lock_retry_seconds=lock_retry_seconds, compact_options=compact_options).start()
+
+
+def bytes_per_receipt(data_dir: Path) -> tuple[int, int]:
+    """(bytes, rows) of the stored receipt files, for reports: bytes / rows is the storage cost
+    of one receipt. Rows count every stored copy; inputs of a compaction that are still
+    awaiting deletion are left out (their rows are counted in the compacted file)."""
+    total_bytes = total_rows = 0
+    for path in compaction.stored_files(data_dir):
+        try:
+            size = path.stat().st_size
+            rows = pq.read_metadata(path).num_rows
+        except FileNotFoundError:
+            continue  # compacted away meanwhile
+        total_bytes += size
+        total_rows += rows
+    return total_bytes, total_rows
