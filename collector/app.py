@@ -17,7 +17,7 @@ import os
 from datetime import datetime, timezone
 
 from flask import Flask, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from collector import maintenance, metrics, openapi
@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the collector app; opens (and recovers) this process's receipt storage."""
     settings = settings or load_settings()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_BODY_BYTES"] = settings.max_body_bytes
     app.extensions["dlrlens"] = {
         "settings": settings,
         "storage": ReceiptStorage(settings.data_dir, settings.flush_seconds, settings.flush_rows),
@@ -93,7 +93,7 @@ def http_error(exc: HTTPException) -> Response:
     elif exc.code == 405:
         message = f"{request.method} is not allowed here; use {', '.join(sorted(exc.valid_methods or []))}"
     elif exc.code == 413:
-        message = f"body is larger than the limit of {current_app.config['MAX_CONTENT_LENGTH']} bytes"
+        message = f"body is larger than the limit of {current_app.config['MAX_BODY_BYTES']} bytes"
     else:
         message = exc.description or exc.name
     response = refuse(exc.code or 400, reason, message)
@@ -134,6 +134,17 @@ def _basic_password() -> str | None:
     return decoded.partition(":")[2]
 
 
+def read_body(limit: int) -> bytes:
+    """The request body, refusing (413) one over ``limit`` bytes, with or without a
+    Content-Length: a chunked body is read up to one byte past the limit, never truncated."""
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    return body
+
+
 def receive(secret: str | None = None) -> Response:
     """Store the receipts in the body; 200 only once they are durable."""
     ctx = _ctx()
@@ -156,7 +167,12 @@ def receive(secret: str | None = None) -> Response:
     elif secret is not None:
         return refuse(404, "not_found", "no such endpoint (no webhook secret is configured)")
 
-    body = request.get_data(cache=False)
+    try:
+        body = read_body(settings.max_body_bytes)
+    except RequestEntityTooLarge:
+        raise
+    except Exception as exc:  # a broken chunked encoding, a client that went away mid-body
+        return refuse(400, "unreadable_body", f"the request body could not be read: {type(exc).__name__}")
     received_at = datetime.now(timezone.utc)
     try:
         parsed = parse_request(body, request.content_type, url_labels(request.args.items(multi=True)), received_at)
@@ -210,6 +226,7 @@ def healthz() -> Response:
         "last_flush_error": storage.last_flush_error,
         "slot": storage.slot,
         "backlog": storage.backlog(),
+        "quarantined_segments": storage.quarantined_segments(),
     }
     response = jsonify(doc)
     response.status_code = 200 if doc["status"] == "ok" else 503

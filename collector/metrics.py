@@ -22,6 +22,8 @@ HELP = {
     "flushes": ("dlrlens_flushes_total", "Log-to-Parquet flushes that wrote receipts."),
     "flushed_receipts": ("dlrlens_flushed_receipts_total", "Receipts written to Parquet."),
     "flush_errors": ("dlrlens_flush_errors_total", "Flushes that failed (retried on the next tick)."),
+    "quarantined_segments": ("dlrlens_quarantined_segments_total",
+                             "Log segments that could not be converted and were set aside in wal/quarantine."),
     "auth_failures": ("dlrlens_auth_failures_total", "Requests with a missing or wrong secret."),
     "forbidden": ("dlrlens_forbidden_total", "Requests from sources outside the allow-list."),
 }

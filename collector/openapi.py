@@ -24,7 +24,7 @@ OPENAPI_PATH = "/openapi.json"
 # Why a whole request is refused, by HTTP status: the ``error`` of the JSON answer.
 REQUEST_REFUSALS: dict[int, tuple[str, ...]] = {
     400: ("invalid_json", "invalid_xml", "invalid_form", "forbidden_xml", "not_a_receipt", "empty_body",
-          "missing_message_id", "missing_status", "bad_created", "bad_field"),
+          "missing_message_id", "missing_status", "bad_created", "bad_field", "unreadable_body"),
     401: ("unauthorized",),
     403: ("forbidden_source",),
     404: ("not_found",),
@@ -40,7 +40,9 @@ ELEMENT_REFUSALS: tuple[str, ...] = ("not_a_receipt", "missing_message_id", "mis
 _REFUSAL_WHEN = {
     400: "The body does not parse (invalid UTF-8, NaN/Infinity, numbers out of range, lone surrogate escapes, "
          f"JSON nested deeper than {MAX_JSON_DEPTH} levels), uses a DTD or entities (forbidden_xml), holds no "
-         "receipt, or its only receipt(s) lack deliveryMessageId, status or a parseable created.",
+         "receipt, or its only receipt(s) lack deliveryMessageId, status or a parseable created, or hold a "
+         "field of the wrong type or length (bad_field), or the body itself could not be read "
+         "(unreadable_body: a broken chunked encoding).",
     401: "A webhook secret is configured (DLRLENS_TOKEN) and the request carries none that matches.",
     403: "The source address is outside DLRLENS_ALLOW_NETWORKS.",
     404: "No such endpoint; also POST /dlr/{secret} when no webhook secret is configured.",
@@ -56,35 +58,61 @@ _RECEIVE_REFUSALS = (400, 401, 403, 413, 415, 429)
 _INT32 = {"minimum": -(2**31 - 1), "maximum": 2**31 - 1}
 _NUMERIC_TEXT = {"type": "string", "pattern": r"^\s*[+-]?[0-9]{1,10}\s*$"}
 
+# Text patterns (ECMA-262 regex, as JSON Schema wants; Python's re reads them alike).
+# The collector strips values with str.strip(), whose whitespace is ECMA's \s plus U+001C-U+001F
+# and U+0085: a required value needs one character outside all of them.
+_KEPT_CHAR = r"[^\s\u001c-\u001f\u0085]"
+# XML 1.0 text holds only these characters (the description leaves out those beyond U+FFFF).
+_XML_CHAR = r"[\t\n\r\u0020-\ud7ff\ue000-\ufffd]"
+_XML_KEPT_CHAR = r"[^\s\u0000-\u001f\u0085\ufffe\uffff]"
+
+
+def _text(description: str, *, xml: bool, required: bool, max_length: int) -> dict:
+    """A string field: any text in JSON, XML characters only in XML; ``required`` ones must
+    keep a character after stripping, or the collector treats them as absent."""
+    if xml:
+        pattern = f"^{_XML_CHAR}*{_XML_KEPT_CHAR}{_XML_CHAR}*$" if required else f"^{_XML_CHAR}*$"
+    else:
+        pattern = _KEPT_CHAR if required else None
+    schema = {"description": description, "type": "string" if required else ["string", "null"],
+              "maxLength": max_length}
+    if required:
+        schema["minLength"] = 1
+    if pattern:
+        schema["pattern"] = pattern
+    return schema
+
 
 def _integer_or_numeric_text(description: str) -> dict:
     return {"description": description, "anyOf": [{"type": "integer", **_INT32}, _NUMERIC_TEXT]}
 
 
-def _optional_text(description: str) -> dict:
-    return {"description": description, "type": ["string", "null"], "maxLength": MAX_ID_LENGTH}
-
-
-def _receipt_properties() -> dict:
+def _receipt_properties(*, xml: bool) -> dict:
     return {
-        "deliveryMessageId": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": r"\S",
-                              "description": "Mobivate's id of one SMS message. Required."},
-        "batchId": _optional_text("Mobivate's id of the send request."),
-        "clientReference": _optional_text("Your send's reference."),
+        "deliveryMessageId": _text("Mobivate's id of one SMS message. Required.",
+                                   xml=xml, required=True, max_length=MAX_ID_LENGTH),
+        "batchId": _text("Mobivate's id of the send request.", xml=xml, required=False, max_length=MAX_ID_LENGTH),
+        "clientReference": _text("Your send's reference.", xml=xml, required=False, max_length=MAX_ID_LENGTH),
         "created": {
             "type": "string", "format": "date-time",
             "description": "When Mobivate created the receipt: ISO 8601 with +00:00, +0000 or Z (no offset means "
                            "UTC), any fraction of a second. Required.",
             "examples": ["2023-07-28T03:23:22.000+00:00"],
         },
-        "status": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"\S",
-                   "description": "Status name, any case. Unknown names are stored and classified 'unknown', "
-                                  "never refused. May be absent when statusCode is numeric."},
+        "status": _text("Status name, any case. Unknown names are stored and classified 'unknown', never refused. "
+                        "May be absent when statusCode is numeric.", xml=xml, required=True, max_length=64),
         "statusCode": _integer_or_numeric_text("Mobivate status code. A non-numeric value is kept under 'extra'."),
         "part": _integer_or_numeric_text("Part number of a multipart message."),
         "parts": _integer_or_numeric_text("Number of parts of the message."),
-        "hlr": {"type": ["object", "null"], "description": "HLR lookup result, stored as JSON."},
+        "hlr": (
+            {"type": "object", "additionalProperties": {"type": "string", "pattern": f"^{_XML_CHAR}*$"},
+             "description": "HLR lookup result: child elements, stored as a JSON object of their texts."}
+            if xml else {"type": ["object", "null"], "description": "HLR lookup result, stored as JSON."}
+        ),
     }
+
+
+_RECEIPT_REQUIRED = ["deliveryMessageId", "created", "status"]
 
 
 def _receipt_schema() -> dict:
@@ -92,8 +120,8 @@ def _receipt_schema() -> dict:
         "type": "object",
         "description": "A Mobivate delivery receipt. Field names match in any case; fields Mobivate adds later "
                        "are kept (as JSON, in the 'extra' column).",
-        "required": ["deliveryMessageId", "created", "status"],
-        "properties": _receipt_properties(),
+        "required": _RECEIPT_REQUIRED,
+        "properties": _receipt_properties(xml=False),
         "additionalProperties": True,
         "examples": [{
             "deliveryMessageId": "9A85B95E0A000A9D2FBD46710388AD54",
@@ -105,16 +133,13 @@ def _receipt_schema() -> dict:
 
 
 def _xml_receipt_schema() -> dict:
-    # The same fields as elements of <deliveryreceipt>; nested elements of <hlr> become its keys.
-    properties = _receipt_properties()
-    properties["hlr"] = {"type": "object", "additionalProperties": {"type": "string"},
-                         "description": "HLR lookup result: child elements, stored as a JSON object of texts."}
     return {
         "type": "object",
         "xml": {"name": "deliveryreceipt"},
-        "description": "A <deliveryreceipt> element (or a root element holding several of them).",
-        "required": ["deliveryMessageId", "created", "status"],
-        "properties": properties,
+        "description": "A <deliveryreceipt> element (or a root element holding several of them), the same "
+                       "fields as child elements.",
+        "required": _RECEIPT_REQUIRED,
+        "properties": _receipt_properties(xml=True),
     }
 
 
@@ -292,7 +317,7 @@ def openapi_document(max_body_bytes: int | None = None) -> dict:
 
 
 def serve_document() -> Response:
-    return jsonify(openapi_document(current_app.config.get("MAX_CONTENT_LENGTH")))
+    return jsonify(openapi_document(current_app.config.get("MAX_BODY_BYTES")))
 
 
 def register(app: Flask) -> None:

@@ -189,7 +189,7 @@ def _xml_elements(text: str | bytes) -> list:
         root = SafeET.fromstring(text, forbid_dtd=True)
     except DefusedXmlException as exc:
         raise BadBody(400, "forbidden_xml", f"XML uses a forbidden construct ({type(exc).__name__})") from None
-    except (ParseError, ValueError, UnicodeError) as exc:
+    except (ParseError, ValueError, UnicodeError, LookupError) as exc:  # LookupError: unknown encoding
         raise BadBody(400, "invalid_xml", f"body is not valid XML: {str(exc)[:200]}") from None
     except RecursionError:
         raise BadBody(400, "invalid_xml", "XML is nested too deeply") from None
@@ -287,7 +287,7 @@ def _optional_int(value) -> int | None:
         number = int(value)
     elif isinstance(value, str):
         text = value.strip()
-        if not re.fullmatch(r"[+-]?\d{1,10}", text):
+        if not re.fullmatch(r"[+-]?[0-9]{1,10}", text):  # ASCII digits only: int() takes any script
             return None
         number = int(text)
     else:

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +33,7 @@ from collector.wal import StorageError, WriteAheadLog, encode_record, list_segme
 
 log = logging.getLogger("dlrlens.collector")
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
 RECENT_IDS = 200_000  # receipt ids remembered per process to count duplicates as they arrive
 
@@ -92,7 +93,10 @@ def remove_orphan_temp_files(root: Path) -> int:
 
 
 def utc_day(micros: int) -> str:
-    return datetime.fromtimestamp(micros / 1_000_000, tz=timezone.utc).strftime("%Y-%m-%d")
+    """The UTC date (YYYY-MM-DD) of a timestamp in epoch microseconds, in exact integer
+    arithmetic (a float division rounds 9999-12-31T23:59:59.999999 into year 10000)."""
+    day = (_EPOCH + timedelta(microseconds=micros)).date()
+    return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
 
 
 def flush_segment(data_dir: Path, slot: str, segment: Path) -> int:
@@ -120,7 +124,7 @@ class Counters:
     """Monotonic counters of one writer slot, persisted to ``stats/<slot>.json`` at each flush."""
 
     NAMES = ("requests", "received", "stored", "duplicates_seen", "storage_errors",
-             "flushes", "flushed_receipts", "flush_errors", "auth_failures", "forbidden")
+             "flushes", "flushed_receipts", "flush_errors", "quarantined_segments", "auth_failures", "forbidden")
 
     def __init__(self, path: Path):
         import json
@@ -226,8 +230,36 @@ class ReceiptStorage:
             log.info("event=recovered receipts=%d", recovered)
         return recovered
 
-    def _flush_dir(self, slot: str, log_dir: Path) -> int:
-        return sum(flush_segment(self.data_dir, slot, segment) for segment in list_segments(log_dir))
+    def _flush_dir(self, slot: str, log_dir: Path, up_to: int | None = None) -> int:
+        """Flush the segments of ``log_dir`` (those with id <= ``up_to``, when given)."""
+        written = 0
+        for segment in list_segments(log_dir):
+            if up_to is not None and int(segment.stem) > up_to:
+                continue
+            written += self._flush_or_quarantine(slot, segment)
+        return written
+
+    def _flush_or_quarantine(self, slot: str, segment: Path) -> int:
+        """Flush one segment. OSError (storage trouble) propagates: the segment stays for a retry.
+
+        Any other error means the segment's content cannot be converted (a bug meeting
+        unexpected data). Retrying would fail forever and block the segments behind it, so
+        the segment is moved, intact, to ``wal/quarantine/`` for a person to look at, and
+        counted; the collector goes on.
+        """
+        try:
+            return flush_segment(self.data_dir, slot, segment)
+        except OSError:
+            raise
+        except Exception as exc:
+            quarantine = self.wal_root / "quarantine"
+            quarantine.mkdir(exist_ok=True)
+            target = quarantine / f"{slot}-{segment.name}"
+            os.replace(segment, target)
+            layout.fsync_dir(quarantine)
+            self.counters.add("quarantined_segments")
+            log.error("event=segment_quarantined segment=%s error=%r", target, str(exc))
+            return 0
 
     # -- writing -------------------------------------------------------------------------
 
@@ -275,12 +307,7 @@ class ReceiptStorage:
                 self.wal.rotate()
                 # Only segments closed by now: a concurrent append may already have opened a
                 # newer one, which must not be flushed (and deleted) while it is written.
-                closed_up_to = self.wal.last_segment_id
-                written = sum(
-                    flush_segment(self.data_dir, self.slot, segment)
-                    for segment in list_segments(self.log_dir)
-                    if int(segment.stem) <= closed_up_to
-                )
+                written = self._flush_dir(self.slot, self.log_dir, up_to=self.wal.last_segment_id)
             except OSError as exc:
                 self.counters.add("flush_errors")
                 self.last_flush_error = str(exc)
@@ -317,6 +344,11 @@ class ReceiptStorage:
             except OSError:
                 pass
         return {"segments": len(segments), "bytes": size, "records_open_segment": self.wal.pending_records}
+
+    def quarantined_segments(self) -> int:
+        """Log segments set aside because they could not be converted (see _flush_or_quarantine)."""
+        folder = self.wal_root / "quarantine"
+        return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
 
     def close(self) -> None:
         """Stop the flusher and flush what is left (best effort: the log keeps it otherwise)."""
