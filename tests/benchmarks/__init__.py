@@ -1,0 +1,1 @@
+"""Benchmarks: run by hand (``python3 -m tests.benchmarks.<name>``), not collected by pytest."""
