@@ -45,6 +45,9 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict:
         "timeout": 60,
         "graceful_timeout": 30,
         "keepalive": 5,
+        # Each worker gets its own listening socket and the kernel spreads connections across
+        # them; with one shared socket a single worker tends to hold most keep-alive connections.
+        "reuse_port": True,
         "accesslog": None,
         "control_socket_disable": True,  # one shared socket path would clash between instances
         "errorlog": "-",

@@ -304,10 +304,10 @@ class ReceiptStorage:
         with self._flush_lock:
             started = time.perf_counter()
             try:
-                self.wal.rotate()
-                # Only segments closed by now: a concurrent append may already have opened a
-                # newer one, which must not be flushed (and deleted) while it is written.
-                written = self._flush_dir(self.slot, self.log_dir, up_to=self.wal.last_segment_id)
+                # Only segments closed by the rotation: the writer may open a newer one at once,
+                # which must not be flushed (and deleted) while it is written.
+                closed_up_to = self.wal.rotate()
+                written = self._flush_dir(self.slot, self.log_dir, up_to=closed_up_to)
             except OSError as exc:
                 self.counters.add("flush_errors")
                 self.last_flush_error = str(exc)
@@ -355,6 +355,7 @@ class ReceiptStorage:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=30)
+        self.wal.close()
         try:
             self.flush()
         except StorageError:

@@ -76,25 +76,34 @@ def list_segments(log_dir: Path) -> list[Path]:
 class _Batch:
     lines: list[bytes] = field(default_factory=list)
     count: int = 0
-    done: bool = False
+    written: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
 
 class WriteAheadLog:
-    """The append side of one log directory. Thread-safe; one instance per process."""
+    """The append side of one log directory. Thread-safe; one instance per process.
+
+    A dedicated writer thread owns the file: request threads add their lines to the batch
+    being gathered and wait on that batch's event only, so one fsync wakes exactly the
+    requests it made durable.
+    """
 
     def __init__(self, log_dir: Path, fsync=os.fsync):
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()              # guards _gathering
+        self._work = threading.Condition(self._lock)
+        self._io = threading.Lock()                # held while the file is written or rotated
         self._gathering = _Batch()
-        self._busy = False  # a leader is writing, or a rotation holds the file
         self._file = None
         self._segment: Path | None = None
         self._segment_records = 0
         self._last_id = 0
+        self._closed = False
         self.fsyncs = 0
+        self._writer = threading.Thread(target=self._write_loop, name="dlrlens-wal-writer", daemon=True)
+        self._writer.start()
 
     # -- append --------------------------------------------------------------------------
 
@@ -104,32 +113,31 @@ class WriteAheadLog:
         Raises :class:`StorageError` when the write or fsync fails; then none of ``lines``
         counts as stored (the segment is cut back to its last durable length).
         """
-        with self._cond:
+        with self._lock:
+            if self._closed:
+                raise StorageError("the log is closed")
             batch = self._gathering
             batch.lines.extend(lines)
             batch.count += len(lines)
-            while not batch.done:
-                if not self._busy:
-                    self._busy = True
-                    self._gathering = _Batch()
-                    break
-                self._cond.wait()
-            else:
-                if batch.error:
-                    raise StorageError(str(batch.error)) from batch.error
-                return
-        # This thread leads: write the whole batch it gathered, outside the lock.
-        try:
-            self._write(batch)
-        except OSError as exc:
-            batch.error = exc
-        finally:
-            with self._cond:
-                batch.done = True
-                self._busy = False
-                self._cond.notify_all()
+            self._work.notify()
+        batch.written.wait()
         if batch.error:
             raise StorageError(str(batch.error)) from batch.error
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._gathering.count and not self._closed:
+                    self._work.wait()
+                if not self._gathering.count:
+                    return  # closed and drained
+                batch, self._gathering = self._gathering, _Batch()
+            with self._io:
+                try:
+                    self._write(batch)
+                except BaseException as exc:  # OSError mostly; anything else must not strand waiters
+                    batch.error = exc
+            batch.written.set()
 
     def _write(self, batch: _Batch) -> None:
         if self._file is None:
@@ -180,35 +188,25 @@ class WriteAheadLog:
 
     # -- rotation ------------------------------------------------------------------------
 
-    def rotate(self) -> Path | None:
-        """Close the current segment and return it (None if it holds nothing).
+    def rotate(self) -> int:
+        """Close the current segment; return the id of the newest segment now closed.
 
-        Appends after this call go to a new segment. Waits for an append in flight.
+        Every segment with an id up to the returned one is closed for good (safe to flush and
+        delete); appends after this call go to a newer segment. Waits for a write in flight.
         """
-        with self._cond:
-            while self._busy:
-                self._cond.wait()
-            self._busy = True
-        try:
-            closed = None
+        with self._io:
             if self._file is not None:
                 self._file.close()
-                if self._segment_records:
-                    closed = self._segment
-                else:
+                if not self._segment_records:
                     self._segment.unlink(missing_ok=True)
                 self._file = None
                 self._segment = None
-            return closed
-        finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
+            return self._last_id
 
     @property
     def last_segment_id(self) -> int:
         """Id of the newest segment opened so far; every later segment has a larger id."""
-        with self._cond:
+        with self._io:
             return self._last_id
 
     @property
@@ -217,4 +215,9 @@ class WriteAheadLog:
         return self._segment_records
 
     def close(self) -> None:
+        """Write what is queued, stop the writer thread and close the segment."""
+        with self._lock:
+            self._closed = True
+            self._work.notify()
+        self._writer.join(timeout=30)
         self.rotate()

@@ -16,7 +16,7 @@ import requests
 
 from collector import layout
 from collector.storage import ReceiptStorage
-from collector.wal import WriteAheadLog, encode_record, read_segment
+from collector.wal import WriteAheadLog, encode_record, list_segments, read_segment
 from tests.reliability import kill_at_random
 from tests.servers import running_collector, wait_until
 from tests.test_collector import receipt, stored_rows
@@ -83,8 +83,10 @@ def test_group_commit_shares_fsyncs(tmp_path):
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda _: log.append(lines), range(400)))
     assert log.fsyncs < 200, f"{log.fsyncs} fsyncs for 400 appends"
-    closed = log.rotate()
-    assert closed is not None and len(closed.read_bytes().splitlines()) == 400
+    closed_up_to = log.rotate()
+    [segment] = list_segments(log.log_dir)
+    assert int(segment.stem) == closed_up_to
+    assert len(segment.read_bytes().splitlines()) == 400
 
 
 # -- storage failure ---------------------------------------------------------------------------
@@ -204,3 +206,23 @@ def test_crash_at_each_write_step_loses_nothing_and_shows_no_partial_file(tmp_pa
         assert len(rows) == len(sent)
     assert_files_whole(data)
     assert not list(data.glob("receipts/*/.*.tmp")), "temporary files of the dead writer are cleaned up"
+
+
+def test_flushing_while_appending_never_loses_a_receipt(tmp_path):
+    """Rotation races appends: a flush must take only segments closed before it started."""
+    data = tmp_path / "data"
+    storage = ReceiptStorage(data, flush_seconds=0.001)
+    now = datetime.now(timezone.utc)
+
+    def record(n: int) -> dict:
+        return {"receipt_id": f"{n:032x}", "delivery_message_id": f"race-{n}", "batch_id": None,
+                "client_reference": None, "created": now, "received_at": now, "status": "DELIVERED",
+                "status_code": 1, "category": "delivered", "part": None, "parts": 1, "hlr": None,
+                "extra": None, "campaign": None, "labels": "{}", "source_format": "json"}
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda n: storage.store([record(n)]), range(3000)))
+    finally:
+        storage.close()
+    assert sorted(message_ids(data)) == sorted(f"race-{n}" for n in range(3000))
