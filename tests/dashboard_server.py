@@ -1,0 +1,161 @@
+"""The real Streamlit dashboard (``dlrlens dashboard``) for the browser test and
+``scripts/screenshots.py``: started in its own process group on a free loopback port and
+always stopped; plus what both need around it: waiting until posted receipts are in Parquet,
+and a full-page screenshot of a Streamlit page."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import requests
+
+from collector import layout
+from tests.servers import REPO, free_port, wait_until
+
+START_TIMEOUT = 90  # seconds; Streamlit's first start imports a lot on a busy 2-core machine
+STOP_TIMEOUT = 20
+
+
+@dataclass
+class Dashboard:
+    process: subprocess.Popen
+    url: str
+    data_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM the process group (``dlrlens`` and the Streamlit child it runs), wait until
+        the whole group is gone, SIGKILL what is left after :data:`STOP_TIMEOUT` seconds."""
+        group = self.process.pid  # start_new_session: the group id is the leader's pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while _group_alive(group, self.process) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=STOP_TIMEOUT)
+
+
+def _group_alive(group: int, leader: subprocess.Popen) -> bool:
+    leader.poll()  # reap the leader, so that a zombie does not count
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def parquet_counts(data_dir: Path) -> tuple[int, int]:
+    """(rows, distinct receipt_ids) in the receipt files the dashboard reads.
+
+    Rows alone cannot tell when everything is flushed: compaction briefly shows rows twice
+    (merged copy and inputs) and re-posted receipts are extra rows of the same receipt_id.
+    """
+    if not list(Path(data_dir).glob(layout.PARQUET_GLOB)):
+        return 0, 0
+    with duckdb.connect() as con:
+        rows, distinct = con.execute(
+            "SELECT count(*), count(DISTINCT receipt_id) FROM read_parquet(?, union_by_name = true)",
+            [layout.parquet_glob(data_dir)]).fetchone()
+    return rows, distinct
+
+
+def wait_for_parquet(data_dir: Path, rows: int, distinct: int, timeout: float = 60) -> None:
+    """Wait until the Parquet files hold ``distinct`` receipts in at least ``rows`` rows."""
+    def flushed():
+        found_rows, found_distinct = parquet_counts(data_dir)
+        return found_distinct == distinct and found_rows >= rows
+    wait_until(flushed, timeout, interval=0.3, what=f"{distinct} receipts ({rows} rows) in Parquet")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(url + "/_stcore/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def start_dashboard(data_dir: Path, *, port: int | None = None, log_dir: Path | None = None,
+                    timeout: float = START_TIMEOUT) -> Dashboard:
+    """Run ``python3 -m dlrlens dashboard --data DIR`` on 127.0.0.1 and wait until Streamlit
+    answers ``/_stcore/health``. Raises RuntimeError (with the log) if it exits first.
+
+    Output goes to ``dashboard-<port>.log`` in ``log_dir`` (default: beside ``data_dir``).
+    """
+    port = port or free_port()
+    log_path = Path(log_dir or Path(data_dir).parent) / f"dashboard-{port}.log"
+    # Only the data directory given here reaches the app, never the caller's DLRLENS_* or
+    # STREAMLIT_* settings.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DLRLENS_", "STREAMLIT_"))}
+    # Run the code as it was at start: other work editing the checkout must not make
+    # Streamlit reload modules mid-test (and watching files costs CPU on a busy machine).
+    env["STREAMLIT_SERVER_FILE_WATCHER_TYPE"] = "none"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dlrlens", "dashboard", "--data", str(data_dir), "--host", "127.0.0.1",
+             "--port", str(port)],
+            cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    dashboard = Dashboard(process, f"http://127.0.0.1:{port}", Path(data_dir), log_path)
+    try:
+        wait_until(lambda: process.poll() is not None or _healthy(dashboard.url), timeout, interval=0.3,
+                   what="dashboard start")
+        if process.poll() is not None:
+            raise RuntimeError(f"dashboard exited with {process.returncode}:\n{dashboard.log()}")
+    except BaseException:
+        dashboard.stop()
+        raise
+    return dashboard
+
+
+@contextlib.contextmanager
+def running_dashboard(data_dir: Path, **kwargs):
+    """:func:`start_dashboard` as a context manager that always stops it."""
+    dashboard = start_dashboard(data_dir, **kwargs)
+    try:
+        yield dashboard
+    finally:
+        dashboard.stop()
+
+
+# The heights of Streamlit's two scrolling areas (main column and sidebar); the document itself
+# never scrolls, so a browser "full page" screenshot would hold only the first screen.
+_CONTENT_HEIGHT_JS = """() => Math.max(...['stMain', 'stSidebarContent'].map(
+    id => document.querySelector(`[data-testid="${id}"]`)?.scrollHeight || 0))"""
+
+
+def full_page_screenshot(page, path: Path, *, max_height: int = 6000) -> Path:
+    """Save a Playwright ``page`` of the dashboard as one PNG of its whole content.
+
+    The viewport is grown to the content height (at most ``max_height`` pixels; charts re-lay
+    out, so it is measured again), shot, then restored.
+    """
+    original = page.viewport_size
+    height = original["height"]
+    for _ in range(3):
+        wanted = min(max(page.evaluate(_CONTENT_HEIGHT_JS), original["height"]), max_height)
+        if wanted <= height:
+            break
+        height = wanted
+        page.set_viewport_size({"width": original["width"], "height": height})
+        page.wait_for_timeout(400)  # let the app lay out in the taller window
+    try:
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        if height != original["height"]:
+            page.set_viewport_size(original)
+    return Path(path)
