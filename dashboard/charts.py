@@ -10,6 +10,7 @@ empty figure, never an error. The formatters are the one place numbers become te
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
@@ -32,13 +33,24 @@ RATE_COLOR = "#1f5fa8"
 REASON_PALETTE = ["#e15759", "#bab0ac", "#f28e2b", "#b07aa1", "#9c755f", "#4e79a7", "#edc948", "#76b7b2",
                   "#59a14f", "#ff9da7", "#499894", "#d37295", "#8cd17d", "#a0cbe8", "#f1ce63", "#86bcb6"]
 PERCENTILE_COLORS = {"p50": "#9ecae1", "p90": "#4292c6", "p95": "#2171b5", "p99": "#08306b"}
-# Readable ticks for log time axes: value in seconds -> label.
-TIME_TICKS = {0.1: "100 ms", 1: "1 s", 10: "10 s", 60: "1 min", 300: "5 min", 1800: "30 min",
-              3600: "1 h", 6 * 3600: "6 h", 86400: "1 d", 7 * 86400: "7 d"}
+# Readable ticks for log time axes: value in seconds -> label. At least 0.6 decade apart (the
+# closest pair has the shortest labels), so they stay side by side in a half-width figure
+# (30 min next to 1 h collided).
+TIME_TICKS = {0.1: "100 ms", 1: "1 s", 10: "10 s", 60: "1 min", 600: "10 min", 3600: "1 h",
+              6 * 3600: "6 h", 86400: "1 d", 7 * 86400: "7 d"}
+# Receipts per minute show at least this much time, so a minute or two of data reads as
+# "receipts just started", not as bars filling the plot.
+PER_MINUTE_WINDOW = timedelta(hours=1)
+MINUTE_MS = 60_000  # a bar's width on a date axis is in milliseconds
 _LEGENDS = {
     "top": dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),  # few series
     "right": dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02),  # many series
+    # Many series in a narrow figure: one entry a line under the x axis (two long status names
+    # do not fit side by side in a half-width column); Plotly widens the bottom margin for it.
+    "bottom": dict(orientation="h", entrywidth=1, entrywidthmode="fraction", xref="container", x=0,
+                   xanchor="left", yref="container", y=0, yanchor="bottom"),
 }
+LEGEND_ROW_PX = 20  # height of one legend line (12 px text), for figures that grow with their legend
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +83,7 @@ def format_duration(seconds) -> str:
         return f"{sign}{value * 1000:.0f} ms"
     if value < 60:
         return f"{sign}{value:.1f} s"
-    whole = int(round(value))
+    whole = math.floor(value + 0.5)  # half up, as people round (114.5 s is 1 min 55 s)
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
@@ -82,8 +94,40 @@ def format_duration(seconds) -> str:
     return f"{sign}{minutes} min {secs} s" if secs else f"{sign}{minutes} min"
 
 
+def format_number(value) -> str:
+    """A plain measurement that is neither count, share nor duration: ``1,234.57``; "—" if missing."""
+    return "—" if is_missing(value) else f"{float(value):,.2f}"
+
+
+# A value's unit -> how it reads on screen; cards and tables both format through these.
+FORMATS = {"count": format_count, "share": format_percent, "seconds": format_duration, "number": format_number}
+
+
+def format_change(change, unit: str) -> str | None:
+    """A signed change of a value in ``unit``: ``+267``, ``-0.6 pp`` (shares change in percentage
+    points), ``+2 min 45 s``, ``-627 ms``; "0" when flat; None when missing (not comparable)."""
+    if is_missing(change):
+        return None
+    if change == 0:
+        return "0"
+    sign = "+" if change > 0 else ""
+    if unit == "share":
+        return f"{change * 100:+.1f} pp"
+    if unit == "seconds":
+        return sign + format_duration(change)
+    if unit == "count":
+        return f"{change:+,.0f}"
+    return sign + format_number(change)
+
+
+def format_relative_change(change) -> str:
+    """A relative change (0.25 = a quarter more) as ``+25.0%``; "—" when missing."""
+    return "—" if is_missing(change) else ("+" if change > 0 else "") + format_percent(change)
+
+
 def _style(fig: go.Figure, title: str, legend: str | None = "top", height: int | None = None) -> go.Figure:
-    """Title top left, legend under it (or to the right for many series), room for both."""
+    """Title top left, legend under it (or to the right, or below the plot, for many series),
+    room for both."""
     fig.update_layout(title=dict(text=title, y=0.98, yanchor="top", x=0, xanchor="left"),
                       margin=dict(l=10, r=10, t=80 if legend == "top" else 50, b=10),
                       showlegend=legend is not None, legend=dict(_LEGENDS.get(legend or "top"), traceorder="normal"))
@@ -136,11 +180,12 @@ def trend_figure(trend: pd.DataFrame, title: str = "Volume and delivery rate") -
 
 
 def rate_trend_figure(trends: dict[str, pd.DataFrame], title: str = "Delivery rate over time") -> go.Figure:
-    """One delivery-rate line per named trend (campaign comparison)."""
+    """One delivery-rate line per named trend (campaign comparison). Buckets without a decided
+    message (no rate) are bridged, so a campaign sent in bursts still reads as one line."""
     fig = go.Figure()
     for name, frame in trends.items():
         fig.add_scatter(x=frame["bucket_start"], y=frame["delivery_rate"], name=name, mode="lines+markers",
-                        hovertemplate="%{y:.1%}")
+                        connectgaps=True, marker=dict(size=7), hovertemplate="%{y:.1%}")
     fig.update_layout(hovermode="x unified")
     fig.update_yaxes(title_text="Delivery rate", tickformat=".0%", range=[0, 1.05])
     for frame in trends.values():
@@ -207,8 +252,14 @@ def failure_reasons_figure(reasons: pd.DataFrame, title: str = "Failure reasons"
     return _style(fig, title, legend=None, height=max(280, 80 + 30 * len(ranked)))
 
 
-def failures_by_campaign_figure(by_campaign: pd.DataFrame, title: str = "Failure reasons by campaign") -> go.Figure:
-    """Stacked horizontal bars: one bar per campaign, one segment per reason."""
+def failures_by_campaign_figure(by_campaign: pd.DataFrame, title: str = "Failure reasons by campaign",
+                                legend: str = "right") -> go.Figure:
+    """Stacked horizontal bars: one bar per campaign, one segment per reason.
+
+    ``legend="bottom"`` puts the reasons under the bars, in rows, for a narrow (half-width)
+    column, where a legend on the right would be taller than the bars and cut off; the figure
+    grows by the legend's rows.
+    """
     fig = go.Figure()
     for reason in _by_total(by_campaign, "reason"):
         part = by_campaign[by_campaign["reason"] == reason]
@@ -219,7 +270,13 @@ def failures_by_campaign_figure(by_campaign: pd.DataFrame, title: str = "Failure
     fig.update_xaxes(title_text="Failed messages")
     # Most failures on top.
     fig.update_yaxes(categoryorder="array", categoryarray=_by_total(by_campaign, "campaign")[::-1])
-    return _style(fig, title, legend="right", height=max(300, 90 + 34 * campaigns))
+    reasons = by_campaign["reason"].nunique()
+    height = max(300, 90 + 34 * campaigns)
+    if legend == "bottom":
+        height += LEGEND_ROW_PX * reasons + 10
+    else:  # the legend gets the plot's height, so the plot must be as tall as the legend
+        height = max(height, 140 + LEGEND_ROW_PX * reasons)
+    return _style(fig, title, legend=legend, height=height)
 
 
 def failures_over_time_figure(over_time: pd.DataFrame, title: str = "Failures over time") -> go.Figure:
@@ -245,7 +302,8 @@ def _log_time_axis(fig: go.Figure, values: pd.Series, axis: str = "x", title: st
     low = positive.min() if len(positive) else 1.0
     high = positive.max() if len(positive) else 60.0
     ticks = [t for t in TIME_TICKS if low / 10 <= t <= high * 10] or list(TIME_TICKS)
-    settings = dict(type="log", title_text=title, tickvals=ticks, ticktext=[TIME_TICKS[t] for t in ticks])
+    settings = dict(type="log", title_text=title, tickvals=ticks, ticktext=[TIME_TICKS[t] for t in ticks],
+                    tickangle=0)
     (fig.update_xaxes if axis == "x" else fig.update_yaxes)(**settings)
 
 
@@ -314,10 +372,39 @@ def percentiles_by_campaign_figure(by_campaign: pd.DataFrame,
 # ---------------------------------------------------------------------------------------------
 
 
-def receipts_per_minute_figure(per_minute: pd.DataFrame, title: str = "Receipts received per minute") -> go.Figure:
-    """Receipts per minute of arrival at the collector."""
+def receipts_per_minute_figure(per_minute: pd.DataFrame, now: pd.Timestamp | None = None,
+                               title: str = "Receipts received per minute") -> go.Figure:
+    """Receipts per minute of arrival at the collector, one bar per minute (``minute`` is its start).
+
+    The time axis spans at least :data:`PER_MINUTE_WINDOW`, ending after the last minute with
+    receipts, or at ``now`` (same time zone as ``minute``) while the last receipt is less than
+    a window old, so a pause in arrivals shows as empty minutes at the right. Ticks read as
+    clock minutes (with the day when the axis spans more than one).
+    """
+    span = per_minute_range(per_minute["minute"], now)
+    # A gap between bars while they are wide enough to show one; solid bars (no faint slivers) else.
+    narrow = span is not None and span[1] - span[0] > 3 * PER_MINUTE_WINDOW
     fig = go.Figure(go.Bar(x=per_minute["minute"], y=per_minute["receipts"], marker_color=RATE_COLOR,
-                           hovertemplate="%{x}: %{y:,} receipts<extra></extra>"))
-    fig.update_layout(bargap=0)
+                           marker_line_width=0, width=MINUTE_MS * (1.0 if narrow else 0.85), offset=0,
+                           hovertemplate="%{x|%H:%M}: %{y:,} receipts<extra></extra>"))
     fig.update_yaxes(title_text="Receipts", rangemode="tozero")
+    if span is not None:
+        same_day = span[0].date() == (span[1] - pd.Timedelta(microseconds=1)).date()
+        fig.update_xaxes(range=list(span), tickformat="%H:%M" if same_day else "%b %d %H:%M",
+                         hoverformat="%H:%M")
     return _style(fig, title, legend=None)
+
+
+def per_minute_range(minutes: pd.Series, now: pd.Timestamp | None = None,
+                     window: timedelta = PER_MINUTE_WINDOW) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The time axis of :func:`receipts_per_minute_figure`: (start, end), at least ``window``
+    long, covering every minute in ``minutes`` (bar starts) to its end; None without data."""
+    minutes = pd.Series(minutes).dropna()
+    if minutes.empty:
+        return None
+    first, end = minutes.min(), minutes.max() + pd.Timedelta(minutes=1)
+    if now is not None:
+        now_end = pd.Timestamp(now).floor("min") + pd.Timedelta(minutes=1)
+        if end < now_end <= end + window:
+            end = now_end
+    return min(first, end - window), end

@@ -1,7 +1,8 @@
 """Tables with their download buttons, the campaign report and the message-level detail.
 
 Downloads carry the exact values the queries returned (no rounding, no display formatting);
-only the screen formats numbers (:func:`display_frame`).
+only the screen formats numbers (:func:`display_frame`), with the same formatters as the KPI
+cards (``charts.FORMATS``), so a value reads the same in a card and in a table.
 
 Each file on offer is a :class:`Download` (label, file name, MIME type, a ``build()`` that
 makes the bytes). :func:`table_downloads` and :func:`export_downloads` decide what is offered
@@ -21,15 +22,15 @@ writer, so they carry the same number formats as ``dlrlens report``.
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard import queries, report, state
+from dashboard import charts, queries, report, state
 from dashboard.queries import Filters, Store
 
 CSV_MIME = "text/csv"
@@ -38,6 +39,35 @@ PARQUET_MIME = "application/vnd.apache.parquet"
 JSON_MIME = "application/json"
 SHARE_COLUMNS = report.RATE_COLUMNS
 SECONDS_COLUMNS = report.SECONDS_COLUMNS
+# Tables up to this many cells show text formatted like the cards over their exact numbers
+# (a pandas Styler: sorting still goes by the number). A Styler costs ~0.3 s for 20,000 cells on every
+# run, so larger tables (every measured message, a big lookup) get Streamlit's number formats.
+STYLED_CELLS_LIMIT = 20_000
+# Number formats of those larger tables, computed by the browser: close to the cards (shares
+# get two decimals: the format's one-decimal precision truncates, 6.896 % would read 6.8 %).
+FALLBACK_FORMATS = {"share": "percent", "seconds": "%.1f s", "count": "localized", "number": "%.2f"}
+MISSING = "—"  # a missing value on screen, as on the cards (charts.format_*)
+TIMESTAMP_FORMAT = "YYYY-MM-DD HH:mm:ssZ"  # momentJS: 2026-11-27 14:22:02+00:00
+# The grid sizes a column from its first ~10 rows, once, when the table first appears, and
+# keeps that width while rows change (drilling into a second campaign cut the new, longer
+# texts). So styled tables get widths computed here from every cell's text, in pixels of the
+# grid's font (Source Sans 14 px, as measured in Chromium) for ' ' .. '~'; other characters
+# ("—", accents, CJK) count as an em.
+GLYPH_PX = (
+    2.8, 4.05, 5.96, 6.96, 6.96, 11.54, 8.53, 3.49, 4.24, 4.24, 5.85, 6.96, 3.49, 4.35, 3.49, 4.9,
+    6.96, 6.96, 6.96, 6.96, 6.96, 6.96, 6.96, 6.96, 6.96, 6.96, 3.49, 3.49, 6.96, 6.96, 6.96, 5.95,
+    11.86, 7.6, 8.23, 7.99, 8.61, 7.38, 6.92, 8.64, 9.13, 3.68, 6.71, 8.11, 6.8, 10.18, 9.06, 9.3,
+    7.92, 9.3, 7.97, 7.48, 7.5, 9.03, 7.21, 11, 7.18, 6.66, 7.55, 4.24, 4.9, 4.24, 6.96, 7,
+    7.59, 7.06, 7.74, 6.38, 7.77, 6.94, 4.09, 7.06, 7.62, 3.44, 3.46, 6.93, 3.57, 11.61, 7.66, 7.59,
+    7.77, 7.77, 4.86, 5.87, 4.73, 7.62, 6.54, 10.07, 6.24, 6.54, 5.95, 4.24, 3.37, 4.24, 6.96,
+)
+EM_PX = 14.0
+CELL_PADDING_PX = 20  # the grid's 8 px each side, and slack for rounding
+HEADER_EXTRA_PX = 4  # a sorted column's arrow may cover the end of a long heading
+MAX_COLUMN_PX = 600  # wider texts are cut (a status meaning is ~490 px)
+# kpis_with_change: one row per KPI (``metric``); these columns hold that KPI's unit.
+METRIC_VALUE_COLUMNS = ("value", "previous")
+METRIC_CHANGE_COLUMNS = ("change",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,28 +127,132 @@ def column_label(column: str) -> str:
     return label.removesuffix(" (s)")[:1].upper() + label.removesuffix(" (s)")[1:]
 
 
-def readable_seconds(seconds: pd.Series) -> pd.Series:
-    """Seconds rounded for reading: 0.1 s under 10 s, whole seconds under 1 h, whole minutes above."""
-    values = pd.to_numeric(seconds, errors="coerce").astype("float64")
-    rounded = np.select([values < 10, values < 3600], [values.round(1), values.round(0)], (values / 60).round(0) * 60)
-    return pd.Series(rounded, index=values.index)
+def unit_of(name: str) -> str:
+    """The unit of a KPI or column by name: "share" (0..1), "seconds", else "count"."""
+    if name in SHARE_COLUMNS:
+        return "share"
+    if name in SECONDS_COLUMNS:
+        return "seconds"
+    return "count"
 
 
-def display_frame(frame: pd.DataFrame, tz: str) -> tuple[pd.DataFrame, dict]:
-    """``frame`` ready for ``st.dataframe``: times in ``tz``, seconds as durations (sortable,
-    shown as "1 min, 7 sec"), and a column config with labels, formats and KPI help."""
-    shown = in_zone(frame, tz)
-    config = {}
+def format_value(name: str, value) -> str:
+    """A KPI's value as its card shows it (and its table cell): by the unit of ``name``."""
+    return charts.FORMATS[unit_of(name)](value)
+
+
+def column_unit(column: str, values: pd.Series) -> str | None:
+    """How a column's numbers read on screen: "share", "seconds", "count" (whole numbers, also
+    when stored as floats because some are missing), "number"; None for anything else."""
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        return None
+    if column in SHARE_COLUMNS or column in SECONDS_COLUMNS:
+        return unit_of(column)
+    present = pd.to_numeric(values, errors="coerce").dropna()
+    if pd.api.types.is_integer_dtype(values) or (present == present.round()).all():
+        return "count"
+    return "number"
+
+
+def cell_formats(frame: pd.DataFrame) -> list[tuple[Callable, object]]:
+    """``(formatter, cells)`` pairs that make ``frame``'s numbers read like the cards (cells as
+    a ``.loc`` / Styler subset; a later pair overrides an earlier one):
+    one per numeric column, by :func:`column_unit`; in a KPI table (a ``metric`` column, as
+    ``queries.kpis_with_change`` returns), value and change cells by their row's KPI."""
+    formats: list[tuple[Callable, object]] = []
     for column in frame.columns:
-        label, help_text = column_label(column), report.KPI_DEFINITIONS.get(column)
-        if column in SHARE_COLUMNS:
-            config[column] = st.column_config.NumberColumn(label, help=help_text, format="percent")
-        elif column in SECONDS_COLUMNS:
-            shown[column] = pd.to_timedelta(readable_seconds(shown[column]), unit="s")
-            config[column] = st.column_config.NumberColumn(label, help=help_text, format="localized")
+        unit = column_unit(column, frame[column])
+        if unit:
+            formats.append((charts.FORMATS[unit], pd.IndexSlice[:, [column]]))
+    if "metric" in frame and frame.index.is_unique:
+        for unit in ("count", "share", "seconds"):
+            rows = frame.index[frame["metric"].map(unit_of) == unit]
+            values = [c for c in METRIC_VALUE_COLUMNS if c in frame]
+            changes = [c for c in METRIC_CHANGE_COLUMNS if c in frame]
+            if len(rows) and values:
+                formats.append((charts.FORMATS[unit], pd.IndexSlice[rows, values]))
+            if len(rows) and changes:
+                formats.append((lambda v, unit=unit: charts.format_change(v, unit) or MISSING,
+                                pd.IndexSlice[rows, changes]))
+        if "relative_change" in frame:
+            formats.append((charts.format_relative_change, pd.IndexSlice[:, ["relative_change"]]))
+    return formats
+
+
+def is_timestamp(values: pd.Series) -> bool:
+    return isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(values)
+
+
+def timestamp_text(moments: pd.Series) -> pd.Series:
+    """Timestamps as :data:`TIMESTAMP_FORMAT` shows them: ``2026-11-27 14:22:02+00:00``."""
+    text = moments.dt.strftime("%Y-%m-%d %H:%M:%S%z").str.replace(r"([+-]\d\d)(\d\d)$", r"\1:\2", regex=True)
+    return text.where(moments.notna(), MISSING).astype(str)
+
+
+def text_px(text: str) -> float:
+    """The width of ``text`` in the grid's font, in pixels (see :data:`GLYPH_PX`)."""
+    return sum(GLYPH_PX[ord(c) - 32] if 32 <= ord(c) < 127 else EM_PX for c in text)
+
+
+def column_widths(text: pd.DataFrame, labels: dict[str, str] | None = None) -> dict[str, int]:
+    """Pixel widths that show every cell of ``text`` (:func:`display_text`) and its heading
+    (``labels[column]``, else the column name) whole, up to :data:`MAX_COLUMN_PX`."""
+    widths = {}
+    for column in text.columns:
+        heading = (labels or {}).get(column, str(column))
+        # The widest text is among the longest; measuring only those keeps big tables cheap.
+        values = pd.Series(text[column].unique(), dtype=object)
+        longest = values[values.str.len().sort_values(ascending=False).index[:20]]
+        cells = max((text_px(v) for v in longest), default=0.0)
+        wanted = max(cells + CELL_PADDING_PX, text_px(heading) + CELL_PADDING_PX + HEADER_EXTRA_PX)
+        widths[column] = int(min(MAX_COLUMN_PX, math.ceil(wanted)))
+    return widths
+
+
+def display_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every cell of ``frame`` as text, formatted as :func:`display_frame`'s styled table shows
+    it (missing values "—"); ``frame`` as shown, i.e. already in the chosen zone."""
+    text = frame.astype(object).where(frame.notna(), MISSING).astype(str)
+    for column in frame.columns:
+        if is_timestamp(frame[column]):
+            text[column] = timestamp_text(frame[column])
+    for formatter, subset in cell_formats(frame):
+        part = frame.loc[subset]
+        text.loc[part.index, part.columns] = part.map(lambda value, fmt=formatter: fmt(value) or MISSING)
+    return text
+
+
+def display_frame(frame: pd.DataFrame, tz: str):
+    """``frame`` ready for ``st.dataframe``, and its column config (labels, KPI help, formats).
+
+    Times are shown in ``tz``. Numbers read as the cards print them
+    (``89.3%``, ``3.5 s``, ``1 min 5 s``, ``1,234``): a pandas Styler puts that text over the
+    exact numbers, so a click on a heading still sorts by number, and the columns are sized
+    to the text. Tables over :data:`STYLED_CELLS_LIMIT` cells get :data:`FALLBACK_FORMATS`
+    instead. Returns ``(DataFrame or Styler, column config)``.
+    """
+    shown = in_zone(frame, tz).reset_index(drop=True)
+    styled = shown.size <= STYLED_CELLS_LIMIT
+    labels = {column: column_label(column) for column in shown.columns}
+    widths = column_widths(display_text(shown), labels) if styled else {}
+    config = {}
+    for column in shown.columns:
+        label, help_text, width = labels[column], report.KPI_DEFINITIONS.get(column), widths.get(column)
+        unit = column_unit(column, shown[column])
+        if is_timestamp(shown[column]):
+            config[column] = st.column_config.DatetimeColumn(label, help=help_text, width=width,
+                                                             format=TIMESTAMP_FORMAT)
+        elif unit:
+            config[column] = st.column_config.NumberColumn(
+                label, help=help_text, width=width, format=None if styled else FALLBACK_FORMATS[unit])
         else:
-            config[column] = st.column_config.Column(label, help=help_text)
-    return shown, config
+            config[column] = st.column_config.Column(label, help=help_text, width=width)
+    if not styled:
+        return shown, config
+    styler = shown.style.format(na_rep=MISSING)
+    for formatter, subset in cell_formats(shown):
+        styler = styler.format(formatter, subset=subset, na_rep=MISSING)
+    return styler, config
 
 
 def show_table(frame: pd.DataFrame, view: str, f: Filters, key: str | None = None,
@@ -132,7 +266,7 @@ def show_table(frame: pd.DataFrame, view: str, f: Filters, key: str | None = Non
     shown, config = display_frame(frame, f.tz)
     config.update(dataframe_args.pop("column_config", {}))
     with st.container(key=f"table_{key}"):  # the table and its buttons, addressable by key
-        st.dataframe(shown, hide_index=True, column_config=config, **dataframe_args)
+        st.dataframe(shown, hide_index=True, column_config=config, placeholder=MISSING, **dataframe_args)
         table_buttons(frame, view, file_filters or f, key)
 
 

@@ -40,7 +40,8 @@ def dashboard_command(data_dir: Path, host: str, port: int) -> list[str]:
     app_path = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
     return [sys.executable, "-m", "streamlit", "run", str(app_path),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--", "--data", str(data_dir)]
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",  # no Deploy button
+            "--", "--data", str(data_dir)]
 
 
 def cmd_dashboard(args) -> int:

@@ -14,16 +14,20 @@ import json
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import openpyxl
 import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
+from collector.statuses import status_table
 from dashboard import charts, downloads, queries, report, state
 from dashboard.queries import Filters, Store
 from dashboard.state import FilterState
+from dlrlens.cli import dashboard_command
 from factory import demo_rows, message, utc, write_receipts
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
@@ -158,8 +162,14 @@ def download_keys(at: AppTest) -> set[str]:
 
 
 def table(at: AppTest, key: str) -> pd.DataFrame:
-    """The frame shown by ``downloads.show_table(..., key)`` (as displayed: durations as timedeltas)."""
+    """The exact values behind the table ``downloads.show_table(..., key)`` shows."""
     return at.container(key=f"table_{key}").dataframe[0].value
+
+
+def table_text(at: AppTest, key: str) -> pd.DataFrame:
+    """That table's cells as the screen prints them (the Styler's display values)."""
+    proto = at.container(key=f"table_{key}").dataframe[0].proto
+    return dataframe_util.convert_arrow_bytes_to_pandas_df(proto.arrow_data.styler.display_values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,6 +221,15 @@ def test_health_cards_show_the_data_health_numbers(monkeypatch, demo_data, store
     assert int(summary["duplicate_rows"]) > 0 and int(summary["regressions"]) > 0  # the demo data has both
 
 
+def test_last_receipt_card_names_the_time_briefly(monkeypatch, demo_data, store_of):
+    """The card's chip holds a short time (a full timestamp was cut off); the help has it all."""
+    last = queries.data_health(store_of(demo_data))["summary"].iloc[0]["last_received_at"]
+    card = next(m for m in run_app(monkeypatch, demo_data, "health").metric if m.label == "Since the last receipt")
+    # The demo data is older than today: month, day and minute.
+    assert card.proto.delta == "at " + pd.Timestamp(last).tz_convert("UTC").strftime("%b %d %H:%M")
+    assert pd.Timestamp(last).tz_convert("UTC").strftime("%Y-%m-%d %H:%M:%S UTC") in card.proto.help
+
+
 def test_health_page_lists_rejected_requests_even_without_receipts(monkeypatch, empty_data):
     body = empty_data / "rejected" / "bad_secret" / "20261127T120000000000Z-abc.body"
     body.parent.mkdir(parents=True)
@@ -259,6 +278,16 @@ def test_known_data_defaults_to_last_7_days_and_compares_with_the_week_before(mo
     deltas = {m.label: m.proto.delta for m in at.metric}
     assert (deltas["Messages"], deltas["Delivered"], deltas["Failed"]) == ("+4", "+2", "+2")
     assert deltas["Delivery rate"] == "-40.0 pp"  # 60 % against 100 %
+    # C1 took 5 s; this week's p50 is the median of A1 5 s, B1 10 s and A3 60 s.
+    assert deltas["Time to deliver p50"] == "+5.0 s"
+    # The KPI table under the figures prints each row in its KPI's unit, as the cards do.
+    kpis = table_text(at, "kpis").set_index("metric")
+    assert kpis.at["delivery_rate", "value"] == shown["Delivery rate"] == "60.0%"
+    assert kpis.at["delivery_rate", "previous"] == "100.0%"
+    assert kpis.at["delivery_rate", "change"] == "-40.0 pp"
+    assert (kpis.at["latency_p50_s", "value"], kpis.at["latency_p50_s", "change"]) == ("10.0 s", "+5.0 s")
+    assert (kpis.at["messages", "value"], kpis.at["messages", "change"]) == ("5", "+4")
+    assert kpis.at["messages", "relative_change"] == "+400.0%"
 
 
 @pytest.mark.parametrize(("preset", "messages"), [("24h", "3"), ("7d", "5"), ("30d", "7"), ("all", "9")])
@@ -461,6 +490,28 @@ def test_page_downloads_are_offered(monkeypatch, known_data):
     assert [m.value for m in at.metric if m.label == "Messages"] == ["4", "4"]
 
 
+def test_tables_print_values_as_the_cards_do(monkeypatch, known_data):
+    """Campaign table cells read exactly like the drill-in cards; missing values read "—"."""
+    at = run_app(monkeypatch, known_data, "campaigns", query={"range": "all"})
+    at.multiselect(key="campaign_compare").set_value(["alpha", "beta", "gamma"]).run()
+    assert_ok(at)
+    shown = table_text(at, "campaigns").set_index("campaign")
+    exact = table(at, "campaigns").set_index("campaign")
+    metrics = iter(at.metric)
+    for name in ("alpha", "beta", "gamma"):
+        for column, label in [("messages", "Messages"), ("delivery_rate", "Delivery rate"), ("failed", "Failed"),
+                              ("pending", "Pending"), ("latency_p50_s", "Time to deliver p50"),
+                              ("latency_p95_s", "Time to deliver p95")]:
+            card = next(metrics)
+            assert card.label == label
+            assert shown.at[name, column] == card.value
+    assert shown.loc["alpha", ["delivery_rate", "latency_p50_s"]].tolist() == ["66.7%", "32.5 s"]
+    assert exact.at["alpha", "delivery_rate"] == pytest.approx(2 / 3, rel=0, abs=0)  # the value stays exact
+    assert shown.at["beta", "latency_p95_s"] == "1 min 55 s"  # B1 10 s, B4 120 s
+    assert exact.at["beta", "latency_p95_s"] == pytest.approx(114.5)
+    assert shown.at["alpha", "webhook_lag_p50_s"] == "—" and pd.isna(exact.at["alpha", "webhook_lag_p50_s"])
+
+
 def test_table_downloads_carry_the_exact_numbers(known_data, store_of):
     store = store_of(known_data)
     f = state.resolve(FilterState(preset="custom", date_from=NOW.date() - timedelta(days=30),
@@ -562,3 +613,106 @@ def test_figures_carry_the_query_numbers(known_data, store_of):
     curve = charts.latency_cdf_figure(latencies).data[0]
     assert list(curve.x) == sorted(latencies["latency_s"]) and curve.y[-1] == 1.0
     assert charts.latency_histogram_figure(latencies.iloc[0:0]).data == ()  # empty: no error
+
+
+
+def test_changes_read_in_their_units():
+    assert charts.format_change(267, "count") == "+267"
+    assert charts.format_change(-0.006, "share") == "-0.6 pp"
+    assert charts.format_change(-165, "seconds") == "-2 min 45 s"
+    assert charts.format_change(0.4, "seconds") == "+400 ms"
+    assert charts.format_change(0, "count") == "0"
+    assert charts.format_change(float("nan"), "count") is None
+    assert charts.format_relative_change(0.25) == "+25.0%"
+    assert charts.format_relative_change(-0.5) == "-50.0%"
+
+
+def test_display_text_matches_the_card_formats():
+    frame = pd.DataFrame({"campaign": ["a", None], "messages": [1234, 5], "delivery_rate": [0.8934, float("nan")],
+                          "latency_p95_s": [2141.0, 3.5], "receipts": [7.0, float("nan")], "ratio": [1.234, 2.0],
+                          "sent_at": pd.to_datetime(["2026-11-27 14:22:02", None]).tz_localize("UTC")})
+    text = downloads.display_text(frame)
+    assert text.to_dict("list") == {
+        "campaign": ["a", "—"], "messages": ["1,234", "5"], "delivery_rate": ["89.3%", "—"],
+        "latency_p95_s": ["35 min 41 s", "3.5 s"], "receipts": ["7", "—"], "ratio": ["1.23", "2.00"],
+        "sent_at": ["2026-11-27 14:22:02+00:00", "—"]}
+    assert text.at[0, "delivery_rate"] == charts.format_percent(0.8934)
+    assert text.at[0, "latency_p95_s"] == charts.format_duration(2141.0)
+
+
+def test_small_tables_are_styled_over_exact_numbers_and_sized_to_every_row():
+    # The longest campaign name comes last: the grid alone would size from the first rows only.
+    names = [f"c{i}" for i in range(14)] + ["winback-spring-sale-2026"]
+    frame = pd.DataFrame({"campaign": names, "latency_p99_s": [60.0] * 14 + [2141.0]})
+    data, config = downloads.display_frame(frame, "UTC")
+    assert data.data["latency_p99_s"].tolist() == frame["latency_p99_s"].tolist()  # sorting by number
+    assert config["latency_p99_s"]["type_config"]["format"] is None  # so the Styler's text shows
+    wide, narrow = config["campaign"]["width"], downloads.display_frame(frame.iloc[:14], "UTC")[1]["campaign"]["width"]
+    assert wide > narrow
+    assert wide >= downloads.text_px("winback-spring-sale-2026") + 16  # the grid's cell padding
+    assert config["latency_p99_s"]["width"] >= downloads.text_px("35 min 41 s") + 16
+
+
+def test_large_tables_fall_back_to_the_browsers_number_formats(monkeypatch):
+    monkeypatch.setattr(downloads, "STYLED_CELLS_LIMIT", 10)
+    frame = pd.DataFrame({"latency_s": [1.5, 2.0, 3.0], "share": [0.1, 0.2, 0.3], "messages": [1, 2, 3],
+                          "campaign": ["a", "b", "c"]})
+    data, config = downloads.display_frame(frame, "UTC")
+    assert isinstance(data, pd.DataFrame) and data["latency_s"].tolist() == [1.5, 2.0, 3.0]
+    formats = {c: config[c].get("type_config", {}).get("format") for c in ("latency_s", "share", "messages")}
+    assert formats == {"latency_s": "%.1f s", "share": "percent", "messages": "localized"}
+
+
+def test_receipts_per_minute_show_at_least_an_hour_by_minute():
+    minutes = pd.Series(pd.to_datetime(["2026-11-27 14:20", "2026-11-27 14:21"]).tz_localize("UTC"))
+    per_minute = pd.DataFrame({"minute": minutes, "receipts": [5800, 1300]})
+    fig = charts.receipts_per_minute_figure(per_minute)
+    start, end = (pd.Timestamp(x) for x in fig.layout.xaxis.range)
+    assert (start, end) == (pd.Timestamp("2026-11-27 13:22", tz="UTC"), pd.Timestamp("2026-11-27 14:22", tz="UTC"))
+    assert fig.layout.xaxis.tickformat == "%H:%M"
+    assert list(fig.data[0].y) == [5800, 1300]
+    # While receipts are recent the axis runs to now, so a pause shows as empty minutes.
+    now = pd.Timestamp("2026-11-27 14:35:40", tz="UTC")
+    assert charts.per_minute_range(minutes, now) == (pd.Timestamp("2026-11-27 13:36", tz="UTC"),
+                                                     pd.Timestamp("2026-11-27 14:36", tz="UTC"))
+    # Long after the last receipt, it ends there (the card says how long ago that was).
+    later = now + pd.Timedelta(days=2)
+    assert charts.per_minute_range(minutes, later)[1] == pd.Timestamp("2026-11-27 14:22", tz="UTC")
+    # A day of minutes: the day goes into the ticks.
+    day = pd.Series(pd.date_range("2026-11-26 13:00", periods=1500, freq="min", tz="UTC"))
+    long_fig = charts.receipts_per_minute_figure(pd.DataFrame({"minute": day, "receipts": 1}))
+    assert long_fig.layout.xaxis.tickformat == "%b %d %H:%M"
+    assert charts.per_minute_range(pd.Series([], dtype="datetime64[ns, UTC]")) is None
+
+
+def test_failure_legends_fit_their_figures():
+    reasons = [s.name for s in status_table() if s.category == "failed"][:12]
+    frame = pd.DataFrame([(c, r, 1) for c in ("a", "b", "c") for r in reasons],
+                         columns=["campaign", "reason", "messages"])
+    bottom = charts.failures_by_campaign_figure(frame, legend="bottom")
+    right = charts.failures_by_campaign_figure(frame)
+    assert bottom.layout.legend.orientation == "h" and bottom.layout.legend.yref == "container"
+    assert bottom.layout.height == 300 + charts.LEGEND_ROW_PX * 12 + 10
+    assert right.layout.height >= 140 + charts.LEGEND_ROW_PX * 12
+    assert charts.failures_by_campaign_figure(frame[frame.reason == reasons[0]], legend="bottom").layout.height \
+        < bottom.layout.height
+
+
+def test_time_axis_ticks_are_spaced_apart():
+    latencies = pd.DataFrame({"latency_s": [0.05, 2.0, 90.0, 4000.0, 20000.0], "campaign": "a"})
+    ticks = list(charts.latency_cdf_figure(latencies).layout.xaxis.tickvals)
+    assert 1800 not in ticks and 3600 in ticks
+    assert min(np.diff(np.log10(ticks))) >= 0.6
+
+
+def test_rate_lines_bridge_hours_without_messages():
+    trend = pd.DataFrame({"bucket_start": pd.date_range("2026-11-27", periods=3, freq="h", tz="UTC"),
+                          "delivery_rate": [0.9, float("nan"), 0.8]})
+    line = charts.rate_trend_figure({"bulk": trend}).data[0]
+    assert line.connectgaps is True and list(line.y[::2]) == [0.9, 0.8]
+
+
+def test_the_dashboard_runs_without_the_deploy_button():
+    command = dashboard_command(Path("/data"), "127.0.0.1", 8501)
+    assert command[command.index("--client.toolbarMode") + 1] == "minimal"
+    assert command.index("--client.toolbarMode") < command.index("--")  # a Streamlit option, not the app's

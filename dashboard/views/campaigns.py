@@ -12,14 +12,14 @@ from dashboard.report import KPI_DEFINITIONS
 LEADING_COLUMNS = ["campaign", "messages", "delivered", "failed", "unknown", "pending", "delivery_rate",
                    "latency_p50_s", "latency_p95_s"]
 COMPARE_LIMIT = 4
-# (column, label, formatter) of the side-by-side comparison cards
+# (column, label) of the side-by-side comparison cards
 COMPARE_CARDS = [
-    ("messages", "Messages", charts.format_count),
-    ("delivery_rate", "Delivery rate", charts.format_percent),
-    ("failed", "Failed", charts.format_count),
-    ("pending", "Pending", charts.format_count),
-    ("latency_p50_s", "Time to deliver p50", charts.format_duration),
-    ("latency_p95_s", "Time to deliver p95", charts.format_duration),
+    ("messages", "Messages"),
+    ("delivery_rate", "Delivery rate"),
+    ("failed", "Failed"),
+    ("pending", "Pending"),
+    ("latency_p50_s", "Time to deliver p50"),
+    ("latency_p95_s", "Time to deliver p95"),
 ]
 
 
@@ -64,8 +64,9 @@ def campaigns() -> None:
             with column:
                 st.subheader(name, anchor=False)
                 with st.grid(2 if len(chosen) <= 2 else 1):  # keep values readable in narrow columns
-                    for metric, label, formatter in COMPARE_CARDS:
-                        st.metric(label, formatter(selected.at[name, metric]), help=KPI_DEFINITIONS[metric])
+                    for metric, label in COMPARE_CARDS:
+                        st.metric(label, downloads.format_value(metric, selected.at[name, metric]),
+                                  help=KPI_DEFINITIONS[metric])
 
         narrowed = state.with_campaigns(f, chosen)
         # One bucket size for every line, chosen (hour/day) for the chosen campaigns together.
@@ -75,7 +76,7 @@ def campaigns() -> None:
         left, right = st.columns(2)
         with left:
             reasons = state.cached(queries.failure_reasons_by_campaign, narrowed)
-            st.plotly_chart(charts.failures_by_campaign_figure(reasons), key="campaign_failures")
+            st.plotly_chart(charts.failures_by_campaign_figure(reasons, legend="bottom"), key="campaign_failures")
         with right:
             latencies = state.cached(queries.latencies, narrowed)
             st.plotly_chart(charts.latency_cdf_figure(latencies, by_campaign=chosen), key="campaign_latency")

@@ -26,8 +26,7 @@ def failures() -> None:
         st.caption(f"{charts.format_count(failed)} failed messages. A failed message's reason is the "
                    "status of its deciding final receipt.")
         st.plotly_chart(charts.failure_reasons_figure(reasons), key="failure_reasons")
-        downloads.show_table(reasons, "failure-reasons", f,
-                             column_config={"meaning": st.column_config.TextColumn("Meaning", width="large")})
+        downloads.show_table(reasons, "failure-reasons", f)
         by_campaign = state.cached(queries.failure_reasons_by_campaign, f)
         st.plotly_chart(charts.failures_by_campaign_figure(by_campaign), key="failures_by_campaign")
         over_time = state.cached(queries.failure_reasons_over_time, f, None)
@@ -43,8 +42,7 @@ def failures() -> None:
 
     st.subheader("What Mobivate's statuses mean", anchor=False)
     meanings = pd.DataFrame([vars(s) for s in status_table()]).rename(columns={"name": "status"})
-    downloads.show_table(meanings, "statuses", state.filters(),
-                         column_config={"meaning": st.column_config.TextColumn("Meaning", width="large")})
+    downloads.show_table(meanings, "statuses", state.filters())
     st.caption("A status name Mobivate sends that is not in this table counts as an *unknown* outcome.")
 
 

@@ -14,6 +14,13 @@ def _age(moment, now) -> str:
     return "" if charts.is_missing(moment) else charts.format_duration((now - moment).total_seconds())
 
 
+def clock_time(moment, now, tz: str) -> str:
+    """``moment`` short enough for a card's delta chip: "at 14:22:02" today (in ``tz``), else
+    "at Nov 27 14:22"; the full timestamp goes in the card's help."""
+    local, today = pd.Timestamp(moment).tz_convert(tz), pd.Timestamp(now).tz_convert(tz).date()
+    return "at " + local.strftime("%H:%M:%S" if local.date() == today else "%b %d %H:%M")
+
+
 def health() -> None:
     st.title("Data health")
     st.caption("Everything stored, whatever the sidebar filters say; times in the chosen time zone.")
@@ -27,11 +34,13 @@ def health() -> None:
             now = state.utc_now()
             last = summary.get("last_received_at")
             with st.grid(5, min_column_width=150):
+                received = None if charts.is_missing(last) else pd.Timestamp(last).tz_convert(f.tz)
                 st.metric("Since the last receipt", _age(last, now) or "no receipt", border=True, height="stretch",
-                          delta=None if charts.is_missing(last) else
-                          pd.Timestamp(last).tz_convert(f.tz).strftime("%Y-%m-%d %H:%M:%S %Z"),
+                          delta=None if received is None else clock_time(received, now, f.tz),
                           delta_color="off", delta_arrow="off",
-                          help="When the collector last received a receipt (its own clock).")
+                          help="How long ago the collector last received a receipt (its own clock)"
+                               + ("." if received is None else
+                                  f": {received.strftime('%Y-%m-%d %H:%M:%S %Z')}."))
                 for column, label, text in (
                     ("receipts", "Receipts", KPI_DEFINITIONS["receipts"]),
                     ("messages", "Messages", "Distinct messages (deliveryMessageIds) stored."),
@@ -39,7 +48,8 @@ def health() -> None:
                     ("regressions", "Regressions", KPI_DEFINITIONS["regressions"]),
                 ):
                     st.metric(label, charts.format_count(summary.get(column)), border=True, height="stretch", help=text)
-            st.plotly_chart(charts.receipts_per_minute_figure(downloads.in_zone(health_frames["per_minute"], f.tz)),
+            st.plotly_chart(charts.receipts_per_minute_figure(downloads.in_zone(health_frames["per_minute"], f.tz),
+                                                              pd.Timestamp(now).tz_convert(f.tz)),
                             key="health_per_minute")
             with st.expander("Receipts per minute (table)"):
                 downloads.show_table(health_frames["per_minute"], "receipts-per-minute", f)

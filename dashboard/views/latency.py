@@ -39,10 +39,10 @@ def latency() -> None:
             return
         with st.grid(4):
             for column, label in PERCENTILE_CARDS:
-                st.metric(f"Time to deliver {label}", charts.format_duration(row[column]), border=True,
+                st.metric(f"Time to deliver {label}", downloads.format_value(column, row[column]), border=True,
                           help=KPI_DEFINITIONS[column])
             for column, label in WITHIN_CARDS:
-                st.metric(f"Delivered {label.lower()}", charts.format_percent(row[column]), border=True,
+                st.metric(f"Delivered {label.lower()}", downloads.format_value(column, row[column]), border=True,
                           help=KPI_DEFINITIONS[column])
 
         latencies = state.cached(queries.latencies, f)

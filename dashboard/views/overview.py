@@ -7,31 +7,27 @@ import streamlit as st
 from dashboard import charts, downloads, queries, state
 from dashboard.report import KPI_DEFINITIONS
 
-# (kpis() column, card label, value formatter, True when a rise is bad news)
+# (kpis() column, card label, True when a rise is bad news). Values are formatted by the
+# column's unit (downloads.format_value), as in the tables, so a card and a cell read the same.
 CARDS = [
-    ("messages", "Messages", charts.format_count, False),
-    ("delivered", "Delivered", charts.format_count, False),
-    ("failed", "Failed", charts.format_count, True),
-    ("unknown", "Unknown", charts.format_count, True),
-    ("pending", "Pending", charts.format_count, True),
-    ("delivery_rate", "Delivery rate", charts.format_percent, False),
-    ("latency_p50_s", "Time to deliver p50", charts.format_duration, True),
-    ("latency_p95_s", "Time to deliver p95", charts.format_duration, True),
+    ("messages", "Messages", False),
+    ("delivered", "Delivered", False),
+    ("failed", "Failed", True),
+    ("unknown", "Unknown", True),
+    ("pending", "Pending", True),
+    ("delivery_rate", "Delivery rate", False),
+    ("latency_p50_s", "Time to deliver p50", True),
+    ("latency_p95_s", "Time to deliver p95", True),
 ]
+# Short, so it fits beside a long change ("-2 min 45 s") in a quarter-width card.
+DELTA_DESCRIPTION = "vs previous"
 
 
-def delta_text(change, formatter) -> str | int | None:
-    """A card's change against the previous period, in the value's own unit (rates in
+def delta_text(change, unit: str) -> str | int | None:
+    """A card's change against the previous period, in the value's own unit (shares in
     percentage points); 0 when flat (shown grey, without an arrow); None when not comparable."""
-    if charts.is_missing(change):
-        return None
-    if change == 0:
-        return 0
-    if formatter is charts.format_percent:
-        return f"{change * 100:+.1f} pp"
-    if formatter is charts.format_duration:
-        return ("+" if change > 0 else "") + charts.format_duration(change)
-    return f"{change:+,.0f}"
+    text = charts.format_change(change, unit)
+    return 0 if text == "0" else text
 
 
 def overview() -> None:
@@ -44,13 +40,17 @@ def overview() -> None:
         f = state.filters()
         kpis = state.cached(queries.kpis_with_change, f).set_index("metric")
         with st.grid(4, key="kpi_cards"):
-            for metric, label, formatter, rise_is_bad in CARDS:
-                change = delta_text(kpis.at[metric, "change"], formatter)
-                st.metric(label, formatter(kpis.at[metric, "value"]), delta=change, border=True, height="stretch",
-                          delta_color="inverse" if rise_is_bad else "normal", help=KPI_DEFINITIONS[metric],
-                          delta_description="vs previous period" if change is not None else None)
+            for metric, label, rise_is_bad in CARDS:
+                unit = downloads.unit_of(metric)
+                change = delta_text(kpis.at[metric, "change"], unit)
+                st.metric(label, downloads.format_value(metric, kpis.at[metric, "value"]), delta=change, border=True,
+                          height="stretch", delta_color="inverse" if rise_is_bad else "normal",
+                          help=KPI_DEFINITIONS[metric],
+                          delta_description=DELTA_DESCRIPTION if change is not None else None)
         if f.previous_period() is None:
             st.caption("Changes against the previous period show for a bounded date range (not *All time*).")
+        else:
+            st.caption("Changes compare with the previous period of the same length.")
         if not state.no_match_notice(int(kpis.at["messages", "value"])):
             return
 
