@@ -37,18 +37,28 @@ On disk (``data/derived/``)::
 
     derived/manifest.json                                the state in force (atomically replaced)
     derived/messages/sent=YYYY-MM-DD/d-<ns>.parquet      messages sent that UTC day
-    derived/messages/sent=YYYY-MM-DD/hHH-<ns>.parquet    ... that hour, for the last HOT_DAYS days
+    derived/messages/sent=YYYY-MM-DD/hHH-<ns>.parquet    ... that hour, on the current UTC day
+    derived/{rollup,hist,latency}/<same name>            companions of each messages file
     derived.lock                                         flock: one updater at a time
 
-Files are immutable, sorted by ``id_hash`` (DuckDB's ``hash(delivery_message_id)``), and
-replaced by new files with new names. Recent days are split by sent hour so that absorbing
-fresh receipts rewrites small files; a day that turns cold is coalesced into one file.
+Messages files are immutable, sorted by ``id_hash`` (DuckDB's ``hash(delivery_message_id)``:
+:class:`IdIndex` finds a message's row from it), and replaced by new files with new names.
+The current day is split by sent hour so that absorbing fresh receipts rewrites small files;
+a day that turns cold is coalesced into one file. Each messages file has three companions,
+written with it, that the dashboard reads instead of the messages when the file lies inside a
+query's range: ``rollup`` (message counts per 15-minute sent slot, campaign, outcome, last
+status and label set, :func:`rollup_sql`), ``hist`` (latency counts per bucket,
+:func:`hist_sql`) and ``latency`` (every latency, sorted by bucket, :func:`latency_values_sql`).
+
 The manifest (:class:`Manifest`) lists the files in force, the receipt files absorbed, and
 files retired by a rewrite: those are deleted only after :data:`GRACE_SECONDS`, so that a
 reader holding an older manifest can finish its query.
 
 :func:`update_derived` absorbs receipt files not absorbed yet (the maintenance thread calls
-it every few seconds); :func:`rebuild_derived` recomputes everything from the raw receipts.
+it every few seconds): it merges their messages' partial state with the stored rows of the
+same messages (a late receipt may belong to a message sent days ago) and rewrites the files
+concerned. :func:`rebuild_derived` recomputes everything from the raw receipts (``dlrlens
+rebuild``); both give the same state, row for row.
 """
 
 from __future__ import annotations
@@ -58,11 +68,13 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +94,9 @@ SENT_PREFIX = "sent="
 FORMAT = 1
 
 GRACE_SECONDS = 600.0  # retired derived files outlive the manifest that dropped them this long
-HOT_DAYS = 2  # the current UTC day and the one before are kept as one file per sent hour
+HOT_DAYS = 1  # the current UTC day is kept as one file per sent hour (fresh receipts rewrite small files)
 MAX_BATCH_ROWS = 5_000_000  # receipt rows absorbed per update at most (bounded time and memory)
+REBUILD_BUCKET_ROWS = 8_000_000  # a rebuild groups this many receipts by message at a time
 ROW_GROUP_ROWS = 65_536
 HASH_PROBE_TEXT = "dlrlens-id-hash-probe"
 
@@ -94,11 +107,9 @@ REBUILD_SETTINGS = {"memory_limit": "4GB"}
 
 # --------------------------------------------------------------------------- SQL
 
-# One "unit" is a partial state: the columns below, for one message. A receipt row is a unit;
-# units merge with COMBINE (min / max of lexicographic struct keys, union of label sets).
-UNIT_COLUMNS = ("delivery_message_id", "first_key", "campaign_key", "batch_key", "cref_key", "final_key",
-                "latest_key", "first_delivered", "max_pending", "label_sets")
-
+# A "unit" is a partial state of one message: delivery_message_id, first_key, campaign_key,
+# batch_key, cref_key, final_key, latest_key (lexicographic struct keys), first_delivered,
+# max_pending, label_sets. A receipt row is a unit; units merge with combine_sql.
 STORED_COLUMNS = (
     # what queries read
     "id_hash", "delivery_message_id", "sent_at", "campaign", "outcome", "last_status", "latency_us",
@@ -233,6 +244,71 @@ def messages_view_sql(source: str) -> str:
     """
 
 
+# Companions of each messages file: pre-aggregates the dashboard reads instead of the messages
+# when a file lies wholly inside a query's range (same name under derived/<kind>/).
+COMPANIONS = ("rollup", "hist", "latency")
+SLOT_MICROS = 15 * 60 * 1_000_000  # rollup time slots: every zone's hours and days are unions of them
+LATENCY_BUCKET_BITS = 5  # latency buckets: 2**5 per octave of microseconds
+
+
+def latency_bucket_sql(x: str = "latency_us") -> str:
+    """An integer bucket of the positive BIGINT ``x``, exactly monotone (integer arithmetic on
+    the exact floor(log2(x))): values below 2**bits are their own bucket, above the octave
+    and the next ``bits`` bits decide."""
+    bits = LATENCY_BUCKET_BITS
+    guess = f"floor(log2({x}))::INTEGER"
+    exponent = (f"({guess} - ({x} < (1::BIGINT << {guess}))::INTEGER "
+                f"+ ({x} >= (1::BIGINT << ({guess} + 1)))::INTEGER)")
+    return (f"(CASE WHEN {x} < {1 << bits} THEN {x} "
+            f"ELSE ({exponent} << {bits}) + (({x} >> ({exponent} - {bits})) & {(1 << bits) - 1}) END)")
+
+
+def slot_sql(column: str = "sent_at") -> str:
+    """Start of the 15-minute UTC slot holding ``column``."""
+    return f"to_timestamp((epoch_us({column}) // {SLOT_MICROS}) * {SLOT_MICROS // 1_000_000})"
+
+
+def rollup_sql(view: str, t: str | None = None) -> str:
+    """Message counts of the messages ``view`` (:func:`messages_view_sql` columns) per time
+    ``t`` (default the 15-minute slot), campaign, outcome, last status and label set: the
+    additive pieces of every count the dashboard shows."""
+    t = t or slot_sql()
+    return f"""
+        SELECT {t} AS t, campaign, outcome, last_status, label_sets,
+               count(*) AS messages,
+               count(latency_us) AS latency_messages,
+               count(*) FILTER (WHERE latency_s <= 10) AS within_10s,
+               count(*) FILTER (WHERE latency_s <= 60) AS within_1m,
+               count(*) FILTER (WHERE latency_s <= 300) AS within_5m,
+               count(*) FILTER (WHERE latency_s <= 3600) AS within_1h,
+               count(*) FILTER (WHERE outcome = 'delivered' AND latency_us IS NULL) AS delivered_without_earlier,
+               sum(regressions)::BIGINT AS regressions
+        FROM ({view}) GROUP BY ALL
+    """
+
+
+def hist_sql(view: str) -> str:
+    """Latencies of the messages ``view`` counted per campaign, label set, last status and
+    latency bucket."""
+    return f"""
+        SELECT campaign, label_sets, last_status, {latency_bucket_sql()} AS b, count(*) AS n
+        FROM ({view}) WHERE latency_us IS NOT NULL GROUP BY ALL
+    """
+
+
+def latency_values_sql(view: str) -> str:
+    """Every latency of the messages ``view`` with its bucket and group columns."""
+    return f"""
+        SELECT {latency_bucket_sql()} AS b, latency_us, campaign, label_sets, last_status
+        FROM ({view}) WHERE latency_us IS NOT NULL
+    """
+
+
+def companion_path(path: str, kind: str) -> str:
+    """The ``kind`` companion of the messages file ``path`` (relative to the data directory)."""
+    return f"{DERIVED_DIR}/{kind}/" + path[len(MESSAGES_DIR) + 1:]
+
+
 def empty_receipts_sql() -> str:
     """A query with the receipt columns (:data:`collector.layout.RECEIPT_SCHEMA`) and no rows."""
     types = {"string": "VARCHAR", "int32": "INTEGER", "timestamp[us, tz=UTC]": "TIMESTAMPTZ"}
@@ -254,7 +330,8 @@ def connect(settings: dict | None = None, spill_dir: Path | None = None):
 
     config = {k: v for k, v in (settings or {}).items()}
     if spill_dir is not None:
-        spill_dir.mkdir(parents=True, exist_ok=True)
+        # DuckDB creates the directory itself when it first spills (its parent must exist).
+        spill_dir.parent.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(spill_dir)
     con = duckdb.connect(":memory:", config=config)
     con.execute("SET TimeZone = 'UTC'")
@@ -279,14 +356,23 @@ class DerivedFile:
     sent_min_us: int
     sent_max_us: int
 
-    @property
+    @cached_property
     def day(self) -> str:
         return Path(self.path).parent.name[len(SENT_PREFIX):]
 
-    @property
+    @cached_property
     def kind(self) -> str:
         """``d`` (a whole sent day) or ``hHH`` (one sent hour)."""
         return Path(self.path).name.split("-", 1)[0]
+
+    @cached_property
+    def range_us(self) -> tuple[int, int]:
+        """[start, end) of the sent times this file's key covers, in epoch microseconds."""
+        day = int(datetime.strptime(self.day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()) * 1_000_000
+        if self.kind == "d":
+            return day, day + 86_400_000_000
+        hour = day + int(self.kind[1:]) * 3_600_000_000
+        return hour, hour + 3_600_000_000
 
 
 @dataclass
@@ -330,7 +416,8 @@ class Manifest:
         self.updated_at = datetime.now(UTC).isoformat()
         body = {"format": FORMAT, "version": self.version, "updated_at": self.updated_at,
                 "hash_probe": self.hash_probe,
-                "files": [f.__dict__ for f in sorted(self.files, key=lambda f: f.path)],
+                "files": [{"path": f.path, "rows": f.rows, "sent_min_us": f.sent_min_us, "sent_max_us": f.sent_max_us}
+                          for f in sorted(self.files, key=lambda f: f.path)],
                 "absorbed": sorted(self.absorbed),
                 "retired": dict(sorted(self.retired.items()))}
         layout.atomic_write_bytes(self.path(data_dir), json.dumps(body, separators=(",", ":")).encode())
@@ -349,18 +436,25 @@ def receipt_files(data_dir: Path) -> dict[str, tuple[int, int]]:
     except FileNotFoundError:
         return found
     for partition in partitions:
+        found.update(partition_files(data_dir, partition))
+    return found
+
+
+def partition_files(data_dir: Path, partition: str) -> dict[str, tuple[int, int]]:
+    """:func:`receipt_files` of one partition directory (``date=YYYY-MM-DD``), sorted."""
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        entries = list(os.scandir(layout.receipts_dir(Path(data_dir)) / partition))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.name.endswith(".parquet"):
+            continue
         try:
-            entries = list(os.scandir(root / partition))
+            st = entry.stat()
         except FileNotFoundError:
             continue
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.name.endswith(".parquet"):
-                continue
-            try:
-                st = entry.stat()
-            except FileNotFoundError:
-                continue
-            found[f"{layout.RECEIPTS_DIR}/{partition}/{entry.name}"] = (st.st_size, st.st_mtime_ns)
+        found[f"{layout.RECEIPTS_DIR}/{partition}/{entry.name}"] = (st.st_size, st.st_mtime_ns)
     return dict(sorted(found.items()))
 
 
@@ -405,11 +499,14 @@ def unabsorbed(data_dir: Path, listing: dict[str, tuple[int, int]], absorbed: se
 
 
 class IdIndex:
-    """Where each message is: per derived file, the sorted ``id_hash`` values of its rows.
+    """Where each message may be: per derived file, the sorted upper 32 bits of the
+    ``id_hash`` of its rows (4 bytes a message).
 
     Derived files are sorted by id_hash, so a value's position in the array is its row
-    number. Loaded once per (immutable) file, dropped when the file leaves the manifest.
-    Files hashed by a different DuckDB (``trust_stored`` False) are hashed again here.
+    number. A match is a candidate: the caller compares the real ids (about one message in
+    2**32 / rows-per-file matches by chance, and is merely read). Loaded once per (immutable)
+    file, dropped when the file leaves the manifest. Files hashed by a different DuckDB
+    (``trust_stored`` False) are hashed again here.
     """
 
     def __init__(self):
@@ -429,26 +526,25 @@ class IdIndex:
         if trust_stored:
             hashes = pq.read_table(full, columns=["id_hash"]).column(0).to_numpy()
             if len(hashes) < 2 or bool(np.all(hashes[1:] >= hashes[:-1])):
-                return hashes.astype(np.uint64, copy=False), None
+                return (hashes >> np.uint64(32)).astype(np.uint32), None
         if con is None:
             con = connect({"threads": 1})
-        found = con.execute("SELECT hash(delivery_message_id) AS h, file_row_number AS n "
+        found = con.execute("SELECT hash(delivery_message_id) >> 32 AS h, file_row_number AS n "
                             "FROM read_parquet($f, file_row_number = true)", {"f": str(full)}).fetchnumpy()
         order = np.argsort(found["h"], kind="stable")
-        return found["h"][order].astype(np.uint64), found["n"][order].astype(np.int64)
+        return found["h"][order].astype(np.uint32), found["n"][order].astype(np.int64)
 
     def locate(self, hashes: np.ndarray) -> dict[str, np.ndarray]:
-        """{file: row numbers} of the rows whose id_hash is in ``hashes`` (candidates: the caller
-        compares the real ids; equal hashes of different ids are harmless, merely read)."""
-        hashes = np.unique(np.asarray(hashes, dtype=np.uint64))
+        """{file: row numbers} of the rows whose id_hash may be one of ``hashes``."""
+        keys = np.unique((np.asarray(hashes, dtype=np.uint64) >> np.uint64(32)).astype(np.uint32))
         found: dict[str, np.ndarray] = {}
-        if not len(hashes):
+        if not len(keys):
             return found
         with self._lock:
             items = list(self._arrays.items())
-        for path, (sorted_hashes, positions) in items:
-            left = np.searchsorted(sorted_hashes, hashes, side="left")
-            right = np.searchsorted(sorted_hashes, hashes, side="right")
+        for path, (sorted_keys, positions) in items:
+            left = np.searchsorted(sorted_keys, keys, side="left")
+            right = np.searchsorted(sorted_keys, keys, side="right")
             hit = right > left
             if not hit.any():
                 continue
@@ -470,10 +566,24 @@ def hot_from(now: datetime | None = None) -> datetime:
     return today - timedelta(days=HOT_DAYS - 1)
 
 
-def file_key_sql(hot_from_param: str = "hot_from") -> str:
-    """SQL: the file a stored row belongs in, ``sent=YYYY-MM-DD/d`` or ``sent=YYYY-MM-DD/hHH``."""
-    return (f"'{SENT_PREFIX}' || strftime(sent_at, '%Y-%m-%d') || '/' || "
-            f"CASE WHEN sent_at >= ${hot_from_param} THEN 'h' || strftime(sent_at, '%H') ELSE 'd' END")
+def file_kind_sql() -> str:
+    """SQL: the kind of file a stored row belongs in: ``hHH`` from ``$hot_from`` on, except on
+    the days in ``$day_files`` (hot days already held in one day file: a day is never split
+    both ways), else ``d``."""
+    day = "strftime(sent_at, '%Y-%m-%d')"
+    return (f"CASE WHEN sent_at >= $hot_from AND NOT list_contains($day_files::VARCHAR[], {day}) "
+            f"THEN 'h' || strftime(sent_at, '%H') ELSE 'd' END")
+
+
+def file_key_sql() -> str:
+    """SQL: the file a stored row belongs in, ``sent=YYYY-MM-DD/<kind>`` (:func:`file_kind_sql`)."""
+    return f"'{SENT_PREFIX}' || strftime(sent_at, '%Y-%m-%d') || '/' || {file_kind_sql()}"
+
+
+def day_files(files: list["DerivedFile"], hot_start: datetime) -> list[str]:
+    """Hot days held in a day file (after a rebuild with another clock, say)."""
+    return sorted({f.day for f in files if f.kind == "d"
+                   and datetime.strptime(f.day, "%Y-%m-%d").replace(tzinfo=UTC) >= hot_start})
 
 
 def file_key(f: DerivedFile, hot_start: datetime) -> str:
@@ -488,34 +598,58 @@ def file_key(f: DerivedFile, hot_start: datetime) -> str:
 
 
 def _write_derived(con, data_dir: Path, key: str, select_sql: str) -> DerivedFile | None:
-    """Write the rows of ``select_sql`` (stored columns) sorted by id_hash as a new file for
-    ``key``; None when there are none. The file is complete and durable when it appears."""
+    """Write the rows of ``select_sql`` (stored columns) sorted by id_hash as a new messages
+    file for ``key``, with its companions; None when there are none. Each file is complete and
+    durable when it appears; the messages file appears last."""
+    data_dir = Path(data_dir)
     directory, kind = key.split("/")
-    target = Path(data_dir) / MESSAGES_DIR / directory / f"{kind}-{time.time_ns()}.parquet"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    columns = ", ".join(STORED_COLUMNS)
+    target = data_dir / MESSAGES_DIR / directory / f"{kind}-{time.time_ns()}.parquet"
+    relative = str(target.relative_to(data_dir))
+    paths = {"messages": target, **{c: data_dir / companion_path(relative, c) for c in COMPANIONS}}
+    tmps = {k: p.with_name(f".{p.name}.{os.getpid()}.tmp") for k, p in paths.items()}
+    options = f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS}"
     try:
-        con.execute(f"COPY (SELECT {columns} FROM ({select_sql}) ORDER BY id_hash) TO '{tmp}' "
-                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
-        metadata = pq.read_metadata(tmp)
+        for path in paths.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        con.execute(f"COPY (SELECT {', '.join(STORED_COLUMNS)} FROM ({select_sql}) ORDER BY id_hash) "
+                    f"TO '{tmps['messages']}' ({options})")
+        metadata = pq.read_metadata(tmps["messages"])
         if metadata.num_rows == 0:
-            tmp.unlink()
+            tmps["messages"].unlink()
             return None
+        view = messages_view_sql(f"read_parquet('{tmps['messages']}')")
+        con.execute(f"COPY ({rollup_sql(view)} ORDER BY t, campaign) TO '{tmps['rollup']}' ({options})")
+        con.execute(f"COPY ({hist_sql(view)} ORDER BY campaign, b) TO '{tmps['hist']}' ({options})")
+        # Sorted by bucket: a query fetching a few buckets reads a few row groups.
+        con.execute(f"COPY ({latency_values_sql(view)} ORDER BY b, latency_us) TO '{tmps['latency']}' "
+                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 16384)")
         sent = metadata.schema.to_arrow_schema().get_field_index("sent_at")
         stats = [metadata.row_group(i).column(sent).statistics for i in range(metadata.num_row_groups)]
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
+        for tmp in tmps.values():
+            _fsync(tmp)
+        for kind_ in (*COMPANIONS, "messages"):
+            os.replace(tmps[kind_], paths[kind_])
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
         raise
-    layout.fsync_dir(target.parent)
-    return DerivedFile(path=str(target.relative_to(data_dir)), rows=metadata.num_rows,
+    for path in paths.values():
+        layout.fsync_dir(path.parent)
+    return DerivedFile(path=relative, rows=metadata.num_rows,
                        sent_min_us=min(_micros(s.min) for s in stats), sent_max_us=max(_micros(s.max) for s in stats))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _all_paths(path: str) -> list[str]:
+    """A messages file and its companions (relative paths)."""
+    return [path] + [companion_path(path, c) for c in COMPANIONS]
 
 
 def _micros(value) -> int:
@@ -531,21 +665,22 @@ def _retire(manifest: Manifest, paths, now: float) -> None:
 
 
 def _delete_expired(data_dir: Path, manifest: Manifest, now: float, grace: float) -> int:
-    """Delete retired files past the grace period, and leftovers of crashed writers (files
-    in no manifest list, older than the grace period). Returns files deleted."""
+    """Delete retired files (and companions) past the grace period, and leftovers of crashed
+    writers (files in no manifest list, older than the grace period). Returns files deleted."""
     deleted = 0
     for path, retired_at in list(manifest.retired.items()):
         if now - retired_at >= grace:
-            (Path(data_dir) / path).unlink(missing_ok=True)
+            for each in _all_paths(path):
+                (Path(data_dir) / each).unlink(missing_ok=True)
             del manifest.retired[path]
             deleted += 1
-    in_force = {f.path for f in manifest.files} | set(manifest.retired)
-    root = Path(data_dir) / MESSAGES_DIR
-    if root.is_dir():
-        for day_dir in root.iterdir():
+    in_force = {each for f in manifest.files for each in _all_paths(f.path)}
+    in_force |= {each for path in manifest.retired for each in _all_paths(path)}
+    for kind in ("messages", *COMPANIONS):
+        root = Path(data_dir) / DERIVED_DIR / kind
+        for day_dir in root.iterdir() if root.is_dir() else ():
             for entry in day_dir.iterdir() if day_dir.is_dir() else ():
-                relative = str(entry.relative_to(data_dir))
-                if relative in in_force:
+                if str(entry.relative_to(data_dir)) in in_force:
                     continue
                 try:
                     old = now - entry.stat().st_mtime >= grace
@@ -553,7 +688,7 @@ def _delete_expired(data_dir: Path, manifest: Manifest, now: float, grace: float
                     continue
                 if old:
                     entry.unlink(missing_ok=True)
-                    deleted += 1
+                    deleted += kind == "messages"
             if day_dir.is_dir() and not any(day_dir.iterdir()):
                 day_dir.rmdir()
     return deleted
@@ -622,7 +757,8 @@ def update_derived(data_dir: Path, *, now: datetime | None = None, grace_seconds
         updater = _updater(data_dir)
         manifest = Manifest.load(data_dir)
         if manifest is None or manifest.hash_probe != updater.probe:
-            return _rebuild_locked(data_dir, now=now, grace_seconds=grace_seconds, started=started)
+            return _rebuild_locked(data_dir, now=now, grace_seconds=grace_seconds, started=started,
+                                   settings=UPDATE_SETTINGS)
         return _update_locked(updater, manifest, now=now, grace=grace_seconds, max_rows=max_batch_rows,
                               started=started)
 
@@ -658,7 +794,7 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
         con.execute("INSERT INTO superseded SELECT file_no, file_row_number FROM old")
         con.execute(f"CREATE TEMP TABLE merged AS "
                     f"{merge_sql('SELECT * FROM partial', state_units_sql('old'), extra=', ' + file_key_sql() + ' AS file_key')}",
-                    {"hot_from": hot_start})
+                    {"hot_from": hot_start, "day_files": day_files(manifest.files, hot_start)})
         result["messages"] = con.execute("SELECT count(*) FROM merged").fetchone()[0]
         rewrite |= {k for (k,) in con.execute("SELECT DISTINCT file_key FROM merged").fetchall()}
         by_number = {i: f for f, i in numbers.items()}
@@ -717,10 +853,6 @@ def _int_list(values: np.ndarray) -> str:
     return "[" + ",".join(str(int(v)) for v in values) + "]::BIGINT[]"
 
 
-def _param(i: int) -> str:
-    return f"rows{i}"
-
-
 def _rows(path: Path) -> int:
     try:
         return pq.read_metadata(path).num_rows
@@ -764,27 +896,20 @@ def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float
     old = Manifest.load(data_dir)
     hot_start = hot_from(now)
     spill = data_dir / SPILL_DIR / f"rebuild-{os.getpid()}"
-    con = connect(settings or REBUILD_SETTINGS, spill)
+    shutil.rmtree(spill, ignore_errors=True)
+    con = connect(settings or REBUILD_SETTINGS, spill / "duckdb")
+    con.execute("SET preserve_insertion_order = false")
     try:
         for attempt in (1, 2, 3):
             listing = receipt_files(data_dir)
             try:
-                if listing:
-                    con.execute(
-                        f"CREATE OR REPLACE TABLE state AS "
-                        f"{merge_sql(receipt_units_sql(parquet_source()), extra=', ' + file_key_sql() + ' AS file_key')} "
-                        f"ORDER BY file_key",
-                        {"files": [str(data_dir / p) for p in listing], "hot_from": hot_start})
+                files = _rebuild_files(con, data_dir, listing, hot_start, spill)
                 break
             except duckdb.IOException:
-                if attempt == 3:  # files keep vanishing under us (compaction): give up this time
+                # A file vanished under us (compaction): list again. Nothing is in force yet.
+                shutil.rmtree(spill / "state", ignore_errors=True)
+                if attempt == 3:
                     raise
-        keys = [k for (k,) in con.execute("SELECT DISTINCT file_key FROM state ORDER BY 1").fetchall()] if listing else []
-        files = []
-        for key in keys:
-            written = _write_derived(con, data_dir, key, f"SELECT * FROM state WHERE file_key = '{key}'")
-            if written is not None:
-                files.append(written)
         messages = sum(f.rows for f in files)
         receipts = sum(_rows(data_dir / p) for p in listing)
         manifest = Manifest(version=(old.version + 1) if old else 1, files=files, absorbed=set(listing),
@@ -795,8 +920,6 @@ def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float
         deleted = _delete_expired(data_dir, manifest, time.time(), grace_seconds)
     finally:
         con.close()
-        import shutil
-
         shutil.rmtree(spill, ignore_errors=True)
     # The updating process's index and connection start afresh after a rebuild.
     with _updaters_lock:
@@ -804,6 +927,51 @@ def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float
     return {"rebuilt": True, "absorbed_files": len(listing), "receipts": receipts, "messages": messages,
             "rewritten_files": len(files), "deleted_files": deleted, "version": manifest.version,
             "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _rebuild_files(con, data_dir: Path, listing: dict, hot_start: datetime, spill: Path) -> list[DerivedFile]:
+    """Every message's state from the receipt files in ``listing``, written as derived files.
+
+    Large data is split by hash(delivery_message_id) into buckets of about
+    :data:`REBUILD_BUCKET_ROWS` receipts (one pass writes them to ``spill``), so that each
+    bucket's GROUP BY fits in memory; each bucket's states go to per-file staging parts,
+    which are then sorted into the derived files.
+    """
+    if not listing:
+        return []
+    paths = [str(data_dir / p) for p in listing]
+    rows = sum(_rows(Path(p)) for p in paths)
+    buckets = max(1, -(-rows // REBUILD_BUCKET_ROWS))
+    keys = f"strftime(sent_at, '%Y-%m-%d') AS sent_day, {file_kind_sql()} AS kind"
+    params = {"hot_from": hot_start, "day_files": []}
+    state = spill / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    if buckets == 1:
+        sources = [parquet_source()]
+        bucket_params = [{"files": paths}]
+    else:
+        needed = "delivery_message_id, created, received_at, campaign, batch_id, client_reference, status, category, labels"
+        con.execute(f"COPY (SELECT {needed}, hash(delivery_message_id) % {buckets} AS bucket "
+                    f"FROM read_parquet($files, union_by_name = true)) TO '{spill / 'receipts'}' "
+                    f"(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (bucket))", {"files": paths})
+        sources = [f"read_parquet('{spill / 'receipts' / f'bucket={k}' / '*.parquet'}')" for k in range(buckets)]
+        bucket_params = [{} for _ in range(buckets)]
+    for k, (source, extra_params) in enumerate(zip(sources, bucket_params)):
+        con.execute(f"COPY ({merge_sql(receipt_units_sql(source), extra=', ' + keys)}) TO '{state / f'part={k}'}' "
+                    f"(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (sent_day, kind))", {**params, **extra_params})
+        if buckets > 1:
+            shutil.rmtree(spill / "receipts" / f"bucket={k}", ignore_errors=True)
+    files = []
+    by_key: dict[str, list[Path]] = {}
+    for part in state.glob("part=*/sent_day=*/kind=*/*.parquet"):
+        key = f"{SENT_PREFIX}{part.parent.parent.name.split('=', 1)[1]}/{part.parent.name.split('=', 1)[1]}"
+        by_key.setdefault(key, []).append(part)
+    for key, parts in sorted(by_key.items()):
+        listed = ", ".join(f"'{p}'" for p in parts)
+        written = _write_derived(con, data_dir, key, f"SELECT * FROM read_parquet([{listed}], hive_partitioning = false)")
+        if written is not None:
+            files.append(written)
+    return files
 
 
 # --------------------------------------------------------------------------- command line

@@ -1,41 +1,52 @@
 """Every number the dashboard, its downloads and ``dlrlens report`` show (no Streamlit here).
 
-Plain functions ``(store, filters, ...) -> pandas.DataFrame`` over the collector's Parquet
-files (see ``collector/layout.py``), computed with DuckDB. None raises on empty data: they
-return an empty frame with the documented columns (KPIs: one row of zeros/NaN).
+Plain functions ``(store, filters, ...) -> pandas.DataFrame`` over the collector's data (see
+``collector/layout.py``), computed with DuckDB. None raises on empty data: they return an
+empty frame with the documented columns (KPIs: one row of zeros/NaN).
 
 KPI definitions (identical on screen, in downloads and in reports; the wording users see is
-``dashboard.report.KPI_DEFINITIONS``):
+``dashboard.report.KPI_DEFINITIONS``). Every per-message one is duplicate-insensitive: the
+same receipt stored twice changes nothing.
 
-* Message: one delivery_message_id. Stored rows are deduplicated by receipt_id first.
-* Campaign: the message's ``campaign`` label (the one on its earliest labelled receipt), else
-  its batch_id, else ``(none)``.
+* Message: one delivery_message_id.
+* Campaign: the message's ``campaign`` label (from its earliest labelled receipt), else its
+  batch_id, else ``(none)``.
 * Sent time: the earliest ``created`` of its receipts; date filters and buckets use it.
 * Outcome: the final receipt (category != pending) with the latest created decides (ties:
-  latest received_at, then receipt_id); no final receipt -> ``pending``. ``reason`` is the
+  latest received_at, then status name); no final receipt -> ``pending``. ``reason`` is the
   deciding status of a failed message; ``last_status`` is the deciding status of a finished
   message, or the latest status of a pending one (where it is stuck).
-* Regressions: intermediate receipts created after the message's deciding final receipt.
+* Regressions: messages whose latest intermediate receipt is created after their deciding
+  final receipt.
 * Delivery rate = delivered / (delivered + failed + unknown); delivered of all = delivered / messages.
 * Latency: created of the first DELIVERED receipt minus sent time, for delivered messages with
-  an earlier receipt only; percentiles by linear interpolation (quantile_cont == numpy).
-* Webhook lag: received_at - created over distinct receipts (first stored copy).
+  an earlier receipt only; percentiles by linear interpolation (quantile_cont == numpy), exact.
+* Per-receipt figures (receipts = distinct receipt_id, duplicate_rows = stored rows minus
+  receipts, webhook lag = received_at - created of the first stored copy) come from the raw
+  receipts: :func:`data_health`, and :func:`kpis` / :func:`campaigns` with
+  ``receipt_figures=True`` (slow at scale; without it those columns are NaN).
 
-Reading while the collector writes: a :class:`Store` snapshots the visible files into two
-in-memory tables (``receipts``, ``messages``) and rebuilds them when :meth:`Store.version`
-changes. A file that vanishes mid-read (compaction, atomic replace) triggers one retry
-with a fresh file list.
+How it stays fast over 100 M receipts: the collector maintains the per-message state in
+``data/derived/`` (``collector/derive.py``). A :class:`Store` reads those files straight
+from disk (nothing is copied into memory) and merges in the *fresh tail*, the receipt files
+the state has not absorbed yet: their messages' partial state is merged with the stored rows
+of the same messages (found through an id-hash index), and those stored rows are left out.
+Without derived data (fresh install) everything is tail: slower, but the same numbers.
+Results are cached per (function, arguments, data version).
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
+import math
 import os
 import threading
+import time
+from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -45,7 +56,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from collector import layout
+from collector import derive, layout
 from collector.statuses import status_table
 from dashboard import _sql
 
@@ -67,6 +78,7 @@ KPI_COLUMNS = [
     "delivered_without_earlier", "within_10s", "within_1m", "within_5m", "within_1h",
     "webhook_lag_p50_s", "webhook_lag_p95_s", "receipts", "duplicate_rows", "regressions",
 ]
+RECEIPT_KPIS = ["webhook_lag_p50_s", "webhook_lag_p95_s", "receipts", "duplicate_rows"]
 TREND_COLUMNS = ["bucket_start", "messages", "delivered", "failed", "unknown", "pending", "delivery_rate"]
 LATENCY_COLUMNS = ["latency_messages", "p50_s", "p90_s", "p95_s", "p99_s",
                    "within_10s", "within_1m", "within_5m", "within_1h"]
@@ -75,6 +87,10 @@ LOOKUP_COLUMNS = ["delivery_message_id", "batch_id", "client_reference", "create
 DETAIL_COLUMNS = ["delivery_message_id", "campaign", "batch_id", "client_reference", "sent_at", "outcome",
                   "reason", "last_status", "delivered_at", "latency_s", "receipts"]
 
+STORE_SETTINGS = {"threads": 2, "memory_limit": "2GB"}
+LISTING_SETTLE_SECONDS = 2.0
+MAX_BUCKET_RUNS = 2  # latency value reads: at most this many bucket ranges
+RESULT_CACHE_ENTRIES = 256
 
 # --------------------------------------------------------------------------- filters
 
@@ -138,48 +154,123 @@ def _zone_names() -> frozenset[str]:
 # --------------------------------------------------------------------------- store
 
 
+@dataclass
+class _Snapshot:
+    """One data version: the derived files in force, the fresh tail merged into temp tables."""
+
+    version: str
+    manifest: derive.Manifest | None
+    files: list[derive.DerivedFile]
+    tail: list[str]  # receipt files (relative) not absorbed by the manifest
+    touched: dict[str, int]  # derived file -> its number in table ``superseded``
+    numbers: dict[str, int]
+    receipt_files: dict[str, tuple[int, int]]  # every visible receipt file (absolute) -> (size, mtime_ns)
+    raw_files: list[str] | None = None  # the same without compaction inputs already merged (lazy)
+
+
+@dataclass
+class _Regions:
+    """A query's time range split in two. Inside: the companions of the derived files
+    ``used`` (rows restricted by ``slots``, a condition on their slot ``t``) hold it
+    pre-aggregated; ``inside`` is that region as a condition on sent_at (for the fresh tail's
+    corrections). Outside (a condition on sent_at): read from the messages relation ``raw``."""
+
+    used: list[derive.DerivedFile]
+    inside: str
+    slots: str
+    outside: str
+    raw: str | None  # None: nothing outside (no other file overlaps, no fresh tail)
+
+
+# Stored derived columns a query can use (the rest only matters for merging).
+_QUERY_COLUMNS = ("delivery_message_id", "campaign", "batch_id", "client_reference", "sent_at", "outcome",
+                  "last_status", "final_created", "first_delivered_at", "latency_us", "regression", "label_sets")
+
+
 class Store:
     """One read-only DuckDB connection over a data directory (cache one per dashboard session).
 
-    Thread-safe: queries are serialised by a lock. Every query first makes sure the
-    in-memory snapshot matches the visible files (a cheap stat); use :meth:`pinned` to keep
-    one snapshot for a group of queries (e.g. one page render).
+    Thread-safe: queries are serialised by a lock. Every query first makes sure the snapshot
+    matches the data on disk (a directory listing and the manifest); use :meth:`pinned` to
+    keep one snapshot for a group of queries (e.g. one page render).
     """
 
-    def __init__(self, data_dir: str | Path):
+    duckdb_quantiles = False  # percentiles by the exact two-pass method (see latency_quantiles)
+
+    def __init__(self, data_dir: str | Path, settings: dict | None = None):
         self.data_dir = Path(data_dir)
         self._lock = threading.RLock()
-        self._con = duckdb.connect(":memory:")
-        self._con.execute("SET TimeZone = 'UTC'")
-        self._con.register("_empty_arrow", layout.RECEIPT_SCHEMA.empty_table())
-        self._con.execute("CREATE TABLE empty_receipts AS SELECT * FROM _empty_arrow")
-        self._con.unregister("_empty_arrow")
-        self._snapshot: str | None = None
+        self._spill = Path(os.environ.get("TMPDIR", "/tmp")) / f"dlrlens-store-{os.getpid()}-{id(self)}"
+        self._con = derive.connect(settings or STORE_SETTINGS, self._spill)
+        self._con.execute("SET parquet_metadata_cache = true")
+        self._probe = derive.hash_probe(self._con)
+        self._index = derive.IdIndex()
+        self._snapshot: _Snapshot | None = None
         self._pins = 0
+        self._results: OrderedDict = OrderedDict()
+        self._per_partition: dict[tuple, pd.DataFrame] = {}
+        self._listings: dict[str, tuple[int, list]] = {}
+        self._manifest_cache = None
+        self._empty_tables()
 
-    # -- files
+    # -- files and versions
 
     def _files(self) -> list[tuple[str, int, int]]:
-        """(path, size, mtime_ns) of every visible receipt file; vanished ones skipped."""
+        """(path, size, mtime_ns) of every visible receipt file; vanished ones skipped.
+
+        A partition directory is listed again only when its mtime changed (files are only
+        ever added, renamed into place or removed, which all change it) or is recent (the
+        kernel's timestamps are coarse: a change in the same tick would go unnoticed)."""
+        root = layout.receipts_dir(self.data_dir)
+        now = time.time()
         found = []
-        for path in sorted(glob.glob(layout.parquet_glob(self.data_dir))):
+        try:
+            partitions = sorted(e.name for e in os.scandir(root)
+                                if e.name.startswith(layout.PARTITION_PREFIX) and e.is_dir())
+        except FileNotFoundError:
+            return found
+        listed: dict[str, tuple[int, list]] = {}
+        for partition in partitions:
+            directory = root / partition
             try:
-                st = os.stat(path)
+                mtime = os.stat(directory).st_mtime_ns
             except FileNotFoundError:
                 continue
-            found.append((path, st.st_size, st.st_mtime_ns))
+            cached = self._listings.get(partition)
+            if cached is None or cached[0] != mtime or now - mtime / 1e9 < LISTING_SETTLE_SECONDS:
+                files = []
+                for rel, (size, file_mtime) in derive.partition_files(self.data_dir, partition).items():
+                    files.append((str(self.data_dir / rel), size, file_mtime))
+                cached = (mtime, files)
+            listed[partition] = cached
+            found += cached[1]
+        self._listings = listed
         return found
 
-    @staticmethod
-    def _version_of(files: list[tuple[str, int, int]]) -> str:
-        digest = hashlib.sha256()
+    def _state(self) -> tuple[str, derive.Manifest | None, list[tuple[str, int, int]]]:
+        # The manifest first: a receipt file absorbed after this read is then still read as tail.
+        manifest = self._manifest()
+        files = self._files()
+        digest = hashlib.sha256(f"{manifest.version if manifest else -1}\n".encode())
         for path, size, mtime in files:
             digest.update(f"{path}\0{size}\0{mtime}\n".encode())
-        return f"{len(files)}-{digest.hexdigest()[:16]}"
+        return f"{len(files)}-{digest.hexdigest()[:16]}", manifest, files
+
+    def _manifest(self) -> derive.Manifest | None:
+        """The manifest in force, parsed again only when the file was replaced."""
+        try:
+            st = os.stat(derive.Manifest.path(self.data_dir))
+        except FileNotFoundError:
+            self._manifest_cache = None
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._manifest_cache is None or self._manifest_cache[0] != key:
+            self._manifest_cache = (key, derive.Manifest.load(self.data_dir))
+        return self._manifest_cache[1]
 
     def version(self) -> str:
-        """Changes whenever the set of visible files (names, sizes, mtimes) changes."""
-        return self._version_of(self._files())
+        """Changes whenever the visible data changes (receipt files or derived state)."""
+        return self._state()[0]
 
     def has_data(self) -> bool:
         """False if the data directory or any receipt file is missing."""
@@ -188,42 +279,60 @@ class Store:
     # -- snapshot
 
     def refresh(self) -> str:
-        """Make the in-memory tables match the visible files; return their version."""
+        """Make the snapshot match the data on disk; return its version."""
         with self._lock:
             if self._pins and self._snapshot is not None:
-                return self._snapshot
+                return self._snapshot.version
             for attempt in (1, 2):
-                files = self._files()
-                version = self._version_of(files)
-                if version == self._snapshot:
+                version, manifest, files = self._state()
+                if self._snapshot is not None and version == self._snapshot.version:
                     return version
                 try:
-                    self._build([path for path, _, _ in files])
+                    self._prepare(version, manifest, files)
                 except duckdb.IOException:
-                    # A file vanished between listing and reading (compaction or atomic
+                    # A file vanished between listing and reading (compaction, or an atomic
                     # replace by the collector): list again and retry once.
                     if attempt == 2:
                         raise
                     continue
-                self._snapshot = version
                 return version
         raise AssertionError("unreachable")
 
-    def _build(self, paths: list[str]) -> None:
-        if paths:
-            source = "read_parquet($files, hive_partitioning = false, union_by_name = true)"
-            params = {"files": paths}
-        else:
-            source, params = "empty_receipts", {}
+    def _empty_tables(self) -> None:
+        empty = derive.merge_sql(derive.receipt_units_sql(f"({derive.empty_receipts_sql()})"))
+        self._con.execute(f"CREATE OR REPLACE TEMP TABLE tail_messages AS {empty}")
+        self._con.execute(f"CREATE OR REPLACE TEMP TABLE tail_old AS "
+                          f"{derive.stored_rows_at_sql(self.data_dir, {}, {}, 'tail_messages')}")
+        self._con.execute("CREATE OR REPLACE TEMP TABLE superseded (file_no INTEGER, row BIGINT)")
+
+    def _prepare(self, version: str, manifest: derive.Manifest | None, files: list[tuple[str, int, int]]) -> None:
+        """Merge the fresh tail: ``tail_messages`` (merged state of every message it touches)
+        and ``superseded`` (the derived rows those replace)."""
+        self._snapshot = None
+        listing = {str(Path(path).relative_to(self.data_dir)): (size, mtime) for path, size, mtime in files}
+        derived = list(manifest.files) if manifest else []
+        numbers = {f.path: i for i, f in enumerate(derived)}
+        tail, _ = derive.unabsorbed(self.data_dir, listing, manifest.absorbed if manifest else set())
         con = self._con
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f"CREATE OR REPLACE TABLE receipts AS {_sql.distinct_receipts_sql(source)}", params)
-            con.execute(f"CREATE OR REPLACE TABLE messages AS {_sql.messages_sql('receipts')}")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        self._empty_tables()
+        if tail:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE tail_partial AS "
+                        f"{derive.combine_sql(derive.receipt_units_sql(derive.parquet_source()))}",
+                        {"files": [str(self.data_dir / p) for p in tail]})
+            located: dict[str, np.ndarray] = {}
+            if derived:
+                hashes = con.execute("SELECT hash(delivery_message_id) AS h FROM tail_partial").fetchnumpy()["h"]
+                self._index.sync(self.data_dir, list(numbers), con, trust_stored=manifest.hash_probe == self._probe)
+                located = self._index.locate(hashes)
+            con.execute(f"CREATE OR REPLACE TEMP TABLE tail_old AS "
+                        f"{derive.stored_rows_at_sql(self.data_dir, located, numbers, 'tail_partial')}")
+            con.execute("INSERT INTO superseded SELECT file_no, file_row_number FROM tail_old")
+            con.execute(f"CREATE OR REPLACE TEMP TABLE tail_messages AS "
+                        f"{derive.merge_sql('SELECT * FROM tail_partial', derive.state_units_sql('tail_old'))}")
+            con.execute("DROP TABLE tail_partial")
+        touched = {derived[n].path: n for (n,) in con.execute("SELECT DISTINCT file_no FROM superseded").fetchall()}
+        self._snapshot = _Snapshot(version=version, manifest=manifest, files=derived, tail=tail, touched=touched,
+                                   numbers=numbers, receipt_files={path: (size, mtime) for path, size, mtime in files})
 
     @contextmanager
     def pinned(self):
@@ -237,22 +346,284 @@ class Store:
             with self._lock:
                 self._pins -= 1
 
-    def query(self, sql: str, params: dict | None = None) -> pd.DataFrame:
-        """Run ``sql`` (over tables ``receipts`` and ``messages``) on a current snapshot."""
+    def query(self, sql: str, params: dict | None = None, tables: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+        """Run ``sql`` on a current snapshot (``tables``: data frames visible by name meanwhile)."""
         with self._lock:
             self.refresh()
-            return self._con.execute(sql, params or {}).df()
+            for name, frame in (tables or {}).items():
+                self._con.register(name, frame)
+            try:
+                return self._con.execute(sql, params or {}).df()
+            finally:
+                for name in tables or {}:
+                    self._con.unregister(name)
+
+    def cached(self, name: str, args: tuple, compute):
+        """``compute()`` once per (name, args, data version); a copy of the result each call.
+
+        A file that vanished mid-computation (a derived file retired longer than the grace
+        period ago while an old snapshot was in use) makes it start over on a fresh snapshot.
+        """
+        for attempt in (1, 2):
+            try:
+                with self.pinned():
+                    key = (name, args, self._snapshot.version)
+                    if key in self._results:
+                        self._results.move_to_end(key)
+                    else:
+                        self._results[key] = compute()
+                        while len(self._results) > RESULT_CACHE_ENTRIES:
+                            self._results.popitem(last=False)
+                    return _copy(self._results[key])
+            except duckdb.IOException:
+                with self._lock:
+                    if attempt == 2 or self._pins:
+                        raise  # an enclosing pinned block starts over, or it is not a vanished file
+                    self._snapshot = None
+        raise AssertionError("unreachable")
+
+    # -- relations
+
+    def messages_sql(self, f: "Filters | None" = None, exclude: frozenset = frozenset()) -> str:
+        """The ``messages`` relation (see :func:`collector.derive.messages_view_sql`) of this
+        snapshot, reading only the derived files (but ``exclude``) that can hold messages sent
+        in f's range."""
+        snap = self._snapshot
+        start_us = _micros(f.start) if f is not None and f.start is not None else None
+        end_us = _micros(f.end) if f is not None and f.end is not None else None
+        columns = ", ".join(_QUERY_COLUMNS)
+        wanted = [x for x in snap.files if x.path not in exclude
+                  and (start_us is None or x.sent_max_us >= start_us) and (end_us is None or x.sent_min_us < end_us)]
+        parts = []
+        untouched = [x for x in wanted if x.path not in snap.touched]
+        if untouched:
+            parts.append(f"SELECT {columns} FROM read_parquet({self._paths(untouched)})")
+        for x in wanted:
+            if x.path in snap.touched:
+                parts.append(self._touched_sql(x, columns))
+        parts.append(f"SELECT {columns} FROM tail_messages")
+        return "(" + derive.messages_view_sql("(" + " UNION ALL ".join(parts) + ")") + ")"
+
+    def label_condition(self, f: "Filters"):
+        """The label-pair condition builder for :func:`_sql.dimension_conditions`."""
+        return _label_condition(self, f)
+
+    # -- pre-aggregated relations (see _Regions)
+
+    def _regions(self, f: "Filters", params: dict, cuts: tuple[int, ...] = (), by_slot: bool = False) -> "_Regions":
+        """Split f's time range between the derived files' pre-aggregated companions and the
+        messages (see :class:`_Regions`). ``cuts`` (epoch microseconds) are instants where a
+        figure changes (age buckets): nothing pre-aggregated may straddle one.
+
+        Per file (``by_slot`` False): files wholly inside the range and holding no cut.
+        Per 15-minute slot (``by_slot``, for the rollups, which have slots): every slot of the
+        files overlapping the range, but *dirty* slots, which hold a cut or a range boundary
+        that is not on a slot boundary (local days and hours of every zone are on one)."""
+        snap = self._snapshot
+        start_us = _micros(f.start) if f.start is not None else None
+        end_us = _micros(f.end) if f.end is not None else None
+        slot = derive.SLOT_MICROS
+        dirty: set[int] = set()
+        used = []
+        for x in snap.files:
+            lo, hi = x.range_us
+            if by_slot:
+                if (start_us is None or hi > start_us) and (end_us is None or lo < end_us):
+                    used.append(x)
+            elif ((start_us is None or start_us <= lo) and (end_us is None or hi <= end_us)
+                  and not any(lo <= c < hi for c in cuts)):
+                used.append(x)
+        if by_slot:
+            dirty = {b - b % slot for b in (start_us, end_us) if b is not None and b % slot}
+            dirty |= {c - c % slot for c in cuts}
+        spans: list[list[int]] = []
+        for lo, hi in sorted(x.range_us for x in used):
+            if spans and spans[-1][1] == lo:
+                spans[-1][1] = hi
+            else:
+                spans.append([lo, hi])
+        # Computed instants, written as literals (no parameters: a piece may be left out).
+        covered = " OR ".join(f"(sent_at >= {_at(lo)} AND sent_at < {_at(hi)})" for lo, hi in spans) or "FALSE"
+        dirty_list = "[" + ", ".join(_at(d) for d in sorted(dirty)) + "]::TIMESTAMPTZ[]"
+
+        def within(column: str) -> list[str]:
+            return ([f"{column} >= {_at(start_us)}"] if start_us is not None else []) + (
+                [f"{column} < {_at(end_us)}"] if end_us is not None else [])
+
+        times = within("sent_at")
+        inside = " AND ".join([f"({covered})"] + times + [f"NOT list_contains({dirty_list}, {derive.slot_sql()})"])
+        slots = " AND ".join(["TRUE"] + within("t") + [f"NOT list_contains({dirty_list}, t)"])
+        clean = frozenset(x.path for x in used if not any(x.range_us[0] <= d < x.range_us[1] for d in dirty))
+        rest = [x for x in snap.files if x.path not in clean
+                and (start_us is None or x.range_us[1] > start_us) and (end_us is None or x.range_us[0] < end_us)]
+        return _Regions(used=used, inside=inside, slots=slots if by_slot else "TRUE",
+                        outside=" AND ".join(["TRUE"] + times + [f"NOT ({inside})"]),
+                        raw=self.messages_sql(f, exclude=clean) if rest or snap.tail else None)
+
+    def _companions(self, files, kind: str) -> str:
+        return "read_parquet([" + ", ".join(_quote(self.data_dir / derive.companion_path(x.path, kind))
+                                            for x in files) + "])"
+
+    def _pieces(self, f: "Filters", params: dict, kind: str, make, cuts: tuple[int, ...] = (),
+                by_slot: bool = False) -> list[tuple[str, int]]:
+        """(SQL, sign) pieces whose signed sum is ``make`` over f's messages: the ``kind``
+        companions of the files (slots) used, plus the fresh tail's merged messages minus the
+        stored rows they replace (inside), plus ``make`` over the messages outside."""
+        regions = self._regions(f, params, cuts, by_slot)
+        pieces = []
+        if regions.used:
+            pieces.append((f"SELECT * FROM {self._companions(regions.used, kind)} WHERE {regions.slots}", 1))
+            if self._snapshot.tail:
+                for table, sign in (("tail_messages", 1), ("tail_old", -1)):
+                    pieces.append((make(f"SELECT * FROM ({derive.messages_view_sql(table)}) WHERE {regions.inside}"),
+                                   sign))
+        if regions.raw is not None or not pieces:
+            raw = regions.raw or self.messages_sql(f)  # nothing at all: an empty relation of the right shape
+            pieces.append((make(f"SELECT * FROM {raw} WHERE {regions.outside}"), 1))
+        return pieces
+
+    def counts_sql(self, f: "Filters", params: dict, cuts: tuple[int, ...] = ()) -> str:
+        """The counts relation of the messages sent in f's range (every dimension filter is
+        the caller's): rows as :func:`collector.derive.rollup_sql` makes them, signed; sum them.
+        ``t`` is a 15-minute slot start, or the exact sent time; slots never straddle ``cuts``."""
+        measures = ("messages", "latency_messages", "within_10s", "within_1m", "within_5m", "within_1h",
+                    "delivered_without_earlier", "regressions")
+        parts = []
+        exact = lambda view: derive.rollup_sql(view, t="sent_at")  # noqa: E731 (computed rows keep sent_at)
+        for sql, sign in self._pieces(f, params, "rollup", exact, cuts, by_slot=True):
+            if sign < 0:
+                sql = (f"SELECT t, campaign, outcome, last_status, label_sets, "
+                       + ", ".join(f"-{m} AS {m}" for m in measures) + f" FROM ({sql})")
+            parts.append(f"SELECT t, campaign, outcome, last_status, label_sets, {', '.join(measures)} FROM ({sql})")
+        return "(" + " UNION ALL ".join(parts) + ")"
+
+    def filtered_counts_sql(self, f: "Filters", cuts: tuple[int, ...] = ()) -> tuple[str, dict]:
+        """:meth:`counts_sql` restricted to f's campaigns, outcomes, statuses and labels."""
+        params: dict = {}
+        relation = self.counts_sql(f, params, cuts)
+        conditions = _sql.dimension_conditions(f, params, self.label_condition(f))
+        return f"SELECT * FROM {relation} WHERE {' AND '.join(conditions)}", params
+
+    def hist_sql(self, f: "Filters", params: dict) -> str:
+        """Latency counts (campaign, label_sets, last_status, b, n; signed: sum n) of the
+        messages sent in f's range."""
+        return "(" + " UNION ALL ".join(
+            f"SELECT campaign, label_sets, last_status, b, {'-' if sign < 0 else ''}n AS n FROM ({sql})"
+            for sql, sign in self._pieces(f, params, "hist", derive.hist_sql)) + ")"
+
+    def values_sql(self, f: "Filters", params: dict, buckets: list[int]) -> str:
+        """Latency values in ``buckets`` (b, latency_us, campaign, label_sets, last_status, n;
+        signed: sum n; ``stored``: whether the row comes from a pre-computed latency file, where
+        n is 1) of the messages sent in f's range."""
+        # Runs of consecutive buckets: each an equality or range filter the Parquet reader can
+        # skip row groups with (the latency files are sorted by bucket).
+        runs = [[b, b] for b in sorted(set(int(b) for b in buckets))]
+        while len(runs) > MAX_BUCKET_RUNS:  # join the two runs closest to each other
+            i = min(range(len(runs) - 1), key=lambda k: runs[k + 1][0] - runs[k][1])
+            runs[i:i + 2] = [[runs[i][0], runs[i + 1][1]]]
+        parts = []
+        for number, (sql, sign) in enumerate(self._pieces(f, params, "latency", derive.latency_values_sql)):
+            stored = "TRUE" if number == 0 and sign > 0 and sql.startswith("SELECT * FROM read_parquet") else "FALSE"
+            for lo, hi in runs or [[0, -1]]:
+                parts.append(f"SELECT b, latency_us, campaign, label_sets, last_status, {sign} AS n, {stored} AS stored "
+                             f"FROM ({sql}) WHERE b BETWEEN {lo} AND {hi}")
+        return "(" + " UNION ALL ".join(parts) + ")"
+
+    def clear_cache(self) -> None:
+        """Forget cached results (benchmarks: measure computing, not the cache)."""
+        with self._lock:
+            self._results.clear()
+            self._per_partition.clear()
+
+    def _touched_sql(self, x: derive.DerivedFile, columns: str) -> str:
+        return (f"SELECT {columns} FROM read_parquet({_quote(self.data_dir / x.path)}, file_row_number = true) "
+                f"WHERE file_row_number NOT IN (SELECT row FROM superseded WHERE file_no = {self._snapshot.touched[x.path]})")
+
+    def _paths(self, files) -> str:
+        return "[" + ", ".join(_quote(self.data_dir / x.path) for x in files) + "]"
+
+    def per_partition(self, name: str, select: str, params: dict | None = None) -> dict[str, pd.DataFrame]:
+        """{partition: ``select`` (SQL over ``{source}``, the partition's stored receipt rows)},
+        cached per partition while its files do not change. For figures that add up over
+        partitions: copies of a receipt share its created day, so distinct counts do."""
+        self.raw_sql()
+        snap = self._snapshot
+        groups: dict[str, list[str]] = {}
+        for path in snap.raw_files:
+            groups.setdefault(Path(path).parent.name, []).append(path)
+        out = {}
+        for partition, paths in sorted(groups.items()):
+            key = (name, partition, tuple((p, *snap.receipt_files[p]) for p in sorted(paths)))
+            if key not in self._per_partition:
+                stale = [k for k in self._per_partition if k[:2] == (name, partition)]
+                for k in stale:
+                    del self._per_partition[k]
+                source = "read_parquet([" + ", ".join(_quote(p) for p in paths) + "], union_by_name = true)"
+                self._per_partition[key] = self._con.execute(select.format(source=source), params or {}).df()
+            out[partition] = self._per_partition[key]
+        return out
+
+    def raw_sql(self, since_day: str | None = None, partitions: set[str] | None = None) -> str:
+        """``read_parquet`` over the stored receipt rows (compaction inputs whose rows are
+        already in a compacted file left out), optionally only partitions from ``since_day``
+        or only the named ``partitions``."""
+        snap = self._snapshot
+        if snap.raw_files is None:
+            from collector.compaction import stored_files
+
+            visible = set(snap.receipt_files)
+            snap.raw_files = [str(p) for p in stored_files(self.data_dir) if str(p) in visible]
+        files = [p for p in snap.raw_files
+                 if (since_day is None or Path(p).parent.name[len(layout.PARTITION_PREFIX):] >= since_day)
+                 and (partitions is None or Path(p).parent.name in partitions)]
+        if not files:
+            return f"({derive.empty_receipts_sql()})"
+        return "read_parquet([" + ", ".join(_quote(p) for p in files) + "], hive_partitioning = false, union_by_name = true)"
+
+    def messages_for_ids(self, ids_table: str) -> str:
+        """The ``messages`` rows of the ids in table ``ids_table`` (column delivery_message_id),
+        found through the id index instead of a scan of every derived file."""
+        snap = self._snapshot
+        hashes = self._con.execute(f"SELECT hash(delivery_message_id) AS h FROM {ids_table}").fetchnumpy()["h"]
+        located = {}
+        if snap.files and len(hashes):
+            self._index.sync(self.data_dir, list(snap.numbers), self._con,
+                             trust_stored=snap.manifest.hash_probe == self._probe)
+            located = self._index.locate(hashes)
+        stored = derive.stored_rows_at_sql(self.data_dir, located, snap.numbers, ids_table)
+        columns = ", ".join(_QUERY_COLUMNS)
+        rows = (f"SELECT {columns} FROM ({stored}) s "
+                f"WHERE NOT EXISTS (SELECT 1 FROM superseded x WHERE x.file_no = s.file_no AND x.row = s.file_row_number) "
+                f"UNION ALL SELECT {columns} FROM tail_messages "
+                f"WHERE delivery_message_id IN (SELECT delivery_message_id FROM {ids_table})")
+        return "(" + derive.messages_view_sql(f"({rows})") + ")"
 
     def data_range(self) -> tuple[datetime, datetime] | None:
         """Earliest and latest message sent time (UTC), or None without data."""
-        row = self.query("SELECT min(sent_at) AS lo, max(sent_at) AS hi FROM messages").iloc[0]
-        if pd.isna(row["lo"]):
+        return self.cached("data_range", (), self._data_range)
+
+    def _data_range(self):
+        snap = self._snapshot
+        lows = [x.sent_min_us for x in snap.files if x.path not in snap.touched]
+        highs = [x.sent_max_us for x in snap.files if x.path not in snap.touched]
+        columns = ", ".join(derive.STORED_COLUMNS)
+        rest = [self._touched_sql(x, columns) for x in snap.files if x.path in snap.touched]
+        rest.append(f"SELECT {columns} FROM tail_messages")
+        lo, hi = self._con.execute(f"SELECT epoch_us(min(sent_at)), epoch_us(max(sent_at)) "
+                                   f"FROM ({' UNION ALL '.join(rest)})").fetchone()
+        lows += [lo] if lo is not None else []
+        highs += [hi] if hi is not None else []
+        if not lows:
             return None
-        return row["lo"].to_pydatetime(), row["hi"].to_pydatetime()
+        return (datetime.fromtimestamp(0, UTC) + timedelta(microseconds=min(lows)),
+                datetime.fromtimestamp(0, UTC) + timedelta(microseconds=max(highs)))
 
     def close(self) -> None:
         with self._lock:
             self._con.close()
+            import shutil
+
+            shutil.rmtree(self._spill, ignore_errors=True)
 
     def __enter__(self):
         return self
@@ -261,12 +632,117 @@ class Store:
         self.close()
 
 
+class BaselineStore(Store):
+    """The straightforward definition: every query groups the raw receipt rows by message
+    (:func:`_sql.messages_sql`) and takes percentiles with DuckDB's ``quantile_cont``. No
+    derived state, no tail, no index. Slow at scale: for tests and benchmarks only."""
+
+    duckdb_quantiles = True
+
+    def __init__(self, data_dir: str | Path, settings: dict | None = None, materialize: bool = False,
+                 columns: str = "*"):
+        # materialize: group by message once per data version (tests, benchmarks), not per query;
+        # columns: of the messages to keep then (leaving out unused ones skips their aggregates).
+        self.materialize, self.columns = materialize, columns
+        super().__init__(data_dir, settings)
+
+    def _prepare(self, version, manifest, files) -> None:
+        self._snapshot = None
+        self._empty_tables()
+        self._snapshot = _Snapshot(version=version, manifest=None, files=[], tail=[], touched={}, numbers={},
+                                   receipt_files={path: (size, mtime) for path, size, mtime in files})
+        if self.materialize:
+            self._con.execute(f"CREATE OR REPLACE TEMP TABLE baseline_messages AS "
+                              f"SELECT {self.columns} FROM ({_sql.messages_sql(self.raw_sql())})")
+
+    def messages_sql(self, f=None) -> str:
+        if self.materialize:
+            return "baseline_messages"
+        return f"({_sql.messages_sql(self.raw_sql())})"
+
+    def label_condition(self, f):
+        return _sql.raw_label_condition(self.raw_sql())
+
+    def counts_sql(self, f, params: dict, cuts=()) -> str:
+        time = " AND ".join(["TRUE"] + _sql.time_conditions(f, params))
+        return f"({derive.rollup_sql(f'SELECT * FROM {self.messages_sql()} WHERE {time}', t='sent_at')})"
+
+    def filtered_counts_sql(self, f, cuts=()) -> tuple[str, dict]:
+        messages, params = _filtered(self, f)
+        return derive.rollup_sql(messages, t="sent_at"), params
+
+    def messages_for_ids(self, ids_table: str) -> str:
+        return f"(SELECT * FROM {self.messages_sql()} WHERE delivery_message_id IN (SELECT delivery_message_id FROM {ids_table}))"
+
+    def _data_range(self):
+        lo, hi = self._con.execute(f"SELECT min(sent_at), max(sent_at) FROM {self.messages_sql()}").fetchone()
+        return None if lo is None else (lo.astimezone(UTC), hi.astimezone(UTC))
+
+
+def _quote(path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _at(micros: int) -> str:
+    """SQL literal of the instant ``micros`` (epoch microseconds, UTC session)."""
+    return f"make_timestamp({int(micros)})::TIMESTAMPTZ"
+
+
+def _micros(moment: datetime) -> int:
+    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _copy(value):
+    if isinstance(value, pd.DataFrame):
+        return value.copy()
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return list(value)
+    return value
+
+
 # --------------------------------------------------------------------------- helpers
 
 
-def _filtered(f: Filters) -> tuple[str, dict]:
+def _filtered(store: Store, f: Filters) -> tuple[str, dict]:
+    """SQL of the messages matching ``f`` (fast path) and its parameters."""
     params: dict = {}
-    return _sql.filtered_messages_sql(f, params), params
+    return _sql.filtered_messages_sql(f, params, store.messages_sql(f), store.label_condition(f)), params
+
+
+def _label_condition(store: Store, f: Filters):
+    """Label pair i matches a message whose label sets hold a labels text with that pair: the
+    (few) matching label-set texts are found once over the catalog, then compared as strings."""
+    if not f.labels:
+        return None
+    catalog = _label_catalog(store)
+
+    def condition(i: int, key: str, value: str, params: dict) -> str:
+        matching = store.query(
+            "SELECT label_sets FROM (SELECT label_sets::VARCHAR AS label_sets FROM catalog) "
+            "WHERE EXISTS (SELECT 1 FROM unnest(from_json(label_sets, '[\"VARCHAR\"]')) t(l) "
+            "WHERE json_extract_string(l, $path) = $value)",
+            {"path": _sql.json_pointer(key), "value": value}, tables={"catalog": catalog[["label_sets"]]})
+        params[f"label_sets_{i}"] = matching["label_sets"].tolist()
+        return f"list_contains($label_sets_{i}, label_sets)"
+    return condition
+
+
+def _label_catalog(store: Store) -> pd.DataFrame:
+    """label_sets (JSON list of labels texts), messages: every distinct label set in use."""
+    def compute():
+        params: dict = {}
+        return store.query(f"SELECT label_sets, sum(messages)::BIGINT AS messages FROM {store.counts_sql(Filters(), params)} "
+                           f"GROUP BY ALL HAVING sum(messages) > 0", params)
+    return store.cached("label_catalog", (), compute)
+
+
+def _counts(store: Store, f: Filters, cuts: tuple[int, ...] = ()) -> tuple[str, dict]:
+    """SQL of the counts relation of the messages matching ``f`` (see :meth:`Store.counts_sql`;
+    aggregate it with :func:`_sql.counts_select`) and its parameters."""
+    return store.filtered_counts_sql(f, cuts)
 
 
 def _in_zone(df: pd.DataFrame, columns, tz: str) -> pd.DataFrame:
@@ -296,14 +772,31 @@ def _choose_bucket(store: Store, f: Filters, bucket: str | None) -> str:
     if f.start is not None and f.end is not None:
         span = f.end - f.start
     else:
-        sql, params = _filtered(f)
-        row = store.query(f"SELECT min(sent_at) AS lo, max(sent_at) AS hi FROM ({sql})", params).iloc[0]
-        if pd.isna(row["lo"]):
+        lo, hi = _sent_span(store, f)
+        if lo is None:
             return "day"
-        lo = f.start if f.start is not None else row["lo"]
-        hi = f.end if f.end is not None else row["hi"]
+        lo = f.start if f.start is not None else lo
+        hi = f.end if f.end is not None else hi
         span = pd.Timestamp(hi) - pd.Timestamp(lo)
     return "hour" if span <= AUTO_HOUR_BUCKETS_UP_TO else "day"
+
+
+def _sent_span(store: Store, f: Filters):
+    """(first, last) exact sent time of the messages matching ``f``, (None, None) without any:
+    the first and last counts slots with messages, then the messages of those two slots."""
+    sql, params = _counts(store, f)
+    row = store.query(f"SELECT min(t) AS lo, max(t) AS hi FROM (SELECT t FROM ({sql}) GROUP BY t "
+                      f"HAVING sum(messages) > 0)", params).iloc[0]
+    if pd.isna(row["lo"]):
+        return None, None
+    slot = timedelta(microseconds=derive.SLOT_MICROS)
+    edges = []
+    for moment in (row["lo"].to_pydatetime(), row["hi"].to_pydatetime()):
+        edge = replace(f, start=max(moment, f.start) if f.start else moment,
+                       end=min(moment + slot, f.end) if f.end else moment + slot)
+        sql, params = _filtered(store, edge)
+        edges.append(store.query(f"SELECT min(sent_at) AS lo, max(sent_at) AS hi FROM ({sql})", params).iloc[0])
+    return edges[0]["lo"], edges[1]["hi"]
 
 
 def bucket_start(moment: datetime, bucket: str, tz: str) -> pd.Timestamp:
@@ -337,32 +830,174 @@ def _meanings() -> dict[str, str]:
     return {s.name: s.meaning for s in status_table()}
 
 
+# --------------------------------------------------------------------------- exact percentiles
+
+
+def latency_quantiles(store: Store, f: Filters, group: str | None,
+                      prefix: str = "latency_", suffix: str = "_s") -> pd.DataFrame:
+    """Exact ``quantile_cont(latency_s, q)`` for q in p50/p90/p95/p99 over the messages
+    matching ``f``, overall or per ``group`` (a column: campaign): columns grp and the four
+    percentiles, one row per group with latencies.
+
+    Two passes instead of DuckDB's sort of every value: (1) the latency counts per (group,
+    bucket), summed from the pre-aggregated histograms; (2) only the values at the ranks
+    floor(rn) and ceil(rn), rn = (n - 1) * q, from the buckets that hold them (latency files
+    sorted by bucket); then interpolated bit for bit as DuckDB does (see :func:`_interpolation`).
+    """
+    names = [f"{prefix}{name}{suffix}" for name, _ in _sql.QUANTILES]
+    empty = pd.DataFrame({"grp": pd.Series([], dtype=object), **{n: pd.Series([], dtype="float64") for n in names}})
+    if f.outcomes and "delivered" not in f.outcomes:
+        return empty  # only delivered messages have a latency
+    interpolate = _interpolation()
+    if store.duckdb_quantiles or interpolate is None:
+        return _quantiles_by_duckdb(store, f, group, names)
+    grp = group or "0"
+    latency_filters = replace(f, outcomes=())
+    params: dict = {}
+    conditions = " AND ".join(_sql.dimension_conditions(latency_filters, params, store.label_condition(f)))
+    quantiles = ", ".join(f"({k}, {q}::DOUBLE)" for k, (_, q) in enumerate(_sql.QUANTILES))
+    # Pass 1: per group and quantile, rn and for floor(rn) / ceil(rn) the bucket and the
+    # position in it (0-based) of that rank.
+    ranks = store.query(f"""
+        WITH h AS (
+            SELECT {grp} AS grp, b, sum(n)::BIGINT AS n FROM {store.hist_sql(f, params)}
+            WHERE {conditions} GROUP BY ALL HAVING sum(n) > 0),
+        c AS (
+            SELECT grp, b, n, sum(n) OVER (PARTITION BY grp ORDER BY b) - n AS before,
+                   sum(n) OVER (PARTITION BY grp) AS total FROM h),
+        r AS (
+            SELECT grp, k, (total - 1)::DOUBLE * q AS rn, which
+            FROM (SELECT DISTINCT grp, total FROM c), (VALUES {quantiles}) qs(k, q), (VALUES (0), (1)) w(which)),
+        x AS (SELECT *, (CASE WHEN which = 0 THEN floor(rn) ELSE ceil(rn) END)::BIGINT AS rank FROM r)
+        SELECT x.grp, x.k, x.rn, x.which, c.b, x.rank - c.before AS pos
+        FROM x JOIN c ON c.grp = x.grp AND x.rank >= c.before AND x.rank < c.before + c.n""", params)
+    if ranks.empty:
+        return empty
+    wanted = ranks[["grp", "b", "pos"]].drop_duplicates()
+    params = {}
+    conditions = " AND ".join(_sql.dimension_conditions(latency_filters, params, store.label_condition(f)))
+    # Pass 2: the values at those positions. Buckets only the pre-computed latency files hold
+    # are numbered row by row; where computed pieces (the fresh tail's corrections, messages
+    # outside the files) add or remove values, each value's count is summed first.
+    values = store.query(f"""
+        WITH v AS (
+            SELECT * FROM (SELECT {grp} AS grp, b, latency_us, n, stored
+                           FROM {store.values_sql(f, params, wanted['b'].tolist())} WHERE {conditions})
+            SEMI JOIN (SELECT DISTINCT grp, b FROM wanted) USING (grp, b)),
+        mixed AS (SELECT DISTINCT grp, b FROM v WHERE NOT stored),
+        plain AS (
+            SELECT grp, b, latency_us, row_number() OVER (PARTITION BY grp, b ORDER BY latency_us) - 1 AS pos
+            FROM v ANTI JOIN mixed USING (grp, b)),
+        netted AS (
+            SELECT grp, b, latency_us, sum(n) AS n FROM v SEMI JOIN mixed USING (grp, b)
+            GROUP BY ALL HAVING sum(n) > 0),
+        counted AS (SELECT *, sum(n) OVER (PARTITION BY grp, b ORDER BY latency_us) AS upto FROM netted)
+        SELECT w.grp, w.b, w.pos, p.latency_us FROM wanted w JOIN plain p USING (grp, b, pos)
+        UNION ALL
+        SELECT w.grp, w.b, w.pos, c.latency_us FROM wanted w JOIN counted c
+            ON c.grp = w.grp AND c.b = w.b AND w.pos >= c.upto - c.n AND w.pos < c.upto""",
+        params, tables={"wanted": wanted})
+    if len(values) != len(wanted):  # the histograms and the values disagree: never seen
+        return _quantiles_by_duckdb(store, f, group, names)
+    ranks = ranks.merge(values, on=["grp", "b", "pos"], how="left")
+    pairs = ranks[ranks["which"] == 0].merge(ranks.loc[ranks["which"] == 1, ["grp", "k", "latency_us"]],
+                                             on=["grp", "k"], suffixes=("", "_high"))
+    out: dict = {}
+    for g, k, rn, low, high in zip(pairs["grp"], pairs["k"], pairs["rn"], pairs["latency_us"], pairs["latency_us_high"]):
+        d = rn - math.floor(rn)
+        lo = int(low) / 1e6
+        out.setdefault(g, [math.nan] * len(names))[k] = lo if d == 0 else interpolate(lo, int(high) / 1e6, d)
+    return pd.DataFrame([[g, *v] for g, v in out.items()], columns=["grp"] + names)
+
+
+def _quantiles_by_duckdb(store: Store, f: Filters, group: str | None, names) -> pd.DataFrame:
+    sql, params = _filtered(store, f)
+    columns = ", ".join(f"quantile_cont(latency_s, {q}) AS {name}" for name, (_, q) in zip(names, _sql.QUANTILES))
+    return store.query(f"SELECT {group or '0'} AS grp, {columns} FROM ({sql}) WHERE latency_s IS NOT NULL "
+                       f"GROUP BY ALL", params)
+
+
+def _fused_interpolation(lo: float, hi: float, d: float) -> float:
+    """fma(lo, 1 - d, hi * d): DuckDB's ``lo * (1.0 - d) + hi * d`` as its build contracts it."""
+    return float(Fraction(lo) * Fraction(1.0 - d) + Fraction(hi * d))
+
+
+def _plain_interpolation(lo: float, hi: float, d: float) -> float:
+    return lo * (1.0 - d) + hi * d
+
+
+@lru_cache(maxsize=1)
+def _interpolation():
+    """The interpolation that reproduces this DuckDB's quantile_cont bit for bit (its double
+    formula may or may not be compiled to a fused multiply-add), checked on random cases;
+    None if neither does (then DuckDB computes the percentiles itself)."""
+    rng = np.random.default_rng(7)
+    cases = [(float(a) / 1e6, float(a + b) / 1e6, float(d))
+             for a, b, d in zip(rng.integers(1, 10**10, 300), rng.integers(1, 10**9, 300), rng.random(300))]
+    con = derive.connect({"threads": 1})
+    try:
+        want = [con.execute("SELECT quantile_cont(x, $d) FROM (SELECT unnest([$lo, $hi]) AS x)",
+                            {"lo": lo, "hi": hi, "d": d}).fetchone()[0] for lo, hi, d in cases]
+    finally:
+        con.close()
+    for candidate in (_fused_interpolation, _plain_interpolation):
+        if all(candidate(lo, hi, d) == w for (lo, hi, d), w in zip(cases, want)):
+            return candidate
+    return None
+
+
 # --------------------------------------------------------------------------- KPIs
 
 
-def _kpi_frame(store: Store, f: Filters, group: str | None) -> pd.DataFrame:
-    sql, params = _filtered(f)
-    df = store.query(_sql.kpi_sql(sql, group), params)
-    df = _counts_as_int(df, COUNT_KPIS)
+def _kpi_frame(store: Store, f: Filters, group: str | None, receipt_figures: bool) -> pd.DataFrame:
+    sql, params = _counts(store, f)
+    having = "HAVING sum(messages) > 0" if group else ""
+    df = store.query(f"SELECT {_sql.counts_select(group)} FROM ({sql}) {'GROUP BY ALL' if group else ''} {having}",
+                     params)
+    if group is None:
+        df["grp"] = 0
+    quantiles = latency_quantiles(store, f, group)
+    if group is None:
+        quantiles["grp"] = 0
+    df = df.merge(quantiles, on="grp", how="left")
+    if receipt_figures:
+        messages, params = _filtered(store, f)
+        distinct = f"({_sql.distinct_receipts_sql(store.raw_sql())})"
+        per_receipt = store.query(_sql.receipt_kpis_sql(messages, distinct, group), params)
+        if group is None:
+            per_receipt["grp"] = 0
+        df = df.merge(per_receipt, on="grp", how="left")
+    else:
+        for column in RECEIPT_KPIS:
+            df[column] = np.nan
+    counts = [c for c in COUNT_KPIS if receipt_figures or c not in RECEIPT_KPIS]
+    df = _counts_as_int(df, counts)
     for column in KPI_COLUMNS:
-        if column not in COUNT_KPIS:
+        if column not in counts:
             df[column] = df[column].astype("float64")
     return df
 
 
-def kpis(store: Store, f: Filters) -> pd.DataFrame:
-    """One row with every column of :data:`KPI_COLUMNS` (zeros and NaN without data)."""
-    return _kpi_frame(store, f, None)[KPI_COLUMNS].reset_index(drop=True)
+def kpis(store: Store, f: Filters, *, receipt_figures: bool = False) -> pd.DataFrame:
+    """One row with every column of :data:`KPI_COLUMNS` (zeros and NaN without data).
+
+    The per-receipt columns (:data:`RECEIPT_KPIS`: receipts, duplicate_rows, webhook lag) are
+    NaN unless ``receipt_figures``: they need a pass over the raw receipts (slow at scale).
+    """
+    return store.cached("kpis", (f, receipt_figures),
+                        lambda: _kpi_frame(store, f, None, receipt_figures)[KPI_COLUMNS].reset_index(drop=True))
 
 
-def kpis_with_change(store: Store, f: Filters) -> pd.DataFrame:
+def kpis_with_change(store: Store, f: Filters, *, receipt_figures: bool = False) -> pd.DataFrame:
     """metric, value, previous, change (value - previous), relative_change (change / previous).
 
     ``previous`` is the same KPI over :meth:`Filters.previous_period` (NaN when there is none).
     """
-    current = kpis(store, f).iloc[0]
-    before = f.previous_period()
-    previous = kpis(store, before).iloc[0] if before is not None else pd.Series(np.nan, index=KPI_COLUMNS)
+    with store.pinned():
+        current = kpis(store, f, receipt_figures=receipt_figures).iloc[0]
+        before = f.previous_period()
+        previous = (kpis(store, before, receipt_figures=receipt_figures).iloc[0] if before is not None
+                    else pd.Series(np.nan, index=KPI_COLUMNS))
     out = pd.DataFrame({
         "metric": KPI_COLUMNS,
         "value": [float(current[m]) for m in KPI_COLUMNS],
@@ -373,32 +1008,42 @@ def kpis_with_change(store: Store, f: Filters) -> pd.DataFrame:
     return out
 
 
-def campaigns(store: Store, f: Filters) -> pd.DataFrame:
-    """One row per campaign (sorted by messages, descending): campaign + every KPI column."""
-    df = _kpi_frame(store, f, "fm.campaign").rename(columns={"grp": "campaign"})
-    if df.empty:
-        return _empty(["campaign"] + KPI_COLUMNS)
-    df = df.sort_values(["messages", "campaign"], ascending=[False, True])
-    return df[["campaign"] + KPI_COLUMNS].reset_index(drop=True)
+def campaigns(store: Store, f: Filters, *, receipt_figures: bool = False) -> pd.DataFrame:
+    """One row per campaign (sorted by messages, descending): campaign + every KPI column
+    (per-receipt columns NaN unless ``receipt_figures``, see :func:`kpis`)."""
+    def compute():
+        df = _kpi_frame(store, f, "campaign", receipt_figures).rename(columns={"grp": "campaign"})
+        if df.empty:
+            return _empty(["campaign"] + KPI_COLUMNS)
+        df = df.sort_values(["messages", "campaign"], ascending=[False, True])
+        return df[["campaign"] + KPI_COLUMNS].reset_index(drop=True)
+    return store.cached("campaigns", (f, receipt_figures), compute)
 
 
 def campaign_names(store: Store) -> list[str]:
     """Every campaign in the data, sorted (for the filter widget)."""
-    df = store.query("SELECT DISTINCT campaign FROM messages ORDER BY campaign")
-    return df["campaign"].tolist()
+    def compute():
+        sql, params = _counts(store, Filters())
+        df = store.query(f"SELECT campaign FROM ({sql}) GROUP BY ALL HAVING sum(messages) > 0 ORDER BY campaign",
+                         params)
+        return df["campaign"].tolist()
+    return store.cached("campaign_names", (), compute)
 
 
 def outcome_breakdown(store: Store, f: Filters) -> pd.DataFrame:
     """outcome (all four, fixed order), messages, share (of all messages; NaN without any)."""
-    sql, params = _filtered(f)
-    counts = store.query(f"SELECT outcome, count(*) AS messages FROM ({sql}) GROUP BY outcome", params)
-    messages = counts.set_index("outcome")["messages"].reindex(list(OUTCOMES), fill_value=0).astype("int64")
-    total = int(messages.sum())
-    return pd.DataFrame({
-        "outcome": list(OUTCOMES),
-        "messages": messages.to_numpy(),
-        "share": messages.to_numpy() / total if total else np.nan,
-    })
+    def compute():
+        sql, params = _counts(store, f)
+        counts = store.query(f"SELECT outcome, sum(messages)::BIGINT AS messages FROM ({sql}) GROUP BY outcome",
+                             params)
+        messages = counts.set_index("outcome")["messages"].reindex(list(OUTCOMES), fill_value=0).astype("int64")
+        total = int(messages.sum())
+        return pd.DataFrame({
+            "outcome": list(OUTCOMES),
+            "messages": messages.to_numpy(),
+            "share": messages.to_numpy() / total if total else np.nan,
+        })
+    return store.cached("outcome_breakdown", (f,), compute)
 
 
 # --------------------------------------------------------------------------- over time
@@ -409,31 +1054,35 @@ def trend(store: Store, f: Filters, bucket: str | None = None) -> pd.DataFrame:
     most 3 days): bucket_start (tz-aware in f.tz), messages, delivered, failed, unknown,
     pending, delivery_rate. Buckets without messages are included with zeros, from the
     filter's start to its end (or the data's first/last bucket)."""
-    bucket = _choose_bucket(store, f, bucket)
-    sql, params = _filtered(f)
-    params["tz"] = f.tz
-    df = store.query(
-        f"SELECT {_sql.bucket_sql(bucket)} AS bucket_start, {_sql.outcome_counts_sql()} "
-        f"FROM ({sql}) GROUP BY ALL ORDER BY bucket_start", params)
-    df = _in_zone(df, ["bucket_start"], f.tz)
-    index = _all_buckets(f, bucket, df["bucket_start"])
-    df = df.set_index("bucket_start").reindex(index)
-    df.index.name = "bucket_start"
-    df = _counts_as_int(df, ["messages", "delivered", "failed", "unknown", "pending"])
-    df["delivery_rate"] = df["delivery_rate"].astype("float64")
-    return df.reset_index()[TREND_COLUMNS]
+    def compute():
+        chosen = _choose_bucket(store, f, bucket)
+        sql, params = _counts(store, f)
+        params["tz"] = f.tz
+        df = store.query(
+            f"SELECT {_sql.bucket_sql(chosen, 't')} AS bucket_start, {_sql.counts_select()} "
+            f"FROM ({sql}) GROUP BY ALL HAVING sum(messages) > 0 ORDER BY bucket_start", params)
+        df = _in_zone(df[TREND_COLUMNS], ["bucket_start"], f.tz)
+        index = _all_buckets(f, chosen, df["bucket_start"])
+        df = df.set_index("bucket_start").reindex(index)
+        df.index.name = "bucket_start"
+        df = _counts_as_int(df, ["messages", "delivered", "failed", "unknown", "pending"])
+        df["delivery_rate"] = df["delivery_rate"].astype("float64")
+        return df.reset_index()[TREND_COLUMNS]
+    return store.cached("trend", (f, bucket), compute)
 
 
 def failure_reasons_over_time(store: Store, f: Filters, bucket: str | None = None) -> pd.DataFrame:
     """bucket_start (tz-aware in f.tz), reason, messages: failed messages per reason per bucket."""
-    bucket = _choose_bucket(store, f, bucket)
-    sql, params = _filtered(f)
-    params["tz"] = f.tz
-    df = store.query(
-        f"SELECT {_sql.bucket_sql(bucket)} AS bucket_start, reason, count(*) AS messages "
-        f"FROM ({sql}) WHERE outcome = 'failed' GROUP BY ALL ORDER BY bucket_start, messages DESC, reason",
-        params)
-    return _in_zone(df, ["bucket_start"], f.tz)
+    def compute():
+        chosen = _choose_bucket(store, f, bucket)
+        sql, params = _counts(store, f)
+        params["tz"] = f.tz
+        df = store.query(
+            f"SELECT {_sql.bucket_sql(chosen, 't')} AS bucket_start, last_status AS reason, "
+            f"sum(messages)::BIGINT AS messages FROM ({sql}) WHERE outcome = 'failed' "
+            f"GROUP BY ALL HAVING sum(messages) > 0 ORDER BY bucket_start, messages DESC, reason", params)
+        return _in_zone(df, ["bucket_start"], f.tz)
+    return store.cached("failure_reasons_over_time", (f, bucket), compute)
 
 
 def pending_ages(store: Store, f: Filters, now: datetime | None = None) -> pd.DataFrame:
@@ -443,17 +1092,24 @@ def pending_ages(store: Store, f: Filters, now: datetime | None = None) -> pd.Da
     (:data:`AGE_BUCKETS`) then messages descending. Sum ``messages`` by ``age_bucket`` for
     the bucket totals.
     """
-    sql, params = _filtered(f)
-    params["now"] = now if now is not None else datetime.now(UTC)
-    age = _sql.seconds_between("sent_at", "$now")
-    df = store.query(f"""
-        SELECT CASE WHEN {age} < 3600 THEN 0 WHEN {age} < 86400 THEN 1
-                    WHEN {age} < 259200 THEN 2 ELSE 3 END AS bucket_order,
-               last_status, count(*) AS messages
-        FROM ({sql}) WHERE outcome = 'pending'
-        GROUP BY ALL ORDER BY bucket_order, messages DESC, last_status""", params)
-    df["age_bucket"] = [AGE_BUCKETS[i] for i in df["bucket_order"]]
-    return df[["age_bucket", "messages", "last_status"]]
+    now = now if now is not None else datetime.now(UTC)
+
+    def compute():
+        limits = (3600, 86400, 259200)
+        # The age buckets' edges: no pre-aggregated slot may straddle one.
+        cuts = tuple(_micros(now) - limit * 1_000_000 for limit in limits)
+        sql, params = _counts(store, f, cuts)
+        params["now"] = now
+        age = _sql.seconds_between("t", "$now")
+        df = store.query(f"""
+            SELECT CASE WHEN {age} < {limits[0]} THEN 0 WHEN {age} < {limits[1]} THEN 1
+                        WHEN {age} < {limits[2]} THEN 2 ELSE 3 END AS bucket_order,
+                   last_status, sum(messages)::BIGINT AS messages
+            FROM ({sql}) WHERE outcome = 'pending'
+            GROUP BY ALL HAVING sum(messages) > 0 ORDER BY bucket_order, messages DESC, last_status""", params)
+        df["age_bucket"] = [AGE_BUCKETS[i] for i in df["bucket_order"]]
+        return df[["age_bucket", "messages", "last_status"]]
+    return store.cached("pending_ages", (f, now), compute)
 
 
 # --------------------------------------------------------------------------- failures
@@ -461,23 +1117,29 @@ def pending_ages(store: Store, f: Filters, now: datetime | None = None) -> pd.Da
 
 def failure_reasons(store: Store, f: Filters) -> pd.DataFrame:
     """reason, messages, share (of failed messages), meaning (from statuses.csv; '' if undocumented)."""
-    sql, params = _filtered(f)
-    df = store.query(f"""
-        SELECT reason, count(*) AS messages, count(*) / sum(count(*)) OVER () AS share
-        FROM ({sql}) WHERE outcome = 'failed' GROUP BY reason ORDER BY messages DESC, reason""", params)
-    meanings = _meanings()
-    df["meaning"] = [meanings.get(r, "") for r in df["reason"]]
-    return df
+    def compute():
+        sql, params = _counts(store, f)
+        df = store.query(f"""
+            SELECT last_status AS reason, sum(messages)::BIGINT AS messages,
+                   sum(messages)::BIGINT / sum(sum(messages)::BIGINT) OVER () AS share
+            FROM ({sql}) WHERE outcome = 'failed' GROUP BY last_status HAVING sum(messages) > 0
+            ORDER BY messages DESC, reason""", params)
+        meanings = _meanings()
+        df["meaning"] = [meanings.get(r, "") for r in df["reason"]]
+        return df
+    return store.cached("failure_reasons", (f,), compute)
 
 
 def failure_reasons_by_campaign(store: Store, f: Filters) -> pd.DataFrame:
     """campaign, reason, messages, share (of that campaign's failed messages)."""
-    sql, params = _filtered(f)
-    return store.query(f"""
-        SELECT campaign, reason, count(*) AS messages,
-               count(*) / sum(count(*)) OVER (PARTITION BY campaign) AS share
-        FROM ({sql}) WHERE outcome = 'failed' GROUP BY campaign, reason
-        ORDER BY campaign, messages DESC, reason""", params)
+    def compute():
+        sql, params = _counts(store, f)
+        return store.query(f"""
+            SELECT campaign, last_status AS reason, sum(messages)::BIGINT AS messages,
+                   sum(messages)::BIGINT / sum(sum(messages)::BIGINT) OVER (PARTITION BY campaign) AS share
+            FROM ({sql}) WHERE outcome = 'failed' GROUP BY campaign, last_status HAVING sum(messages) > 0
+            ORDER BY campaign, messages DESC, reason""", params)
+    return store.cached("failure_reasons_by_campaign", (f,), compute)
 
 
 # --------------------------------------------------------------------------- latency
@@ -485,11 +1147,13 @@ def failure_reasons_by_campaign(store: Store, f: Filters) -> pd.DataFrame:
 
 def latencies(store: Store, f: Filters) -> pd.DataFrame:
     """campaign, delivery_message_id, latency_s, sent_at: each delivered message with an earlier receipt."""
-    sql, params = _filtered(f)
-    df = store.query(f"""
-        SELECT campaign, delivery_message_id, latency_s, sent_at FROM ({sql})
-        WHERE latency_s IS NOT NULL ORDER BY campaign, latency_s, delivery_message_id""", params)
-    return _in_zone(df, ["sent_at"], f.tz)
+    def compute():
+        sql, params = _filtered(store, f)
+        df = store.query(f"""
+            SELECT campaign, delivery_message_id, latency_s, sent_at FROM ({sql})
+            WHERE latency_s IS NOT NULL ORDER BY campaign, latency_s, delivery_message_id""", params)
+        return _in_zone(df, ["sent_at"], f.tz)
+    return store.cached("latencies", (f,), compute)
 
 
 def latency_by_campaign(store: Store, f: Filters) -> pd.DataFrame:
@@ -497,13 +1161,51 @@ def latency_by_campaign(store: Store, f: Filters) -> pd.DataFrame:
 
     Campaigns with delivered messages but no latency sample have latency_messages 0 and NaN.
     """
-    sql, params = _filtered(f)
-    df = store.query(f"""
-        SELECT campaign, {_sql.latency_stats_sql(prefix='', suffix='_s')}
-        FROM ({sql}) WHERE outcome = 'delivered' GROUP BY campaign
-        ORDER BY latency_messages DESC, campaign""", params)
-    df = _counts_as_int(df, ["latency_messages"])
-    return df[["campaign"] + LATENCY_COLUMNS]
+    def compute():
+        sql, params = _counts(store, f)
+        df = store.query(f"SELECT {_sql.counts_select('campaign')} FROM ({sql}) WHERE outcome = 'delivered' "
+                         f"GROUP BY ALL HAVING sum(messages) > 0", params).rename(columns={"grp": "campaign"})
+        quantiles = latency_quantiles(store, f, "campaign", prefix="", suffix="_s")
+        df = df.merge(quantiles.rename(columns={"grp": "campaign"}), on="campaign", how="left")
+        df = _counts_as_int(df, ["latency_messages"])
+        df = df.sort_values(["latency_messages", "campaign"], ascending=[False, True])
+        return df[["campaign"] + LATENCY_COLUMNS].reset_index(drop=True)
+    return store.cached("latency_by_campaign", (f,), compute)
+
+
+def latency_distribution(store: Store, f: Filters, by_campaign: bool = False) -> pd.DataFrame:
+    """How the times to deliver are spread, without fetching every message: the count of
+    latencies per bucket (1/32 of an octave of microseconds: about 2 % wide), from the
+    pre-aggregated histograms. Columns: campaign (when ``by_campaign``), from_s, to_s
+    (the bucket's [from, to) in seconds), messages, cumulative_share (of the group's
+    latencies up to ``to_s``). For CDF and histogram charts over millions of messages."""
+    def compute():
+        if f.outcomes and "delivered" not in f.outcomes:
+            counts = pd.DataFrame({"grp": [], "b": [], "n": []})
+        elif store.duckdb_quantiles:
+            sql, params = _filtered(store, f)
+            counts = store.query(f"SELECT {'campaign' if by_campaign else '0'} AS grp, {derive.latency_bucket_sql()} AS b, "
+                                 f"count(*) AS n FROM ({sql}) WHERE latency_us IS NOT NULL GROUP BY ALL "
+                                 f"ORDER BY grp, b", params)
+        else:
+            params: dict = {}
+            conditions = " AND ".join(_sql.dimension_conditions(replace(f, outcomes=()), params, store.label_condition(f)))
+            counts = store.query(f"SELECT {'campaign' if by_campaign else '0'} AS grp, b, sum(n)::BIGINT AS n "
+                                 f"FROM {store.hist_sql(f, params)} WHERE {conditions} GROUP BY ALL "
+                                 f"HAVING sum(n) > 0 ORDER BY grp, b", params)
+        b = counts["b"].to_numpy(np.int64)
+        bits = derive.LATENCY_BUCKET_BITS
+        exponent = b >> bits
+        small = b < (1 << bits)
+        shift = np.where(small, 0, exponent - bits)
+        low = np.where(small, b, ((1 << bits) + (b & ((1 << bits) - 1))) << shift)
+        high = np.where(small, b + 1, ((1 << bits) + (b & ((1 << bits) - 1)) + 1) << shift)
+        out = pd.DataFrame({"campaign": counts["grp"], "from_s": low / 1e6, "to_s": high / 1e6,
+                            "messages": counts["n"].astype("int64")})
+        totals = out.groupby("campaign")["messages"].transform("sum")
+        out["cumulative_share"] = out.groupby("campaign")["messages"].cumsum() / totals
+        return out if by_campaign else out.drop(columns="campaign")
+    return store.cached("latency_distribution", (f, by_campaign), compute)
 
 
 # --------------------------------------------------------------------------- messages
@@ -515,49 +1217,72 @@ def message_lookup(store: Store, term: str, limit: int = 5000, tz: str = "UTC") 
 
     Columns: :data:`LOOKUP_COLUMNS`; ``campaign`` is the message's campaign (see the
     definitions), ``labels`` the receipt's own, ``copies`` how many stored copies it has.
-    At most ``limit`` rows; times shown in ``tz``.
+    At most ``limit`` rows; times shown in ``tz``. Reads the raw receipts.
     """
     term = (term or "").strip()
     if not term:
         return _empty(LOOKUP_COLUMNS)
     zone_info(tz)
-    df = store.query(f"""
-        WITH ids AS (
-            SELECT DISTINCT delivery_message_id FROM receipts
-            WHERE delivery_message_id = $term OR client_reference = $term OR batch_id = $term
-        )
-        SELECT r.delivery_message_id, r.batch_id, r.client_reference, r.created, r.received_at,
-               r.status, r.status_code, r.category, r.part, r.parts, r.hlr, m.campaign, r.labels,
-               r.receipt_id, r.copies
-        FROM receipts r
-        JOIN ids ON r.delivery_message_id = ids.delivery_message_id
-        JOIN messages m ON r.delivery_message_id = m.delivery_message_id
-        ORDER BY r.delivery_message_id, r.created, r.received_at, r.receipt_id
-        LIMIT $limit""", {"term": term, "limit": int(limit)})
-    return _in_zone(df, ["created", "received_at"], tz)
+
+    def compute():
+        raw = store.raw_sql()
+        store.query(f"""CREATE OR REPLACE TEMP TABLE lookup_rows AS
+                        SELECT * FROM {raw} WHERE delivery_message_id IN (
+                            SELECT delivery_message_id FROM {raw}
+                            WHERE delivery_message_id = $term OR client_reference = $term OR batch_id = $term)""",
+                    {"term": term})
+        store.query("CREATE OR REPLACE TEMP TABLE lookup_ids AS SELECT DISTINCT delivery_message_id FROM lookup_rows")
+        df = store.query(f"""
+            SELECT r.delivery_message_id, r.batch_id, r.client_reference, r.created, r.received_at,
+                   r.status, r.status_code, r.category, r.part, r.parts, r.hlr, m.campaign, r.labels,
+                   r.receipt_id, r.copies
+            FROM ({_sql.distinct_receipts_sql('lookup_rows')}) r
+            JOIN {store.messages_for_ids('lookup_ids')} m ON r.delivery_message_id = m.delivery_message_id
+            ORDER BY r.delivery_message_id, r.created, r.received_at, r.receipt_id
+            LIMIT $limit""", {"limit": int(limit)})
+        return _in_zone(df, ["created", "received_at"], tz)
+    return store.cached("message_lookup", (term, limit, tz), compute)
 
 
 def message_detail(store: Store, f: Filters, limit: int | None = None) -> pd.DataFrame:
     """One row per message matching ``f`` (newest sent first; at most ``limit``):
-    :data:`DETAIL_COLUMNS`, times in f.tz. ``latency_s`` is NaN unless it counts as a latency."""
-    sql, params = _filtered(f)
-    limit_sql = ""
-    if limit is not None:
-        params["limit"] = int(limit)
-        limit_sql = "LIMIT $limit"
-    df = store.query(
-        f"SELECT {', '.join(DETAIL_COLUMNS)} FROM ({sql}) "
-        f"ORDER BY sent_at DESC, delivery_message_id {limit_sql}", params)
-    return _in_zone(df, ["sent_at", "delivered_at"], f.tz)
+    :data:`DETAIL_COLUMNS`, times in f.tz. ``latency_s`` is NaN unless it counts as a latency.
+    ``receipts`` (distinct) comes from the raw receipts of the partitions from the oldest
+    message's sent day on."""
+    def compute():
+        sql, params = _filtered(store, f)
+        limit_sql = ""
+        if limit is not None:
+            params["limit"] = int(limit)
+            limit_sql = "LIMIT $limit"
+        columns = [c for c in DETAIL_COLUMNS if c != "receipts"]
+        store.query(f"CREATE OR REPLACE TEMP TABLE detail AS SELECT {', '.join(columns)} FROM ({sql}) "
+                    f"ORDER BY sent_at DESC, delivery_message_id {limit_sql}", params)
+        first = store.query("SELECT min(sent_at) AS first FROM detail")["first"].iloc[0]
+        since_day = None if pd.isna(first) else pd.Timestamp(first).tz_convert("UTC").strftime("%Y-%m-%d")
+        df = store.query(f"""
+            SELECT d.*, coalesce(r.receipts, 0) AS receipts FROM detail d
+            LEFT JOIN (SELECT delivery_message_id, count(DISTINCT receipt_id) AS receipts FROM {store.raw_sql(since_day)}
+                       WHERE delivery_message_id IN (SELECT delivery_message_id FROM detail) GROUP BY ALL) r
+                   USING (delivery_message_id)
+            ORDER BY d.sent_at DESC, d.delivery_message_id""")
+        return _in_zone(df[DETAIL_COLUMNS], ["sent_at", "delivered_at"], f.tz)
+    return store.cached("message_detail", (f, limit), compute)
 
 
 def label_pairs(store: Store) -> pd.DataFrame:
     """key, value, messages: every webhook URL label seen (except ``campaign``), most used first."""
-    return store.query("""
-        SELECT j.key AS key, j.value ->> '$' AS value, count(DISTINCT r.delivery_message_id) AS messages
-        FROM receipts r, json_each(r.labels) j
-        WHERE j.key <> 'campaign'
-        GROUP BY ALL ORDER BY key, messages DESC, value""")
+    def compute():
+        catalog = _label_catalog(store)
+        return store.query("""
+            WITH sets AS (SELECT label_sets::VARCHAR AS label_sets, messages::BIGINT AS messages FROM catalog),
+            pairs AS (
+                SELECT DISTINCT s.label_sets, s.messages, j.key AS key, j.value ->> '$' AS value
+                FROM sets s, unnest(from_json(s.label_sets, '["VARCHAR"]')) t(l), json_each(t.l) j
+                WHERE j.key <> 'campaign')
+            SELECT key, value, sum(messages)::BIGINT AS messages FROM pairs
+            GROUP BY ALL ORDER BY key, messages DESC, value""", tables={"catalog": catalog})
+    return store.cached("label_pairs", (), compute)
 
 
 # --------------------------------------------------------------------------- health
@@ -566,40 +1291,83 @@ def label_pairs(store: Store) -> pd.DataFrame:
 def data_health(store: Store, since: datetime | None = None) -> dict[str, pd.DataFrame]:
     """How the data itself looks, over receipts received at or after ``since`` (all if None).
 
-    * ``summary``: one row: receipts (distinct), stored_rows, duplicate_rows, regressions,
-      last_received_at, last_created_at, messages.
+    * ``summary``: one row: receipts (distinct), stored_rows, duplicate_rows, regressions
+      (messages with a regression among those with a receipt in scope), last_received_at,
+      last_created_at, messages (with a receipt in scope).
     * ``per_minute``: minute (UTC), receipts received (distinct) in the last 24 h of data
       (from ``since`` when given).
     * ``unknown_statuses``: status, status_code, receipts: statuses not in Mobivate's table.
+
+    Reads the raw receipts. Over all data (``since`` None) the per-receipt figures are summed
+    over day partitions, each computed once while its files do not change.
     """
-    with store.pinned():
-        params = {"since": since} if since is not None else {}
-        since_sql = "received_at >= $since" if since is not None else "TRUE"
-        summary = store.query(f"""
-            SELECT count(*) AS receipts,
-                   coalesce(sum(copies), 0)::BIGINT AS stored_rows,
-                   coalesce(sum(copies) - count(*), 0)::BIGINT AS duplicate_rows,
-                   count(*) FILTER (WHERE r.category = 'pending' AND r.created > m.final_created) AS regressions,
-                   max(received_at) AS last_received_at,
-                   max(created) AS last_created_at,
-                   count(DISTINCT r.delivery_message_id) AS messages
-            FROM receipts r JOIN messages m ON r.delivery_message_id = m.delivery_message_id
-            WHERE {since_sql}""", params)
-        minute_params = dict(params)
+    known = {"known": [s.name for s in status_table()]}
+
+    def compute():
         if since is None:
-            window = "received_at >= (SELECT max(received_at) FROM receipts) - INTERVAL 24 HOUR"
-        else:
-            window = since_sql
+            return _health_overall(store, known)
+        rows = f"SELECT * FROM {store.raw_sql()} WHERE received_at >= $since"
+        store.query(f"CREATE OR REPLACE TEMP TABLE health_receipts AS {_sql.distinct_receipts_sql(f'({rows})')}",
+                    {"since": since})
+        store.query("CREATE OR REPLACE TEMP TABLE health_ids AS SELECT DISTINCT delivery_message_id FROM health_receipts")
+        summary = store.query(f"""
+            SELECT (SELECT count(*) FROM health_receipts) AS receipts,
+                   (SELECT coalesce(sum(copies), 0) FROM health_receipts)::BIGINT AS stored_rows,
+                   (SELECT coalesce(sum(copies) - count(*), 0) FROM health_receipts)::BIGINT AS duplicate_rows,
+                   (SELECT coalesce(sum(regressions), 0) FROM {store.messages_for_ids('health_ids')})::BIGINT
+                       AS regressions,
+                   (SELECT max(received_at) FROM health_receipts) AS last_received_at,
+                   (SELECT max(created) FROM health_receipts) AS last_created_at,
+                   (SELECT count(*) FROM health_ids) AS messages""")
+        per_minute = store.query("""
+            SELECT date_trunc('minute', received_at) AS minute, count(*) AS receipts
+            FROM health_receipts GROUP BY ALL ORDER BY minute""")
+        unknown = store.query("""
+            SELECT status, status_code, count(*) AS receipts FROM health_receipts
+            WHERE NOT list_contains($known, status)
+            GROUP BY ALL ORDER BY receipts DESC, status""", known)
+        store.query("DROP TABLE health_receipts")
+        summary = _counts_as_int(summary, ["receipts", "stored_rows", "duplicate_rows", "regressions", "messages"])
+        return {"summary": summary, "per_minute": per_minute, "unknown_statuses": unknown}
+    return store.cached("data_health", (since,), compute)
+
+
+def _health_overall(store: Store, known: dict) -> dict[str, pd.DataFrame]:
+    totals = store.per_partition("health_totals", """
+        SELECT count(DISTINCT receipt_id) AS receipts, count(*) AS stored_rows,
+               max(received_at) AS last_received_at, max(created) AS last_created_at FROM {source}""")
+    unknown = store.per_partition("health_unknown", """
+        SELECT status, status_code, count(DISTINCT receipt_id) AS receipts FROM {source}
+        WHERE NOT list_contains($known, status) GROUP BY ALL""", known)
+    columns = ["receipts", "stored_rows", "last_received_at", "last_created_at"]
+    per = pd.concat(list(totals.values()), ignore_index=True) if totals else pd.DataFrame(columns=columns)
+    sql, params = _counts(store, Filters())
+    messages = store.query(f"SELECT coalesce(sum(messages), 0)::BIGINT AS messages, "
+                           f"coalesce(sum(regressions), 0)::BIGINT AS regressions FROM ({sql})", params).iloc[0]
+    receipts, stored = int(per["receipts"].sum()), int(per["stored_rows"].sum())
+    last_received = per["last_received_at"].max() if len(per) else pd.NaT
+    summary = pd.DataFrame({
+        "receipts": [receipts], "stored_rows": [stored], "duplicate_rows": [stored - receipts],
+        "regressions": [int(messages["regressions"])], "last_received_at": [last_received],
+        "last_created_at": [per["last_created_at"].max() if len(per) else pd.NaT],
+        "messages": [int(messages["messages"])]})
+    if pd.isna(last_received):
+        per_minute = pd.DataFrame({"minute": pd.Series([], dtype="datetime64[us, UTC]"),
+                                   "receipts": pd.Series([], dtype="int64")})
+    else:
+        # A receipt's copies share its partition: the partitions received into lately suffice.
+        cutoff = pd.Timestamp(last_received) - pd.Timedelta(hours=24)
+        recent = {name for name, row in totals.items() if len(row) and row["last_received_at"].iloc[0] >= cutoff}
         per_minute = store.query(f"""
             SELECT date_trunc('minute', received_at) AS minute, count(*) AS receipts
-            FROM receipts WHERE {window} GROUP BY ALL ORDER BY minute""", minute_params)
-        unknown = store.query(f"""
-            SELECT status, status_code, count(*) AS receipts FROM receipts
-            WHERE {since_sql} AND NOT list_contains($known, status)
-            GROUP BY ALL ORDER BY receipts DESC, status""",
-            dict(params, known=[s.name for s in status_table()]))
-    summary = _counts_as_int(summary, ["receipts", "stored_rows", "duplicate_rows", "regressions", "messages"])
-    return {"summary": summary, "per_minute": per_minute, "unknown_statuses": unknown}
+            FROM ({_sql.distinct_receipts_sql(store.raw_sql(partitions=recent))})
+            WHERE received_at >= $cutoff GROUP BY ALL ORDER BY minute""", {"cutoff": cutoff.to_pydatetime()})
+    unknown_all = pd.concat([u for u in unknown.values() if len(u)] or [
+        pd.DataFrame({"status": pd.Series([], dtype=object), "status_code": pd.Series([], dtype="Int32"),
+                      "receipts": pd.Series([], dtype="int64")})], ignore_index=True)
+    unknown_all = (unknown_all.groupby(["status", "status_code"], dropna=False, as_index=False)["receipts"].sum()
+                   .sort_values(["receipts", "status"], ascending=[False, True]).reset_index(drop=True))
+    return {"summary": summary, "per_minute": per_minute, "unknown_statuses": unknown_all}
 
 
 def rejected_summary(data_dir: str | Path) -> pd.DataFrame:

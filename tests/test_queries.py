@@ -38,7 +38,8 @@ def store(data_dir):
 
 
 def kpi(store, f=Filters()):
-    return q.kpis(store, f).iloc[0]
+    """Every KPI including the per-receipt ones (raw path)."""
+    return q.kpis(store, f, receipt_figures=True).iloc[0]
 
 
 def detail(store, f=Filters()):
@@ -120,7 +121,7 @@ def test_intermediate_receipt_after_final_is_a_regression_not_an_outcome(data_di
     assert d.loc["M1", "outcome"] == "delivered" and d.loc["M1", "last_status"] == "DELIVERED"
     assert d.loc["M2", "outcome"] == "pending" and d.loc["M2", "last_status"] == "RETRY"
     row = kpi(store)
-    assert row["regressions"] == 2  # RETRY and INTERIM_QUEUED after M1's DELIVERED; M2 has no final
+    assert row["regressions"] == 1  # M1: RETRY and INTERIM_QUEUED after its DELIVERED; M2 has no final
     assert row["pending"] == 1 and row["delivery_rate"] == 1.0 and row["delivered_of_all"] == 0.5
 
 
@@ -337,6 +338,37 @@ def test_pending_ages(data_dir, store):
                                     [">3 d", 1, "ACCEPTED"], [">3 d", 1, "INTERIM_QUEUED"]]
 
 
+def test_per_receipt_figures_are_opt_in(data_dir, store):
+    """receipts, duplicate_rows and webhook lag need the raw receipts: NaN unless asked for."""
+    rows = message("M1", T0, [("ACCEPTED", 0), ("DELIVERED", 30)], campaign="c")
+    write_receipts(data_dir, rows, "a")
+    write_receipts(data_dir, rows, "b")
+    quick = q.kpis(store, Filters()).iloc[0]
+    assert (quick["messages"], quick["delivered"], quick["latency_p50_s"]) == (1, 1, 30.0)
+    assert all(math.isnan(quick[column]) for column in q.RECEIPT_KPIS)
+    assert q.campaigns(store, Filters())[q.RECEIPT_KPIS].isna().all().all()
+    full = q.kpis(store, Filters(), receipt_figures=True).iloc[0]
+    assert (full["receipts"], full["duplicate_rows"], full["webhook_lag_p50_s"]) == (2, 2, 2.0)
+    per_campaign = q.campaigns(store, Filters(), receipt_figures=True).set_index("campaign")
+    assert per_campaign.loc["c", "receipts"] == 2
+    changes = q.kpis_with_change(store, Filters(start=T0, end=T0 + timedelta(days=1)),
+                                 receipt_figures=True).set_index("metric")
+    assert changes.loc["receipts", "value"] == 2 and changes.loc["receipts", "previous"] == 0
+
+
+def test_latency_distribution(data_dir, store):
+    rows = []
+    for i, seconds in enumerate([1.0, 1.0, 1.05, 5.0, 100.0]):
+        rows += message(f"M{i}", T0, [("ACCEPTED", 0), ("DELIVERED", seconds)], campaign="odd" if i % 2 else "even")
+    write_receipts(data_dir, rows)
+    overall = q.latency_distribution(store, Filters())
+    assert overall["messages"].tolist() == [2, 1, 1, 1]  # 1.0 and 1.05 fall in different 2 % buckets
+    assert overall["cumulative_share"].tolist() == [0.4, 0.6, 0.8, 1.0]
+    assert (overall["from_s"] <= [1.0, 1.05, 5.0, 100.0]).all() and (overall["to_s"] > [1.0, 1.05, 5.0, 100.0]).all()
+    by = q.latency_distribution(store, Filters(), by_campaign=True)
+    assert by.groupby("campaign")["messages"].sum().to_dict() == {"even": 3, "odd": 2}
+
+
 # --------------------------------------------------------------------------- latency & lag
 
 
@@ -529,7 +561,7 @@ def test_demo_data_is_consistent(data_dir, store):
     assert row["receipts"] == len({r["receipt_id"] for r in rows})
     assert row["duplicate_rows"] == len(rows) - row["receipts"]
     assert row["delivered"] + row["failed"] + row["unknown"] + row["pending"] == row["messages"]
-    per = q.campaigns(store, Filters())
+    per = q.campaigns(store, Filters(), receipt_figures=True)
     for column in ("messages", "delivered", "failed", "receipts", "duplicate_rows", "regressions", "latency_messages"):
         assert per[column].sum() == row[column]
     assert q.trend(store, Filters(), bucket="day")["messages"].sum() == row["messages"]
@@ -543,31 +575,32 @@ def test_demo_data_is_consistent(data_dir, store):
 
 
 def reference_messages(rows: list[dict]) -> dict[str, dict]:
-    """The KPI definitions written out in plain Python, one message at a time."""
-    distinct = {}
-    # Of several copies the first received wins; on a tie the labelled one.
-    first_copy = sorted(rows, key=lambda r: (r["received_at"], r["campaign"] is None, r["campaign"] or "", r["labels"]))
-    for r in first_copy:
-        distinct.setdefault(r["receipt_id"], r)
+    """The KPI definitions written out in plain Python, one message at a time.
+
+    Per message, over every stored row (a copy counts like its original: the definitions are
+    min/max over rows, so copies change nothing): ties of created are broken by received_at,
+    then by the value (label) or the status name.
+    """
     by_message: dict[str, list[dict]] = {}
-    for r in distinct.values():
+    for r in rows:
         by_message.setdefault(r["delivery_message_id"], []).append(r)
     out = {}
-    for mid, receipts in by_message.items():
-        order = sorted(receipts, key=lambda r: (r["created"], r["received_at"], r["receipt_id"]))
-        sent = order[0]["created"]
-        finals = [r for r in order if r["category"] != "pending"]
-        labelled = [r for r in order if r["campaign"]]
-        batches = [r for r in order if r["batch_id"]]
+    for mid, stored in by_message.items():
+        sent = min(r["created"] for r in stored)
+        finals = sorted((r for r in stored if r["category"] != "pending"),
+                        key=lambda r: (r["created"], r["received_at"], r["status"], r["category"]))
+        labelled = sorted((r for r in stored if r["campaign"]), key=lambda r: (r["created"], r["received_at"], r["campaign"]))
+        batches = sorted((r for r in stored if r["batch_id"]), key=lambda r: (r["created"], r["received_at"], r["batch_id"]))
         campaign = labelled[0]["campaign"] if labelled else batches[0]["batch_id"] if batches else "(none)"
         outcome = finals[-1]["category"] if finals else "pending"
         latency = None
         if outcome == "delivered":
-            first_delivered = min(r["created"] for r in order if r["category"] == "delivered")
+            first_delivered = min(r["created"] for r in stored if r["category"] == "delivered")
             if first_delivered > sent:
                 latency = (first_delivered - sent).total_seconds()
-        regressions = sum(1 for r in order if finals and r["category"] == "pending" and r["created"] > finals[-1]["created"])
-        out[mid] = dict(campaign=campaign, outcome=outcome, latency=latency, regressions=regressions,
+        regression = bool(finals) and any(r["category"] == "pending" and r["created"] > finals[-1]["created"]
+                                          for r in stored)
+        out[mid] = dict(campaign=campaign, outcome=outcome, latency=latency, regressions=int(regression),
                         reason=finals[-1]["status"] if outcome == "failed" else None)
     return out
 
@@ -596,7 +629,7 @@ def test_matches_reference_model(tmp_path_factory, steps):
     expected = reference_messages(rows)
     with Store(data) as s:
         got = q.message_detail(s, Filters()).set_index("delivery_message_id")
-        row = q.kpis(s, Filters()).iloc[0]
+        row = q.kpis(s, Filters(), receipt_figures=True).iloc[0]
     assert set(got.index) == set(expected)
     for mid, want in expected.items():
         assert got.loc[mid, "campaign"] == want["campaign"]
