@@ -286,20 +286,7 @@ def _remove_superseded(partition: Path, files: dict[str, _File], stats: Compacti
 
 def _list_files(partition: Path) -> dict[str, _File]:
     """Visible receipt files of a partition by name (a file deleted meanwhile is skipped)."""
-    files: dict[str, _File] = {}
-    try:
-        entries = list(os.scandir(partition))
-    except FileNotFoundError:
-        return files
-    for entry in entries:
-        if entry.name.startswith(".") or not entry.name.endswith(".parquet"):
-            continue
-        try:
-            st = entry.stat()
-        except FileNotFoundError:
-            continue
-        files[entry.name] = _File(Path(entry.path), st.st_size, st.st_mtime_ns)
-    return files
+    return {name: _File(path, size, mtime_ns) for name, (path, size, mtime_ns) in layout.visible_files(partition).items()}
 
 
 def _superseded_inputs(files: dict[str, _File]) -> dict[str, set[str]]:

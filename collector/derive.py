@@ -442,20 +442,9 @@ def receipt_files(data_dir: Path) -> dict[str, tuple[int, int]]:
 
 def partition_files(data_dir: Path, partition: str) -> dict[str, tuple[int, int]]:
     """:func:`receipt_files` of one partition directory (``date=YYYY-MM-DD``), sorted."""
-    found: dict[str, tuple[int, int]] = {}
-    try:
-        entries = list(os.scandir(layout.receipts_dir(Path(data_dir)) / partition))
-    except FileNotFoundError:
-        return found
-    for entry in entries:
-        if entry.name.startswith(".") or not entry.name.endswith(".parquet"):
-            continue
-        try:
-            st = entry.stat()
-        except FileNotFoundError:
-            continue
-        found[f"{layout.RECEIPTS_DIR}/{partition}/{entry.name}"] = (st.st_size, st.st_mtime_ns)
-    return dict(sorted(found.items()))
+    listed = layout.visible_files(layout.receipts_dir(Path(data_dir)) / partition)
+    return {f"{layout.RECEIPTS_DIR}/{partition}/{name}": (size, mtime_ns)
+            for name, (_, size, mtime_ns) in sorted(listed.items())}
 
 
 def _compaction_inputs(data_dir: Path, relative: str) -> list[str] | None:

@@ -108,6 +108,26 @@ def parquet_glob(root: Path) -> str:
     return str(Path(root) / PARQUET_GLOB)
 
 
+def visible_files(partition: Path) -> dict[str, tuple[Path, int, int]]:
+    """The receipt files a reader may see in one partition directory, by name:
+    ``(path, size, mtime_ns)``. Temporary files are left out; a file removed while listing
+    (compaction) is skipped; a missing directory gives an empty dict."""
+    found: dict[str, tuple[Path, int, int]] = {}
+    try:
+        entries = list(os.scandir(partition))
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.name.endswith(".parquet"):
+            continue
+        try:
+            st = entry.stat()
+        except FileNotFoundError:
+            continue
+        found[entry.name] = (Path(entry.path), st.st_size, st.st_mtime_ns)
+    return found
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

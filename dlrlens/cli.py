@@ -7,6 +7,7 @@ imports happen inside each subcommand, so ``dlrlens collector`` never loads the 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import subprocess
@@ -48,30 +49,6 @@ def cmd_dashboard(args) -> int:
     data_dir = layout.data_dir(args.data).resolve()
     env = dict(os.environ, DLRLENS_DATA=str(data_dir))
     return subprocess.call(dashboard_command(data_dir, args.host, args.port), env=env)
-
-
-def cmd_simulate(args) -> int:
-    from collector import simulate
-
-    return simulate.run(args)
-
-
-def cmd_report(args) -> int:
-    from dashboard import report
-
-    return report.run_report(args, layout.data_dir(args.data))
-
-
-def cmd_compact(args) -> int:
-    from collector import compaction
-
-    return compaction.run_compact(args, layout.data_dir(args.data))
-
-
-def cmd_rebuild(args) -> int:
-    from collector import derive
-
-    return derive.run_rebuild(args, layout.data_dir(args.data))
 
 
 def _wait_healthy(url: str, timeout: float) -> bool:
@@ -137,6 +114,28 @@ def cmd_up(args) -> int:
         stop_all()
 
 
+# Subcommands that live in their own module: (name, help, module, its add-arguments function,
+# its run(args, data_dir) function).
+MODULE_COMMANDS = (
+    ("simulate", "post realistic Mobivate receipts to a collector", "collector.simulate", "add_arguments", "run"),
+    ("report", "write the campaign report (csv, xlsx or json)", "dashboard.report",
+     "add_report_arguments", "run_report"),
+    ("compact", "merge small receipt files into large sorted ones (the collector also does it)",
+     "collector.compaction", "add_compact_arguments", "run_compact"),
+    ("rebuild", "recompute the derived per-message state from the raw receipts", "collector.derive",
+     "add_rebuild_arguments", "run_rebuild"),
+)
+
+
+def _module_command(module_name: str, run: str):
+    def command(args) -> int:
+        function = getattr(importlib.import_module(module_name), run)
+        if module_name == "collector.simulate":
+            return function(args)  # the simulator talks to a URL, not to a data directory
+        return function(args, layout.data_dir(args.data))
+    return command
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser; a subcommand's own module is imported only when it is ``command``."""
     parser = argparse.ArgumentParser(prog="dlrlens", description="Delivery-receipt analytics for Mobivate SMS.")
@@ -166,37 +165,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-demo", action="store_true", help="never post simulated traffic")
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("simulate", help="post realistic Mobivate receipts to a collector")
-    _data_argument(p)
-    if command == "simulate":
-        from collector import simulate
-
-        simulate.add_arguments(p)
-    p.set_defaults(func=cmd_simulate)
-
-    p = sub.add_parser("report", help="write the campaign report (csv, xlsx or json)")
-    _data_argument(p)
-    if command == "report":
-        from dashboard import report
-
-        report.add_report_arguments(p)
-    p.set_defaults(func=cmd_report)
-
-    p = sub.add_parser("compact", help="merge small receipt files into large sorted ones (the collector also does it)")
-    _data_argument(p)
-    if command == "compact":
-        from collector import compaction
-
-        compaction.add_compact_arguments(p)
-    p.set_defaults(func=cmd_compact)
-
-    p = sub.add_parser("rebuild", help="recompute the derived per-message state from the raw receipts")
-    _data_argument(p)
-    if command == "rebuild":
-        from collector import derive
-
-        derive.add_rebuild_arguments(p)
-    p.set_defaults(func=cmd_rebuild)
+    for name, help_text, module_name, add_arguments, run in MODULE_COMMANDS:
+        p = sub.add_parser(name, help=help_text)
+        _data_argument(p)
+        if command == name:  # import the module only for the command that runs
+            getattr(importlib.import_module(module_name), add_arguments)(p)
+        p.set_defaults(func=_module_command(module_name, run))
     return parser
 
 
