@@ -45,7 +45,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
@@ -172,14 +172,36 @@ class _Snapshot:
 class _Regions:
     """A query's time range split in two. Inside: the companions of the derived files
     ``used`` (rows restricted by ``slots``, a condition on their slot ``t``) hold it
-    pre-aggregated; ``inside`` is that region as a condition on sent_at (for the fresh tail's
-    corrections). Outside (a condition on sent_at): read from the messages relation ``raw``."""
+    pre-aggregated; :meth:`inside` is that region as a condition on a sent time column (for
+    the fresh tail's corrections). Outside (``outside``, a condition on sent_at): read from the
+    messages relation ``raw``."""
 
     used: list[derive.DerivedFile]
-    inside: str
+    spans: list[list[int]]  # the used files' time ranges, merged (epoch microseconds)
+    bounds: tuple[int | None, int | None]  # the query's [start, end)
+    dirty: list[int]  # slots (starts) not to take pre-aggregated
     slots: str
     outside: str
-    raw: str | None  # None: nothing outside (no other file overlaps, no fresh tail)
+    raw: str | None  # None: nothing outside (every file overlapping the range is used)
+
+    def inside(self, column: str = "sent_at") -> str:
+        start, end = self.bounds
+        if self.raw is None:
+            # Nothing is read outside the companions: the tail's corrections cover the range.
+            return " AND ".join(["TRUE"] + ([f"{column} >= {_at(start)}"] if start is not None else [])
+                                + ([f"{column} < {_at(end)}"] if end is not None else []))
+        covered = " OR ".join(f"({column} >= {_at(lo)} AND {column} < {_at(hi)})" for lo, hi in self.spans) or "FALSE"
+        conditions = [f"({covered})"]
+        conditions += [f"{column} >= {_at(start)}"] if start is not None else []
+        conditions += [f"{column} < {_at(end)}"] if end is not None else []
+        if self.dirty:
+            dirty = "[" + ", ".join(_at(d) for d in self.dirty) + "]::TIMESTAMPTZ[]"
+            conditions.append(f"NOT list_contains({dirty}, {derive.slot_sql(column)})")
+        return " AND ".join(conditions)
+
+
+MEASURES = ("messages", "latency_messages", "within_10s", "within_1m", "within_5m", "within_1h",
+            "delivered_without_earlier", "regressions")
 
 
 # Stored derived columns a query can use (the rest only matters for merging).
@@ -304,6 +326,7 @@ class Store:
         self._con.execute(f"CREATE OR REPLACE TEMP TABLE tail_old AS "
                           f"{derive.stored_rows_at_sql(self.data_dir, {}, {}, 'tail_messages')}")
         self._con.execute("CREATE OR REPLACE TEMP TABLE superseded (file_no INTEGER, row BIGINT)")
+        self._tail_corrections()
 
     def _prepare(self, version: str, manifest: derive.Manifest | None, files: list[tuple[str, int, int]]) -> None:
         """Merge the fresh tail: ``tail_messages`` (merged state of every message it touches)
@@ -330,6 +353,7 @@ class Store:
             con.execute(f"CREATE OR REPLACE TEMP TABLE tail_messages AS "
                         f"{derive.merge_sql('SELECT * FROM tail_partial', derive.state_units_sql('tail_old'))}")
             con.execute("DROP TABLE tail_partial")
+        self._tail_corrections()
         touched = {derived[n].path: n for (n,) in con.execute("SELECT DISTINCT file_no FROM superseded").fetchall()}
         self._snapshot = _Snapshot(version=version, manifest=manifest, files=derived, tail=tail, touched=touched,
                                    numbers=numbers, receipt_files={path: (size, mtime) for path, size, mtime in files})
@@ -443,59 +467,69 @@ class Store:
             else:
                 spans.append([lo, hi])
         # Computed instants, written as literals (no parameters: a piece may be left out).
-        covered = " OR ".join(f"(sent_at >= {_at(lo)} AND sent_at < {_at(hi)})" for lo, hi in spans) or "FALSE"
         dirty_list = "[" + ", ".join(_at(d) for d in sorted(dirty)) + "]::TIMESTAMPTZ[]"
-
-        def within(column: str) -> list[str]:
-            return ([f"{column} >= {_at(start_us)}"] if start_us is not None else []) + (
-                [f"{column} < {_at(end_us)}"] if end_us is not None else [])
-
-        times = within("sent_at")
-        inside = " AND ".join([f"({covered})"] + times + [f"NOT list_contains({dirty_list}, {derive.slot_sql()})"])
-        slots = " AND ".join(["TRUE"] + within("t") + [f"NOT list_contains({dirty_list}, t)"])
+        slots = " AND ".join(["TRUE"] + ([f"t >= {_at(start_us)}"] if start_us is not None else [])
+                             + ([f"t < {_at(end_us)}"] if end_us is not None else [])
+                             + [f"NOT list_contains({dirty_list}, t)"])
         clean = frozenset(x.path for x in used if not any(x.range_us[0] <= d < x.range_us[1] for d in dirty))
         rest = [x for x in snap.files if x.path not in clean
                 and (start_us is None or x.range_us[1] > start_us) and (end_us is None or x.range_us[0] < end_us)]
-        return _Regions(used=used, inside=inside, slots=slots if by_slot else "TRUE",
-                        outside=" AND ".join(["TRUE"] + times + [f"NOT ({inside})"]),
-                        raw=self.messages_sql(f, exclude=clean) if rest or snap.tail else None)
+        regions = _Regions(used=used, spans=spans, bounds=(start_us, end_us), dirty=sorted(dirty),
+                           slots=slots if by_slot else "TRUE", outside="", raw=None)
+        if rest or not used:
+            # Messages outside the companions: read them (tail messages there included).
+            regions.raw = self.messages_sql(f, exclude=clean)
+            times = ([f"sent_at >= {_at(start_us)}"] if start_us is not None else []) + (
+                [f"sent_at < {_at(end_us)}"] if end_us is not None else [])
+            regions.outside = " AND ".join(["TRUE"] + times + [f"NOT ({regions.inside()})"])
+        return regions
 
     def _companions(self, files, kind: str) -> str:
         return "read_parquet([" + ", ".join(_quote(self.data_dir / derive.companion_path(x.path, kind))
                                             for x in files) + "])"
 
-    def _pieces(self, f: "Filters", params: dict, kind: str, make, cuts: tuple[int, ...] = (),
-                by_slot: bool = False) -> list[tuple[str, int]]:
-        """(SQL, sign) pieces whose signed sum is ``make`` over f's messages: the ``kind``
-        companions of the files (slots) used, plus the fresh tail's merged messages minus the
-        stored rows they replace (inside), plus ``make`` over the messages outside."""
+    def _pieces(self, f: "Filters", params: dict, kind: str, make, tail: str, cuts: tuple[int, ...] = (),
+                by_slot: bool = False) -> list[str]:
+        """SQL pieces whose (signed) sum is ``make`` over f's messages: the ``kind`` companions
+        of the files (slots) used; the fresh tail's corrections inside them (``tail``, a query
+        with ``{inside}``: its merged messages minus the stored rows they replace, see
+        :meth:`_tail_corrections`); ``make`` over the messages outside."""
         regions = self._regions(f, params, cuts, by_slot)
         pieces = []
         if regions.used:
-            pieces.append((f"SELECT * FROM {self._companions(regions.used, kind)} WHERE {regions.slots}", 1))
+            pieces.append(f"SELECT * FROM {self._companions(regions.used, kind)} WHERE {regions.slots}")
             if self._snapshot.tail:
-                for table, sign in (("tail_messages", 1), ("tail_old", -1)):
-                    pieces.append((make(f"SELECT * FROM ({derive.messages_view_sql(table)}) WHERE {regions.inside}"),
-                                   sign))
-        if regions.raw is not None or not pieces:
-            raw = regions.raw or self.messages_sql(f)  # nothing at all: an empty relation of the right shape
-            pieces.append((make(f"SELECT * FROM {raw} WHERE {regions.outside}"), 1))
+                pieces.append(tail.format(inside=regions.inside("t" if kind == "rollup" else "sent_at")))
+        if regions.raw is not None:
+            pieces.append(make(f"SELECT * FROM {regions.raw} WHERE {regions.outside}"))
         return pieces
+
+    def _tail_corrections(self) -> None:
+        """Tables ``tail_counts`` and ``tail_latency``: the fresh tail's merged messages (+1)
+        and the stored rows they replace (-1), as counts rows (t = exact sent time) and latency
+        rows; the companions' figures plus these are exact."""
+        new, old = derive.messages_view_sql("tail_messages"), derive.messages_view_sql("tail_old")
+        negated = ", ".join(f"-{m} AS {m}" for m in MEASURES)
+        self._con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE tail_counts AS
+            SELECT * FROM ({derive.rollup_sql(new, t="sent_at")})
+            UNION ALL
+            SELECT t, campaign, outcome, last_status, label_sets, {negated}
+            FROM ({derive.rollup_sql(old, t="sent_at")})""")
+
+        def latency(view: str, sign: int) -> str:
+            return (f"SELECT sent_at, {derive.latency_bucket_sql()} AS b, latency_us, campaign, label_sets, "
+                    f"last_status, {sign} AS n FROM ({view}) WHERE latency_us IS NOT NULL")
+        self._con.execute(f"CREATE OR REPLACE TEMP TABLE tail_latency AS {latency(new, 1)} UNION ALL {latency(old, -1)}")
 
     def counts_sql(self, f: "Filters", params: dict, cuts: tuple[int, ...] = ()) -> str:
         """The counts relation of the messages sent in f's range (every dimension filter is
         the caller's): rows as :func:`collector.derive.rollup_sql` makes them, signed; sum them.
         ``t`` is a 15-minute slot start, or the exact sent time; slots never straddle ``cuts``."""
-        measures = ("messages", "latency_messages", "within_10s", "within_1m", "within_5m", "within_1h",
-                    "delivered_without_earlier", "regressions")
-        parts = []
+        columns = "t, campaign, outcome, last_status, label_sets, " + ", ".join(MEASURES)
         exact = lambda view: derive.rollup_sql(view, t="sent_at")  # noqa: E731 (computed rows keep sent_at)
-        for sql, sign in self._pieces(f, params, "rollup", exact, cuts, by_slot=True):
-            if sign < 0:
-                sql = (f"SELECT t, campaign, outcome, last_status, label_sets, "
-                       + ", ".join(f"-{m} AS {m}" for m in measures) + f" FROM ({sql})")
-            parts.append(f"SELECT t, campaign, outcome, last_status, label_sets, {', '.join(measures)} FROM ({sql})")
-        return "(" + " UNION ALL ".join(parts) + ")"
+        pieces = self._pieces(f, params, "rollup", exact, "SELECT * FROM tail_counts WHERE {inside}", cuts, by_slot=True)
+        return "(" + " UNION ALL ".join(f"SELECT {columns} FROM ({sql})" for sql in pieces) + ")"
 
     def filtered_counts_sql(self, f: "Filters", cuts: tuple[int, ...] = ()) -> tuple[str, dict]:
         """:meth:`counts_sql` restricted to f's campaigns, outcomes, statuses and labels."""
@@ -507,9 +541,9 @@ class Store:
     def hist_sql(self, f: "Filters", params: dict) -> str:
         """Latency counts (campaign, label_sets, last_status, b, n; signed: sum n) of the
         messages sent in f's range."""
-        return "(" + " UNION ALL ".join(
-            f"SELECT campaign, label_sets, last_status, b, {'-' if sign < 0 else ''}n AS n FROM ({sql})"
-            for sql, sign in self._pieces(f, params, "hist", derive.hist_sql)) + ")"
+        tail = "SELECT campaign, label_sets, last_status, b, n FROM tail_latency WHERE {inside}"
+        return "(" + " UNION ALL ".join(f"SELECT campaign, label_sets, last_status, b, n FROM ({sql})"
+                                        for sql in self._pieces(f, params, "hist", derive.hist_sql, tail)) + ")"
 
     def values_sql(self, f: "Filters", params: dict, buckets: list[int]) -> str:
         """Latency values in ``buckets`` (b, latency_us, campaign, label_sets, last_status, n;
@@ -521,11 +555,14 @@ class Store:
         while len(runs) > MAX_BUCKET_RUNS:  # join the two runs closest to each other
             i = min(range(len(runs) - 1), key=lambda k: runs[k + 1][0] - runs[k][1])
             runs[i:i + 2] = [[runs[i][0], runs[i + 1][1]]]
+        computed = lambda view: f"SELECT *, 1 AS n FROM ({derive.latency_values_sql(view)})"  # noqa: E731
+        tail = "SELECT b, latency_us, campaign, label_sets, last_status, n FROM tail_latency WHERE {inside}"
         parts = []
-        for number, (sql, sign) in enumerate(self._pieces(f, params, "latency", derive.latency_values_sql)):
-            stored = "TRUE" if number == 0 and sign > 0 and sql.startswith("SELECT * FROM read_parquet") else "FALSE"
+        for sql in self._pieces(f, params, "latency", computed, tail):
+            stored = "TRUE" if sql.startswith("SELECT * FROM read_parquet") else "FALSE"
+            n = "1" if stored == "TRUE" else "n"
             for lo, hi in runs or [[0, -1]]:
-                parts.append(f"SELECT b, latency_us, campaign, label_sets, last_status, {sign} AS n, {stored} AS stored "
+                parts.append(f"SELECT b, latency_us, campaign, label_sets, last_status, {n} AS n, {stored} AS stored "
                              f"FROM ({sql}) WHERE b BETWEEN {lo} AND {hi}")
         return "(" + " UNION ALL ".join(parts) + ")"
 
@@ -537,7 +574,8 @@ class Store:
 
     def _touched_sql(self, x: derive.DerivedFile, columns: str) -> str:
         return (f"SELECT {columns} FROM read_parquet({_quote(self.data_dir / x.path)}, file_row_number = true) "
-                f"WHERE file_row_number NOT IN (SELECT row FROM superseded WHERE file_no = {self._snapshot.touched[x.path]})")
+                f"WHERE file_row_number NOT IN "
+                f"(SELECT row FROM superseded WHERE file_no = {self._snapshot.touched[x.path]})")
 
     def _paths(self, files) -> str:
         return "[" + ", ".join(_quote(self.data_dir / x.path) for x in files) + "]"
@@ -578,7 +616,8 @@ class Store:
                  and (partitions is None or Path(p).parent.name in partitions)]
         if not files:
             return f"({derive.empty_receipts_sql()})"
-        return "read_parquet([" + ", ".join(_quote(p) for p in files) + "], hive_partitioning = false, union_by_name = true)"
+        listed = ", ".join(_quote(p) for p in files)
+        return f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
 
     def messages_for_ids(self, ids_table: str) -> str:
         """The ``messages`` rows of the ids in table ``ids_table`` (column delivery_message_id),
@@ -593,7 +632,8 @@ class Store:
         stored = derive.stored_rows_at_sql(self.data_dir, located, snap.numbers, ids_table)
         columns = ", ".join(_QUERY_COLUMNS)
         rows = (f"SELECT {columns} FROM ({stored}) s "
-                f"WHERE NOT EXISTS (SELECT 1 FROM superseded x WHERE x.file_no = s.file_no AND x.row = s.file_row_number) "
+                f"WHERE NOT EXISTS (SELECT 1 FROM superseded x "
+                f"WHERE x.file_no = s.file_no AND x.row = s.file_row_number) "
                 f"UNION ALL SELECT {columns} FROM tail_messages "
                 f"WHERE delivery_message_id IN (SELECT delivery_message_id FROM {ids_table})")
         return "(" + derive.messages_view_sql(f"({rows})") + ")"
@@ -672,7 +712,8 @@ class BaselineStore(Store):
         return derive.rollup_sql(messages, t="sent_at"), params
 
     def messages_for_ids(self, ids_table: str) -> str:
-        return f"(SELECT * FROM {self.messages_sql()} WHERE delivery_message_id IN (SELECT delivery_message_id FROM {ids_table}))"
+        return (f"(SELECT * FROM {self.messages_sql()} "
+                f"WHERE delivery_message_id IN (SELECT delivery_message_id FROM {ids_table}))")
 
     def _data_range(self):
         lo, hi = self._con.execute(f"SELECT min(sent_at), max(sent_at) FROM {self.messages_sql()}").fetchone()
@@ -734,7 +775,8 @@ def _label_catalog(store: Store) -> pd.DataFrame:
     """label_sets (JSON list of labels texts), messages: every distinct label set in use."""
     def compute():
         params: dict = {}
-        return store.query(f"SELECT label_sets, sum(messages)::BIGINT AS messages FROM {store.counts_sql(Filters(), params)} "
+        counts = store.counts_sql(Filters(), params)
+        return store.query(f"SELECT label_sets, sum(messages)::BIGINT AS messages FROM {counts} "
                            f"GROUP BY ALL HAVING sum(messages) > 0", params)
     return store.cached("label_catalog", (), compute)
 
@@ -1184,12 +1226,14 @@ def latency_distribution(store: Store, f: Filters, by_campaign: bool = False) ->
             counts = pd.DataFrame({"grp": [], "b": [], "n": []})
         elif store.duckdb_quantiles:
             sql, params = _filtered(store, f)
-            counts = store.query(f"SELECT {'campaign' if by_campaign else '0'} AS grp, {derive.latency_bucket_sql()} AS b, "
+            grp = "campaign" if by_campaign else "0"
+            counts = store.query(f"SELECT {grp} AS grp, {derive.latency_bucket_sql()} AS b, "
                                  f"count(*) AS n FROM ({sql}) WHERE latency_us IS NOT NULL GROUP BY ALL "
                                  f"ORDER BY grp, b", params)
         else:
             params: dict = {}
-            conditions = " AND ".join(_sql.dimension_conditions(replace(f, outcomes=()), params, store.label_condition(f)))
+            conditions = " AND ".join(_sql.dimension_conditions(replace(f, outcomes=()), params,
+                                                                store.label_condition(f)))
             counts = store.query(f"SELECT {'campaign' if by_campaign else '0'} AS grp, b, sum(n)::BIGINT AS n "
                                  f"FROM {store.hist_sql(f, params)} WHERE {conditions} GROUP BY ALL "
                                  f"HAVING sum(n) > 0 ORDER BY grp, b", params)
