@@ -781,8 +781,8 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
         # The stored rows of this batch's messages (a hash match of another id stays put).
         con.execute(f"CREATE TEMP TABLE old AS {stored_rows_at_sql(data_dir, candidates, numbers, 'partial')}")
         con.execute("INSERT INTO superseded SELECT file_no, file_row_number FROM old")
-        con.execute(f"CREATE TEMP TABLE merged AS "
-                    f"{merge_sql('SELECT * FROM partial', state_units_sql('old'), extra=', ' + file_key_sql() + ' AS file_key')}",
+        merged = merge_sql("SELECT * FROM partial", state_units_sql("old"), extra=f", {file_key_sql()} AS file_key")
+        con.execute(f"CREATE TEMP TABLE merged AS {merged}",
                     {"hot_from": hot_start, "day_files": day_files(manifest.files, hot_start)})
         result["messages"] = con.execute("SELECT count(*) FROM merged").fetchone()[0]
         rewrite |= {k for (k,) in con.execute("SELECT DISTINCT file_key FROM merged").fetchall()}
@@ -939,7 +939,8 @@ def _rebuild_files(con, data_dir: Path, listing: dict, hot_start: datetime, spil
         sources = [parquet_source()]
         bucket_params = [{"files": paths}]
     else:
-        needed = "delivery_message_id, created, received_at, campaign, batch_id, client_reference, status, category, labels"
+        needed = ("delivery_message_id, created, received_at, campaign, batch_id, client_reference, status, "
+                  "category, labels")
         con.execute(f"COPY (SELECT {needed}, hash(delivery_message_id) % {buckets} AS bucket "
                     f"FROM read_parquet($files, union_by_name = true)) TO '{spill / 'receipts'}' "
                     f"(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (bucket))", {"files": paths})

@@ -15,7 +15,6 @@ import fcntl
 import json
 import os
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
