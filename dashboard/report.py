@@ -126,8 +126,8 @@ def build_report(store: Store, filters: Filters) -> dict[str, pd.DataFrame]:
     * Daily trend: day (local date in the report's zone) + :func:`queries.trend` columns.
     """
     with store.pinned():
-        overall = queries.kpis(store, filters).iloc[0]
-        per_campaign = queries.campaigns(store, filters)
+        overall = queries.kpis(store, filters, receipt_figures=True).iloc[0]
+        per_campaign = queries.campaigns(store, filters, receipt_figures=True)
         reasons = queries.failure_reasons(store, filters)
         daily = queries.trend(store, filters, bucket="day")
     first_day, last_day = report_days(filters)
