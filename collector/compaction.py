@@ -370,7 +370,7 @@ def _merge(partition: Path, inputs: list[_File], sorter: _Sorter) -> _Output:
         # The output holds data as old as its newest input: min_age and settling go by that.
         newest = max(f.mtime_ns for f in inputs)
         os.utime(tmp, ns=(newest, newest))
-        _fsync_file(tmp)
+        layout.fsync_path(tmp)
         crash_point("compact:after-write")
         os.replace(tmp, target)
     except BaseException:
@@ -388,12 +388,6 @@ def _new_output_path(partition: Path) -> Path:
             return path
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Sorter:

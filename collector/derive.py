@@ -615,7 +615,7 @@ def _write_derived(con, data_dir: Path, key: str, select_sql: str) -> DerivedFil
         sent = metadata.schema.to_arrow_schema().get_field_index("sent_at")
         stats = [metadata.row_group(i).column(sent).statistics for i in range(metadata.num_row_groups)]
         for tmp in tmps.values():
-            _fsync(tmp)
+            layout.fsync_path(tmp)
         for kind_ in (*COMPANIONS, "messages"):
             os.replace(tmps[kind_], paths[kind_])
     except BaseException:
@@ -628,12 +628,6 @@ def _write_derived(con, data_dir: Path, key: str, select_sql: str) -> DerivedFil
                        sent_min_us=min(_micros(s.min) for s in stats), sent_max_us=max(_micros(s.max) for s in stats))
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _all_paths(path: str) -> list[str]:

@@ -128,13 +128,18 @@ def visible_files(partition: Path) -> dict[str, tuple[Path, int, int]]:
     return found
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def fsync_path(path: Path, flags: int = 0) -> None:
+    """fsync a file (or, with ``os.O_DIRECTORY``, a directory) by path."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink inside ``path`` durable."""
+    fsync_path(path, os.O_DIRECTORY)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
