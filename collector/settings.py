@@ -17,6 +17,13 @@ def _secrets(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ValueError("expected one of debug, info, warning, error")
+    return level
+
+
 def _networks(text: str) -> tuple:
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
@@ -48,6 +55,9 @@ SETTINGS_TABLE = (
     Setting("max_body_bytes", "DLRLENS_MAX_BODY_BYTES", "1048576", int, "Largest accepted request body (413 above)."),
     Setting("rejected_keep", "DLRLENS_REJECTED_KEEP", "1000", int, "Rejected bodies kept per reason (oldest go first)."),
     Setting("rejected_max_bytes", "DLRLENS_REJECTED_MAX_BYTES", "65536", int, "Bytes of each rejected body kept."),
+    Setting("log_level", "DLRLENS_LOG_LEVEL", "info", _log_level,
+            "info: one line per refused request, storage error, flush summary and compaction; debug: also one "
+            "line per stored request (costs throughput under load)."),
 )
 
 
@@ -64,6 +74,7 @@ class Settings:
     max_body_bytes: int
     rejected_keep: int
     rejected_max_bytes: int
+    log_level: str
 
 
 def load_settings(**overrides) -> Settings:

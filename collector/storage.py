@@ -21,6 +21,8 @@ import os
 import threading
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -29,7 +31,7 @@ import pyarrow.parquet as pq
 
 from collector import layout
 from collector.faults import crash_point
-from collector.wal import StorageError, WriteAheadLog, encode_record, list_segments, read_segment
+from collector.wal import Arrival, StorageError, WriteAheadLog, list_segments, log_document, read_segment
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -99,14 +101,19 @@ def utc_day(micros: int) -> str:
     return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
 
 
-def flush_segment(data_dir: Path, slot: str, segment: Path) -> int:
+def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict] | None = None) -> int:
     """Turn one closed log segment into Parquet files and delete it. Returns receipts written.
 
-    Idempotent: running it again on the same segment (after a crash) writes the same files.
+    ``documents`` are the segment's records as the writer kept them in memory (exactly what
+    reading the file gives); without them the file is read. Idempotent: running it again on
+    the same segment (after a crash) writes the same files.
     """
-    records, torn = read_segment(segment)
-    if torn:
-        log.warning("event=torn_log_tail segment=%s kept=%d", segment.name, len(records))
+    if documents is not None:
+        records = documents
+    else:
+        records, torn = read_segment(segment)
+        if torn:
+            log.warning("event=torn_log_tail segment=%s kept=%d", segment.name, len(records))
     by_day: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         by_day[utc_day(record["created"])].append(record)
@@ -169,6 +176,18 @@ class Counters:
             pass  # counters are best effort; receipts are not
 
 
+class _StorageArrival:
+    """:meth:`ReceiptStorage.arrival`'s handle: append the announced records once, or cancel."""
+
+    def __init__(self, storage: ReceiptStorage, announced: Arrival):
+        self._storage = storage
+        self._announced = announced
+        self.cancel = announced.cancel
+
+    def append(self, records: list[dict]) -> None:
+        self._storage._store(records, self._announced.append)
+
+
 class ReceiptStorage:
     """Durable receipt storage for this process (see the module docstring)."""
 
@@ -187,6 +206,7 @@ class ReceiptStorage:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.last_flush_error: str | None = None
+        self.wal: WriteAheadLog | None = None  # recovery reads every segment from its file
         self.recover()
         self.wal = WriteAheadLog(self.log_dir)
         self._thread = threading.Thread(target=self._flush_loop, name="dlrlens-flusher", daemon=True)
@@ -247,8 +267,9 @@ class ReceiptStorage:
         the segment is moved, intact, to ``wal/quarantine/`` for a person to look at, and
         counted; the collector goes on.
         """
+        documents = self.wal.take_documents(segment) if self.wal is not None and slot == self.slot else None
         try:
-            return flush_segment(self.data_dir, slot, segment)
+            return flush_segment(self.data_dir, slot, segment, documents)
         except OSError:
             raise
         except Exception as exc:
@@ -268,9 +289,22 @@ class ReceiptStorage:
 
         Raises :class:`StorageError` when they could not be: then none of them is acknowledged.
         """
-        lines = [encode_record(r) for r in records]
+        self._store(records, self.wal.append)
+
+    @contextmanager
+    def arrival(self) -> Iterator[Arrival]:
+        """Announce receipts on their way: wrap the parsing of a request body and call
+        ``arrival.append(records)`` (same contract as :meth:`store`) or ``arrival.cancel()``.
+
+        While a request is announced, the log's writer holds its next fsync (a millisecond or
+        two at most) so that concurrent requests share it.
+        """
+        with self.wal.arrival() as announced:
+            yield _StorageArrival(self, announced)
+
+    def _store(self, records: list[dict], append) -> None:
         try:
-            self.wal.append(lines)
+            append([log_document(r) for r in records])
         except StorageError:
             self.counters.add("storage_errors")
             raise
@@ -316,6 +350,7 @@ class ReceiptStorage:
             self.last_flush_error = None
             elapsed = time.perf_counter() - started
             if written:
+                log.info("event=flushed receipts=%d seconds=%.3f", written, elapsed)
                 self.counters.add("flushes")
                 self.counters.add("flushed_receipts", written)
                 self.counters.flush_seconds_sum += elapsed

@@ -6,8 +6,15 @@ match (a torn write at a crash) is skipped on replay, and everything after it in
 segment is too, because nothing after a torn line was ever acknowledged.
 
 Group commit: concurrent :meth:`WriteAheadLog.append` calls join the batch that is being
-gathered while another batch is being fsynced; the next leader writes and fsyncs the whole
-batch at once, so N concurrent requests cost one fsync, not N.
+gathered while another batch is being fsynced; the writer thread writes and fsyncs the whole
+batch at once, so N concurrent requests cost one fsync, not N. Requests announce themselves
+with :meth:`WriteAheadLog.arrival` before they parse their body, and the writer holds a batch
+(up to ``gather_seconds``) until every announced request has appended: under load a batch then
+holds every request in flight, not just the two or three that arrived during the last fsync.
+
+The writer also keeps, in memory, the documents it made durable in the open segment, so the
+flusher can build Parquet from them (:meth:`WriteAheadLog.take_documents`) instead of reading
+back and decoding what it has just written; the file is read only on recovery.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,14 +41,27 @@ class StorageError(Exception):
     """The log could not be written durably: nothing in the failed batch was acknowledged."""
 
 
-def encode_record(record: dict) -> bytes:
-    """One log line for a receipt record (timestamps as integer microseconds since the epoch)."""
+def log_document(record: dict) -> dict:
+    """A receipt record as the log stores it: timestamps as integer microseconds since the epoch.
+
+    This is exactly what :func:`read_segment` gives back for the record's line.
+    """
     doc = dict(record)
     for name in _TIMESTAMP_FIELDS:
         delta = doc[name] - _EPOCH
         doc[name] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return doc
+
+
+def encode_document(doc: dict) -> bytes:
+    """One checksummed log line for a :func:`log_document`."""
     payload = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
     return b"%08x %s\n" % (zlib.crc32(payload), payload)
+
+
+def encode_record(record: dict) -> bytes:
+    """One log line for a receipt record."""
+    return encode_document(log_document(record))
 
 
 def read_segment(path: Path) -> tuple[list[dict], bool]:
@@ -72,9 +94,31 @@ def list_segments(log_dir: Path) -> list[Path]:
     return sorted(p for p in log_dir.iterdir() if p.name.endswith(SEGMENT_SUFFIX))
 
 
+class Arrival:
+    """An announced append (see :meth:`WriteAheadLog.arrival`): append once, or cancel."""
+
+    def __init__(self, log: WriteAheadLog):
+        self._log = log
+        self._pending = True
+
+    def append(self, documents: list[dict]) -> None:
+        """:meth:`WriteAheadLog.append` for the announced request."""
+        if not self._pending:
+            raise RuntimeError("an arrival appends once")
+        self._pending = False
+        self._log._append(documents, announced=True)
+
+    def cancel(self) -> None:
+        """Stop holding the writer for this request (it will not append). Idempotent."""
+        if self._pending:
+            self._pending = False
+            self._log._withdraw()
+
+
 @dataclass
 class _Batch:
     lines: list[bytes] = field(default_factory=list)
+    documents: list[dict] = field(default_factory=list)
     count: int = 0
     written: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
@@ -88,17 +132,21 @@ class WriteAheadLog:
     requests it made durable.
     """
 
-    def __init__(self, log_dir: Path, fsync=os.fsync):
+    def __init__(self, log_dir: Path, fsync=os.fsync, gather_seconds: float = 0.002):
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
-        self._lock = threading.Lock()              # guards _gathering
+        self.gather_seconds = gather_seconds
+        self._lock = threading.Lock()              # guards _gathering and _expected
         self._work = threading.Condition(self._lock)
         self._io = threading.Lock()                # held while the file is written or rotated
         self._gathering = _Batch()
+        self._expected = 0                         # announced arrivals that have not appended yet
         self._file = None
         self._segment: Path | None = None
         self._segment_records = 0
+        self._segment_documents: list[dict] = []   # durable in the open segment, in order
+        self._closed_documents: dict[int, list[dict]] = {}
         self._last_id = 0
         self._closed = False
         self.fsyncs = 0
@@ -107,17 +155,45 @@ class WriteAheadLog:
 
     # -- append --------------------------------------------------------------------------
 
-    def append(self, lines: list[bytes]) -> None:
-        """Append encoded records; returns only after they are written and fsynced.
+    def append(self, documents: list[dict]) -> None:
+        """Append :func:`log_document` records; returns only after they are written and fsynced.
 
-        Raises :class:`StorageError` when the write or fsync fails; then none of ``lines``
-        counts as stored (the segment is cut back to its last durable length).
+        Raises :class:`StorageError` when the write or fsync fails; then none of them counts
+        as stored (the segment is cut back to its last durable length).
+        """
+        self._append(documents, announced=False)
+
+    @contextmanager
+    def arrival(self) -> Iterator[Arrival]:
+        """Announce an append that is on its way (a request whose body is being parsed).
+
+        Until the announced request appends with :meth:`Arrival.append` or gives up with
+        :meth:`Arrival.cancel` (leaving the block does that too), the writer holds the batch
+        being gathered for it, for at most ``gather_seconds``.
         """
         with self._lock:
+            self._expected += 1
+        arrival = Arrival(self)
+        try:
+            yield arrival
+        finally:
+            arrival.cancel()
+
+    def _withdraw(self) -> None:
+        with self._lock:
+            self._expected -= 1
+            self._work.notify()
+
+    def _append(self, documents: list[dict], announced: bool) -> None:
+        lines = [encode_document(doc) for doc in documents]
+        with self._lock:
+            if announced:
+                self._expected -= 1
             if self._closed:
                 raise StorageError("the log is closed")
             batch = self._gathering
             batch.lines.extend(lines)
+            batch.documents.extend(documents)
             batch.count += len(lines)
             self._work.notify()
         batch.written.wait()
@@ -131,6 +207,13 @@ class WriteAheadLog:
                     self._work.wait()
                 if not self._gathering.count:
                     return  # closed and drained
+                # Requests being parsed right now join this batch: one fsync for all of them.
+                deadline = time.monotonic() + self.gather_seconds
+                while self._expected > 0 and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._work.wait(remaining)
                 batch, self._gathering = self._gathering, _Batch()
             with self._io:
                 try:
@@ -151,6 +234,7 @@ class WriteAheadLog:
             crash_point("wal:after-fsync")
             self.fsyncs += 1
             self._segment_records += batch.count
+            self._segment_documents.extend(batch.documents)
         except OSError:
             self._abandon_segment(good_length)
             raise
@@ -162,6 +246,7 @@ class WriteAheadLog:
         self._file = open(path, "ab", buffering=0)
         self._segment = path
         self._segment_records = 0
+        self._segment_documents = []
         fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             self._fsync(fd)
@@ -185,6 +270,7 @@ class WriteAheadLog:
             except OSError:
                 pass
         self._segment = None
+        self._segment_documents = []  # the flusher reads what stayed durable from the file
 
     # -- rotation ------------------------------------------------------------------------
 
@@ -199,9 +285,18 @@ class WriteAheadLog:
                 self._file.close()
                 if not self._segment_records:
                     self._segment.unlink(missing_ok=True)
+                else:
+                    self._closed_documents[int(self._segment.stem)] = self._segment_documents
                 self._file = None
                 self._segment = None
+                self._segment_documents = []
             return self._last_id
+
+    def take_documents(self, segment: Path) -> list[dict] | None:
+        """The documents of a segment this log closed, each once; ``None`` when not in memory
+        (a segment from a previous process, or one cut short by a failed write): read the file."""
+        with self._io:
+            return self._closed_documents.pop(int(segment.stem), None)
 
     @property
     def last_segment_id(self) -> int:

@@ -209,7 +209,7 @@ def test_healthz_and_metrics(collector):
 def test_secret_is_required_and_never_stored_or_logged(tmp_path):
     secret = "s3cr3t-Token-42"
     with running_collector(tmp_path / "data", workers=1, flush_seconds=0.2,
-                           env={"DLRLENS_TOKEN": f"old-secret,{secret}"}) as running:
+                           env={"DLRLENS_TOKEN": f"old-secret,{secret}", "DLRLENS_LOG_LEVEL": "debug"}) as running:
         doc = receipt("auth-1")
         assert requests.post(running.dlr, json=doc, timeout=10).status_code == 401
         assert requests.post(running.dlr + "?token=wrong", json=doc, timeout=10).status_code == 401
@@ -226,7 +226,22 @@ def test_secret_is_required_and_never_stored_or_logged(tmp_path):
         everything = running.log() + "".join(
             p.read_text(errors="replace") for p in running.data_dir.rglob("*") if p.is_file() and p.suffix != ".parquet")
         assert secret not in everything
-        assert "event=request" in running.log()
+        log = running.log()
+        assert "outcome=unauthorized" in log and "outcome=stored" in log, "debug logs every request"
+
+
+def test_stored_requests_are_summarised_not_logged_one_by_one_by_default(tmp_path):
+    with running_collector(tmp_path / "data", workers=1, flush_seconds=0.2) as running:
+        for index in range(5):
+            assert requests.post(running.dlr, json=receipt(f"quiet-{index}"), timeout=10).status_code == 200
+        assert requests.post(running.dlr, data=b"{", headers={"Content-Type": "application/json"},
+                             timeout=10).status_code == 400
+        wait_stored(running.data_dir, 5)
+        running.stop()
+        log = running.log()
+        assert "outcome=stored" not in log
+        assert "outcome=invalid_json" in log, "refusals keep their line"
+        assert "event=flushed receipts=5" in log
 
 
 def test_allow_list_refuses_other_sources(tmp_path):

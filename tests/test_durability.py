@@ -79,14 +79,58 @@ def test_group_commit_shares_fsyncs(tmp_path):
         time.sleep(0.01)  # a disk's fsync: concurrent appends gather behind it
 
     log._fsync = slow_fsync
-    lines = [b"%08x x\n" % zlib.crc32(b"x")]
+    documents = [{"x": 1}]
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda _: log.append(lines), range(400)))
+        list(pool.map(lambda _: log.append(documents), range(400)))
     assert log.fsyncs < 200, f"{log.fsyncs} fsyncs for 400 appends"
     closed_up_to = log.rotate()
     [segment] = list_segments(log.log_dir)
     assert int(segment.stem) == closed_up_to
     assert len(segment.read_bytes().splitlines()) == 400
+
+
+def test_announced_arrivals_share_one_fsync(tmp_path):
+    """Requests announced before parsing join the batch the writer is holding for them."""
+    log = WriteAheadLog(tmp_path / "wal", gather_seconds=10)
+    arrivals = [log.arrival() for _ in range(8)]
+    handles = [arrival.__enter__() for arrival in arrivals]
+
+    def parse_then_append(index):
+        time.sleep(0.05 * index)  # bodies finish parsing one after another
+        handles[index].append([{"n": index}])
+        arrivals[index].__exit__(None, None, None)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(parse_then_append, range(8)))
+    assert log.fsyncs == 1
+    log.close()
+
+
+def test_a_cancelled_arrival_releases_the_writer(tmp_path):
+    log = WriteAheadLog(tmp_path / "wal", gather_seconds=30)
+    with log.arrival() as waiting_for_a_body:
+        with ThreadPoolExecutor(1) as pool:
+            appended = pool.submit(log.append, [{"n": 1}])
+            time.sleep(0.2)
+            assert not appended.done(), "the writer holds the batch for the announced request"
+            waiting_for_a_body.cancel()  # e.g. its body was refused
+            appended.result(timeout=10)
+    assert log.fsyncs == 1
+    log.close()
+
+
+def test_the_flusher_gets_exactly_what_the_file_holds(tmp_path):
+    log = WriteAheadLog(tmp_path / "wal")
+    documents = [{"receipt_id": f"{i:032x}", "text": "é\u2028\"x", "n": i, "none": None} for i in range(50)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda doc: log.append([doc]), documents))
+    log.rotate()
+    [segment] = list_segments(log.log_dir)
+    in_memory = log.take_documents(segment)
+    assert sorted(in_memory, key=lambda d: d["n"]) == documents
+    assert in_memory == read_segment(segment)[0]
+    assert log.take_documents(segment) is None, "handed over once"
+    log.close()
 
 
 # -- storage failure ---------------------------------------------------------------------------
