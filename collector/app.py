@@ -20,7 +20,7 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from collector import maintenance, metrics, openapi
+from collector import metrics, openapi
 from collector.parsing import BadBody, parse_request, url_labels
 from collector.rejected import RejectedBodies
 from collector.security import FailureLimiter, address_allowed, token_matches
@@ -43,9 +43,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         "storage": ReceiptStorage(settings.data_dir, settings.flush_seconds, settings.flush_rows),
         "rejected": RejectedBodies(settings.data_dir, settings.rejected_keep, settings.rejected_max_bytes),
         "limiter": FailureLimiter(),
-        # One worker at a time (a file lock decides) compacts and keeps the derived state fresh.
-        "maintainer": maintenance.start(settings.data_dir, interval=settings.maintenance_seconds,
-                                        compact_every=settings.compact_seconds),
     }
     app.wsgi_app = announce_receipts(app.wsgi_app, app.extensions["dlrlens"]["storage"])
     if settings.trusted_proxies:

@@ -1,9 +1,15 @@
-"""Background maintenance inside the collector: derived per-message state and compaction.
+"""Background maintenance of the collector: derived per-message state and compaction.
 
-Every collector process calls :func:`start`; only the one holding a non-blocking ``flock`` on
-``data/maintenance.lock`` does the work, the others retry the lock every
-``lock_retry_seconds``, so when the holder dies (the kernel drops its lock) another worker
-takes over within that time. The active maintainer runs ``collector.derive.update_derived``
+The collector's master process runs one maintenance process (:class:`MaintenanceProcess`,
+``python3 -m collector.maintenance``) at a lower CPU priority, so that under load the webhook
+(which must answer Mobivate quickly) gets the cores first and maintenance catches up when the
+load drops; the dashboard merges what maintenance has not absorbed yet, so figures stay exact.
+The master restarts the process when it dies; the process exits when its parent does.
+
+In any process, :func:`start` runs a :class:`Maintainer` thread; only the one holding a
+non-blocking ``flock`` on ``data/maintenance.lock`` does the work (one per data directory,
+however many collectors share it), the others retry the lock every ``lock_retry_seconds``,
+so when the holder dies (the kernel drops its lock) another takes over within that time. The active maintainer runs ``collector.derive.update_derived``
 every ``interval`` seconds (when that module exists) and :func:`collector.compaction.compact`
 every ``compact_every`` seconds. A failing task is logged on one line
 (``event=maintenance_failed``) and retried at its next tick: nothing stops the thread but
@@ -12,9 +18,13 @@ every ``compact_every`` seconds. A failing task is logged on one line
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +37,9 @@ log = logging.getLogger("dlrlens.collector")
 
 LOCK_NAME = "maintenance.lock"
 LOCK_RETRY_SECONDS = 60.0
+PROCESS_LOCK_RETRY_SECONDS = 2.0  # a restarted collector's new process waits for the old one's lock
+NICENESS = 10  # CFS weight ~1/10 of the webhook's when both want the CPU
+RESTART_DELAY_SECONDS = 1.0
 
 
 class Maintainer:
@@ -57,14 +70,16 @@ class Maintainer:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop after the task in progress (if any) and release the lock."""
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop after the task in progress (if any) and release the lock. Returns whether the
+        thread ended within ``timeout``."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self._lock_fd is not None and not self._thread.is_alive():
             os.close(self._lock_fd)
             self._lock_fd = None
+        return not self._thread.is_alive()
 
     def status(self) -> dict:
         """Counters for metrics and health pages."""
@@ -160,3 +175,104 @@ def bytes_per_receipt(data_dir: Path) -> tuple[int, int]:
         total_bytes += size
         total_rows += rows
     return total_bytes, total_rows
+
+
+# -- the maintenance process -------------------------------------------------------------------
+
+
+class MaintenanceProcess:
+    """``python3 -m collector.maintenance`` as a supervised child of the calling process.
+
+    :meth:`start` spawns it and a thread that restarts it (after ``RESTART_DELAY_SECONDS``)
+    whenever it exits while it should run; :meth:`stop` asks it to finish (SIGTERM) and waits.
+    """
+
+    def __init__(self, data_dir: Path, *, interval: float, compact_every: float, log_level: str = "info"):
+        self.command = [sys.executable, "-m", "collector.maintenance", "--data", str(data_dir),
+                        "--interval", str(interval), "--compact-every", str(compact_every),
+                        "--log-level", log_level]
+        self.restarts = 0
+        self._process: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="dlrlens-maintenance-supervisor", daemon=True)
+
+    def start(self) -> MaintenanceProcess:
+        self._thread.start()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            # Run from the directory that holds the collector package, wherever we were started.
+            package_root = Path(__file__).resolve().parent.parent
+            # Its own session: a Ctrl-C or a signal to the collector's process group reaches the
+            # master, which stops this process after the workers (see stop), not before.
+            self._process = subprocess.Popen([*self.command, "--parent", str(os.getpid())], cwd=package_root,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
+            code = self._process.wait()
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            log.error("event=maintenance_process_exited code=%s restarting_in=%.0fs", code, RESTART_DELAY_SECONDS)
+            self._stopping.wait(RESTART_DELAY_SECONDS)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Ask the process to stop after its current step and wait (an interrupted compaction
+        is crash-safe, so after ``timeout`` it is killed)."""
+        self._stopping.set()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._thread.join(timeout=5)
+
+
+def start_process(settings) -> MaintenanceProcess | None:
+    """Start the supervised maintenance process for the collector's ``settings``; ``None``
+    when both tasks are disabled."""
+    if settings.maintenance_seconds <= 0 and settings.compact_seconds <= 0:
+        return None
+    return MaintenanceProcess(settings.data_dir, interval=settings.maintenance_seconds,
+                              compact_every=settings.compact_seconds, log_level=settings.log_level).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run maintenance in this process until SIGTERM/SIGINT or until the parent process dies."""
+    parser = argparse.ArgumentParser(prog="python3 -m collector.maintenance", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between derived-state updates")
+    parser.add_argument("--compact-every", type=float, default=60.0, help="seconds between compactions")
+    parser.add_argument("--niceness", type=int, default=NICENESS)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--parent", type=int, default=None,
+                        help="pid of the supervising process: exit when it is gone (default: the parent at start)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    os.nice(args.niceness)
+    # Given by the supervisor: the imports above take a second, and it may already be gone.
+    parent = args.parent or os.getppid()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    maintainer = start(Path(args.data), interval=args.interval, compact_every=args.compact_every,
+                       lock_retry_seconds=PROCESS_LOCK_RETRY_SECONDS)
+    if maintainer is None:
+        return 0
+    # Without a supervisor nobody would stop us: leave when the parent is gone (re-parented).
+    while not stop.wait(1.0) and os.getppid() == parent:
+        pass
+    if not maintainer.stop(timeout=5):
+        os._exit(0)  # a compaction still running is crash-safe: abandon it with the process
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

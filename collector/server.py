@@ -2,6 +2,7 @@
 
 Each worker process builds its own app (no preload), so each takes its own writer slot
 and flushes its own log; on a clean stop a worker flushes what it holds before exiting.
+The master also runs the maintenance process (derived state, compaction) while it serves.
 Gunicorn's access log is off: it would print the query string, which may carry the
 webhook secret. The app logs one redacted line per request instead.
 """
@@ -29,8 +30,6 @@ def _post_worker_init(worker) -> None:
 def _worker_exit(server, worker) -> None:
     app = getattr(worker, "wsgi", None)
     parts = getattr(app, "extensions", {}).get("dlrlens", {}) if app else {}
-    if parts.get("maintainer") is not None:
-        parts["maintainer"].stop(timeout=5)  # an interrupted compaction is crash-safe anyway
     if parts.get("storage") is not None:
         parts["storage"].close()
 
@@ -82,4 +81,17 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
 
         return create_app(settings)
 
-    WsgiServer(load_app, gunicorn_options(host, port, workers, threads)).run()
+    maintenance_process = None
+
+    def when_ready(server) -> None:
+        nonlocal maintenance_process
+        from collector import maintenance
+
+        maintenance_process = maintenance.start_process(settings)
+
+    def on_exit(server) -> None:
+        if maintenance_process is not None:
+            maintenance_process.stop()
+
+    options = dict(gunicorn_options(host, port, workers, threads), when_ready=when_ready, on_exit=on_exit)
+    WsgiServer(load_app, options).run()

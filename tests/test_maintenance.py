@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -214,3 +215,44 @@ def test_bytes_per_receipt_counts_each_stored_file_once(tmp_path):
     assert len(visible_files(data)) == 5
     assert bytes_per_receipt(data) == (output.stat().st_size + paths[-1].stat().st_size, 3500)
     assert layout.RECEIPTS_DIR in str(output)
+
+
+# -- the collector's maintenance process ----------------------------------------------------
+
+
+def maintenance_pids(data: Path) -> list[int]:
+    """Pids of maintenance processes working on ``data`` (their command line names it)."""
+    found = subprocess.run(["pgrep", "-f", f"collector.maintenance --data {data} "], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_collector_runs_one_lower_priority_maintenance_process_and_restarts_it(tmp_path):
+    from tests.servers import running_collector
+
+    data = tmp_path / "data"
+    with running_collector(data, workers=2, env={"DLRLENS_MAINTENANCE_SECONDS": "0.5"}) as running:
+        [pid] = wait_until(lambda: len(pids := maintenance_pids(data)) == 1 and pids, 30, what="maintenance process")
+        assert niceness(pid) == niceness(running.process.pid) + 10, "maintenance yields the CPU to the webhook"
+        wait_until(lambda: (data / "maintenance.lock").exists(), 30, what="maintenance lock taken")
+
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: (pids := maintenance_pids(data)) and pids != [pid], 30, what="restarted maintenance")
+        assert "event=maintenance_process_exited" in running.log()
+    wait_until(lambda: not maintenance_pids(data), 30, what="maintenance stopped with the collector")
+
+
+def test_the_maintenance_process_ends_when_the_collector_is_killed(tmp_path):
+    from tests.servers import start_collector
+
+    data = tmp_path / "data"
+    running = start_collector(data, workers=1)
+    try:
+        wait_until(lambda: maintenance_pids(data), 30, what="maintenance process")
+        running.kill()  # SIGKILL: no chance to stop its child
+        wait_until(lambda: not maintenance_pids(data), 30, what="orphaned maintenance process leaving")
+    finally:
+        running.stop()
