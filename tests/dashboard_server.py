@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import duckdb
 import requests
 
 from collector import layout
-from tests.servers import REPO, free_port, wait_until
+from tests.servers import REPO, free_port, stop_process_group, wait_until
 
 START_TIMEOUT = 90  # seconds; Streamlit's first start imports a lot on a busy 2-core machine
 STOP_TIMEOUT = 20
@@ -35,27 +33,8 @@ class Dashboard:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        """SIGTERM the process group (``dlrlens`` and the Streamlit child it runs), wait until
-        the whole group is gone, SIGKILL what is left after :data:`STOP_TIMEOUT` seconds."""
-        group = self.process.pid  # start_new_session: the group id is the leader's pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while _group_alive(group, self.process) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=STOP_TIMEOUT)
-
-
-def _group_alive(group: int, leader: subprocess.Popen) -> bool:
-    leader.poll()  # reap the leader, so that a zombie does not count
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        """Stop ``dlrlens`` and the Streamlit child it runs (see :func:`stop_process_group`)."""
+        stop_process_group(self.process, STOP_TIMEOUT)
 
 
 def parquet_counts(data_dir: Path) -> tuple[int, int]:

@@ -54,13 +54,33 @@ class Collector:
         self.process.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """SIGTERM: the workers flush what they hold; see :func:`stop_process_group`."""
+        stop_process_group(self.process, timeout=30)
+
+
+def stop_process_group(leader: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM the process group that ``leader`` leads (started with ``start_new_session``),
+    wait until the whole group is gone, SIGKILL what is left after ``timeout`` seconds, and
+    reap the leader."""
+    group = leader.pid  # start_new_session: the group id is the leader's pid
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _group_alive(group, leader) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        leader.wait(timeout=timeout)
+
+
+def _group_alive(group: int, leader: subprocess.Popen) -> bool:
+    leader.poll()  # reap the leader, so that a zombie does not count
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _healthy(url: str) -> bool:
