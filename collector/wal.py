@@ -179,10 +179,15 @@ class WriteAheadLog:
         finally:
             arrival.cancel()
 
+    # The writer is woken only when it has something to do: a batch that stopped being empty,
+    # or the last announced request arriving. Waking it on every append would cost a thread
+    # switch (and a GIL hand-over) per request while it gathers.
+
     def _withdraw(self) -> None:
         with self._lock:
             self._expected -= 1
-            self._work.notify()
+            if not self._expected:
+                self._work.notify()
 
     def _append(self, documents: list[dict], announced: bool) -> None:
         lines = [encode_document(doc) for doc in documents]
@@ -191,11 +196,16 @@ class WriteAheadLog:
                 self._expected -= 1
             if self._closed:
                 raise StorageError("the log is closed")
+            if not lines:
+                if announced and not self._expected:
+                    self._work.notify()
+                return
             batch = self._gathering
             batch.lines.extend(lines)
             batch.documents.extend(documents)
             batch.count += len(lines)
-            self._work.notify()
+            if batch.count == len(lines) or not self._expected:
+                self._work.notify()
         batch.written.wait()
         if batch.error:
             raise StorageError(str(batch.error)) from batch.error
