@@ -3,9 +3,9 @@
 The flusher writes one small file per log segment (every few seconds per worker), so a day
 partition collects tens of thousands of files whose footers outweigh their rows. Compaction
 rewrites them as ``c-<time_ns>.parquet``: every row kept (no dedupe: the raw files are the
-audit trail), sorted by ``(delivery_message_id, created, receipt_id)``, zstd, with delta
-encodings for the unique columns and small row groups, so that a reader looking up one
-message reads one row group per file.
+audit trail), sorted by ``(delivery_message_id, created, receipt_id)``, zstd, with per-column
+encodings and levels chosen by measurement (see :data:`WRITER_OPTIONS`) and small row groups,
+so that a reader looking up one message reads one row group per file.
 
 Which files merge (one merge per partition per run, never files younger than
 ``min_age_seconds``, i.e. the flushes of the current minute):
@@ -84,20 +84,32 @@ DELETE_GRACE_SECONDS = 30.0
 SORT_KEYS = ("delivery_message_id", "created", "receipt_id")
 
 # Measured on a realistic 1 M-receipt day: the random 32-hex ids are ~70% of the bytes and
-# barely compress, so zstd levels 1..12 all give 36.4-36.9 B/receipt; level 3 is the fastest
-# that is not worse. Delta encodings beat dictionaries for unique or sorted columns, and with
+# barely compress. Delta encodings beat dictionaries for unique or sorted columns, and with
 # no dictionaries to amortise, 64 Ki-row groups cost 0.25 B/receipt over 1 Mi-row groups
 # while letting a lookup by message id skip all but one group (7 ms instead of 90 ms a day).
+# Per column, on days of the 100 M benchmark data (B/receipt, before -> after; 38.2 -> ~36.0):
+# * the ids compress best at zstd level 1 (receipt_id 16.5 -> 16.0, message id 7.2 -> 6.7;
+#   level 9 is worse than 3 for receipt_id (16.8), 9 and 19 worse than 1 for the message id);
+# * client_reference (one value per message, rows of a message adjacent) as DELTA_BYTE_ARRAY
+#   at level 9: 2.4 -> 1.3 (its dictionary outgrows the page limit and falls back to plain);
+# * created/received_at stay DELTA_BINARY_PACKED: BYTE_STREAM_SPLIT saved 0.1 B/receipt but on
+#   integer columns it is recent (Parquet format 2.11, 2024) and older readers of the audit
+#   files (Spark, older pyarrow and DuckDB) cannot read it;
+# * the small dictionary columns at level 9: ~0.1 together.
+# Larger pages or dictionary pages gave nothing measurable; every value and the schema stay
+# as they were (only encodings and compression differ). Details: tests/benchmarks/README.md.
 ROW_GROUP_ROWS = 65_536
 COLUMN_ENCODING = {
     "receipt_id": "DELTA_LENGTH_BYTE_ARRAY",
     "delivery_message_id": "DELTA_BYTE_ARRAY",
+    "client_reference": "DELTA_BYTE_ARRAY",
     "created": "DELTA_BINARY_PACKED",
     "received_at": "DELTA_BINARY_PACKED",
 }
+COMPRESSION_LEVEL = {name: 9 for name in layout.RECEIPT_SCHEMA.names} | {"receipt_id": 1, "delivery_message_id": 1}
 WRITER_OPTIONS = {
     "compression": "zstd",
-    "compression_level": 3,
+    "compression_level": COMPRESSION_LEVEL,
     "use_dictionary": [name for name in layout.RECEIPT_SCHEMA.names if name not in COLUMN_ENCODING],
     "column_encoding": COLUMN_ENCODING,
     "write_statistics": True,
