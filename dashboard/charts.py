@@ -307,47 +307,72 @@ def _log_time_axis(fig: go.Figure, values: pd.Series, axis: str = "x", title: st
     (fig.update_xaxes if axis == "x" else fig.update_yaxes)(**settings)
 
 
-def latency_histogram_figure(latencies: pd.DataFrame, bins: int = 40,
+def _merge_buckets(distribution: pd.DataFrame, bins: int) -> pd.DataFrame:
+    """The buckets of ``distribution`` (from_s, to_s, messages; ~2 % wide) merged into at
+    most ``bins`` runs of consecutive buckets, evenly spaced on a log axis: from_s, to_s,
+    messages per run. Counts stay exact; edges are bucket edges."""
+    low, high = np.log10(distribution["from_s"].min()), np.log10(distribution["to_s"].max())
+    width = max(high - low, 1e-9) / bins
+    run = np.minimum(((np.log10(distribution["from_s"]) - low) // width).astype(int), bins - 1)
+    return (distribution.assign(run=run).groupby("run", as_index=False)
+            .agg(from_s=("from_s", "min"), to_s=("to_s", "max"), messages=("messages", "sum")))
+
+
+def latency_histogram_figure(distribution: pd.DataFrame, bins: int = 40,
                              title: str = "Time to deliver: distribution") -> go.Figure:
-    """Message counts in log-spaced time bins, drawn as a step area on a log time axis."""
-    seconds = latencies["latency_s"].astype(float)
-    seconds = seconds[seconds > 0]
+    """Message counts in log-spaced time bins, drawn as a step area on a log time axis.
+
+    ``distribution``: :func:`dashboard.queries.latency_distribution` (one group); its
+    buckets are merged into at most ``bins`` bins. Every bin is one step (y: its messages,
+    from its start); a gap without messages drops to zero; the last point closes the step."""
     fig = go.Figure()
-    if len(seconds):
-        low, high = np.log10(seconds.min()), np.log10(seconds.max())
-        if high - low < 1e-9:
-            low, high = low - 0.5, high + 0.5
-        edges = np.logspace(low, high, bins + 1)
-        edges[0], edges[-1] = min(edges[0], seconds.min()), max(edges[-1], seconds.max())  # float round-off
-        counts, _ = np.histogram(seconds, bins=edges)
-        fig.add_scatter(x=edges, y=np.append(counts, counts[-1]), mode="lines", line_shape="hv",
-                        fill="tozeroy", line=dict(color=OUTCOME_COLORS["delivered"]), name="Messages",
-                        customdata=np.append(edges[1:], edges[-1]),
+    positive = distribution[(distribution["to_s"] > 0) & (distribution["messages"] > 0)]
+    if len(positive):
+        merged = _merge_buckets(positive.assign(from_s=positive["from_s"].clip(lower=1e-6)), bins)
+        x, y, ends = [], [], []
+        for start, end, messages, following in zip(merged["from_s"], merged["to_s"], merged["messages"],
+                                                   list(merged["from_s"][1:]) + [None]):
+            x.append(start)
+            y.append(int(messages))
+            ends.append(end)
+            if following is not None and following > end:  # no message between: back to zero
+                x.append(end)
+                y.append(0)
+                ends.append(following)
+        x.append(merged["to_s"].iloc[-1])
+        y.append(y[-1])
+        ends.append(merged["to_s"].iloc[-1])
+        fig.add_scatter(x=x, y=y, mode="lines", line_shape="hv", fill="tozeroy",
+                        line=dict(color=OUTCOME_COLORS["delivered"]), name="Messages", customdata=ends,
                         hovertemplate="%{x:.3~s}s - %{customdata:.3~s}s: %{y:,} messages<extra></extra>")
     fig.update_yaxes(title_text="Messages", rangemode="tozero")
-    _log_time_axis(fig, seconds)
+    _log_time_axis(fig, pd.concat([positive["from_s"], positive["to_s"]]))
     return _style(fig, title, legend=None)
 
 
-def latency_cdf_figure(latencies: pd.DataFrame, by_campaign: list[str] | None = None,
+def latency_cdf_figure(distribution: pd.DataFrame, by_campaign: list[str] | None = None,
                        title: str = "Time to deliver: cumulative") -> go.Figure:
     """Share of delivered messages delivered within x: one curve, or one per campaign in
-    ``by_campaign`` (in that order, so colours match other figures drawn in the same order)."""
+    ``by_campaign`` (in that order, so colours match other figures drawn in the same order).
+
+    ``distribution``: :func:`dashboard.queries.latency_distribution` (with ``by_campaign``,
+    its by-campaign form). Each point is a bucket's upper edge and the exact share of the
+    group's latencies below it; the curve starts at 0 at the first bucket's lower edge."""
     fig = go.Figure()
     if by_campaign:
-        groups = [(name, latencies[latencies["campaign"] == name]) for name in by_campaign]
+        groups = [(name, distribution[distribution["campaign"] == name]) for name in by_campaign]
     else:
-        groups = [("All", latencies)]
+        groups = [("All", distribution)]
     for name, part in groups:
-        seconds = np.sort(part["latency_s"].astype(float).to_numpy())
-        seconds = seconds[seconds > 0]
-        if not len(seconds):
+        part = part[part["to_s"] > 0]
+        if not len(part):
             continue
-        shares = np.arange(1, len(seconds) + 1) / len(seconds)
-        fig.add_scatter(x=seconds, y=shares, name=str(name), mode="lines", line_shape="hv",
+        x = np.concatenate([[max(part["from_s"].iloc[0], 1e-6)], part["to_s"].to_numpy(float)])
+        shares = np.concatenate([[0.0], part["cumulative_share"].to_numpy(float)])
+        fig.add_scatter(x=x, y=shares, name=str(name), mode="lines",
                         hovertemplate="%{y:.1%} within %{x:.3~s}s<extra>" + str(name) + "</extra>")
     fig.update_yaxes(title_text="Share delivered", tickformat=".0%", range=[0, 1.02])
-    _log_time_axis(fig, latencies["latency_s"].astype(float))
+    _log_time_axis(fig, pd.concat([distribution["from_s"], distribution["to_s"]]).astype(float))
     return _style(fig, title, legend="top" if by_campaign else None)
 
 

@@ -256,18 +256,21 @@ def display_frame(frame: pd.DataFrame, tz: str):
 
 
 def show_table(frame: pd.DataFrame, view: str, f: Filters, key: str | None = None,
-               file_filters: Filters | None = None, **dataframe_args) -> None:
+               file_filters: Filters | None = None, files: list["Download"] | None = None,
+               **dataframe_args) -> None:
     """Show a query's table readably (labels, percentages, durations, times in the chosen zone)
     with its CSV and Excel buttons, which carry the exact values.
 
     ``view`` names the files; ``file_filters`` (default ``f``) gives their date range.
+    ``files``: other files to offer instead (a table showing part of the rows offers all).
     """
     key = key or view
     shown, config = display_frame(frame, f.tz)
     config.update(dataframe_args.pop("column_config", {}))
     with st.container(key=f"table_{key}"):  # the table and its buttons, addressable by key
         st.dataframe(shown, hide_index=True, column_config=config, placeholder=MISSING, **dataframe_args)
-        table_buttons(frame, view, file_filters or f, key)
+        buttons(files if files is not None else table_downloads(frame, view, file_filters or f), key,
+                style="tertiary")
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,29 @@ def table_downloads(frame: pd.DataFrame, view: str, f: Filters) -> list[Download
                  "This table's exact values as CSV."),
         Download("Excel", report.report_filename(f, view, "xlsx"), EXCEL_MIME,
                  lambda: excel_bytes(frame, f.tz, view), "This table's exact values as an Excel workbook."),
+    ]
+
+
+GZIP_CSV_ABOVE_ROWS = 1_000_000  # ~100 MB of CSV: above it the file is offered gzip-compressed
+
+
+def latency_downloads(store: Store, f: Filters, measured: int) -> list[Download]:
+    """Every measured message matching ``f`` (``measured`` of them) as CSV and Parquet,
+    written by :func:`queries.latencies_file` when clicked. No Excel: a sheet holds at most
+    1,048,576 rows, and a month at scale has millions. Above :data:`GZIP_CSV_ABOVE_ROWS` the
+    CSV comes gzip-compressed (same rows, ~5x smaller), because the file is held in memory
+    while it is served and millions of CSV rows are gigabytes."""
+    rows = f"All {charts.format_count(measured)} measured messages"
+    csv_format, csv_mime, csv_note = "csv", CSV_MIME, ""
+    if measured > GZIP_CSV_ABOVE_ROWS:
+        csv_format, csv_mime, csv_note = "csv.gz", "application/gzip", " gzip-compressed (too many rows for plain text)"
+    return [
+        Download("CSV", report.report_filename(f, "latencies", csv_format), csv_mime,
+                 lambda: queries.latencies_file(store, f, csv_format),
+                 f"{rows} as CSV{csv_note}, by campaign and time to deliver; times in the chosen zone."),
+        Download("Parquet", report.report_filename(f, "latencies", "parquet"), PARQUET_MIME,
+                 lambda: queries.latencies_file(store, f, "parquet"),
+                 f"{rows} as Parquet, with exact types (much smaller than the CSV)."),
     ]
 
 
@@ -322,11 +348,6 @@ def buttons(downloads: list[Download], key: str, style: str = "secondary") -> No
             st.download_button(item.label, item.build, file_name=item.file_name, mime=item.mime,
                                key=f"download_{key}_{item.extension}", help=item.help, icon=item.icon,
                                on_click="ignore", type=style)
-
-
-def table_buttons(frame: pd.DataFrame, view: str, f: Filters, key: str | None = None) -> None:
-    """CSV and Excel buttons for the table behind a view."""
-    buttons(table_downloads(frame, view, f), key or view, style="tertiary")
 
 
 def export_buttons(f: Filters, key: str = "export") -> None:

@@ -32,7 +32,10 @@ from disk (nothing is copied into memory) and merges in the *fresh tail*, the re
 the state has not absorbed yet: their messages' partial state is merged with the stored rows
 of the same messages (found through an id-hash index), and those stored rows are left out.
 Without derived data (fresh install) everything is tail: slower, but the same numbers.
-Results are cached per (function, arguments, data version).
+Results are cached per (function, arguments, data version). Exact percentiles also keep, per
+derived file (immutable: a rewrite has a new name), its latency counts and the latency values
+a percentile needed (:meth:`Store.latency_counts`), so after a data change only new files,
+the fresh tail and messages outside the files are read again.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import lru_cache
 from datetime import datetime, timedelta, timezone
@@ -55,6 +58,7 @@ from zoneinfo import ZoneInfo, available_timezones
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from collector import derive, layout
 from collector.statuses import status_table
@@ -91,6 +95,12 @@ STORE_SETTINGS = {"threads": 2, "memory_limit": "2GB"}
 LISTING_SETTLE_SECONDS = 2.0
 MAX_BUCKET_RUNS = 2  # latency value reads: at most this many bucket ranges
 RESULT_CACHE_ENTRIES = 256
+# Latency partials kept per derived file (Store.latency_counts): groupings (group, filters) and
+# latency values (8 bytes each, plus an 8-byte key) at most. Campaigns over all time at 100 M
+# receipts keeps ~0.6 M counts and ~0.4 M values.
+LATENCY_CACHE_SPECS = 8
+LATENCY_CACHE_VALUES = 8_000_000
+_NO_KEYS = np.zeros(0, np.int64)
 
 # --------------------------------------------------------------------------- filters
 
@@ -200,6 +210,37 @@ class _Regions:
         return " AND ".join(conditions)
 
 
+@dataclass
+class _FileLatency:
+    """One derived file's latency partials for one grouping (see :meth:`Store.latency_counts`).
+
+    Keys are ``group code << 32 | bucket``. ``count_keys``/``counts``: the file's latency
+    count per key (sorted, positive). ``value_keys``/``values``: the latencies of the keys in
+    ``fetched`` (sorted by key, then value), read when a percentile first needed them."""
+
+    identity: tuple[int, int]  # the hist companion's (size, mtime_ns)
+    count_keys: np.ndarray
+    counts: np.ndarray
+    fetched: np.ndarray = field(default_factory=lambda: _NO_KEYS)
+    value_keys: np.ndarray = field(default_factory=lambda: _NO_KEYS)
+    values: np.ndarray = field(default_factory=lambda: _NO_KEYS)
+
+    def forget_values(self) -> None:
+        self.fetched = self.value_keys = self.values = _NO_KEYS
+
+
+@dataclass
+class _LatencyCounts:
+    """Pass 1 of the exact percentiles: latency counts per key (group code << 32 | bucket),
+    sorted by key, net of the fresh tail (positive only); with what pass 2 needs."""
+
+    spec: tuple
+    regions: _Regions
+    files: dict[str, _FileLatency]
+    keys: np.ndarray
+    counts: np.ndarray
+
+
 MEASURES = ("messages", "latency_messages", "within_10s", "within_1m", "within_5m", "within_1h",
             "delivered_without_earlier", "regressions")
 
@@ -233,6 +274,12 @@ class Store:
         self._per_partition: dict[tuple, pd.DataFrame] = {}
         self._listings: dict[str, tuple[int, list]] = {}
         self._manifest_cache = None
+        # Latency partials per derived file (see latency_counts): {(group, conditions, params):
+        # {hist companion path: _FileLatency}}, least recently used first; they outlive data
+        # versions (a file never changes), unlike the results.
+        self._latency_partials: OrderedDict[tuple, dict[str, _FileLatency]] = OrderedDict()
+        self._group_codes: dict = {}
+        self._group_names: list = []
         self._empty_tables()
 
     # -- files and versions
@@ -372,12 +419,32 @@ class Store:
 
     def query(self, sql: str, params: dict | None = None, tables: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
         """Run ``sql`` on a current snapshot (``tables``: data frames visible by name meanwhile)."""
+        return self._execute(sql, params, tables, lambda con: con.execute(sql, params or {}).df())
+
+    def query_arrays(self, sql: str, params: dict | None = None,
+                     tables: dict[str, pd.DataFrame] | None = None) -> dict[str, np.ndarray]:
+        """:meth:`query` as NumPy arrays by column, text columns as codes into the
+        :meth:`group_name` table (for large results of a few distinct texts: no Python
+        string per row)."""
+        table = self._execute(sql, params, tables, lambda con: con.sql(sql, params=params or {}).to_arrow_table())
+        out = {}
+        for name in table.column_names:
+            column = table.column(name)
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                encoded = column.combine_chunks().dictionary_encode()
+                out[name] = self._codes(encoded.dictionary.to_pylist())[encoded.indices.to_numpy(zero_copy_only=False)]
+            else:
+                out[name] = column.to_numpy()
+        return out
+
+    def _execute(self, sql: str, params: dict | None, tables: dict[str, pd.DataFrame] | None, fetch):
+        """``fetch(connection)`` on a current snapshot with ``tables`` registered meanwhile."""
         with self._lock:
             self.refresh()
             for name, frame in (tables or {}).items():
                 self._con.register(name, frame)
             try:
-                return self._con.execute(sql, params or {}).df()
+                return fetch(self._con)
             finally:
                 for name in tables or {}:
                     self._con.unregister(name)
@@ -495,11 +562,15 @@ class Store:
         with ``{inside}``: its merged messages minus the stored rows they replace, see
         :meth:`_tail_corrections`); ``make`` over the messages outside."""
         regions = self._regions(f, params, cuts, by_slot)
+        stored = [f"SELECT * FROM {self._companions(regions.used, kind)} WHERE {regions.slots}"] if regions.used else []
+        return stored + self._computed_pieces(regions, kind, make, tail)
+
+    def _computed_pieces(self, regions: "_Regions", kind: str, make, tail: str) -> list[str]:
+        """The pieces of :meth:`_pieces` computed at query time: the fresh tail's corrections
+        inside the companions used, ``make`` over the messages outside them."""
         pieces = []
-        if regions.used:
-            pieces.append(f"SELECT * FROM {self._companions(regions.used, kind)} WHERE {regions.slots}")
-            if self._snapshot.tail:
-                pieces.append(tail.format(inside=regions.inside("t" if kind == "rollup" else "sent_at")))
+        if regions.used and self._snapshot.tail:
+            pieces.append(tail.format(inside=regions.inside("t" if kind == "rollup" else "sent_at")))
         if regions.raw is not None:
             pieces.append(make(f"SELECT * FROM {regions.raw} WHERE {regions.outside}"))
         return pieces
@@ -545,32 +616,182 @@ class Store:
         return "(" + " UNION ALL ".join(f"SELECT campaign, label_sets, last_status, b, n FROM ({sql})"
                                         for sql in self._pieces(f, params, "hist", derive.hist_sql, tail)) + ")"
 
-    def values_sql(self, f: "Filters", params: dict, buckets: list[int]) -> str:
-        """Latency values in ``buckets`` (b, latency_us, campaign, label_sets, last_status, n;
-        signed: sum n; ``stored``: whether the row comes from a pre-computed latency file, where
-        n is 1) of the messages sent in f's range."""
-        # Runs of consecutive buckets: each an equality or range filter the Parquet reader can
-        # skip row groups with (the latency files are sorted by bucket).
-        runs = [[b, b] for b in sorted(set(int(b) for b in buckets))]
-        while len(runs) > MAX_BUCKET_RUNS:  # join the two runs closest to each other
-            i = min(range(len(runs) - 1), key=lambda k: runs[k + 1][0] - runs[k][1])
-            runs[i:i + 2] = [[runs[i][0], runs[i + 1][1]]]
-        computed = lambda view: f"SELECT *, 1 AS n FROM ({derive.latency_values_sql(view)})"  # noqa: E731
-        tail = "SELECT b, latency_us, campaign, label_sets, last_status, n FROM tail_latency WHERE {inside}"
-        parts = []
-        for sql in self._pieces(f, params, "latency", computed, tail):
-            stored = "TRUE" if sql.startswith("SELECT * FROM read_parquet") else "FALSE"
-            n = "1" if stored == "TRUE" else "n"
-            for lo, hi in runs or [[0, -1]]:
-                parts.append(f"SELECT b, latency_us, campaign, label_sets, last_status, {n} AS n, {stored} AS stored "
-                             f"FROM ({sql}) WHERE b BETWEEN {lo} AND {hi}")
-        return "(" + " UNION ALL ".join(parts) + ")"
+    # -- latency partials per derived file (exact percentiles, see latency_quantiles)
 
-    def clear_cache(self) -> None:
-        """Forget cached results (benchmarks: measure computing, not the cache)."""
+    def latency_counts(self, f: "Filters", group: str, conditions: str, params: dict) -> "_LatencyCounts":
+        """Pass 1 of :func:`latency_quantiles`: the latency counts of the messages matching
+        ``f`` per (``group``, bucket), for the rows meeting ``conditions`` (SQL on campaign,
+        label_sets, last_status with ``params``). ``group``: a text expression.
+
+        Each used derived file's counts are computed once and kept (:class:`_FileLatency`, by
+        the companion's path, size and mtime: derived files are immutable), so a query reads
+        only new files, the fresh tail's corrections and the messages outside the files."""
+        with self._lock:
+            regions = self._regions(f, params)
+            spec = (group, conditions, json.dumps(params, sort_keys=True, default=str))
+            files = self._file_latency(spec, regions.used, group, conditions, params)
+            keys = [x.count_keys for x in files.values()]
+            counts = [x.counts for x in files.values()]
+            tail = "SELECT campaign, label_sets, last_status, b, n FROM tail_latency WHERE {inside}"
+            computed = self._computed_pieces(regions, "hist", derive.hist_sql, tail)
+            if computed:
+                union = " UNION ALL ".join(f"SELECT campaign, label_sets, last_status, b, n FROM ({sql})"
+                                           for sql in computed)
+                fresh = self.query_arrays(f"SELECT {group} AS grp, b, sum(n)::BIGINT AS n FROM ({union}) "
+                                          f"WHERE {conditions} GROUP BY ALL", params)
+                keys.append(_keys(fresh))
+                counts.append(fresh["n"].astype(np.int64))
+            key, count = _net(np.concatenate(keys or [_NO_KEYS]), np.concatenate(counts or [_NO_KEYS]))
+            return _LatencyCounts(spec=spec, regions=regions, files=files, keys=key, counts=count)
+
+    def latency_values(self, counts: "_LatencyCounts", group: str, conditions: str, params: dict,
+                       wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pass 2 of :func:`latency_quantiles`: every latency in the (group, bucket) ``wanted``
+        keys, as (keys, latency_us, signed count) arrays (unsorted; equal values may repeat).
+
+        A file's values of a key are read once and kept with its counts; only keys the file
+        was never asked for are read (one scan over the files concerned)."""
+        with self._lock:
+            wanted = np.unique(wanted)
+            need = {}
+            for path, partial in counts.files.items():
+                present = partial.count_keys[_members(partial.count_keys, wanted)]
+                missing = present[~_members(present, partial.fetched)]
+                if len(missing):
+                    need[path] = missing
+            if need:
+                self._fetch_latency_values(counts.files, need, group, conditions, params)
+            keys, values, signs = [], [], []
+            for partial in counts.files.values():
+                hit = _members(partial.value_keys, wanted)
+                keys.append(partial.value_keys[hit])
+                values.append(partial.values[hit])
+                signs.append(np.ones(len(keys[-1]), np.int64))
+            tail = "SELECT b, latency_us, campaign, label_sets, last_status, n FROM tail_latency WHERE {inside}"
+            computed = lambda view: f"SELECT *, 1 AS n FROM ({derive.latency_values_sql(view)})"  # noqa: E731
+            pieces = self._computed_pieces(counts.regions, "latency", computed, tail)
+            if pieces:
+                wanted_frame = self._key_frame(wanted)
+                union = " UNION ALL ".join(f"SELECT b, latency_us, campaign, label_sets, last_status, n FROM ({sql}) "
+                                           f"WHERE {_bucket_runs(wanted_frame['b'])}" for sql in pieces)
+                fresh = self.query_arrays(f"SELECT * FROM (SELECT {group} AS grp, b, latency_us, n FROM ({union}) "
+                                          f"WHERE {conditions}) SEMI JOIN wanted USING (grp, b)",
+                                          params, tables={"wanted": wanted_frame})
+                keys.append(_keys(fresh))
+                values.append(fresh["latency_us"].astype(np.int64))
+                signs.append(fresh["n"].astype(np.int64))
+            self._bound_latency_cache(counts.spec)
+            return tuple(np.concatenate(part or [_NO_KEYS]) for part in (keys, values, signs))
+
+    def _file_latency(self, spec: tuple, used: list[derive.DerivedFile], group: str, conditions: str,
+                      params: dict) -> dict[str, "_FileLatency"]:
+        """{hist companion path: its partial} for ``used``, reading the counts of files not kept yet."""
+        kept = self._latency_partials.pop(spec, {})
+        self._latency_partials[spec] = kept  # most recently used last
+        identities = {}
+        for x in used:
+            path = str(self.data_dir / derive.companion_path(x.path, "hist"))
+            try:
+                st = os.stat(path)
+            except FileNotFoundError as exc:  # retired and deleted: Store.cached starts over
+                raise duckdb.IOException(f"derived file vanished: {path}") from exc
+            identities[path] = (st.st_size, st.st_mtime_ns)
+        for path in [p for p in kept if p not in identities or kept[p].identity != identities[p]]:
+            del kept[path]  # left the manifest (or, never expected, changed in place)
+        missing = [p for p in identities if p not in kept]
+        if missing:
+            # file_index: the file's position in the list read (DuckDB's virtual column).
+            found = self.query_arrays(f"SELECT file_index, {group} AS grp, b, sum(n)::BIGINT AS n "
+                                      f"FROM read_parquet([{', '.join(_quote(p) for p in missing)}]) "
+                                      f"WHERE {conditions} GROUP BY ALL", params)
+            keys, n = _keys(found), found["n"].astype(np.int64)
+            for path, rows in zip(missing, _rows_by_file(found["file_index"], len(missing))):
+                key, count = _net(keys[rows], n[rows])
+                kept[path] = _FileLatency(identity=identities[path], count_keys=key, counts=count)
+        return {p: kept[p] for p in identities}
+
+    def _fetch_latency_values(self, files: dict[str, "_FileLatency"], need: dict[str, np.ndarray], group: str,
+                              conditions: str, params: dict) -> None:
+        """Read the latency values of the keys ``need`` ({hist companion path: keys}) from the
+        latency companions into the files' partials."""
+        paths = list(need)
+        latency = [p.replace(f"/{derive.DERIVED_DIR}/hist/", f"/{derive.DERIVED_DIR}/latency/", 1) for p in paths]
+        # One scan for every key missing somewhere (a semi-join on two columns, as cheap as the
+        # plain read); each file then keeps only the keys it was asked for.
+        wanted = self._key_frame(np.unique(np.concatenate(list(need.values()))))
+        found = self.query_arrays(
+            f"SELECT * FROM (SELECT file_index, {group} AS grp, b, latency_us "
+            f"FROM read_parquet([{', '.join(_quote(p) for p in latency)}]) "
+            f"WHERE {_bucket_runs(wanted['b'])} AND {conditions}) SEMI JOIN wanted USING (grp, b)",
+            params, tables={"wanted": wanted})
+        keys, values = _keys(found), found["latency_us"].astype(np.int64)
+        for (path, asked), rows in zip(need.items(), _rows_by_file(found["file_index"], len(paths))):
+            partial = files[path]
+            rows = rows[_members(keys[rows], asked)]
+            key = np.concatenate([partial.value_keys, keys[rows]])
+            value = np.concatenate([partial.values, values[rows]])
+            by_key = np.lexsort((value, key))
+            partial.value_keys, partial.values = key[by_key], value[by_key]
+            partial.fetched = np.union1d(partial.fetched, asked)
+
+    def _bound_latency_cache(self, current: tuple) -> None:
+        """Keep at most :data:`LATENCY_CACHE_SPECS` groupings and :data:`LATENCY_CACHE_VALUES`
+        latency values: the least recently used groupings go first, then the current one's values."""
+        while len(self._latency_partials) > LATENCY_CACHE_SPECS:
+            self._latency_partials.popitem(last=False)
+        def held() -> int:
+            return sum(len(x.values) for files in self._latency_partials.values() for x in files.values())
+        while held() > LATENCY_CACHE_VALUES and next(iter(self._latency_partials)) != current:
+            self._latency_partials.popitem(last=False)
+        if held() > LATENCY_CACHE_VALUES:  # one grouping alone is too much: read its values each time
+            for partial in self._latency_partials[current].values():
+                partial.forget_values()
+
+    def _codes(self, values: list) -> np.ndarray:
+        """This store's integer codes of group values (campaign names, or the overall group's
+        text), given in order of appearance and kept: a latency key is ``code << 32 | bucket``."""
+        codes = self._group_codes
+        for value in values:
+            if value not in codes:
+                codes[value] = len(self._group_names)
+                self._group_names.append(value)
+        return np.array([codes[v] for v in values], np.int64)
+
+    def _key_frame(self, keys: np.ndarray) -> pd.DataFrame:
+        """grp (the group value) and b of integer keys (see :meth:`_codes`)."""
+        return pd.DataFrame({"grp": self.group_name(keys), "b": keys & 0xFFFFFFFF})
+
+    def group_name(self, keys: np.ndarray) -> np.ndarray:
+        """The group values of integer keys (see :meth:`_codes`)."""
+        names = np.empty(len(self._group_names), dtype=object)
+        names[:] = self._group_names
+        return names[keys >> 32] if len(keys) else np.array([], object)
+
+    def scratch_path(self, name: str) -> Path:
+        """A path for a temporary file of this store (in its spill directory, made if needed)."""
+        self._spill.mkdir(parents=True, exist_ok=True)
+        return self._spill / f"{threading.get_ident()}-{time.monotonic_ns()}-{name}"
+
+    @contextmanager
+    def time_zone(self, name: str):
+        """Within the block (and this store's lock) TIMESTAMPTZ values print in zone ``name``;
+        UTC again after it."""
+        zone_info(name)
+        with self._lock:
+            self._con.execute(f"SET TimeZone = '{name}'")
+            try:
+                yield
+            finally:
+                self._con.execute("SET TimeZone = 'UTC'")
+
+    def clear_cache(self, partials: bool = False) -> None:
+        """Forget cached results (benchmarks: measure computing, not the cache); with
+        ``partials`` also what is kept per derived file (the latency partials), as after a start."""
         with self._lock:
             self._results.clear()
             self._per_partition.clear()
+            if partials:
+                self._latency_partials.clear()
 
     def _touched_sql(self, x: derive.DerivedFile, columns: str) -> str:
         return (f"SELECT {columns} FROM read_parquet({_quote(self.data_dir / x.path)}, file_row_number = true) "
@@ -718,6 +939,54 @@ class BaselineStore(Store):
     def _data_range(self):
         lo, hi = self._con.execute(f"SELECT min(sent_at), max(sent_at) FROM {self.messages_sql()}").fetchone()
         return None if lo is None else (lo.astimezone(UTC), hi.astimezone(UTC))
+
+
+def _net(keys: np.ndarray, counts: np.ndarray, values: np.ndarray | None = None):
+    """Sum signed ``counts`` per key (per (key, value) with ``values``) and keep positive sums:
+    (keys, counts) or (keys, values, counts), sorted."""
+    order = np.lexsort((values, keys)) if values is not None else np.argsort(keys, kind="stable")
+    keys, counts = keys[order], counts[order]
+    changes = keys[1:] != keys[:-1]
+    if values is not None:
+        values = values[order]
+        changes |= values[1:] != values[:-1]
+    starts = np.flatnonzero(np.concatenate([[True], changes])) if len(keys) else _NO_KEYS
+    sums = np.add.reduceat(counts, starts) if len(keys) else _NO_KEYS
+    keep = sums > 0
+    if values is None:
+        return keys[starts][keep], sums[keep]
+    return keys[starts][keep], values[starts][keep], sums[keep]
+
+
+def _keys(found: dict[str, np.ndarray]) -> np.ndarray:
+    """Latency keys (group code << 32 | bucket) of :meth:`Store.query_arrays` columns grp, b."""
+    return (found["grp"].astype(np.int64) << 32) | found["b"].astype(np.int64)
+
+
+def _members(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Which of ``values`` are in the sorted array ``sorted_set`` (``np.isin`` for a sorted set)."""
+    at = np.searchsorted(sorted_set, values)
+    hit = at < len(sorted_set)
+    hit[hit] = sorted_set[at[hit]] == values[hit]
+    return hit
+
+
+def _rows_by_file(file_index: np.ndarray, files: int) -> list[np.ndarray]:
+    """Row numbers of each of ``files`` files from a ``file_index`` column."""
+    file_index = file_index.astype(np.int64)
+    order = np.argsort(file_index, kind="stable")
+    bounds = np.searchsorted(file_index[order], np.arange(files + 1))
+    return [order[bounds[i]:bounds[i + 1]] for i in range(files)]
+
+
+def _bucket_runs(buckets: pd.Series) -> str:
+    """A condition on ``b`` covering ``buckets``: at most :data:`MAX_BUCKET_RUNS` ranges, each
+    a filter the Parquet reader can skip row groups with (latency files are sorted by bucket)."""
+    runs = [[b, b] for b in sorted(set(int(b) for b in buckets))]
+    while len(runs) > MAX_BUCKET_RUNS:  # join the two runs closest to each other
+        i = min(range(len(runs) - 1), key=lambda k: runs[k + 1][0] - runs[k][1])
+        runs[i:i + 2] = [[runs[i][0], runs[i + 1][1]]]
+    return "(" + (" OR ".join(f"b BETWEEN {lo} AND {hi}" for lo, hi in runs) or "FALSE") + ")"
 
 
 def _quote(path) -> str:
@@ -882,9 +1151,12 @@ def latency_quantiles(store: Store, f: Filters, group: str | None,
     percentiles, one row per group with latencies.
 
     Two passes instead of DuckDB's sort of every value: (1) the latency counts per (group,
-    bucket), summed from the pre-aggregated histograms; (2) only the values at the ranks
-    floor(rn) and ceil(rn), rn = (n - 1) * q, from the buckets that hold them (latency files
-    sorted by bucket); then interpolated bit for bit as DuckDB does (see :func:`_interpolation`).
+    bucket) (:meth:`Store.latency_counts`: the pre-aggregated histograms, kept per derived
+    file); (2) only the values at the ranks floor(rn) and ceil(rn), rn = (n - 1) * q, from the
+    buckets that hold them (:meth:`Store.latency_values`: read from the latency files sorted
+    by bucket once per file and bucket, then kept); then interpolated bit for bit as DuckDB
+    does (see :func:`_interpolation`). Identical to DuckDB's own result: the ranks are counted
+    in the same doubles, and the values are the same integers.
     """
     names = [f"{prefix}{name}{suffix}" for name, _ in _sql.QUANTILES]
     empty = pd.DataFrame({"grp": pd.Series([], dtype=object), **{n: pd.Series([], dtype="float64") for n in names}})
@@ -893,62 +1165,49 @@ def latency_quantiles(store: Store, f: Filters, group: str | None,
     interpolate = _interpolation()
     if store.duckdb_quantiles or interpolate is None:
         return _quantiles_by_duckdb(store, f, group, names)
-    grp = group or "0"
-    latency_filters = replace(f, outcomes=())
+    grp = group or "'all'"  # a text: the keys code group values (Store.query_arrays)
     params: dict = {}
-    conditions = " AND ".join(_sql.dimension_conditions(latency_filters, params, store.label_condition(f)))
-    quantiles = ", ".join(f"({k}, {q}::DOUBLE)" for k, (_, q) in enumerate(_sql.QUANTILES))
-    # Pass 1: per group and quantile, rn and for floor(rn) / ceil(rn) the bucket and the
-    # position in it (0-based) of that rank.
-    ranks = store.query(f"""
-        WITH h AS (
-            SELECT {grp} AS grp, b, sum(n)::BIGINT AS n FROM {store.hist_sql(f, params)}
-            WHERE {conditions} GROUP BY ALL HAVING sum(n) > 0),
-        c AS (
-            SELECT grp, b, n, sum(n) OVER (PARTITION BY grp ORDER BY b) - n AS before,
-                   sum(n) OVER (PARTITION BY grp) AS total FROM h),
-        r AS (
-            SELECT grp, k, (total - 1)::DOUBLE * q AS rn, which
-            FROM (SELECT DISTINCT grp, total FROM c), (VALUES {quantiles}) qs(k, q), (VALUES (0), (1)) w(which)),
-        x AS (SELECT *, (CASE WHEN which = 0 THEN floor(rn) ELSE ceil(rn) END)::BIGINT AS rank FROM r)
-        SELECT x.grp, x.k, x.rn, x.which, c.b, x.rank - c.before AS pos
-        FROM x JOIN c ON c.grp = x.grp AND x.rank >= c.before AND x.rank < c.before + c.n""", params)
-    if ranks.empty:
-        return empty
-    wanted = ranks[["grp", "b", "pos"]].drop_duplicates()
-    params = {}
-    conditions = " AND ".join(_sql.dimension_conditions(latency_filters, params, store.label_condition(f)))
-    # Pass 2: the values at those positions. Buckets only the pre-computed latency files hold
-    # are numbered row by row; where computed pieces (the fresh tail's corrections, messages
-    # outside the files) add or remove values, each value's count is summed first.
-    values = store.query(f"""
-        WITH v AS (
-            SELECT * FROM (SELECT {grp} AS grp, b, latency_us, n, stored
-                           FROM {store.values_sql(f, params, wanted['b'].tolist())} WHERE {conditions})
-            SEMI JOIN (SELECT DISTINCT grp, b FROM wanted) USING (grp, b)),
-        mixed AS (SELECT DISTINCT grp, b FROM v WHERE NOT stored),
-        plain AS (
-            SELECT grp, b, latency_us, row_number() OVER (PARTITION BY grp, b ORDER BY latency_us) - 1 AS pos
-            FROM v ANTI JOIN mixed USING (grp, b)),
-        netted AS (
-            SELECT grp, b, latency_us, sum(n) AS n FROM v SEMI JOIN mixed USING (grp, b)
-            GROUP BY ALL HAVING sum(n) > 0),
-        counted AS (SELECT *, sum(n) OVER (PARTITION BY grp, b ORDER BY latency_us) AS upto FROM netted)
-        SELECT w.grp, w.b, w.pos, p.latency_us FROM wanted w JOIN plain p USING (grp, b, pos)
-        UNION ALL
-        SELECT w.grp, w.b, w.pos, c.latency_us FROM wanted w JOIN counted c
-            ON c.grp = w.grp AND c.b = w.b AND w.pos >= c.upto - c.n AND w.pos < c.upto""",
-        params, tables={"wanted": wanted})
-    if len(values) != len(wanted):  # the histograms and the values disagree: never seen
+    conditions = " AND ".join(_sql.dimension_conditions(replace(f, outcomes=()), params, store.label_condition(f)))
+    with store.pinned():
+        counts = store.latency_counts(f, grp, conditions, params)
+        if not len(counts.keys):
+            return empty
+        # Pass 1 -> per group and quantile the ranks floor(rn) and ceil(rn) (0-based, over the
+        # group's latencies in bucket order), and the bucket (key) and position in it of each.
+        keys, n = counts.keys, counts.counts
+        upto = np.cumsum(n)
+        first = np.flatnonzero(np.concatenate([[True], (keys[1:] >> 32) != (keys[:-1] >> 32)]))
+        before_group = upto[first] - n[first]
+        totals = np.add.reduceat(n, first)
+        rows = []  # (group index, quantile index, rn, rank low, rank high)
+        for k, (_, q) in enumerate(_sql.QUANTILES):
+            rn = (totals - 1).astype(np.float64) * q
+            rows.append((np.arange(len(first)), np.full(len(first), k), rn,
+                         np.floor(rn).astype(np.int64), np.ceil(rn).astype(np.int64)))
+        group_no, quantile, rn, low, high = (np.concatenate(part) for part in zip(*rows))
+        targets = np.concatenate([before_group[group_no] + low, before_group[group_no] + high])
+        at = np.searchsorted(upto, targets, side="right")
+        wanted_keys, wanted_pos = keys[at], targets - (upto[at] - n[at])
+        # Pass 2: the values at those positions.
+        value_keys, values, signs = store.latency_values(counts, grp, conditions, params, wanted_keys)
+    value_keys, values, signs = _net(value_keys, signs, values)
+    value_upto = np.cumsum(signs)
+    starts = np.searchsorted(value_keys, wanted_keys, side="left")
+    found = starts < len(value_keys)
+    found[found] = value_keys[starts[found]] == wanted_keys[found]
+    if not found.all():  # the histograms and the values disagree: never seen
         return _quantiles_by_duckdb(store, f, group, names)
-    ranks = ranks.merge(values, on=["grp", "b", "pos"], how="left")
-    pairs = ranks[ranks["which"] == 0].merge(ranks.loc[ranks["which"] == 1, ["grp", "k", "latency_us"]],
-                                             on=["grp", "k"], suffixes=("", "_high"))
-    out: dict = {}
-    for g, k, rn, low, high in zip(pairs["grp"], pairs["k"], pairs["rn"], pairs["latency_us"], pairs["latency_us_high"]):
-        d = rn - math.floor(rn)
-        lo = int(low) / 1e6
-        out.setdefault(g, [math.nan] * len(names))[k] = lo if d == 0 else interpolate(lo, int(high) / 1e6, d)
+    at = np.searchsorted(value_upto, value_upto[starts] - signs[starts] + wanted_pos, side="right")
+    if not (at < len(value_keys)).all() or not (value_keys[np.minimum(at, len(value_keys) - 1)] == wanted_keys).all():
+        return _quantiles_by_duckdb(store, f, group, names)
+    picked = values[at]
+    low_values, high_values = picked[:len(group_no)], picked[len(group_no):]
+    groups = store.group_name(keys[first])
+    out = {g: [math.nan] * len(names) for g in groups}
+    for g, k, r, lo_us, hi_us in zip(groups[group_no], quantile, rn, low_values, high_values):
+        d = r - math.floor(r)
+        lo = int(lo_us) / 1e6
+        out[g][k] = lo if d == 0 else interpolate(lo, int(hi_us) / 1e6, d)
     return pd.DataFrame([[g, *v] for g, v in out.items()], columns=["grp"] + names)
 
 
@@ -1187,15 +1446,60 @@ def failure_reasons_by_campaign(store: Store, f: Filters) -> pd.DataFrame:
 # --------------------------------------------------------------------------- latency
 
 
-def latencies(store: Store, f: Filters) -> pd.DataFrame:
-    """campaign, delivery_message_id, latency_s, sent_at: each delivered message with an earlier receipt."""
+LATENCY_ROW_COLUMNS = ["campaign", "delivery_message_id", "latency_s", "sent_at"]
+
+
+def _latency_rows_sql(store: Store, f: Filters) -> tuple[str, dict]:
+    sql, params = _filtered(store, f)
+    return (f"SELECT {', '.join(LATENCY_ROW_COLUMNS)} FROM ({sql}) WHERE latency_s IS NOT NULL "
+            f"ORDER BY campaign, latency_s, delivery_message_id"), params
+
+
+def latencies(store: Store, f: Filters, limit: int | None = None) -> pd.DataFrame:
+    """campaign, delivery_message_id, latency_s, sent_at: each delivered message with an
+    earlier receipt, ordered by campaign, latency_s, delivery_message_id; the first ``limit``.
+
+    One row a message: over a month at scale that is millions of rows, so the dashboard
+    shows a ``limit`` and offers every row through :func:`latencies_file`."""
+    def compute():
+        sql, params = _latency_rows_sql(store, f)
+        if limit is not None:
+            sql += " LIMIT $limit"
+            params["limit"] = int(limit)
+        return _in_zone(store.query(sql, params), ["sent_at"], f.tz)
+    return store.cached("latencies", (f, limit), compute)
+
+
+def slowest_latencies(store: Store, f: Filters, limit: int) -> pd.DataFrame:
+    """The ``limit`` measured messages that took longest to deliver (:func:`latencies`
+    columns; latency_s descending, then delivery_message_id)."""
     def compute():
         sql, params = _filtered(store, f)
-        df = store.query(f"""
-            SELECT campaign, delivery_message_id, latency_s, sent_at FROM ({sql})
-            WHERE latency_s IS NOT NULL ORDER BY campaign, latency_s, delivery_message_id""", params)
+        params["limit"] = int(limit)
+        df = store.query(f"SELECT {', '.join(LATENCY_ROW_COLUMNS)} FROM ({sql}) WHERE latency_s IS NOT NULL "
+                         f"ORDER BY latency_s DESC, delivery_message_id LIMIT $limit", params)
         return _in_zone(df, ["sent_at"], f.tz)
-    return store.cached("latencies", (f,), compute)
+    return store.cached("slowest_latencies", (f, limit), compute)
+
+
+def latencies_file(store: Store, f: Filters, fmt: str) -> bytes:
+    """Every row of :func:`latencies` as a ``csv``, ``csv.gz`` or ``parquet`` file, written by DuckDB
+    straight from the query (never a DataFrame: a month at scale is millions of rows). CSV
+    times are in f.tz with their offset (``2026-11-27 14:22:02.5+01``); Parquet keeps the
+    UTC instant with its type. Not cached: built when someone asks for it."""
+    options = {"csv": "FORMAT csv, HEADER true", "csv.gz": "FORMAT csv, HEADER true, COMPRESSION gzip",
+               "parquet": "FORMAT parquet, COMPRESSION zstd"}.get(fmt)
+    if options is None:
+        raise ValueError(f"format must be csv, csv.gz or parquet, not {fmt!r}")
+    with store.pinned():
+        sql, params = _latency_rows_sql(store, f)
+        target = store.scratch_path(f"latencies.{fmt}")
+        try:
+            with store.time_zone(f.tz if fmt.startswith("csv") else "UTC"):
+                store.query(f"COPY ({sql}) TO {_quote(target)} ({options})", params)
+            return target.read_bytes()
+        finally:
+            target.unlink(missing_ok=True)
 
 
 def latency_by_campaign(store: Store, f: Filters) -> pd.DataFrame:

@@ -9,6 +9,7 @@ exactly what the queries compute).
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from datetime import date, datetime, timedelta, timezone
@@ -607,12 +608,47 @@ def test_figures_carry_the_query_numbers(known_data, store_of):
     fig = charts.trend_figure(trend)
     bars = {trace.name: sum(trace.y) for trace in fig.data if trace.type == "bar"}
     assert bars == {"Delivered": 5, "Failed": 2, "Unknown": 1, "Pending": 1}
-    latencies = queries.latencies(store, Filters())
-    histogram = charts.latency_histogram_figure(latencies).data[0]
-    assert sum(histogram.y[:-1]) == len(latencies) == 5  # the last point only closes the step
-    curve = charts.latency_cdf_figure(latencies).data[0]
-    assert list(curve.x) == sorted(latencies["latency_s"]) and curve.y[-1] == 1.0
-    assert charts.latency_histogram_figure(latencies.iloc[0:0]).data == ()  # empty: no error
+    distribution = queries.latency_distribution(store, Filters())
+    measured = int(queries.kpis(store, Filters())["latency_messages"].iloc[0])
+    histogram = charts.latency_histogram_figure(distribution).data[0]
+    assert sum(histogram.y[:-1]) == distribution["messages"].sum() == measured == 5  # the last point closes
+    # Buckets merged into bins: each latency (5, 5, 10, 60, 120 s) lies in the bin it is counted in.
+    starts, counts = np.asarray(histogram.x[:-1]), np.asarray(histogram.y[:-1])
+    for seconds, expected in ((5.0, 2), (10.0, 1), (60.0, 1), (120.0, 1)):
+        assert counts[np.searchsorted(starts, seconds, side="right") - 1] == expected
+    curve = charts.latency_cdf_figure(distribution).data[0]
+    assert curve.y[0] == 0.0 and list(curve.y[1:]) == distribution["cumulative_share"].tolist()
+    assert list(curve.x[1:]) == distribution["to_s"].tolist() and curve.y[-1] == 1.0
+    assert charts.latency_histogram_figure(distribution.iloc[0:0]).data == ()  # empty: no error
+    assert charts.latency_cdf_figure(distribution.iloc[0:0]).data == ()
+    by_campaign = queries.latency_distribution(store, Filters(), by_campaign=True)
+    curves = charts.latency_cdf_figure(by_campaign, by_campaign=["beta", "alpha"]).data
+    assert [c.name for c in curves] == ["beta", "alpha"] and all(c.y[-1] == 1.0 for c in curves)
+
+
+def test_latency_page_lists_messages_only_when_asked_and_offers_every_row(monkeypatch, known_data, store_of):
+    at = run_app(monkeypatch, known_data, "latency", query={"range": "all"})
+    assert len(at.get("plotly_chart")) == 3
+    assert "download_latencies_csv" not in download_keys(at)  # closed: nothing listed, nothing queried
+    at.session_state["latency_rows"] = True  # open "Every measured message"
+    at.run()
+    assert_ok(at)
+    shown = table(at, "latencies")
+    assert shown["latency_s"].tolist() == [120.0, 60.0, 10.0, 5.0, 5.0]  # the slowest first
+    assert "The 5 slowest of 5 measured messages" in " ".join(c.value for c in at.caption)
+    assert {"download_latencies_csv", "download_latencies_parquet"} <= download_keys(at)
+    assert "download_latencies_xlsx" not in download_keys(at)
+    store = store_of(known_data)
+    files = {d.extension: d.build() for d in downloads.latency_downloads(store, Filters(), 5)}
+    every = queries.latencies(store, Filters())
+    from_csv = pd.read_csv(io.BytesIO(files["csv"]))
+    assert from_csv["delivery_message_id"].tolist() == every["delivery_message_id"].tolist()
+    assert from_csv["latency_s"].tolist() == every["latency_s"].tolist()
+    from_parquet = pd.read_parquet(io.BytesIO(files["parquet"]))
+    assert from_parquet["latency_s"].tolist() == every["latency_s"].tolist()
+    many = {d.extension: d for d in downloads.latency_downloads(store, Filters(), downloads.GZIP_CSV_ABOVE_ROWS + 1)}
+    assert many["gz"].file_name.endswith(".csv.gz") and many["gz"].mime == "application/gzip"
+    assert gzip.decompress(many["gz"].build()) == files["csv"], "the same rows, compressed"
 
 
 
@@ -699,8 +735,10 @@ def test_failure_legends_fit_their_figures():
 
 
 def test_time_axis_ticks_are_spaced_apart():
-    latencies = pd.DataFrame({"latency_s": [0.05, 2.0, 90.0, 4000.0, 20000.0], "campaign": "a"})
-    ticks = list(charts.latency_cdf_figure(latencies).layout.xaxis.tickvals)
+    edges = np.array([0.05, 2.0, 90.0, 4000.0, 20000.0])
+    distribution = pd.DataFrame({"from_s": edges, "to_s": edges * 1.02, "messages": 1,
+                                 "cumulative_share": np.arange(1, 6) / 5})
+    ticks = list(charts.latency_cdf_figure(distribution).layout.xaxis.tickvals)
     assert 1800 not in ticks and 3600 in ticks
     assert min(np.diff(np.log10(ticks))) >= 0.6
 

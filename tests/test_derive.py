@@ -283,6 +283,33 @@ def test_fast_path_equals_baseline_through_staged_updates(tmp_path, staged):
     assert q.kpis(store, Filters(campaigns=("edge",)))["regressions"].iloc[0] == 2  # E-REG and E-PF
 
 
+def test_latency_partials_kept_across_updates_stay_exact(tmp_path, staged, monkeypatch):
+    """One store lives through every stage (new files in the tail, updates rewriting derived
+    files): the latency partials it keeps per derived file give the baseline's percentiles,
+    files that did not change are not read again, and the exact two-pass method never falls
+    back to DuckDB's quantile_cont."""
+    by_duckdb = q._quantiles_by_duckdb
+
+    def baseline_only(store, *args):
+        assert store.duckdb_quantiles, "the fast path fell back to quantile_cont"
+        return by_duckdb(store, *args)
+    monkeypatch.setattr(q, "_quantiles_by_duckdb", baseline_only)
+    data = tmp_path / "data"
+    reused = 0
+    with Store(data) as store:
+        for stage, table in enumerate(staged, start=1):
+            write_stage(data, table, stage)
+            for _ in ("tail", "absorbed"):
+                kept = {path: partial for files in store._latency_partials.values()
+                        for path, partial in files.items()}
+                assert_same(figures(store, full=False), baseline(data, full=False))
+                reused += sum(partial is kept.get(path) for files in store._latency_partials.values()
+                              for path, partial in files.items())
+                while derive.update_derived(data, now=NOW).get("backlog_files"):
+                    pass
+    assert reused > 0
+
+
 def test_a_day_turning_cold_is_coalesced_and_figures_stay(tmp_path, staged):
     data = tmp_path / "data"
     write_stage(data, pa.concat_tables(staged), 1)

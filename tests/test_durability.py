@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import math
 import os
 from datetime import timedelta
@@ -367,6 +369,47 @@ def test_latency_distribution(data_dir, store):
     assert (overall["from_s"] <= [1.0, 1.05, 5.0, 100.0]).all() and (overall["to_s"] > [1.0, 1.05, 5.0, 100.0]).all()
     by = q.latency_distribution(store, Filters(), by_campaign=True)
     assert by.groupby("campaign")["messages"].sum().to_dict() == {"even": 3, "odd": 2}
+
+
+def test_latency_distribution_counts_every_measured_message(data_dir, store):
+    rng = np.random.default_rng(5)
+    rows = []
+    for i, seconds in enumerate(np.round(rng.lognormal(2, 2, size=60), 3)):
+        rows += message(f"M{i:02d}", T0 + timedelta(minutes=i), [("ACCEPTED", 0), ("DELIVERED", float(seconds))],
+                        campaign=("a", "b", "c")[i % 3])
+    rows += message("ONLY", T0, [("DELIVERED", 0)], campaign="a")  # delivered, no time to deliver
+    write_receipts(data_dir, rows)
+    f = Filters()
+    assert q.latency_distribution(store, f)["messages"].sum() == q.kpis(store, f)["latency_messages"].iloc[0] == 60
+    per_campaign = q.latency_distribution(store, f, by_campaign=True).groupby("campaign")["messages"].sum()
+    expected = q.latency_by_campaign(store, f).set_index("campaign")["latency_messages"]
+    assert per_campaign.to_dict() == expected.to_dict() == {"a": 20, "b": 20, "c": 20}
+
+
+def test_every_measured_message_is_listed_in_part_on_screen_and_whole_in_files(data_dir, store):
+    rows = []
+    for i, seconds in enumerate([4.0, 30.0, 2.5, 90.0, 7.0, 1.0, 600.0]):
+        rows += message(f"M{i}", T0 + timedelta(hours=i), [("ACCEPTED", 0), ("DELIVERED", seconds)],
+                        campaign="ab"[i % 2])
+    rows += message("P", T0, [("ACCEPTED", 0)])  # pending: not measured
+    write_receipts(data_dir, rows)
+    f = Filters(tz="Europe/Berlin")
+    every = q.latencies(store, f)
+    assert len(every) == 7 and every["campaign"].tolist() == ["a"] * 4 + ["b"] * 3
+    pd.testing.assert_frame_equal(q.latencies(store, f, limit=3), every.head(3), check_exact=True)
+    assert q.slowest_latencies(store, f, 2)["latency_s"].tolist() == [600.0, 90.0]
+    csv = pd.read_csv(io.BytesIO(q.latencies_file(store, f, "csv")))
+    assert csv["delivery_message_id"].tolist() == every["delivery_message_id"].tolist()
+    assert csv["latency_s"].tolist() == every["latency_s"].tolist()
+    # Times in the chosen zone with their offset: T0 is 12:00 UTC, 13:00 in Berlin in November.
+    assert csv.loc[csv["delivery_message_id"] == "M0", "sent_at"].item() == "2026-11-03 13:00:00+01"
+    gzipped = pd.read_csv(io.BytesIO(gzip.decompress(q.latencies_file(store, f, "csv.gz"))))
+    pd.testing.assert_frame_equal(gzipped, csv)
+    parquet = pd.read_parquet(io.BytesIO(q.latencies_file(store, f, "parquet")))
+    assert parquet["latency_s"].tolist() == every["latency_s"].tolist()
+    assert (pd.to_datetime(parquet["sent_at"], utc=True) == every["sent_at"].dt.tz_convert("UTC")).all()
+    with pytest.raises(ValueError):
+        q.latencies_file(store, f, "xlsx")
 
 
 # --------------------------------------------------------------------------- latency & lag

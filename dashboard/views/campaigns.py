@@ -78,8 +78,8 @@ def campaigns() -> None:
             reasons = state.cached(queries.failure_reasons_by_campaign, narrowed)
             st.plotly_chart(charts.failures_by_campaign_figure(reasons, legend="bottom"), key="campaign_failures")
         with right:
-            latencies = state.cached(queries.latencies, narrowed)
-            st.plotly_chart(charts.latency_cdf_figure(latencies, by_campaign=chosen), key="campaign_latency")
+            distribution = state.cached(queries.latency_distribution, narrowed, True)
+            st.plotly_chart(charts.latency_cdf_figure(distribution, by_campaign=chosen), key="campaign_latency")
         st.markdown("**Failure reasons of the chosen campaigns**")
         downloads.show_table(reasons, "campaign-failure-reasons", narrowed)
         st.markdown("**Time to deliver of the chosen campaigns**")

@@ -10,6 +10,7 @@ from dashboard.report import KPI_DEFINITIONS
 
 PERCENTILE_CARDS = [("latency_p50_s", "p50"), ("latency_p90_s", "p90"), ("latency_p95_s", "p95"),
                     ("latency_p99_s", "p99")]
+SHOWN_MESSAGES = 1000  # rows of "Every measured message" on screen (the downloads hold all)
 WITHIN_CARDS = [("within_10s", "Within 10 s"), ("within_1m", "Within 1 min"), ("within_5m", "Within 5 min"),
                 ("within_1h", "Within 1 h")]
 
@@ -45,17 +46,25 @@ def latency() -> None:
                 st.metric(f"Delivered {label.lower()}", downloads.format_value(column, row[column]), border=True,
                           help=KPI_DEFINITIONS[column])
 
-        latencies = state.cached(queries.latencies, f)
+        distribution = state.cached(queries.latency_distribution, f)
         left, right = st.columns(2)
         with left:
-            st.plotly_chart(charts.latency_histogram_figure(latencies), key="latency_histogram")
+            st.plotly_chart(charts.latency_histogram_figure(distribution), key="latency_histogram")
         with right:
-            st.plotly_chart(charts.latency_cdf_figure(latencies), key="latency_cdf")
+            st.plotly_chart(charts.latency_cdf_figure(distribution), key="latency_cdf")
         by_campaign = state.cached(queries.latency_by_campaign, f)
         st.plotly_chart(charts.percentiles_by_campaign_figure(by_campaign), key="latency_by_campaign")
         downloads.show_table(by_campaign, "latency-by-campaign", f)
-        with st.expander("Every measured message"):
-            downloads.show_table(latencies, "latencies", f)
+        # on_change="rerun": the expander's body runs only while it is open (a month at scale
+        # has millions of measured messages; even picking the slowest reads them all).
+        rows = st.expander("Every measured message", key="latency_rows", on_change="rerun")
+        with rows:
+            if rows.open:
+                slowest = state.cached(queries.slowest_latencies, f, SHOWN_MESSAGES)
+                st.caption(f"The {charts.format_count(len(slowest))} slowest of {charts.format_count(measured)} "
+                           "measured messages. The downloads hold every one, by campaign and time to deliver.")
+                downloads.show_table(slowest, "latencies", f,
+                                     files=downloads.latency_downloads(state.store(), f, measured))
 
     figures()
 
