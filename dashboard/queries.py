@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -882,8 +883,6 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._con.close()
-            import shutil
-
             shutil.rmtree(self._spill, ignore_errors=True)
 
     def __enter__(self):
@@ -1350,18 +1349,26 @@ def outcome_breakdown(store: Store, f: Filters) -> pd.DataFrame:
 # --------------------------------------------------------------------------- over time
 
 
+def _per_bucket(store: Store, f: Filters, bucket: str | None, select: str, where: str = "",
+                order: str = "bucket_start") -> tuple[pd.DataFrame, str]:
+    """The per-message counts grouped by local time bucket (``bucket`` as in :func:`trend`):
+    ``bucket_start`` (before :func:`_in_zone`) plus ``select``, only buckets with messages; and
+    the bucket size chosen."""
+    chosen = _choose_bucket(store, f, bucket)
+    sql, params = _counts(store, f)
+    params["tz"] = f.tz
+    df = store.query(f"SELECT {_sql.bucket_sql(chosen, 't')} AS bucket_start, {select} FROM ({sql}) {where} "
+                     f"GROUP BY ALL HAVING sum(messages) > 0 ORDER BY {order}", params)
+    return df, chosen
+
+
 def trend(store: Store, f: Filters, bucket: str | None = None) -> pd.DataFrame:
     """Per local hour/day bucket (``bucket`` 'hour'|'day'; auto: hour when the range is at
     most 3 days): bucket_start (tz-aware in f.tz), messages, delivered, failed, unknown,
     pending, delivery_rate. Buckets without messages are included with zeros, from the
     filter's start to its end (or the data's first/last bucket)."""
     def compute():
-        chosen = _choose_bucket(store, f, bucket)
-        sql, params = _counts(store, f)
-        params["tz"] = f.tz
-        df = store.query(
-            f"SELECT {_sql.bucket_sql(chosen, 't')} AS bucket_start, {_sql.counts_select()} "
-            f"FROM ({sql}) GROUP BY ALL HAVING sum(messages) > 0 ORDER BY bucket_start", params)
+        df, chosen = _per_bucket(store, f, bucket, _sql.counts_select())
         df = _in_zone(df[TREND_COLUMNS], ["bucket_start"], f.tz)
         index = _all_buckets(f, chosen, df["bucket_start"])
         df = df.set_index("bucket_start").reindex(index)
@@ -1375,13 +1382,8 @@ def trend(store: Store, f: Filters, bucket: str | None = None) -> pd.DataFrame:
 def failure_reasons_over_time(store: Store, f: Filters, bucket: str | None = None) -> pd.DataFrame:
     """bucket_start (tz-aware in f.tz), reason, messages: failed messages per reason per bucket."""
     def compute():
-        chosen = _choose_bucket(store, f, bucket)
-        sql, params = _counts(store, f)
-        params["tz"] = f.tz
-        df = store.query(
-            f"SELECT {_sql.bucket_sql(chosen, 't')} AS bucket_start, last_status AS reason, "
-            f"sum(messages)::BIGINT AS messages FROM ({sql}) WHERE outcome = 'failed' "
-            f"GROUP BY ALL HAVING sum(messages) > 0 ORDER BY bucket_start, messages DESC, reason", params)
+        df, _ = _per_bucket(store, f, bucket, "last_status AS reason, sum(messages)::BIGINT AS messages",
+                            where="WHERE outcome = 'failed'", order="bucket_start, messages DESC, reason")
         return _in_zone(df, ["bucket_start"], f.tz)
     return store.cached("failure_reasons_over_time", (f, bucket), compute)
 

@@ -32,11 +32,8 @@ def data_dir(tmp_path):
 
 @pytest.fixture
 def store(data_dir):
-    s = Store(data_dir)
-    try:
+    with Store(data_dir) as s:
         yield s
-    finally:
-        s.close()
 
 
 def kpi(store, f=Filters()):

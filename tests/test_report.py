@@ -33,11 +33,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(data_dir):
-    s = Store(data_dir)
-    try:
+    with Store(data_dir) as s:
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="module")
