@@ -54,7 +54,7 @@ The manifest (:class:`Manifest`) lists the files in force, the receipt files abs
 files retired by a rewrite: those are deleted only after :data:`GRACE_SECONDS`, so that a
 reader holding an older manifest can finish its query.
 
-:func:`update_derived` absorbs receipt files not absorbed yet (the maintenance thread calls
+:func:`update_derived` absorbs receipt files not absorbed yet (the maintenance process calls
 it every few seconds): it merges their messages' partial state with the stored rows of the
 same messages (a late receipt may belong to a message sent days ago) and rewrites the files
 concerned. :func:`rebuild_derived` recomputes everything from the raw receipts (``dlrlens
