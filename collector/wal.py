@@ -190,7 +190,12 @@ class WriteAheadLog:
                 self._work.notify()
 
     def _append(self, documents: list[dict], announced: bool) -> None:
-        lines = [encode_document(doc) for doc in documents]
+        try:
+            lines = [encode_document(doc) for doc in documents]
+        except BaseException:
+            if announced:
+                self._withdraw()  # else every later batch would wait gather_seconds for it
+            raise
         with self._lock:
             if announced:
                 self._expected -= 1

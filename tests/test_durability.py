@@ -118,6 +118,17 @@ def test_a_cancelled_arrival_releases_the_writer(tmp_path):
     log.close()
 
 
+def test_an_arrival_that_fails_to_encode_does_not_hold_later_batches(tmp_path):
+    log = WriteAheadLog(tmp_path / "wal", gather_seconds=30)
+    with log.arrival() as arrival:
+        with pytest.raises(TypeError):
+            arrival.append([{"not json": object()}])
+    started = time.monotonic()
+    log.append([{"n": 1}])
+    assert time.monotonic() - started < 10, "the failed arrival was withdrawn"
+    log.close()
+
+
 def test_the_flusher_gets_exactly_what_the_file_holds(tmp_path):
     log = WriteAheadLog(tmp_path / "wal")
     documents = [{"receipt_id": f"{i:032x}", "text": "é\u2028\"x", "n": i, "none": None} for i in range(50)]
