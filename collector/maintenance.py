@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+from datetime import datetime, timezone
+
 import pyarrow.parquet as pq
 
-from collector import compaction
+from collector import compaction, layout
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -57,6 +59,8 @@ class Maintainer:
         self.errors = {"derive": 0, "compact": 0}
         self.last_results: dict[str, dict] = {}
         self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
+        self.last_success_at: dict[str, datetime] = {}
         self._lock_fd: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dlrlens-maintenance", daemon=True)
@@ -123,11 +127,33 @@ class Maintainer:
         except Exception as exc:  # the thread must outlive any failure; the next tick retries
             self.errors[name] += 1
             self.last_error = f"{name}: {type(exc).__name__}: {exc}"
+            self.last_error_at = datetime.now(timezone.utc)
             log.error("event=maintenance_failed task=%s error=%r", name, f"{type(exc).__name__}: {exc}")
-            return
-        self.runs[name] += 1
-        if result is not None:
-            self.last_results[name] = result
+        else:
+            self.runs[name] += 1
+            self.last_success_at[name] = datetime.now(timezone.utc)
+            if result is not None:
+                self.last_results[name] = result
+        self._write_status()
+
+    def status_document(self) -> dict:
+        """What ``data/maintenance.json`` holds (times as ISO 8601 UTC): pid, updated_at, the
+        intervals, runs and errors per task, last_success_at per task, last_error(_at)."""
+        def iso(moment: datetime | None) -> str | None:
+            return moment.isoformat() if moment else None
+
+        return {"pid": os.getpid(), "updated_at": iso(datetime.now(timezone.utc)),
+                "interval_seconds": {"derive": self.interval, "compact": self.compact_every},
+                "runs": dict(self.runs), "errors": dict(self.errors),
+                "last_success_at": {name: iso(at) for name, at in self.last_success_at.items()},
+                "last_error": self.last_error, "last_error_at": iso(self.last_error_at)}
+
+    def _write_status(self) -> None:
+        try:
+            layout.atomic_write_bytes(self.data_dir / layout.MAINTENANCE_STATUS,
+                                      json.dumps(self.status_document()).encode())
+        except OSError as exc:  # the status is for people; the work goes on without it
+            log.warning("event=maintenance_status_unwritable error=%r", str(exc))
 
     def _update_derived(self) -> dict | None:
         try:
@@ -183,8 +209,15 @@ def bytes_per_receipt(data_dir: Path) -> tuple[int, int]:
 class MaintenanceProcess:
     """``python3 -m collector.maintenance`` as a supervised child of the calling process.
 
-    :meth:`start` spawns it and a thread that restarts it (after ``RESTART_DELAY_SECONDS``)
-    whenever it exits while it should run; :meth:`stop` asks it to finish (SIGTERM) and waits.
+    :meth:`start` starts a thread that spawns it and restarts it (after
+    ``RESTART_DELAY_SECONDS``) whenever it exits while it should run; :meth:`stop` asks it to
+    finish (SIGTERM) and waits.
+
+    It is spawned with ``os.posix_spawn``, not ``subprocess``: Popen waits on a pipe until the
+    child has exec'd, and a gunicorn worker forked by the master at that moment inherits the
+    pipe's write end and keeps it open for ever, leaving the supervisor waiting with it.
+    The master may also reap the child itself (gunicorn waits for any child), so its exit
+    status is not always known.
     """
 
     def __init__(self, data_dir: Path, *, interval: float, compact_every: float, log_level: str = "info"):
@@ -192,7 +225,7 @@ class MaintenanceProcess:
                         "--interval", str(interval), "--compact-every", str(compact_every),
                         "--log-level", log_level]
         self.restarts = 0
-        self._process: subprocess.Popen | None = None
+        self.pid: int | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="dlrlens-maintenance-supervisor", daemon=True)
 
@@ -200,19 +233,20 @@ class MaintenanceProcess:
         self._thread.start()
         return self
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+    def _spawn(self) -> int:
+        # The collector package must be importable wherever the collector was started from.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        # setsid: a Ctrl-C or a signal to the collector's process group reaches the master,
+        # which stops this process after the workers (see stop), not before.
+        return os.posix_spawn(sys.executable, [*self.command, "--parent", str(os.getpid())], env,
+                              file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)], setsid=True)
 
     def _supervise(self) -> None:
         while not self._stopping.is_set():
-            # Run from the directory that holds the collector package, wherever we were started.
-            package_root = Path(__file__).resolve().parent.parent
-            # Its own session: a Ctrl-C or a signal to the collector's process group reaches the
-            # master, which stops this process after the workers (see stop), not before.
-            self._process = subprocess.Popen([*self.command, "--parent", str(os.getpid())], cwd=package_root,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
-            code = self._process.wait()
+            self.pid = self._spawn()
+            code = _wait_for_exit(self.pid)
             if self._stopping.is_set():
                 return
             self.restarts += 1
@@ -223,15 +257,39 @@ class MaintenanceProcess:
         """Ask the process to stop after its current step and wait (an interrupted compaction
         is crash-safe, so after ``timeout`` it is killed)."""
         self._stopping.set()
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if self.pid is not None and _signal(self.pid, signal.SIGTERM):
+            deadline = time.monotonic() + timeout
+            while _alive(self.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _signal(self.pid, signal.SIGKILL):
+                while _alive(self.pid):
+                    time.sleep(0.05)
         self._thread.join(timeout=5)
+
+
+def _wait_for_exit(pid: int) -> str:
+    """Block until child ``pid`` ends; its exit code, signal, or 'unknown' (reaped elsewhere)."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return "unknown"
+    return str(os.waitstatus_to_exitcode(status))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False  # reaped (by us or by the master)
+    return done == 0
+
+
+def _signal(pid: int, signum: int) -> bool:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def start_process(settings) -> MaintenanceProcess | None:
