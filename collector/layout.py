@@ -9,6 +9,7 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
       wal/<slot>.lock                                      held (flock) by the live writer
       rejected/<reason>/<time>-<id>.body                   raw bodies of rejected requests
       stats/<slot>.json                                    each writer's counters (metrics)
+      maintenance.json                                     the maintenance process's status
 
 Contract for readers:
 
@@ -36,6 +37,9 @@ RECEIPTS_DIR = "receipts"
 WAL_DIR = "wal"
 REJECTED_DIR = "rejected"
 STATS_DIR = "stats"
+# Written (atomically) by the active maintainer after each task: runs, errors, the last error,
+# the last success of each task, its intervals. See collector.maintenance.Maintainer.status_document.
+MAINTENANCE_STATUS = "maintenance.json"
 PARTITION_PREFIX = "date="
 PARQUET_GLOB = f"{RECEIPTS_DIR}/{PARTITION_PREFIX}*/*.parquet"
 

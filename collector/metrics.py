@@ -8,6 +8,7 @@ own file, so any worker answers for the whole collector.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 from collector import layout
@@ -75,4 +76,31 @@ def render(storage) -> str:
               "# HELP dlrlens_log_backlog_segments Log segments of this worker waiting for a flush.",
               "# TYPE dlrlens_log_backlog_segments gauge",
               f"dlrlens_log_backlog_segments {backlog['segments']}"]
+    lines += maintenance_lines(Path(storage.data_dir))
     return "\n".join(lines) + "\n"
+
+
+def maintenance_lines(data_dir: Path) -> list[str]:
+    """The maintenance process's status file as metrics (none before its first task)."""
+    try:
+        status = json.loads((data_dir / layout.MAINTENANCE_STATUS).read_text())
+        return _maintenance_lines(status)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []  # none yet, or not ours: metrics must answer anyway
+
+
+def _maintenance_lines(status: dict) -> list[str]:
+    lines = ["# HELP dlrlens_maintenance_runs_total Maintenance tasks that succeeded (derive, compact).",
+             "# TYPE dlrlens_maintenance_runs_total counter"]
+    lines += [f'dlrlens_maintenance_runs_total{{task="{task}"}} {int(n)}' for task, n in sorted(status["runs"].items())]
+    lines += ["# HELP dlrlens_maintenance_errors_total Maintenance tasks that failed (retried at the next tick).",
+              "# TYPE dlrlens_maintenance_errors_total counter"]
+    lines += [f'dlrlens_maintenance_errors_total{{task="{task}"}} {int(n)}'
+              for task, n in sorted(status["errors"].items())]
+    lines += ["# HELP dlrlens_maintenance_last_success_timestamp_seconds When each task last succeeded.",
+              "# TYPE dlrlens_maintenance_last_success_timestamp_seconds gauge"]
+    for task, at in sorted(status["last_success_at"].items()):
+        if at:
+            stamp = datetime.fromisoformat(at).timestamp()
+            lines.append(f'dlrlens_maintenance_last_success_timestamp_seconds{{task="{task}"}} {stamp:.3f}')
+    return lines

@@ -1720,6 +1720,29 @@ def _health_overall(store: Store, known: dict) -> dict[str, pd.DataFrame]:
     return {"summary": summary, "per_minute": per_minute, "unknown_statuses": unknown_all}
 
 
+def maintenance_status(data_dir: str | Path) -> dict | None:
+    """The collector's maintenance process as it last reported (``maintenance.json``, see
+    ``collector.maintenance.Maintainer.status_document``); ``None`` before its first report.
+
+    Keys: updated_at, derive_at, compact_at (last successes), last_error_at (UTC Timestamps or
+    NaT), errors (failed tasks since it started), last_error (text or None), interval_seconds
+    ({"derive": s, "compact": s}).
+    """
+    try:
+        doc = json.loads((Path(data_dir) / layout.MAINTENANCE_STATUS).read_text())
+        successes = doc.get("last_success_at") or {}
+
+        def moment(value) -> pd.Timestamp:
+            return pd.Timestamp(value).tz_convert("UTC") if value else pd.NaT
+
+        return {"updated_at": moment(doc.get("updated_at")), "derive_at": moment(successes.get("derive")),
+                "compact_at": moment(successes.get("compact")), "last_error_at": moment(doc.get("last_error_at")),
+                "errors": int(sum((doc.get("errors") or {}).values())), "last_error": doc.get("last_error"),
+                "interval_seconds": dict(doc.get("interval_seconds") or {})}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None  # not written yet, or being replaced: it is rewritten every few seconds
+
+
 def rejected_summary(data_dir: str | Path) -> pd.DataFrame:
     """reason, count, last_at: refused webhook requests per reason.
 

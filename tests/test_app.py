@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from streamlit import dataframe_util
 from streamlit.testing.v1 import AppTest
 
+from collector import layout
 from collector.statuses import status_table
 from dashboard import charts, downloads, queries, report, state
 from dashboard.queries import Filters, Store
@@ -239,6 +240,35 @@ def test_health_page_lists_rejected_requests_even_without_receipts(monkeypatch, 
     rejected = table(at, "rejected")
     assert rejected["reason"].tolist() == ["bad_secret"]
     assert rejected["count"].tolist() == [1]
+
+
+def test_health_page_shows_maintenance_and_a_current_failure(monkeypatch, empty_data):
+    now = pd.Timestamp.now(tz="UTC")
+    status = {"pid": 1, "updated_at": (now - pd.Timedelta(seconds=3)).isoformat(),
+              "interval_seconds": {"derive": 5.0, "compact": 60.0}, "runs": {"derive": 40, "compact": 2},
+              "errors": {"derive": 3, "compact": 0},
+              "last_success_at": {"derive": (now - pd.Timedelta(seconds=65)).isoformat(),
+                                  "compact": (now - pd.Timedelta(minutes=10)).isoformat()},
+              "last_error": "derive: OSError: disk full", "last_error_at": (now - pd.Timedelta(seconds=3)).isoformat()}
+    (empty_data / layout.MAINTENANCE_STATUS).write_text(json.dumps(status))
+    at = run_app(monkeypatch, empty_data, "health")
+    shown = cards(at)
+    assert shown["Derived state updated"] == "1 min 5 s ago" and shown["Maintenance errors"] == "3"
+    assert shown["Last compaction"] == "10 min ago"
+    assert any("derive: OSError: disk full" in e.value for e in at.error), "derive has not succeeded since"
+    assert not at.warning, "it reported 3 s ago"
+
+    status["last_error_at"] = (now - pd.Timedelta(seconds=90)).isoformat()  # derive succeeded since
+    status["updated_at"] = (now - pd.Timedelta(minutes=30)).isoformat()
+    (empty_data / layout.MAINTENANCE_STATUS).write_text(json.dumps(status))
+    at = run_app(monkeypatch, empty_data, "health")
+    assert not at.error
+    assert any("has not reported for 30 min" in w.value for w in at.warning)
+
+
+def test_health_page_says_when_maintenance_has_not_reported(monkeypatch, empty_data):
+    at = run_app(monkeypatch, empty_data, "health")
+    assert any("has not reported yet" in c.value for c in at.caption)
 
 
 # ---------------------------------------------------------------------------------------------

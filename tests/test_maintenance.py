@@ -13,9 +13,10 @@ import types
 from pathlib import Path
 
 import pytest
+import requests
 
 import collector
-from collector import compaction, layout
+from collector import compaction, layout, metrics
 from collector.maintenance import Maintainer, bytes_per_receipt, start
 from tests.servers import REPO, wait_until
 from tests.test_compaction import (
@@ -148,6 +149,15 @@ def test_a_failing_task_is_logged_on_one_line_and_the_thread_goes_on(tmp_path, m
     failures = [r for r in caplog.records if "event=maintenance_failed" in r.getMessage()]
     assert [r.getMessage() for r in failures] == ["event=maintenance_failed task=compact error='OSError: disk on fire'"] * 2
     assert all(r.exc_info is None and "\n" not in r.getMessage() for r in failures)
+    # What people and alerts read: the status file, written after every task.
+    status = json.loads((data / layout.MAINTENANCE_STATUS).read_text())
+    assert status["errors"] == {"derive": 0, "compact": 2} and status["runs"]["compact"] >= 1
+    assert status["last_error"] == "compact: OSError: disk on fire" and status["last_error_at"]
+    assert set(status["last_success_at"]) == {"compact"}
+    assert status["interval_seconds"] == {"derive": 0, "compact": 0.02}
+    text = "\n".join(metrics.maintenance_lines(data))
+    assert 'dlrlens_maintenance_errors_total{task="compact"} 2' in text
+    assert 'dlrlens_maintenance_last_success_timestamp_seconds{task="compact"}' in text
     assert all(options == EAGER for options in calls)
     assert len(visible_files(data)) == 1 and stored_rows(data) == before
     compacted = [r.getMessage() for r in caplog.records if "event=compacted" in r.getMessage()]
@@ -236,12 +246,16 @@ def test_the_collector_runs_one_lower_priority_maintenance_process_and_restarts_
     data = tmp_path / "data"
     with running_collector(data, workers=2, env={"DLRLENS_MAINTENANCE_SECONDS": "0.5"}) as running:
         [pid] = wait_until(lambda: len(pids := maintenance_pids(data)) == 1 and pids, 30, what="maintenance process")
-        assert niceness(pid) == niceness(running.process.pid) + 10, "maintenance yields the CPU to the webhook"
+        # It lowers its priority first thing in main(), after its imports.
+        wait_until(lambda: niceness(pid) == niceness(running.process.pid) + 10, 30,
+                   what="maintenance yielding the CPU to the webhook (nice +10)")
         wait_until(lambda: (data / "maintenance.lock").exists(), 30, what="maintenance lock taken")
 
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: (pids := maintenance_pids(data)) and pids != [pid], 30, what="restarted maintenance")
         assert "event=maintenance_process_exited" in running.log()
+        wait_until(lambda: "dlrlens_maintenance_runs_total" in requests.get(running.url + "/metrics", timeout=10).text,
+                   30, what="maintenance status in /metrics")
     wait_until(lambda: not maintenance_pids(data), 30, what="maintenance stopped with the collector")
 
 

@@ -1,5 +1,6 @@
 """Data health page: is data arriving, and how clean is it? Receipts per minute, last receipt,
-duplicates, regressions, rejected requests by reason, statuses Mobivate sent that we don't know."""
+duplicates, regressions, rejected requests by reason, statuses Mobivate sent that we don't know,
+and whether the collector's maintenance keeps up."""
 
 from __future__ import annotations
 
@@ -19,6 +20,50 @@ def clock_time(moment, now, tz: str) -> str:
     "at Nov 27 14:22"; the full timestamp goes in the card's help."""
     local, today = pd.Timestamp(moment).tz_convert(tz), pd.Timestamp(now).tz_convert(tz).date()
     return "at " + local.strftime("%H:%M:%S" if local.date() == today else "%b %d %H:%M")
+
+
+# Silence longer than this (or than 10 intervals) means maintenance is not running.
+MAINTENANCE_SILENT_SECONDS = 120
+
+
+def maintenance(now) -> None:
+    """When the derived state and compaction last ran, and the last error if it is current."""
+    st.subheader("Maintenance", anchor=False)
+    status = queries.maintenance_status(state.data_dir())
+    if status is None:
+        st.caption("The collector's maintenance (derived per-message state every few seconds, compaction "
+                   "every minute) has not reported yet. Figures are exact without it, only slower.")
+        return
+    with st.grid(3, min_column_width=150):
+        st.metric("Derived state updated", _ago(status["derive_at"], now), border=True,
+                  help="When the collector last absorbed new receipts into the per-message state the pages "
+                       "read. Receipts not absorbed yet are added at query time, so figures stay exact.")
+        st.metric("Last compaction", _ago(status["compact_at"], now), border=True,
+                  help="When the collector last merged small receipt files into large sorted ones.")
+        st.metric("Maintenance errors", charts.format_count(status["errors"]), border=True,
+                  help="Failed maintenance steps since the maintenance process started; each is retried.")
+    intervals = [s for s in status["interval_seconds"].values() if s and s > 0]
+    silent_limit = max([MAINTENANCE_SILENT_SECONDS] + [10 * s for s in intervals])
+    silent_for = (now - status["updated_at"]).total_seconds() if not charts.is_missing(status["updated_at"]) else None
+    if silent_for is not None and silent_for > silent_limit:
+        st.warning(f"Maintenance has not reported for {charts.format_duration(silent_for)}: the collector may be "
+                   "stopped. Figures stay exact; pages get slower as unabsorbed receipts pile up.",
+                   icon=":material/schedule:")
+    # Still failing: the task of the last error ("derive: ..." or "compact: ...") has not
+    # succeeded since.
+    task = (status["last_error"] or "").split(":", 1)[0]
+    task_success = status.get(f"{task}_at", pd.NaT)
+    failing = not charts.is_missing(status["last_error_at"]) and (
+        charts.is_missing(task_success) or status["last_error_at"] > task_success)
+    if failing:
+        st.error(f"Maintenance failed {_ago(status['last_error_at'], now)}: {status['last_error']}. It retries "
+                 "at every tick; the collector's log has one line per failure (event=maintenance_failed).",
+                 icon=":material/error:")
+
+
+def _ago(moment, now) -> str:
+    age = _age(moment, now)
+    return f"{age} ago" if age else "not yet"
 
 
 def health() -> None:
@@ -60,6 +105,8 @@ def health() -> None:
             else:
                 st.caption("Status names or codes not in Mobivate's table; they count as *unknown* outcomes.")
                 downloads.show_table(unknown, "unknown-statuses", f)
+
+        maintenance(state.utc_now())
 
         st.subheader("Rejected requests", anchor=False)
         rejected = queries.rejected_summary(state.data_dir())  # a few small files; not worth caching
