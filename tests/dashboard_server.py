@@ -16,7 +16,7 @@ import duckdb
 import requests
 
 from collector import layout
-from tests.servers import REPO, free_port, stop_process_group, wait_until
+from tests.servers import REPO, free_port, stop_process_group, wait_started, wait_until
 
 START_TIMEOUT = 90  # seconds; Streamlit's first start imports a lot on a busy 2-core machine
 STOP_TIMEOUT = 20
@@ -89,16 +89,8 @@ def start_dashboard(data_dir: Path, *, port: int | None = None, log_dir: Path | 
             cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    dashboard = Dashboard(process, f"http://127.0.0.1:{port}", Path(data_dir), log_path)
-    try:
-        wait_until(lambda: process.poll() is not None or _healthy(dashboard.url), timeout, interval=0.3,
-                   what="dashboard start")
-        if process.poll() is not None:
-            raise RuntimeError(f"dashboard exited with {process.returncode}:\n{dashboard.log()}")
-    except BaseException:
-        dashboard.stop()
-        raise
-    return dashboard
+    return wait_started(Dashboard(process, f"http://127.0.0.1:{port}", Path(data_dir), log_path), _healthy,
+                        timeout, "dashboard", interval=0.3)
 
 
 @contextlib.contextmanager

@@ -107,15 +107,26 @@ def start_collector(data_dir: Path, *, workers: int = 2, flush_seconds: float = 
              "--port", str(port), "--workers", str(workers), "--flush-seconds", str(flush_seconds)],
             cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    collector = Collector(process, f"http://127.0.0.1:{port}", Path(data_dir), log_path)
+    return wait_started(Collector(process, f"http://127.0.0.1:{port}", Path(data_dir), log_path), _healthy,
+                        60, "collector")
+
+
+def wait_started(server, ready, timeout: float, name: str, interval: float = 0.1):
+    """Return ``server`` once ``ready(server.url)`` holds. If its process exits first, or
+    ``timeout`` seconds pass, stop it (``server.stop()``) and raise, with the end of its log.
+
+    ``server`` has ``process``, ``url``, ``log()`` and ``stop()`` (a :class:`Collector`, a
+    dashboard, a benchmark target)."""
+    process = server.process
     try:
-        wait_until(lambda: process.poll() is not None or _healthy(collector.url), 60, what="collector start")
+        wait_until(lambda: process.poll() is not None or ready(server.url), timeout, interval=interval,
+                   what=f"{name} start")
         if process.poll() is not None:
-            raise RuntimeError(f"collector exited with {process.returncode}:\n{collector.log()}")
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{server.log()[-4000:]}")
     except BaseException:
-        collector.stop()
+        server.stop()
         raise
-    return collector
+    return server
 
 
 @contextlib.contextmanager

@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 
 from collector import layout
 from collector.simulate import generate_traffic
-from tests.servers import REPO, Collector, free_port, wait_until
+from tests.servers import REPO, Collector, free_port, wait_started
 
 GOAL_RATIO = 0.8
 INGEST_PATH = "/dlr?campaign=bench"
@@ -365,15 +365,7 @@ def start_server(name: str, command: list[str], port: int, data_dir: Path, log_d
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(command, cwd=REPO, env=_child_env(), stdout=log_file, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    server = Collector(process, f"http://127.0.0.1:{port}", data_dir, log_path)
-    try:
-        wait_until(lambda: process.poll() is not None or _ready(server.url), 60, what=f"{name} start")
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}:\n{server.log()[-4000:]}")
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return wait_started(Collector(process, f"http://127.0.0.1:{port}", data_dir, log_path), _ready, 60, name)
 
 
 def server_command(target: str, port: int, data_dir: Path, workers: int, threads: int) -> list[str]:
