@@ -4,7 +4,13 @@
 from ``/dlr`` means every stored receipt is fsynced in the write-ahead log; when storage
 fails the answer is ``503`` (so Mobivate retries) and nothing is acknowledged. Every
 refused request gets a 4xx JSON body ``{"error": reason, "message": ...}``, is counted by
-reason, and its raw body is kept under ``data/rejected/``.
+reason, and its raw body is kept under ``data/rejected/``; a ``207`` (some elements of a
+multi-receipt body refused) names at most ``MAX_REPORTED_ERRORS`` of them, with their count.
+
+Paths are canonical before anything routes them: runs of slashes are merged and a trailing
+slash dropped, so ``//dlr`` and ``/dlr/`` are ``/dlr`` (a callback URL with a stray slash
+must not lose receipts); dot segments are not resolved (``/./dlr`` is a 404). No answer
+carries a filesystem path: ``/healthz`` names only the kind of a storage error.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import binascii
 import json
 import logging
 import os
+import re
 from datetime import datetime, timezone
 
 from flask import Flask, Response, current_app, g, jsonify, request
@@ -21,11 +28,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from collector import metrics, openapi
-from collector.parsing import BadBody, parse_request, url_labels
+from collector.parsing import BadBody, LabelPolicy, ReceiptLimits, checked_url_labels, parse_request, url_labels
 from collector.rejected import RejectedBodies
-from collector.security import FailureLimiter, address_allowed, token_matches
+from collector.security import (AUTH_FAILURES_FILE, FailureLimiter, address_allowed, redact_secrets_in_logs,
+                                token_matches)
 from collector.settings import Settings, load_settings
-from collector.storage import ReceiptStorage
+from collector.storage import ReceiptStorage, error_kind
 from collector.wal import StorageError
 
 log = logging.getLogger("dlrlens.collector")
@@ -36,13 +44,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     # Only our logger: gunicorn's own debug lines carry the request path, which may hold a secret.
     logging.getLogger("dlrlens").setLevel(settings.log_level.upper())
+    log.addFilter(redact_secrets_in_logs(settings.tokens))  # also without gunicorn's handlers (tests)
     app = Flask(__name__)
     app.config["MAX_BODY_BYTES"] = settings.max_body_bytes
     app.extensions["dlrlens"] = {
         "settings": settings,
         "storage": ReceiptStorage(settings.data_dir, settings.flush_seconds, settings.flush_rows),
         "rejected": RejectedBodies(settings.data_dir, settings.rejected_keep, settings.rejected_max_bytes),
-        "limiter": FailureLimiter(),
+        # Shared by every worker through one file: the limit holds whichever worker is asked.
+        "limiter": FailureLimiter(settings.data_dir / AUTH_FAILURES_FILE),
+        "limits": receipt_limits(settings),
+        "label_policy": label_policy(settings),
     }
     app.wsgi_app = announce_receipts(app.wsgi_app, app.extensions["dlrlens"]["storage"])
     if settings.trusted_proxies:
@@ -59,16 +71,38 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
+def receipt_limits(settings: Settings) -> ReceiptLimits:
+    return ReceiptLimits(settings.created_max_ahead, settings.created_max_age, settings.max_days_per_request)
+
+
+def label_policy(settings: Settings) -> LabelPolicy:
+    return LabelPolicy(settings.label_keys, settings.label_max_length)
+
+
 ARRIVAL_KEY = "dlrlens.arrival"
+_SLASHES = re.compile("/{2,}")
+
+
+def canonical_path(path: str) -> str:
+    """``path`` with runs of slashes merged and a trailing slash dropped (``//dlr/`` is ``/dlr``)."""
+    return _SLASHES.sub("/", path).rstrip("/") or "/"
+
+
+def is_receipt_path(path: str) -> bool:
+    """``/dlr`` or ``/dlr/SECRET``, for a canonical ``path``: the routes of :func:`receive`."""
+    return path == "/dlr" or path.startswith("/dlr/")
 
 
 def announce_receipts(wsgi_app, storage: ReceiptStorage):
-    """WSGI middleware: every ``POST /dlr...`` is announced to the write-ahead log as soon as it
-    enters the app, so the log's next fsync waits (a millisecond or two at most) for the
-    requests Flask is still dispatching and they share one fsync. The view appends through
-    ``environ[ARRIVAL_KEY]``; leaving the app without appending withdraws the announcement."""
+    """WSGI middleware: makes ``PATH_INFO`` canonical (:func:`canonical_path`), so routing and
+    this middleware see the same path; then every ``POST`` to a receipt path is announced to
+    the write-ahead log as soon as it enters the app, so the log's next fsync waits (a
+    millisecond or two at most) for the requests Flask is still dispatching and they share
+    one fsync. The view appends through ``environ[ARRIVAL_KEY]``; leaving the app without
+    appending withdraws the announcement."""
     def app(environ, start_response):
-        if environ.get("REQUEST_METHOD") != "POST" or not environ.get("PATH_INFO", "").startswith("/dlr"):
+        environ["PATH_INFO"] = path = canonical_path(environ.get("PATH_INFO", ""))
+        if environ.get("REQUEST_METHOD") != "POST" or not is_receipt_path(path):
             return wsgi_app(environ, start_response)
         with storage.arrival() as arrival:
             environ[ARRIVAL_KEY] = arrival
@@ -124,24 +158,34 @@ def http_error(exc: HTTPException) -> Response:
 
 def unexpected_error(exc: Exception) -> Response:
     """Last resort: a bug must still answer JSON, and not 200. 500 means 'not stored, retry'."""
-    log.exception("event=unexpected_error path=%s", request.path.split("/dlr/")[0])
+    log.exception("event=unexpected_error path=%s", logged_path())
     g.outcome = "internal_error"
     response = jsonify(error="internal_error", message="the collector failed; the receipt was not stored")
     response.status_code = 500
     return response
 
 
+def logged_path() -> str:
+    """The route a request matched (``/dlr/<path:secret>``), a known path asked with the
+    wrong method, or ``<unknown path>``: never a path as sent, which may carry the secret
+    (``/api/dlr/SECRET``, ``/./dlr/SECRET``)."""
+    if request.url_rule is not None:
+        return request.url_rule.rule
+    if any(rule.rule == request.path for rule in current_app.url_map.iter_rules()):
+        return request.path
+    return "<unknown path>"
+
+
 def log_request(response: Response) -> Response:
-    # One line per request, never with the query string or a secret path segment. A stored
+    # One line per request, never with the query string or a path as sent. A stored
     # receipt is the common case, thousands a second under load: its line is debug-level
     # (the flusher logs one summary line per flush); everything else is info.
     if request.path == "/metrics":
         return response
     level = logging.DEBUG if g.get("outcome") == "stored" else logging.INFO
     if log.isEnabledFor(level):
-        path = "/dlr/<secret>" if request.path.startswith("/dlr/") else request.path
         log.log(level, "event=request method=%s path=%s status=%d outcome=%s remote=%s",
-                request.method, path, response.status_code, g.get("outcome", "-"), request.remote_addr)
+                request.method, logged_path(), response.status_code, g.get("outcome", "-"), request.remote_addr)
     return response
 
 
@@ -177,17 +221,19 @@ def receive(secret: str | None = None) -> Response:
     storage: ReceiptStorage = ctx["storage"]
     storage.counters.add("requests")
     source = request.remote_addr or "-"
-    arrival = request.environ[ARRIVAL_KEY]  # set by announce_receipts, which create_app installs
+    # Set by announce_receipts; without it (an app not built by create_app) store directly.
+    arrival = request.environ.get(ARRIVAL_KEY)
     if not address_allowed(source, settings.allow_networks):
         storage.counters.add("forbidden")
         return refuse(403, "forbidden_source", f"source address {source} is not in the allow-list")
     if settings.tokens:
-        if ctx["limiter"].blocked(source):
-            return refuse(429, "too_many_auth_failures",
-                          "too many failed attempts from this address; try again in a minute")
+        # The secret first: the right one is never refused, whatever its source did before (a
+        # guesser behind Mobivate's NAT must not lock Mobivate out), and costs no limiter work.
         if not token_matches([request.args.get("token"), _basic_password(), secret], settings.tokens):
-            ctx["limiter"].record_failure(source)
             storage.counters.add("auth_failures")
+            if ctx["limiter"].record_failure(source):
+                return refuse(429, "too_many_auth_failures",
+                              "too many failed attempts from this source; try again in a minute")
             return refuse(401, "unauthorized", "missing or wrong webhook secret (token)")
     elif secret is not None:
         return refuse(404, "not_found", "no such endpoint (no webhook secret is configured)")
@@ -200,13 +246,14 @@ def receive(secret: str | None = None) -> Response:
         return refuse(400, "unreadable_body", f"the request body could not be read: {type(exc).__name__}")
     received_at = datetime.now(timezone.utc)
     try:
-        parsed = parse_request(body, request.content_type, url_labels(request.args.items(multi=True)), received_at)
+        labels = checked_url_labels(request.args.items(multi=True), ctx["label_policy"])
+        parsed = parse_request(body, request.content_type, labels, received_at, ctx["limits"])
     except BadBody as exc:
         return refuse(exc.status, exc.reason, exc.message, body)
 
-    storage.counters.add("received", len(parsed.records) + len(parsed.errors))
+    storage.counters.add("received", len(parsed.records) + parsed.error_total)
     try:
-        arrival.append(parsed.records)
+        (storage.store if arrival is None else arrival.append)(parsed.records)
     except StorageError as exc:
         g.outcome = "storage_unavailable"
         log.error("event=storage_unavailable error=%r", str(exc))
@@ -219,13 +266,13 @@ def receive(secret: str | None = None) -> Response:
     g.outcome = "stored"
     answer = {"status": "stored", "stored": len(parsed.records)}
     if parsed.errors:
-        for error in parsed.errors:
-            storage.counters.reject(error.reason)
+        for reason, count in parsed.error_counts.items():
+            storage.counters.reject(reason, count)
+        rejected = parsed.rejected_summary()
         ctx["rejected"].keep_body("partial", body, {
-            "status": 207, "errors": [e.as_dict() for e in parsed.errors],
-            "labels": url_labels(request.args.items(multi=True)), "received_at": received_at,
+            "status": 207, "stored": len(parsed.records), **rejected, "labels": labels, "received_at": received_at,
         })
-        answer.update(status="partial", rejected=[e.as_dict() for e in parsed.errors])
+        answer.update(status="partial", **rejected)
         g.outcome = "partial"
         return Response(json.dumps(answer), status=207, mimetype="application/json")
     return jsonify(answer)
@@ -243,7 +290,7 @@ def healthz() -> Response:
             os.fsync(fh.fileno())
         probe.unlink()
     except OSError as exc:
-        writable, problem = False, str(exc)
+        writable, problem = False, error_kind(exc)  # str(exc) would name the data directory
     doc = {
         "status": "ok" if writable and not storage.last_flush_error else "degraded",
         "storage_writable": writable,

@@ -8,7 +8,12 @@ body) and checks that every refusal reason the code can give is listed here.
 Receipt schemas describe what Mobivate sends and the collector stores as-is. The
 collector is more lenient than the schema in one documented way: a ``statusCode``,
 ``part`` or ``parts`` that is not an integer does not fail the receipt, it is kept
-under the ``extra`` column instead.
+under the ``extra`` column instead. Two bounds depend on the clock and cannot be schema:
+``created`` must lie within a window around the arrival time, and the receipts of one
+request within a number of UTC days; the descriptions name them and their settings.
+
+The label parameters follow the settings (allowed keys, value length): the document a
+collector serves describes its own configuration.
 
 :func:`register` adds the route to an app; :func:`openapi_document` builds the dict.
 """
@@ -17,14 +22,16 @@ from __future__ import annotations
 
 from flask import Flask, Response, current_app, jsonify
 
-from collector.parsing import MAX_ID_LENGTH, MAX_JSON_DEPTH, MAX_LABEL_LENGTH, MAX_LABELS
+from collector.parsing import MAX_ID_LENGTH, MAX_JSON_DEPTH, MAX_LABELS, MAX_REPORTED_ERRORS
+from collector.settings import Settings, default_settings
 
 OPENAPI_PATH = "/openapi.json"
 
 # Why a whole request is refused, by HTTP status: the ``error`` of the JSON answer.
 REQUEST_REFUSALS: dict[int, tuple[str, ...]] = {
     400: ("invalid_json", "invalid_xml", "invalid_form", "forbidden_xml", "not_a_receipt", "empty_body",
-          "missing_message_id", "missing_status", "bad_created", "bad_field", "unreadable_body"),
+          "missing_message_id", "missing_status", "bad_created", "bad_field", "unreadable_body", "bad_label",
+          "too_many_days"),
     401: ("unauthorized",),
     403: ("forbidden_source",),
     404: ("not_found",),
@@ -41,8 +48,13 @@ _REFUSAL_WHEN = {
     400: "The body does not parse (invalid UTF-8, NaN/Infinity, numbers out of range, lone surrogate escapes, "
          f"JSON nested deeper than {MAX_JSON_DEPTH} levels), uses a DTD or entities (forbidden_xml), holds no "
          "receipt, or its only receipt(s) lack deliveryMessageId, status or a parseable created, or hold a "
-         "field of the wrong type or length (bad_field), or the body itself could not be read "
-         "(unreadable_body: a broken chunked encoding).",
+         "field of the wrong type or length (bad_field), or a created outside the accepted window around the "
+         "arrival time (bad_created: more than DLRLENS_CREATED_MAX_AGE before or DLRLENS_CREATED_MAX_AHEAD "
+         "after it), or the body itself could not be read (unreadable_body: a broken chunked encoding). Also "
+         "the whole request, nothing stored, when its good receipts span more UTC days of created than "
+         "DLRLENS_MAX_DAYS_PER_REQUEST (too_many_days), or when a URL label is refused (bad_label: a key "
+         f"outside DLRLENS_LABEL_KEYS, a value longer than DLRLENS_LABEL_MAX_LENGTH or holding a control "
+         f"character, more than {MAX_LABELS} labels).",
     401: "A webhook secret is configured (DLRLENS_TOKEN) and the request carries none that matches.",
     403: "The source address is outside DLRLENS_ALLOW_NETWORKS.",
     404: "No such endpoint; also POST /dlr/{secret} when no webhook secret is configured.",
@@ -65,6 +77,8 @@ _KEPT_CHAR = r"[^\s\u001c-\u001f\u0085]"
 # XML 1.0 text holds only these characters (the description leaves out those beyond U+FFFF).
 _XML_CHAR = r"[\t\n\r\u0020-\ud7ff\ue000-\ufffd]"
 _XML_KEPT_CHAR = r"[^\s\u0000-\u001f\u0085\ufffe\uffff]"
+# A URL label: any text without C0/C1 control characters.
+_LABEL_TEXT = r"^[^\u0000-\u001f\u007f-\u009f]*$"
 
 
 def _text(description: str, *, xml: bool, required: bool, max_length: int) -> dict:
@@ -96,7 +110,9 @@ def _receipt_properties(*, xml: bool) -> dict:
         "created": {
             "type": "string", "format": "date-time",
             "description": "When Mobivate created the receipt: ISO 8601 with +00:00, +0000 or Z (no offset means "
-                           "UTC), any fraction of a second. Required.",
+                           "UTC), any fraction of a second. Required. Refused (bad_created) outside the window "
+                           "around the arrival time: at most DLRLENS_CREATED_MAX_AGE (400 days) before it and "
+                           "DLRLENS_CREATED_MAX_AHEAD (1 day) after it by default.",
             "examples": ["2023-07-28T03:23:22.000+00:00"],
         },
         "status": _text("Status name, any case. Unknown names are stored and classified 'unknown', never refused. "
@@ -175,11 +191,14 @@ def _components() -> dict:
             "properties": {"status": {"const": "stored"}, "stored": {"type": "integer", "minimum": 1}},
         },
         "Partial": {
-            "type": "object", "required": ["status", "stored", "rejected"],
+            "type": "object", "required": ["status", "stored", "rejected", "rejected_count", "rejected_truncated"],
             "properties": {
                 "status": {"const": "partial"},
                 "stored": {"type": "integer", "minimum": 1},
-                "rejected": {"type": "array", "minItems": 1, "items": {
+                "rejected_count": {"type": "integer", "minimum": 1, "description": "Receipts refused in all."},
+                "rejected_truncated": {"type": "boolean",
+                                       "description": "True when 'rejected' names only the first of them."},
+                "rejected": {"type": "array", "minItems": 1, "maxItems": MAX_REPORTED_ERRORS, "items": {
                     "type": "object", "required": ["index", "reason", "message"],
                     "properties": {
                         "index": {"type": "integer", "minimum": 0, "description": "Position in the body."},
@@ -197,8 +216,10 @@ def _components() -> dict:
             "properties": {
                 "status": {"enum": ["ok", "degraded"]},
                 "storage_writable": {"type": "boolean"},
-                "storage_error": {"type": ["string", "null"]},
-                "last_flush_error": {"type": ["string", "null"]},
+                "storage_error": {"type": ["string", "null"],
+                                  "description": "The kind of error of the write probe (ENOSPC, EACCES, EROFS...)."},
+                "last_flush_error": {"type": ["string", "null"],
+                                     "description": "The kind of error of the last flush, null once one succeeds."},
                 "slot": {"type": "string", "description": "This worker's writer slot."},
                 "backlog": {"type": "object", "description": "This worker's write-ahead log not yet in Parquet.",
                             "required": ["bytes", "segments", "records_open_segment"],
@@ -217,26 +238,48 @@ def _components() -> dict:
     }
 
 
-def _receive_operation(summary: str, extra_parameters: list, refusals: tuple[int, ...]) -> dict:
+def _label_parameters(settings: Settings) -> list[dict]:
+    """``campaign`` and the other label keys the settings allow, as query parameters."""
+    value = {"type": "string", "maxLength": settings.label_max_length, "pattern": _LABEL_TEXT}
+    keys = settings.label_keys
+    parameters = []
+    if keys is None or "campaign" in keys:
+        parameters.append({"name": "campaign", "in": "query", "required": False, "schema": value,
+                           "description": "Campaign name stored with each receipt (the dashboard groups by it)."})
+    if keys is None:
+        labels = {"type": "object", "maxProperties": MAX_LABELS - 1, "additionalProperties": value,
+                  "propertyNames": {"minLength": 1, "maxLength": settings.label_max_length, "pattern": _LABEL_TEXT,
+                                    "not": {"enum": ["token", "campaign"]}}}
+    elif keys - {"campaign"}:
+        labels = {"type": "object", "additionalProperties": False,
+                  "properties": {key: value for key in sorted(keys - {"campaign"})}}
+    else:
+        return parameters
+    parameters.append({"name": "labels", "in": "query", "required": False, "style": "form", "explode": True,
+                       "schema": labels,
+                       "description": "The other allowed query parameters (team=retail, country=uk): filterable "
+                                      "URL labels."})
+    return parameters
+
+
+def _receive_operation(summary: str, extra_parameters: list, refusals: tuple[int, ...], settings: Settings) -> dict:
     receipts = {"$ref": "#/components/schemas/Receipt"}
+    allowed = "any key" if settings.label_keys is None else ", ".join(sorted(settings.label_keys)) or "none"
     return {
         "summary": summary,
         "description": (
             "Stores the receipts in the body. 200 means every receipt is fsynced in the write-ahead log. "
             "When DLRLENS_TOKEN is set, one of its secrets must come as ?token=, as the HTTP Basic password "
-            "or as the last path segment. Every query parameter but token labels the stored receipts; "
-            f"campaign is a column of its own. At most {MAX_LABELS} labels are kept, keys and values cut to "
-            f"{MAX_LABEL_LENGTH} characters; the first of a repeated key wins."
+            "or as the last path segment. The other query parameters label the stored receipts; campaign is "
+            f"a column of its own. Label keys allowed (DLRLENS_LABEL_KEYS): {allowed}. Another key, a value "
+            f"longer than {settings.label_max_length} characters or holding a control character, or more than "
+            f"{MAX_LABELS} labels refuse the request (400 bad_label); the first of a repeated key wins."
         ),
         "security": [{}, {"basicPassword": []}],
         "parameters": extra_parameters + [
             {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
              "description": "Webhook secret (when DLRLENS_TOKEN is set); never stored or logged."},
-            {"name": "campaign", "in": "query", "required": False, "schema": {"type": "string"},
-             "description": "Campaign name stored with each receipt (the dashboard groups by it)."},
-            {"name": "labels", "in": "query", "required": False, "style": "form", "explode": True,
-             "schema": {"type": "object", "additionalProperties": {"type": "string"}},
-             "description": "Any other query parameter (team=retail, country=uk): a filterable URL label."},
+            *_label_parameters(settings),
         ],
         "requestBody": {
             "required": True,
@@ -254,8 +297,9 @@ def _receive_operation(summary: str, extra_parameters: list, refusals: tuple[int
         },
         "responses": {
             "200": _json_response("Every receipt is stored durably.", {"$ref": "#/components/schemas/Stored"}),
-            "207": _json_response("Some receipts of a multi-receipt body are stored; 'rejected' names the others.",
-                                  {"$ref": "#/components/schemas/Partial"}),
+            "207": _json_response(
+                f"Some receipts of a multi-receipt body are stored; 'rejected' names the others (the first "
+                f"{MAX_REPORTED_ERRORS}), 'rejected_count' counts them.", {"$ref": "#/components/schemas/Partial"}),
             **{str(status): _refusal(status) for status in refusals},
             "500": _json_response("A collector bug; nothing was stored, the sender should retry.",
                                   {"$ref": "#/components/schemas/InternalError"}),
@@ -268,8 +312,10 @@ def _receive_operation(summary: str, extra_parameters: list, refusals: tuple[int
     }
 
 
-def openapi_document(max_body_bytes: int | None = None) -> dict:
-    """The OpenAPI 3.1 document; ``max_body_bytes`` (the 413 limit) goes into the description."""
+def openapi_document(max_body_bytes: int | None = None, settings: Settings | None = None) -> dict:
+    """The OpenAPI 3.1 document; ``max_body_bytes`` (the 413 limit) goes into the description,
+    ``settings`` (default: the defaults) give the label parameters."""
+    settings = settings or default_settings()
     limit = f" Bodies above {max_body_bytes} bytes are refused (413)." if max_body_bytes else ""
     return {
         "openapi": "3.1.0",
@@ -280,13 +326,13 @@ def openapi_document(max_body_bytes: int | None = None) -> dict:
                            "object {error, message}, counted in /metrics and kept under data/rejected/." + limit,
         },
         "paths": {
-            "/dlr": {"post": {**_receive_operation("Receive delivery receipts", [], _RECEIVE_REFUSALS),
+            "/dlr": {"post": {**_receive_operation("Receive delivery receipts", [], _RECEIVE_REFUSALS, settings),
                               "operationId": "receive"}},
             "/dlr/{secret}": {"post": {
                 **_receive_operation("Receive delivery receipts, the webhook secret in the path", [
                     {"name": "secret", "in": "path", "required": True, "schema": {"type": "string"},
                      "description": "A webhook secret; 404 when none is configured."},
-                ], _RECEIVE_REFUSALS + (404,)),
+                ], _RECEIVE_REFUSALS + (404,), settings),
                 "operationId": "receiveWithPathSecret",
             }},
             "/healthz": {"get": {
@@ -317,7 +363,8 @@ def openapi_document(max_body_bytes: int | None = None) -> dict:
 
 
 def serve_document() -> Response:
-    return jsonify(openapi_document(current_app.config.get("MAX_BODY_BYTES")))
+    settings = current_app.extensions.get("dlrlens", {}).get("settings")
+    return jsonify(openapi_document(current_app.config.get("MAX_BODY_BYTES"), settings))
 
 
 def register(app: Flask) -> None:

@@ -12,6 +12,16 @@ Contract:
   ``<deliveryreceipt>``) yields every good one; each bad element is reported as an
   :class:`ElementError` instead of failing the whole body.
 * Unknown status names or codes are never refused: they are classified ``unknown``.
+* Only the first :data:`MAX_REPORTED_ERRORS` element errors are kept (with a count by
+  reason of all of them), so a body of a million bad elements gives a small answer.
+* :class:`ReceiptLimits` bounds what hostile input could do to storage and the dashboard:
+  a ``created`` outside a window around the arrival time is refused (``bad_created``) and a
+  request whose good receipts span too many UTC days is refused whole (``too_many_days``:
+  storage partitions by day, nothing of it is stored). :func:`parse_request` applies none
+  unless given; the collector always gives the configured ones.
+* :func:`checked_url_labels` refuses (``bad_label``) URL labels outside a
+  :class:`LabelPolicy` (allowed keys, value length, count, control characters) rather than
+  silently cutting them: labels are dashboard dimensions, so their cardinality is bounded.
 * Nothing here raises anything but :class:`BadBody` for any input.
 """
 
@@ -21,8 +31,9 @@ import hashlib
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs
 
 import defusedxml.ElementTree as SafeET
@@ -47,8 +58,13 @@ KNOWN_FIELDS = {
     )
 }
 MAX_ID_LENGTH = 256
+# URL labels per request (refused above, see LabelPolicy); the audit copy of a refused
+# request's labels (url_labels) keeps this many, cut to MAX_LABEL_LENGTH characters.
 MAX_LABELS = 32
 MAX_LABEL_LENGTH = 256
+# Element errors named in a 207 answer and in its rejected/partial/ record; the rest are
+# only counted, so the answer to a body of 300,000 bad elements stays a few kilobytes.
+MAX_REPORTED_ERRORS = 100
 # A receipt is 2-3 levels deep (array, receipt, hlr). The bound keeps every later step
 # (json.dumps of hlr/extra, the WAL encoder) clear of Python's recursion limit, whatever
 # the caller's stack depth.
@@ -57,6 +73,9 @@ SECRET_PARAMS = frozenset({"token"})
 
 _TIMESTAMP_SHAPE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _INT32_MAX = 2**31 - 1
+# C0 and C1 control characters (Unicode category Cc): never part of a sensible label, and
+# they would forge lines or columns wherever a label is printed.
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -66,6 +85,13 @@ class BadBody(Exception):
     def __init__(self, status: int, reason: str, message: str):
         super().__init__(message)
         self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class _BadElement(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
         self.reason = reason
         self.message = message
 
@@ -84,15 +110,98 @@ class ElementError:
 
 @dataclass
 class ParsedBody:
+    """The good records, the first :data:`MAX_REPORTED_ERRORS` element errors and the count
+    of all element errors by reason."""
+
     records: list[dict] = field(default_factory=list)
     errors: list[ElementError] = field(default_factory=list)
+    error_counts: Counter = field(default_factory=Counter)
+
+    @property
+    def error_total(self) -> int:
+        return sum(self.error_counts.values())
+
+    def rejected_summary(self) -> dict:
+        """The refused elements as a 207 answer and its audit record name them."""
+        return {"rejected": [error.as_dict() for error in self.errors], "rejected_count": self.error_total,
+                "rejected_truncated": self.error_total > len(self.errors)}
 
 
-class _BadElement(Exception):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+def describe_duration(span: timedelta) -> str:
+    """``span`` in the largest whole unit: '1 day', '400 days', '12 hours', '90 seconds'."""
+    seconds = span.total_seconds()
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds:g} second{'s' if seconds != 1 else ''}"
+
+
+def _shifted(moment: datetime, span: timedelta) -> datetime | None:
+    try:
+        return moment + span
+    except OverflowError:  # past year 1 or 9999: no timestamp lies beyond, the bound is void
+        return None
+
+
+@dataclass(frozen=True)
+class ReceiptLimits:
+    """Bounds on what one request may store; ``None`` turns a bound off.
+
+    ``created_max_ahead`` / ``created_max_age``: a receipt's ``created`` may lie at most this
+    far after / before the request's arrival (late receipts are normal: Mobivate retries for
+    days; a far-future one would sort after every real receipt forever). ``max_days``: the
+    good receipts of one request may span at most this many UTC dates of ``created`` (each
+    date is a storage partition, so a hostile array could otherwise create thousands).
+    """
+
+    created_max_ahead: timedelta | None = None
+    created_max_age: timedelta | None = None
+    max_days: int | None = None
+
+    def window_text(self) -> str:
+        before = describe_duration(self.created_max_age) if self.created_max_age else "any time"
+        after = describe_duration(self.created_max_ahead) if self.created_max_ahead else "any time"
+        return f"from {before} before to {after} after arrival"
+
+    def check_created(self, created: datetime, received_at: datetime) -> None:
+        """Raise ``bad_created`` when ``created`` lies outside the window around ``received_at``."""
+        if self.created_max_ahead is not None:
+            latest = _shifted(received_at, self.created_max_ahead)
+            if latest is not None and created > latest:
+                raise self._outside_window(created, self.created_max_ahead, "after")
+        if self.created_max_age is not None:
+            earliest = _shifted(received_at, -self.created_max_age)
+            if earliest is not None and created < earliest:
+                raise self._outside_window(created, self.created_max_age, "before")
+
+    def _outside_window(self, created: datetime, span: timedelta, side: str) -> _BadElement:
+        return _BadElement("bad_created", f"'created' {created.isoformat()} lies more than {describe_duration(span)} "
+                                          f"{side} the request's arrival; 'created' is accepted {self.window_text()}")
+
+    def check_days(self, records: list[dict]) -> None:
+        """Refuse the whole request (``too_many_days``) when its records span too many UTC dates."""
+        if self.max_days is None:
+            return
+        days = {record["created"].date() for record in records}
+        if len(days) > self.max_days:
+            raise BadBody(400, "too_many_days",
+                          f"the receipts span {len(days)} different days (UTC dates of 'created'); one request "
+                          f"may hold at most {self.max_days} (DLRLENS_MAX_DAYS_PER_REQUEST): nothing was stored, "
+                          "send the receipts in smaller batches, by day")
+
+
+NO_LIMITS = ReceiptLimits()
+
+
+@dataclass(frozen=True)
+class LabelPolicy:
+    """Which URL query parameters may label receipts: ``keys`` (``None``: any key), values of
+    at most ``max_length`` characters without control characters, at most ``max_count`` labels."""
+
+    keys: frozenset[str] | None
+    max_length: int
+    max_count: int = MAX_LABELS
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,7 +430,7 @@ def receipt_id(message_id: str, status: str, status_code: int | None, created: d
 
 
 def normalise(element, *, source_format: str, received_at: datetime, labels: dict[str, str],
-              labels_json: str | None = None) -> dict:
+              labels_json: str | None = None, limits: ReceiptLimits = NO_LIMITS) -> dict:
     """One receipt element (a dict from JSON or XML) as a record of the storage schema.
 
     ``labels_json`` is ``labels`` already as JSON text (computed once per request)."""
@@ -342,6 +451,7 @@ def normalise(element, *, source_format: str, received_at: datetime, labels: dic
     if "created" not in fields or fields["created"] in (None, ""):
         raise _BadElement("bad_created", "receipt has no 'created' timestamp")
     created = parse_created(fields["created"])
+    limits.check_created(created, received_at)
 
     raw_status = fields.get("status")
     if raw_status is not None and not isinstance(raw_status, (str, int)):
@@ -386,28 +496,63 @@ def _json_text(value) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def url_labels(query: list[tuple[str, str]]) -> dict[str, str]:
-    """The webhook URL's query parameters that label receipts: all but the secret.
-
-    The first value of a repeated key wins; keys and values are trimmed and bounded.
-    """
-    labels: dict[str, str] = {}
+def _label_pairs(query):
+    """(key, value) of each query parameter that labels receipts, trimmed: never the secret
+    (in any case), never a nameless one, and only the first value of a repeated key."""
+    seen: set[str] = set()
     for key, value in query:
-        key = key.strip()[:MAX_LABEL_LENGTH]
-        if not key or key.lower() in SECRET_PARAMS or key in labels:
+        key = key.strip()
+        if not key or key.lower() in SECRET_PARAMS or key in seen:
             continue
+        seen.add(key)
+        yield key, value.strip()
+
+
+def url_labels(query: list[tuple[str, str]]) -> dict[str, str]:
+    """The request's labels as kept in a refused request's audit record: never refuses,
+    cuts to :data:`MAX_LABELS` labels of :data:`MAX_LABEL_LENGTH` characters."""
+    labels: dict[str, str] = {}
+    for key, value in _label_pairs(query):
         if len(labels) >= MAX_LABELS:
             break
-        labels[key] = value.strip()[:MAX_LABEL_LENGTH]
+        labels.setdefault(key[:MAX_LABEL_LENGTH], value[:MAX_LABEL_LENGTH])
     return labels
 
 
+def checked_url_labels(query: list[tuple[str, str]], policy: LabelPolicy) -> dict[str, str]:
+    """The labels to store with the request's receipts, or :class:`BadBody` (400 ``bad_label``)
+    naming the first label ``policy`` refuses: the whole request is refused, never a label
+    silently cut or dropped (the sender would not know its dimension is missing)."""
+    labels: dict[str, str] = {}
+    for key, value in _label_pairs(query):
+        if policy.keys is None:
+            _check_label_text(key, "key", key, policy)
+        elif key not in policy.keys:
+            allowed = ", ".join(sorted(policy.keys)) or "none"
+            raise BadBody(400, "bad_label", f"URL label {_show(key)} is not an allowed label key (allowed: "
+                                            f"{allowed}); add it to DLRLENS_LABEL_KEYS to accept it")
+        _check_label_text(key, "value", value, policy)
+        if len(labels) >= policy.max_count:
+            raise BadBody(400, "bad_label", f"more than {policy.max_count} URL labels in one request")
+        labels[key] = value
+    return labels
+
+
+def _check_label_text(key: str, part: str, text: str, policy: LabelPolicy) -> None:
+    if len(text) > policy.max_length:
+        raise BadBody(400, "bad_label", f"URL label {_show(key[:40])}: its {part} is {len(text)} characters long, "
+                                        f"the limit is {policy.max_length} (DLRLENS_LABEL_MAX_LENGTH)")
+    if _CONTROL_CHARS.search(text):
+        raise BadBody(400, "bad_label", f"URL label {_show(key[:40])}: its {part} holds a control character")
+
+
 def parse_request(body: bytes, content_type: str | None, labels: dict[str, str],
-                  received_at: datetime) -> ParsedBody:
+                  received_at: datetime, limits: ReceiptLimits = NO_LIMITS) -> ParsedBody:
     """Parse a webhook body into records; raise :class:`BadBody` when nothing in it is usable.
 
     When every element of a multi-receipt body is bad, the body as a whole is refused
-    (400) with the first element's reason.
+    (400) with the first element's reason. ``limits`` apply to every element (``created``)
+    and then to the good records together (their days).
     """
     source_format, elements = raw_elements(body, content_type)
     labels_json = _json_text(labels)
@@ -416,12 +561,15 @@ def parse_request(body: bytes, content_type: str | None, labels: dict[str, str],
         try:
             result.records.append(
                 normalise(element, source_format=source_format, received_at=received_at, labels=labels,
-                          labels_json=labels_json)
+                          labels_json=labels_json, limits=limits)
             )
         except _BadElement as exc:
-            result.errors.append(ElementError(index, exc.reason, exc.message))
+            result.error_counts[exc.reason] += 1
+            if len(result.errors) < MAX_REPORTED_ERRORS:
+                result.errors.append(ElementError(index, exc.reason, exc.message))
     if not result.records:
         first = result.errors[0]
         where = f" (element {first.index})" if len(elements) > 1 else ""
         raise BadBody(400, first.reason, first.message + where)
+    limits.check_days(result.records)
     return result

@@ -3,24 +3,53 @@
 Each worker process builds its own app (no preload), so each takes its own writer slot
 and flushes its own log; on a clean stop a worker flushes what it holds before exiting.
 The master also runs the maintenance process (derived state, compaction) while it serves.
-Gunicorn's access log is off: it would print the query string, which may carry the
-webhook secret. The app logs one redacted line per request instead.
+
+Contracts:
+
+* No log line carries a webhook secret. Gunicorn's access log is off (it would print the
+  query string); the app logs one line per request with the route, never the path as sent.
+  Gunicorn's own error lines can still quote a request (``Invalid request ... Invalid Request
+  Line '...'`` quotes the whole line, query string included), so every handler of gunicorn's
+  loggers and of the root logger passes through :data:`collector.security.LOG_REDACTOR`,
+  which removes every configured secret in each form a request can carry it.
+* A worker thread is given to a connection only once its request head (request line and
+  headers) has arrived whole: until then the worker's main loop reads it without blocking.
+  A head that has not arrived within ``header_timeout`` seconds (``DLRLENS_HEADER_TIMEOUT_SECONDS``)
+  gets ``408`` and the connection is closed; a head over :data:`MAX_HEAD_BYTES` gets ``431``.
+  Once a thread has the connection, a client silent for ``header_timeout`` seconds in the
+  middle of its body is dropped. So slow clients cost a socket, not a thread; a client that
+  trickles its body steadily still holds a thread (a proxy in front bounds that, SECURITY.md).
 """
 
 from __future__ import annotations
 
 import logging
+import selectors
 import sys
+import time
+from collections import deque
+from functools import partial
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
+from gunicorn.http.unreader import SocketUnreader
+from gunicorn.workers.gthread import ThreadWorker
 
+from collector.security import LOG_REDACTOR, redact_secrets_in_logs
 from collector.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
+# The largest request head (request line and headers) read before a thread takes over. A
+# Mobivate callback's head is under 1 KiB; gunicorn's own limits (8190-byte request line, 100
+# headers of 8190 bytes) would let one connection buffer 800 KiB in the main loop.
+MAX_HEAD_BYTES = 64 * 1024
+
 
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(LOG_REDACTOR)  # werkzeug, flask and dlrlens lines end up here
 
 
 def _post_worker_init(worker) -> None:
@@ -34,13 +63,163 @@ def _worker_exit(server, worker) -> None:
         parts["storage"].close()
 
 
-def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict:
-    """The gunicorn settings the collector runs with (benchmarks reuse them for fairness)."""
+class RedactingLogger(glogging.Logger):
+    """Gunicorn's logger, with :data:`LOG_REDACTOR` on each of its handlers. ``setup`` runs
+    again on a configuration reload (SIGHUP) and replaces the handlers, so it adds it again."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                handler.addFilter(LOG_REDACTOR)
+
+
+class _IdleTimeoutUnreader(SocketUnreader):
+    """Reads a connection in a worker thread with a bound on each wait: a client that sends
+    nothing for ``idle_timeout`` seconds (mid-head after a pipelined request, or mid-body)
+    raises ``socket.timeout`` instead of holding the thread until it goes away."""
+
+    def __init__(self, sock, idle_timeout: float):
+        super().__init__(sock)
+        self.idle_timeout = idle_timeout
+
+    def chunk(self, size_hint=None):
+        if self.sock.gettimeout() is None:  # unbounded blocking; gunicorn's body drain sets its own
+            self.sock.settimeout(self.idle_timeout)
+        return super().chunk(size_hint)
+
+
+def _head_complete(head: bytearray, new: int) -> bool:
+    """Whether the blank line that ends a request head is in ``head`` (``new`` bytes just came)."""
+    start = max(0, len(head) - new - 3)
+    return head.find(b"\r\n\r\n", start) >= 0 or head.find(b"\n\n", start) >= 0
+
+
+class HeadFirstWorker(ThreadWorker):
+    """Gunicorn's threaded worker, but its main loop reads each request head (non-blocking)
+    and hands the connection to a thread only once the head is whole.
+
+    Why: the stock worker gives a connection to a thread as soon as a byte arrives and the
+    thread then reads the head blocking, so 40 clients sending a header byte now and then
+    held all 32 threads of 2 workers and stalled every other post for as long as they kept at
+    it (28 s in the drill). Reading heads in the main loop costs a normal client nothing
+    measurable: its head is usually there when the connection is accepted or becomes
+    readable, and goes to a thread at that first read (posts/s from 4 clients, with and
+    without keep-alive, stayed within the noise of the shared 2-core machine).
+
+    Relies on gunicorn's gthread internals (``enqueue_req``, ``murder_pending``, ``TConn``);
+    :meth:`init_process` refuses to start on a gunicorn without them.
+    """
+
+    header_timeout = 10.0  # seconds; gunicorn_options sets it from DLRLENS_HEADER_TIMEOUT_SECONDS
+
+    def init_process(self) -> None:
+        missing = [name for name in ("enqueue_req", "murder_pending", "finish_request")
+                   if not hasattr(ThreadWorker, name)]
+        missing += [] if hasattr(SocketUnreader, "take_buffered") else ["SocketUnreader.take_buffered"]
+        if missing:
+            raise RuntimeError(f"HeadFirstWorker needs gunicorn 27's gthread worker; missing: {', '.join(missing)}")
+        self.heads: deque = deque()  # connections whose head is arriving, oldest deadline first
+        super().init_process()
+
+    def enqueue_req(self, conn) -> None:
+        """Called in the main loop for every connection with something to read: a new one, a
+        kept-alive one that became readable, one whose previous body read ran into the next."""
+        if self.cfg.is_ssl:  # TLS ends at the proxy in front; a handshake needs a thread
+            super().enqueue_req(conn)
+            return
+        conn.dlrlens_head = bytearray(conn.parser.unreader.take_buffered() if conn.parser is not None else b"")
+        conn.dlrlens_deadline = time.monotonic() + self.header_timeout
+        conn.dlrlens_waiting = False
+        conn.sock.setblocking(False)
+        # A normal client's head is usually here already: read it now, not after a trip
+        # through the poller.
+        self._read_head(conn, fresh=True)
+
+    def _read_head(self, conn, _sock=None, fresh: bool = False) -> None:
+        head = conn.dlrlens_head
+        if not (fresh and _head_complete(head, len(head))):  # read-ahead may hold a whole head
+            try:
+                data = conn.sock.recv(MAX_HEAD_BYTES)
+            except (BlockingIOError, InterruptedError):
+                self._wait_for_head(conn)
+                return
+            except OSError:
+                data = b""
+            if not data:  # the client went away
+                self._drop_head(conn)
+                return
+            head += data
+            if not _head_complete(head, len(data)):
+                if len(head) > MAX_HEAD_BYTES:
+                    self._drop_head(conn, b"431 Request Header Fields Too Large")
+                else:
+                    self._wait_for_head(conn)
+                return
+        self._stop_waiting(conn)
+        self._dispatch(conn)
+
+    def _wait_for_head(self, conn) -> None:
+        if not conn.dlrlens_waiting:
+            conn.dlrlens_waiting = True
+            self.heads.append(conn)
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._read_head, conn))
+
+    def _stop_waiting(self, conn) -> None:
+        if conn.dlrlens_waiting:
+            conn.dlrlens_waiting = False
+            self.poller.unregister(conn.sock)
+            self.heads.remove(conn)
+
+    def _dispatch(self, conn) -> None:
+        head, conn.dlrlens_head = bytes(conn.dlrlens_head), None
+        try:
+            if conn.parser is None:
+                conn.init()  # plain HTTP/1: makes the parser, reads nothing
+                conn.parser.unreader = _IdleTimeoutUnreader(conn.sock, self.header_timeout)
+            conn.parser.unreader.unread(head)
+        except Exception:
+            self.log.exception("Could not start reading a request")
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.data_ready = True
+        super().enqueue_req(conn)
+
+    def _drop_head(self, conn, status: bytes = b"") -> None:
+        self._stop_waiting(conn)
+        if status:  # best effort: a client that reads nothing just sees the connection close
+            try:
+                conn.sock.send(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """Runs once per turn of the main loop (at least every second): also drops the
+        connections whose head is late."""
+        super().murder_pending()
+        now = time.monotonic()
+        while self.heads and self.heads[0].dlrlens_deadline <= now:
+            self._drop_head(self.heads[0], b"408 Request Timeout")
+
+
+def worker_class(header_timeout: float) -> type:
+    """:class:`HeadFirstWorker` with its head timeout (gunicorn wants a class, not an instance)."""
+    return type("HeadFirstWorker", (HeadFirstWorker,), {"header_timeout": float(header_timeout)})
+
+
+def gunicorn_options(host: str, port: int, workers: int, threads: int, *,
+                     header_timeout: float = 10.0, secrets: tuple[str, ...] = ()) -> dict:
+    """The gunicorn settings the collector runs with (benchmarks reuse them for fairness).
+    ``secrets`` are redacted from every log line of this process and its workers."""
+    redact_secrets_in_logs(secrets)
     return {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": worker_class(header_timeout),
         "timeout": 60,
         "graceful_timeout": 30,
         "keepalive": 5,
@@ -48,6 +227,7 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict:
         # them; with one shared socket a single worker tends to hold most keep-alive connections.
         "reuse_port": True,
         "accesslog": None,
+        "logger_class": RedactingLogger,
         "control_socket_disable": True,  # one shared socket path would clash between instances
         "errorlog": "-",
         "loglevel": "info",
@@ -93,5 +273,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
         if maintenance_process is not None:
             maintenance_process.stop()
 
-    options = dict(gunicorn_options(host, port, workers, threads), when_ready=when_ready, on_exit=on_exit)
+    options = dict(gunicorn_options(host, port, workers, threads, header_timeout=settings.header_timeout_seconds,
+                                    secrets=settings.tokens),
+                   when_ready=when_ready, on_exit=on_exit)
     WsgiServer(load_app, options).run()

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from pathlib import Path
+
+from collector.parsing import MAX_LABELS
 
 
 def _secrets(text: str) -> tuple[str, ...]:
@@ -26,6 +30,54 @@ def _log_level(text: str) -> str:
 
 def _networks(text: str) -> tuple:
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_or_off(text: str) -> timedelta | None:
+    """Seconds, or a number with a unit (``90s``, ``15m``, ``12h``, ``400d``); 0 means no bound (None)."""
+    match = _DURATION.fullmatch(text.lower())
+    if not match:
+        raise ValueError("expected seconds or a duration such as 90s, 15m, 12h, 400d")
+    seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+    try:
+        return timedelta(seconds=seconds) if seconds else None
+    except OverflowError:
+        raise ValueError("duration is too large") from None
+
+
+def _count_or_off(text: str) -> int | None:
+    """A positive count; 0 means no bound (None)."""
+    count = int(text)
+    if count < 0:
+        raise ValueError("expected 0 (no bound) or a positive number")
+    return count or None
+
+
+def _positive_int(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise ValueError("expected a positive number")
+    return number
+
+
+def _positive_seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds > 0:
+        raise ValueError("expected a positive number of seconds")
+    return seconds
+
+
+def _label_keys(text: str) -> frozenset[str] | None:
+    """Comma-separated label keys; ``*`` allows any key (None)."""
+    if text.strip() == "*":
+        return None
+    keys = frozenset(part.strip() for part in text.split(",") if part.strip())
+    if any(key.lower() == "token" for key in keys):
+        raise ValueError("'token' is the webhook secret, never a label")
+    return keys
 
 
 @dataclass(frozen=True)
@@ -53,8 +105,26 @@ SETTINGS_TABLE = (
     Setting("compact_seconds", "DLRLENS_COMPACT_SECONDS", "60", float,
             "Seconds between compactions of small Parquet files (0 turns it off)."),
     Setting("max_body_bytes", "DLRLENS_MAX_BODY_BYTES", "1048576", int, "Largest accepted request body (413 above)."),
+    Setting("header_timeout_seconds", "DLRLENS_HEADER_TIMEOUT_SECONDS", "10", _positive_seconds,
+            "Seconds a client has to send a request's line and headers (408 and closed after); also the longest "
+            "pause allowed inside a body. Until its headers are in, a connection holds no worker thread."),
     Setting("rejected_keep", "DLRLENS_REJECTED_KEEP", "1000", int, "Rejected bodies kept per reason (oldest go first)."),
     Setting("rejected_max_bytes", "DLRLENS_REJECTED_MAX_BYTES", "65536", int, "Bytes of each rejected body kept."),
+    Setting("created_max_ahead", "DLRLENS_CREATED_MAX_AHEAD", "1d", _duration_or_off,
+            "Refuse (bad_created) a receipt whose created lies further after its arrival than this; seconds or "
+            "a duration (90s, 15m, 12h, 1d); 0 turns the bound off."),
+    Setting("created_max_age", "DLRLENS_CREATED_MAX_AGE", "400d", _duration_or_off,
+            "Refuse (bad_created) a receipt whose created lies further before its arrival than this (late "
+            "receipts within it are stored); same format; 0 turns the bound off."),
+    Setting("max_days_per_request", "DLRLENS_MAX_DAYS_PER_REQUEST", "31", _count_or_off,
+            "Refuse a whole request (too_many_days) whose receipts span more UTC days of created than this "
+            "(each day is a storage partition); 0 turns the bound off."),
+    Setting("label_keys", "DLRLENS_LABEL_KEYS", "campaign,team,country,env", _label_keys,
+            "Comma-separated URL query parameters accepted as receipt labels; any other refuses the request "
+            f"(bad_label). * accepts any key (at most {MAX_LABELS} labels a request; beware: each key and value "
+            "becomes a dashboard filter)."),
+    Setting("label_max_length", "DLRLENS_LABEL_MAX_LENGTH", "64", _positive_int,
+            "Longest URL label value (and key, with *) in characters; longer ones refuse the request (bad_label)."),
     Setting("log_level", "DLRLENS_LOG_LEVEL", "info", _log_level,
             "info: one line per refused request, storage error, flush summary and compaction; debug: also one "
             "line per stored request (costs throughput under load)."),
@@ -72,20 +142,36 @@ class Settings:
     maintenance_seconds: float
     compact_seconds: float
     max_body_bytes: int
+    header_timeout_seconds: float
     rejected_keep: int
     rejected_max_bytes: int
+    created_max_ahead: timedelta | None
+    created_max_age: timedelta | None
+    max_days_per_request: int | None
+    label_keys: frozenset[str] | None
+    label_max_length: int
     log_level: str
 
 
 def load_settings(**overrides) -> Settings:
     """Settings from the environment, with ``overrides`` (already-parsed values, None = unset) on top."""
+    return _settings(os.environ, overrides)
+
+
+def default_settings() -> Settings:
+    """The table's defaults alone, whatever the environment (what the docs describe)."""
+    return _settings({}, {})
+
+
+def _settings(environ, overrides: dict) -> Settings:
+    overrides = dict(overrides)
     values = {}
     for setting in SETTINGS_TABLE:
         override = overrides.pop(setting.name, None)
         if override is not None:
             values[setting.name] = override
             continue
-        raw = os.environ.get(setting.env, setting.default)
+        raw = environ.get(setting.env, setting.default)
         try:
             values[setting.name] = setting.parse(raw)
         except ValueError as exc:

@@ -15,6 +15,7 @@ after every file it produced is durable.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -127,6 +128,13 @@ def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict
     return len(records)
 
 
+def error_kind(exc: BaseException) -> str:
+    """What went wrong, for an answer: the errno name (``ENOSPC``, ``EACCES``) or the exception
+    class, never ``str(exc)``, which names files (the data directory's absolute path)."""
+    name = errno.errorcode.get(getattr(exc, "errno", None) or -1)
+    return name or type(exc).__name__
+
+
 class Counters:
     """Monotonic counters of one writer slot, persisted to ``stats/<slot>.json`` at each flush."""
 
@@ -155,9 +163,9 @@ class Counters:
         with self._lock:
             self.values[name] += amount
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, amount: int = 1) -> None:
         with self._lock:
-            self.rejected[reason] += 1
+            self.rejected[reason] += amount
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -344,7 +352,7 @@ class ReceiptStorage:
                 written = self._flush_dir(self.slot, self.log_dir, up_to=closed_up_to)
             except OSError as exc:
                 self.counters.add("flush_errors")
-                self.last_flush_error = str(exc)
+                self.last_flush_error = error_kind(exc)  # shown by /healthz: no path in it
                 log.error("event=flush_failed error=%r", str(exc))
                 raise StorageError(str(exc)) from exc
             self.last_flush_error = None

@@ -191,6 +191,17 @@ def counts_select(group: str | None = None) -> str:
     """
 
 
+def contains_pattern(text: str) -> str:
+    """An ILIKE pattern for :func:`contains_condition`: any text containing ``text`` as
+    typed (its ``%``, ``_`` and ``\\`` match themselves)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def contains_condition(column: str, param: str) -> str:
+    """``column`` matches the :func:`contains_pattern` bound to ``$param``, in any case."""
+    return f"{column} ILIKE ${param} ESCAPE '\\'"
+
+
 def json_pointer(key: str) -> str:
     """RFC 6901 pointer to a top-level key (any characters allowed in ``key``)."""
     return "/" + key.replace("~", "~0").replace("/", "~1")

@@ -18,7 +18,7 @@ if str(_ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard import auth, state  # noqa: E402
+from dashboard import auth, downloads, state  # noqa: E402
 
 VIEWS = Path(__file__).resolve().parent / "views"
 
@@ -47,9 +47,11 @@ PAGES = {
 
 def main() -> None:
     st.set_page_config(page_title="dlrlens", page_icon=":material/sms:", layout="wide")
+    downloads.expire_files_with_session()
     auth.require_login()
     page = st.navigation(PAGES)
     state.sidebar()
+    auth.sign_out_button()
     page.run()
 
 

@@ -5,6 +5,12 @@ documented in ``dashboard/queries.py``) to a ``plotly.graph_objects.Figure``; no
 Streamlit state, so each can be built and inspected in a plain test. An empty frame gives an
 empty figure, never an error. The formatters are the one place numbers become text on screen
 (downloads keep the exact values).
+
+Plotly renders a subset of HTML in every label, and campaign names and statuses are
+whatever a webhook caller sent: every data string a figure shows (category ticks, legend
+names, hover text) goes through :func:`dashboard.safe_text.plotly_text` (or :func:`_texts`),
+hover templates never contain data, only ``%{..}`` references to it, and axes of names are
+category axes (a campaign called "2026-01-01" or "1e9" stays a name, not a date or number).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from collector.statuses import status_table
+from dashboard.safe_text import plotly_text
 
 # One colour per outcome, used by every figure that splits by outcome.
 OUTCOME_COLORS = {
@@ -125,6 +132,11 @@ def format_relative_change(change) -> str:
     return "—" if is_missing(change) else ("+" if change > 0 else "") + format_percent(change)
 
 
+def _texts(values) -> list[str]:
+    """Data strings as Plotly shows them literally (:func:`plotly_text`)."""
+    return [plotly_text(v) for v in values]
+
+
 def _style(fig: go.Figure, title: str, legend: str | None = "top", height: int | None = None) -> go.Figure:
     """Title top left, legend under it (or to the right, or below the plot, for many series),
     room for both."""
@@ -184,8 +196,8 @@ def rate_trend_figure(trends: dict[str, pd.DataFrame], title: str = "Delivery ra
     message (no rate) are bridged, so a campaign sent in bursts still reads as one line."""
     fig = go.Figure()
     for name, frame in trends.items():
-        fig.add_scatter(x=frame["bucket_start"], y=frame["delivery_rate"], name=name, mode="lines+markers",
-                        connectgaps=True, marker=dict(size=7), hovertemplate="%{y:.1%}")
+        fig.add_scatter(x=frame["bucket_start"], y=frame["delivery_rate"], name=plotly_text(name),
+                        mode="lines+markers", connectgaps=True, marker=dict(size=7), hovertemplate="%{y:.1%}")
     fig.update_layout(hovermode="x unified")
     fig.update_yaxes(title_text="Delivery rate", tickformat=".0%", range=[0, 1.05])
     for frame in trends.values():
@@ -197,7 +209,7 @@ def rate_trend_figure(trends: dict[str, pd.DataFrame], title: str = "Delivery ra
 def outcome_figure(breakdown: pd.DataFrame, title: str = "Outcomes") -> go.Figure:
     """A donut of messages by outcome."""
     colors = [OUTCOME_COLORS.get(o, "#999999") for o in breakdown["outcome"]]
-    fig = go.Figure(go.Pie(labels=[str(o).capitalize() for o in breakdown["outcome"]],
+    fig = go.Figure(go.Pie(labels=_texts(str(o).capitalize() for o in breakdown["outcome"]),
                            values=breakdown["messages"], hole=0.55, sort=False,
                            marker=dict(colors=colors), texttemplate="%{label}<br>%{percent:.1%}",
                            hovertemplate="%{label}: %{value:,} messages (%{percent})<extra></extra>"))
@@ -212,12 +224,12 @@ def pending_ages_figure(ages: pd.DataFrame, buckets: tuple[str, ...] = (),
     empty buckets), stacked by the status they are stuck at."""
     fig = go.Figure()
     for status, part in ages.groupby("last_status", sort=True):
-        fig.add_bar(x=part["age_bucket"], y=part["messages"], name=str(status),
-                    hovertemplate=f"{status}: " + "%{y:,} messages<extra>%{x}</extra>")
+        fig.add_bar(x=_texts(part["age_bucket"]), y=part["messages"], name=plotly_text(status),
+                    hovertemplate="%{fullData.name}: %{y:,} messages<extra>%{x}</extra>")
     fig.update_layout(barmode="stack")
     if buckets:
-        fig.update_xaxes(categoryorder="array", categoryarray=list(buckets), type="category",
-                         range=[-0.5, len(buckets) - 0.5], tickvals=list(buckets))
+        fig.update_xaxes(categoryorder="array", categoryarray=_texts(buckets), type="category",
+                         range=[-0.5, len(buckets) - 0.5], tickvals=_texts(buckets))
     fig.update_yaxes(title_text="Messages", rangemode="tozero")
     return _style(fig, title, legend="right")
 
@@ -244,11 +256,12 @@ def _by_total(frame: pd.DataFrame, column: str) -> list:
 def failure_reasons_figure(reasons: pd.DataFrame, title: str = "Failure reasons") -> go.Figure:
     """Horizontal bars, the most common reason on top."""
     ranked = reasons.sort_values("messages")
-    fig = go.Figure(go.Bar(x=ranked["messages"], y=ranked["reason"], orientation="h",
+    fig = go.Figure(go.Bar(x=ranked["messages"], y=_texts(ranked["reason"]), orientation="h",
                            marker_color=[reason_color(r) for r in ranked["reason"]],
                            customdata=ranked["share"] if "share" in ranked else None,
                            hovertemplate="%{y}: %{x:,} messages (%{customdata:.1%} of failed)<extra></extra>"))
     fig.update_xaxes(title_text="Failed messages")
+    fig.update_yaxes(type="category")
     return _style(fig, title, legend=None, height=max(280, 80 + 30 * len(ranked)))
 
 
@@ -263,13 +276,14 @@ def failures_by_campaign_figure(by_campaign: pd.DataFrame, title: str = "Failure
     fig = go.Figure()
     for reason in _by_total(by_campaign, "reason"):
         part = by_campaign[by_campaign["reason"] == reason]
-        fig.add_bar(x=part["messages"], y=part["campaign"], name=str(reason), orientation="h",
-                    marker_color=reason_color(reason), hovertemplate=f"{reason}: " + "%{x:,}<extra>%{y}</extra>")
+        fig.add_bar(x=part["messages"], y=_texts(part["campaign"]), name=plotly_text(reason), orientation="h",
+                    marker_color=reason_color(reason), hovertemplate="%{fullData.name}: %{x:,}<extra>%{y}</extra>")
     campaigns = by_campaign["campaign"].nunique()
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title_text="Failed messages")
     # Most failures on top.
-    fig.update_yaxes(categoryorder="array", categoryarray=_by_total(by_campaign, "campaign")[::-1])
+    fig.update_yaxes(type="category", categoryorder="array",
+                     categoryarray=_texts(_by_total(by_campaign, "campaign")[::-1]))
     reasons = by_campaign["reason"].nunique()
     height = max(300, 90 + 34 * campaigns)
     if legend == "bottom":
@@ -284,7 +298,8 @@ def failures_over_time_figure(over_time: pd.DataFrame, title: str = "Failures ov
     fig = go.Figure()
     for reason in _by_total(over_time, "reason"):
         part = over_time[over_time["reason"] == reason]
-        fig.add_bar(x=part["bucket_start"], y=part["messages"], name=str(reason), marker_color=reason_color(reason))
+        fig.add_bar(x=part["bucket_start"], y=part["messages"], name=plotly_text(reason),
+                    marker_color=reason_color(reason))
     fig.update_layout(barmode="stack", hovermode="x unified")
     fig.update_yaxes(title_text="Failed messages", rangemode="tozero")
     _period_axis(fig, over_time["bucket_start"])
@@ -369,8 +384,8 @@ def latency_cdf_figure(distribution: pd.DataFrame, by_campaign: list[str] | None
             continue
         x = np.concatenate([[max(part["from_s"].iloc[0], 1e-6)], part["to_s"].to_numpy(float)])
         shares = np.concatenate([[0.0], part["cumulative_share"].to_numpy(float)])
-        fig.add_scatter(x=x, y=shares, name=str(name), mode="lines",
-                        hovertemplate="%{y:.1%} within %{x:.3~s}s<extra>" + str(name) + "</extra>")
+        fig.add_scatter(x=x, y=shares, name=plotly_text(name), mode="lines",
+                        hovertemplate="%{y:.1%} within %{x:.3~s}s<extra>%{fullData.name}</extra>")
     fig.update_yaxes(title_text="Share delivered", tickformat=".0%", range=[0, 1.02])
     _log_time_axis(fig, pd.concat([distribution["from_s"], distribution["to_s"]]).astype(float))
     return _style(fig, title, legend="top" if by_campaign else None)
@@ -382,11 +397,12 @@ def percentiles_by_campaign_figure(by_campaign: pd.DataFrame,
     fig = go.Figure()
     for column, label in (("p50_s", "p50"), ("p90_s", "p90"), ("p95_s", "p95"), ("p99_s", "p99")):
         if column in by_campaign:
-            fig.add_bar(x=by_campaign["campaign"], y=by_campaign[column], name=label,
+            fig.add_bar(x=_texts(by_campaign["campaign"]), y=by_campaign[column], name=label,
                         marker_color=PERCENTILE_COLORS[label],
                         customdata=[format_duration(v) for v in by_campaign[column]],
                         hovertemplate=f"{label}: " + "%{customdata}<extra>%{x}</extra>")
     fig.update_layout(barmode="group")
+    fig.update_xaxes(type="category")
     values = pd.concat([by_campaign[c] for c in ("p50_s", "p99_s") if c in by_campaign] or [pd.Series(dtype=float)])
     _log_time_axis(fig, values.astype(float), axis="y")
     return _style(fig, title)

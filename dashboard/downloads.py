@@ -16,7 +16,15 @@ may be used from there.
 
 File names come from :func:`dashboard.report.report_filename` (view and date range), e.g.
 ``dlrlens-campaigns_2026-11-01_2026-11-05.csv``. Excel files are written by the report's
-writer, so they carry the same number formats as ``dlrlens report``.
+writer, so they carry the same number formats as ``dlrlens report``. CSV text cells are
+guarded against formula injection (:func:`dashboard.report.csv_bytes`).
+
+**Links die with the session.** A clicked file is served at ``/media/<id>`` to anyone with the
+link, without the dashboard's password. Streamlit deletes it after two later script runs of
+any session (on an idle server: never), and drops a closed tab's session, kept for a
+reconnect, without any clean-up. :func:`expire_session_files` deletes the files at once; the
+sign-out calls it, and :func:`expire_files_with_session` has Streamlit call it when the
+session's browser disconnects (a closed tab, a reload, a lost network).
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 import streamlit as st
+from streamlit import runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from dashboard import charts, queries, report, state
 from dashboard.queries import Filters, Store
@@ -84,15 +94,16 @@ def in_zone(frame: pd.DataFrame, tz: str) -> pd.DataFrame:
     return converted
 
 
-def csv_bytes(frame: pd.DataFrame) -> bytes:
-    """UTF-8 CSV without the index, full precision; timestamps keep their UTC offset."""
-    return frame.to_csv(index=False).encode("utf-8")
+# UTF-8 CSV without the index, full precision, timestamps with their UTC offset, text cells
+# guarded against formula injection: the report's writer, so every CSV is written one way.
+csv_bytes = report.csv_bytes
 
 
 def excel_bytes(frame: pd.DataFrame, tz: str = state.DEFAULT_TZ, sheet: str = "data") -> bytes:
     """An .xlsx workbook with one sheet, written like the report (full-precision cells, shares
     formatted as percentages). Excel has no time zones: timestamps are wall-clock times in ``tz``."""
-    sheet_name = re.sub(r"[\[\]:*?/\\]", "-", sheet)[:31] or "data"  # characters Excel refuses
+    # Characters Excel refuses, and an apostrophe at either end (a looked-up term names the sheet).
+    sheet_name = re.sub(r"[\[\]:*?/\\]", "-", sheet)[:31].strip("'") or "data"
     return report.report_bytes({sheet_name: in_zone(frame, tz)}, "xlsx")
 
 
@@ -348,6 +359,46 @@ def buttons(downloads: list[Download], key: str, style: str = "secondary") -> No
             st.download_button(item.label, item.build, file_name=item.file_name, mime=item.mime,
                                key=f"download_{key}_{item.extension}", help=item.help, icon=item.icon,
                                on_click="ignore", type=style)
+
+
+class _SessionEnd:
+    """Held in a session-scoped resource cache, released when the session's browser disconnects."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+
+
+def expire_session_files(session_id: str) -> None:
+    """Make the download links of session ``session_id`` answer 404 now.
+
+    Streamlit keeps a clicked download referenced by no session (so a second click builds it
+    again) and deletes unreferenced files on the second sweep after they appear (the first
+    only marks them, so the browser can still fetch the file); a sweep runs at the end of
+    every script run. Two sweeps right away end this session's files, and also any other
+    session's download made since the last two sweeps: a click whose fetch has not started
+    yet fails and is repeated. A rare retry, against links that outlive their sign-in.
+    """
+    if not runtime.exists():  # a plain test run without Streamlit's server
+        return
+    manager = runtime.get_instance().media_file_mgr
+    manager.clear_session_refs(session_id)
+    manager.remove_orphaned_files()
+    manager.remove_orphaned_files()
+
+
+@st.cache_resource(scope="session", show_spinner=False,
+                   on_release=lambda end: expire_session_files(end.session_id))
+def _session_end(session_id: str) -> _SessionEnd:
+    return _SessionEnd(session_id)
+
+
+def expire_files_with_session() -> None:
+    """Have this session's download links expire when its browser disconnects: Streamlit
+    releases session-scoped resources then (a disconnected session kept for a reconnect
+    keeps none; a reconnect's next run registers again). Call on every run."""
+    ctx = get_script_run_ctx()
+    if ctx is not None:
+        _session_end(ctx.session_id)
 
 
 def export_buttons(f: Filters, key: str = "export") -> None:

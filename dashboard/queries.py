@@ -12,6 +12,9 @@ same receipt stored twice changes nothing.
 * Campaign: the message's ``campaign`` label (from its earliest labelled receipt), else its
   batch_id, else ``(none)``.
 * Sent time: the earliest ``created`` of its receipts; date filters and buckets use it.
+  Charts over time (:func:`trend`, :func:`failure_reasons_over_time`) cover sent times in
+  [:data:`CHARTED_FROM`, :data:`CHARTED_TO`) only; :func:`uncharted_messages` counts the
+  others (a far-off ``created`` already stored), which every other figure includes.
 * Outcome: the final receipt (category != pending) with the latest created decides (ties:
   latest received_at, then status name); no final receipt -> ``pending``. ``reason`` is the
   deciding status of a failed message; ``last_status`` is the deciding status of a finished
@@ -36,6 +39,10 @@ Results are cached per (function, arguments, data version). Exact percentiles al
 derived file (immutable: a rewrite has a new name), its latency counts and the latency values
 a percentile needed (:meth:`Store.latency_counts`), so after a data change only new files,
 the fresh tail and messages outside the files are read again.
+
+Lists meant for widgets are bounded whatever the data holds: :func:`campaign_choices` and
+:func:`label_choices` rank, search and ``LIMIT`` in DuckDB (at most :data:`OPTION_LIMIT`
+values reach Python); :func:`campaign_names` and :func:`label_pairs` list everything.
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ import pyarrow as pa
 
 from collector import derive, layout
 from collector.statuses import status_table
-from dashboard import _sql
+from dashboard import _sql, safe_text
 
 UTC = timezone.utc
 
@@ -72,6 +79,18 @@ AGE_BUCKETS = ("<1 h", "1-24 h", "1-3 d", ">3 d")
 NO_CAMPAIGN = "(none)"
 AUTO_HOUR_BUCKETS_UP_TO = timedelta(days=3)
 MAX_FILLED_BUCKETS = 5000
+# The span of sent times the charts over time cover (see uncharted_messages). Receipts already
+# stored may carry any created the collector's parser took (years 1 to 9999: a sender's clock
+# gone wrong, a 9999-12-31 or 1970-01-01 placeholder): bucketing those means millions of empty
+# days, instants past Python's year 9999 or pandas' nanosecond range (1677-2262). Every other
+# figure counts such messages; time charts leave them out and say how many. The span starts
+# after the epoch: a created of 0 is a placeholder, not a send (and the derived 15-minute
+# slots of instants before it are rounded towards it, see collector.derive.slot_sql).
+CHARTED_FROM = datetime(2000, 1, 1, tzinfo=timezone.utc)
+CHARTED_TO = datetime(2100, 1, 1, tzinfo=timezone.utc)
+# Filter widgets list at most this many values (the busiest first) and find others by a search
+# on the server: every rerun sends a widget's options to the browser.
+OPTION_LIMIT = 200
 
 COUNT_KPIS = [
     "messages", "delivered", "failed", "unknown", "pending", "latency_messages",
@@ -146,7 +165,10 @@ class Filters:
         """The same filters over the equally long period right before [start, end), or None."""
         if self.start is None or self.end is None:
             return None
-        return replace(self, start=self.start - (self.end - self.start), end=self.start)
+        try:
+            return replace(self, start=self.start - (self.end - self.start), end=self.start)
+        except OverflowError:  # it would begin before year 1: there is no such period
+            return None
 
 
 def zone_info(name: str) -> ZoneInfo:
@@ -861,24 +883,34 @@ class Store:
         return "(" + derive.messages_view_sql(f"({rows})") + ")"
 
     def data_range(self) -> tuple[datetime, datetime] | None:
-        """Earliest and latest message sent time (UTC), or None without data."""
+        """Earliest and latest message sent time (UTC) within the charted span
+        [:data:`CHARTED_FROM`, :data:`CHARTED_TO`), or None without such messages (for
+        defaults such as the date range: a year-9999 receipt must not set them)."""
         return self.cached("data_range", (), self._data_range)
 
     def _data_range(self):
         snap = self._snapshot
-        lows = [x.sent_min_us for x in snap.files if x.path not in snap.touched]
-        highs = [x.sent_max_us for x in snap.files if x.path not in snap.touched]
-        columns = ", ".join(derive.STORED_COLUMNS)
-        rest = [self._touched_sql(x, columns) for x in snap.files if x.path in snap.touched]
-        rest.append(f"SELECT {columns} FROM tail_messages")
+        low, high = _micros(CHARTED_FROM), _micros(CHARTED_TO)
+        # A file's sent range from the manifest when it lies inside the span (derived files
+        # hold one sent day or hour, so only files of implausible days do not): read the rest.
+        inside = [x for x in snap.files if x.path not in snap.touched and low <= x.sent_min_us
+                  and x.sent_max_us < high]
+        lows, highs = [x.sent_min_us for x in inside], [x.sent_max_us for x in inside]
+        kept = {x.path for x in inside}
+        rest = [self._touched_sql(x, "sent_at") if x.path in snap.touched
+                else f"SELECT sent_at FROM read_parquet({_quote(self.data_dir / x.path)})"
+                for x in snap.files if x.path not in kept]
+        rest.append("SELECT sent_at FROM tail_messages")
+        # fetchall, not fetchone: a result left unfinished blocks the connection's next
+        # register() (DuckDB 2), e.g. the label filter's catalog.
         lo, hi = self._con.execute(f"SELECT epoch_us(min(sent_at)), epoch_us(max(sent_at)) "
-                                   f"FROM ({' UNION ALL '.join(rest)})").fetchone()
+                                   f"FROM ({' UNION ALL '.join(rest)}) WHERE sent_at >= $low AND sent_at < $high",
+                                   {"low": CHARTED_FROM, "high": CHARTED_TO}).fetchall()[0]
         lows += [lo] if lo is not None else []
         highs += [hi] if hi is not None else []
         if not lows:
             return None
-        return (datetime.fromtimestamp(0, UTC) + timedelta(microseconds=min(lows)),
-                datetime.fromtimestamp(0, UTC) + timedelta(microseconds=max(highs)))
+        return _instant(min(lows)), _instant(max(highs))
 
     def close(self) -> None:
         with self._lock:
@@ -936,8 +968,10 @@ class BaselineStore(Store):
                 f"WHERE delivery_message_id IN (SELECT delivery_message_id FROM {ids_table}))")
 
     def _data_range(self):
-        lo, hi = self._con.execute(f"SELECT min(sent_at), max(sent_at) FROM {self.messages_sql()}").fetchone()
-        return None if lo is None else (lo.astimezone(UTC), hi.astimezone(UTC))
+        lo, hi = self._con.execute(f"SELECT epoch_us(min(sent_at)), epoch_us(max(sent_at)) FROM {self.messages_sql()} "
+                                   f"WHERE sent_at >= $low AND sent_at < $high",
+                                   {"low": CHARTED_FROM, "high": CHARTED_TO}).fetchall()[0]  # see Store
+        return None if lo is None else (_instant(lo), _instant(hi))
 
 
 def _net(keys: np.ndarray, counts: np.ndarray, values: np.ndarray | None = None):
@@ -1002,6 +1036,11 @@ def _micros(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def _instant(micros: int) -> datetime:
+    """The UTC datetime of epoch microseconds ``micros`` (inside Python's years 1-9999)."""
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(micros))
+
+
 def _copy(value):
     if isinstance(value, pd.DataFrame):
         return value.copy()
@@ -1039,14 +1078,29 @@ def _label_condition(store: Store, f: Filters):
     return condition
 
 
+def _label_sets_sql(store: Store) -> tuple[str, dict]:
+    """SQL of label_sets (JSON list of labels texts), messages: every distinct label set in
+    use; and its parameters."""
+    params: dict = {}
+    counts = store.counts_sql(Filters(), params)
+    return (f"SELECT label_sets, sum(messages)::BIGINT AS messages FROM {counts} "
+            f"GROUP BY ALL HAVING sum(messages) > 0"), params
+
+
 def _label_catalog(store: Store) -> pd.DataFrame:
-    """label_sets (JSON list of labels texts), messages: every distinct label set in use."""
-    def compute():
-        params: dict = {}
-        counts = store.counts_sql(Filters(), params)
-        return store.query(f"SELECT label_sets, sum(messages)::BIGINT AS messages FROM {counts} "
-                           f"GROUP BY ALL HAVING sum(messages) > 0", params)
-    return store.cached("label_catalog", (), compute)
+    """The rows of :func:`_label_sets_sql` (the label filter matches pairs against them)."""
+    return store.cached("label_catalog", (), lambda: store.query(*_label_sets_sql(store)))
+
+
+def _label_pairs_sql(sets: str) -> str:
+    """key, value, messages of every URL label pair (but ``campaign``) over the label sets
+    ``sets`` (a query like :func:`_label_sets_sql`); a message counts once per pair."""
+    return f"""
+        WITH pairs AS (
+            SELECT DISTINCT s.label_sets, s.messages, j.key AS key, j.value ->> '$' AS value
+            FROM ({sets}) s, unnest(from_json(s.label_sets::VARCHAR, '["VARCHAR"]')) t(l), json_each(t.l) j
+            WHERE j.key <> 'campaign')
+        SELECT key, value, sum(messages)::BIGINT AS messages FROM pairs GROUP BY ALL"""
 
 
 def _counts(store: Store, f: Filters, cuts: tuple[int, ...] = ()) -> tuple[str, dict]:
@@ -1074,26 +1128,39 @@ def _counts_as_int(df: pd.DataFrame, columns) -> pd.DataFrame:
     return df
 
 
+def _charted(f: Filters, bounded: bool = True) -> Filters:
+    """``f`` with its range cut to the charted span [:data:`CHARTED_FROM`, :data:`CHARTED_TO`)
+    (empty, start == end, where they do not meet). ``bounded`` False leaves an end that ``f``
+    leaves open open (the data's first or last bucket then decides where a chart ends)."""
+    start = CHARTED_FROM if f.start is None else min(max(f.start, CHARTED_FROM), CHARTED_TO)
+    end = CHARTED_TO if f.end is None else max(min(f.end, CHARTED_TO), start)
+    return replace(f, start=start if bounded or f.start is not None else None,
+                   end=end if bounded or f.end is not None else None)
+
+
 def _choose_bucket(store: Store, f: Filters, bucket: str | None) -> str:
     if bucket is not None:
         if bucket not in ("hour", "day"):
             raise ValueError(f"bucket must be 'hour' or 'day', not {bucket!r}")
         return bucket
-    if f.start is not None and f.end is not None:
-        span = f.end - f.start
+    window = _charted(f, bounded=False)
+    if window.start is not None and window.end is not None:
+        span = window.end - window.start
     else:
         lo, hi = _sent_span(store, f)
         if lo is None:
             return "day"
-        lo = f.start if f.start is not None else lo
-        hi = f.end if f.end is not None else hi
+        lo = window.start if window.start is not None else lo
+        hi = window.end if window.end is not None else hi
         span = pd.Timestamp(hi) - pd.Timestamp(lo)
     return "hour" if span <= AUTO_HOUR_BUCKETS_UP_TO else "day"
 
 
 def _sent_span(store: Store, f: Filters):
-    """(first, last) exact sent time of the messages matching ``f``, (None, None) without any:
-    the first and last counts slots with messages, then the messages of those two slots."""
+    """(first, last) exact sent time of the charted messages matching ``f`` (see
+    :func:`_charted`), (None, None) without any: the first and last counts slots with
+    messages, then the messages of those two slots."""
+    f = _charted(f)
     sql, params = _counts(store, f)
     row = store.query(f"SELECT min(t) AS lo, max(t) AS hi FROM (SELECT t FROM ({sql}) GROUP BY t "
                       f"HAVING sum(messages) > 0)", params).iloc[0]
@@ -1102,8 +1169,7 @@ def _sent_span(store: Store, f: Filters):
     slot = timedelta(microseconds=derive.SLOT_MICROS)
     edges = []
     for moment in (row["lo"].to_pydatetime(), row["hi"].to_pydatetime()):
-        edge = replace(f, start=max(moment, f.start) if f.start else moment,
-                       end=min(moment + slot, f.end) if f.end else moment + slot)
+        edge = replace(f, start=max(moment, f.start), end=min(moment + slot, f.end))
         sql, params = _filtered(store, edge)
         edges.append(store.query(f"SELECT min(sent_at) AS lo, max(sent_at) AS hi FROM ({sql})", params).iloc[0])
     return edges[0]["lo"], edges[1]["hi"]
@@ -1321,13 +1387,69 @@ def campaigns(store: Store, f: Filters, *, receipt_figures: bool = False) -> pd.
 
 
 def campaign_names(store: Store) -> list[str]:
-    """Every campaign in the data, sorted (for the filter widget)."""
+    """Every campaign in the data, sorted. Unbounded (one name per campaign): a widget offers
+    :func:`campaign_choices` instead."""
     def compute():
-        sql, params = _counts(store, Filters())
-        df = store.query(f"SELECT campaign FROM ({sql}) GROUP BY ALL HAVING sum(messages) > 0 ORDER BY campaign",
-                         params)
-        return df["campaign"].tolist()
+        sql, params = _campaign_totals(store)
+        return store.query(f"SELECT value FROM ({sql}) ORDER BY value", params)["value"].tolist()
     return store.cached("campaign_names", (), compute)
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Some of the values a filter can take: ``values``, most messages first (then by
+    name), at most the limit asked for; ``total``, how many values match in all."""
+
+    values: tuple[str, ...]
+    total: int
+
+
+def campaign_choices(store: Store, search: str = "", limit: int = OPTION_LIMIT,
+                     among: tuple[str, ...] | None = None) -> Choices:
+    """The campaigns a filter widget offers: with the most messages (all time) first, only
+    those whose name contains ``search`` (trimmed; any case, ``%``/``_`` literal), or only
+    those of ``among`` (a link's values: which exist?). At most ``limit``: the ranking and
+    the limit are applied in DuckDB, so only ``limit`` names ever reach Python."""
+    return _choices(store, "campaign_choices", _campaign_totals, search, limit, among)
+
+
+def label_choices(store: Store, search: str = "", limit: int = OPTION_LIMIT,
+                  among: tuple[str, ...] | None = None) -> Choices:
+    """:func:`campaign_choices` for the URL label pairs, as ``key=value`` texts (``search``
+    matches that text; ``among`` lists such texts)."""
+    return _choices(store, "label_choices", _label_totals, search, limit, among)
+
+
+def _choices(store: Store, name: str, totals, search: str, limit: int, among: tuple[str, ...] | None) -> Choices:
+    """:func:`campaign_choices` over ``totals(store)``: SQL with columns value and messages,
+    and its parameters."""
+    search = (search or "").strip()
+    among = None if among is None else tuple(dict.fromkeys(str(v) for v in among))
+    if among == ():
+        return Choices((), 0)
+
+    def compute():
+        sql, params = totals(store)
+        conditions = ["TRUE"]
+        if search:
+            params["choice_pattern"] = _sql.contains_pattern(search)
+            conditions.append(_sql.contains_condition("value", "choice_pattern"))
+        if among is not None:
+            params["choice_among"] = list(among)
+            conditions.append("list_contains($choice_among, value)")
+        params["choice_limit"] = int(limit)
+        # count(*) OVER (): how many match, computed in DuckDB before the LIMIT.
+        df = store.query(f"SELECT value, count(*) OVER () AS total FROM ({sql}) WHERE {' AND '.join(conditions)} "
+                         f"ORDER BY messages DESC, value LIMIT $choice_limit", params)
+        return Choices(tuple(df["value"]), int(df["total"].iloc[0]) if len(df) else 0)
+    return store.cached(name, (search, int(limit), among), compute)
+
+
+def _campaign_totals(store: Store) -> tuple[str, dict]:
+    """value (campaign), messages: every campaign with messages (all time)."""
+    sql, params = _counts(store, Filters())
+    return (f"SELECT campaign AS value, sum(messages)::BIGINT AS messages FROM ({sql}) "
+            f"GROUP BY campaign HAVING sum(messages) > 0"), params
 
 
 def outcome_breakdown(store: Store, f: Filters) -> pd.DataFrame:
@@ -1353,9 +1475,9 @@ def _per_bucket(store: Store, f: Filters, bucket: str | None, select: str, where
                 order: str = "bucket_start") -> tuple[pd.DataFrame, str]:
     """The per-message counts grouped by local time bucket (``bucket`` as in :func:`trend`):
     ``bucket_start`` (before :func:`_in_zone`) plus ``select``, only buckets with messages; and
-    the bucket size chosen."""
+    the bucket size chosen. Charted messages only (see :func:`uncharted_messages`)."""
     chosen = _choose_bucket(store, f, bucket)
-    sql, params = _counts(store, f)
+    sql, params = _counts(store, _charted(f))
     params["tz"] = f.tz
     df = store.query(f"SELECT {_sql.bucket_sql(chosen, 't')} AS bucket_start, {select} FROM ({sql}) {where} "
                      f"GROUP BY ALL HAVING sum(messages) > 0 ORDER BY {order}", params)
@@ -1366,11 +1488,13 @@ def trend(store: Store, f: Filters, bucket: str | None = None) -> pd.DataFrame:
     """Per local hour/day bucket (``bucket`` 'hour'|'day'; auto: hour when the range is at
     most 3 days): bucket_start (tz-aware in f.tz), messages, delivered, failed, unknown,
     pending, delivery_rate. Buckets without messages are included with zeros, from the
-    filter's start to its end (or the data's first/last bucket)."""
+    filter's start to its end (or the data's first/last bucket). Only messages sent in the
+    charted span (:data:`CHARTED_FROM` to :data:`CHARTED_TO`): :func:`uncharted_messages`
+    counts the others."""
     def compute():
         df, chosen = _per_bucket(store, f, bucket, _sql.counts_select())
         df = _in_zone(df[TREND_COLUMNS], ["bucket_start"], f.tz)
-        index = _all_buckets(f, chosen, df["bucket_start"])
+        index = _all_buckets(_charted(f, bounded=False), chosen, df["bucket_start"])
         df = df.set_index("bucket_start").reindex(index)
         df.index.name = "bucket_start"
         df = _counts_as_int(df, ["messages", "delivered", "failed", "unknown", "pending"])
@@ -1380,12 +1504,56 @@ def trend(store: Store, f: Filters, bucket: str | None = None) -> pd.DataFrame:
 
 
 def failure_reasons_over_time(store: Store, f: Filters, bucket: str | None = None) -> pd.DataFrame:
-    """bucket_start (tz-aware in f.tz), reason, messages: failed messages per reason per bucket."""
+    """bucket_start (tz-aware in f.tz), reason, messages: failed messages per reason per bucket
+    (charted ones only, as in :func:`trend`)."""
     def compute():
         df, _ = _per_bucket(store, f, bucket, "last_status AS reason, sum(messages)::BIGINT AS messages",
                             where="WHERE outcome = 'failed'", order="bucket_start, messages DESC, reason")
         return _in_zone(df, ["bucket_start"], f.tz)
     return store.cached("failure_reasons_over_time", (f, bucket), compute)
+
+
+def uncharted_messages(store: Store, f: Filters, outcome: str | None = None) -> int:
+    """How many messages matching ``f`` (with ``outcome`` too, when given: 'failed' for the
+    failure chart) are sent outside the charted span [:data:`CHARTED_FROM`,
+    :data:`CHARTED_TO`): every figure counts them, the charts over time (:func:`trend`,
+    :func:`failure_reasons_over_time`) leave them out; :func:`uncharted_note` says so.
+
+    Reads only the derived files and tail messages outside the span (few or none)."""
+    if outcome is not None and outcome not in OUTCOMES:
+        raise ValueError(f"unknown outcome {outcome!r}; choose from {', '.join(OUTCOMES)}")
+
+    def compute():
+        outside = []
+        if f.start is None or f.start < CHARTED_FROM:
+            outside.append(replace(f, end=CHARTED_FROM if f.end is None else min(f.end, CHARTED_FROM)))
+        if f.end is None or f.end > CHARTED_TO:
+            outside.append(replace(f, start=CHARTED_TO if f.start is None else max(f.start, CHARTED_TO)))
+        total = 0
+        for part in outside:
+            if part.start is not None and part.end is not None and part.start >= part.end:
+                continue
+            sql, params = _counts(store, part)
+            where = ""
+            if outcome is not None:
+                params["uncharted_outcome"] = outcome
+                where = "WHERE outcome = $uncharted_outcome"
+            total += int(store.query(f"SELECT coalesce(sum(messages), 0)::BIGINT AS n FROM ({sql}) {where}",
+                                     params)["n"].iloc[0])
+        return total
+    return store.cached("uncharted_messages", (f, outcome), compute)
+
+
+def uncharted_note(count: int, outcome: str | None = None) -> str | None:
+    """The sentence a page shows under a chart over time that leaves out ``count`` messages
+    (:func:`uncharted_messages`); None when it leaves out none."""
+    if not count:
+        return None
+    noun = ("message" if count == 1 else "messages") if outcome is None else (
+        f"{outcome} message" if count == 1 else f"{outcome} messages")
+    return (f"{count:,} {noun} sent before {CHARTED_FROM:%Y-%m-%d} or from {CHARTED_TO:%Y-%m-%d} on (by the "
+            f"created time of their first receipt) {'is' if count == 1 else 'are'} not charted over time; "
+            f"the other figures count {'it' if count == 1 else 'them'}.")
 
 
 def pending_ages(store: Store, f: Filters, now: datetime | None = None) -> pd.DataFrame:
@@ -1495,6 +1663,9 @@ def latencies_file(store: Store, f: Filters, fmt: str) -> bytes:
         raise ValueError(f"format must be csv, csv.gz or parquet, not {fmt!r}")
     with store.pinned():
         sql, params = _latency_rows_sql(store, f)
+        if fmt.startswith("csv"):  # text cells as data, never formulas (dashboard/safe_text.py)
+            probe = store.query(f"SELECT * FROM ({sql}) LIMIT 0", params)
+            sql = safe_text.csv_safe_select(sql, [c for c in probe if safe_text.is_text_column(probe[c])])
         target = store.scratch_path(f"latencies.{fmt}")
         try:
             with store.time_zone(f.tz if fmt.startswith("csv") else "UTC"):
@@ -1608,8 +1779,10 @@ def message_detail(store: Store, f: Filters, limit: int | None = None) -> pd.Dat
         columns = [c for c in DETAIL_COLUMNS if c != "receipts"]
         store.query(f"CREATE OR REPLACE TEMP TABLE detail AS SELECT {', '.join(columns)} FROM ({sql}) "
                     f"ORDER BY sent_at DESC, delivery_message_id {limit_sql}", params)
-        first = store.query("SELECT min(sent_at) AS first FROM detail")["first"].iloc[0]
-        since_day = None if pd.isna(first) else pd.Timestamp(first).tz_convert("UTC").strftime("%Y-%m-%d")
+        # The partition name (YYYY-MM-DD, zero-padded) of the oldest message's UTC day, by
+        # DuckDB: Python's strftime writes year 999 as "999" and fails past year 9999.
+        since_day = store.query("SELECT strftime(min(sent_at), '%Y-%m-%d') AS day FROM detail")["day"].iloc[0]
+        since_day = None if pd.isna(since_day) else since_day
         df = store.query(f"""
             SELECT d.*, coalesce(r.receipts, 0) AS receipts FROM detail d
             LEFT JOIN (SELECT delivery_message_id, count(DISTINCT receipt_id) AS receipts FROM {store.raw_sql(since_day)}
@@ -1621,18 +1794,19 @@ def message_detail(store: Store, f: Filters, limit: int | None = None) -> pd.Dat
 
 
 def label_pairs(store: Store) -> pd.DataFrame:
-    """key, value, messages: every webhook URL label seen (except ``campaign``), most used first."""
+    """key, value, messages: every webhook URL label seen (except ``campaign``), by key, most
+    used first. Unbounded (a row per pair): a widget offers :func:`label_choices` instead."""
     def compute():
-        catalog = _label_catalog(store)
-        return store.query("""
-            WITH sets AS (SELECT label_sets::VARCHAR AS label_sets, messages::BIGINT AS messages FROM catalog),
-            pairs AS (
-                SELECT DISTINCT s.label_sets, s.messages, j.key AS key, j.value ->> '$' AS value
-                FROM sets s, unnest(from_json(s.label_sets, '["VARCHAR"]')) t(l), json_each(t.l) j
-                WHERE j.key <> 'campaign')
-            SELECT key, value, sum(messages)::BIGINT AS messages FROM pairs
-            GROUP BY ALL ORDER BY key, messages DESC, value""", tables={"catalog": catalog})
+        sets, params = _label_sets_sql(store)
+        return store.query(f"SELECT * FROM ({_label_pairs_sql(sets)}) ORDER BY key, messages DESC, value", params)
     return store.cached("label_pairs", (), compute)
+
+
+def _label_totals(store: Store) -> tuple[str, dict]:
+    """value (``key=value``), messages: every URL label pair (see :func:`label_pairs`), in
+    SQL (the label sets are never fetched)."""
+    sets, params = _label_sets_sql(store)
+    return f"SELECT key || '=' || value AS value, messages FROM ({_label_pairs_sql(sets)})", params
 
 
 # --------------------------------------------------------------------------- health

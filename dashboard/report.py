@@ -12,6 +12,12 @@ serialise it:
 * ``csv``: the Campaigns table only (the one table people feed into other tools; the
   other sheets are in the xlsx and json formats).
 
+Campaign names and statuses come from whoever can post receipts, so text cells are
+written as data, never as something a spreadsheet evaluates: :func:`csv_bytes` (every CSV
+written from a DataFrame, here and in the dashboard) guards formula-like text cells (:func:`dashboard.safe_text.csv_cell`),
+and the xlsx writer stores text with ``write_string`` only (never ``write``, which would
+turn ``=...`` into a formula).
+
 :data:`KPI_DEFINITIONS` holds the wording of every KPI; the app's help tooltips import it.
 """
 
@@ -28,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dashboard import queries
+from dashboard import queries, safe_text
 from dashboard.queries import KPI_COLUMNS, Filters, Store
 
 FORMATS = ("csv", "xlsx", "json")
@@ -196,13 +202,20 @@ def write_report(report: dict[str, pd.DataFrame], path_or_buffer, fmt: str) -> N
 def report_bytes(report: dict[str, pd.DataFrame], fmt: str) -> bytes:
     """The file contents of ``report`` as ``fmt`` (what a download button serves)."""
     if fmt == "csv":
-        return report["Campaigns"].to_csv(index=False, float_format=None).encode("utf-8")
+        return csv_bytes(report["Campaigns"])
     if fmt == "json":
         doc = {name: [_json_record(row) for row in df.to_dict(orient="records")] for name, df in report.items()}
         return json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False).encode("utf-8")
     if fmt == "xlsx":
         return _xlsx_bytes(report)
     raise ValueError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """UTF-8 CSV of ``frame`` without the index, at full precision (timestamps keep their UTC
+    offset), text cells guarded against formula injection (:func:`safe_text.csv_safe_frame`):
+    the one writer of every CSV made from a DataFrame."""
+    return safe_text.csv_safe_frame(frame).to_csv(index=False).encode("utf-8")
 
 
 def _plain(value):

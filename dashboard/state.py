@@ -23,6 +23,14 @@ Three things live here, because every page needs all three and none of them is p
   binding is written by the browser, so it cannot be tested without one, and it cannot encode
   a preset-plus-dates pair or validate values against the data. The price: browser
   back/forward does not restore earlier filters within a session (a reload does).
+
+Option lists are bounded: a widget's options travel to the browser on every rerun, and
+campaigns or URL labels can number in the thousands (a label per post). The campaign and
+label filters offer the :data:`~dashboard.queries.OPTION_LIMIT` values with the most messages
+plus the values chosen; when the data has more, a search box above the filter finds the
+others on the server (:func:`dashboard.queries.campaign_choices`, ``LIMIT`` in SQL). A link's
+campaigns and labels are checked against the data once, by a query of their own, so a value
+outside the list still filters; at most :data:`MAX_URL_VALUES` values of a parameter are read.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from __future__ import annotations
 import sys
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -70,7 +78,11 @@ KEY_STATUSES = "filter_statuses"
 KEY_LABELS = "filter_labels"
 KEY_TZ = "filter_tz"
 KEY_LIVE = "filter_live"
+KEY_CAMPAIGN_SEARCH = "filter_campaign_search"
+KEY_LABEL_SEARCH = "filter_label_search"
 _URL_READ = "_filters_read_from_url"
+# Values read per repeated URL parameter: links are made by people, and each value is checked.
+MAX_URL_VALUES = 50
 
 
 @dataclass(frozen=True)
@@ -90,12 +102,11 @@ class FilterState:
 
 @dataclass(frozen=True)
 class FilterOptions:
-    """What the data offers to choose from; URL values outside it are dropped, not errors."""
+    """The campaigns and labels the data has (of those a link names, see :func:`known_options`);
+    URL values outside them are dropped, not errors."""
 
     campaigns: tuple[str, ...] = ()
-    statuses: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()  # "key=value"
-    zones: tuple[str, ...] = field(default_factory=lambda: time_zones())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +145,8 @@ def from_query(params: Mapping[str, str | Iterable[str]], default_preset: str = 
     def values(name: str) -> list[str]:
         raw = params.get(name, [])
         items = [raw] if isinstance(raw, str) else list(raw)
-        return list(dict.fromkeys(v.strip() for v in items if v and v.strip()))  # dedupe, keep order
+        found = dict.fromkeys(v.strip() for v in items if v and v.strip())  # dedupe, keep order
+        return list(found)[:MAX_URL_VALUES]
 
     def first(name: str) -> str | None:
         found = values(name)
@@ -172,7 +184,8 @@ def resolve(state: FilterState, now: datetime) -> Filters:
 
     Rolling windows end at the next whole minute after ``now``, so repeated runs within a
     minute share cached results yet a receipt that arrived a moment ago is included.
-    "This month" and custom dates are whole days in the chosen time zone; "all" is unbounded.
+    "This month" and custom dates are whole days in the chosen time zone (a range reaching
+    past what a datetime holds, years 1-9999 in UTC, is open on that side); "all" is unbounded.
     """
     zone = queries.zone_info(state.tz)
     start = end = None
@@ -186,7 +199,7 @@ def resolve(state: FilterState, now: datetime) -> Filters:
         start, end = _midnight(first_day, zone), _midnight(next_first, zone)
     elif state.preset == "custom":
         start = _midnight(state.date_from, zone) if state.date_from else None
-        end = _midnight(state.date_to + timedelta(days=1), zone) if state.date_to else None
+        end = _midnight(state.date_to, zone, days=1) if state.date_to else None
     return Filters(start=start, end=end, campaigns=state.campaigns, outcomes=state.outcomes,
                    statuses=state.statuses, labels=state.labels, tz=state.tz)
 
@@ -226,8 +239,12 @@ def _split_label(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _midnight(day: date, zone: zoneinfo.ZoneInfo) -> datetime:
-    return datetime.combine(day, time(0), tzinfo=zone).astimezone(timezone.utc)
+def _midnight(day: date, zone: zoneinfo.ZoneInfo, days: int = 0) -> datetime | None:
+    """UTC instant of the local midnight ``days`` after ``day`` began; None past years 1-9999."""
+    try:
+        return datetime.combine(day + timedelta(days=days), time(0), tzinfo=zone).astimezone(timezone.utc)
+    except OverflowError:
+        return None
 
 
 def utc_now() -> datetime:
@@ -297,16 +314,14 @@ def data_range() -> tuple[datetime, datetime] | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def filter_options() -> FilterOptions:
-    """The choices the sidebar offers for the current data."""
+def known_options(wanted: FilterState) -> FilterOptions:
+    """The campaigns and labels of ``wanted`` (a link's) that the data has, checked by a query
+    of their own: a value outside the sidebar's lists is kept."""
     if not store().has_data():
-        return FilterOptions(statuses=tuple(s.name for s in status_table()))
-    pairs = cached(queries.label_pairs)
-    return FilterOptions(
-        campaigns=tuple(cached(queries.campaign_names)),
-        statuses=tuple(s.name for s in status_table()),
-        labels=tuple(f"{k}={v}" for k, v in zip(pairs["key"], pairs["value"])),
-    )
+        return FilterOptions()
+    labels = tuple(f"{k}={v}" for k, v in wanted.labels)
+    return FilterOptions(campaigns=cached(queries.campaign_choices, "", MAX_URL_VALUES, wanted.campaigns).values,
+                         labels=cached(queries.label_choices, "", MAX_URL_VALUES, labels).values)
 
 
 def sidebar() -> FilterState:
@@ -314,10 +329,10 @@ def sidebar() -> FilterState:
 
     Call once per full run, from the entry point, before the page runs.
     """
-    options = filter_options()
     now = utc_now()
     preset_default = default_preset(data_range(), now)
-    _read_url_once(options, preset_default)
+    _read_url_once(preset_default)
+    has_data = store().has_data()
     with st.sidebar:
         st.header("Filters")
         preset = st.selectbox("Date range", list(PRESETS), format_func=PRESETS.__getitem__, key=KEY_RANGE,
@@ -327,25 +342,48 @@ def sidebar() -> FilterState:
             if KEY_DATES not in st.session_state:
                 st.session_state[KEY_DATES] = _default_custom_dates(now)
             st.date_input("From - to (inclusive)", key=KEY_DATES, persist_state="session")
-        st.multiselect("Campaigns", options.campaigns, key=KEY_CAMPAIGNS, placeholder="All campaigns",
-                       help="A message's campaign is the `campaign` parameter of the webhook URL, "
-                            "else its batch id.")
+        _bounded_multiselect("Campaigns", KEY_CAMPAIGNS, KEY_CAMPAIGN_SEARCH,
+                             queries.campaign_choices if has_data else None, "campaigns", placeholder="All campaigns",
+                             help="A message's campaign is the `campaign` parameter of the webhook URL, "
+                                  "else its batch id.")
         st.pills("Outcome", OUTCOMES, selection_mode="multi", key=KEY_OUTCOMES,
                  help="None selected means all outcomes.")
-        st.multiselect("Status", options.statuses, key=KEY_STATUSES, placeholder="All statuses",
+        st.multiselect("Status", [s.name for s in status_table()], key=KEY_STATUSES, placeholder="All statuses",
                        accept_new_options=True,
                        help="The status that decided a message's outcome (the failure reason of "
                             "failed messages), or the latest status of pending ones.")
-        st.multiselect("URL labels", options.labels, key=KEY_LABELS, placeholder="Any labels",
-                       help="Query parameters of the webhook URL (key=value). A message must have "
-                            "all selected labels.")
-        st.selectbox("Time zone", options.zones, key=KEY_TZ,
+        _bounded_multiselect("URL labels", KEY_LABELS, KEY_LABEL_SEARCH,
+                             queries.label_choices if has_data else None, "labels", placeholder="Any labels",
+                             help="Query parameters of the webhook URL (key=value). A message must have "
+                                  "all selected labels.")
+        st.selectbox("Time zone", time_zones(), key=KEY_TZ,
                      help="Used for day/hour buckets, date presets and the times shown.")
         st.toggle("Live", key=KEY_LIVE,
                   help=f"Refresh figures every {int(LIVE_REFRESH.total_seconds())} s.")
     chosen = current_state()
     st.query_params.from_dict(to_query(chosen))
     return chosen
+
+
+def _bounded_multiselect(label: str, key: str, search_key: str, choices: Callable | None, noun: str,
+                         **widget) -> None:
+    """A multiselect offering the values ``choices`` (:func:`dashboard.queries.campaign_choices`
+    or ``label_choices``; None without data) ranks first, plus the values chosen. When the data
+    has more than that, a search box above it finds the others (in SQL, bounded)."""
+    top = cached(choices, "") if choices else queries.Choices((), 0)
+    search = ""
+    if top.total > len(top.values) or st.session_state.get(search_key):
+        search = st.text_input(f"Search {noun}", key=search_key, icon=":material/search:",
+                               placeholder=f"Part of any of the {top.total:,} {noun}").strip()
+    found = cached(choices, search) if choices and search else top
+    chosen = list(st.session_state.get(key) or [])
+    st.multiselect(label, list(dict.fromkeys([*found.values, *chosen])), key=key, **widget)
+    if search and not found.total:
+        st.caption(f"No {noun} match the search.")
+    elif found.total > len(found.values):
+        matching = " matching the search" if search else ""
+        st.caption(f"Listing the {len(found.values):,} {noun}{matching} with the most messages, of "
+                   f"{found.total:,}. Search to find the others.")
 
 
 def state_from(values: Mapping) -> FilterState:
@@ -380,13 +418,13 @@ def filters(now: datetime | None = None) -> Filters:
     return filters_for(st.session_state, now)
 
 
-def _read_url_once(options: FilterOptions, preset_default: str) -> None:
+def _read_url_once(preset_default: str) -> None:
     """Seed the widgets from the URL on a session's first run; later the widgets lead."""
     if st.session_state.get(_URL_READ):
         return
     st.session_state[_URL_READ] = True
     params = {key: st.query_params.get_all(key) for key in st.query_params}
-    wanted = from_query(params, preset_default, options)
+    wanted = from_query(params, preset_default, known_options(from_query(params, preset_default)))
     st.session_state[KEY_RANGE] = wanted.preset
     if wanted.preset == "custom" and (wanted.date_from or wanted.date_to):
         first = wanted.date_from or wanted.date_to
@@ -454,3 +492,11 @@ def no_match_notice(messages: int) -> bool:
 def with_campaigns(f: Filters, names: Iterable[str]) -> Filters:
     """``f`` narrowed to ``names`` (for drilling into campaigns)."""
     return replace(f, campaigns=tuple(names))
+
+
+def uncharted_notice(f: Filters, outcome: str | None = None) -> None:
+    """Under a chart over time: how many messages matching ``f`` (with ``outcome``) it leaves
+    out, being sent outside the charted span (:func:`dashboard.queries.uncharted_messages`)."""
+    note = queries.uncharted_note(cached(queries.uncharted_messages, f, outcome), outcome)
+    if note:
+        st.warning(note, icon=":material/event_busy:")

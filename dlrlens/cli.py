@@ -46,9 +46,14 @@ def dashboard_command(data_dir: Path, host: str, port: int) -> list[str]:
 
 
 def cmd_dashboard(args) -> int:
+    """Become Streamlit (exec): a service manager's SIGTERM then reaches the server itself,
+    which frees the port; a child process would be orphaned and keep it."""
     data_dir = layout.data_dir(args.data).resolve()
     env = dict(os.environ, DLRLENS_DATA=str(data_dir))
-    return subprocess.call(dashboard_command(data_dir, args.host, args.port), env=env)
+    command = dashboard_command(data_dir, args.host, args.port)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, env)
 
 
 def _wait_healthy(url: str, timeout: float) -> bool:

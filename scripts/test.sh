@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs (Python packages, Debian's chromium for the
-# browser test), then run the whole suite. Extra arguments go to pytest.
+# Install everything the test suite needs into the project's own virtual environment (.venv/,
+# see scripts/venv.sh) plus Debian's chromium for the browser test, check the import
+# contracts, then run the whole suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/venv.sh
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 if ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
@@ -16,4 +18,4 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
-exec python3 -m pytest "$@"
+exec python -m pytest "$@"

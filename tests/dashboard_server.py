@@ -68,20 +68,23 @@ def _healthy(url: str) -> bool:
 
 
 def start_dashboard(data_dir: Path, *, port: int | None = None, log_dir: Path | None = None,
-                    timeout: float = START_TIMEOUT) -> Dashboard:
+                    timeout: float = START_TIMEOUT, env: dict[str, str] | None = None) -> Dashboard:
     """Run ``python3 -m dlrlens dashboard --data DIR`` on 127.0.0.1 and wait until Streamlit
     answers ``/_stcore/health``. Raises RuntimeError (with the log) if it exits first.
 
     Output goes to ``dashboard-<port>.log`` in ``log_dir`` (default: beside ``data_dir``).
+    ``env``: settings for the app on top (e.g. ``DLRLENS_DASHBOARD_PASSWORD``).
     """
     port = port or free_port()
     log_path = Path(log_dir or Path(data_dir).parent) / f"dashboard-{port}.log"
     # Only the data directory given here reaches the app, never the caller's DLRLENS_* or
     # STREAMLIT_* settings.
+    extra = env or {}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DLRLENS_", "STREAMLIT_"))}
     # Run the code as it was at start: other work editing the checkout must not make
     # Streamlit reload modules mid-test (and watching files costs CPU on a busy machine).
     env["STREAMLIT_SERVER_FILE_WATCHER_TYPE"] = "none"
+    env.update(extra)
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "dlrlens", "dashboard", "--data", str(data_dir), "--host", "127.0.0.1",

@@ -28,6 +28,7 @@ from collector import layout
 from collector.statuses import status_table
 from dashboard import charts, downloads, queries, report, state
 from dashboard.queries import Filters, Store
+from dashboard.safe_text import md_text
 from dashboard.state import FilterState
 from dlrlens.cli import dashboard_command
 from factory import demo_rows, message, utc, write_receipts
@@ -255,7 +256,8 @@ def test_health_page_shows_maintenance_and_a_current_failure(monkeypatch, empty_
     shown = cards(at)
     assert shown["Derived state updated"] == "1 min 5 s ago" and shown["Maintenance errors"] == "3"
     assert shown["Last compaction"] == "10 min ago"
-    assert any("derive: OSError: disk full" in e.value for e in at.error), "derive has not succeeded since"
+    # The error text is shown as text (it may quote stored data): Markdown-escaped.
+    assert any(md_text("derive: OSError: disk full") in e.value for e in at.error), "derive has not succeeded since"
     assert not at.warning, "it reported 3 s ago"
 
     status["last_error_at"] = (now - pd.Timedelta(seconds=90)).isoformat()  # derive succeeded since

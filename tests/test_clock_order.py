@@ -19,7 +19,8 @@ def at(offset_seconds: float) -> str:
 
 
 def test_late_out_of_order_and_future_receipts(tmp_path):
-    future = (datetime.now(timezone.utc) + timedelta(days=2)).replace(microsecond=0)
+    # Within the accepted window (DLRLENS_CREATED_MAX_AHEAD, 1 day): further ahead is refused.
+    future = (datetime.now(timezone.utc) + timedelta(hours=12)).replace(microsecond=0)
     posts = [
         # Out of order: the DELIVERED arrives before its ACCEPTED.
         receipt("m-ooo", "DELIVERED", 1, at(5)), receipt("m-ooo", "ACCEPTED", 2, at(0)),

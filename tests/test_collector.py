@@ -14,7 +14,7 @@ import requests
 from collector import layout
 from tests.servers import running_collector, wait_until
 
-MOBIVATE = Path(__file__).resolve().parents[2] / "shared" / "mobivate"
+MOBIVATE = Path(__file__).resolve().parent / "fixtures" / "mobivate"
 RECEIPT_JSON = (MOBIVATE / "receipt.json").read_bytes()
 
 
@@ -111,19 +111,19 @@ def test_documented_examples_and_xml_forms(collector):
     assert answer.status_code == 200, answer.text
     answer = requests.post(collector.dlr, data=RECEIPT_JSON, headers={"Content-Type": "application/json"}, timeout=10)
     assert answer.status_code == 200, answer.text
-    wait_rows(collector.data_dir, lambda rows: {"raw-xml-1", "9A85B95E0A000A9D2FBD46710388AD54",
-                                                "133e4f21-ff94-49d7-9167-77c9bc94cb99"}
+    wait_rows(collector.data_dir, lambda rows: {"raw-xml-1", "5C1E07A2F4B3460D9E2B7A81C0D4F3E9",
+                                                "7d0b9c3e-2a51-4f8e-b6d4-91e0c5a7f213"}
               <= {r["delivery_message_id"] for r in rows})
     rows = {r["delivery_message_id"]: r for r in stored_rows(collector.data_dir)}
-    form_row = rows["133e4f21-ff94-49d7-9167-77c9bc94cb99"]
+    form_row = rows["7d0b9c3e-2a51-4f8e-b6d4-91e0c5a7f213"]
     assert form_row["status"] == "DELIVERED" and form_row["source_format"] == "xml"
-    assert form_row["client_reference"] == "f1c2a2bd-bb90-4776-989e-f653fea1fa3a"
-    assert form_row["created"] == datetime(2026, 6, 18, 11, 0, 15, 915000, tzinfo=timezone.utc)
+    assert form_row["client_reference"] == "order-88213-reminder"
+    assert form_row["created"] == datetime(2026, 11, 18, 9, 41, 7, 250000, tzinfo=timezone.utc)
     assert form_row["campaign"] == "xml-form"
     assert rows["raw-xml-1"]["category"] == "failed" and rows["raw-xml-1"]["part"] == 1
-    documented = rows["9A85B95E0A000A9D2FBD46710388AD54"]
+    documented = rows["5C1E07A2F4B3460D9E2B7A81C0D4F3E9"]
     assert documented["status"] == "ACCEPTED" and documented["category"] == "pending"
-    assert documented["batch_id"] == "9A85B9110A000A9D2FBD4671D691C328"
+    assert documented["batch_id"] == "5C1E07110B7E4A2C8D6F0A9B3C2E1D47"
     assert documented["hlr"] is None and documented["client_reference"] is None
 
 

@@ -42,7 +42,7 @@ JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 XML = "application/xml"
 
-MOBIVATE = Path(__file__).resolve().parents[2] / "shared" / "mobivate"
+MOBIVATE = Path(__file__).resolve().parent / "fixtures" / "mobivate"
 RECEIPT_JSON = (MOBIVATE / "receipt.json").read_bytes()
 RECEIPT_FORM = (MOBIVATE / "receipt-form.txt").read_bytes()
 RECEIPT_XML = unquote_plus(RECEIPT_FORM.decode("ascii").strip().removeprefix("xml="))
@@ -164,11 +164,11 @@ def test_documented_json_receipt_gives_every_field():
     record = parse_one(RECEIPT_JSON, JSON, labels={"campaign": "spring", "team": "ops"})
     assert record == {
         # Pinned: stored rows are deduplicated by this id, so it must never change.
-        "receipt_id": "f95739ec7a495935701e3a8289bd57c9",
-        "delivery_message_id": "9A85B95E0A000A9D2FBD46710388AD54",
-        "batch_id": "9A85B9110A000A9D2FBD4671D691C328",
+        "receipt_id": "b93f938a5c7ee4c59c6f50bb7eb411b2",
+        "delivery_message_id": "5C1E07A2F4B3460D9E2B7A81C0D4F3E9",
+        "batch_id": "5C1E07110B7E4A2C8D6F0A9B3C2E1D47",
         "client_reference": None,
-        "created": datetime(2023, 7, 28, 3, 23, 22, tzinfo=UTC),
+        "created": datetime(2026, 11, 20, 14, 5, 31, tzinfo=UTC),
         "received_at": RECEIVED_AT,
         "status": "ACCEPTED",
         "status_code": 2,
@@ -183,12 +183,19 @@ def test_documented_json_receipt_gives_every_field():
     }
 
 
+def test_receipt_id_is_pinned_across_releases():
+    # Stored rows are deduplicated by this id: the same inputs must give the same id forever
+    # (this value was first stored by the 2026-11 releases).
+    assert receipt_id("9A85B95E0A000A9D2FBD46710388AD54", "ACCEPTED", 2,
+                      datetime(2023, 7, 28, 3, 23, 22, tzinfo=UTC), None) == "f95739ec7a495935701e3a8289bd57c9"
+
+
 EXPECTED_FORM_RECORD = {
-    "receipt_id": "d6a4941a173d53f80101b88ad85f821d",
-    "delivery_message_id": "133e4f21-ff94-49d7-9167-77c9bc94cb99",
+    "receipt_id": "15d7309e2abbeb7a9d7bfb88b43e096c",
+    "delivery_message_id": "7d0b9c3e-2a51-4f8e-b6d4-91e0c5a7f213",
     "batch_id": None,
-    "client_reference": "f1c2a2bd-bb90-4776-989e-f653fea1fa3a",
-    "created": datetime(2026, 6, 18, 11, 0, 15, 915_000, tzinfo=UTC),
+    "client_reference": "order-88213-reminder",
+    "created": datetime(2026, 11, 18, 9, 41, 7, 250_000, tzinfo=UTC),
     "received_at": RECEIVED_AT,
     "status": "DELIVERED",
     "status_code": 1,
@@ -387,8 +394,8 @@ def test_receipt_id_is_the_same_for_the_same_receipt_in_json_and_xml():
     assert from_json["receipt_id"] == receipt_id(
         "m-42", "EXPIRED", 3, datetime(2026, 7, 1, 10, 0, 0, 123_000, tzinfo=UTC), 1)
     # The documented pair: receipt-form.txt's receipt rendered as JSON has its pinned id.
-    as_json = {"created": "2026-06-18T11:00:15.915Z", "deliveryMessageId": "133e4f21-ff94-49d7-9167-77c9bc94cb99",
-               "clientReference": "f1c2a2bd-bb90-4776-989e-f653fea1fa3a", "status": "DELIVERED",
+    as_json = {"created": "2026-11-18T09:41:07.250Z", "deliveryMessageId": "7d0b9c3e-2a51-4f8e-b6d4-91e0c5a7f213",
+               "clientReference": "order-88213-reminder", "status": "DELIVERED",
                "statusCode": 1, "part": 1, "parts": 1}
     assert parse_one(json_body(as_json))["receipt_id"] == EXPECTED_FORM_RECORD["receipt_id"]
 
@@ -483,7 +490,7 @@ def test_body_format_from_content_type_or_sniffed(content_type, body, expected):
 
 def test_json_body_with_byte_order_mark_is_read():
     record = parse_one(b"\xef\xbb\xbf" + RECEIPT_JSON, None)
-    assert record["delivery_message_id"] == "9A85B95E0A000A9D2FBD46710388AD54"
+    assert record["delivery_message_id"] == "5C1E07A2F4B3460D9E2B7A81C0D4F3E9"
     assert parse_one(b"\xef\xbb\xbf" + RECEIPT_JSON, JSON)["receipt_id"] == record["receipt_id"]
 
 

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import pytest
@@ -30,24 +31,10 @@ from collector.statuses import status_table
 START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 TABLE = {s.name: s for s in status_table()}
 
-# Mobivate's reference receipts (/work/shared/mobivate), verbatim.
-REFERENCE_JSON = """{
-   "deliveryMessageId":"9A85B95E0A000A9D2FBD46710388AD54",
-   "batchId":"9A85B9110A000A9D2FBD4671D691C328",
-   "clientReference":null,
-   "created":"2023-07-28T03:23:22.000+00:00",
-   "status":"ACCEPTED",
-   "statusCode":2,
-   "parts":1,
-   "hlr":null
-}"""
-REFERENCE_FORM = (
-    "xml=%3Cdeliveryreceipt%3E%3Ccreated%3E2026-06-18T11%3A00%3A15.915Z%3C%2Fcreated%3E"
-    "%3CdeliveryMessageId%3E133e4f21-ff94-49d7-9167-77c9bc94cb99%3C%2FdeliveryMessageId%3E"
-    "%3CclientReference%3Ef1c2a2bd-bb90-4776-989e-f653fea1fa3a%3C%2FclientReference%3E"
-    "%3Cstatus%3EDELIVERED%3C%2Fstatus%3E%3CstatusCode%3E1%3C%2FstatusCode%3E"
-    "%3Cpart%3E1%3C%2Fpart%3E%3Cparts%3E1%3C%2Fparts%3E%3C%2Fdeliveryreceipt%3E"
-)
+# Bodies shaped like Mobivate's documented examples (values of our own), kept in the repository.
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mobivate"
+REFERENCE_JSON = (FIXTURES / "receipt.json").read_text()
+REFERENCE_FORM = (FIXTURES / "receipt-form.txt").read_text().strip()
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +100,10 @@ def test_json_form_reproduces_the_documented_receipt():
 
 def test_xml_form_reproduces_the_documented_receipt_byte_for_byte():
     receipt = Receipt(
-        delivery_message_id="133e4f21-ff94-49d7-9167-77c9bc94cb99", batch_id="IGNORED",
-        client_reference="f1c2a2bd-bb90-4776-989e-f653fea1fa3a",
-        created=datetime(2026, 6, 18, 11, 0, 15, 915000, tzinfo=timezone.utc),
-        created_text="2026-06-18T11:00:15.915Z", status="DELIVERED", status_code=1, parts=1,
+        delivery_message_id="7d0b9c3e-2a51-4f8e-b6d4-91e0c5a7f213", batch_id="IGNORED",
+        client_reference="order-88213-reminder",
+        created=datetime(2026, 11, 18, 9, 41, 7, 250000, tzinfo=timezone.utc),
+        created_text="2026-11-18T09:41:07.250Z", status="DELIVERED", status_code=1, parts=1,
         part=1, source_format="xml",
     )
     body, content_type = encode_receipt(receipt)

@@ -1,4 +1,8 @@
-"""Campaigns page: every KPI per campaign, searchable; drill into and compare campaigns."""
+"""Campaigns page: every KPI per campaign, searchable; drill into and compare campaigns.
+
+Campaign names are whatever a webhook caller sent: shown in Markdown only through
+``safe_text.md_text`` (the tables, the multiselect's options and the figures show them as text).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import streamlit as st
 
 from dashboard import charts, downloads, queries, state
 from dashboard.report import KPI_DEFINITIONS
+from dashboard.safe_text import md_text
 
 # KPI columns first in the order a reader scans them; the rest follow as the query gives them.
 LEADING_COLUMNS = ["campaign", "messages", "delivered", "failed", "unknown", "pending", "delivery_rate",
@@ -51,8 +56,13 @@ def campaigns() -> None:
         st.caption(f"{len(shown)} of {len(table)} campaigns. Click a column header to sort.")
         downloads.show_table(shown, "campaigns", f)
 
+        # Options travel to the browser on every rerun: offer the campaigns chosen and the busiest
+        # of the table as searched (the search box above reaches the others).
+        known = set(table["campaign"])
+        offered = [c for c in st.session_state.get("campaign_compare", []) if c in known]
+        offered += [c for c in shown["campaign"].head(queries.OPTION_LIMIT) if c not in offered]
         chosen = st.multiselect(
-            "Drill into campaigns", table["campaign"].tolist(), key="campaign_compare",
+            "Drill into campaigns", offered, key="campaign_compare",
             max_selections=COMPARE_LIMIT, placeholder=f"Pick up to {COMPARE_LIMIT} campaigns to compare",
         )
         if not chosen:
@@ -62,7 +72,7 @@ def campaigns() -> None:
         columns = st.columns(len(chosen), border=True)
         for column, name in zip(columns, chosen):
             with column:
-                st.subheader(name, anchor=False)
+                st.subheader(md_text(name), anchor=False)
                 with st.grid(2 if len(chosen) <= 2 else 1):  # keep values readable in narrow columns
                     for metric, label in COMPARE_CARDS:
                         st.metric(label, downloads.format_value(metric, selected.at[name, metric]),
@@ -73,6 +83,7 @@ def campaigns() -> None:
         bucket = bucket_of(state.cached(queries.trend, narrowed, None))
         trends = {name: state.cached(queries.trend, state.with_campaigns(f, [name]), bucket) for name in chosen}
         st.plotly_chart(charts.rate_trend_figure(trends), key="campaign_rate_trend")
+        state.uncharted_notice(narrowed)
         left, right = st.columns(2)
         with left:
             reasons = state.cached(queries.failure_reasons_by_campaign, narrowed)

@@ -31,6 +31,7 @@ def failures() -> None:
         st.plotly_chart(charts.failures_by_campaign_figure(by_campaign), key="failures_by_campaign")
         over_time = state.cached(queries.failure_reasons_over_time, f, None)
         st.plotly_chart(charts.failures_over_time_figure(over_time), key="failures_over_time")
+        state.uncharted_notice(f, "failed")
         with st.expander("Tables behind these figures"):
             st.markdown("**By campaign**")
             downloads.show_table(by_campaign, "failure-reasons-by-campaign", f)

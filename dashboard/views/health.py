@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard import charts, downloads, queries, state
 from dashboard.report import KPI_DEFINITIONS
+from dashboard.safe_text import md_text
 
 
 def _age(moment, now) -> str:
@@ -56,7 +57,8 @@ def maintenance(now) -> None:
     failing = not charts.is_missing(status["last_error_at"]) and (
         charts.is_missing(task_success) or status["last_error_at"] > task_success)
     if failing:
-        st.error(f"Maintenance failed {_ago(status['last_error_at'], now)}: {status['last_error']}. It retries "
+        # The error text may quote stored data (a file name, a value): shown as text.
+        st.error(f"Maintenance failed {_ago(status['last_error_at'], now)}: {md_text(status['last_error'])}. It retries "
                  "at every tick; the collector's log has one line per failure (event=maintenance_failed).",
                  icon=":material/error:")
 

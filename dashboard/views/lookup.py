@@ -7,6 +7,7 @@ import streamlit as st
 
 from dashboard import charts, downloads, queries, state
 from dashboard.queries import Filters
+from dashboard.safe_text import md_text
 
 LOOKUP_LIMIT = 5000  # receipts; a batchId can match many messages
 SHOWN_COLUMNS = ["delivery_message_id", "created", "received_at", "status", "status_code", "category",
@@ -28,7 +29,8 @@ def lookup() -> None:
         f = state.filters()
         found = state.cached(queries.message_lookup, term, LOOKUP_LIMIT, f.tz)
         if found.empty:
-            st.info(f"No receipt has deliveryMessageId, clientReference or batchId equal to `{term}`. "
+            # The term as text (a backtick in it would end a code span and start Markdown).
+            st.info(f"No receipt has deliveryMessageId, clientReference or batchId equal to “{md_text(term)}”. "
                     "The match is exact; check for spaces or a partial id.", title="Not found",
                     icon=":material/search_off:")
             return

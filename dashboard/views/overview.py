@@ -56,6 +56,7 @@ def overview() -> None:
 
         trend = state.cached(queries.trend, f, None)
         st.plotly_chart(charts.trend_figure(trend), key="overview_trend")
+        state.uncharted_notice(f)
         left, right = st.columns(2)
         with left:
             breakdown = state.cached(queries.outcome_breakdown, f)
