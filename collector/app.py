@@ -29,12 +29,12 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from collector import metrics, openapi
 from collector.parsing import BadBody, LabelPolicy, ReceiptLimits, checked_url_labels, parse_request, url_labels
-from collector.rejected import RejectedBodies
+from dlrlens.store.rejected import RejectedBodies
 from collector.security import (AUTH_FAILURES_FILE, FailureLimiter, address_allowed, redact_secrets_in_logs,
                                 token_matches)
 from collector.settings import Settings, load_settings
-from collector.storage import ReceiptStorage, error_kind
-from collector.wal import StorageError
+from dlrlens.store.writer import ReceiptStorage, error_kind
+from dlrlens.store.wal import StorageError
 
 log = logging.getLogger("dlrlens.collector")
 

@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from collector import layout
+from dlrlens.store import layout
 
 HELP = {
     "requests": ("dlrlens_requests_total", "Webhook requests received."),

@@ -1,7 +1,7 @@
 """OpenAPI 3.1 description of the collector's HTTP interface, served at ``GET /openapi.json``.
 
 The document is a plain dict built here (no YAML, no generator) and must stay truthful to
-``collector/app.py`` and ``collector/parsing.py``: ``tests/test_openapi.py`` fuzzes the
+``collector/app.py`` and ``collector/parsing.py``: ``tests/collector/test_openapi.py`` fuzzes the
 running collector from it (every answer must be a documented status with a conforming
 body) and checks that every refusal reason the code can give is listed here.
 

@@ -2,7 +2,7 @@
 
 Pure functions, no I/O: :func:`parse_request` takes the raw body, its content type and the
 request's query parameters and returns records shaped exactly like
-:data:`collector.layout.RECEIPT_SCHEMA`, plus a list of the elements it refused.
+:data:`dlrlens.store.layout.RECEIPT_SCHEMA`, plus a list of the elements it refused.
 
 Contract:
 
@@ -40,7 +40,7 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 from xml.etree.ElementTree import ParseError
 
-from collector.statuses import classify
+from dlrlens.statuses import classify
 
 # The documented receipt fields, by lower-cased name, mapped to their canonical spelling.
 KNOWN_FIELDS = {

@@ -265,7 +265,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
 
     def when_ready(server) -> None:
         nonlocal maintenance_process
-        from collector import maintenance
+        from dlrlens.store import maintenance
 
         maintenance_process = maintenance.start_process(settings)
 

@@ -4,7 +4,7 @@ Two relations carry every KPI definition (see the README / query API):
 
 * ``messages``: one row per ``delivery_message_id`` with its campaign, sent time, outcome,
   reason, latency, ... Normally the derived per-message state maintained by the collector
-  (``collector/derive.py``), merged with the receipts not absorbed yet. :func:`messages_sql`
+  (``dlrlens/store/derive.py``), merged with the receipts not absorbed yet. :func:`messages_sql`
   is the same definition written straightforwardly over the raw receipt rows: the baseline
   the tests and the benchmark compare the fast path with.
 * ``receipts``: one row per distinct ``receipt_id`` (:func:`distinct_receipts_sql`), for the
@@ -166,7 +166,7 @@ def filtered_messages_sql(f, params: dict, source: str = "messages", label_condi
 
 def counts_select(group: str | None = None) -> str:
     """The SELECT list of every per-message count and share, aggregating a *counts relation*
-    (rows as ``collector.derive.rollup_sql`` makes them: signed partial counts), optionally
+    (rows as ``dlrlens.store.derive.rollup_sql`` makes them: signed partial counts), optionally
     with ``group`` (an expression, exposed as ``grp``) first."""
     def total(column: str, where: str | None = None) -> str:
         filtered = f" FILTER (WHERE {where})" if where else ""

@@ -23,7 +23,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from collector.statuses import status_table
+from dlrlens.statuses import status_table
 from dashboard.safe_text import plotly_text
 
 # One colour per outcome, used by every figure that splits by outcome.

@@ -1,7 +1,7 @@
 """Every number the dashboard, its downloads and ``dlrlens report`` show (no Streamlit here).
 
 Plain functions ``(store, filters, ...) -> pandas.DataFrame`` over the collector's data (see
-``collector/layout.py``), computed with DuckDB. None raises on empty data: they return an
+``dlrlens/store/layout.py``), computed with DuckDB. None raises on empty data: they return an
 empty frame with the documented columns (KPIs: one row of zeros/NaN).
 
 KPI definitions (identical on screen, in downloads and in reports; the wording users see is
@@ -30,7 +30,7 @@ same receipt stored twice changes nothing.
   ``receipt_figures=True`` (slow at scale; without it those columns are NaN).
 
 How it stays fast over 100 M receipts: the collector maintains the per-message state in
-``data/derived/`` (``collector/derive.py``). A :class:`Store` reads those files straight
+``data/derived/`` (``dlrlens/store/derive.py``). A :class:`Store` reads those files straight
 from disk (nothing is copied into memory) and merges in the *fresh tail*, the receipt files
 the state has not absorbed yet: their messages' partial state is merged with the stored rows
 of the same messages (found through an id-hash index), and those stored rows are left out.
@@ -68,8 +68,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from collector import derive, layout
-from collector.statuses import status_table
+from dlrlens.store import derive, layout
+from dlrlens.statuses import status_table
 from dashboard import _sql, safe_text
 
 UTC = timezone.utc
@@ -85,7 +85,7 @@ MAX_FILLED_BUCKETS = 5000
 # days, instants past Python's year 9999 or pandas' nanosecond range (1677-2262). Every other
 # figure counts such messages; time charts leave them out and say how many. The span starts
 # after the epoch: a created of 0 is a placeholder, not a send (and the derived 15-minute
-# slots of instants before it are rounded towards it, see collector.derive.slot_sql).
+# slots of instants before it are rounded towards it, see dlrlens.store.derive.slot_sql).
 CHARTED_FROM = datetime(2000, 1, 1, tzinfo=timezone.utc)
 CHARTED_TO = datetime(2100, 1, 1, tzinfo=timezone.utc)
 # Filter widgets list at most this many values (the busiest first) and find others by a search
@@ -499,7 +499,7 @@ class Store:
     # -- relations
 
     def messages_sql(self, f: "Filters | None" = None, exclude: frozenset = frozenset()) -> str:
-        """The ``messages`` relation (see :func:`collector.derive.messages_view_sql`) of this
+        """The ``messages`` relation (see :func:`dlrlens.store.derive.messages_view_sql`) of this
         snapshot, reading only the derived files (but ``exclude``) that can hold messages sent
         in f's range."""
         snap = self._snapshot
@@ -618,7 +618,7 @@ class Store:
 
     def counts_sql(self, f: "Filters", params: dict, cuts: tuple[int, ...] = ()) -> str:
         """The counts relation of the messages sent in f's range (every dimension filter is
-        the caller's): rows as :func:`collector.derive.rollup_sql` makes them, signed; sum them.
+        the caller's): rows as :func:`dlrlens.store.derive.rollup_sql` makes them, signed; sum them.
         ``t`` is a 15-minute slot start, or the exact sent time; slots never straddle ``cuts``."""
         columns = "t, campaign, outcome, last_status, label_sets, " + ", ".join(MEASURES)
         exact = lambda view: derive.rollup_sql(view, t="sent_at")  # noqa: E731 (computed rows keep sent_at)
@@ -851,7 +851,7 @@ class Store:
         or only the named ``partitions``."""
         snap = self._snapshot
         if snap.raw_files is None:
-            from collector.compaction import stored_files
+            from dlrlens.store.compaction import stored_files
 
             visible = set(snap.receipt_files)
             snap.raw_files = [str(p) for p in stored_files(self.data_dir) if str(p) in visible]
@@ -1896,7 +1896,7 @@ def _health_overall(store: Store, known: dict) -> dict[str, pd.DataFrame]:
 
 def maintenance_status(data_dir: str | Path) -> dict | None:
     """The collector's maintenance process as it last reported (``maintenance.json``, see
-    ``collector.maintenance.Maintainer.status_document``); ``None`` before its first report.
+    ``dlrlens.store.maintenance.Maintainer.status_document``); ``None`` before its first report.
 
     Keys: updated_at, derive_at, compact_at (last successes), last_error_at (UTC Timestamps or
     NaT), errors (failed tasks since it started), last_error (text or None), interval_seconds

@@ -46,8 +46,8 @@ from typing import TypeVar
 
 import streamlit as st
 
-from collector import layout
-from collector.statuses import status_table
+from dlrlens.store import layout
+from dlrlens.statuses import status_table
 from dashboard import queries
 from dashboard.queries import Filters, Store
 

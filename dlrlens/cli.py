@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from collector import layout
+from dlrlens.store import layout
 
 DEFAULT_COLLECTOR_PORT = 8080
 DEFAULT_DASHBOARD_PORT = 8501
@@ -122,12 +122,12 @@ def cmd_up(args) -> int:
 # Subcommands that live in their own module: (name, help, module, its add-arguments function,
 # its run(args, data_dir) function).
 MODULE_COMMANDS = (
-    ("simulate", "post realistic Mobivate receipts to a collector", "collector.simulate", "add_arguments", "run"),
+    ("simulate", "post realistic Mobivate receipts to a collector", "dlrlens.simulate", "add_arguments", "run"),
     ("report", "write the campaign report (csv, xlsx or json)", "dashboard.report",
      "add_report_arguments", "run_report"),
     ("compact", "merge small receipt files into large sorted ones (the collector also does it)",
-     "collector.compaction", "add_compact_arguments", "run_compact"),
-    ("rebuild", "recompute the derived per-message state from the raw receipts", "collector.derive",
+     "dlrlens.store.compaction", "add_compact_arguments", "run_compact"),
+    ("rebuild", "recompute the derived per-message state from the raw receipts", "dlrlens.store.derive",
      "add_rebuild_arguments", "run_rebuild"),
 )
 
@@ -135,7 +135,7 @@ MODULE_COMMANDS = (
 def _module_command(module_name: str, run: str):
     def command(args) -> int:
         function = getattr(importlib.import_module(module_name), run)
-        if module_name == "collector.simulate":
+        if module_name == "dlrlens.simulate":
             return function(args)  # the simulator talks to a URL, not to a data directory
         return function(args, layout.data_dir(args.data))
     return command

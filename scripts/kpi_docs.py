@@ -1,7 +1,7 @@
 """Print the README's KPI definitions block from dashboard/report.py's definitions.
 
 The app's help tooltips, the Excel report's Definitions sheet and the README all show the
-same text; tests/test_docs.py fails when the README's block is out of date. Regenerate with
+same text; tests/cli/test_docs.py fails when the README's block is out of date. Regenerate with
 ``python3 scripts/kpi_docs.py --write``.
 """
 

@@ -3,7 +3,7 @@
     python3 scripts/screenshots.py [--out docs] [--campaigns 8] [--messages 3000] [--seed 7]
 
 Starts the real collector and the real dashboard on a fresh temporary data folder, posts
-simulated Mobivate traffic through the collector (``collector.simulate``: the same generator as
+simulated Mobivate traffic through the collector (``dlrlens.simulate``: the same generator as
 ``dlrlens simulate``, with a fixed seed so the pictures are reproducible), plus a little noise
 for the Data health page (refused requests, a status Mobivate does not document), waits until
 every receipt is in Parquet, then opens each page in Debian's headless Chromium at 1440 px and
@@ -34,8 +34,8 @@ if str(REPO) not in sys.path:
 import requests  # noqa: E402
 
 from collector import simulate  # noqa: E402
-from tests.dashboard_server import full_page_screenshot, running_dashboard, wait_for_parquet  # noqa: E402
-from tests.servers import running_collector  # noqa: E402
+from tests.support.dashboard_server import full_page_screenshot, running_dashboard, wait_for_parquet  # noqa: E402
+from tests.support.servers import running_collector  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

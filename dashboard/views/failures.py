@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from collector.statuses import status_table
+from dlrlens.statuses import status_table
 from dashboard import charts, downloads, queries, state
 
 

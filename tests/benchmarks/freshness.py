@@ -2,7 +2,7 @@
 
     python3 -m tests.benchmarks.freshness [--data DIR] [--probes 20] [--rate 300] [--interval 1.5]
 
-Runs the real collector (``tests.servers.start_collector``: gunicorn, 2 workers, the
+Runs the real collector (``tests.support.servers.start_collector``: gunicorn, 2 workers, the
 production flush interval and its maintenance thread, which keeps the derived state up to
 date) on ``--data`` (an existing data set, e.g. a generated 100 M one, receipts are added
 to it) or on a fresh temporary directory. A thread pool posts ``--rate`` JSON receipts per
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import requests
 
-from collector import derive
-from tests.servers import start_collector
+from dlrlens.store import derive
+from tests.support.servers import start_collector
 
 UTC = timezone.utc
 GOAL_SECONDS = 5.0

@@ -3,7 +3,7 @@
     python3 -m tests.benchmarks.generate --receipts 100000000 --out DIR
         [--days 90 --campaigns 200 --seed 1 --end 2026-11-30T12:00:00Z --recent-days 2 --recent-files 3000]
 
-What it writes (``DIR/receipts/date=YYYY-MM-DD/*.parquet``, schema ``collector.layout.RECEIPT_SCHEMA``):
+What it writes (``DIR/receipts/date=YYYY-MM-DD/*.parquet``, schema ``dlrlens.store.layout.RECEIPT_SCHEMA``):
 
 * ~``receipts / 2.5`` messages sent uniformly over ``days`` days ending at ``--end`` (default:
   now, to the minute), each with 32-hex upper-case ids like Mobivate's;
@@ -45,7 +45,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from collector import layout
+from dlrlens.store import layout
 
 UTC = timezone.utc
 DAY_US = 86_400_000_000

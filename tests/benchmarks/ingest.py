@@ -11,7 +11,7 @@ Two targets, run one after the other on this machine with the same load client:
 
 Rounds alternate (bare, collector, bare, collector, ...) and the medians are compared, so
 a noisy neighbour hurts both sides. Every request POSTs one realistic Mobivate JSON receipt
-(bodies planned by :func:`collector.simulate.generate_traffic`) with its own
+(bodies planned by :func:`dlrlens.simulate.generate_traffic`) with its own
 ``deliveryMessageId``, so one request is one stored receipt. The goal is
 ``collector / bare >= 0.8``.
 
@@ -50,9 +50,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from collector import layout
-from collector.simulate import generate_traffic
-from tests.servers import REPO, Collector, free_port, wait_started
+from dlrlens.store import layout
+from dlrlens.simulate import generate_traffic
+from tests.support.servers import REPO, Collector, free_port, wait_started
 
 GOAL_RATIO = 0.8
 INGEST_PATH = "/dlr?campaign=bench"
@@ -358,7 +358,7 @@ def _ready(url: str) -> bool:
 def start_server(name: str, command: list[str], port: int, data_dir: Path, log_dir: Path) -> Collector:
     """Run ``command`` in its own process group, wait until ``/healthz`` answers 200.
 
-    Returns a :class:`tests.servers.Collector` handle (its ``stop()`` is a graceful
+    Returns a :class:`tests.support.servers.Collector` handle (its ``stop()`` is a graceful
     SIGTERM to the group, then SIGKILL), whichever server it is.
     """
     log_path = log_dir / f"{name}-{port}.log"

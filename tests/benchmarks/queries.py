@@ -44,7 +44,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from collector import derive, layout
+from dlrlens.store import derive, layout
 
 UTC = timezone.utc
 RESULT_MARKER = "DLRLENS_QUERIES_RESULT "
@@ -197,7 +197,7 @@ def drop_page_cache() -> bool:
 
 
 def disk_report(data_dir: Path) -> dict:
-    from collector.maintenance import bytes_per_receipt
+    from dlrlens.store.compaction import bytes_per_receipt
 
     size, rows = bytes_per_receipt(data_dir)
     manifest = derive.Manifest.load(data_dir)

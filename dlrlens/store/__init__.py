@@ -1,0 +1,27 @@
+"""dlrlens's storage engine: the one package that reads and writes the data directory.
+
+The collector writes through it, the dashboard and ``dlrlens report`` read through it; it
+imports neither of them (an import contract in CI keeps it so). Modules, in the order a
+receipt meets them:
+
+* :mod:`~dlrlens.store.layout`: where everything lives under ``data/`` and the receipt
+  schema; the contract every reader and writer keeps.
+* :mod:`~dlrlens.store.files`: the one way to publish a file atomically and the one way to
+  take a lock on the data directory.
+* :mod:`~dlrlens.store.wal`: the write-ahead log a ``200`` waits for (single writer thread,
+  group commit).
+* :mod:`~dlrlens.store.writer`: one collector process's receipt storage: log, flush to
+  Parquet, recovery, counters.
+* :mod:`~dlrlens.store.rejected`: the bounded archive of refused request bodies.
+* :mod:`~dlrlens.store.compaction` and :mod:`~dlrlens.store.derive`: merging small files and
+  the duplicate-insensitive per-message state; :mod:`~dlrlens.store.maintenance` runs both in
+  their own process.
+* :mod:`~dlrlens.store.status`: the status files (writer counters, maintenance status) as
+  plain dicts, for ``/metrics`` and the Data health page.
+* :mod:`~dlrlens.store.reader`: the read interface (:class:`~dlrlens.store.reader.Store`):
+  SQL over the receipts, the per-message state and the fresh tail, merged in one place.
+* :mod:`~dlrlens.store.faults`: named crash points for the fault tests.
+
+A second backend (object storage, a table format) replaces ``files``/``layout`` listings and
+the reader's sources; nothing outside this package touches ``data/``.
+"""

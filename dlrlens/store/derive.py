@@ -1,0 +1,980 @@
+"""Derived per-message state: one row per message, kept up to date from the receipt files.
+
+The dashboard's figures are per message (outcome, campaign, sent time, latency, ...). Deriving
+them from 100 M raw receipts on every query is far too slow, so the collector maintains them
+here and the dashboard reads them (plus the few receipt files not absorbed yet, see
+``dashboard/queries.py``).
+
+Duplicate-insensitive state
+    Every column is an idempotent, mergeable aggregate over the message's stored rows (every
+    stored copy of a receipt counts as a row): absorbing the same row twice changes nothing,
+    and the state of rows A merged with the state of rows B equals the state of A + B. So a
+    receipt file may be absorbed twice (a compaction output holding rows already absorbed, a
+    flush file re-created by a log replay) and partial states computed anywhere (the
+    dashboard's fresh tail) merge exactly. The definitions (the same as the straightforward
+    baseline in ``dashboard/_sql.py``; order = (created, received_at, then the value)):
+
+    * sent_at: min(created); first_received: the least received_at among rows created then;
+    * campaign label / batch_id / client_reference: the value of the first row (in that order)
+      that has one (campaign labels trimmed, blank = none);
+    * deciding final: the last row with a final category by (created, received_at, status,
+      category) -> outcome, final status (the failure reason of a failed message);
+    * latest status: the last row by (created, received_at, status) (a pending message's
+      last_status: where it is stuck);
+    * first delivered: min(created) over delivered rows; latency = first delivered - sent_at
+      of a delivered message, when positive;
+    * regression: the message's latest pending row is created after its deciding final row;
+    * label sets: every distinct ``labels`` text of its rows (for the any-receipt label filter).
+
+    Not here: counts of distinct receipts, stored copies and webhook lag (per receipt, not
+    mergeable per message): the dashboard computes them from the raw receipts (Data health).
+
+    Each key is stored flat, and only where it carries information (``*_created``/``*_received``
+    of a label are NULL when they equal the first row's; the latest status is NULL once a final
+    receipt exists; ...), which keeps the files small; :func:`state_units_sql` expands them.
+
+On disk (``data/derived/``)::
+
+    derived/manifest.json                                the state in force (atomically replaced)
+    derived/messages/sent=YYYY-MM-DD/d-<ns>.parquet      messages sent that UTC day
+    derived/messages/sent=YYYY-MM-DD/hHH-<ns>.parquet    ... that hour, on the current UTC day
+    derived/{rollup,hist,latency}/<same name>            companions of each messages file
+    derived.lock                                         flock: one updater at a time
+
+Messages files are immutable, sorted by ``id_hash`` (DuckDB's ``hash(delivery_message_id)``:
+:class:`IdIndex` finds a message's row from it), and replaced by new files with new names.
+The current day is split by sent hour so that absorbing fresh receipts rewrites small files;
+a day that turns cold is coalesced into one file. Each messages file has three companions,
+written with it, that the dashboard reads instead of the messages when the file lies inside a
+query's range: ``rollup`` (message counts per 15-minute sent slot, campaign, outcome, last
+status and label set, :func:`rollup_sql`), ``hist`` (latency counts per bucket,
+:func:`hist_sql`) and ``latency`` (every latency, sorted by bucket, :func:`latency_values_sql`).
+
+The manifest (:class:`Manifest`) lists the files in force, the receipt files absorbed, and
+files retired by a rewrite: those are deleted only after :data:`GRACE_SECONDS`, so that a
+reader holding an older manifest can finish its query.
+
+:func:`update_derived` absorbs receipt files not absorbed yet (the maintenance process calls
+it every few seconds): it merges their messages' partial state with the stored rows of the
+same messages (a late receipt may belong to a message sent days ago) and rewrites the files
+concerned. :func:`rebuild_derived` recomputes everything from the raw receipts (``dlrlens
+rebuild``); both give the same state, row for row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from dlrlens.store import layout
+from dlrlens.store.compaction import OUTPUT_PREFIX, lineage
+
+log = logging.getLogger("dlrlens.collector")
+
+UTC = timezone.utc
+DERIVED_DIR = "derived"
+MESSAGES_DIR = f"{DERIVED_DIR}/messages"
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = "derived.lock"
+SPILL_DIR = Path("tmp") / "derive"
+SENT_PREFIX = "sent="
+FORMAT = 1
+
+GRACE_SECONDS = 600.0  # retired derived files outlive the manifest that dropped them this long
+HOT_DAYS = 1  # the current UTC day is kept as one file per sent hour (fresh receipts rewrite small files)
+MAX_BATCH_ROWS = 5_000_000  # receipt rows absorbed per update at most (bounded time and memory)
+REBUILD_BUCKET_ROWS = 8_000_000  # a rebuild groups this many receipts by message at a time
+ROW_GROUP_ROWS = 65_536
+HASH_PROBE_TEXT = "dlrlens-id-hash-probe"
+
+# Settings of the DuckDB connection used by updates inside the collector (small: it shares the
+# machine with the webhook) and by rebuilds (the whole machine, spilling to disk).
+UPDATE_SETTINGS = {"threads": 1, "memory_limit": "1GB"}
+REBUILD_SETTINGS = {"memory_limit": "4GB"}
+
+# --------------------------------------------------------------------------- SQL
+
+# A "unit" is a partial state of one message: delivery_message_id, first_key, campaign_key,
+# batch_key, cref_key, final_key, latest_key (lexicographic struct keys), first_delivered,
+# max_pending, label_sets. A receipt row is a unit; units merge with combine_sql.
+STORED_COLUMNS = (
+    # what queries read
+    "id_hash", "delivery_message_id", "sent_at", "campaign", "outcome", "last_status", "latency_us",
+    "regression", "final_created", "first_delivered_at", "batch_id", "client_reference", "label_sets",
+    # the rest of the mergeable state
+    "first_received", "campaign_label", "campaign_created", "campaign_received", "batch_created",
+    "batch_received", "cref_created", "cref_received", "final_received", "final_status", "final_category",
+    "latest_created", "latest_received", "latest_status", "max_pending_created",
+)
+
+
+def receipt_units_sql(source: str) -> str:
+    """Units from stored receipt rows of ``source`` (a table, view or ``read_parquet(...)``)."""
+    return f"""
+        SELECT delivery_message_id,
+               {{'c': created, 'r': received_at}} AS first_key,
+               CASE WHEN nullif(trim(campaign), '') IS NOT NULL
+                    THEN {{'c': created, 'r': received_at, 'v': trim(campaign)}} END AS campaign_key,
+               CASE WHEN batch_id IS NOT NULL THEN {{'c': created, 'r': received_at, 'v': batch_id}} END AS batch_key,
+               CASE WHEN client_reference IS NOT NULL
+                    THEN {{'c': created, 'r': received_at, 'v': client_reference}} END AS cref_key,
+               CASE WHEN category <> 'pending'
+                    THEN {{'c': created, 'r': received_at, 's': status, 'k': category}} END AS final_key,
+               {{'c': created, 'r': received_at, 's': status}} AS latest_key,
+               CASE WHEN category = 'delivered' THEN created END AS first_delivered,
+               CASE WHEN category = 'pending' THEN created END AS max_pending,
+               [coalesce(labels, '{{}}')] AS label_sets
+        FROM {source}
+    """
+
+
+def state_units_sql(source: str) -> str:
+    """Units from stored derived rows of ``source`` (expands the flat, NULL-when-implied columns)."""
+    return f"""
+        SELECT delivery_message_id,
+               {{'c': sent_at, 'r': first_received}} AS first_key,
+               CASE WHEN campaign_label IS NOT NULL
+                    THEN {{'c': coalesce(campaign_created, sent_at), 'r': coalesce(campaign_received, first_received),
+                          'v': campaign_label}} END AS campaign_key,
+               CASE WHEN batch_id IS NOT NULL
+                    THEN {{'c': coalesce(batch_created, sent_at), 'r': coalesce(batch_received, first_received),
+                          'v': batch_id}} END AS batch_key,
+               CASE WHEN client_reference IS NOT NULL
+                    THEN {{'c': coalesce(cref_created, sent_at), 'r': coalesce(cref_received, first_received),
+                          'v': client_reference}} END AS cref_key,
+               CASE WHEN final_category IS NOT NULL
+                    THEN {{'c': final_created, 'r': final_received, 's': final_status, 'k': final_category}}
+                    END AS final_key,
+               CASE WHEN latest_status IS NOT NULL
+                    THEN {{'c': latest_created, 'r': latest_received, 's': latest_status}} END AS latest_key,
+               coalesce(first_delivered_at, CASE WHEN final_category = 'delivered' THEN final_created END)
+                   AS first_delivered,
+               max_pending_created AS max_pending,
+               from_json(label_sets, '["VARCHAR"]') AS label_sets
+        FROM {source}
+    """
+
+
+def combine_sql(units: str) -> str:
+    """Merge the units of ``units`` (a query) into one unit per message."""
+    return f"""
+        SELECT delivery_message_id,
+               min(first_key) AS first_key,
+               min(campaign_key) AS campaign_key,
+               min(batch_key) AS batch_key,
+               min(cref_key) AS cref_key,
+               max(final_key) AS final_key,
+               max(latest_key) AS latest_key,
+               min(first_delivered) AS first_delivered,
+               max(max_pending) AS max_pending,
+               list_sort(list_distinct(flatten(list(label_sets)))) AS label_sets
+        FROM ({units}) GROUP BY delivery_message_id
+    """
+
+
+def _label_key(name: str, key: str) -> str:
+    """Stored created/received of a label key: NULL when it is the message's first row."""
+    differs = f"({key}.c <> first_key.c OR {key}.r <> first_key.r)"
+    return (f"CASE WHEN {differs} THEN {key}.c END AS {name}_created, "
+            f"CASE WHEN {differs} THEN {key}.r END AS {name}_received")
+
+
+def finish_sql(units: str, extra: str = "") -> str:
+    """Stored derived rows (:data:`STORED_COLUMNS`, then ``extra`` expressions) from combined units."""
+    return f"""
+        SELECT hash(delivery_message_id) AS id_hash,
+               delivery_message_id,
+               first_key.c AS sent_at,
+               coalesce(campaign_key.v, batch_key.v, '(none)') AS campaign,
+               coalesce(final_key.k, 'pending') AS outcome,
+               coalesce(final_key.s, latest_key.s) AS last_status,
+               CASE WHEN final_key.k = 'delivered' AND first_delivered > first_key.c
+                    THEN epoch_us(first_delivered) - epoch_us(first_key.c) END AS latency_us,
+               coalesce(max_pending > final_key.c, false) AS regression,
+               final_key.c AS final_created,
+               CASE WHEN final_key.k = 'delivered' AND first_delivered = final_key.c THEN NULL
+                    ELSE first_delivered END AS first_delivered_at,
+               batch_key.v AS batch_id,
+               cref_key.v AS client_reference,
+               to_json(label_sets)::VARCHAR AS label_sets,
+               first_key.r AS first_received,
+               campaign_key.v AS campaign_label,
+               {_label_key('campaign', 'campaign_key')},
+               {_label_key('batch', 'batch_key')},
+               {_label_key('cref', 'cref_key')},
+               final_key.r AS final_received,
+               final_key.s AS final_status,
+               final_key.k AS final_category,
+               CASE WHEN final_key IS NULL THEN latest_key.c END AS latest_created,
+               CASE WHEN final_key IS NULL THEN latest_key.r END AS latest_received,
+               CASE WHEN final_key IS NULL THEN latest_key.s END AS latest_status,
+               CASE WHEN max_pending <= final_key.c THEN NULL ELSE max_pending END AS max_pending_created
+               {extra}
+        FROM ({units})
+    """
+
+
+def merge_sql(*unit_queries: str, extra: str = "") -> str:
+    """Stored derived rows merging every message's units from all ``unit_queries``."""
+    return finish_sql(combine_sql(" UNION ALL ".join(f"({q})" for q in unit_queries)), extra)
+
+
+def messages_view_sql(source: str) -> str:
+    """The per-message columns queries use, from stored derived rows of ``source``."""
+    return f"""
+        SELECT delivery_message_id, campaign, batch_id, client_reference, sent_at, outcome,
+               CASE WHEN outcome = 'failed' THEN last_status END AS reason,
+               last_status, final_created,
+               CASE WHEN outcome = 'delivered' THEN coalesce(first_delivered_at, final_created) END AS delivered_at,
+               latency_us, latency_us / 1e6 AS latency_s, regression::INTEGER AS regressions, label_sets
+        FROM {source}
+    """
+
+
+# Companions of each messages file: pre-aggregates the dashboard reads instead of the messages
+# when a file lies wholly inside a query's range (same name under derived/<kind>/).
+COMPANIONS = ("rollup", "hist", "latency")
+SLOT_MICROS = 15 * 60 * 1_000_000  # rollup time slots: every zone's hours and days are unions of them
+LATENCY_BUCKET_BITS = 5  # latency buckets: 2**5 per octave of microseconds
+
+
+def latency_bucket_sql(x: str = "latency_us") -> str:
+    """An integer bucket of the positive BIGINT ``x``, exactly monotone (integer arithmetic on
+    the exact floor(log2(x))): values below 2**bits are their own bucket, above the octave
+    and the next ``bits`` bits decide."""
+    bits = LATENCY_BUCKET_BITS
+    guess = f"floor(log2({x}))::INTEGER"
+    exponent = (f"({guess} - ({x} < (1::BIGINT << {guess}))::INTEGER "
+                f"+ ({x} >= (1::BIGINT << ({guess} + 1)))::INTEGER)")
+    return (f"(CASE WHEN {x} < {1 << bits} THEN {x} "
+            f"ELSE ({exponent} << {bits}) + (({x} >> ({exponent} - {bits})) & {(1 << bits) - 1}) END)")
+
+
+def slot_sql(column: str = "sent_at") -> str:
+    """Start of the 15-minute UTC slot holding ``column``."""
+    return f"to_timestamp((epoch_us({column}) // {SLOT_MICROS}) * {SLOT_MICROS // 1_000_000})"
+
+
+def rollup_sql(view: str, t: str | None = None) -> str:
+    """Message counts of the messages ``view`` (:func:`messages_view_sql` columns) per time
+    ``t`` (default the 15-minute slot), campaign, outcome, last status and label set: the
+    additive pieces of every count the dashboard shows."""
+    t = t or slot_sql()
+    return f"""
+        SELECT {t} AS t, campaign, outcome, last_status, label_sets,
+               count(*) AS messages,
+               count(latency_us) AS latency_messages,
+               count(*) FILTER (WHERE latency_s <= 10) AS within_10s,
+               count(*) FILTER (WHERE latency_s <= 60) AS within_1m,
+               count(*) FILTER (WHERE latency_s <= 300) AS within_5m,
+               count(*) FILTER (WHERE latency_s <= 3600) AS within_1h,
+               count(*) FILTER (WHERE outcome = 'delivered' AND latency_us IS NULL) AS delivered_without_earlier,
+               sum(regressions)::BIGINT AS regressions
+        FROM ({view}) GROUP BY ALL
+    """
+
+
+def hist_sql(view: str) -> str:
+    """Latencies of the messages ``view`` counted per campaign, label set, last status and
+    latency bucket."""
+    return f"""
+        SELECT campaign, label_sets, last_status, {latency_bucket_sql()} AS b, count(*) AS n
+        FROM ({view}) WHERE latency_us IS NOT NULL GROUP BY ALL
+    """
+
+
+def latency_values_sql(view: str) -> str:
+    """Every latency of the messages ``view`` with its bucket and group columns."""
+    return f"""
+        SELECT {latency_bucket_sql()} AS b, latency_us, campaign, label_sets, last_status
+        FROM ({view}) WHERE latency_us IS NOT NULL
+    """
+
+
+def companion_path(path: str, kind: str) -> str:
+    """The ``kind`` companion of the messages file ``path`` (relative to the data directory)."""
+    return f"{DERIVED_DIR}/{kind}/" + path[len(MESSAGES_DIR) + 1:]
+
+
+def empty_receipts_sql() -> str:
+    """A query with the receipt columns (:data:`dlrlens.store.layout.RECEIPT_SCHEMA`) and no rows."""
+    types = {"string": "VARCHAR", "int32": "INTEGER", "timestamp[us, tz=UTC]": "TIMESTAMPTZ"}
+    columns = ", ".join(f"NULL::{types[str(f.type)]} AS {f.name}" for f in layout.RECEIPT_SCHEMA)
+    return f"SELECT {columns} WHERE FALSE"
+
+
+def parquet_source(param: str = "files") -> str:
+    """``read_parquet`` over the receipt (or derived) files bound to ``$param``."""
+    return f"read_parquet(${param}, hive_partitioning = false, union_by_name = true)"
+
+
+# --------------------------------------------------------------------------- DuckDB
+
+
+def connect(settings: dict | None = None, spill_dir: Path | None = None):
+    """A DuckDB connection in UTC, without progress bar, with ``settings`` (threads, memory)."""
+    import duckdb
+
+    config = {k: v for k, v in (settings or {}).items()}
+    if spill_dir is not None:
+        # DuckDB creates the directory itself when it first spills (its parent must exist).
+        spill_dir.parent.mkdir(parents=True, exist_ok=True)
+        config["temp_directory"] = str(spill_dir)
+    con = duckdb.connect(":memory:", config=config)
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def hash_probe(con) -> int:
+    """This DuckDB's ``hash`` of a fixed text: files hashed by another version are recognised."""
+    return int(con.execute("SELECT hash($t)", {"t": HASH_PROBE_TEXT}).fetchone()[0])
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+@dataclass
+class DerivedFile:
+    """One derived file in force: ``path`` relative to the data directory."""
+
+    path: str
+    rows: int
+    sent_min_us: int
+    sent_max_us: int
+
+    @cached_property
+    def day(self) -> str:
+        return Path(self.path).parent.name[len(SENT_PREFIX):]
+
+    @cached_property
+    def kind(self) -> str:
+        """``d`` (a whole sent day) or ``hHH`` (one sent hour)."""
+        return Path(self.path).name.split("-", 1)[0]
+
+    @cached_property
+    def range_us(self) -> tuple[int, int]:
+        """[start, end) of the sent times this file's key covers, in epoch microseconds."""
+        day = int(datetime.strptime(self.day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()) * 1_000_000
+        if self.kind == "d":
+            return day, day + 86_400_000_000
+        hour = day + int(self.kind[1:]) * 3_600_000_000
+        return hour, hour + 3_600_000_000
+
+
+@dataclass
+class Manifest:
+    """``derived/manifest.json``: what the derived state holds (see the module docstring).
+
+    ``version`` grows by one with every change; ``absorbed`` holds receipt file paths relative
+    to the data directory; ``retired`` maps derived files no longer in force to when they were
+    retired (epoch seconds); ``hash_probe`` is :func:`hash_probe` of the writer.
+    """
+
+    version: int = 0
+    files: list[DerivedFile] = field(default_factory=list)
+    absorbed: set[str] = field(default_factory=set)
+    retired: dict[str, float] = field(default_factory=dict)
+    hash_probe: int | None = None
+    updated_at: str = ""
+
+    @staticmethod
+    def path(data_dir: Path) -> Path:
+        return Path(data_dir) / DERIVED_DIR / MANIFEST_NAME
+
+    @classmethod
+    def load(cls, data_dir: Path) -> "Manifest | None":
+        """The manifest in force, or None when there is none (or it is unreadable)."""
+        try:
+            raw = json.loads(cls.path(data_dir).read_bytes())
+        except (OSError, ValueError):
+            return None
+        if raw.get("format") != FORMAT:
+            return None
+        return cls(version=int(raw["version"]),
+                   files=[DerivedFile(**f) for f in raw["files"]],
+                   absorbed=set(raw["absorbed"]),
+                   retired={str(k): float(v) for k, v in raw.get("retired", {}).items()},
+                   hash_probe=raw.get("hash_probe"),
+                   updated_at=raw.get("updated_at", ""))
+
+    def save(self, data_dir: Path) -> None:
+        """Replace the manifest atomically (readers see the old one or this one)."""
+        self.updated_at = datetime.now(UTC).isoformat()
+        body = {"format": FORMAT, "version": self.version, "updated_at": self.updated_at,
+                "hash_probe": self.hash_probe,
+                "files": [{"path": f.path, "rows": f.rows, "sent_min_us": f.sent_min_us, "sent_max_us": f.sent_max_us}
+                          for f in sorted(self.files, key=lambda f: f.path)],
+                "absorbed": sorted(self.absorbed),
+                "retired": dict(sorted(self.retired.items()))}
+        layout.atomic_write_bytes(self.path(data_dir), json.dumps(body, separators=(",", ":")).encode())
+
+
+# --------------------------------------------------------------------------- receipt files
+
+
+def receipt_files(data_dir: Path) -> dict[str, tuple[int, int]]:
+    """{path relative to the data directory: (size, mtime_ns)} of every visible receipt file."""
+    root = layout.receipts_dir(Path(data_dir))
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        partitions = sorted(e.name for e in os.scandir(root)
+                            if e.name.startswith(layout.PARTITION_PREFIX) and e.is_dir())
+    except FileNotFoundError:
+        return found
+    for partition in partitions:
+        found.update(partition_files(data_dir, partition))
+    return found
+
+
+def partition_files(data_dir: Path, partition: str) -> dict[str, tuple[int, int]]:
+    """:func:`receipt_files` of one partition directory (``date=YYYY-MM-DD``), sorted."""
+    listed = layout.visible_files(layout.receipts_dir(Path(data_dir)) / partition)
+    return {f"{layout.RECEIPTS_DIR}/{partition}/{name}": (size, mtime_ns)
+            for name, (_, size, mtime_ns) in sorted(listed.items())}
+
+
+def _compaction_inputs(data_dir: Path, relative: str) -> list[str] | None:
+    """The inputs (relative paths) a compaction output was made from; None for other files."""
+
+    path = Path(relative)
+    if not path.name.startswith(OUTPUT_PREFIX):
+        return None
+    try:
+        names = lineage(Path(data_dir) / path)
+    except (OSError, ValueError):
+        return None
+    return [str(path.parent / name) for name in names] or None
+
+
+def unabsorbed(data_dir: Path, listing: dict[str, tuple[int, int]], absorbed: set[str],
+               reading: set[str] | None = None) -> tuple[list[str], list[str]]:
+    """Split the visible receipt files not in ``absorbed`` into (to read, covered).
+
+    A compaction output is *covered* (its rows are already in the state, or about to be) when
+    each of its inputs is absorbed, covered, or in ``reading`` (default: every other file that
+    is to be read). Covered outputs need not be read: compaction keeps exactly its inputs' rows.
+    """
+    new = [path for path in listing if path not in absorbed]
+    outputs = {path: _compaction_inputs(data_dir, path) for path in new}
+    plain = {path for path, inputs in outputs.items() if inputs is None}
+    reading = plain if reading is None else reading
+    known = set(absorbed) | reading
+    covered: list[str] = []
+    # An output's inputs are older outputs or flush files: ascending names settle chains.
+    for path in sorted(p for p, inputs in outputs.items() if inputs is not None):
+        if all(name in known for name in outputs[path]):
+            covered.append(path)
+            known.add(path)
+    to_read = [path for path in new if path not in known or path in reading]
+    return sorted(set(to_read)), covered
+
+
+# --------------------------------------------------------------------------- id index
+
+
+class IdIndex:
+    """Where each message may be: per derived file, the sorted upper 32 bits of the
+    ``id_hash`` of its rows (4 bytes a message).
+
+    Derived files are sorted by id_hash, so a value's position in the array is its row
+    number. A match is a candidate: the caller compares the real ids (about one message in
+    2**32 / rows-per-file matches by chance, and is merely read). Loaded once per (immutable)
+    file, dropped when the file leaves the manifest. Files hashed by a different DuckDB
+    (``trust_stored`` False) are hashed again here.
+    """
+
+    def __init__(self):
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._lock = threading.Lock()
+
+    def sync(self, data_dir: Path, paths: list[str], con=None, trust_stored: bool = True) -> None:
+        with self._lock:
+            for stale in set(self._arrays) - set(paths):
+                del self._arrays[stale]
+            for path in paths:
+                if path not in self._arrays:
+                    self._arrays[path] = self._load(Path(data_dir) / path, con, trust_stored)
+
+    @staticmethod
+    def _load(full: Path, con, trust_stored: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if trust_stored:
+            hashes = pq.read_table(full, columns=["id_hash"]).column(0).to_numpy()
+            if len(hashes) < 2 or bool(np.all(hashes[1:] >= hashes[:-1])):
+                return (hashes >> np.uint64(32)).astype(np.uint32), None
+        if con is None:
+            con = connect({"threads": 1})
+        found = con.execute("SELECT hash(delivery_message_id) >> 32 AS h, file_row_number AS n "
+                            "FROM read_parquet($f, file_row_number = true)", {"f": str(full)}).fetchnumpy()
+        order = np.argsort(found["h"], kind="stable")
+        return found["h"][order].astype(np.uint32), found["n"][order].astype(np.int64)
+
+    def locate(self, hashes: np.ndarray) -> dict[str, np.ndarray]:
+        """{file: row numbers} of the rows whose id_hash may be one of ``hashes``."""
+        keys = np.unique((np.asarray(hashes, dtype=np.uint64) >> np.uint64(32)).astype(np.uint32))
+        found: dict[str, np.ndarray] = {}
+        if not len(keys):
+            return found
+        with self._lock:
+            items = list(self._arrays.items())
+        for path, (sorted_keys, positions) in items:
+            left = np.searchsorted(sorted_keys, keys, side="left")
+            right = np.searchsorted(sorted_keys, keys, side="right")
+            hit = right > left
+            if not hit.any():
+                continue
+            rows = np.concatenate([np.arange(a, b) for a, b in zip(left[hit], right[hit])])
+            found[path] = np.sort(positions[rows] if positions is not None else rows)
+        return found
+
+    def memory_bytes(self) -> int:
+        return sum(a.nbytes + (p.nbytes if p is not None else 0) for a, p in self._arrays.values())
+
+
+# --------------------------------------------------------------------------- placement
+
+
+def hot_from(now: datetime | None = None) -> datetime:
+    """Start of the first UTC day kept as hour files (the last :data:`HOT_DAYS` days)."""
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=HOT_DAYS - 1)
+
+
+def file_kind_sql() -> str:
+    """SQL: the kind of file a stored row belongs in: ``hHH`` from ``$hot_from`` on, except on
+    the days in ``$day_files`` (hot days already held in one day file: a day is never split
+    both ways), else ``d``."""
+    day = "strftime(sent_at, '%Y-%m-%d')"
+    return (f"CASE WHEN sent_at >= $hot_from AND NOT list_contains($day_files::VARCHAR[], {day}) "
+            f"THEN 'h' || strftime(sent_at, '%H') ELSE 'd' END")
+
+
+def file_key_sql() -> str:
+    """SQL: the file a stored row belongs in, ``sent=YYYY-MM-DD/<kind>`` (:func:`file_kind_sql`)."""
+    return f"'{SENT_PREFIX}' || strftime(sent_at, '%Y-%m-%d') || '/' || {file_kind_sql()}"
+
+
+def day_files(files: list["DerivedFile"], hot_start: datetime) -> list[str]:
+    """Hot days held in a day file (after a rebuild with another clock, say)."""
+    return sorted({f.day for f in files if f.kind == "d"
+                   and datetime.strptime(f.day, "%Y-%m-%d").replace(tzinfo=UTC) >= hot_start})
+
+
+def file_key(f: DerivedFile, hot_start: datetime) -> str:
+    """The key an existing file's rows belong to now: a cold day's hour files join its day file."""
+    day = datetime.strptime(f.day, "%Y-%m-%d").replace(tzinfo=UTC)
+    if day < hot_start:
+        return f"{SENT_PREFIX}{f.day}/d"
+    return f"{SENT_PREFIX}{f.day}/{f.kind}"
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_derived(con, data_dir: Path, key: str, select_sql: str) -> DerivedFile | None:
+    """Write the rows of ``select_sql`` (stored columns) sorted by id_hash as a new messages
+    file for ``key``, with its companions; None when there are none. Each file is complete and
+    durable when it appears; the messages file appears last."""
+    data_dir = Path(data_dir)
+    directory, kind = key.split("/")
+    target = data_dir / MESSAGES_DIR / directory / f"{kind}-{time.time_ns()}.parquet"
+    relative = str(target.relative_to(data_dir))
+    paths = {"messages": target, **{c: data_dir / companion_path(relative, c) for c in COMPANIONS}}
+    tmps = {k: p.with_name(f".{p.name}.{os.getpid()}.tmp") for k, p in paths.items()}
+    options = f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS}"
+    try:
+        for path in paths.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        con.execute(f"COPY (SELECT {', '.join(STORED_COLUMNS)} FROM ({select_sql}) ORDER BY id_hash) "
+                    f"TO '{tmps['messages']}' ({options})")
+        metadata = pq.read_metadata(tmps["messages"])
+        if metadata.num_rows == 0:
+            tmps["messages"].unlink()
+            return None
+        view = messages_view_sql(f"read_parquet('{tmps['messages']}')")
+        con.execute(f"COPY ({rollup_sql(view)} ORDER BY t, campaign) TO '{tmps['rollup']}' ({options})")
+        con.execute(f"COPY ({hist_sql(view)} ORDER BY campaign, b) TO '{tmps['hist']}' ({options})")
+        # Sorted by bucket: a query fetching a few buckets reads a few row groups.
+        con.execute(f"COPY ({latency_values_sql(view)} ORDER BY b, latency_us) TO '{tmps['latency']}' "
+                    f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 16384)")
+        sent = metadata.schema.to_arrow_schema().get_field_index("sent_at")
+        stats = [metadata.row_group(i).column(sent).statistics for i in range(metadata.num_row_groups)]
+        for tmp in tmps.values():
+            layout.fsync_path(tmp)
+        for kind_ in (*COMPANIONS, "messages"):
+            os.replace(tmps[kind_], paths[kind_])
+    except BaseException:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    for path in paths.values():
+        layout.fsync_dir(path.parent)
+    return DerivedFile(path=relative, rows=metadata.num_rows,
+                       sent_min_us=min(_micros(s.min) for s in stats), sent_max_us=max(_micros(s.max) for s in stats))
+
+
+
+
+def _all_paths(path: str) -> list[str]:
+    """A messages file and its companions (relative paths)."""
+    return [path] + [companion_path(path, c) for c in COMPANIONS]
+
+
+def _micros(value) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1_000_000) if value.tzinfo else int(
+            value.replace(tzinfo=UTC).timestamp() * 1_000_000)
+    return int(value)
+
+
+def _retire(manifest: Manifest, paths, now: float) -> None:
+    for path in paths:
+        manifest.retired.setdefault(path, now)
+
+
+def _delete_expired(data_dir: Path, manifest: Manifest, now: float, grace: float) -> int:
+    """Delete retired files (and companions) past the grace period, and leftovers of crashed
+    writers (files in no manifest list, older than the grace period). Returns files deleted."""
+    deleted = 0
+    for path, retired_at in list(manifest.retired.items()):
+        if now - retired_at >= grace:
+            for each in _all_paths(path):
+                (Path(data_dir) / each).unlink(missing_ok=True)
+            del manifest.retired[path]
+            deleted += 1
+    in_force = {each for f in manifest.files for each in _all_paths(f.path)}
+    in_force |= {each for path in manifest.retired for each in _all_paths(path)}
+    for kind in ("messages", *COMPANIONS):
+        root = Path(data_dir) / DERIVED_DIR / kind
+        for day_dir in root.iterdir() if root.is_dir() else ():
+            for entry in day_dir.iterdir() if day_dir.is_dir() else ():
+                if str(entry.relative_to(data_dir)) in in_force:
+                    continue
+                try:
+                    old = now - entry.stat().st_mtime >= grace
+                except FileNotFoundError:
+                    continue
+                if old:
+                    entry.unlink(missing_ok=True)
+                    deleted += kind == "messages"
+            if day_dir.is_dir() and not any(day_dir.iterdir()):
+                day_dir.rmdir()
+    return deleted
+
+
+# --------------------------------------------------------------------------- locking
+
+
+@contextmanager
+def _locked(data_dir: Path, wait: bool):
+    """Hold ``data/derived.lock``; yields False without waiting when busy and ``wait`` is False."""
+    path = Path(data_dir) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- update
+
+
+class _Updater:
+    """Cached per data directory in the updating process: its connection and id index."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self.con = connect(UPDATE_SETTINGS, self.data_dir / SPILL_DIR)
+        self.index = IdIndex()
+        self.probe = hash_probe(self.con)
+
+
+_updaters: dict[str, _Updater] = {}
+_updaters_lock = threading.Lock()
+
+
+def _updater(data_dir: Path) -> _Updater:
+    key = str(Path(data_dir).resolve())
+    with _updaters_lock:
+        if key not in _updaters:
+            _updaters[key] = _Updater(Path(data_dir))
+        return _updaters[key]
+
+
+def update_derived(data_dir: Path, *, now: datetime | None = None, grace_seconds: float = GRACE_SECONDS,
+                   max_batch_rows: int = MAX_BATCH_ROWS, wait: bool = False) -> dict:
+    """Absorb the receipt files not absorbed yet into the derived state; return what was done.
+
+    Bounded work per call (at most ``max_batch_rows`` receipt rows, oldest partitions first);
+    ``backlog_files`` says how many files are left for the next call. Without a manifest (or
+    with one hashed by another DuckDB version) it rebuilds. Returns ``{"skipped": "busy"}`` at
+    once when another process holds the lock (unless ``wait``). ``now`` (default the clock)
+    decides which days are hot.
+    """
+    data_dir = Path(data_dir)
+    started = time.perf_counter()
+    with _locked(data_dir, wait) as acquired:
+        if not acquired:
+            return {"skipped": "busy"}
+        updater = _updater(data_dir)
+        manifest = Manifest.load(data_dir)
+        if manifest is None or manifest.hash_probe != updater.probe:
+            return _rebuild_locked(data_dir, now=now, grace_seconds=grace_seconds, started=started,
+                                   settings=UPDATE_SETTINGS)
+        return _update_locked(updater, manifest, now=now, grace=grace_seconds, max_rows=max_batch_rows,
+                              started=started)
+
+
+def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, max_rows: int,
+                   started: float) -> dict:
+    data_dir, con = updater.data_dir, updater.con
+    wall = time.time()
+    hot_start = hot_from(now)
+    listing = receipt_files(data_dir)
+    to_read, _ = unabsorbed(data_dir, listing, manifest.absorbed)
+    batch = _take_batch(data_dir, to_read, max_rows)
+    _, covered = unabsorbed(data_dir, listing, manifest.absorbed, reading=set(batch))
+    result = {"absorbed_files": len(batch), "covered_files": len(covered), "receipts": 0, "messages": 0,
+              "rewritten_files": 0, "backlog_files": len(to_read) - len(batch)}
+    by_key: dict[str, list[DerivedFile]] = {}
+    for f in manifest.files:
+        by_key.setdefault(file_key(f, hot_start), []).append(f)
+    numbers = {f.path: i for i, f in enumerate(manifest.files)}
+    rewrite: set[str] = set()
+    for table in ("partial", "old", "merged", "superseded"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    con.execute("CREATE TEMP TABLE superseded (file_no INTEGER, row BIGINT)")
+    if batch:
+        con.execute(f"CREATE TEMP TABLE partial AS {combine_sql(receipt_units_sql(parquet_source()))}",
+                    {"files": [str(data_dir / p) for p in batch]})
+        result["receipts"] = sum(_rows(data_dir / p) for p in batch)
+        hashes = con.execute("SELECT hash(delivery_message_id) AS h FROM partial").fetchnumpy()["h"]
+        updater.index.sync(data_dir, [f.path for f in manifest.files], con)
+        candidates = updater.index.locate(hashes)
+        # The stored rows of this batch's messages (a hash match of another id stays put).
+        con.execute(f"CREATE TEMP TABLE old AS {stored_rows_at_sql(data_dir, candidates, numbers, 'partial')}")
+        con.execute("INSERT INTO superseded SELECT file_no, file_row_number FROM old")
+        merged = merge_sql("SELECT * FROM partial", state_units_sql("old"), extra=f", {file_key_sql()} AS file_key")
+        con.execute(f"CREATE TEMP TABLE merged AS {merged}",
+                    {"hot_from": hot_start, "day_files": day_files(manifest.files, hot_start)})
+        result["messages"] = con.execute("SELECT count(*) FROM merged").fetchone()[0]
+        rewrite |= {k for (k,) in con.execute("SELECT DISTINCT file_key FROM merged").fetchall()}
+        by_number = {i: f for f, i in numbers.items()}
+        rewrite |= {file_key(next(x for x in manifest.files if x.path == by_number[n]), hot_start)
+                    for (n,) in con.execute("SELECT DISTINCT file_no FROM superseded").fetchall()}
+    # A cold day still in hour files (or in several files) is coalesced into one day file.
+    rewrite |= {key for key, files in by_key.items()
+                if key.endswith("/d") and (len(files) > 1 or any(f.kind != "d" for f in files))}
+    new_files: list[DerivedFile] = []
+    for key in sorted(rewrite):
+        parts = [f"""SELECT {', '.join(STORED_COLUMNS)} FROM read_parquet('{data_dir / f.path}', file_row_number = true)
+                     WHERE file_row_number NOT IN (SELECT row FROM superseded WHERE file_no = {numbers[f.path]})"""
+                 for f in by_key.get(key, [])]
+        if batch:
+            parts.append(f"SELECT {', '.join(STORED_COLUMNS)} FROM merged WHERE file_key = '{key}'")
+        if not parts:
+            continue
+        written = _write_derived(con, data_dir, key, " UNION ALL ".join(parts))
+        if written is not None:
+            new_files.append(written)
+    replaced = {f.path for key in rewrite for f in by_key.get(key, [])}
+    pruned = {p for p in manifest.absorbed if p not in listing}
+    changed = bool(rewrite or batch or covered or pruned)
+    if changed:
+        manifest.files = [f for f in manifest.files if f.path not in replaced] + new_files
+        manifest.absorbed = (manifest.absorbed - pruned) | set(batch) | set(covered)
+        _retire(manifest, replaced, wall)
+    deleted = _delete_expired(data_dir, manifest, wall, grace)
+    if changed or deleted:
+        manifest.version += 1
+        manifest.hash_probe = updater.probe
+        manifest.save(data_dir)
+    for table in ("partial", "old", "merged", "superseded"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    result.update(rewritten_files=len(new_files), pruned=len(pruned), deleted_files=deleted,
+                  version=manifest.version, seconds=round(time.perf_counter() - started, 3))
+    return result
+
+
+def stored_rows_at_sql(data_dir: Path, located: dict[str, np.ndarray], numbers: dict[str, int], messages: str) -> str:
+    """SELECT file_no, file_row_number and every stored column of the rows at ``located``
+    whose message is in table ``messages``."""
+    columns = ", ".join(STORED_COLUMNS)
+    parts = [f"""SELECT {numbers[path]} AS file_no, file_row_number, {columns}
+                 FROM read_parquet('{data_dir / path}', file_row_number = true)
+                 WHERE file_row_number IN (SELECT unnest({_int_list(rows)}))"""
+             for path, rows in located.items()]
+    if not parts:
+        empty = merge_sql(receipt_units_sql(f"({empty_receipts_sql()})"))
+        return f"SELECT NULL::INTEGER AS file_no, NULL::BIGINT AS file_row_number, {columns} FROM ({empty})"
+    return (f"SELECT * FROM ({' UNION ALL '.join(parts)}) "
+            f"WHERE delivery_message_id IN (SELECT delivery_message_id FROM {messages})")
+
+
+def _int_list(values: np.ndarray) -> str:
+    return "[" + ",".join(str(int(v)) for v in values) + "]::BIGINT[]"
+
+
+def _rows(path: Path) -> int:
+    try:
+        return pq.read_metadata(path).num_rows
+    except OSError:
+        return 0
+
+
+def _take_batch(data_dir: Path, to_read: list[str], max_rows: int) -> list[str]:
+    """The files of this update: oldest partitions first, at most ``max_rows`` rows (and at
+    least one file)."""
+    batch, rows = [], 0
+    for path in to_read:  # sorted: receipts/date=YYYY-MM-DD/name
+        n = _rows(data_dir / path)
+        if batch and rows + n > max_rows:
+            break
+        batch.append(path)
+        rows += n
+    return batch
+
+
+# --------------------------------------------------------------------------- rebuild
+
+
+def rebuild_derived(data_dir: Path, *, now: datetime | None = None, grace_seconds: float = GRACE_SECONDS,
+                    settings: dict | None = None) -> dict:
+    """Recompute the whole derived state from every receipt file; return what was done.
+
+    Waits for a running update to finish. Gives exactly the state incremental updates give.
+    """
+    data_dir = Path(data_dir)
+    started = time.perf_counter()
+    with _locked(data_dir, wait=True):
+        return _rebuild_locked(data_dir, now=now, grace_seconds=grace_seconds, started=started,
+                               settings=settings)
+
+
+def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float,
+                    settings: dict | None = None) -> dict:
+    import duckdb
+
+    old = Manifest.load(data_dir)
+    hot_start = hot_from(now)
+    spill = data_dir / SPILL_DIR / f"rebuild-{os.getpid()}"
+    shutil.rmtree(spill, ignore_errors=True)
+    con = connect(settings or REBUILD_SETTINGS, spill / "duckdb")
+    con.execute("SET preserve_insertion_order = false")
+    try:
+        for attempt in (1, 2, 3):
+            listing = receipt_files(data_dir)
+            try:
+                files = _rebuild_files(con, data_dir, listing, hot_start, spill)
+                break
+            except duckdb.IOException:
+                # A file vanished under us (compaction): list again. Nothing is in force yet.
+                shutil.rmtree(spill / "state", ignore_errors=True)
+                if attempt == 3:
+                    raise
+        messages = sum(f.rows for f in files)
+        receipts = sum(_rows(data_dir / p) for p in listing)
+        manifest = Manifest(version=(old.version + 1) if old else 1, files=files, absorbed=set(listing),
+                            retired=dict(old.retired) if old else {}, hash_probe=hash_probe(con))
+        if old:
+            _retire(manifest, [f.path for f in old.files], time.time())
+        manifest.save(data_dir)
+        deleted = _delete_expired(data_dir, manifest, time.time(), grace_seconds)
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+    # The updating process's index and connection start afresh after a rebuild.
+    with _updaters_lock:
+        _updaters.pop(str(data_dir.resolve()), None)
+    return {"rebuilt": True, "absorbed_files": len(listing), "receipts": receipts, "messages": messages,
+            "rewritten_files": len(files), "deleted_files": deleted, "version": manifest.version,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _rebuild_files(con, data_dir: Path, listing: dict, hot_start: datetime, spill: Path) -> list[DerivedFile]:
+    """Every message's state from the receipt files in ``listing``, written as derived files.
+
+    Large data is split by hash(delivery_message_id) into buckets of about
+    :data:`REBUILD_BUCKET_ROWS` receipts (one pass writes them to ``spill``), so that each
+    bucket's GROUP BY fits in memory; each bucket's states go to per-file staging parts,
+    which are then sorted into the derived files.
+    """
+    if not listing:
+        return []
+    paths = [str(data_dir / p) for p in listing]
+    rows = sum(_rows(Path(p)) for p in paths)
+    buckets = max(1, -(-rows // REBUILD_BUCKET_ROWS))
+    keys = f"strftime(sent_at, '%Y-%m-%d') AS sent_day, {file_kind_sql()} AS kind"
+    params = {"hot_from": hot_start, "day_files": []}
+    state = spill / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    if buckets == 1:
+        sources = [parquet_source()]
+        bucket_params = [{"files": paths}]
+    else:
+        needed = ("delivery_message_id, created, received_at, campaign, batch_id, client_reference, status, "
+                  "category, labels")
+        con.execute(f"COPY (SELECT {needed}, hash(delivery_message_id) % {buckets} AS bucket "
+                    f"FROM read_parquet($files, union_by_name = true)) TO '{spill / 'receipts'}' "
+                    f"(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (bucket))", {"files": paths})
+        sources = [f"read_parquet('{spill / 'receipts' / f'bucket={k}' / '*.parquet'}')" for k in range(buckets)]
+        bucket_params = [{} for _ in range(buckets)]
+    for k, (source, extra_params) in enumerate(zip(sources, bucket_params)):
+        con.execute(f"COPY ({merge_sql(receipt_units_sql(source), extra=', ' + keys)}) TO '{state / f'part={k}'}' "
+                    f"(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (sent_day, kind))", {**params, **extra_params})
+        if buckets > 1:
+            shutil.rmtree(spill / "receipts" / f"bucket={k}", ignore_errors=True)
+    files = []
+    by_key: dict[str, list[Path]] = {}
+    for part in state.glob("part=*/sent_day=*/kind=*/*.parquet"):
+        key = f"{SENT_PREFIX}{part.parent.parent.name.split('=', 1)[1]}/{part.parent.name.split('=', 1)[1]}"
+        by_key.setdefault(key, []).append(part)
+    for key, parts in sorted(by_key.items()):
+        listed = ", ".join(f"'{p}'" for p in parts)
+        written = _write_derived(con, data_dir, key, f"SELECT * FROM read_parquet([{listed}], hive_partitioning = false)")
+        if written is not None:
+            files.append(written)
+    return files
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``dlrlens rebuild``."""
+    parser.add_argument("--memory-limit", default=REBUILD_SETTINGS["memory_limit"], metavar="SIZE",
+                        help="DuckDB memory limit while rebuilding; the rest spills to data/tmp (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
+
+
+def run_rebuild(args: argparse.Namespace, data_dir: Path) -> int:
+    """``dlrlens rebuild``: recompute the derived per-message state from all receipts."""
+    settings = {"memory_limit": args.memory_limit}
+    if args.threads:
+        settings["threads"] = args.threads
+    result = rebuild_derived(Path(data_dir), settings=settings)
+    print(f"rebuilt the per-message state: {result['messages']:,} messages from {result['receipts']:,} "
+          f"receipt rows in {result['absorbed_files']} files -> {result['rewritten_files']} derived files "
+          f"(version {result['version']}) in {result['seconds']:.1f} s")
+    return 0

@@ -1,0 +1,313 @@
+"""Background maintenance of the collector: derived per-message state and compaction.
+
+The collector's master process runs one maintenance process (:class:`MaintenanceProcess`,
+``python3 -m dlrlens.store.maintenance``) at a lower CPU priority, so that under load the webhook
+(which must answer Mobivate quickly) gets the cores first and maintenance catches up when the
+load drops; the dashboard merges what maintenance has not absorbed yet, so figures stay exact.
+The master restarts the process when it dies; the process exits when its parent does.
+
+In any process, :func:`start` runs a :class:`Maintainer` thread; only the one holding a
+non-blocking ``flock`` on ``data/maintenance.lock`` does the work (one per data directory,
+however many collectors share it), the others retry the lock every ``lock_retry_seconds``,
+so when the holder dies (the kernel drops its lock) another takes over within that time. The active maintainer runs ``dlrlens.store.derive.update_derived``
+every ``interval`` seconds (when that module exists) and :func:`dlrlens.store.compaction.compact`
+every ``compact_every`` seconds. A failing task is logged on one line
+(``event=maintenance_failed``) and retried at its next tick: nothing stops the thread but
+:meth:`Maintainer.stop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from datetime import datetime, timezone
+
+
+from dlrlens.store import compaction, derive, layout
+
+log = logging.getLogger("dlrlens.collector")
+
+LOCK_NAME = "maintenance.lock"
+LOCK_RETRY_SECONDS = 60.0
+PROCESS_LOCK_RETRY_SECONDS = 2.0  # a restarted collector's new process waits for the old one's lock
+NICENESS = 10  # CFS weight ~1/10 of the webhook's when both want the CPU
+RESTART_DELAY_SECONDS = 1.0
+
+
+class Maintainer:
+    """The maintenance thread of one process (see the module docstring)."""
+
+    def __init__(self, data_dir: Path, *, interval: float = 5.0, compact_every: float = 60.0,
+                 lock_retry_seconds: float = LOCK_RETRY_SECONDS, compact_options: dict | None = None):
+        self.data_dir = Path(data_dir)
+        self.interval = interval
+        self.compact_every = compact_every
+        self.lock_retry_seconds = lock_retry_seconds
+        self.compact_options = dict(compact_options or {})  # keyword arguments of compaction.compact
+        self.lock_attempts = 0
+        self.runs = {"derive": 0, "compact": 0}
+        self.errors = {"derive": 0, "compact": 0}
+        self.last_results: dict[str, dict] = {}
+        self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
+        self.last_success_at: dict[str, datetime] = {}
+        self._lock_fd: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dlrlens-maintenance", daemon=True)
+
+    @property
+    def active(self) -> bool:
+        """Whether this process holds the maintenance lock (and so does the work)."""
+        return self._lock_fd is not None
+
+    def start(self) -> Maintainer:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Stop after the task in progress (if any) and release the lock. Returns whether the
+        thread ended within ``timeout``."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self._lock_fd is not None and not self._thread.is_alive():
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        return not self._thread.is_alive()
+
+    def status(self) -> dict:
+        """Counters for metrics and health pages."""
+        return {"active": self.active, "runs": dict(self.runs), "errors": dict(self.errors),
+                "last_error": self.last_error, "last_results": dict(self.last_results)}
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_due = {"derive": 0.0, "compact": 0.0}
+        every = {"derive": self.interval, "compact": self.compact_every}
+        tasks = {"derive": self._update_derived, "compact": self._compact}
+        while not self._stop.is_set():
+            if not self.active and not self._take_lock():
+                self._stop.wait(self.lock_retry_seconds)
+                continue
+            for name, task in tasks.items():
+                if every[name] > 0 and time.monotonic() >= next_due[name] and not self._stop.is_set():
+                    self._run_task(name, task)
+                    next_due[name] = time.monotonic() + every[name]
+            waits = [next_due[name] - time.monotonic() for name in tasks if every[name] > 0]
+            self._stop.wait(max(0.0, min(waits)) if waits else self.lock_retry_seconds)
+
+    def _take_lock(self) -> bool:
+        self.lock_attempts += 1
+        path = self.data_dir / LOCK_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        log.info("event=maintenance_active pid=%d", os.getpid())
+        return True
+
+    def _run_task(self, name: str, task) -> None:
+        try:
+            result = task()
+        except Exception as exc:  # the thread must outlive any failure; the next tick retries
+            self.errors[name] += 1
+            self.last_error = f"{name}: {type(exc).__name__}: {exc}"
+            self.last_error_at = datetime.now(timezone.utc)
+            log.error("event=maintenance_failed task=%s error=%r", name, f"{type(exc).__name__}: {exc}")
+        else:
+            self.runs[name] += 1
+            self.last_success_at[name] = datetime.now(timezone.utc)
+            if result is not None:
+                self.last_results[name] = result
+        self._write_status()
+
+    def status_document(self) -> dict:
+        """What ``data/maintenance.json`` holds (times as ISO 8601 UTC): pid, updated_at, the
+        intervals, runs and errors per task, last_success_at per task, last_error(_at)."""
+        def iso(moment: datetime | None) -> str | None:
+            return moment.isoformat() if moment else None
+
+        return {"pid": os.getpid(), "updated_at": iso(datetime.now(timezone.utc)),
+                "interval_seconds": {"derive": self.interval, "compact": self.compact_every},
+                "runs": dict(self.runs), "errors": dict(self.errors),
+                "last_success_at": {name: iso(at) for name, at in self.last_success_at.items()},
+                "last_error": self.last_error, "last_error_at": iso(self.last_error_at)}
+
+    def _write_status(self) -> None:
+        try:
+            layout.atomic_write_bytes(self.data_dir / layout.MAINTENANCE_STATUS,
+                                      json.dumps(self.status_document()).encode())
+        except OSError as exc:  # the status is for people; the work goes on without it
+            log.warning("event=maintenance_status_unwritable error=%r", str(exc))
+
+    def _update_derived(self) -> dict:
+        return derive.update_derived(self.data_dir)
+
+    def _compact(self) -> dict:
+        stats = compaction.compact(self.data_dir, **self.compact_options)
+        if stats.files_written or stats.files_removed or stats.errors:
+            log.info("event=compacted files_merged=%d files_written=%d rows=%d bytes_before=%d bytes_after=%d "
+                     "files_removed=%d errors=%d seconds=%.2f", stats.files_merged, stats.files_written,
+                     stats.rows, stats.bytes_before, stats.bytes_after, stats.files_removed, stats.errors,
+                     stats.seconds)
+        return stats.as_dict()
+
+
+def start(data_dir: Path, *, interval: float = 5.0, compact_every: float = 60.0,
+          lock_retry_seconds: float = LOCK_RETRY_SECONDS, compact_options: dict | None = None) -> Maintainer | None:
+    """Start this process's maintenance thread; ``None`` when both tasks are disabled (<= 0).
+
+    The returned maintainer works only while it holds the lock (``.active``); call
+    :meth:`Maintainer.stop` at shutdown.
+    """
+    if interval <= 0 and compact_every <= 0:
+        return None
+    return Maintainer(data_dir, interval=interval, compact_every=compact_every,
+                      lock_retry_seconds=lock_retry_seconds, compact_options=compact_options).start()
+
+
+# -- the maintenance process -------------------------------------------------------------------
+
+
+class MaintenanceProcess:
+    """``python3 -m dlrlens.store.maintenance`` as a supervised child of the calling process.
+
+    :meth:`start` starts a thread that spawns it and restarts it (after
+    ``RESTART_DELAY_SECONDS``) whenever it exits while it should run; :meth:`stop` asks it to
+    finish (SIGTERM) and waits.
+
+    It is spawned with ``os.posix_spawn``, not ``subprocess``: Popen waits on a pipe until the
+    child has exec'd, and a gunicorn worker forked by the master at that moment inherits the
+    pipe's write end and keeps it open for ever, leaving the supervisor waiting with it.
+    The master may also reap the child itself (gunicorn waits for any child), so its exit
+    status is not always known.
+    """
+
+    def __init__(self, data_dir: Path, *, interval: float, compact_every: float, log_level: str = "info"):
+        self.command = [sys.executable, "-m", "dlrlens.store.maintenance", "--data", str(data_dir),
+                        "--interval", str(interval), "--compact-every", str(compact_every),
+                        "--log-level", log_level]
+        self.restarts = 0
+        self.pid: int | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="dlrlens-maintenance-supervisor", daemon=True)
+
+    def start(self) -> MaintenanceProcess:
+        self._thread.start()
+        return self
+
+    def _spawn(self) -> int:
+        # The collector package must be importable wherever the collector was started from.
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        # setsid: a Ctrl-C or a signal to the collector's process group reaches the master,
+        # which stops this process after the workers (see stop), not before.
+        return os.posix_spawn(sys.executable, [*self.command, "--parent", str(os.getpid())], env,
+                              file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)], setsid=True)
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            self.pid = self._spawn()
+            code = _wait_for_exit(self.pid)
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            log.error("event=maintenance_process_exited code=%s restarting_in=%.0fs", code, RESTART_DELAY_SECONDS)
+            self._stopping.wait(RESTART_DELAY_SECONDS)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Ask the process to stop after its current step and wait (an interrupted compaction
+        is crash-safe, so after ``timeout`` it is killed)."""
+        self._stopping.set()
+        if self.pid is not None and _signal(self.pid, signal.SIGTERM):
+            deadline = time.monotonic() + timeout
+            while _alive(self.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _signal(self.pid, signal.SIGKILL):
+                while _alive(self.pid):
+                    time.sleep(0.05)
+        self._thread.join(timeout=5)
+
+
+def _wait_for_exit(pid: int) -> str:
+    """Block until child ``pid`` ends; its exit code, signal, or 'unknown' (reaped elsewhere)."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return "unknown"
+    return str(os.waitstatus_to_exitcode(status))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False  # reaped (by us or by the master)
+    return done == 0
+
+
+def _signal(pid: int, signum: int) -> bool:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def start_process(settings) -> MaintenanceProcess | None:
+    """Start the supervised maintenance process for the collector's ``settings``; ``None``
+    when both tasks are disabled."""
+    if settings.maintenance_seconds <= 0 and settings.compact_seconds <= 0:
+        return None
+    return MaintenanceProcess(settings.data_dir, interval=settings.maintenance_seconds,
+                              compact_every=settings.compact_seconds, log_level=settings.log_level).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run maintenance in this process until SIGTERM/SIGINT or until the parent process dies."""
+    parser = argparse.ArgumentParser(prog="python3 -m dlrlens.store.maintenance", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between derived-state updates")
+    parser.add_argument("--compact-every", type=float, default=60.0, help="seconds between compactions")
+    parser.add_argument("--niceness", type=int, default=NICENESS)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--parent", type=int, default=None,
+                        help="pid of the supervising process: exit when it is gone (default: the parent at start)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    os.nice(args.niceness)
+    # Given by the supervisor: the imports above take a second, and it may already be gone.
+    parent = args.parent or os.getppid()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    maintainer = start(Path(args.data), interval=args.interval, compact_every=args.compact_every,
+                       lock_retry_seconds=PROCESS_LOCK_RETRY_SECONDS)
+    if maintainer is None:
+        return 0
+    # Without a supervisor nobody would stop us: leave when the parent is gone (re-parented).
+    while not stop.wait(1.0) and os.getppid() == parent:
+        pass
+    if not maintainer.stop(timeout=5):
+        os._exit(0)  # a compaction still running is crash-safe: abandon it with the process
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

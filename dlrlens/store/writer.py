@@ -1,0 +1,407 @@
+"""Receipt storage for one collector process: write-ahead log in, immutable Parquet out.
+
+One :class:`ReceiptStorage` per process. At start it takes the first free *writer slot*
+(an ``flock`` on ``wal/<slot>.lock``, released by the kernel when the process dies), replays
+whatever its slot's log still holds from a previous life, and adopts the logs of slots no
+live process holds. So any number of gunicorn workers can run, each writing only its own
+files, and a restarted worker finishes what its predecessor acknowledged.
+
+Flushing turns a closed log segment into one Parquet file per UTC day of ``created``,
+named after the slot and segment (``<slot>-<segment>.parquet``). The name is
+deterministic, so replaying a segment whose files were already renamed into place
+replaces them with identical files rather than adding copies. The segment is deleted only
+after every file it produced is durable.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dlrlens.store import layout
+from dlrlens.store.faults import crash_point
+from dlrlens.store.wal import Arrival, StorageError, WriteAheadLog, list_segments, log_document, read_segment
+
+log = logging.getLogger("dlrlens.collector")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
+RECENT_IDS = 200_000  # receipt ids remembered per process to count duplicates as they arrive
+
+
+def write_parquet_atomically(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path``: temporary dot-name, fsync, rename, fsync the directory.
+
+    A reader globbing ``*.parquet`` sees either no file or the whole file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, **PARQUET_OPTIONS)
+            crash_point("parquet:before-fsync")
+            fh.flush()
+            os.fsync(fh.fileno())
+        crash_point("parquet:before-rename")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    crash_point("parquet:before-dir-fsync")
+    layout.fsync_dir(path.parent)
+
+
+def records_to_table(records: list[dict]) -> pa.Table:
+    """Log records (timestamps in epoch microseconds) as a table of the contract schema,
+    sorted so that one message's receipts sit together (better compression, faster scans)."""
+    columns = {name: [r.get(name) for r in records] for name in layout.RECEIPT_SCHEMA.names}
+    table = pa.table(
+        {
+            name: pa.array(values, type=pa.int64()).cast(field.type) if name in ("created", "received_at")
+            else pa.array(values, type=field.type)
+            for (name, values), field in zip(columns.items(), layout.RECEIPT_SCHEMA)
+        },
+        schema=layout.RECEIPT_SCHEMA,
+    )
+    return table.sort_by([("delivery_message_id", "ascending"), ("created", "ascending")])
+
+
+def remove_orphan_temp_files(root: Path) -> int:
+    """Delete ``.*.<pid>.tmp`` files under ``root`` whose writing process no longer exists."""
+    removed = 0
+    for tmp in root.glob("*/.*.tmp") if root.is_dir() else ():
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+            continue  # its writer is alive and may still rename it
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def utc_day(micros: int) -> str:
+    """The UTC date (YYYY-MM-DD) of a timestamp in epoch microseconds, in exact integer
+    arithmetic (a float division rounds 9999-12-31T23:59:59.999999 into year 10000)."""
+    day = (_EPOCH + timedelta(microseconds=micros)).date()
+    return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
+
+
+def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict] | None = None) -> int:
+    """Turn one closed log segment into Parquet files and delete it. Returns receipts written.
+
+    ``documents`` are the segment's records as the writer kept them in memory (exactly what
+    reading the file gives); without them the file is read. Idempotent: running it again on
+    the same segment (after a crash) writes the same files.
+    """
+    if documents is not None:
+        records = documents
+    else:
+        records, torn = read_segment(segment)
+        if torn:
+            log.warning("event=torn_log_tail segment=%s kept=%d", segment.name, len(records))
+    by_day: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_day[utc_day(record["created"])].append(record)
+    for day, rows in sorted(by_day.items()):
+        target = layout.partition_dir(data_dir, day) / f"{slot}-{segment.stem}.parquet"
+        write_parquet_atomically(records_to_table(rows), target)
+        crash_point("flush:between-partitions")
+    crash_point("flush:before-segment-delete")
+    segment.unlink()
+    layout.fsync_dir(segment.parent)
+    return len(records)
+
+
+def error_kind(exc: BaseException) -> str:
+    """What went wrong, for an answer: the errno name (``ENOSPC``, ``EACCES``) or the exception
+    class, never ``str(exc)``, which names files (the data directory's absolute path)."""
+    name = errno.errorcode.get(getattr(exc, "errno", None) or -1)
+    return name or type(exc).__name__
+
+
+class Counters:
+    """Monotonic counters of one writer slot, persisted to ``stats/<slot>.json`` at each flush."""
+
+    NAMES = ("requests", "received", "stored", "duplicates_seen", "storage_errors",
+             "flushes", "flushed_receipts", "flush_errors", "quarantined_segments", "auth_failures", "forbidden")
+
+    def __init__(self, path: Path):
+        import json
+
+        self._json = json
+        self.path = path
+        self._lock = threading.Lock()
+        self.values = dict.fromkeys(self.NAMES, 0)
+        self.rejected: dict[str, int] = defaultdict(int)
+        self.flush_seconds_sum = 0.0
+        self.last_flush_seconds = 0.0
+        try:
+            saved = json.loads(path.read_text())
+            self.values.update({k: int(v) for k, v in saved.get("counters", {}).items() if k in self.values})
+            self.rejected.update({k: int(v) for k, v in saved.get("rejected", {}).items()})
+            self.flush_seconds_sum = float(saved.get("flush_seconds_sum", 0.0))
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self.values[name] += amount
+
+    def reject(self, reason: str, amount: int = 1) -> None:
+        with self._lock:
+            self.rejected[reason] += amount
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "counters": dict(self.values),
+                "rejected": dict(self.rejected),
+                "flush_seconds_sum": self.flush_seconds_sum,
+                "last_flush_seconds": self.last_flush_seconds,
+                "updated_at": datetime.now(timezone.utc).isoformat(),
+            }
+
+    def save(self) -> None:
+        try:
+            layout.atomic_write_bytes(self.path, self._json.dumps(self.snapshot()).encode())
+        except OSError:
+            pass  # counters are best effort; receipts are not
+
+
+class _StorageArrival:
+    """:meth:`ReceiptStorage.arrival`'s handle: append the announced records once, or cancel."""
+
+    def __init__(self, storage: ReceiptStorage, announced: Arrival):
+        self._storage = storage
+        self._announced = announced
+        self.cancel = announced.cancel
+
+    def append(self, records: list[dict]) -> None:
+        self._storage._store(records, self._announced.append)
+
+
+class ReceiptStorage:
+    """Durable receipt storage for this process (see the module docstring)."""
+
+    def __init__(self, data_dir: Path, flush_seconds: float = 2.0, flush_rows: int = 50_000):
+        self.data_dir = Path(data_dir)
+        self.flush_seconds = flush_seconds
+        self.flush_rows = flush_rows
+        self.wal_root = self.data_dir / layout.WAL_DIR
+        self.wal_root.mkdir(parents=True, exist_ok=True)
+        self.slot, self._slot_lock = self._take_slot()
+        self.log_dir = self.wal_root / self.slot
+        self.counters = Counters(self.data_dir / layout.STATS_DIR / f"{self.slot}.json")
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.last_flush_error: str | None = None
+        self.wal: WriteAheadLog | None = None  # recovery reads every segment from its file
+        self.recover()
+        self.wal = WriteAheadLog(self.log_dir)
+        self._thread = threading.Thread(target=self._flush_loop, name="dlrlens-flusher", daemon=True)
+        self._thread.start()
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def _take_slot(self) -> tuple[str, int]:
+        for number in range(10_000):
+            slot = f"w{number:03d}"
+            fd = os.open(self.wal_root / f"{slot}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return slot, fd
+        raise RuntimeError("no free writer slot")
+
+    def recover(self) -> int:
+        """Flush what this slot's log and every unheld slot's log still hold. Returns receipts.
+
+        Also removes temporary files left by writers that died mid-write.
+        """
+        remove_orphan_temp_files(layout.receipts_dir(self.data_dir))
+        recovered = self._flush_dir(self.slot, self.wal_root / self.slot)
+        for lock_path in sorted(self.wal_root.glob("*.lock")):
+            slot = lock_path.stem
+            if slot == self.slot or not list_segments(self.wal_root / slot):
+                continue
+            fd = os.open(lock_path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live process owns it and will flush it itself
+            else:
+                recovered += self._flush_dir(slot, self.wal_root / slot)
+            finally:
+                os.close(fd)
+        if recovered:
+            log.info("event=recovered receipts=%d", recovered)
+        return recovered
+
+    def _flush_dir(self, slot: str, log_dir: Path, up_to: int | None = None) -> int:
+        """Flush the segments of ``log_dir`` (those with id <= ``up_to``, when given)."""
+        written = 0
+        for segment in list_segments(log_dir):
+            if up_to is not None and int(segment.stem) > up_to:
+                continue
+            written += self._flush_or_quarantine(slot, segment)
+        return written
+
+    def _flush_or_quarantine(self, slot: str, segment: Path) -> int:
+        """Flush one segment. OSError (storage trouble) propagates: the segment stays for a retry.
+
+        Any other error means the segment's content cannot be converted (a bug meeting
+        unexpected data). Retrying would fail forever and block the segments behind it, so
+        the segment is moved, intact, to ``wal/quarantine/`` for a person to look at, and
+        counted; the collector goes on.
+        """
+        documents = self.wal.take_documents(segment) if self.wal is not None and slot == self.slot else None
+        try:
+            return flush_segment(self.data_dir, slot, segment, documents)
+        except OSError:
+            raise
+        except Exception as exc:
+            quarantine = self.wal_root / "quarantine"
+            quarantine.mkdir(exist_ok=True)
+            target = quarantine / f"{slot}-{segment.name}"
+            os.replace(segment, target)
+            layout.fsync_dir(quarantine)
+            self.counters.add("quarantined_segments")
+            log.error("event=segment_quarantined segment=%s error=%r", target, str(exc))
+            return 0
+
+    # -- writing -------------------------------------------------------------------------
+
+    def store(self, records: list[dict]) -> None:
+        """Make ``records`` durable. Returns only after they are fsynced in the log.
+
+        Raises :class:`StorageError` when they could not be: then none of them is acknowledged.
+        """
+        self._store(records, self.wal.append)
+
+    @contextmanager
+    def arrival(self) -> Iterator[Arrival]:
+        """Announce receipts on their way: wrap the parsing of a request body and call
+        ``arrival.append(records)`` (same contract as :meth:`store`) or ``arrival.cancel()``.
+
+        While a request is announced, the log's writer holds its next fsync (a millisecond or
+        two at most) so that concurrent requests share it.
+        """
+        with self.wal.arrival() as announced:
+            yield _StorageArrival(self, announced)
+
+    def _store(self, records: list[dict], append) -> None:
+        try:
+            append([log_document(r) for r in records])
+        except StorageError:
+            self.counters.add("storage_errors")
+            raise
+        self.counters.add("stored", len(records))
+        self._count_duplicates(records)
+        if self.wal.pending_records >= self.flush_rows:
+            self._wake.set()
+
+    def _count_duplicates(self, records: list[dict]) -> None:
+        duplicates = 0
+        with self._recent_lock:
+            for record in records:
+                rid = record["receipt_id"]
+                if rid in self._recent:
+                    duplicates += 1
+                    self._recent.move_to_end(rid)
+                else:
+                    self._recent[rid] = None
+                    if len(self._recent) > RECENT_IDS:
+                        self._recent.popitem(last=False)
+        if duplicates:
+            self.counters.add("duplicates_seen", duplicates)
+
+    # -- flushing ------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Move everything acknowledged so far into Parquet. Returns receipts written.
+
+        On failure the segments stay in the log and the next flush retries them.
+        """
+        with self._flush_lock:
+            started = time.perf_counter()
+            try:
+                # Only segments closed by the rotation: the writer may open a newer one at once,
+                # which must not be flushed (and deleted) while it is written.
+                closed_up_to = self.wal.rotate()
+                written = self._flush_dir(self.slot, self.log_dir, up_to=closed_up_to)
+            except OSError as exc:
+                self.counters.add("flush_errors")
+                self.last_flush_error = error_kind(exc)  # shown by /healthz: no path in it
+                log.error("event=flush_failed error=%r", str(exc))
+                raise StorageError(str(exc)) from exc
+            self.last_flush_error = None
+            elapsed = time.perf_counter() - started
+            if written:
+                log.info("event=flushed receipts=%d seconds=%.3f", written, elapsed)
+                self.counters.add("flushes")
+                self.counters.add("flushed_receipts", written)
+                self.counters.flush_seconds_sum += elapsed
+                self.counters.last_flush_seconds = elapsed
+            return written
+
+    def _flush_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            try:
+                self.flush()
+            except StorageError:
+                pass  # counted and logged; retried next tick
+            except Exception:  # never let the flusher die: the log keeps the receipts
+                log.exception("event=flush_crashed")
+            self.counters.save()
+
+    def backlog(self) -> dict:
+        """Receipts and bytes acknowledged but not yet in Parquet."""
+        segments = list_segments(self.log_dir)
+        size = 0
+        for segment in segments:
+            try:
+                size += segment.stat().st_size
+            except OSError:
+                pass
+        return {"segments": len(segments), "bytes": size, "records_open_segment": self.wal.pending_records}
+
+    def quarantined_segments(self) -> int:
+        """Log segments set aside because they could not be converted (see _flush_or_quarantine)."""
+        folder = self.wal_root / "quarantine"
+        return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
+
+    def close(self) -> None:
+        """Stop the flusher and flush what is left (best effort: the log keeps it otherwise)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+        self.wal.close()
+        try:
+            self.flush()
+        except StorageError:
+            pass
+        self.counters.save()
+        os.close(self._slot_lock)
