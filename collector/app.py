@@ -19,7 +19,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import re
 from datetime import datetime, timezone
 
@@ -30,9 +29,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from collector import metrics, openapi
 from collector.parsing import BadBody, LabelPolicy, ReceiptLimits, checked_url_labels, parse_request, url_labels
 from dlrlens.store.rejected import RejectedBodies
-from collector.security import (AUTH_FAILURES_FILE, FailureLimiter, address_allowed, redact_secrets_in_logs,
-                                token_matches)
+from collector.security import FailureLimiter, address_allowed, redact_secrets_in_logs, token_matches
 from collector.settings import Settings, load_settings
+from dlrlens.store.auth_failures import auth_failures_path
+from dlrlens.store.files import probe_writable
 from dlrlens.store.writer import ReceiptStorage, error_kind
 from dlrlens.store.wal import StorageError
 
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "storage": ReceiptStorage(settings.data_dir, settings.flush_seconds, settings.flush_rows),
         "rejected": RejectedBodies(settings.data_dir, settings.rejected_keep, settings.rejected_max_bytes),
         # Shared by every worker through one file: the limit holds whichever worker is asked.
-        "limiter": FailureLimiter(settings.data_dir / AUTH_FAILURES_FILE),
+        "limiter": FailureLimiter(auth_failures_path(settings.data_dir)),
         "limits": receipt_limits(settings),
         "label_policy": label_policy(settings),
     }
@@ -281,14 +281,9 @@ def receive(secret: str | None = None) -> Response:
 def healthz() -> Response:
     """200 when storage is writable (a real fsynced write), with the log backlog; else 503."""
     storage: ReceiptStorage = _ctx()["storage"]
-    probe = storage.data_dir / f".healthz-{os.getpid()}"
     writable, problem = True, None
     try:
-        with open(probe, "wb") as fh:
-            fh.write(b"ok")
-            fh.flush()
-            os.fsync(fh.fileno())
-        probe.unlink()
+        probe_writable(storage.data_dir)
     except OSError as exc:
         writable, problem = False, error_kind(exc)  # str(exc) would name the data directory
     doc = {

@@ -7,11 +7,10 @@ own file, so any worker answers for the whole collector.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
 
-from dlrlens.store import layout
+from dlrlens.store import status as store_status
 
 HELP = {
     "requests": ("dlrlens_requests_total", "Webhook requests received."),
@@ -32,25 +31,10 @@ HELP = {
 
 def collect(storage) -> dict:
     """Sum of every slot's counters, this process's own taken live."""
-    totals = {name: 0 for name in HELP}
-    rejected: dict[str, int] = {}
-    flush_seconds = 0.0
-    snapshots = [storage.counters.snapshot()]
-    for path in sorted(Path(storage.data_dir, layout.STATS_DIR).glob("*.json")):
-        if path.stem == storage.slot:
-            continue
-        try:
-            snapshots.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    for snap in snapshots:
-        for name, value in snap.get("counters", {}).items():
-            if name in totals:
-                totals[name] += int(value)
-        for reason, value in snap.get("rejected", {}).items():
-            rejected[reason] = rejected.get(reason, 0) + int(value)
-        flush_seconds += float(snap.get("flush_seconds_sum", 0.0))
-    return {"counters": totals, "rejected": rejected, "flush_seconds_sum": flush_seconds}
+    others = [snap for slot, snap in store_status.writer_counters(storage.data_dir).items() if slot != storage.slot]
+    summed = store_status.sum_counters([storage.counters.snapshot(), *others])
+    return {"counters": {name: summed["counters"].get(name, 0) for name in HELP},
+            "rejected": summed["rejected"], "flush_seconds_sum": summed["flush_seconds_sum"]}
 
 
 def render(storage) -> str:
@@ -82,11 +66,13 @@ def render(storage) -> str:
 
 def maintenance_lines(data_dir: Path) -> list[str]:
     """The maintenance process's status file as metrics (none before its first task)."""
+    status = store_status.maintenance_status(data_dir)
+    if status is None:
+        return []  # none yet
     try:
-        status = json.loads((data_dir / layout.MAINTENANCE_STATUS).read_text())
         return _maintenance_lines(status)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return []  # none yet, or not ours: metrics must answer anyway
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []  # not ours: metrics must answer anyway
 
 
 def _maintenance_lines(status: dict) -> list[str]:

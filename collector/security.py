@@ -11,7 +11,8 @@ Contracts:
 * :class:`FailureLimiter` counts wrong or missing secrets per *source* (an IPv4 address; an
   IPv6 /64, which one subscriber usually holds whole; an IPv4-mapped IPv6 address counts as
   its IPv4 address) in a sliding window, in one SQLite file that every worker process shares
-  (``data/.auth-failures.sqlite``), so the limit is exact whatever worker a request reaches.
+  (``data/.auth-failures.sqlite``, kept by :mod:`dlrlens.store.auth_failures`), so the limit
+  is exact whatever worker a request reaches.
   It is consulted only for a request whose secret is wrong: a request with the right secret
   is never refused and never touches the file (the app checks the secret first), so a guesser
   behind Mobivate's NAT cannot lock Mobivate out. At most ``max_sources`` sources are kept;
@@ -31,17 +32,15 @@ import base64
 import hmac
 import ipaddress
 import logging
-import os
 import re
-import sqlite3
-import threading
 import time
 from pathlib import Path
+
+from dlrlens.store.auth_failures import AuthFailures, AuthFailuresUnavailable
 
 AUTH_FAILURE_LIMIT = 20       # failures per source within the window before it is refused
 AUTH_FAILURE_WINDOW = 60.0    # seconds
 AUTH_FAILURE_SOURCES = 10_000  # sources remembered at most (least recently failing are forgotten)
-AUTH_FAILURES_FILE = ".auth-failures.sqlite"  # in the data directory, shared by every worker
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -91,11 +90,9 @@ def source_of(address: str | None) -> str:
 class FailureLimiter:
     """Wrong-secret counts per source in a sliding window, shared by every worker process.
 
-    Why SQLite: the workers are separate processes, so the count has to live outside them,
-    and the collector must not need a server of its own. One small file in WAL mode, with
-    ``synchronous=OFF`` (the counts are disposable: losing the last ones in a power cut is
-    harmless, so no fsync), and a read-modify-write of one row under ``BEGIN IMMEDIATE``
-    (the write lock is taken first, so two workers cannot both read the same old count).
+    The policy lives here (what a source is: :func:`source_of`; the limit; the window; failing
+    open); the counts live in one file in the data directory, kept by
+    :class:`dlrlens.store.auth_failures.AuthFailures` (SQLite, see there why).
 
     Cost, measured on the shared 2-core test machine: 30-75 us per failed request
     (``record_failure``), 70-145 us each with two processes failing at once, 50-75 us for a
@@ -113,89 +110,34 @@ class FailureLimiter:
         # Wall-clock time: every process reads the same clock, and the file outlives a reboot
         # (after which monotonic time restarts from zero).
         self.clock = clock
-        self.busy_timeout = busy_timeout
-        self._lock = threading.Lock()  # one connection per process, used by one thread at a time
-        self._db: sqlite3.Connection | None = None
-        self._pid: int | None = None
+        # More than `limit` failure times per source would change no answer.
+        self._failures = AuthFailures(self.path, window=window, keep=limit, max_sources=max_sources,
+                                      busy_timeout=busy_timeout)
         self._last_warning = 0.0
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None or self._pid != os.getpid():  # never reuse a connection across fork
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                 check_same_thread=False)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=OFF")
-                db.execute("CREATE TABLE IF NOT EXISTS failures ("
-                           "source TEXT PRIMARY KEY, last REAL NOT NULL, times TEXT NOT NULL)")
-                db.execute("CREATE INDEX IF NOT EXISTS failures_by_last ON failures (last)")
-            except BaseException:
-                db.close()
-                raise
-            self._db, self._pid = db, os.getpid()
-        return self._db
-
-    def _recent(self, times: str, now: float) -> list[float]:
-        # A time ahead of now by more than a window means the clock was set back: drop it.
-        return [t for t in map(float, times.split()) if now - self.window < t <= now + self.window]
 
     def record_failure(self, address: str | None) -> bool:
         """Count one wrong secret from ``address``'s source; True when the source had already
         failed ``limit`` times within the window (the answer is then 429, not 401). Refused
         attempts count too, so a source that keeps guessing stays refused."""
-        key = source_of(address)
-        now = self.clock()
-        with self._lock:
-            try:
-                db = self._connection()
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    row = db.execute("SELECT times FROM failures WHERE source = ?", (key,)).fetchone()
-                    recent = self._recent(row[0], now) if row else []
-                    blocked = len(recent) >= self.limit
-                    recent = (recent + [now])[-self.limit:]  # more than `limit` would change nothing
-                    db.execute("INSERT INTO failures (source, last, times) VALUES (?, ?, ?) "
-                               "ON CONFLICT (source) DO UPDATE SET last = excluded.last, times = excluded.times",
-                               (key, now, " ".join(repr(t) for t in recent)))
-                    if row is None:
-                        self._evict(db)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-            except (sqlite3.Error, OSError) as exc:  # OSError: the data directory cannot be made
-                self._unavailable(exc)
-                return False
-        return blocked
-
-    def _evict(self, db: sqlite3.Connection) -> None:
-        (count,) = db.execute("SELECT COUNT(*) FROM failures").fetchone()
-        if count > self.max_sources:
-            db.execute("DELETE FROM failures WHERE source IN "
-                       "(SELECT source FROM failures ORDER BY last LIMIT ?)", (count - self.max_sources,))
+        try:
+            return self._failures.record(source_of(address), self.clock()) >= self.limit
+        except AuthFailuresUnavailable as exc:
+            self._unavailable(exc)
+            return False
 
     def blocked(self, address: str | None) -> bool:
         """True when ``address``'s source has failed ``limit`` times within the window (read only)."""
-        now = self.clock()
-        with self._lock:
-            try:
-                row = self._connection().execute("SELECT times FROM failures WHERE source = ?",
-                                                 (source_of(address),)).fetchone()
-            except (sqlite3.Error, OSError) as exc:
-                self._unavailable(exc)
-                return False
-        return row is not None and len(self._recent(row[0], now)) >= self.limit
+        try:
+            return self._failures.recent(source_of(address), self.clock()) >= self.limit
+        except AuthFailuresUnavailable as exc:
+            self._unavailable(exc)
+            return False
 
     def sources(self) -> int:
         """How many sources are remembered."""
-        with self._lock:
-            return self._connection().execute("SELECT COUNT(*) FROM failures").fetchone()[0]
+        return self._failures.sources()
 
     def _unavailable(self, exc: Exception) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None  # reopen on the next failure: the disk may be writable again
         now = time.monotonic()
         if now - self._last_warning > 60 or not self._last_warning:  # one line a minute at most
             self._last_warning = now

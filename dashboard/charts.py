@@ -1,7 +1,7 @@
 """Plotly figures and human-readable number formats for the dashboard pages.
 
 Every figure builder is a pure function from the DataFrame a query returned (columns as
-documented in ``dashboard/queries.py``) to a ``plotly.graph_objects.Figure``; none reads
+documented in ``dashboard/queries/``) to a ``plotly.graph_objects.Figure``; none reads
 Streamlit state, so each can be built and inspected in a plain test. An empty frame gives an
 empty figure, never an error. The formatters are the one place numbers become text on screen
 (downloads keep the exact values).

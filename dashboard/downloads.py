@@ -40,15 +40,13 @@ import streamlit as st
 from streamlit import runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from dashboard import charts, queries, report, state
+from dashboard import catalog, charts, queries, report, state
 from dashboard.queries import Filters, Store
 
 CSV_MIME = "text/csv"
 EXCEL_MIME = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 PARQUET_MIME = "application/vnd.apache.parquet"
 JSON_MIME = "application/json"
-SHARE_COLUMNS = report.RATE_COLUMNS
-SECONDS_COLUMNS = report.SECONDS_COLUMNS
 # Tables up to this many cells show text formatted like the cards over their exact numbers
 # (a pandas Styler: sorting still goes by the number). A Styler costs ~0.3 s for 20,000 cells on every
 # run, so larger tables (every measured message, a big lookup) get Streamlit's number formats.
@@ -133,18 +131,15 @@ def campaign_report_bytes(store: Store, f: Filters, fmt: str = "xlsx") -> bytes:
 
 
 def column_label(column: str) -> str:
-    """A column's heading on screen: the report's KPI label, else the name in words."""
-    label = report.KPI_LABELS.get(column) or column.removesuffix("_s").replace("_", " ")
+    """A column's heading on screen: the KPI's label (:mod:`dashboard.catalog`), else the name in words."""
+    label = catalog.label(column) or column.removesuffix("_s").replace("_", " ")
     return label.removesuffix(" (s)")[:1].upper() + label.removesuffix(" (s)")[1:]
 
 
 def unit_of(name: str) -> str:
-    """The unit of a KPI or column by name: "share" (0..1), "seconds", else "count"."""
-    if name in SHARE_COLUMNS:
-        return "share"
-    if name in SECONDS_COLUMNS:
-        return "seconds"
-    return "count"
+    """The unit of a KPI or column by name (:func:`dashboard.catalog.unit`): "share" (0..1),
+    "seconds", else "count"."""
+    return catalog.unit(name) or "count"
 
 
 def format_value(name: str, value) -> str:
@@ -157,8 +152,8 @@ def column_unit(column: str, values: pd.Series) -> str | None:
     when stored as floats because some are missing), "number"; None for anything else."""
     if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         return None
-    if column in SHARE_COLUMNS or column in SECONDS_COLUMNS:
-        return unit_of(column)
+    if catalog.unit(column) in ("share", "seconds"):
+        return catalog.unit(column)
     present = pd.to_numeric(values, errors="coerce").dropna()
     if pd.api.types.is_integer_dtype(values) or (present == present.round()).all():
         return "count"
@@ -248,7 +243,7 @@ def display_frame(frame: pd.DataFrame, tz: str):
     widths = column_widths(display_text(shown), labels) if styled else {}
     config = {}
     for column in shown.columns:
-        label, help_text, width = labels[column], report.KPI_DEFINITIONS.get(column), widths.get(column)
+        label, help_text, width = labels[column], catalog.definition(column), widths.get(column)
         unit = column_unit(column, shown[column])
         if is_timestamp(shown[column]):
             config[column] = st.column_config.DatetimeColumn(label, help=help_text, width=width,

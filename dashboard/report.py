@@ -18,104 +18,29 @@ written from a DataFrame, here and in the dashboard) guards formula-like text ce
 and the xlsx writer stores text with ``write_string`` only (never ``write``, which would
 turn ``=...`` into a formula).
 
-:data:`KPI_DEFINITIONS` holds the wording of every KPI; the app's help tooltips import it.
+Labels, units and definitions of the KPIs come from :mod:`dashboard.catalog`. ``dlrlens report``
+(its options and output are in :mod:`dlrlens.cli`) calls :func:`report_filters` and
+:func:`write_campaign_report`.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
 import re
-import sys
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from dashboard import queries, safe_text
-from dashboard.queries import KPI_COLUMNS, Filters, Store
+from dashboard import catalog, queries, safe_text
+from dashboard.queries import Filters, Store
 
 FORMATS = ("csv", "xlsx", "json")
 SHEETS = ("Summary", "Definitions", "Campaigns", "Failure reasons", "Daily trend")
 
-# Terms every KPI builds on (shown first on the Definitions sheet).
-TERM_DEFINITIONS: dict[str, str] = {
-    "Message": "One SMS, identified by Mobivate's deliveryMessageId. A receipt stored more than once "
-    "(same receipt id) counts once.",
-    "Campaign": "The campaign label of the webhook URL the message's receipts arrived on (from its earliest "
-    "labelled receipt), else its batchId, else (none).",
-    "Sent time": "The created time of the message's earliest receipt. Date ranges and daily/hourly "
-    "buckets use it, in the report's time zone.",
-    "Outcome": "The final receipt (delivered, failed or unknown) with the latest created time decides: "
-    "delivered, failed (its status is the failure reason) or unknown. A message without any final "
-    "receipt is pending. An intermediate receipt never overrides a final one, whatever the arrival order.",
-}
-
-KPI_LABELS: dict[str, str] = {
-    "messages": "Messages",
-    "delivered": "Delivered",
-    "failed": "Failed",
-    "unknown": "Unknown",
-    "pending": "Pending",
-    "delivery_rate": "Delivery rate",
-    "delivered_of_all": "Delivered of all",
-    "latency_p50_s": "Time to deliver p50 (s)",
-    "latency_p90_s": "Time to deliver p90 (s)",
-    "latency_p95_s": "Time to deliver p95 (s)",
-    "latency_p99_s": "Time to deliver p99 (s)",
-    "latency_messages": "Messages with a time to deliver",
-    "delivered_without_earlier": "Delivered without an earlier receipt",
-    "within_10s": "Delivered within 10 s",
-    "within_1m": "Delivered within 1 min",
-    "within_5m": "Delivered within 5 min",
-    "within_1h": "Delivered within 1 h",
-    "webhook_lag_p50_s": "Webhook lag p50 (s)",
-    "webhook_lag_p95_s": "Webhook lag p95 (s)",
-    "receipts": "Receipts",
-    "duplicate_rows": "Duplicate receipts stored",
-    "regressions": "Regressions",
-}
-
-_WITHIN = ("Share of the messages with a time to deliver that were delivered within {} (inclusive).")
-_LATENCY = ("{} percentile of the time to deliver: created time of the message's first DELIVERED receipt "
-            "minus its sent time, over messages with a time to deliver (linear interpolation).")
-
-KPI_DEFINITIONS: dict[str, str] = {
-    "messages": "Distinct messages sent in the period (by sent time) that match the filters.",
-    "delivered": "Messages whose outcome is delivered.",
-    "failed": "Messages whose outcome is failed (their deciding status is the failure reason).",
-    "unknown": "Messages whose outcome is unknown: the network reported no usable outcome, or Mobivate "
-    "sent a status dlrlens does not recognise.",
-    "pending": "Messages without any final receipt yet (only ACCEPTED, INTERIM_* or RETRY receipts).",
-    "delivery_rate": "Delivered / (delivered + failed + unknown): the share of finished messages that "
-    "were delivered. Pending messages are left out. Empty when no message has finished.",
-    "delivered_of_all": "Delivered / messages, pending ones included.",
-    "latency_p50_s": _LATENCY.format("Median (50th)"),
-    "latency_p90_s": _LATENCY.format("90th"),
-    "latency_p95_s": _LATENCY.format("95th"),
-    "latency_p99_s": _LATENCY.format("99th"),
-    "latency_messages": "Delivered messages that had a receipt before their first DELIVERED receipt; only "
-    "these have a time to deliver.",
-    "delivered_without_earlier": "Delivered messages whose first receipt was already DELIVERED, so the send "
-    "time is unknown and no time to deliver is counted.",
-    "within_10s": _WITHIN.format("10 seconds"),
-    "within_1m": _WITHIN.format("1 minute"),
-    "within_5m": _WITHIN.format("5 minutes"),
-    "within_1h": _WITHIN.format("1 hour"),
-    "webhook_lag_p50_s": "Median of received time minus created time over the messages' distinct receipts: "
-    "how long Mobivate took to call the webhook.",
-    "webhook_lag_p95_s": "95th percentile of received time minus created time over distinct receipts.",
-    "receipts": "Distinct receipts of the messages (a receipt stored twice counts once).",
-    "duplicate_rows": "Stored receipt rows minus distinct receipts: repeated deliveries of the same receipt "
-    "(Mobivate retries), counted once everywhere else.",
-    "regressions": "Intermediate receipts created after the message's deciding final receipt; they do "
-    "not change the outcome.",
-}
-
-RATE_COLUMNS = {"delivery_rate", "delivered_of_all", "within_10s", "within_1m", "within_5m", "within_1h", "share"}
-SECONDS_COLUMNS = {c for c in KPI_COLUMNS if c.endswith("_s")} | {"p50_s", "p90_s", "p95_s", "p99_s", "latency_s"}
 
 
 # --------------------------------------------------------------------------- building
@@ -145,12 +70,12 @@ def build_report(store: Store, filters: Filters) -> dict[str, pd.DataFrame]:
         ("Generated at (UTC)", "generated_at", datetime.now(timezone.utc).replace(microsecond=0).isoformat()),
     ]
     summary = pd.DataFrame(
-        scope + [(KPI_LABELS[k], k, _plain(overall[k])) for k in KPI_COLUMNS],
+        scope + [(kpi.label, kpi.column, _plain(overall[kpi.column])) for kpi in catalog.KPIS],
         columns=["item", "key", "value"],
     )
     definitions = pd.DataFrame(
-        [(term, "", text) for term, text in TERM_DEFINITIONS.items()]
-        + [(KPI_LABELS[k], k, KPI_DEFINITIONS[k]) for k in KPI_COLUMNS],
+        [(term.name, "", term.definition) for term in catalog.TERMS]
+        + [(kpi.label, kpi.column, kpi.definition) for kpi in catalog.KPIS],
         columns=["term", "key", "definition"],
     )
     daily = daily.copy()
@@ -284,9 +209,10 @@ def _write_cell(sheet, row: int, col: int, value, column: str, formats: dict) ->
         sheet.write_boolean(row, col, value)
         return 5
     if isinstance(value, (int, float)):
-        if column in RATE_COLUMNS:
+        unit = catalog.unit(column)  # shares and seconds by the column's unit
+        if unit == "share":
             fmt = formats["rate"]
-        elif column in SECONDS_COLUMNS:
+        elif unit == "seconds":
             fmt = formats["seconds"]
         elif isinstance(value, int):
             fmt = formats["count"]
@@ -306,64 +232,69 @@ def _write_cell(sheet, row: int, col: int, value, column: str, formats: dict) ->
     return len(text)
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- a report file
 
 
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``dlrlens report`` (the caller adds ``--data``)."""
-    parser.add_argument("--from", dest="date_from", metavar="DATE",
-                        help="first day (YYYY-MM-DD, in --tz) of messages to include by sent time; default: all data")
-    parser.add_argument("--to", dest="date_to", metavar="DATE",
-                        help="last day (YYYY-MM-DD, in --tz), inclusive; default: all data")
-    parser.add_argument("--campaign", dest="campaigns", action="append", default=[], metavar="NAME",
-                        help="only this campaign (repeat for several); default: all")
-    parser.add_argument("--tz", default="UTC", metavar="ZONE",
-                        help="IANA time zone for the dates and the daily trend (default UTC)")
-    parser.add_argument("--format", dest="fmt", choices=FORMATS, default=None,
-                        help="file format; default: from the --output extension, else xlsx")
-    parser.add_argument("--output", "-o", required=True, metavar="FILE",
-                        help="file to write (a directory: a name with the date range is chosen)")
+class NoReceipts(LookupError):
+    """The data directory holds no receipt files: there is nothing to report."""
 
 
-def run_report(args: argparse.Namespace, data_dir: str | Path) -> int:
-    """``dlrlens report``: build the report and write it. 0 on success, 2 on bad input, 1 if no data."""
-    try:
-        filters = filters_from_arguments(args)
-    except ValueError as exc:
-        print(f"dlrlens report: error: {exc}", file=sys.stderr)
-        return 2
-    output = Path(args.output)
-    fmt = args.fmt or (output.suffix.lstrip(".").lower() if output.suffix.lstrip(".").lower() in FORMATS else "xlsx")
-    if output.is_dir():
-        output = output / report_filename(filters, "campaign-report", fmt)
-    store = Store(data_dir)
-    try:
-        if not store.has_data():
-            print(f"dlrlens report: error: no receipt files under {Path(data_dir).resolve()}", file=sys.stderr)
-            return 1
-        report = build_report(store, filters)
-    finally:
-        store.close()
-    try:
-        write_report(report, output, fmt)
-    except OSError as exc:
-        print(f"dlrlens report: error: cannot write {output}: {exc}", file=sys.stderr)
-        return 1
-    messages = int(report["Summary"].set_index("key").at["messages", "value"])
-    print(f"wrote {output} ({fmt}): {messages} messages, {len(report['Campaigns'])} campaigns")
-    return 0
+@dataclass(frozen=True)
+class WrittenReport:
+    """What :func:`write_campaign_report` wrote: the file, its format and what it covers."""
+
+    path: Path
+    fmt: str
+    messages: int
+    campaigns: int
 
 
-def filters_from_arguments(args: argparse.Namespace) -> Filters:
-    """Filters for ``--from/--to/--campaign/--tz``; ValueError with a clear message when invalid."""
-    zone = queries.zone_info(args.tz)
-    first = _parse_day(args.date_from, "--from")
-    last = _parse_day(args.date_to, "--to")
+def report_filters(date_from: str | None = None, date_to: str | None = None, campaigns=(),
+                   tz: str = "UTC") -> Filters:
+    """Filters for the days ``date_from`` .. ``date_to`` (YYYY-MM-DD, inclusive, in ``tz``;
+    None: open) and ``campaigns`` (none: all). ValueError with a message naming the option
+    (``--from``, ``--to``, the zone) when a value is invalid."""
+    zone = queries.zone_info(tz)
+    first = _parse_day(date_from, "--from")
+    last = _parse_day(date_to, "--to")
     if first and last and last < first:
         raise ValueError(f"--to {last} is before --from {first}")
     start = datetime.combine(first, time(), tzinfo=zone) if first else None
     end = datetime.combine(last + timedelta(days=1), time(), tzinfo=zone) if last else None
-    return Filters(start=start, end=end, campaigns=tuple(args.campaigns or ()), tz=args.tz)
+    return Filters(start=start, end=end, campaigns=tuple(campaigns or ()), tz=tz)
+
+
+def output_format(output: str | Path, fmt: str | None = None) -> str:
+    """``fmt`` if given, else the format of ``output``'s extension, else xlsx."""
+    if fmt:
+        return fmt
+    extension = Path(output).suffix.lstrip(".").lower()
+    return extension if extension in FORMATS else "xlsx"
+
+
+def report_path(output: str | Path, filters: Filters, fmt: str) -> Path:
+    """``output``, or for a directory a file in it named by :func:`report_filename`."""
+    output = Path(output)
+    return output / report_filename(filters, "campaign-report", fmt) if output.is_dir() else output
+
+
+def write_campaign_report(data_dir: str | Path, filters: Filters, fmt: str, output: str | Path) -> WrittenReport:
+    """Build the campaign report of ``data_dir`` for ``filters`` and write it as ``fmt`` to
+    :func:`report_path` of ``output``.
+
+    Raises :class:`NoReceipts` when there is no receipt file, OSError when the file cannot be
+    written."""
+    output = report_path(output, filters, fmt)
+    store = Store(data_dir)
+    try:
+        if not store.has_data():
+            raise NoReceipts(f"no receipt files under {Path(data_dir).resolve()}")
+        report = build_report(store, filters)
+    finally:
+        store.close()
+    write_report(report, output, fmt)
+    messages = int(report["Summary"].set_index("key").at["messages", "value"])
+    return WrittenReport(output, fmt, messages, len(report["Campaigns"]))
 
 
 def _parse_day(text: str | None, option: str) -> date | None:

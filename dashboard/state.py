@@ -35,6 +35,7 @@ outside the list still filters; at most :data:`MAX_URL_VALUES` values of a param
 
 from __future__ import annotations
 
+import shlex
 import sys
 import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
@@ -460,16 +461,35 @@ def live(body: Callable[[], None]) -> Callable[[], None]:
     return st.fragment(body, run_every=LIVE_REFRESH if current_state().live else None)
 
 
+# The collector the empty-data notice starts: `dlrlens collector`'s default port, named in the
+# printed commands so that they work as printed (tests/cli/test_cli.py runs them).
+NOTICE_COLLECTOR_PORT = 8080
+
+
+def collecting_commands(directory: Path) -> tuple[str, str]:
+    """The commands the empty-data notice offers, each runnable as printed (shell-quoted):
+    start the collector on ``directory``; then, from a second terminal, post simulated Mobivate
+    traffic through it (demo data)."""
+    port = NOTICE_COLLECTOR_PORT
+    return (f"dlrlens collector --data {shlex.quote(str(directory))} --port {port}",
+            f"dlrlens simulate --url http://127.0.0.1:{port}/dlr --campaigns 5 --messages 1000")
+
+
+def collecting_hint(directory: Path) -> str:
+    """What to do about an empty data folder (Markdown): the :func:`collecting_commands`."""
+    collector, simulate = collecting_commands(directory)
+    return (f"Start the collector with `{collector}` and point Mobivate's delivery-receipt webhook at it. "
+            f"For demo data, keep it running and post simulated Mobivate traffic through it from a "
+            f"second terminal: `{simulate}`.")
+
+
 def data_notice() -> bool:
     """Explain, with what to do, why there is nothing to show; True when there is data."""
     current = store()
     if current.has_data():
         return True
     directory = data_dir()
-    start_collecting = (
-        f"Start the collector with `dlrlens collector --data {directory}` and point Mobivate's "
-        f"delivery-receipt webhook at it, or create demo data with `dlrlens simulate --data {directory}`."
-    )
+    start_collecting = collecting_hint(directory)
     if not directory.exists():
         st.info(f"The data folder `{directory}` does not exist yet. {start_collecting}",
                 title="No data folder yet", icon=":material/folder_off:")

@@ -9,6 +9,10 @@ It is both the demo-data source and a load generator (``dlrlens simulate``). Two
   thread), paced by ``rate``, retrying connection errors and transient statuses the way
   Mobivate would, and returns :class:`SendStats`.
 
+:func:`plan_traffic` is one run's traffic, ending now (a seed and a start chosen when not
+given). ``dlrlens simulate`` (its options and output are in :mod:`dlrlens.cli`) plans, prints
+:func:`describe_traffic`, sends and prints :meth:`SendStats.summary`.
+
 The model, in short. Each campaign (a human name and a team, both sent as webhook query
 labels, since Mobivate's receipts carry no campaign) is one or a few batches (``batchId``).
 Every message gets an ``ACCEPTED`` receipt, sometimes ``INTERIM_QUEUED`` /
@@ -20,12 +24,10 @@ some pending receipts arrive after their message's final (no ordering guarantee)
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 import re
-import sys
 import threading
 import time
 import uuid
@@ -775,114 +777,45 @@ def send(
 
 
 # --------------------------------------------------------------------------------------
-# Command line
+# A whole run (``dlrlens simulate``: the options and the printing are in dlrlens/cli.py)
 # --------------------------------------------------------------------------------------
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
+@dataclass(frozen=True)
+class TrafficPlan:
+    """The posts of one run and what chose them: ``seed`` (drawn when none was given) and
+    ``start``, the first send (chosen when none was given)."""
+
+    seed: int
+    start: datetime
+    posts: list[SimulatedPost]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _non_negative(kind: type) -> Callable[[str], float]:
-    def parse(text: str):
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError("must not be negative")
-        return value
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
-def parse_start(text: str) -> datetime:
-    """An ISO 8601 time; without an offset it is taken as UTC."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``dlrlens simulate`` options."""
-    parser.add_argument("--url", required=True,
-                        help="the collector's webhook URL, e.g. http://127.0.0.1:8000/dlr "
-                             "(an existing query string is kept)")
-    parser.add_argument("--campaigns", type=_positive_int, default=5,
-                        help="number of campaigns (default 5)")
-    parser.add_argument("--messages", type=_non_negative(int), default=2000,
-                        help="messages in total, split unevenly between campaigns (default 2000)")
-    parser.add_argument("--rate", type=_non_negative(float), default=0.0,
-                        help="posts per second; 0 = as fast as possible (default)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="random seed for reproducible traffic (default: random, printed)")
-    parser.add_argument("--duplicates", type=_fraction, default=0.02,
-                        help="share of receipts posted twice, as Mobivate's retries do (default 0.02)")
-    parser.add_argument("--xml-share", type=_fraction, default=0.2,
-                        help="share of messages whose receipts use the form-encoded XML "
-                             "(default 0.2)")
-    parser.add_argument("--out-of-order", type=_fraction, default=0.01,
-                        help="share of messages with a pending receipt posted after the final "
-                             "(default 0.01)")
-    parser.add_argument("--time-scale", type=_positive_float, default=1.0,
-                        help="compress simulated time: durations (send window, delays) are "
-                             "divided by this (default 1 = realistic)")
-    parser.add_argument("--span", type=_positive_float, default=DEFAULT_SPAN.total_seconds() / 3600,
-                        help="hours of simulated sending, before --time-scale (default 3)")
-    parser.add_argument("--start", type=parse_start, default=None,
-                        help="ISO time of the first send (default: so sending ends an hour, "
-                             "scaled, before now); receipts not yet due by now are left out")
-    parser.add_argument("--token", default=None,
-                        help=f"webhook secret, sent as the '{TOKEN_PARAM}' query parameter")
-    parser.add_argument("--concurrency", type=_positive_int, default=4,
-                        help="parallel connections (default 4; 1 keeps the exact order)")
-    parser.add_argument("--retries", type=_non_negative(int), default=3,
-                        help="retries of a post after a connection error or 429/502/503/504 "
-                             "(default 3)")
-    parser.add_argument("--timeout", type=_positive_float, default=10.0,
-                        help="seconds to wait for each answer (default 10)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="generate and describe the traffic, send nothing")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Generate and post the traffic. Exit status 0 when every post was acknowledged."""
-    now = datetime.now(timezone.utc)
-    span = timedelta(hours=args.span)
-    start = args.start or now - (span + DEFAULT_TAIL_ROOM) / args.time_scale
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+def plan_traffic(
+    campaigns: int,
+    messages: int,
+    *,
+    seed: int | None = None,
+    start: datetime | None = None,
+    span: timedelta = DEFAULT_SPAN,
+    time_scale: float = 1.0,
+    duplicates: float = 0.02,
+    xml_share: float = 0.2,
+    out_of_order: float = 0.01,
+    now: datetime | None = None,
+) -> TrafficPlan:
+    """The traffic of a run that ends now: :func:`generate_traffic` with a random seed unless
+    ``seed``, and sending from ``start``, by default timed so that sending ends
+    :data:`DEFAULT_TAIL_ROOM` (scaled) before ``now`` (default: the clock). Receipts not yet
+    due by ``now`` are left out, unless ``start`` is in the future (then those times are what
+    was asked for)."""
+    now = now or datetime.now(timezone.utc)
+    start = start or now - (span + DEFAULT_TAIL_ROOM) / time_scale
+    seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
     posts = generate_traffic(
-        args.campaigns, args.messages, seed, start,
-        duplicates=args.duplicates, xml_share=args.xml_share, out_of_order=args.out_of_order,
-        time_scale=args.time_scale, span=span,
-        # Receipts dated after now would be news from the future; a start in the future
-        # means the user wants those times, so keep them then.
-        until=max(now, start + span / args.time_scale),
+        campaigns, messages, seed, start,
+        duplicates=duplicates, xml_share=xml_share, out_of_order=out_of_order,
+        time_scale=time_scale, span=span,
+        until=max(now, start + span / time_scale),
     )
-    print(f"seed {seed}")
-    print(describe_traffic(posts))
-    if args.dry_run:
-        return 0
-
-    def report_progress(stats: SendStats) -> None:
-        print(f"  ... {stats.sent}/{len(posts)} posts done", file=sys.stderr, flush=True)
-
-    stats = send(posts, args.url, rate=args.rate, token=args.token, concurrency=args.concurrency,
-                 retries=args.retries, timeout=args.timeout, progress=report_progress)
-    print(stats.summary(post_url(args.url, (), args.token)))
-    return 0 if stats.ok and stats.sent == len(posts) else 1
+    return TrafficPlan(seed, start, posts)

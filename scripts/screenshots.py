@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
 
 import requests  # noqa: E402
 
-from collector import simulate  # noqa: E402
+from dlrlens import simulate  # noqa: E402
 from tests.support.dashboard_server import full_page_screenshot, running_dashboard, wait_for_parquet  # noqa: E402
 from tests.support.servers import running_collector  # noqa: E402
 

@@ -18,4 +18,8 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 
+# Fail fast when an import breaks the architecture's one direction (pyproject.toml,
+# [tool.importlinter]); tests/cli/test_architecture.py runs the same check inside the suite.
+lint-imports --no-logo
+
 exec python -m pytest "$@"

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, downloads, queries, state
-from dashboard.report import KPI_DEFINITIONS
+from dashboard import catalog, charts, downloads, queries, state
 from dashboard.safe_text import md_text
 
 # KPI columns first in the order a reader scans them; the rest follow as the query gives them.
@@ -76,7 +75,7 @@ def campaigns() -> None:
                 with st.grid(2 if len(chosen) <= 2 else 1):  # keep values readable in narrow columns
                     for metric, label in COMPARE_CARDS:
                         st.metric(label, downloads.format_value(metric, selected.at[name, metric]),
-                                  help=KPI_DEFINITIONS[metric])
+                                  help=catalog.kpi(metric).definition)
 
         narrowed = state.with_campaigns(f, chosen)
         # One bucket size for every line, chosen (hour/day) for the chosen campaigns together.

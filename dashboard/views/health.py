@@ -7,8 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import charts, downloads, queries, state
-from dashboard.report import KPI_DEFINITIONS
+from dashboard import catalog, charts, downloads, queries, state
 from dashboard.safe_text import md_text
 
 
@@ -89,10 +88,10 @@ def health() -> None:
                                + ("." if received is None else
                                   f": {received.strftime('%Y-%m-%d %H:%M:%S %Z')}."))
                 for column, label, text in (
-                    ("receipts", "Receipts", KPI_DEFINITIONS["receipts"]),
+                    ("receipts", "Receipts", catalog.kpi("receipts").definition),
                     ("messages", "Messages", "Distinct messages (deliveryMessageIds) stored."),
-                    ("duplicate_rows", "Duplicate rows", KPI_DEFINITIONS["duplicate_rows"]),
-                    ("regressions", "Regressions", KPI_DEFINITIONS["regressions"]),
+                    ("duplicate_rows", "Duplicate rows", catalog.kpi("duplicate_rows").definition),
+                    ("regressions", "Regressions", catalog.kpi("regressions").definition),
                 ):
                     st.metric(label, charts.format_count(summary.get(column)), border=True, height="stretch", help=text)
             st.plotly_chart(charts.receipts_per_minute_figure(downloads.in_zone(health_frames["per_minute"], f.tz),

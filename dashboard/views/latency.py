@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, downloads, queries, state
-from dashboard.report import KPI_DEFINITIONS
+from dashboard import catalog, charts, downloads, queries, state
 
 PERCENTILE_CARDS = [("latency_p50_s", "p50"), ("latency_p90_s", "p90"), ("latency_p95_s", "p95"),
                     ("latency_p99_s", "p99")]
@@ -41,10 +40,10 @@ def latency() -> None:
         with st.grid(4):
             for column, label in PERCENTILE_CARDS:
                 st.metric(f"Time to deliver {label}", downloads.format_value(column, row[column]), border=True,
-                          help=KPI_DEFINITIONS[column])
+                          help=catalog.kpi(column).definition)
             for column, label in WITHIN_CARDS:
                 st.metric(f"Delivered {label.lower()}", downloads.format_value(column, row[column]), border=True,
-                          help=KPI_DEFINITIONS[column])
+                          help=catalog.kpi(column).definition)
 
         distribution = state.cached(queries.latency_distribution, f)
         left, right = st.columns(2)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import charts, downloads, queries, state
-from dashboard.report import KPI_DEFINITIONS
+from dashboard import catalog, charts, downloads, queries, state
 
 # (kpis() column, card label, True when a rise is bad news). Values are formatted by the
 # column's unit (downloads.format_value), as in the tables, so a card and a cell read the same.
@@ -45,7 +44,7 @@ def overview() -> None:
                 change = delta_text(kpis.at[metric, "change"], unit)
                 st.metric(label, downloads.format_value(metric, kpis.at[metric, "value"]), delta=change, border=True,
                           height="stretch", delta_color="inverse" if rise_is_bad else "normal",
-                          help=KPI_DEFINITIONS[metric],
+                          help=catalog.kpi(metric).definition,
                           delta_description=DELTA_DESCRIPTION if change is not None else None)
         if f.previous_period() is None:
             st.caption("Changes against the previous period show for a bounded date range (not *All time*).")

@@ -19,7 +19,9 @@ receipt meets them:
 * :mod:`~dlrlens.store.status`: the status files (writer counters, maintenance status) as
   plain dicts, for ``/metrics`` and the Data health page.
 * :mod:`~dlrlens.store.reader`: the read interface (:class:`~dlrlens.store.reader.Store`):
-  SQL over the receipts, the per-message state and the fresh tail, merged in one place.
+  SQL over the receipts, the per-message state and the fresh tail, merged in one place; what
+  it is asked for is a :class:`~dlrlens.store.selection.Filters` (:mod:`~dlrlens.store.selection`),
+  turned into SQL conditions by :mod:`~dlrlens.store.sql` (with the ``receipts`` relation).
 * :mod:`~dlrlens.store.faults`: named crash points for the fault tests.
 
 A second backend (object storage, a table format) replaces ``files``/``layout`` listings and

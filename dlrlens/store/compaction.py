@@ -24,8 +24,8 @@ Steps, so that no receipt ever leaves the glob and no partial file enters it (a 
 between each, see :mod:`dlrlens.store.faults`):
 
 1. write the merged rows to ``.c-<time_ns>.parquet.<pid>.tmp``, fsync;
-2. rename it into place, fsync the directory: the rows are now visible twice, which
-   readers tolerate (they count one row per ``receipt_id``);
+2. rename it into place, fsync the directory (1 and 2: :func:`dlrlens.store.files.publishing`):
+   the rows are now visible twice, which readers tolerate (they count one row per ``receipt_id``);
 3. once the output is ``delete_grace_seconds`` old (at the first run after that), delete the
    inputs and fsync the directory, so that a query that listed only the old files still reads
    them (see :data:`DELETE_GRACE_SECONDS` for what readers can rely on).
@@ -45,14 +45,11 @@ Parquet one row group at a time, so memory stays bounded whatever the partition 
 
 from __future__ import annotations
 
-import argparse
-import fcntl
 import json
 import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Self
@@ -62,7 +59,8 @@ import pyarrow.parquet as pq
 
 from dlrlens.store import layout
 from dlrlens.store.faults import crash_point
-from dlrlens.store.writer import remove_orphan_temp_files
+from dlrlens.store.files import (FSYNCED, PUBLISHED, fsync_dir, locked, publishing, remove_orphan_temp_files,
+                                 visible_files)
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -115,6 +113,8 @@ WRITER_OPTIONS = {
     "write_statistics": True,
 }
 DUCKDB_SETTINGS = {"threads": 1, "memory_limit": "512MB"}
+# The crash points of publishing a merged file (steps 1 and 2 of the module docstring).
+OUTPUT_CRASH_POINTS = {FSYNCED: "compact:after-write", PUBLISHED: "compact:after-rename"}
 
 
 @dataclass
@@ -251,7 +251,7 @@ def _for_each_partition(data_dir: Path, step, now: float | None) -> CompactionSt
     receipts = layout.receipts_dir(data_dir)
     if not receipts.is_dir():
         return stats
-    with _exclusive_lock(data_dir / LOCK_NAME), _Sorter(data_dir / SPILL_DIR) as sorter:
+    with locked(data_dir / LOCK_NAME, wait=True), _Sorter(data_dir / SPILL_DIR) as sorter:
         stats.temp_files_removed = remove_orphan_temp_files(receipts)
         for partition in _partitions(receipts):
             stats.partitions_examined += 1
@@ -314,7 +314,7 @@ def _remove_superseded(partition: Path, files: dict[str, _File], stats: Compacti
 
 def _list_files(partition: Path) -> dict[str, _File]:
     """Visible receipt files of a partition by name (a file deleted meanwhile is skipped)."""
-    return {name: _File(path, size, mtime_ns) for name, (path, size, mtime_ns) in layout.visible_files(partition).items()}
+    return {name: _File(path, size, mtime_ns) for name, (path, size, mtime_ns) in visible_files(partition).items()}
 
 
 def _superseded_inputs(files: dict[str, _File]) -> dict[str, set[str]]:
@@ -365,7 +365,7 @@ def _delete_inputs(partition: Path, inputs: list[_File], stats: CompactionStats)
         stats.files_removed += 1
         if index == 0 and len(inputs) > 1:
             crash_point("compact:between-deletes")
-    layout.fsync_dir(partition)
+    fsync_dir(partition)
 
 
 # -- merging -----------------------------------------------------------------------------
@@ -386,10 +386,9 @@ def _merge(partition: Path, inputs: list[_File], sorter: _Sorter) -> _Output:
         LINEAGE_ROWS_KEY: json.dumps(input_rows, sort_keys=True),
     })
     target = _new_output_path(partition)  # named after the time it appears (delete grace)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     written = 0
-    try:
-        with pq.ParquetWriter(tmp, schema, **WRITER_OPTIONS) as writer:
+    with publishing(target, crash_points=OUTPUT_CRASH_POINTS) as output:
+        with pq.ParquetWriter(output.temp, schema, **WRITER_OPTIONS) as writer:
             for batch in sorter.sorted_batches([f.path for f in inputs], ROW_GROUP_ROWS):
                 writer.write_table(pa.Table.from_batches([batch]).cast(schema), row_group_size=ROW_GROUP_ROWS)
                 written += batch.num_rows
@@ -397,15 +396,7 @@ def _merge(partition: Path, inputs: list[_File], sorter: _Sorter) -> _Output:
             raise RuntimeError(f"merge wrote {written} rows of {sum(input_rows.values())}")
         # The output holds data as old as its newest input: min_age and settling go by that.
         newest = max(f.mtime_ns for f in inputs)
-        os.utime(tmp, ns=(newest, newest))
-        layout.fsync_path(tmp)
-        crash_point("compact:after-write")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    layout.fsync_dir(partition)
-    crash_point("compact:after-rename")
+        os.utime(output.temp, ns=(newest, newest))
     return _Output(target, written, target.stat().st_size)
 
 
@@ -452,58 +443,3 @@ class _Sorter:
             self._connection.execute("SET enable_progress_bar = false")
         return self._connection
 
-
-@contextmanager
-def _exclusive_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-# -- command line ------------------------------------------------------------------------
-
-
-def add_compact_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``dlrlens compact``."""
-    parser.add_argument("--min-age", type=float, default=60.0, metavar="S",
-                        help="leave files younger than S seconds alone (default 60: the current flushes)")
-    parser.add_argument("--settle", type=float, default=SETTLE_SECONDS, metavar="S",
-                        help=f"merge a partition into one file once it got no new data for S seconds "
-                             f"(default {SETTLE_SECONDS:.0f}; 0 merges every partition fully now)")
-    parser.add_argument("--grace", type=float, default=DELETE_GRACE_SECONDS, metavar="S",
-                        help=f"keep merged files S seconds for queries that are reading them, then delete "
-                             f"them (default {DELETE_GRACE_SECONDS:.0f}; 0 only when nothing reads the data)")
-
-
-def run_compact(args: argparse.Namespace, data_dir: Path) -> int:
-    """``dlrlens compact``: compact once, wait out the grace period and delete the merged
-    files, print what was done. Exit status 1 if a partition failed."""
-
-    data_dir = Path(data_dir)
-    stats = compact(data_dir, min_age_seconds=args.min_age, settle_seconds=args.settle,
-                    delete_grace_seconds=args.grace)
-    print(f"partitions: {stats.partitions_examined} examined, {stats.partitions_compacted} compacted")
-    print(f"merged {stats.files_merged} files into {stats.files_written} "
-          f"({stats.rows:,} rows): {_mb(stats.bytes_before)} -> {_mb(stats.bytes_after)} in {stats.seconds:.1f} s")
-    removed, failures = stats.files_removed, list(stats.failures)
-    if stats.files_written and args.grace > 0:
-        print(f"waiting {args.grace:.0f} s for running queries before deleting the merged files", flush=True)
-        time.sleep(args.grace)
-        finished = remove_superseded(data_dir, delete_grace_seconds=args.grace)
-        removed += finished.files_removed
-        failures += finished.failures
-    print(f"removed {removed} merged files and {stats.temp_files_removed} temporary files")
-    size, receipts = bytes_per_receipt(data_dir)
-    per_receipt = f"{size / receipts:.1f} bytes per receipt" if receipts else "no receipts"
-    print(f"stored: {receipts:,} receipts in {_mb(size)}, {per_receipt}")
-    for failure in failures:
-        print(f"failed: {failure}")
-    return 1 if failures else 0
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"

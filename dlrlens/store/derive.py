@@ -3,7 +3,7 @@
 The dashboard's figures are per message (outcome, campaign, sent time, latency, ...). Deriving
 them from 100 M raw receipts on every query is far too slow, so the collector maintains them
 here and the dashboard reads them (plus the few receipt files not absorbed yet, see
-``dashboard/queries.py``).
+``dlrlens/store/reader.py``).
 
 Duplicate-insensitive state
     Every column is an idempotent, mergeable aggregate over the message's stored rows (every
@@ -11,8 +11,8 @@ Duplicate-insensitive state
     and the state of rows A merged with the state of rows B equals the state of A + B. So a
     receipt file may be absorbed twice (a compaction output holding rows already absorbed, a
     flush file re-created by a log replay) and partial states computed anywhere (the
-    dashboard's fresh tail) merge exactly. The definitions (the same as the straightforward
-    baseline in ``dashboard/_sql.py``; order = (created, received_at, then the value)):
+    reader's fresh tail) merge exactly. The definitions (the same as the straightforward
+    baseline in ``tests/support/baseline.py``; order = (created, received_at, then the value)):
 
     * sent_at: min(created); first_received: the least received_at among rows created then;
     * campaign label / batch_id / client_reference: the value of the first row (in that order)
@@ -63,15 +63,13 @@ rebuild``); both give the same state, row for row.
 
 from __future__ import annotations
 
-import argparse
-import fcntl
 import json
 import logging
 import os
 import shutil
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -82,6 +80,7 @@ import pyarrow.parquet as pq
 
 from dlrlens.store import layout
 from dlrlens.store.compaction import OUTPUT_PREFIX, lineage
+from dlrlens.store.files import locked, publishing
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -250,6 +249,17 @@ def messages_view_sql(source: str) -> str:
 COMPANIONS = ("rollup", "hist", "latency")
 SLOT_MICROS = 15 * 60 * 1_000_000  # rollup time slots: every zone's hours and days are unions of them
 LATENCY_BUCKET_BITS = 5  # latency buckets: 2**5 per octave of microseconds
+# "Delivered within" figures: (column, seconds). A delivered message counts in a column when its
+# latency is at most that many seconds. The rollups store these columns; the dashboard's
+# straightforward definition (dashboard/_sql.py) uses the same thresholds.
+LATENCY_THRESHOLDS = (("within_10s", 10), ("within_1m", 60), ("within_5m", 300), ("within_1h", 3600))
+
+
+def within_sql(latency_s: str = "latency_s") -> str:
+    """The :data:`LATENCY_THRESHOLDS` counts (``count(*) FILTER (...) AS within_...``) over the
+    latency in seconds ``latency_s``."""
+    return ", ".join(f"count(*) FILTER (WHERE {latency_s} <= {seconds}) AS {name}"
+                     for name, seconds in LATENCY_THRESHOLDS)
 
 
 def latency_bucket_sql(x: str = "latency_us") -> str:
@@ -278,10 +288,7 @@ def rollup_sql(view: str, t: str | None = None) -> str:
         SELECT {t} AS t, campaign, outcome, last_status, label_sets,
                count(*) AS messages,
                count(latency_us) AS latency_messages,
-               count(*) FILTER (WHERE latency_s <= 10) AS within_10s,
-               count(*) FILTER (WHERE latency_s <= 60) AS within_1m,
-               count(*) FILTER (WHERE latency_s <= 300) AS within_5m,
-               count(*) FILTER (WHERE latency_s <= 3600) AS within_1h,
+               {within_sql()},
                count(*) FILTER (WHERE outcome = 'delivered' AND latency_us IS NULL) AS delivered_without_earlier,
                sum(regressions)::BIGINT AS regressions
         FROM ({view}) GROUP BY ALL
@@ -427,17 +434,45 @@ class Manifest:
 # --------------------------------------------------------------------------- receipt files
 
 
-def receipt_files(data_dir: Path) -> dict[str, tuple[int, int]]:
-    """{path relative to the data directory: (size, mtime_ns)} of every visible receipt file."""
+LISTING_SETTLE_SECONDS = 2.0  # a partition directory changed this recently is listed again (receipt_files)
+
+
+def receipt_files(data_dir: Path, listings: dict | None = None) -> dict[str, tuple[int, int]]:
+    """{path relative to the data directory: (size, mtime_ns)} of every visible receipt file,
+    by partition, then name; files (partitions) vanishing meanwhile are left out. The one
+    listing of the receipt files: the maintenance absorbs them, the reader
+    (:class:`dlrlens.store.reader.Store`) reads the ones not absorbed yet.
+
+    ``listings``: a dict the caller keeps between calls (a reader listing at every query),
+    updated here. A partition directory is then listed again only when its mtime changed
+    (files are only ever added, renamed into place or removed, which all change it) or is
+    recent (:data:`LISTING_SETTLE_SECONDS`: the kernel's timestamps are coarse, a change in the
+    same tick would go unnoticed)."""
     root = layout.receipts_dir(Path(data_dir))
+    now = time.time()
     found: dict[str, tuple[int, int]] = {}
     try:
         partitions = sorted(e.name for e in os.scandir(root)
                             if e.name.startswith(layout.PARTITION_PREFIX) and e.is_dir())
     except FileNotFoundError:
         return found
+    if listings is None:
+        for partition in partitions:
+            found.update(partition_files(data_dir, partition))
+        return found
+    listed: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {}
     for partition in partitions:
-        found.update(partition_files(data_dir, partition))
+        try:
+            mtime = os.stat(root / partition).st_mtime_ns
+        except FileNotFoundError:
+            continue
+        cached = listings.get(partition)
+        if cached is None or cached[0] != mtime or now - mtime / 1e9 < LISTING_SETTLE_SECONDS:
+            cached = (mtime, partition_files(data_dir, partition))
+        listed[partition] = cached
+        found.update(cached[1])
+    listings.clear()
+    listings.update(listed)
     return found
 
 
@@ -594,19 +629,19 @@ def _write_derived(con, data_dir: Path, key: str, select_sql: str) -> DerivedFil
     directory, kind = key.split("/")
     target = data_dir / MESSAGES_DIR / directory / f"{kind}-{time.time_ns()}.parquet"
     relative = str(target.relative_to(data_dir))
-    paths = {"messages": target, **{c: data_dir / companion_path(relative, c) for c in COMPANIONS}}
-    tmps = {k: p.with_name(f".{p.name}.{os.getpid()}.tmp") for k, p in paths.items()}
     options = f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {ROW_GROUP_ROWS}"
-    try:
-        for path in paths.values():
-            path.parent.mkdir(parents=True, exist_ok=True)
+    # Each file is published when the stack closes, in reverse order of entering: the
+    # companions first, the messages file last. An error removes every one not published.
+    with ExitStack() as stack:
+        messages = stack.enter_context(publishing(target))
         con.execute(f"COPY (SELECT {', '.join(STORED_COLUMNS)} FROM ({select_sql}) ORDER BY id_hash) "
-                    f"TO '{tmps['messages']}' ({options})")
-        metadata = pq.read_metadata(tmps["messages"])
+                    f"TO '{messages.temp}' ({options})")
+        metadata = pq.read_metadata(messages.temp)
         if metadata.num_rows == 0:
-            tmps["messages"].unlink()
+            messages.discard()
             return None
-        view = messages_view_sql(f"read_parquet('{tmps['messages']}')")
+        tmps = {c: stack.enter_context(publishing(data_dir / companion_path(relative, c))).temp for c in COMPANIONS}
+        view = messages_view_sql(f"read_parquet('{messages.temp}')")
         con.execute(f"COPY ({rollup_sql(view)} ORDER BY t, campaign) TO '{tmps['rollup']}' ({options})")
         con.execute(f"COPY ({hist_sql(view)} ORDER BY campaign, b) TO '{tmps['hist']}' ({options})")
         # Sorted by bucket: a query fetching a few buckets reads a few row groups.
@@ -614,16 +649,6 @@ def _write_derived(con, data_dir: Path, key: str, select_sql: str) -> DerivedFil
                     f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 16384)")
         sent = metadata.schema.to_arrow_schema().get_field_index("sent_at")
         stats = [metadata.row_group(i).column(sent).statistics for i in range(metadata.num_row_groups)]
-        for tmp in tmps.values():
-            layout.fsync_path(tmp)
-        for kind_ in (*COMPANIONS, "messages"):
-            os.replace(tmps[kind_], paths[kind_])
-    except BaseException:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
-        raise
-    for path in paths.values():
-        layout.fsync_dir(path.parent)
     return DerivedFile(path=relative, rows=metadata.num_rows,
                        sent_min_us=min(_micros(s.min) for s in stats), sent_max_us=max(_micros(s.max) for s in stats))
 
@@ -680,21 +705,9 @@ def _delete_expired(data_dir: Path, manifest: Manifest, now: float, grace: float
 # --------------------------------------------------------------------------- locking
 
 
-@contextmanager
 def _locked(data_dir: Path, wait: bool):
     """Hold ``data/derived.lock``; yields False without waiting when busy and ``wait`` is False."""
-    path = Path(data_dir) / LOCK_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    return locked(Path(data_dir) / LOCK_NAME, wait=wait)
 
 
 # --------------------------------------------------------------------------- update
@@ -762,22 +775,13 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
         by_key.setdefault(file_key(f, hot_start), []).append(f)
     numbers = {f.path: i for i, f in enumerate(manifest.files)}
     rewrite: set[str] = set()
-    for table in ("partial", "old", "merged", "superseded"):
+    for table in ("merged_partial", "old", "merged", "superseded"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute("CREATE TEMP TABLE superseded (file_no INTEGER, row BIGINT)")
     if batch:
-        con.execute(f"CREATE TEMP TABLE partial AS {combine_sql(receipt_units_sql(parquet_source()))}",
-                    {"files": [str(data_dir / p) for p in batch]})
+        absorb(con, data_dir, batch, numbers, updater.index, extra=f", {file_key_sql()} AS file_key",
+               params={"hot_from": hot_start, "day_files": day_files(manifest.files, hot_start)})
         result["receipts"] = sum(_rows(data_dir / p) for p in batch)
-        hashes = con.execute("SELECT hash(delivery_message_id) AS h FROM partial").fetchnumpy()["h"]
-        updater.index.sync(data_dir, [f.path for f in manifest.files], con)
-        candidates = updater.index.locate(hashes)
-        # The stored rows of this batch's messages (a hash match of another id stays put).
-        con.execute(f"CREATE TEMP TABLE old AS {stored_rows_at_sql(data_dir, candidates, numbers, 'partial')}")
-        con.execute("INSERT INTO superseded SELECT file_no, file_row_number FROM old")
-        merged = merge_sql("SELECT * FROM partial", state_units_sql("old"), extra=f", {file_key_sql()} AS file_key")
-        con.execute(f"CREATE TEMP TABLE merged AS {merged}",
-                    {"hot_from": hot_start, "day_files": day_files(manifest.files, hot_start)})
         result["messages"] = con.execute("SELECT count(*) FROM merged").fetchone()[0]
         rewrite |= {k for (k,) in con.execute("SELECT DISTINCT file_key FROM merged").fetchall()}
         by_number = {i: f for f, i in numbers.items()}
@@ -810,11 +814,42 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
         manifest.version += 1
         manifest.hash_probe = updater.probe
         manifest.save(data_dir)
-    for table in ("partial", "old", "merged", "superseded"):
+    for table in ("merged_partial", "old", "merged", "superseded"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     result.update(rewritten_files=len(new_files), pruned=len(pruned), deleted_files=deleted,
                   version=manifest.version, seconds=round(time.perf_counter() - started, 3))
     return result
+
+
+def absorb(con, data_dir: Path, files: list[str], numbers: dict[str, int], index: IdIndex, *,
+           merged: str = "merged", old: str = "old", trust_stored: bool = True, extra: str = "",
+           params: dict | None = None) -> None:
+    """Merge the receipt ``files`` (relative paths) with the stored state of their messages, on
+    ``con``: the one way to absorb receipts into per-message state, for the maintenance
+    (:func:`update_derived`) and for the reader's fresh tail (:class:`dlrlens.store.reader.Store`).
+
+    Makes temp table ``old``: the stored derived rows of the files' messages (``file_no`` as in
+    ``numbers``, the derived files in force; ``file_row_number``; the stored columns), found
+    through ``index`` (synced to those files; ``trust_stored`` as in :meth:`IdIndex.sync`; a
+    hash match of another id stays out); adds their (file_no, row) to table ``superseded``
+    (which must exist); and makes temp table ``merged``: the files' partial state merged with
+    ``old``, stored columns plus ``extra`` (computed with ``params``). Duplicate-insensitive: a
+    row absorbed again changes nothing.
+    """
+    data_dir = Path(data_dir)
+    partial = f"{merged}_partial"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {partial} AS {combine_sql(receipt_units_sql(parquet_source()))}",
+                {"files": [str(data_dir / p) for p in files]})
+    located: dict[str, np.ndarray] = {}
+    if numbers:
+        hashes = con.execute(f"SELECT hash(delivery_message_id) AS h FROM {partial}").fetchnumpy()["h"]
+        index.sync(data_dir, list(numbers), con, trust_stored=trust_stored)
+        located = index.locate(hashes)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {old} AS {stored_rows_at_sql(data_dir, located, numbers, partial)}")
+    con.execute(f"INSERT INTO superseded SELECT file_no, file_row_number FROM {old}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {merged} AS "
+                f"{merge_sql(f'SELECT * FROM {partial}', state_units_sql(old), extra=extra)}", params or {})
+    con.execute(f"DROP TABLE {partial}")
 
 
 def stored_rows_at_sql(data_dir: Path, located: dict[str, np.ndarray], numbers: dict[str, int], messages: str) -> str:
@@ -956,25 +991,3 @@ def _rebuild_files(con, data_dir: Path, listing: dict, hot_start: datetime, spil
         if written is not None:
             files.append(written)
     return files
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``dlrlens rebuild``."""
-    parser.add_argument("--memory-limit", default=REBUILD_SETTINGS["memory_limit"], metavar="SIZE",
-                        help="DuckDB memory limit while rebuilding; the rest spills to data/tmp (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
-
-
-def run_rebuild(args: argparse.Namespace, data_dir: Path) -> int:
-    """``dlrlens rebuild``: recompute the derived per-message state from all receipts."""
-    settings = {"memory_limit": args.memory_limit}
-    if args.threads:
-        settings["threads"] = args.threads
-    result = rebuild_derived(Path(data_dir), settings=settings)
-    print(f"rebuilt the per-message state: {result['messages']:,} messages from {result['receipts']:,} "
-          f"receipt rows in {result['absorbed_files']} files -> {result['rewritten_files']} derived files "
-          f"(version {result['version']}) in {result['seconds']:.1f} s")
-    return 0

@@ -1,21 +1,38 @@
 """The storage contract between the collector (sole writer) and the dashboard (reader).
 
 Everything dlrlens keeps lives under one data directory (``data/`` by default,
-``DLRLENS_DATA`` or ``--data`` elsewhere)::
+``DLRLENS_DATA`` or ``--data`` elsewhere); only :mod:`dlrlens.store` reads or writes it::
 
     data/
-      receipts/date=YYYY-MM-DD/<writer>-<segment>.parquet   immutable receipt files
-      wal/<slot>/<segment>.wal                             write-ahead log, per writer slot
-      wal/<slot>.lock                                      held (flock) by the live writer
-      rejected/<reason>/<time>-<id>.body                   raw bodies of rejected requests
-      stats/<slot>.json                                    each writer's counters (metrics)
-      maintenance.json                                     the maintenance process's status
+      receipts/date=YYYY-MM-DD/<slot>-<segment>.parquet   immutable receipt files (a flush)
+      receipts/date=YYYY-MM-DD/c-<time_ns>.parquet        ... merged by compaction
+      receipts/date=YYYY-MM-DD/.<name>.<pid>.tmp          being written (never data)
+      wal/<slot>/<segment>.wal                            write-ahead log, per writer slot
+      wal/<slot>.lock                                     held (flock) by the live writer
+      wal/quarantine/<slot>-<segment>.wal                 log segments that could not be converted
+      rejected/<reason>/<time>-<id>.body|.json            raw bodies of rejected requests, and why
+      stats/<slot>.json                                   each writer's counters (metrics)
+      maintenance.json                                    the maintenance process's status
+      maintenance.lock                                    flock: the active maintainer
+      compaction.lock                                     flock: one compaction at a time
+      derived/manifest.json                               the per-message state in force
+      derived/{messages,rollup,hist,latency}/sent=YYYY-MM-DD/*.parquet   that state's files
+      derived.lock                                        flock: one derived-state updater at a time
+      tmp/compaction/, tmp/derive/                        DuckDB spill files (removed after use)
+      .auth-failures.sqlite (-wal, -shm)                  wrong-secret counts per source, shared
+                                                          by the collector's workers (disposable)
+      .healthz-<pid>                                      /healthz's write probe (removed at once)
+
+Files are published and locks taken only through :mod:`dlrlens.store.files`; the derived
+state is described in :mod:`dlrlens.store.derive`, the status files in
+:mod:`dlrlens.store.status`.
 
 Contract for readers:
 
 * Only files matching ``receipts/date=*/*.parquet`` are data. Writers create a file
   under a dot-prefixed ``.tmp`` name, fsync it, rename it into place and fsync the
-  directory, so a reader globbing ``*.parquet`` never sees a partial file.
+  directory (:func:`dlrlens.store.files.publishing`), so a reader globbing ``*.parquet``
+  never sees a partial file.
 * A file, once renamed into place, never changes. It may be *replaced* atomically by
   a file with identical rows (WAL replay after a crash) or removed after compaction
   merged its rows into a new file (see the compaction notes in the README).
@@ -32,6 +49,8 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
+
+from dlrlens.store import files
 
 RECEIPTS_DIR = "receipts"
 WAL_DIR = "wal"
@@ -112,51 +131,19 @@ def parquet_glob(root: Path) -> str:
     return str(Path(root) / PARQUET_GLOB)
 
 
-def visible_files(partition: Path) -> dict[str, tuple[Path, int, int]]:
-    """The receipt files a reader may see in one partition directory, by name:
-    ``(path, size, mtime_ns)``. Temporary files are left out; a file removed while listing
-    (compaction) is skipped; a missing directory gives an empty dict."""
-    found: dict[str, tuple[Path, int, int]] = {}
+def has_receipts(root: Path) -> bool:
+    """Whether any receipt file is visible under the data directory ``root``."""
+    receipts = receipts_dir(root)
     try:
-        entries = list(os.scandir(partition))
+        partitions = [e for e in os.scandir(receipts) if e.name.startswith(PARTITION_PREFIX) and e.is_dir()]
     except FileNotFoundError:
-        return found
-    for entry in entries:
-        if entry.name.startswith(".") or not entry.name.endswith(".parquet"):
-            continue
-        try:
-            st = entry.stat()
-        except FileNotFoundError:
-            continue
-        found[entry.name] = (Path(entry.path), st.st_size, st.st_mtime_ns)
-    return found
+        return False
+    return any(files.visible_files(Path(p.path)) for p in partitions)
 
 
-def fsync_path(path: Path, flags: int = 0) -> None:
-    """fsync a file (or, with ``os.O_DIRECTORY``, a directory) by path."""
-    fd = os.open(path, os.O_RDONLY | flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink inside ``path`` durable."""
-    fsync_path(path, os.O_DIRECTORY)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
-
-    Returns only after the file and its directory entry are fsynced.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+# Old names of the helpers now in dlrlens.store.files (callers move there; kept so that code
+# written against them goes on working).
+visible_files = files.visible_files
+fsync_path = files.fsync_path
+fsync_dir = files.fsync_dir
+atomic_write_bytes = files.publish_bytes

@@ -19,7 +19,6 @@ every ``compact_every`` seconds. A failing task is logged on one line
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 from datetime import datetime, timezone
 
 
-from dlrlens.store import compaction, derive, layout
+from dlrlens.store import compaction, derive, files, layout
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -60,14 +59,14 @@ class Maintainer:
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
         self.last_success_at: dict[str, datetime] = {}
-        self._lock_fd: int | None = None
+        self._lock: files.FileLock | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dlrlens-maintenance", daemon=True)
 
     @property
     def active(self) -> bool:
         """Whether this process holds the maintenance lock (and so does the work)."""
-        return self._lock_fd is not None
+        return self._lock is not None
 
     def start(self) -> Maintainer:
         self._thread.start()
@@ -79,9 +78,9 @@ class Maintainer:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if self._lock_fd is not None and not self._thread.is_alive():
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None and not self._thread.is_alive():
+            self._lock.release()
+            self._lock = None
         return not self._thread.is_alive()
 
     def status(self) -> dict:
@@ -108,15 +107,9 @@ class Maintainer:
 
     def _take_lock(self) -> bool:
         self.lock_attempts += 1
-        path = self.data_dir / LOCK_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        self._lock = files.lock(self.data_dir / LOCK_NAME, wait=False)
+        if self._lock is None:
             return False
-        self._lock_fd = fd
         log.info("event=maintenance_active pid=%d", os.getpid())
         return True
 
@@ -149,8 +142,7 @@ class Maintainer:
 
     def _write_status(self) -> None:
         try:
-            layout.atomic_write_bytes(self.data_dir / layout.MAINTENANCE_STATUS,
-                                      json.dumps(self.status_document()).encode())
+            files.publish_bytes(self.data_dir / layout.MAINTENANCE_STATUS, json.dumps(self.status_document()).encode())
         except OSError as exc:  # the status is for people; the work goes on without it
             log.warning("event=maintenance_status_unwritable error=%r", str(exc))
 

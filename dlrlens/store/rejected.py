@@ -15,6 +15,8 @@ from pathlib import Path
 
 from dlrlens.store import layout
 
+TIME_FORMAT = "%Y%m%dT%H%M%S%fZ"  # a kept body's name: <time>-<8 hex>.body (UTC)
+
 
 class RejectedBodies:
     def __init__(self, data_dir: Path, keep: int, max_bytes: int):
@@ -28,7 +30,7 @@ class RejectedBodies:
         if self.keep <= 0:
             return
         folder = self.root / reason
-        stem = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
+        stem = f"{datetime.now(timezone.utc):{TIME_FORMAT}}-{uuid.uuid4().hex[:8]}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{stem}.body").write_bytes(body[: self.max_bytes])
@@ -47,3 +49,27 @@ class RejectedBodies:
                         os.unlink(path)
                     except OSError:
                         pass
+
+
+def kept_rejected(data_dir: Path) -> dict[str, dict]:
+    """The kept bodies per reason: ``{reason: {"kept": count, "newest_at": datetime (UTC) or
+    None}}``, the newest body's time taken from its name, else its mtime."""
+    root = Path(data_dir) / layout.REJECTED_DIR
+    found: dict[str, dict] = {}
+    if not root.is_dir():
+        return found
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        bodies = sorted(folder.glob("*.body"))
+        found[folder.name] = {"kept": len(bodies), "newest_at": body_time(bodies[-1]) if bodies else None}
+    return found
+
+
+def body_time(path: Path) -> datetime | None:
+    """When a kept body was received (UTC): from its name, else its mtime; None if it is gone."""
+    try:
+        return datetime.strptime(path.name.split("-")[0], TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        try:
+            return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        except OSError:
+            return None

@@ -16,7 +16,6 @@ after every file it produced is durable.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import threading
@@ -28,9 +27,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from dlrlens.store import layout
+from dlrlens.store import files, layout
 from dlrlens.store.faults import crash_point
 from dlrlens.store.wal import Arrival, StorageError, WriteAheadLog, list_segments, log_document, read_segment
 
@@ -41,26 +39,17 @@ PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=T
 RECENT_IDS = 200_000  # receipt ids remembered per process to count duplicates as they arrive
 
 
+# The crash points of publishing one flushed Parquet file (tests kill the writer at each).
+PARQUET_CRASH_POINTS = {files.WRITTEN: "parquet:before-fsync", files.FSYNCED: "parquet:before-rename",
+                        files.RENAMED: "parquet:before-dir-fsync"}
+
+
 def write_parquet_atomically(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path``: temporary dot-name, fsync, rename, fsync the directory.
+    """Publish ``table`` as the Parquet file ``path`` (:func:`dlrlens.store.files.publish_table`).
 
     A reader globbing ``*.parquet`` sees either no file or the whole file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, **PARQUET_OPTIONS)
-            crash_point("parquet:before-fsync")
-            fh.flush()
-            os.fsync(fh.fileno())
-        crash_point("parquet:before-rename")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    crash_point("parquet:before-dir-fsync")
-    layout.fsync_dir(path.parent)
+    files.publish_table(table, path, crash_points=PARQUET_CRASH_POINTS, **PARQUET_OPTIONS)
 
 
 def records_to_table(records: list[dict]) -> pa.Table:
@@ -76,23 +65,6 @@ def records_to_table(records: list[dict]) -> pa.Table:
         schema=layout.RECEIPT_SCHEMA,
     )
     return table.sort_by([("delivery_message_id", "ascending"), ("created", "ascending")])
-
-
-def remove_orphan_temp_files(root: Path) -> int:
-    """Delete ``.*.<pid>.tmp`` files under ``root`` whose writing process no longer exists."""
-    removed = 0
-    for tmp in root.glob("*/.*.tmp") if root.is_dir() else ():
-        try:
-            pid = int(tmp.name.rsplit(".", 2)[-2])
-            os.kill(pid, 0)
-            continue  # its writer is alive and may still rename it
-        except ProcessLookupError:
-            pass
-        except (ValueError, PermissionError):
-            continue
-        tmp.unlink(missing_ok=True)
-        removed += 1
-    return removed
 
 
 def utc_day(micros: int) -> str:
@@ -124,7 +96,7 @@ def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict
         crash_point("flush:between-partitions")
     crash_point("flush:before-segment-delete")
     segment.unlink()
-    layout.fsync_dir(segment.parent)
+    files.fsync_dir(segment.parent)
     return len(records)
 
 
@@ -179,7 +151,7 @@ class Counters:
 
     def save(self) -> None:
         try:
-            layout.atomic_write_bytes(self.path, self._json.dumps(self.snapshot()).encode())
+            files.publish_bytes(self.path, self._json.dumps(self.snapshot()).encode())
         except OSError:
             pass  # counters are best effort; receipts are not
 
@@ -222,16 +194,12 @@ class ReceiptStorage:
 
     # -- slots ---------------------------------------------------------------------------
 
-    def _take_slot(self) -> tuple[str, int]:
+    def _take_slot(self) -> tuple[str, files.FileLock]:
         for number in range(10_000):
             slot = f"w{number:03d}"
-            fd = os.open(self.wal_root / f"{slot}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            return slot, fd
+            held = files.lock(self.wal_root / f"{slot}.lock", wait=False)
+            if held is not None:
+                return slot, held
         raise RuntimeError("no free writer slot")
 
     def recover(self) -> int:
@@ -239,21 +207,15 @@ class ReceiptStorage:
 
         Also removes temporary files left by writers that died mid-write.
         """
-        remove_orphan_temp_files(layout.receipts_dir(self.data_dir))
+        files.remove_orphan_temp_files(layout.receipts_dir(self.data_dir))
         recovered = self._flush_dir(self.slot, self.wal_root / self.slot)
         for lock_path in sorted(self.wal_root.glob("*.lock")):
             slot = lock_path.stem
             if slot == self.slot or not list_segments(self.wal_root / slot):
                 continue
-            fd = os.open(lock_path, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live process owns it and will flush it itself
-            else:
-                recovered += self._flush_dir(slot, self.wal_root / slot)
-            finally:
-                os.close(fd)
+            with files.locked(lock_path, wait=False) as held:
+                if held:  # else a live process owns it and will flush it itself
+                    recovered += self._flush_dir(slot, self.wal_root / slot)
         if recovered:
             log.info("event=recovered receipts=%d", recovered)
         return recovered
@@ -285,7 +247,7 @@ class ReceiptStorage:
             quarantine.mkdir(exist_ok=True)
             target = quarantine / f"{slot}-{segment.name}"
             os.replace(segment, target)
-            layout.fsync_dir(quarantine)
+            files.fsync_dir(quarantine)
             self.counters.add("quarantined_segments")
             log.error("event=segment_quarantined segment=%s error=%r", target, str(exc))
             return 0
@@ -404,4 +366,4 @@ class ReceiptStorage:
         except StorageError:
             pass
         self.counters.save()
-        os.close(self._slot_lock)
+        self._slot_lock.release()

@@ -20,8 +20,8 @@ cleared before each run so that every run computes; the median of ``--repeat`` r
 the store keeps per immutable derived file (the latency partials, see
 ``Store.latency_counts``) is kept between runs, as it is between data versions in a running
 dashboard; the warm-up run starts without it and is printed as *first run*.
-*baseline*: the same functions on ``queries.BaselineStore``: the straightforward definition,
-GROUP BY delivery_message_id over the raw Parquet files (``dashboard/_sql.messages_sql``),
+*baseline*: the same functions on ``tests.support.baseline.BaselineStore``: the straightforward
+definition, GROUP BY delivery_message_id over the raw Parquet files (its ``messages_sql``),
 done once per case (page) into a temporary table, then the page's queries on it with DuckDB's
 quantile_cont; run once per case in a child process (its memory is not ours). Every case's
 results are compared with ours: they must be identical.
@@ -128,7 +128,7 @@ def child_baseline(data_dir: Path, names: list[str], out: Path) -> None:
     """
     import pickle
 
-    from dashboard.queries import BaselineStore
+    from tests.support.baseline import BaselineStore
 
     spec = json.loads(os.environ["DLRLENS_BENCH_CASES"])
     now = datetime.fromisoformat(os.environ["DLRLENS_BENCH_NOW"])

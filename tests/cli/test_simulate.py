@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import threading
@@ -16,7 +15,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 import pytest
 from hypothesis import given, strategies as st
 
-from dlrlens import simulate
+from dlrlens import cli, simulate
 from dlrlens.simulate import (
     FORM_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
@@ -485,14 +484,11 @@ def test_send_counts_connection_errors_after_retries():
 
 def test_cli_run_posts_the_generated_traffic(server, capsys):
     base, recorder = server
-    parser = argparse.ArgumentParser()
-    simulate.add_arguments(parser)
-    args = parser.parse_args([
-        "--url", f"{base}/dlr?env=demo", "--campaigns", "2", "--messages", "30", "--seed", "9",
+    assert cli.main([
+        "simulate", "--url", f"{base}/dlr?env=demo", "--campaigns", "2", "--messages", "30", "--seed", "9",
         "--duplicates", "0.1", "--xml-share", "0.5", "--start", "2026-01-05T08:00:00",
         "--time-scale", "10", "--token", "hush", "--concurrency", "2",
-    ])
-    assert simulate.run(args) == 0
+    ]) == 0
     expected = generate_traffic(2, 30, 9, datetime(2026, 1, 5, 8, tzinfo=timezone.utc),
                                 duplicates=0.1, xml_share=0.5, time_scale=10)
     assert Counter(body for _, _, body in recorder.requests) == Counter(p.body for p in expected)
@@ -506,9 +502,22 @@ def test_cli_run_posts_the_generated_traffic(server, capsys):
 
 
 def test_cli_rejects_bad_options():
-    parser = argparse.ArgumentParser()
-    simulate.add_arguments(parser)
+    parser = cli.build_parser("simulate")
     for bad in (["--duplicates", "2"], ["--time-scale", "0"], ["--start", "yesterday"],
-                ["--campaigns", "0"], ["--rate", "-1"]):
+                ["--campaigns", "0"], ["--rate", "-1"], ["--data", "somewhere"]):
         with pytest.raises(SystemExit):
-            parser.parse_args(["--url", "http://x/dlr", *bad])
+            parser.parse_args(["simulate", "--url", "http://x/dlr", *bad])
+    args = parser.parse_args(["simulate", "--url", "http://x/dlr", "--start", "2026-01-05T08:00:00"])
+    assert args.start == datetime(2026, 1, 5, 8, tzinfo=timezone.utc)  # no offset: UTC
+
+
+def test_plan_traffic_ends_now_unless_told_otherwise():
+    now = datetime(2026, 3, 2, 12, tzinfo=timezone.utc)
+    plan = simulate.plan_traffic(2, 200, seed=4, time_scale=60, now=now)
+    span = simulate.DEFAULT_SPAN / 60
+    assert plan.seed == 4 and plan.start == now - (simulate.DEFAULT_SPAN + simulate.DEFAULT_TAIL_ROOM) / 60
+    assert plan.posts == generate_traffic(2, 200, 4, plan.start, time_scale=60, until=now)
+    assert max(p.due for p in plan.posts) <= now and min(p.due for p in plan.posts) >= plan.start
+    future = simulate.plan_traffic(1, 20, start=now + timedelta(days=1), now=now)
+    assert future.posts[-1].due > now + span  # a future start keeps its receipts
+    assert 0 <= simulate.plan_traffic(1, 5, now=now).seed < 2**32  # drawn, and printed by the CLI

@@ -5,72 +5,15 @@ from __future__ import annotations
 import base64
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 
-import duckdb
 import pytest
 import requests
 
-from dlrlens.store import layout
+from tests.support.receipts import (MOBIVATE, RECEIPT_JSON, metric, receipt, rows_of, stored_rows, wait_rows,
+                                    wait_stored)
 from tests.support.servers import running_collector, wait_until
 
-MOBIVATE = Path(__file__).resolve().parents[1] / "fixtures" / "mobivate"
-RECEIPT_JSON = (MOBIVATE / "receipt.json").read_bytes()
-
-
-def stored_rows(data_dir: Path) -> list[dict]:
-    files = list(Path(data_dir).glob(layout.PARQUET_GLOB))
-    if not files:
-        return []
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    cursor = con.execute(
-        "SELECT * FROM read_parquet(?, union_by_name=true) ORDER BY delivery_message_id, created",
-        [layout.parquet_glob(data_dir)],
-    )
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
-def wait_rows(data_dir: Path, ready, timeout: float = 20, what: str = "stored receipts") -> list[dict]:
-    """Stored rows once ``ready(rows)`` holds (flushes happen every few hundred ms)."""
-    def check():
-        rows = stored_rows(data_dir)
-        return rows if ready(rows) else None
-    return wait_until(check, timeout, interval=0.2, what=what)
-
-
-def wait_stored(data_dir: Path, count: int, timeout: float = 20) -> list[dict]:
-    return wait_rows(data_dir, lambda rows: len(rows) >= count, timeout, what=f"{count} stored receipts")
-
-
-def rows_of(data_dir: Path, prefix: str, count: int) -> list[dict]:
-    """The stored rows whose message id starts with ``prefix``, once there are ``count``."""
-    def mine(rows):
-        return [r for r in rows if r["delivery_message_id"].startswith(prefix)]
-    return mine(wait_rows(data_dir, lambda rows: len(mine(rows)) >= count, what=f"{count} rows {prefix}*"))
-
-
-def metric(url: str, name: str) -> float:
-    text = requests.get(url + "/metrics", timeout=5).text
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-@pytest.fixture(scope="module")
-def collector(tmp_path_factory):
-    data = tmp_path_factory.mktemp("collector") / "data"
-    with running_collector(data, workers=2, flush_seconds=0.3) as running:
-        yield running
-
-
-def receipt(message_id: str, status: str = "DELIVERED", code=1, created="2026-11-20T10:00:00.000+00:00", **more):
-    doc = {"deliveryMessageId": message_id, "batchId": "B1", "clientReference": None, "created": created,
-           "status": status, "statusCode": code, "parts": 1, "hlr": None}
-    doc.update(more)
-    return doc
+# ``collector`` (tests/conftest.py): one real collector, two workers, shared by this module's tests.
 
 
 def test_json_receipt_is_stored_field_by_field(collector):

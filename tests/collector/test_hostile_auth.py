@@ -29,8 +29,8 @@ import pytest
 import requests
 
 from collector.security import FailureLimiter, SecretRedactor, source_of
+from tests.support.receipts import receipt, rows_of
 from tests.support.servers import REPO, Collector, free_port, running_collector, wait_started
-from tests.collector.test_collector import receipt, rows_of
 
 SECRET = "s3cr3t-Tok3n_Zq9X"
 

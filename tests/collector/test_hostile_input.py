@@ -13,9 +13,9 @@ asserts what the attacker got before the fix can no longer happen:
 12. ``/healthz`` names the kind of a storage error, never the data directory's path.
 
 Each refusal is also checked to be counted by reason in ``/metrics`` and kept under
-``data/rejected/<reason>/``. In-process tests (``app.test_client()``) cover the branches, and
-hypothesis properties the new pure functions (the created window, the days bound, labels,
-canonical paths, duration settings).
+``data/rejected/<reason>/``. In-process tests (``app.test_client()``; every refusal reason in
+test_app_inprocess.py) cover the branches, and hypothesis properties the new pure functions
+(the created window, the days bound, labels, canonical paths, duration settings).
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import collector.app as app_module
 from dlrlens.store import layout
-from collector.app import canonical_path, create_app, is_receipt_path, label_policy, receipt_limits
+from collector.app import canonical_path, is_receipt_path, label_policy, receipt_limits
 from collector.parsing import (
     MAX_LABELS,
     MAX_REPORTED_ERRORS,
@@ -48,8 +47,8 @@ from collector.settings import default_settings, load_settings
 from dlrlens.store.writer import error_kind
 from dlrlens.store.wal import StorageError
 from dashboard import queries
+from tests.support.receipts import metric, rows_of, stored_rows
 from tests.support.servers import running_collector, wait_until
-from tests.collector.test_collector import metric, rows_of, stored_rows
 
 UTC = timezone.utc
 DEFAULTS = default_settings()
@@ -93,11 +92,9 @@ def receipts_tree(data_dir: Path) -> set[Path]:
 
 
 @pytest.fixture(scope="module")
-def collector(tmp_path_factory):
+def collector(collectors):
     """One worker: its /healthz backlog is the whole collector's, and its counters are live."""
-    data = tmp_path_factory.mktemp("hostile") / "data"
-    with running_collector(data, workers=1, flush_seconds=0.2) as running:
-        yield running
+    return collectors("hostile", workers=1, flush_seconds=0.2)
 
 
 # -- 1. far-future created ---------------------------------------------------------------------
@@ -268,20 +265,14 @@ def test_double_slash_paths_store_and_no_path_variant_fails(tmp_path):
 
 
 # -- 12. /healthz never shows a path --------------------------------------------------------------
-
-
-@pytest.fixture
-def app(tmp_path):
-    app = create_app(load_settings(data_dir=tmp_path / "data", flush_seconds=60.0))
-    yield app
-    app.extensions["dlrlens"]["storage"].close()
+# ``app``, ``make_app``: the collector in-process (tests/conftest.py).
 
 
 def test_healthz_names_the_error_kind_never_the_data_path(app, monkeypatch, tmp_path):
     def refused(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(app_module, "open", refused, raising=False)
+    monkeypatch.setattr("dlrlens.store.files.open", refused, raising=False)  # the store's write probe
     answer = app.test_client().get("/healthz")
     assert answer.status_code == 503
     assert answer.json["storage_writable"] is False and answer.json["storage_error"] == "EACCES"
@@ -519,14 +510,10 @@ def test_property_canonical_path_is_idempotent_and_agrees_with_routing(path):
     assert is_receipt_path(canonical) == (canonical == "/dlr" or canonical.startswith("/dlr/"))
 
 
-def test_served_document_follows_the_label_settings(tmp_path):
-    custom = load_settings(data_dir=tmp_path / "data", flush_seconds=60.0, label_keys=frozenset({"campaign", "shop"}),
-                           label_max_length=10)
-    app = create_app(custom)
-    try:
-        document = app.test_client().get("/openapi.json").json
-    finally:
-        app.extensions["dlrlens"]["storage"].close()
+def test_served_document_follows_the_label_settings(make_app):
+    app = make_app(label_keys=frozenset({"campaign", "shop"}), label_max_length=10)
+    custom = app.extensions["dlrlens"]["settings"]
+    document = app.test_client().get("/openapi.json").json
     parameters = {p["name"]: p for p in document["paths"]["/dlr"]["post"]["parameters"]}
     assert parameters["campaign"]["schema"]["maxLength"] == 10
     assert set(parameters["labels"]["schema"]["properties"]) == {"shop"}

@@ -22,9 +22,7 @@ from hypothesis import settings
 from openapi_spec_validator import validate as validate_openapi_document
 
 from collector import openapi
-from collector.app import create_app
-from collector.settings import SETTINGS_TABLE, load_settings
-from tests.support.servers import running_collector
+from collector.settings import SETTINGS_TABLE
 
 REPO = Path(__file__).resolve().parents[2]
 # Generated cases per operation in the fuzzing phase (schemathesis adds its examples and
@@ -43,10 +41,8 @@ NO_CLOCK_BOUNDS = {"DLRLENS_CREATED_MAX_AHEAD": "0", "DLRLENS_CREATED_MAX_AGE": 
 
 
 @pytest.fixture(scope="module")
-def collector(tmp_path_factory):
-    data = tmp_path_factory.mktemp("openapi") / "data"
-    with running_collector(data, workers=2, flush_seconds=0.3, env=NO_CLOCK_BOUNDS) as running:
-        yield running
+def collector(collectors):
+    return collectors("openapi", workers=2, flush_seconds=0.3, env=NO_CLOCK_BOUNDS)
 
 
 @pytest.fixture(scope="module")
@@ -155,19 +151,15 @@ def test_every_pattern_compiles_for_python_and_for_schemathesis_validator():
         jsonschema_rs.validator_for({"type": "string", "pattern": pattern})
 
 
-def test_document_lists_exactly_the_apps_routes(tmp_path):
-    app = create_app(load_settings(data_dir=tmp_path / "data", flush_seconds=60.0))
-    try:
-        routes = set()
-        for rule in app.url_map.iter_rules():
-            if rule.endpoint == "static":
-                continue
-            path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
-            routes |= {(path, method.lower()) for method in rule.methods - {"HEAD", "OPTIONS"}}
-        documented = {(path, method) for path, item in openapi.openapi_document()["paths"].items() for method in item}
-        assert routes == documented
-    finally:
-        app.extensions["dlrlens"]["storage"].close()
+def test_document_lists_exactly_the_apps_routes(app):
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        routes |= {(path, method.lower()) for method in rule.methods - {"HEAD", "OPTIONS"}}
+    documented = {(path, method) for path, item in openapi.openapi_document()["paths"].items() for method in item}
+    assert routes == documented
 
 
 def _reasons_in_code() -> set[str]:

@@ -145,19 +145,17 @@ def memory_bytes(pid: int, field_name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def collector(tmp_path_factory):
-    data = tmp_path_factory.mktemp("fuzz") / "data"
-    with running_collector(data, workers=2, flush_seconds=0.3) as running:
-        running.initial_workers = worker_pids(running)
-        assert len(running.initial_workers) == 2
-        yield running
+def collector(collectors):
+    running = collectors("fuzz", workers=2, flush_seconds=0.3)
+    running.initial_workers = worker_pids(running)
+    assert len(running.initial_workers) == 2
+    return running
 
 
 @pytest.fixture(scope="module")
-def spare_collector(tmp_path_factory):
+def spare_collector(collectors):
     """A collector of its own for reproducing known bugs (they leave tracebacks in its log)."""
-    with running_collector(tmp_path_factory.mktemp("spare") / "data", workers=1) as running:
-        yield running
+    return collectors("spare", workers=1)
 
 
 # -- raw HTTP, for what requests will not send ---------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import auth
+from tests.support.browser import CHANGE_TIMEOUT_S, CHROMIUM, MISSING, PAGE_TIMEOUT_S, VIEWPORT
 from tests.support.factory import demo_rows, write_receipts
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
@@ -176,36 +177,21 @@ def test_sign_out_shows_the_login_form_again(tmp_path, monkeypatch):
 def protected_dashboard(tmp_path_factory):
     """A real dashboard (``dlrlens dashboard``) with a password, on demo data."""
     from tests.support.dashboard_server import running_dashboard
-    from tests.system.test_browser import CHROMIUM
 
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing")
+        pytest.skip(MISSING)
     root = tmp_path_factory.mktemp("auth-browser")
     write_receipts(root / "data", demo_rows(50, seed=3))
     with running_dashboard(root / "data", env={auth.PASSWORD_ENV: PASSWORD}) as app:
         yield app
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    from tests.system.test_browser import CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_S
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                             timeout=PAGE_TIMEOUT_S * 1000)
-        try:
-            yield browser
-        finally:
-            browser.close()
+# ``chromium`` (tests/conftest.py): one headless browser for the module.
 
 
 def signed_in_download(chromium, dashboard):
     """A new browser session that signs in and downloads the campaign report (JSON);
     returns (context, page, the file's /media URL, its bytes)."""
-    from tests.system.test_browser import CHANGE_TIMEOUT_S, PAGE_TIMEOUT_S, VIEWPORT
-
     context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
     context.set_default_timeout(PAGE_TIMEOUT_S * 1000)
     page = context.new_page()

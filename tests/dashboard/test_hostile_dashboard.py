@@ -27,7 +27,9 @@ from streamlit.testing.v1 import AppTest
 from dlrlens.store import derive
 from dashboard import queries as q
 from dashboard import state
-from dashboard.queries import BaselineStore, Filters, Store
+from dashboard.queries import Filters, Store
+from tests.support.baseline import BaselineStore
+from tests.support.browser import CHANGE_TIMEOUT_S, PAGE_TIMEOUT_S, VIEWPORT, query, sidebar_multiselect, wait_for_cards
 from tests.support.factory import demo_rows, message, receipt, utc, write_receipts
 
 UTC = timezone.utc
@@ -338,28 +340,23 @@ def test_campaigns_page_offers_a_bounded_comparison_list(monkeypatch, crowd):
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_a_real_page_over_thousands_of_campaigns_stays_small_and_search_works(crowd, tmp_path):
-    """The real dashboard in headless Chromium: what the first Overview render sends over the
-    websocket stays bounded, and a campaign outside the list is found by the sidebar search."""
-    tb = pytest.importorskip("tests.system.test_browser")
-    if not tb.CHROMIUM.exists():
-        pytest.skip(f"{tb.CHROMIUM} is missing")
-    from playwright.sync_api import sync_playwright
-
+def test_a_real_page_over_thousands_of_campaigns_stays_small_and_search_works(crowd, chromium, tmp_path):
+    """The real dashboard in headless Chromium (``chromium``, tests/conftest.py): what the first
+    Overview render sends over the websocket stays bounded, and a campaign outside the list is
+    found by the sidebar search."""
     from tests.support.dashboard_server import running_dashboard
 
     data = tmp_path / "data"
     shutil.copytree(crowd, data)
-    with running_dashboard(data) as app, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(tb.CHROMIUM), args=tb.CHROMIUM_ARGS,
-                                             timeout=tb.PAGE_TIMEOUT_S * 1000)
+    with running_dashboard(data) as app:
+        context = chromium.new_context(viewport=VIEWPORT)
         try:
-            page = browser.new_context(viewport=tb.VIEWPORT).new_page()
-            page.set_default_timeout(tb.CHANGE_TIMEOUT_S * 1000)
+            page = context.new_page()
+            page.set_default_timeout(CHANGE_TIMEOUT_S * 1000)
             received: list[int] = []
             page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: received.append(len(payload))))
-            page.goto(app.url, timeout=tb.PAGE_TIMEOUT_S * 1000)
-            tb.wait_for_cards(page, {"Messages": f"{CAMPAIGNS + 7:,}"}, timeout_s=tb.PAGE_TIMEOUT_S)
+            page.goto(app.url, timeout=PAGE_TIMEOUT_S * 1000)
+            wait_for_cards(page, {"Messages": f"{CAMPAIGNS + 7:,}"}, timeout_s=PAGE_TIMEOUT_S)
             settle = time.monotonic() + 3  # until the run's last messages are in
             while time.monotonic() < settle:
                 page.wait_for_timeout(250)
@@ -370,14 +367,14 @@ def test_a_real_page_over_thousands_of_campaigns_stays_small_and_search_works(cr
                 has=page.get_by_text("Search campaigns", exact=True)).locator("input")
             search.fill("post-4321")
             search.press("Enter")
-            campaigns = tb.sidebar_multiselect(page, "Campaigns")
+            campaigns = sidebar_multiselect(page, "Campaigns")
             campaigns.locator("input").click()
             page.get_by_role("option", name="post-4321", exact=True).click()  # waits for the rerun
             page.keyboard.press("Escape")
-            tb.wait_for_cards(page, {"Messages": "1"})
-            assert tb.query(page)["campaign"] == ["post-4321"]
+            wait_for_cards(page, {"Messages": "1"})
+            assert query(page)["campaign"] == ["post-4321"]
         finally:
-            browser.close()
+            context.close()
 
 
 def test_a_label_filter_right_after_the_data_range(far_data):

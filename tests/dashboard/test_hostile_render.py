@@ -16,6 +16,7 @@ they come out:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import html
@@ -41,6 +42,7 @@ from dashboard import charts, downloads, queries, report, safe_text
 from dashboard.queries import Filters, Store
 from dashboard.safe_text import csv_cell, md_text, plotly_text
 from dlrlens.cli import main as dlrlens_main
+from tests.support.browser import CHANGE_TIMEOUT_S, CHROMIUM, MISSING, PAGE_TIMEOUT_S, VIEWPORT, poll
 from tests.support.factory import message, write_receipts
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
@@ -445,10 +447,9 @@ def hostile_dashboard(tmp_path_factory):
     """A real dashboard over the hostile campaigns (receipts an hour old) and the tracker
     their image points at."""
     from tests.support.dashboard_server import running_dashboard
-    from tests.system.test_browser import CHROMIUM
 
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing")
+        pytest.skip(MISSING)
     tracker = Tracker()
     root = tmp_path_factory.mktemp("hostile-browser")
     names = hostile_names(tracker.port)
@@ -461,33 +462,27 @@ def hostile_dashboard(tmp_path_factory):
 
 
 @pytest.fixture
-def hostile_page(hostile_dashboard, tmp_path):
-    from playwright.sync_api import sync_playwright
+def hostile_page(hostile_dashboard, chromium, tmp_path, request):
+    """A fresh session in the module's browser (``chromium``, tests/conftest.py); when the test
+    failed, ``failure.png`` (full page) is saved in ``tmp_path``."""
+    from tests.support.dashboard_server import full_page_screenshot
 
-    from tests.system.test_browser import CHANGE_TIMEOUT_S, CHROMIUM, CHROMIUM_ARGS, PAGE_TIMEOUT_S, VIEWPORT
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                             timeout=PAGE_TIMEOUT_S * 1000)
-        try:
-            context = browser.new_context(viewport=VIEWPORT)
-            context.set_default_timeout(CHANGE_TIMEOUT_S * 1000)
-            page = context.new_page()
-            try:
-                yield page
-            except BaseException:
-                from tests.support.dashboard_server import full_page_screenshot
+    failed_before = request.session.testsfailed  # pytest counts a failed call before teardown
+    context = chromium.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(CHANGE_TIMEOUT_S * 1000)
+    page = context.new_page()
+    try:
+        yield page
+    finally:
+        if request.session.testsfailed > failed_before:
+            with contextlib.suppress(Exception):
                 full_page_screenshot(page, tmp_path / "failure.png")
-                raise
-        finally:
-            browser.close()
+        context.close()
 
 
 @pytest.mark.browser
 @pytest.mark.slow
 def test_hostile_names_render_as_text_in_the_browser(hostile_dashboard, hostile_page, tmp_path):
-    from tests.system.test_browser import PAGE_TIMEOUT_S, poll
-
     app, tracker, names = hostile_dashboard
     page = hostile_page
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -12,6 +11,7 @@ import openpyxl
 import pandas as pd
 import pytest
 
+from dashboard import catalog
 from dashboard import queries as q
 from dashboard import report as r
 from dashboard.queries import Filters, Store
@@ -65,11 +65,14 @@ def test_sheets_and_summary_equal_the_queries(store, report):
     assert daily["messages"].sum() == expected["messages"]
 
 
-def test_every_kpi_has_a_definition(report):
-    assert set(r.KPI_DEFINITIONS) == set(q.KPI_COLUMNS) == set(r.KPI_LABELS)
+def test_every_kpi_has_its_catalog_label_and_definition(report):
+    assert [kpi.column for kpi in catalog.KPIS] == q.KPI_COLUMNS
     defs = report["Definitions"]
-    assert defs.set_index("key").loc["delivery_rate", "definition"] == r.KPI_DEFINITIONS["delivery_rate"]
-    assert len(defs) == len(q.KPI_COLUMNS) + len(r.TERM_DEFINITIONS)
+    assert defs["term"].tolist() == [t.name for t in catalog.TERMS] + [k.label for k in catalog.KPIS]
+    assert defs["key"].tolist() == [""] * len(catalog.TERMS) + q.KPI_COLUMNS
+    assert defs.set_index("key").loc["delivery_rate", "definition"] == catalog.kpi("delivery_rate").definition
+    summary = report["Summary"].set_index("key")
+    assert summary.loc["latency_p95_s", "item"] == "Time to deliver p95 (s)"
 
 
 def test_csv_is_the_campaigns_table_at_full_precision(report, tmp_path):
@@ -140,59 +143,49 @@ def test_report_filename():
         r.report_bytes({}, "pdf")
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- a report file
+# (what `dlrlens report` prints and its exit codes: tests/cli/test_cli.py)
 
 
-def cli(argv):
-    parser = argparse.ArgumentParser(prog="dlrlens report")
-    r.add_report_arguments(parser)
-    return parser.parse_args(argv)
-
-
-def test_cli_writes_the_report_for_local_dates(data_dir, store, tmp_path, capsys):
+def test_campaign_report_file_for_local_dates(data_dir, store, tmp_path):
     out = tmp_path / "november.json"
-    code = r.run_report(cli(["--from", "2026-11-01", "--to", "2026-11-04", "--tz", "Europe/Berlin",
-                             "--campaign", "welcome", "--campaign", "reminder", "--output", str(out)]), data_dir)
-    assert code == 0
+    f = r.report_filters("2026-11-01", "2026-11-04", ["welcome", "reminder"], "Europe/Berlin")
+    assert f == Filters(start=NOVEMBER.start, end=NOVEMBER.end, campaigns=("welcome", "reminder"), tz="Europe/Berlin")
+    written = r.write_campaign_report(data_dir, f, "json", out)
     doc = json.loads(out.read_text())
-    f = Filters(start=NOVEMBER.start, end=NOVEMBER.end, campaigns=("welcome", "reminder"), tz="Europe/Berlin")
     expected = q.campaigns(store, f, receipt_figures=True)
     assert sorted(row["campaign"] for row in doc["Campaigns"]) == ["reminder", "welcome"]
     for row, (_, want) in zip(doc["Campaigns"], expected.iterrows()):
         assert row["messages"] == want["messages"] and same(row["delivery_rate"], want["delivery_rate"])
-    assert f"wrote {out}" in capsys.readouterr().out
+    assert written == r.WrittenReport(out, "json", int(expected["messages"].sum()), 2)
 
 
-def test_cli_format_from_extension_and_directory_output(data_dir, tmp_path):
-    assert r.run_report(cli(["--from", "2026-11-02", "--to", "2026-11-02", "--output", str(tmp_path)]), data_dir) == 0
-    written = tmp_path / "dlrlens-campaign-report_2026-11-02_2026-11-02.xlsx"
-    assert openpyxl.load_workbook(written).sheetnames == list(r.SHEETS)
+def test_format_from_extension_and_directory_output(data_dir, tmp_path):
+    day = r.report_filters("2026-11-02", "2026-11-02")
+    written = r.write_campaign_report(data_dir, day, r.output_format(tmp_path), tmp_path)
+    assert written.path == tmp_path / "dlrlens-campaign-report_2026-11-02_2026-11-02.xlsx"
+    assert openpyxl.load_workbook(written.path).sheetnames == list(r.SHEETS)
     csv_path = tmp_path / "c.csv"
-    assert r.run_report(cli(["--output", str(csv_path)]), data_dir) == 0
+    assert r.output_format(csv_path) == "csv" and r.output_format(csv_path, "json") == "json"
+    r.write_campaign_report(data_dir, r.report_filters(), r.output_format(csv_path), csv_path)
     assert pd.read_csv(csv_path)["messages"].sum() == 250
 
 
-@pytest.mark.parametrize("argv, message_part", [
-    (["--from", "2026-13-01"], "--from '2026-13-01' is not a date"),
-    (["--to", "yesterday"], "--to 'yesterday' is not a date"),
-    (["--from", "2026-11-05", "--to", "2026-11-01"], "is before --from"),
-    (["--tz", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
+@pytest.mark.parametrize("args, message_part", [
+    (("2026-13-01", None), "--from '2026-13-01' is not a date"),
+    ((None, "yesterday"), "--to 'yesterday' is not a date"),
+    (("2026-11-05", "2026-11-01"), "is before --from"),
+    ((None, None, (), "Mars/Olympus"), "unknown time zone 'Mars/Olympus'"),
 ])
-def test_cli_rejects_bad_input(data_dir, tmp_path, capsys, argv, message_part):
-    out = tmp_path / "r.xlsx"
-    assert r.run_report(cli(argv + ["--output", str(out)]), data_dir) == 2
-    assert message_part in capsys.readouterr().err
-    assert not out.exists()
+def test_report_filters_reject_bad_input(args, message_part):
+    with pytest.raises(ValueError, match=message_part):
+        r.report_filters(*args)
 
 
-def test_cli_without_data_fails(tmp_path, capsys):
-    assert r.run_report(cli(["--output", str(tmp_path / "r.csv")]), tmp_path / "nothing") == 1
-    assert "no receipt files" in capsys.readouterr().err
-
-
-def test_cli_bad_format_is_an_argparse_error():
-    with pytest.raises(SystemExit):
-        cli(["--format", "pdf", "--output", "x"])
+def test_no_receipts_no_report(tmp_path):
+    with pytest.raises(r.NoReceipts, match="no receipt files"):
+        r.write_campaign_report(tmp_path / "nothing", r.report_filters(), "csv", tmp_path / "r.csv")
+    assert not (tmp_path / "r.csv").exists()
 
 
 def test_report_on_a_period_without_messages(tmp_path):

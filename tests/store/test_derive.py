@@ -1,5 +1,6 @@
-"""The derived per-message state (dlrlens/store/derive.py) and the dashboard's fast path over it
-(dashboard/queries.py) give exactly the straightforward definitions (queries.BaselineStore).
+"""The derived per-message state (dlrlens/store/derive.py) and the store's fast path over it
+(dlrlens/store/reader.py, asked through dashboard/queries/) give exactly the straightforward
+definitions (tests/support/baseline.py: BaselineStore).
 
 The data: a generated data set (tests/benchmarks/generate.py: duplicates, out-of-order
 arrival, regressions, final after final, late finals days after the send, an unrecognised
@@ -26,9 +27,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from dlrlens.store import compaction, derive, layout
+from dlrlens.store import compaction, derive, layout, reader
 from dashboard import queries as q
-from dashboard.queries import BaselineStore, Filters, Store
+from dashboard.queries import Filters, Store
+from tests.support.baseline import BaselineStore
 from tests.support.factory import parquet_bytes, receipt, utc
 
 UTC = timezone.utc
@@ -288,12 +290,12 @@ def test_latency_partials_kept_across_updates_stay_exact(tmp_path, staged, monke
     files): the latency partials it keeps per derived file give the baseline's percentiles,
     files that did not change are not read again, and the exact two-pass method never falls
     back to DuckDB's quantile_cont."""
-    by_duckdb = q._quantiles_by_duckdb
+    by_duckdb = reader._quantiles_by_duckdb
 
     def baseline_only(store, *args):
-        assert store.duckdb_quantiles, "the fast path fell back to quantile_cont"
+        assert isinstance(store, BaselineStore), "the fast path fell back to quantile_cont"
         return by_duckdb(store, *args)
-    monkeypatch.setattr(q, "_quantiles_by_duckdb", baseline_only)
+    monkeypatch.setattr(reader, "_quantiles_by_duckdb", baseline_only)
     data = tmp_path / "data"
     reused = 0
     with Store(data) as store:

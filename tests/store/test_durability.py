@@ -17,8 +17,8 @@ from dlrlens.store import layout
 from dlrlens.store.writer import ReceiptStorage
 from dlrlens.store.wal import WriteAheadLog, encode_record, list_segments, read_segment
 from tests.support.reliability import kill_at_random
+from tests.support.receipts import receipt, stored_rows
 from tests.support.servers import running_collector, wait_until
-from tests.collector.test_collector import receipt, stored_rows
 
 
 def message_ids(data_dir: Path) -> list[str]:

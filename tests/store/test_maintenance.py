@@ -21,7 +21,7 @@ from dlrlens.store.compaction import bytes_per_receipt
 from dlrlens.store import maintenance
 from dlrlens.store.maintenance import Maintainer, start
 from tests.support.servers import REPO, wait_until
-from tests.store.test_compaction import (
+from tests.support.store_files import (
     stored_rows,
     synthetic_receipts,
     visible_files,

@@ -6,14 +6,13 @@ its own browser context, i.e. a fresh dashboard session. The receipts are a smal
 figures are known by construction (:data:`EXPECTED`), so every assertion names exact numbers
 as the cards and tables print them. Screenshots (full page) land in each test's ``tmp_path``.
 
-Waits are bounded and poll the page through Playwright (``page.wait_for_timeout``), never
-``time.sleep``: the sync API only takes in browser events while it is called.
+Chromium, its waits and :func:`poll` come from :mod:`tests.support.browser` (the ``chromium``
+fixture from tests/conftest.py: one browser for the module).
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -22,24 +21,12 @@ import pytest
 import requests
 
 from dlrlens.statuses import lookup
+from tests.support.browser import (CHANGE_TIMEOUT_S, CHROMIUM, MISSING, PAGE_TIMEOUT_S, VIEWPORT, poll, query,
+                                   read_first_table, sidebar_multiselect, wait_for_cards)
 from tests.support.dashboard_server import full_page_screenshot, running_dashboard, wait_for_parquet
 from tests.support.servers import running_collector
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage"]
-VIEWPORT = {"width": 1440, "height": 1000}
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason=f"{CHROMIUM} is missing (scripts/test.sh installs Debian's chromium as root)"),
-]
-
-# Bounds of the waits, generous for a busy 2-core machine.
-PAGE_TIMEOUT_S = 60  # a fresh session's first full render
-CHANGE_TIMEOUT_S = 30  # a rerun after a click
-POLL_MS = 250
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not CHROMIUM.exists(), reason=MISSING)]
 
 # --------------------------------------------------------------------------- the receipts
 
@@ -125,25 +112,12 @@ def dashboard(tmp_path_factory):
         yield app
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                              timeout=PAGE_TIMEOUT_S * 1000)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 @pytest.fixture
-def page(browser, dashboard, tmp_path, request):
+def page(chromium, dashboard, tmp_path, request):
     """A fresh browser context (a new dashboard session). When the test failed, ``failure.png``
     (full page) is saved in ``tmp_path`` and printed with the dashboard log's tail."""
     failed_before = request.session.testsfailed  # pytest counts a failed call before teardown
-    context = browser.new_context(viewport=VIEWPORT)
+    context = chromium.new_context(viewport=VIEWPORT)
     context.set_default_timeout(CHANGE_TIMEOUT_S * 1000)
     page = context.new_page()
     try:
@@ -158,69 +132,6 @@ def page(browser, dashboard, tmp_path, request):
 
 
 # --------------------------------------------------------------------------- page helpers
-
-READ_CARDS = """cards => cards.map(card => [
-    card.querySelector('[data-testid="stMetricLabel"]')?.innerText.trim(),
-    card.querySelector('[data-testid="stMetricValue"]')?.innerText.trim()])"""
-
-READ_TABLE = """grid => ({
-    headers: [...grid.querySelectorAll('thead th')].map(th => th.innerText.trim()),
-    rows: [...grid.querySelectorAll('tbody tr')].map(tr =>
-        [...tr.querySelectorAll('td')].map(td => td.innerText.trim()))})"""
-
-
-def fail_on_app_error(page) -> None:
-    """Stop waiting at once when the app shows a Python exception."""
-    errors = page.locator('[data-testid="stException"]')
-    if errors.count():
-        raise AssertionError(f"the dashboard shows an exception:\n{errors.first.inner_text()}")
-
-
-def poll(page, read, done, timeout_s: float, what: str):
-    """``read(page)`` until ``done(value)``, at most ``timeout_s``; the last value goes into the
-    error. Waits with ``page.wait_for_timeout`` so Playwright keeps taking in browser events."""
-    deadline = time.monotonic() + timeout_s
-    value = None
-    while True:
-        fail_on_app_error(page)
-        value = read(page)
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last seen: {value!r}")
-        page.wait_for_timeout(POLL_MS)
-
-
-def read_cards(page) -> dict[str, str]:
-    """The Overview's KPI cards, label -> value, as printed."""
-    pairs = page.locator('[data-testid="stMain"] [data-testid="stMetric"]').evaluate_all(READ_CARDS)
-    return {label: value for label, value in pairs if label}
-
-
-def wait_for_cards(page, expected: dict[str, str], timeout_s: float = CHANGE_TIMEOUT_S) -> dict[str, str]:
-    """The cards once they show ``expected`` (a rerun replaces them in place)."""
-    def shows_expected(cards):
-        return all(cards.get(label) == value for label, value in expected.items())
-    return poll(page, read_cards, shows_expected, timeout_s, f"cards {expected}")
-
-
-def read_first_table(page) -> list[dict[str, str]]:
-    """The first data table of the page as rows of header -> cell text (from the grid's
-    accessible DOM, which mirrors the canvas; only rendered rows, fine for a few)."""
-    grid = page.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').first
-    if not grid.count():
-        return []
-    table = grid.evaluate(READ_TABLE)
-    return [dict(zip(table["headers"], cells)) for cells in table["rows"] if cells]
-
-
-def sidebar_multiselect(page, label: str):
-    return (page.locator('[data-testid="stSidebar"] [data-testid="stMultiSelect"]')
-            .filter(has=page.get_by_text(label, exact=True)))
-
-
-def query(page) -> dict[str, list[str]]:
-    return parse_qs(urlsplit(page.url).query)
 
 
 def open_app(page, url: str) -> None:

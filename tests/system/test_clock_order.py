@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import requests
 
 from dashboard import queries
+from tests.support.receipts import receipt, stored_rows
 from tests.support.servers import running_collector, wait_until
-from tests.collector.test_collector import receipt, stored_rows
 
 T0 = datetime(2026, 11, 10, 9, 0, 0, tzinfo=timezone.utc)
 

@@ -1,0 +1,174 @@
+"""The KPI catalog: every KPI's column, label, unit and definition, written once.
+
+Everyone reads it from here: the query layer names its columns after it
+(:data:`KPI_COLUMNS`, :data:`COUNT_KPIS`, :data:`RECEIPT_KPIS`, :data:`LATENCY_COLUMNS`,
+:data:`TREND_COLUMNS`), the pages show a KPI's :attr:`Kpi.definition` as its help tooltip,
+downloads and the report format numbers by :func:`unit`, the report's Summary and
+Definitions sheets list :data:`TERMS` and :data:`KPIS`, and ``scripts/kpi_docs.py`` prints
+the README's KPI table from them (``tests/cli/test_docs.py`` keeps the README equal).
+
+Plain data, no imports beyond the standard library: importing it costs nothing.
+
+A new KPI: add a :class:`Kpi` to :data:`KPIS` (its position is its column's position in
+every table), compute the column in :mod:`dashboard.queries`, and regenerate the README
+block with ``python3 scripts/kpi_docs.py --write``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# How a number reads: a count (1,234), a share of 0..1 (89.3%), a duration in seconds (3.5 s).
+UNITS = ("count", "share", "seconds")
+
+
+@dataclass(frozen=True)
+class Term:
+    """A notion every KPI builds on (shown before the KPIs in the report and the README)."""
+
+    name: str
+    definition: str
+
+
+@dataclass(frozen=True)
+class Kpi:
+    """One KPI.
+
+    ``column``: its key, the column name in every table, download and report. ``label``: its
+    name for people. ``unit``: one of :data:`UNITS`. ``definition``: what it counts, in the
+    words every tooltip, the report and the README show. ``per_receipt``: computed from the
+    raw receipts rather than the per-message state (slow at scale: NaN unless asked for,
+    see :data:`RECEIPT_KPIS`).
+    """
+
+    column: str
+    label: str
+    unit: str
+    definition: str
+    per_receipt: bool = False
+
+    def __post_init__(self):
+        if self.unit not in UNITS:
+            raise ValueError(f"{self.column}: unit {self.unit!r} is not one of {UNITS}")
+
+
+TERMS: tuple[Term, ...] = (
+    Term("Message", "One SMS, identified by Mobivate's deliveryMessageId. A receipt stored more than once "
+         "(same receipt id) counts once."),
+    Term("Campaign", "The campaign label of the webhook URL the message's receipts arrived on (from its earliest "
+         "labelled receipt), else its batchId, else (none)."),
+    Term("Sent time", "The created time of the message's earliest receipt. Date ranges and daily/hourly "
+         "buckets use it, in the report's time zone."),
+    Term("Outcome", "The final receipt (delivered, failed or unknown) with the latest created time decides: "
+         "delivered, failed (its status is the failure reason) or unknown. A message without any final "
+         "receipt is pending. An intermediate receipt never overrides a final one, whatever the arrival order."),
+)
+
+_LATENCY = ("{} percentile of the time to deliver: created time of the message's first DELIVERED receipt "
+            "minus its sent time, over messages with a time to deliver (linear interpolation).")
+_WITHIN = "Share of the messages with a time to deliver that were delivered within {} (inclusive)."
+
+# In column order: every KPI table (queries.kpis, queries.campaigns, the report) has them so.
+KPIS: tuple[Kpi, ...] = (
+    Kpi("messages", "Messages", "count",
+        "Distinct messages sent in the period (by sent time) that match the filters."),
+    Kpi("delivered", "Delivered", "count", "Messages whose outcome is delivered."),
+    Kpi("failed", "Failed", "count",
+        "Messages whose outcome is failed (their deciding status is the failure reason)."),
+    Kpi("unknown", "Unknown", "count",
+        "Messages whose outcome is unknown: the network reported no usable outcome, or Mobivate "
+        "sent a status dlrlens does not recognise."),
+    Kpi("pending", "Pending", "count",
+        "Messages without any final receipt yet (only ACCEPTED, INTERIM_* or RETRY receipts)."),
+    Kpi("delivery_rate", "Delivery rate", "share",
+        "Delivered / (delivered + failed + unknown): the share of finished messages that "
+        "were delivered. Pending messages are left out. Empty when no message has finished."),
+    Kpi("delivered_of_all", "Delivered of all", "share", "Delivered / messages, pending ones included."),
+    Kpi("latency_p50_s", "Time to deliver p50 (s)", "seconds", _LATENCY.format("Median (50th)")),
+    Kpi("latency_p90_s", "Time to deliver p90 (s)", "seconds", _LATENCY.format("90th")),
+    Kpi("latency_p95_s", "Time to deliver p95 (s)", "seconds", _LATENCY.format("95th")),
+    Kpi("latency_p99_s", "Time to deliver p99 (s)", "seconds", _LATENCY.format("99th")),
+    Kpi("latency_messages", "Messages with a time to deliver", "count",
+        "Delivered messages that had a receipt before their first DELIVERED receipt; only "
+        "these have a time to deliver."),
+    Kpi("delivered_without_earlier", "Delivered without an earlier receipt", "count",
+        "Delivered messages whose first receipt was already DELIVERED, so the send "
+        "time is unknown and no time to deliver is counted."),
+    Kpi("within_10s", "Delivered within 10 s", "share", _WITHIN.format("10 seconds")),
+    Kpi("within_1m", "Delivered within 1 min", "share", _WITHIN.format("1 minute")),
+    Kpi("within_5m", "Delivered within 5 min", "share", _WITHIN.format("5 minutes")),
+    Kpi("within_1h", "Delivered within 1 h", "share", _WITHIN.format("1 hour")),
+    Kpi("webhook_lag_p50_s", "Webhook lag p50 (s)", "seconds",
+        "Median of received time minus created time over the messages' distinct receipts: "
+        "how long Mobivate took to call the webhook.", per_receipt=True),
+    Kpi("webhook_lag_p95_s", "Webhook lag p95 (s)", "seconds",
+        "95th percentile of received time minus created time over distinct receipts.", per_receipt=True),
+    Kpi("receipts", "Receipts", "count",
+        "Distinct receipts of the messages (a receipt stored twice counts once).", per_receipt=True),
+    Kpi("duplicate_rows", "Duplicate receipts stored", "count",
+        "Stored receipt rows minus distinct receipts: repeated deliveries of the same receipt "
+        "(Mobivate retries), counted once everywhere else.", per_receipt=True),
+    Kpi("regressions", "Regressions", "count",
+        "Intermediate receipts created after the message's deciding final receipt; they do "
+        "not change the outcome."),
+)
+
+_BY_COLUMN: dict[str, Kpi] = {k.column: k for k in KPIS}
+
+# Units of the other numeric columns of the tables (not KPIs, not counts).
+COLUMN_UNITS: dict[str, str] = {
+    "share": "share",  # a failure reason's share of the failed messages
+    "p50_s": "seconds", "p90_s": "seconds", "p95_s": "seconds", "p99_s": "seconds",  # per-campaign latency
+    "latency_s": "seconds",  # one message's time to deliver
+}
+
+# ---------------------------------------------------------------------------------- column lists
+
+KPI_COLUMNS: list[str] = [k.column for k in KPIS]
+COUNT_KPIS: list[str] = [k.column for k in KPIS if k.unit == "count"]
+RECEIPT_KPIS: list[str] = [k.column for k in KPIS if k.per_receipt]
+LATENCY_PERCENTILE_KPIS: list[str] = [c for c in KPI_COLUMNS if c.startswith("latency_p")]
+WITHIN_KPIS: list[str] = [c for c in KPI_COLUMNS if c.startswith("within_")]
+# queries.latency_by_campaign: per campaign, the percentiles named without the latency_ prefix.
+LATENCY_COLUMNS: list[str] = (["latency_messages"] + [c.removeprefix("latency_") for c in LATENCY_PERCENTILE_KPIS]
+                              + WITHIN_KPIS)
+# queries.trend: per time bucket, the outcome counts and the delivery rate.
+TREND_COLUMNS: list[str] = ["bucket_start"] + KPI_COLUMNS[:KPI_COLUMNS.index("delivery_rate") + 1]
+
+SHARE_COLUMNS: frozenset[str] = frozenset(
+    [k.column for k in KPIS if k.unit == "share"] + [c for c, u in COLUMN_UNITS.items() if u == "share"])
+SECONDS_COLUMNS: frozenset[str] = frozenset(
+    [k.column for k in KPIS if k.unit == "seconds"] + [c for c, u in COLUMN_UNITS.items() if u == "seconds"])
+
+# ---------------------------------------------------------------------------------- look-ups
+
+
+def kpi(column: str) -> Kpi:
+    """The KPI of ``column``; KeyError if it is not one."""
+    try:
+        return _BY_COLUMN[column]
+    except KeyError:
+        raise KeyError(f"{column!r} is not a KPI; see dashboard.catalog.KPIS") from None
+
+
+def find(column: str) -> Kpi | None:
+    """The KPI of ``column``, or None."""
+    return _BY_COLUMN.get(column)
+
+
+def definition(column: str) -> str | None:
+    """The definition of the KPI ``column`` (a tooltip's text), or None for other columns."""
+    found = _BY_COLUMN.get(column)
+    return found.definition if found else None
+
+
+def label(column: str) -> str | None:
+    """The label of the KPI ``column``, or None for other columns."""
+    found = _BY_COLUMN.get(column)
+    return found.label if found else None
+
+
+def unit(column: str) -> str | None:
+    """How the numbers of ``column`` read: a KPI's unit, a known table column's, else None."""
+    found = _BY_COLUMN.get(column)
+    return found.unit if found else COLUMN_UNITS.get(column)

@@ -1,0 +1,81 @@
+"""The message questions: one message's receipts (Message lookup) and every message's row.
+
+Contract: :func:`message_lookup` returns every distinct receipt of the messages a term names
+(:data:`LOOKUP_COLUMNS`); :func:`message_detail` one row per message (:data:`DETAIL_COLUMNS`).
+Both read the raw receipts (bounded: by the term, by the oldest message's sent day).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from dlrlens.store.reader import Store
+from dlrlens.store.selection import Filters, zone_info
+from dlrlens.store.sql import distinct_receipts_sql
+from dashboard.queries._common import empty_frame, in_zone
+
+LOOKUP_COLUMNS = ["delivery_message_id", "batch_id", "client_reference", "created", "received_at", "status",
+                  "status_code", "category", "part", "parts", "hlr", "campaign", "labels", "receipt_id", "copies"]
+DETAIL_COLUMNS = ["delivery_message_id", "campaign", "batch_id", "client_reference", "sent_at", "outcome",
+                  "reason", "last_status", "delivered_at", "latency_s", "receipts"]
+
+
+def message_lookup(store: Store, term: str, limit: int = 5000, tz: str = "UTC") -> pd.DataFrame:
+    """Every distinct receipt of the messages whose delivery_message_id, client_reference or
+    batch_id equals ``term`` (trimmed), ordered by delivery_message_id, created, received_at.
+
+    Columns: :data:`LOOKUP_COLUMNS`; ``campaign`` is the message's campaign (see the
+    definitions), ``labels`` the receipt's own, ``copies`` how many stored copies it has.
+    At most ``limit`` rows; times shown in ``tz``. Reads the raw receipts.
+    """
+    term = (term or "").strip()
+    if not term:
+        return empty_frame(LOOKUP_COLUMNS)
+    zone_info(tz)
+
+    def compute():
+        raw = store.raw_sql()
+        store.query(f"""CREATE OR REPLACE TEMP TABLE lookup_rows AS
+                        SELECT * FROM {raw} WHERE delivery_message_id IN (
+                            SELECT delivery_message_id FROM {raw}
+                            WHERE delivery_message_id = $term OR client_reference = $term OR batch_id = $term)""",
+                    {"term": term})
+        store.query("CREATE OR REPLACE TEMP TABLE lookup_ids AS SELECT DISTINCT delivery_message_id FROM lookup_rows")
+        df = store.query(f"""
+            SELECT r.delivery_message_id, r.batch_id, r.client_reference, r.created, r.received_at,
+                   r.status, r.status_code, r.category, r.part, r.parts, r.hlr, m.campaign, r.labels,
+                   r.receipt_id, r.copies
+            FROM ({distinct_receipts_sql('lookup_rows')}) r
+            JOIN {store.messages_for_ids('lookup_ids')} m ON r.delivery_message_id = m.delivery_message_id
+            ORDER BY r.delivery_message_id, r.created, r.received_at, r.receipt_id
+            LIMIT $limit""", {"limit": int(limit)})
+        return in_zone(df, ["created", "received_at"], tz)
+    return store.cached("message_lookup", (term, limit, tz), compute)
+
+
+def message_detail(store: Store, f: Filters, limit: int | None = None) -> pd.DataFrame:
+    """One row per message matching ``f`` (newest sent first; at most ``limit``):
+    :data:`DETAIL_COLUMNS`, times in f.tz. ``latency_s`` is NaN unless it counts as a latency.
+    ``receipts`` (distinct) comes from the raw receipts of the partitions from the oldest
+    message's sent day on."""
+    def compute():
+        sql, params = store.filtered_messages_sql(f)
+        limit_sql = ""
+        if limit is not None:
+            params["limit"] = int(limit)
+            limit_sql = "LIMIT $limit"
+        columns = [c for c in DETAIL_COLUMNS if c != "receipts"]
+        store.query(f"CREATE OR REPLACE TEMP TABLE detail AS SELECT {', '.join(columns)} FROM ({sql}) "
+                    f"ORDER BY sent_at DESC, delivery_message_id {limit_sql}", params)
+        # The partition name (YYYY-MM-DD, zero-padded) of the oldest message's UTC day, by
+        # DuckDB: Python's strftime writes year 999 as "999" and fails past year 9999.
+        since_day = store.query("SELECT strftime(min(sent_at), '%Y-%m-%d') AS day FROM detail")["day"].iloc[0]
+        since_day = None if pd.isna(since_day) else since_day
+        df = store.query(f"""
+            SELECT d.*, coalesce(r.receipts, 0) AS receipts FROM detail d
+            LEFT JOIN (SELECT delivery_message_id, count(DISTINCT receipt_id) AS receipts FROM {store.raw_sql(since_day)}
+                       WHERE delivery_message_id IN (SELECT delivery_message_id FROM detail) GROUP BY ALL) r
+                   USING (delivery_message_id)
+            ORDER BY d.sent_at DESC, d.delivery_message_id""")
+        return in_zone(df[DETAIL_COLUMNS], ["sent_at", "delivered_at"], f.tz)
+    return store.cached("message_detail", (f, limit), compute)

@@ -1,0 +1,102 @@
+"""SQL fragments of the read interface (:mod:`dlrlens.store.reader`) over the stored data.
+
+Two relations carry every figure:
+
+* ``messages``: one row per ``delivery_message_id`` with its campaign, sent time, outcome,
+  reason, latency, ... The reader builds it from the derived per-message state
+  (:mod:`dlrlens.store.derive`) merged with the receipts not absorbed yet; the conditions
+  here (:func:`time_conditions`, :func:`dimension_conditions`,
+  :func:`filtered_messages_sql`) restrict it by a :class:`~dlrlens.store.selection.Filters`.
+* ``receipts``: one row per distinct ``receipt_id`` (:func:`distinct_receipts_sql`) over the
+  stored rows (:meth:`dlrlens.store.reader.Store.raw_sql`), for the per-receipt figures
+  (receipts, duplicate rows, webhook lag), which are not per message.
+
+Every builder returns SQL text with named ``$parameters``; user values are always bound.
+"""
+
+from __future__ import annotations
+
+
+def seconds_between(earlier: str, later: str) -> str:
+    """Exact difference of two TIMESTAMPTZ expressions in (fractional) seconds."""
+    return f"((epoch_us({later}) - epoch_us({earlier})) / 1e6)"
+
+
+def raw_rows_sql(source: str) -> str:
+    """Stored receipt rows of ``source`` with blank campaign labels as none and missing labels as ``{}``."""
+    return f"""
+        SELECT * EXCLUDE (campaign, labels), NULLIF(trim(campaign), '') AS campaign,
+               coalesce(labels, '{{}}') AS labels
+        FROM {source}
+    """
+
+
+def distinct_receipts_sql(source: str) -> str:
+    """One row per receipt_id from ``source`` (a table or read_parquet call).
+
+    Of several stored copies the first received one is kept (its received_at is when the
+    receipt first reached us, which is what webhook lag measures); ``copies`` counts them.
+    """
+    return f"""
+        SELECT * EXCLUDE (copy_rank)
+        FROM (
+            SELECT *,
+                   count(*) OVER (PARTITION BY receipt_id) AS copies,
+                   row_number() OVER (PARTITION BY receipt_id
+                                      ORDER BY received_at, campaign NULLS LAST, labels NULLS LAST) AS copy_rank
+            FROM ({raw_rows_sql(source)})
+        )
+        WHERE copy_rank = 1
+    """
+
+
+def time_conditions(f, params: dict, column: str = "sent_at") -> list[str]:
+    """Filters ``f``'s [start, end) on ``column``; adds the bound values to ``params``."""
+    conditions = []
+    if f.start is not None:
+        params["start"] = f.start
+        conditions.append(f"{column} >= $start")
+    if f.end is not None:
+        params["end"] = f.end
+        conditions.append(f"{column} < $end")
+    return conditions
+
+
+def dimension_conditions(f, params: dict, label_condition=None) -> list[str]:
+    """Filters ``f``'s campaigns, outcomes, statuses (``last_status``) and labels, as SQL
+    conditions on a relation with those columns; adds the bound values to ``params``.
+
+    ``label_condition(i, key, value, params)`` gives the SQL condition for label pair ``i``
+    (binding what it needs in ``params``).
+    """
+    conditions = ["TRUE"]
+    if f.campaigns:
+        params["campaigns"] = list(f.campaigns)
+        conditions.append("list_contains($campaigns, campaign)")
+    if f.outcomes:
+        params["outcomes"] = list(f.outcomes)
+        conditions.append("list_contains($outcomes, outcome)")
+    if f.statuses:
+        params["statuses"] = list(f.statuses)
+        conditions.append("list_contains($statuses, last_status)")
+    for i, (key, value) in enumerate(f.labels):
+        conditions.append(label_condition(i, key, value, params))
+    return conditions
+
+
+def filtered_messages_sql(f, params: dict, source: str = "messages", label_condition=None) -> str:
+    """SELECT over the messages ``source`` restricted by Filters ``f`` (see
+    :func:`dimension_conditions`); adds its bound values to ``params``."""
+    conditions = time_conditions(f, params) + dimension_conditions(f, params, label_condition)
+    return f"SELECT * FROM {source} WHERE " + " AND ".join(conditions)
+
+
+def string_literal(text) -> str:
+    """``text`` (a path, say) as an SQL string literal, for the places DuckDB takes no
+    parameter (``read_parquet`` lists built from file names, ``COPY ... TO``)."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def json_pointer(key: str) -> str:
+    """RFC 6901 pointer to a top-level key (any characters allowed in ``key``)."""
+    return "/" + key.replace("~", "~0").replace("/", "~1")

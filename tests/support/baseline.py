@@ -1,0 +1,147 @@
+"""The test oracle: every figure by the straightforward definition, for the tests and the
+query benchmark to compare the store's fast path with (:class:`BaselineStore`).
+
+Every query groups the raw receipt rows by message (:func:`messages_sql`) and takes
+percentiles with DuckDB's ``quantile_cont``: no derived state, no fresh tail, no id index, no
+partials. The production read path (:class:`dlrlens.store.reader.Store`) knows nothing of it:
+the oracle overrides the store's relation methods instead. Slow at scale.
+
+The per-message definitions here are the ones ``dlrlens/store/derive.py`` keeps incrementally
+(order = (created, received_at, then the value)); see the KPI definitions in
+``dashboard/queries/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from dlrlens.store import derive, reader
+from dlrlens.store.reader import CHARTED_FROM, CHARTED_TO, Store, _instant, _Snapshot
+from dlrlens.store.sql import json_pointer, raw_rows_sql, seconds_between, time_conditions
+
+FINAL = "category <> 'pending'"
+
+
+def messages_sql(rows: str) -> str:
+    """The straightforward per-message definition over stored receipt rows ``rows`` (a
+    relation with the contract's columns, e.g. ``read_parquet(...)``): GROUP BY message.
+
+    Columns: delivery_message_id, campaign, batch_id, client_reference, sent_at, outcome,
+    reason, last_status, final_created, delivered_at, latency_us, latency_s, regressions
+    (1 when the message's latest pending row is created after its deciding final row),
+    label_sets (JSON list of its distinct labels texts), receipts (distinct), stored_rows.
+    """
+    def first(column: str) -> str:
+        key = f"{{'c': created, 'r': received_at, 'v': {column}}}"
+        return f"arg_min({column}, {key}) FILTER (WHERE {column} IS NOT NULL)"
+
+    final_key = "{'c': created, 'r': received_at, 's': status, 'k': category}"
+    latest_key = "{'c': created, 'r': received_at, 's': status}"
+    return f"""
+        WITH per_message AS (
+            SELECT delivery_message_id,
+                   min(created) AS sent_at,
+                   {first('campaign')} AS campaign_label,
+                   {first('batch_id')} AS batch_id,
+                   {first('client_reference')} AS client_reference,
+                   arg_max(category, {final_key}) FILTER (WHERE {FINAL}) AS final_category,
+                   arg_max(status, {final_key}) FILTER (WHERE {FINAL}) AS final_status,
+                   max(created) FILTER (WHERE {FINAL}) AS final_created,
+                   arg_max(status, {latest_key}) AS latest_status,
+                   min(created) FILTER (WHERE category = 'delivered') AS first_delivered_at,
+                   max(created) FILTER (WHERE category = 'pending') AS last_pending_created,
+                   to_json(list_sort(list_distinct(list(labels))))::VARCHAR AS label_sets,
+                   count(DISTINCT receipt_id) AS receipts,
+                   count(*) AS stored_rows
+            FROM ({raw_rows_sql(rows)})
+            GROUP BY delivery_message_id
+        )
+        SELECT delivery_message_id,
+               coalesce(campaign_label, batch_id, '(none)') AS campaign,
+               batch_id,
+               client_reference,
+               sent_at,
+               coalesce(final_category, 'pending') AS outcome,
+               CASE WHEN final_category = 'failed' THEN final_status END AS reason,
+               coalesce(final_status, latest_status) AS last_status,
+               final_created,
+               CASE WHEN final_category = 'delivered' THEN first_delivered_at END AS delivered_at,
+               CASE WHEN final_category = 'delivered' AND first_delivered_at > sent_at
+                    THEN epoch_us(first_delivered_at) - epoch_us(sent_at) END AS latency_us,
+               CASE WHEN final_category = 'delivered' AND first_delivered_at > sent_at
+                    THEN {seconds_between('sent_at', 'first_delivered_at')} END AS latency_s,
+               coalesce(last_pending_created > final_created, false)::INTEGER AS regressions,
+               label_sets,
+               receipts,
+               stored_rows
+        FROM per_message
+    """
+
+
+def raw_label_condition(rows: str):
+    """Label filter of the baseline: some stored row of the message carries the label."""
+    def condition(i: int, key: str, value: str, params: dict) -> str:
+        params[f"label_path_{i}"] = json_pointer(key)
+        params[f"label_value_{i}"] = value
+        return (f"delivery_message_id IN (SELECT delivery_message_id FROM ({raw_rows_sql(rows)}) "
+                f"WHERE json_extract_string(labels, $label_path_{i}) = $label_value_{i})")
+    return condition
+
+
+class BaselineStore(Store):
+    """The straightforward definition: every query groups the raw receipt rows by message
+    (:func:`messages_sql`) and takes percentiles with DuckDB's ``quantile_cont``. No derived
+    state, no tail, no index. Slow at scale: for tests and benchmarks only."""
+
+    def __init__(self, data_dir: str | Path, settings: dict | None = None, materialize: bool = False,
+                 columns: str = "*"):
+        # materialize: group by message once per data version (tests, benchmarks), not per query;
+        # columns: of the messages to keep then (leaving out unused ones skips their aggregates).
+        self.materialize, self.columns = materialize, columns
+        super().__init__(data_dir, settings)
+
+    def _prepare(self, version, manifest, files) -> None:
+        self._snapshot = None
+        self._empty_tables()
+        self._snapshot = _Snapshot(version=version, manifest=None, files=[], tail=[], touched={}, numbers={},
+                                   receipt_files=self._absolute(files))
+        if self.materialize:
+            self._con.execute(f"CREATE OR REPLACE TEMP TABLE baseline_messages AS "
+                              f"SELECT {self.columns} FROM ({messages_sql(self.raw_sql())})")
+
+    def messages_sql(self, f=None) -> str:
+        if self.materialize:
+            return "baseline_messages"
+        return f"({messages_sql(self.raw_sql())})"
+
+    def label_condition(self, f):
+        return raw_label_condition(self.raw_sql())
+
+    def counts_sql(self, f, params: dict, cuts=()) -> str:
+        time = " AND ".join(["TRUE"] + time_conditions(f, params))
+        return f"({derive.rollup_sql(f'SELECT * FROM {self.messages_sql()} WHERE {time}', t='sent_at')})"
+
+    def filtered_counts_sql(self, f, cuts=()) -> tuple[str, dict]:
+        messages, params = self.filtered_messages_sql(f)
+        return derive.rollup_sql(messages, t="sent_at"), params
+
+    def latency_bucket_counts(self, f, group: str) -> pd.DataFrame:
+        sql, params = self.filtered_messages_sql(f)
+        return self.query(f"SELECT {group} AS grp, {derive.latency_bucket_sql()} AS b, "
+                          f"count(*) AS n FROM ({sql}) WHERE latency_us IS NOT NULL GROUP BY ALL "
+                          f"ORDER BY grp, b", params)
+
+    def _quantiles(self, f, group, names) -> pd.DataFrame:
+        return reader._quantiles_by_duckdb(self, f, group, names)
+
+    def messages_for_ids(self, ids_table: str) -> str:
+        return (f"(SELECT * FROM {self.messages_sql()} "
+                f"WHERE delivery_message_id IN (SELECT delivery_message_id FROM {ids_table}))")
+
+    def _data_range(self):
+        lo, hi = self._con.execute(f"SELECT epoch_us(min(sent_at)), epoch_us(max(sent_at)) FROM {self.messages_sql()} "
+                                   f"WHERE sent_at >= $low AND sent_at < $high",
+                                   {"low": CHARTED_FROM, "high": CHARTED_TO}).fetchall()[0]  # see Store
+        return None if lo is None else (_instant(lo), _instant(hi))
