@@ -25,7 +25,7 @@ from dashboard.queries import Store
 from dlrlens import cli
 from dlrlens.store import layout
 from dlrlens.store.compaction import bytes_per_receipt
-from tests.support.factory import demo_rows, write_receipts
+from tests.support.factory import demo_rows, write_demo_flushes, write_receipts
 from tests.support.servers import REPO, free_port, stop_process_group, wait_until
 from tests.support.store_files import synthetic_receipts, visible_files, write_flush_files
 
@@ -82,11 +82,7 @@ def process_group(argv: list[str], log_path: Path, **kwargs):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli") / "data"
-    rows = demo_rows(250, seed=5)
-    write_receipts(root, rows[:120])
-    write_receipts(root, rows[120:])
-    return root
+    return write_demo_flushes(tmp_path_factory.mktemp("cli") / "data")
 
 
 def test_report_prints_what_it_wrote(data_dir, tmp_path, capsys):

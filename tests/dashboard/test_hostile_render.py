@@ -16,12 +16,10 @@ they come out:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gzip
 import html
 import io
-import json
 import re
 import threading
 import time
@@ -42,7 +40,7 @@ from dashboard import charts, downloads, queries, report, safe_text
 from dashboard.queries import Filters, Store
 from dashboard.safe_text import csv_cell, md_text, plotly_text
 from dlrlens.cli import main as dlrlens_main
-from tests.support.browser import CHANGE_TIMEOUT_S, CHROMIUM, MISSING, PAGE_TIMEOUT_S, VIEWPORT, poll
+from tests.support.browser import CHROMIUM, MISSING, PAGE_TIMEOUT_S, fresh_page, poll
 from tests.support.factory import message, write_receipts
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
@@ -465,19 +463,8 @@ def hostile_dashboard(tmp_path_factory):
 def hostile_page(hostile_dashboard, chromium, tmp_path, request):
     """A fresh session in the module's browser (``chromium``, tests/conftest.py); when the test
     failed, ``failure.png`` (full page) is saved in ``tmp_path``."""
-    from tests.support.dashboard_server import full_page_screenshot
-
-    failed_before = request.session.testsfailed  # pytest counts a failed call before teardown
-    context = chromium.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(CHANGE_TIMEOUT_S * 1000)
-    page = context.new_page()
-    try:
+    with fresh_page(chromium, request, tmp_path / "failure.png") as page:
         yield page
-    finally:
-        if request.session.testsfailed > failed_before:
-            with contextlib.suppress(Exception):
-                full_page_screenshot(page, tmp_path / "failure.png")
-        context.close()
 
 
 @pytest.mark.browser

@@ -15,7 +15,7 @@ from dashboard import catalog
 from dashboard import queries as q
 from dashboard import report as r
 from dashboard.queries import Filters, Store
-from tests.support.factory import demo_rows, message, utc, write_receipts
+from tests.support.factory import message, utc, write_demo_flushes, write_receipts
 
 BERLIN = q.zone_info("Europe/Berlin")
 NOVEMBER = Filters(start=pd.Timestamp("2026-11-01", tz=BERLIN).to_pydatetime(),
@@ -24,11 +24,7 @@ NOVEMBER = Filters(start=pd.Timestamp("2026-11-01", tz=BERLIN).to_pydatetime(),
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report") / "data"
-    rows = demo_rows(250, seed=5)
-    write_receipts(root, rows[:120])
-    write_receipts(root, rows[120:])
-    return root
+    return write_demo_flushes(tmp_path_factory.mktemp("report") / "data")
 
 
 @pytest.fixture(scope="module")

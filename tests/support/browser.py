@@ -43,6 +43,28 @@ def launched_chromium():
             browser.close()
 
 
+@contextlib.contextmanager
+def fresh_page(chromium, request, failure_png: Path, on_failure=None):
+    """A new browser context of ``chromium`` (a new dashboard session) and its page. When the
+    test using it failed, a full-page screenshot is saved at ``failure_png`` and
+    ``on_failure(page)`` runs (e.g. to print the server's log); the context is always closed."""
+    from tests.support.dashboard_server import full_page_screenshot
+
+    failed_before = request.session.testsfailed  # pytest counts a failed call before teardown
+    context = chromium.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(CHANGE_TIMEOUT_S * 1000)
+    page = context.new_page()
+    try:
+        yield page
+    finally:
+        if request.session.testsfailed > failed_before:
+            with contextlib.suppress(Exception):
+                full_page_screenshot(page, failure_png)
+            if on_failure is not None:
+                on_failure(page)
+        context.close()
+
+
 def fail_on_app_error(page) -> None:
     """Stop waiting at once when the app shows a Python exception."""
     errors = page.locator('[data-testid="stException"]')

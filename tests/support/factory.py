@@ -195,3 +195,12 @@ def _as_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("receipt times must be tz-aware")
     return value.astimezone(UTC)
+
+
+def write_demo_flushes(root: Path, messages: int = 250, seed: int = 5, first_file_rows: int = 120) -> Path:
+    """``demo_rows(messages, seed)`` written as two flush files under ``root`` (as a collector
+    that flushed twice leaves them): the first ``first_file_rows`` rows, then the rest."""
+    rows = demo_rows(messages, seed=seed)
+    write_receipts(root, rows[:first_file_rows])
+    write_receipts(root, rows[first_file_rows:])
+    return root

@@ -12,7 +12,6 @@ fixture from tests/conftest.py: one browser for the module).
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -21,7 +20,7 @@ import pytest
 import requests
 
 from dlrlens.statuses import lookup
-from tests.support.browser import (CHANGE_TIMEOUT_S, CHROMIUM, MISSING, PAGE_TIMEOUT_S, VIEWPORT, poll, query,
+from tests.support.browser import (CHANGE_TIMEOUT_S, CHROMIUM, MISSING, PAGE_TIMEOUT_S, fresh_page, poll, query,
                                    read_first_table, sidebar_multiselect, wait_for_cards)
 from tests.support.dashboard_server import full_page_screenshot, running_dashboard, wait_for_parquet
 from tests.support.servers import running_collector
@@ -116,19 +115,12 @@ def dashboard(tmp_path_factory):
 def page(chromium, dashboard, tmp_path, request):
     """A fresh browser context (a new dashboard session). When the test failed, ``failure.png``
     (full page) is saved in ``tmp_path`` and printed with the dashboard log's tail."""
-    failed_before = request.session.testsfailed  # pytest counts a failed call before teardown
-    context = chromium.new_context(viewport=VIEWPORT)
-    context.set_default_timeout(CHANGE_TIMEOUT_S * 1000)
-    page = context.new_page()
-    try:
+    def report(page) -> None:
+        print(f"page {page.url}, screenshot {tmp_path / 'failure.png'}\n"
+              f"dashboard log (tail):\n{dashboard.log()[-3000:]}")
+
+    with fresh_page(chromium, request, tmp_path / "failure.png", on_failure=report) as page:
         yield page
-    finally:
-        if request.session.testsfailed > failed_before:
-            with contextlib.suppress(Exception):
-                full_page_screenshot(page, tmp_path / "failure.png")
-            print(f"page {page.url}, screenshot {tmp_path / 'failure.png'}\n"
-                  f"dashboard log (tail):\n{dashboard.log()[-3000:]}")
-        context.close()
 
 
 # --------------------------------------------------------------------------- page helpers
