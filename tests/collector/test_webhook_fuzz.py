@@ -41,7 +41,7 @@ from collector.app import label_policy, receipt_limits
 from collector.parsing import BadBody, checked_url_labels, parse_request
 from collector.settings import SETTINGS_TABLE, default_settings
 from dlrlens.statuses import status_table
-from tests.support.servers import running_collector
+from tests.support.servers import running_collector, wait_until
 
 MAX_BODY = next(int(s.default) for s in SETTINGS_TABLE if s.name == "max_body_bytes")
 RSS_LIMIT_BYTES = 300 * 1024 * 1024
@@ -147,8 +147,10 @@ def memory_bytes(pid: int, field_name: str) -> int:
 @pytest.fixture(scope="module")
 def collector(collectors):
     running = collectors("fuzz", workers=2, flush_seconds=0.3)
+    # The collector answers once one worker is up; gunicorn forks the next a moment later
+    # (CI once saw a single worker at this point), so wait for both before taking the roll.
+    wait_until(lambda: len(worker_pids(running)) == 2, 30, what="both collector workers")
     running.initial_workers = worker_pids(running)
-    assert len(running.initial_workers) == 2
     return running
 
 
