@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dashboard import catalog, queries, safe_text
+from dashboard import catalog, queries, safe_text, scope
 from dashboard.queries import Filters, Store
 
 FORMATS = ("csv", "xlsx", "json")
@@ -46,10 +46,11 @@ SHEETS = ("Summary", "Definitions", "Campaigns", "Failure reasons", "Daily trend
 # --------------------------------------------------------------------------- building
 
 
-def build_report(store: Store, filters: Filters) -> dict[str, pd.DataFrame]:
+def build_report(store: Store, filters: Filters, unhonoured=()) -> dict[str, pd.DataFrame]:
     """The report's sheets (:data:`SHEETS`, in order), all from one data snapshot.
 
-    * Summary: item, key, value: the report's scope (from, to, time zone, campaigns) then
+    * Summary: item, key, value: the report's scope (:meth:`dashboard.scope.Scope.rows`: period,
+      time zone, previous period, every filter, the values not honoured, ``unhonoured``) then
       every overall KPI (``key`` is the :func:`queries.kpis` column, ``value`` its value).
     * Definitions: term, key, definition.
     * Campaigns: :func:`queries.campaigns`.
@@ -61,16 +62,10 @@ def build_report(store: Store, filters: Filters) -> dict[str, pd.DataFrame]:
         per_campaign = queries.campaigns(store, filters, receipt_figures=True)
         reasons = queries.failure_reasons(store, filters)
         daily = queries.trend(store, filters, bucket="day")
-    first_day, last_day = report_days(filters)
-    scope = [
-        ("From (sent time)", "from", first_day.isoformat() if first_day else "(all data)"),
-        ("To, inclusive", "to", last_day.isoformat() if last_day else "(all data)"),
-        ("Time zone", "tz", filters.tz),
-        ("Campaigns", "campaigns", ", ".join(filters.campaigns) if filters.campaigns else "(all)"),
-        ("Generated at (UTC)", "generated_at", datetime.now(timezone.utc).replace(microsecond=0).isoformat()),
-    ]
+    scope_rows = report_scope(filters, unhonoured).rows() + [
+        ("Generated at (UTC)", "generated_at", datetime.now(timezone.utc).replace(microsecond=0).isoformat())]
     summary = pd.DataFrame(
-        scope + [(kpi.label, kpi.column, _plain(overall[kpi.column])) for kpi in catalog.KPIS],
+        scope_rows + [(kpi.label, kpi.column, _plain(overall[kpi.column])) for kpi in catalog.KPIS],
         columns=["item", "key", "value"],
     )
     definitions = pd.DataFrame(
@@ -87,6 +82,11 @@ def build_report(store: Store, filters: Filters) -> dict[str, pd.DataFrame]:
         "Failure reasons": reasons,
         "Daily trend": daily.drop(columns=["bucket_start"]),
     }
+
+
+def report_scope(filters: Filters, unhonoured=()) -> scope.Scope:
+    """What a report for ``filters`` covers (:func:`dashboard.scope.describe`)."""
+    return scope.describe(filters, unhonoured)
 
 
 def report_days(filters: Filters) -> tuple[date | None, date | None]:
@@ -115,32 +115,42 @@ def report_filename(filters: Filters, kind: str = "campaign-report", ext: str = 
 # --------------------------------------------------------------------------- writing
 
 
-def write_report(report: dict[str, pd.DataFrame], path_or_buffer, fmt: str) -> None:
-    """Write ``report`` as ``fmt`` (csv | xlsx | json) to a path or a binary file object."""
-    data = report_bytes(report, fmt)
+def write_report(report: dict[str, pd.DataFrame], path_or_buffer, fmt: str,
+                 covers: scope.Scope | None = None) -> None:
+    """Write ``report`` as ``fmt`` (csv | xlsx | json) to a path or a binary file object;
+    ``covers``: its scope (see :func:`report_bytes`)."""
+    data = report_bytes(report, fmt, covers)
     if hasattr(path_or_buffer, "write"):
         path_or_buffer.write(data)
     else:
         Path(path_or_buffer).write_bytes(data)
 
 
-def report_bytes(report: dict[str, pd.DataFrame], fmt: str) -> bytes:
-    """The file contents of ``report`` as ``fmt`` (what a download button serves)."""
+def report_bytes(report: dict[str, pd.DataFrame], fmt: str, covers: scope.Scope | None = None) -> bytes:
+    """The file contents of ``report`` as ``fmt`` (what a download button serves).
+
+    ``covers`` (the report's :class:`~dashboard.scope.Scope`) is stated in the file: the CSV's
+    first line (:func:`dashboard.scope.csv_scope_line`), the JSON's ``scope`` object (first
+    key); the xlsx states it in its Summary sheet (:func:`build_report`)."""
     if fmt == "csv":
-        return csv_bytes(report["Campaigns"])
+        return csv_bytes(report["Campaigns"], covers)
     if fmt == "json":
-        doc = {name: [_json_record(row) for row in df.to_dict(orient="records")] for name, df in report.items()}
+        doc = {"scope": covers.as_dict()} if covers is not None else {}
+        doc.update({name: [_json_record(row) for row in df.to_dict(orient="records")]
+                    for name, df in report.items()})
         return json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False).encode("utf-8")
     if fmt == "xlsx":
         return _xlsx_bytes(report)
     raise ValueError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-def csv_bytes(frame: pd.DataFrame) -> bytes:
+def csv_bytes(frame: pd.DataFrame, covers: scope.Scope | None = None) -> bytes:
     """UTF-8 CSV of ``frame`` without the index, at full precision (timestamps keep their UTC
     offset), text cells guarded against formula injection (:func:`safe_text.csv_safe_frame`):
-    the one writer of every CSV made from a DataFrame."""
-    return safe_text.csv_safe_frame(frame).to_csv(index=False).encode("utf-8")
+    the one writer of every CSV made from a DataFrame. With ``covers``, the first line states
+    the scope (:func:`dashboard.scope.csv_scope_line`; read it back with ``skiprows=1``)."""
+    body = safe_text.csv_safe_frame(frame).to_csv(index=False).encode("utf-8")
+    return (scope.csv_scope_line(covers) if covers is not None else b"") + body
 
 
 def _plain(value):
@@ -239,21 +249,32 @@ class NoReceipts(LookupError):
     """The data directory holds no receipt files: there is nothing to report."""
 
 
+class Unhonourable(ValueError):
+    """``--strict``: the report was asked for values it cannot honour (``unhonoured``)."""
+
+    def __init__(self, unhonoured) -> None:
+        self.unhonoured = tuple(unhonoured)
+        super().__init__("; ".join(u.text() for u in self.unhonoured))
+
+
 @dataclass(frozen=True)
 class WrittenReport:
-    """What :func:`write_campaign_report` wrote: the file, its format and what it covers."""
+    """What :func:`write_campaign_report` wrote: the file (None: a stream), its format, what
+    it covers and the values it could not honour."""
 
-    path: Path
+    path: Path | None
     fmt: str
     messages: int
     campaigns: int
+    unhonoured: tuple = ()
 
 
 def report_filters(date_from: str | None = None, date_to: str | None = None, campaigns=(),
-                   tz: str = "UTC") -> Filters:
+                   tz: str = "UTC", statuses=(), outcomes=(), labels=()) -> Filters:
     """Filters for the days ``date_from`` .. ``date_to`` (YYYY-MM-DD, inclusive, in ``tz``;
-    None: open) and ``campaigns`` (none: all). ValueError with a message naming the option
-    (``--from``, ``--to``, the zone) when a value is invalid."""
+    None: open), ``campaigns``, ``statuses``, ``outcomes`` and ``labels`` (``KEY=VALUE``
+    texts; none: all). ValueError with a message naming the option (``--from``, ``--to``,
+    ``--label``, the zone, the outcome) when a value is invalid."""
     zone = queries.zone_info(tz)
     first = _parse_day(date_from, "--from")
     last = _parse_day(date_to, "--to")
@@ -261,15 +282,33 @@ def report_filters(date_from: str | None = None, date_to: str | None = None, cam
         raise ValueError(f"--to {last} is before --from {first}")
     start = datetime.combine(first, time(), tzinfo=zone) if first else None
     end = datetime.combine(last + timedelta(days=1), time(), tzinfo=zone) if last else None
-    return Filters(start=start, end=end, campaigns=tuple(campaigns or ()), tz=tz)
+    return Filters(start=start, end=end, campaigns=tuple(campaigns or ()), tz=tz, statuses=tuple(statuses or ()),
+                   outcomes=tuple(outcomes or ()), labels=tuple(parse_label(text) for text in labels or ()))
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` as a pair (both trimmed); ValueError naming ``--label`` otherwise."""
+    key, sep, value = str(text).partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--label {text!r} is not KEY=VALUE (e.g. --label team=retail)")
+    return key.strip(), value.strip()
+
+
+# Extensions people give report files, by the format they mean.
+EXTENSION_FORMATS = {"csv": "csv", "xlsx": "xlsx", "xls": "xlsx", "json": "json"}
 
 
 def output_format(output: str | Path, fmt: str | None = None) -> str:
-    """``fmt`` if given, else the format of ``output``'s extension, else xlsx."""
-    if fmt:
-        return fmt
-    extension = Path(output).suffix.lstrip(".").lower()
-    return extension if extension in FORMATS else "xlsx"
+    """``fmt`` if given, else the format of ``output``'s extension, else xlsx (csv for ``-``,
+    standard output). ValueError when ``fmt`` contradicts the extension (``--format csv -o
+    report.xlsx`` would write CSV text into a file Excel refuses)."""
+    stdout = str(output) == "-"
+    extension = "" if stdout else Path(output).suffix.lstrip(".").lower()
+    implied = EXTENSION_FORMATS.get(extension)
+    if fmt and implied and fmt != implied:
+        raise ValueError(f"--format {fmt} contradicts the output file's extension .{extension} "
+                         f"(which means {implied}); change one of them")
+    return fmt or implied or ("csv" if stdout else "xlsx")
 
 
 def report_path(output: str | Path, filters: Filters, fmt: str) -> Path:
@@ -278,23 +317,31 @@ def report_path(output: str | Path, filters: Filters, fmt: str) -> Path:
     return output / report_filename(filters, "campaign-report", fmt) if output.is_dir() else output
 
 
-def write_campaign_report(data_dir: str | Path, filters: Filters, fmt: str, output: str | Path) -> WrittenReport:
+def write_campaign_report(data_dir: str | Path, filters: Filters, fmt: str, output, *,
+                          strict: bool = False) -> WrittenReport:
     """Build the campaign report of ``data_dir`` for ``filters`` and write it as ``fmt`` to
-    :func:`report_path` of ``output``.
+    :func:`report_path` of ``output``, or to ``output`` itself when it is a binary file object
+    (standard output).
 
-    Raises :class:`NoReceipts` when there is no receipt file, OSError when the file cannot be
-    written."""
-    output = report_path(output, filters, fmt)
+    The values the data does not have (:func:`dashboard.scope.unknown_values`: a campaign
+    name with no message) stay applied and are named in the report's scope and in
+    :attr:`WrittenReport.unhonoured`; with ``strict`` they raise :class:`Unhonourable` before
+    anything is written. Raises :class:`NoReceipts` when there is no receipt file, OSError
+    when the file cannot be written."""
     store = Store(data_dir)
     try:
         if not store.has_data():
             raise NoReceipts(f"no receipt files under {Path(data_dir).resolve()}")
-        report = build_report(store, filters)
+        unhonoured = scope.unknown_values(store, filters)
+        if strict and unhonoured:
+            raise Unhonourable(unhonoured)
+        report = build_report(store, filters, unhonoured)
     finally:
         store.close()
-    write_report(report, output, fmt)
+    path = None if hasattr(output, "write") else report_path(output, filters, fmt)
+    write_report(report, output if path is None else path, fmt, report_scope(filters, unhonoured))
     messages = int(report["Summary"].set_index("key").at["messages", "value"])
-    return WrittenReport(output, fmt, messages, len(report["Campaigns"]))
+    return WrittenReport(path, fmt, messages, len(report["Campaigns"]), unhonoured)
 
 
 def _parse_day(text: str | None, option: str) -> date | None:

@@ -264,9 +264,28 @@ def cmd_simulate(args) -> int:
 # --------------------------------------------------------------------------- report
 
 
+REPORT_EXAMPLES = """\
+examples:
+  dlrlens report --from 2026-11-01 --to 2026-11-30 --tz Europe/London -o november.xlsx
+  dlrlens report --campaign black-friday --outcome failed --status EXPIRED -o failed.csv
+  dlrlens report --label team=retail --label env=prod --format json -o - | jq .scope
+  dlrlens report --strict --campaign black-friday -o bf.xlsx   # exit 2 if no such campaign
+
+Every dashboard view can be reproduced: its URL parameters campaign, status, outcome, label
+and tz are the options --campaign, --status, --outcome, --label and --tz. The file states
+its scope (period, zone, every filter, what could not be honoured): the Summary sheet, the
+JSON "scope" object, the CSV's first line (skip it with pandas skiprows=1).
+exit status: 0 written; 1 no data or the file cannot be written; 2 bad options, or (with
+--strict) a value the data does not have.
+"""
+
+
 def report_arguments(parser: argparse.ArgumentParser) -> None:
     from dashboard.report import FORMATS
+    from dlrlens.store.selection import OUTCOMES
 
+    parser.epilog = REPORT_EXAMPLES
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     _data_argument(parser)
     parser.add_argument("--from", dest="date_from", metavar="DATE",
                         help="first day (YYYY-MM-DD, in --tz) of messages to include by sent time; default: all data")
@@ -274,35 +293,60 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="last day (YYYY-MM-DD, in --tz), inclusive; default: all data")
     parser.add_argument("--campaign", dest="campaigns", action="append", default=[], metavar="NAME",
                         help="only this campaign (repeat for several); default: all")
+    parser.add_argument("--status", dest="statuses", action="append", default=[], metavar="NAME",
+                        help="only messages whose deciding (or, pending, latest) status is NAME (repeatable)")
+    parser.add_argument("--outcome", dest="outcomes", action="append", default=[], choices=OUTCOMES,
+                        help="only messages with this outcome (repeatable); default: all")
+    parser.add_argument("--label", dest="labels", action="append", default=[], metavar="KEY=VALUE",
+                        help="only messages whose webhook URL had this label (repeat: all of them)")
     parser.add_argument("--tz", default="UTC", metavar="ZONE",
                         help="IANA time zone for the dates and the daily trend (default UTC)")
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default=None,
-                        help="file format; default: from the --output extension, else xlsx")
+                        help="file format; default: from the --output extension, else xlsx (csv for -o -); "
+                             "an error when it contradicts the extension")
     parser.add_argument("--output", "-o", required=True, metavar="FILE",
-                        help="file to write (a directory: a name with the date range is chosen)")
+                        help="file to write (a directory: a name with the date range is chosen; "
+                             "-: standard output, csv or json)")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail (exit 2, nothing written) when a --campaign or --label is not in the data; "
+                             "without it the report is written with zero figures and a warning on stderr")
 
 
 def cmd_report(args) -> int:
-    """Build the campaign report and write it. 0 on success, 2 on bad input, 1 without data
-    or when the file cannot be written."""
+    """Build the campaign report and write it. 0 on success, 2 on bad input (or, with
+    --strict, a value the data does not have), 1 without data or when the file cannot be
+    written. Warnings and the summary go to stderr when the report goes to stdout."""
     from dashboard import report
 
+    def error(text: str, status: int) -> int:
+        print(f"dlrlens report: error: {text}", file=sys.stderr)
+        return status
+
     try:
-        filters = report.report_filters(args.date_from, args.date_to, args.campaigns, args.tz)
+        filters = report.report_filters(args.date_from, args.date_to, args.campaigns, args.tz,
+                                        args.statuses, args.outcomes, args.labels)
+        fmt = report.output_format(args.output, args.fmt)
     except ValueError as exc:
-        print(f"dlrlens report: error: {exc}", file=sys.stderr)
-        return 2
-    fmt = report.output_format(args.output, args.fmt)
-    output = report.report_path(args.output, filters, fmt)
+        return error(str(exc), 2)
+    to_stdout = args.output == "-"
+    if to_stdout and fmt == "xlsx" and sys.stdout.isatty():
+        return error("refusing to write an Excel file to a terminal; redirect it (> report.xlsx) or use "
+                     "--format csv|json", 2)
+    output = sys.stdout.buffer if to_stdout else report.report_path(args.output, filters, fmt)
     try:
-        written = report.write_campaign_report(layout.data_dir(args.data), filters, fmt, output)
+        written = report.write_campaign_report(layout.data_dir(args.data), filters, fmt, output, strict=args.strict)
+    except report.Unhonourable as exc:
+        return error(f"{exc} (--strict: nothing written)", 2)
     except report.NoReceipts as exc:
-        print(f"dlrlens report: error: {exc}", file=sys.stderr)
-        return 1
+        return error(str(exc), 1)
     except OSError as exc:
-        print(f"dlrlens report: error: cannot write {output}: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {written.path} ({written.fmt}): {written.messages} messages, {written.campaigns} campaigns")
+        return error(f"cannot write {output if not to_stdout else 'standard output'}: {exc}", 1)
+    for value in written.unhonoured:
+        print(f"dlrlens report: warning: {value.text()}; the report covers it with zero figures "
+              "(--strict makes this an error)", file=sys.stderr)
+    where = "standard output" if written.path is None else str(written.path)
+    print(f"wrote {where} ({written.fmt}): {written.messages} messages, {written.campaigns} campaigns",
+          file=sys.stderr if to_stdout else sys.stdout)
     return 0
 
 

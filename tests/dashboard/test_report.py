@@ -162,9 +162,11 @@ def test_format_from_extension_and_directory_output(data_dir, tmp_path):
     assert written.path == tmp_path / "dlrlens-campaign-report_2026-11-02_2026-11-02.xlsx"
     assert openpyxl.load_workbook(written.path).sheetnames == list(r.SHEETS)
     csv_path = tmp_path / "c.csv"
-    assert r.output_format(csv_path) == "csv" and r.output_format(csv_path, "json") == "json"
+    assert r.output_format(csv_path) == "csv" and r.output_format(csv_path, "csv") == "csv"
+    with pytest.raises(ValueError, match="--format json contradicts the output file's extension .csv"):
+        r.output_format(csv_path, "json")
     r.write_campaign_report(data_dir, r.report_filters(), r.output_format(csv_path), csv_path)
-    assert pd.read_csv(csv_path)["messages"].sum() == 250
+    assert pd.read_csv(csv_path, skiprows=1)["messages"].sum() == 250  # line 1: the scope
 
 
 @pytest.mark.parametrize("args, message_part", [
