@@ -29,6 +29,7 @@ session's browser disconnects (a closed tab, a reload, a lost network).
 
 from __future__ import annotations
 
+import gzip
 import io
 import math
 import re
@@ -40,7 +41,7 @@ import streamlit as st
 from streamlit import runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from dashboard import catalog, charts, queries, report, state
+from dashboard import catalog, charts, queries, report, scope, state
 from dashboard.queries import Filters, Store
 
 CSV_MIME = "text/csv"
@@ -97,12 +98,23 @@ def in_zone(frame: pd.DataFrame, tz: str) -> pd.DataFrame:
 csv_bytes = report.csv_bytes
 
 
-def excel_bytes(frame: pd.DataFrame, tz: str = state.DEFAULT_TZ, sheet: str = "data") -> bytes:
-    """An .xlsx workbook with one sheet, written like the report (full-precision cells, shares
-    formatted as percentages). Excel has no time zones: timestamps are wall-clock times in ``tz``."""
+def excel_bytes(frame: pd.DataFrame, tz: str = state.DEFAULT_TZ, sheet: str = "data",
+                covers: scope.Scope | None = None) -> bytes:
+    """An .xlsx workbook with the table's sheet, written like the report (full-precision cells, shares
+    formatted as percentages), and with ``covers`` a second sheet, "Scope", stating what it
+    covers (:meth:`dashboard.scope.Scope.rows`). Excel has no time zones: timestamps are
+    wall-clock times in ``tz``."""
     # Characters Excel refuses, and an apostrophe at either end (a looked-up term names the sheet).
     sheet_name = re.sub(r"[\[\]:*?/\\]", "-", sheet)[:31].strip("'") or "data"
-    return report.report_bytes({sheet_name: in_zone(frame, tz)}, "xlsx")
+    if sheet_name.lower() == SCOPE_SHEET.lower():
+        sheet_name = "data"
+    sheets = {sheet_name: in_zone(frame, tz)}
+    if covers is not None:
+        sheets[SCOPE_SHEET] = pd.DataFrame(covers.rows(), columns=["item", "key", "value"])
+    return report.report_bytes(sheets, "xlsx")
+
+
+SCOPE_SHEET = "Scope"
 
 
 def parquet_bytes(frame: pd.DataFrame) -> bytes:
@@ -112,16 +124,26 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def detail_bytes(store: Store, f: Filters, extension: str) -> bytes:
-    """One row per message matching ``f`` (:func:`queries.message_detail`) as csv or parquet."""
+def detail_bytes(store: Store, f: Filters, extension: str, covers: scope.Scope | None = None) -> bytes:
+    """One row per message matching ``f`` (:func:`queries.message_detail`) as csv (its first
+    line the scope, ``covers``, default that of ``f``) or parquet."""
     frame = queries.message_detail(store, f)
-    return parquet_bytes(frame) if extension == "parquet" else csv_bytes(frame)
+    return parquet_bytes(frame) if extension == "parquet" else csv_bytes(frame, covers or scope.describe(f))
 
 
-def campaign_report_bytes(store: Store, f: Filters, fmt: str = "xlsx") -> bytes:
-    """The campaign report for ``f`` (the same file ``dlrlens report`` writes)."""
+def scoped_csv(data: bytes, fmt: str, covers: scope.Scope) -> bytes:
+    """A CSV written elsewhere (DuckDB) with the scope line first; ``csv.gz``: a gzip member
+    of its own in front (concatenated members are one valid gzip stream)."""
+    line = scope.csv_scope_line(covers)
+    return gzip.compress(line) + data if fmt == "csv.gz" else line + data
+
+
+def campaign_report_bytes(store: Store, f: Filters, fmt: str = "xlsx", covers: scope.Scope | None = None) -> bytes:
+    """The campaign report for ``f`` (the same file ``dlrlens report`` writes), stating
+    ``covers`` (default: the scope of ``f``, with the campaigns and labels the data lacks)."""
+    covers = covers or scope.describe(f, scope.unknown_values(store, f))
     buffer = io.BytesIO()
-    report.write_report(report.build_report(store, f), buffer, fmt)
+    report.write_report(report.build_report(store, f, covers.unhonoured), buffer, fmt, covers)
     return buffer.getvalue()
 
 
@@ -271,11 +293,12 @@ def show_table(frame: pd.DataFrame, view: str, f: Filters, key: str | None = Non
     ``files``: other files to offer instead (a table showing part of the rows offers all).
     """
     key = key or view
+    covers = state.scope_of(file_filters or f, sidebar_applies=file_filters is None)
     shown, config = display_frame(frame, f.tz)
     config.update(dataframe_args.pop("column_config", {}))
     with st.container(key=f"table_{key}"):  # the table and its buttons, addressable by key
         st.dataframe(shown, hide_index=True, column_config=config, placeholder=MISSING, **dataframe_args)
-        buttons(files if files is not None else table_downloads(frame, view, file_filters or f), key,
+        buttons(files if files is not None else table_downloads(frame, view, file_filters or f, covers), key,
                 style="tertiary")
 
 
@@ -295,32 +318,38 @@ class Download:
         return self.file_name.rsplit(".", 1)[-1]
 
 
-def table_downloads(frame: pd.DataFrame, view: str, f: Filters) -> list[Download]:
-    """The table behind a view as CSV and Excel, named after the view and ``f``'s date range."""
+def table_downloads(frame: pd.DataFrame, view: str, f: Filters, covers: scope.Scope | None = None) -> list[Download]:
+    """The table behind a view as CSV and Excel, named after the view and ``f``'s date range,
+    each stating ``covers`` (default: the scope of ``f``): the CSV's first line, the workbook's
+    Scope sheet."""
+    covers = covers or scope.describe(f)
     return [
-        Download("CSV", report.report_filename(f, view, "csv"), CSV_MIME, lambda: csv_bytes(frame),
-                 "This table's exact values as CSV."),
+        Download("CSV", report.report_filename(f, view, "csv"), CSV_MIME, lambda: csv_bytes(frame, covers),
+                 "This table's exact values as CSV; its first line states the period and filters."),
         Download("Excel", report.report_filename(f, view, "xlsx"), EXCEL_MIME,
-                 lambda: excel_bytes(frame, f.tz, view), "This table's exact values as an Excel workbook."),
+                 lambda: excel_bytes(frame, f.tz, view, covers),
+                 "This table's exact values as an Excel workbook; its Scope sheet states the period and filters."),
     ]
 
 
 GZIP_CSV_ABOVE_ROWS = 1_000_000  # ~100 MB of CSV: above it the file is offered gzip-compressed
 
 
-def latency_downloads(store: Store, f: Filters, measured: int) -> list[Download]:
+def latency_downloads(store: Store, f: Filters, measured: int, covers: scope.Scope | None = None) -> list[Download]:
     """Every measured message matching ``f`` (``measured`` of them) as CSV and Parquet,
     written by :func:`queries.latencies_file` when clicked. No Excel: a sheet holds at most
     1,048,576 rows, and a month at scale has millions. Above :data:`GZIP_CSV_ABOVE_ROWS` the
     CSV comes gzip-compressed (same rows, ~5x smaller), because the file is held in memory
-    while it is served and millions of CSV rows are gigabytes."""
+    while it is served and millions of CSV rows are gigabytes. The CSV's first line states
+    ``covers`` (default: the scope of ``f``)."""
+    covers = covers or scope.describe(f)
     rows = f"All {charts.format_count(measured)} measured messages"
     csv_format, csv_mime, csv_note = "csv", CSV_MIME, ""
     if measured > GZIP_CSV_ABOVE_ROWS:
         csv_format, csv_mime, csv_note = "csv.gz", "application/gzip", " gzip-compressed (too many rows for plain text)"
     return [
         Download("CSV", report.report_filename(f, "latencies", csv_format), csv_mime,
-                 lambda: queries.latencies_file(store, f, csv_format),
+                 lambda: scoped_csv(queries.latencies_file(store, f, csv_format), csv_format, covers),
                  f"{rows} as CSV{csv_note}, by campaign and time to deliver; times in the chosen zone."),
         Download("Parquet", report.report_filename(f, "latencies", "parquet"), PARQUET_MIME,
                  lambda: queries.latencies_file(store, f, "parquet"),
@@ -328,18 +357,19 @@ def latency_downloads(store: Store, f: Filters, measured: int) -> list[Download]
     ]
 
 
-def export_downloads(store: Store, f: Filters) -> list[Download]:
-    """The campaign report (Excel, JSON) and the message-level detail (CSV, Parquet) for ``f``."""
+def export_downloads(store: Store, f: Filters, covers: scope.Scope | None = None) -> list[Download]:
+    """The campaign report (Excel, JSON) and the message-level detail (CSV, Parquet) for ``f``,
+    stating ``covers`` (default: see :func:`campaign_report_bytes`)."""
     return [
         Download("Campaign report (Excel)", report.report_filename(f, "campaign-report", "xlsx"), EXCEL_MIME,
-                 lambda: campaign_report_bytes(store, f, "xlsx"),
+                 lambda: campaign_report_bytes(store, f, "xlsx", covers),
                  "Summary, KPI definitions, campaigns, failure reasons and daily trend: the same file "
                  "`dlrlens report` writes.", ":material/summarize:"),
         Download("Campaign report (JSON)", report.report_filename(f, "campaign-report", "json"), JSON_MIME,
-                 lambda: campaign_report_bytes(store, f, "json"), "The same report as JSON.",
+                 lambda: campaign_report_bytes(store, f, "json", covers), "The same report as JSON.",
                  ":material/data_object:"),
         Download("Messages (CSV)", report.report_filename(f, "messages", "csv"), CSV_MIME,
-                 lambda: detail_bytes(store, f, "csv"),
+                 lambda: detail_bytes(store, f, "csv", covers),
                  "One row per message matching the filters: campaign, outcome, reason, sent and delivered "
                  "times, time to deliver."),
         Download("Messages (Parquet)", report.report_filename(f, "messages", "parquet"), PARQUET_MIME,
@@ -397,5 +427,5 @@ def expire_files_with_session() -> None:
 
 
 def export_buttons(f: Filters, key: str = "export") -> None:
-    """Campaign report and message-level detail buttons for ``f``."""
-    buttons(export_downloads(state.store(), f), key)
+    """Campaign report and message-level detail buttons for ``f``, stating its scope."""
+    buttons(export_downloads(state.store(), f, state.scope_of(f)), key)

@@ -29,8 +29,14 @@ campaigns or URL labels can number in the thousands (a label per post). The camp
 label filters offer the :data:`~dashboard.queries.OPTION_LIMIT` values with the most messages
 plus the values chosen; when the data has more, a search box above the filter finds the
 others on the server (:func:`dashboard.queries.campaign_choices`, ``LIMIT`` in SQL). A link's
-campaigns and labels are checked against the data once, by a query of their own, so a value
-outside the list still filters; at most :data:`MAX_URL_VALUES` values of a parameter are read.
+campaigns and labels are kept whether the data has them or not: a value outside the list still
+filters, and one the data lacks gives empty figures with a warning naming it
+(:func:`scope_header`); at most :data:`MAX_URL_VALUES` values of a parameter are read.
+
+**What a view covers** is said above its figures (:func:`scope_header`): a warning for every
+value it cannot honour (an unknown campaign, with a button to show all campaigns instead; a
+link's bad range, zone, outcome or date, with the default shown instead), then the scope line
+of :mod:`dashboard.scope`, which the downloads state too (:func:`scope_of`).
 """
 
 from __future__ import annotations
@@ -49,8 +55,10 @@ import streamlit as st
 
 from dlrlens.store import layout
 from dlrlens.statuses import status_table
-from dashboard import queries
+from dashboard import queries, scope
 from dashboard.queries import Filters, Store
+from dashboard.scope import Unhonoured
+from dashboard.safe_text import md_text
 
 T = TypeVar("T")
 
@@ -82,6 +90,9 @@ KEY_LIVE = "filter_live"
 KEY_CAMPAIGN_SEARCH = "filter_campaign_search"
 KEY_LABEL_SEARCH = "filter_label_search"
 _URL_READ = "_filters_read_from_url"
+# (the FilterState read from the link, the link's values it could not honour): reported until
+# the user changes a filter.
+_URL_UNHONOURED = "_filters_url_unhonoured"
 # Values read per repeated URL parameter: links are made by people, and each value is checked.
 MAX_URL_VALUES = 50
 
@@ -99,15 +110,6 @@ class FilterState:
     labels: tuple[tuple[str, str], ...] = ()
     tz: str = DEFAULT_TZ
     live: bool = False
-
-
-@dataclass(frozen=True)
-class FilterOptions:
-    """The campaigns and labels the data has (of those a link names, see :func:`known_options`);
-    URL values outside them are dropped, not errors."""
-
-    campaigns: tuple[str, ...] = ()
-    labels: tuple[str, ...] = ()  # "key=value"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,19 +137,16 @@ def to_query(state: FilterState) -> dict[str, str | list[str]]:
     return params
 
 
-def from_query(params: Mapping[str, str | Iterable[str]], default_preset: str = "all",
-               options: FilterOptions | None = None) -> FilterState:
-    """Read a :class:`FilterState` back from URL parameters, dropping anything invalid.
+def from_query(params: Mapping[str, str | Iterable[str]], default_preset: str = "all") -> FilterState:
+    """Read a :class:`FilterState` back from URL parameters, leaving out what is invalid
+    (:func:`url_unhonoured` names each such value, for the page to say so).
 
-    With ``options``, campaigns and labels the data does not have are dropped (a stale link
-    must not break the page); statuses are kept as typed, since any status name is legal.
+    Campaigns and labels are kept as the link has them even when the data has no such value:
+    a stale link must show that campaign's (empty) figures with a warning, never all
+    campaigns' figures as if they were that one's. Statuses are kept as typed (any status
+    name is legal).
     """
-
-    def values(name: str) -> list[str]:
-        raw = params.get(name, [])
-        items = [raw] if isinstance(raw, str) else list(raw)
-        found = dict.fromkeys(v.strip() for v in items if v and v.strip())  # dedupe, keep order
-        return list(found)[:MAX_URL_VALUES]
+    values = _url_values(params)
 
     def first(name: str) -> str | None:
         found = values(name)
@@ -161,23 +160,66 @@ def from_query(params: Mapping[str, str | Iterable[str]], default_preset: str = 
         date_from = date_to = None
     elif date_from and date_to and date_from > date_to:
         date_from, date_to = date_to, date_from
-    labels = tuple(_split_label(v) for v in values("label") if "=" in v and not v.startswith("="))
-    campaigns = tuple(values("campaign"))
-    if options is not None:
-        campaigns = tuple(c for c in campaigns if c in options.campaigns)
-        labels = tuple(pair for pair in labels if f"{pair[0]}={pair[1]}" in options.labels)
+    labels = tuple(_split_label(v) for v in values("label") if _is_label(v))
     tz = first("tz") or DEFAULT_TZ
     return FilterState(
         preset=preset,
         date_from=date_from,
         date_to=date_to,
-        campaigns=campaigns,
+        campaigns=tuple(values("campaign")),
         outcomes=tuple(o for o in values("outcome") if o in OUTCOMES),
         statuses=tuple(s.upper() for s in values("status")),
         labels=labels,
         tz=tz if is_time_zone(tz) else DEFAULT_TZ,
         live=first("live") in ("1", "true", "on", "yes"),
     )
+
+
+def _url_values(params: Mapping[str, str | Iterable[str]], limit: int | None = MAX_URL_VALUES):
+    """``values(name)``: the non-blank values of URL parameter ``name``, trimmed, deduplicated
+    in order, the first ``limit``."""
+    def values(name: str) -> list[str]:
+        raw = params.get(name, [])
+        items = [raw] if isinstance(raw, str) else list(raw)
+        found = list(dict.fromkeys(v.strip() for v in items if v and v.strip()))  # dedupe, keep order
+        return found[:limit] if limit is not None else found
+    return values
+
+
+def _is_label(text: str) -> bool:
+    return "=" in text and not text.startswith("=")
+
+
+def url_unhonoured(params: Mapping[str, str | Iterable[str]], default_preset: str = "all") -> tuple[Unhonoured, ...]:
+    """Every URL value :func:`from_query` leaves out, with the reason and what is shown instead:
+    a range that is no preset, a custom date that does not parse, an outcome that is not one,
+    an unknown zone, a label without ``=``, values past :data:`MAX_URL_VALUES`. (A campaign
+    or label the data lacks is kept, and reported by :func:`dashboard.scope.unknown_values`.)"""
+    values = _url_values(params, None)
+    found: list[Unhonoured] = []
+    preset = (values("range") or [None])[0]
+    if preset is not None and preset not in PRESETS:
+        found.append(Unhonoured("range", preset, f"not a date range (use one of {', '.join(PRESETS)})",
+                                f"showing {PRESETS[default_preset]} instead"))
+    shown_preset = preset if preset in PRESETS else default_preset
+    for name in ("from", "to"):
+        text = (values(name) or [None])[0]
+        if text is not None and _parse_date(text) is None:
+            found.append(Unhonoured(name, text, "not a date (YYYY-MM-DD)",
+                                    "the range is open on that side" if shown_preset == "custom" else "ignored"))
+    found += [Unhonoured("outcome", o, f"not an outcome (use {', '.join(OUTCOMES)})", "ignored")
+              for o in values("outcome") if o not in OUTCOMES]
+    tz = (values("tz") or [None])[0]
+    if tz is not None and not is_time_zone(tz):
+        found.append(Unhonoured("tz", tz, "not a time zone (use an IANA name such as Europe/Berlin)",
+                                f"showing {DEFAULT_TZ} instead"))
+    found += [Unhonoured("label", v, "not KEY=VALUE", "ignored") for v in values("label") if not _is_label(v)]
+    for name in ("campaign", "outcome", "status", "label"):
+        extra = values(name)[MAX_URL_VALUES:]
+        if extra:
+            found.append(Unhonoured(name, extra[0], f"more than {MAX_URL_VALUES} values in the link",
+                                    f"the {len(extra)} past the first {MAX_URL_VALUES} are ignored"))
+    return tuple(found)
 
 
 def resolve(state: FilterState, now: datetime) -> Filters:
@@ -315,16 +357,6 @@ def data_range() -> tuple[datetime, datetime] | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def known_options(wanted: FilterState) -> FilterOptions:
-    """The campaigns and labels of ``wanted`` (a link's) that the data has, checked by a query
-    of their own: a value outside the sidebar's lists is kept."""
-    if not store().has_data():
-        return FilterOptions()
-    labels = tuple(f"{k}={v}" for k, v in wanted.labels)
-    return FilterOptions(campaigns=cached(queries.campaign_choices, "", MAX_URL_VALUES, wanted.campaigns).values,
-                         labels=cached(queries.label_choices, "", MAX_URL_VALUES, labels).values)
-
-
 def sidebar() -> FilterState:
     """Render the shared filters in the sidebar, mirror them into the URL and return them.
 
@@ -425,7 +457,8 @@ def _read_url_once(preset_default: str) -> None:
         return
     st.session_state[_URL_READ] = True
     params = {key: st.query_params.get_all(key) for key in st.query_params}
-    wanted = from_query(params, preset_default, known_options(from_query(params, preset_default)))
+    wanted = from_query(params, preset_default)
+    st.session_state[_URL_UNHONOURED] = (wanted, url_unhonoured(params, preset_default))
     st.session_state[KEY_RANGE] = wanted.preset
     if wanted.preset == "custom" and (wanted.date_from or wanted.date_to):
         first = wanted.date_from or wanted.date_to
@@ -507,6 +540,70 @@ def no_match_notice(messages: int) -> bool:
             "campaign, outcome, status and label filters in the sidebar.",
             title="Nothing matches", icon=":material/filter_alt_off:")
     return False
+
+
+def unhonoured(f: Filters) -> tuple[Unhonoured, ...]:
+    """What the view of ``f`` was asked for and cannot honour: the link's invalid values (until
+    the user changes a filter) and the campaigns and labels the data does not have."""
+    read = st.session_state.get(_URL_UNHONOURED)
+    from_link = read[1] if read and read[0] == current_state() else ()
+    if not store().has_data():
+        return tuple(from_link)
+    # Only the campaigns and labels matter to the check: one cache entry whatever the dates.
+    return tuple(from_link) + cached(scope.unknown_values, Filters(campaigns=f.campaigns, labels=f.labels))
+
+
+def scope_of(f: Filters, sidebar_applies: bool = True) -> scope.Scope:
+    """The :class:`~dashboard.scope.Scope` of ``f`` in this session: its preset's name, the
+    values not honoured. Downloads state it; :func:`scope_header` shows it."""
+    preset = current_state().preset
+    named = PRESETS[preset] if sidebar_applies and preset not in ("all", "custom") else ""
+    return scope.describe(f, unhonoured(f) if sidebar_applies else (), named, sidebar_applies)
+
+
+def _drop_campaigns(names: tuple[str, ...]) -> None:
+    st.session_state[KEY_CAMPAIGNS] = [c for c in st.session_state.get(KEY_CAMPAIGNS) or () if c not in names]
+
+
+def _drop_labels(pairs: tuple[str, ...]) -> None:
+    st.session_state[KEY_LABELS] = [v for v in st.session_state.get(KEY_LABELS) or () if v not in pairs]
+
+
+def scope_header(f: Filters, sidebar_applies: bool = True) -> scope.Scope:
+    """Under a page's title, before its figures: a warning for every value the view cannot
+    honour, naming it and saying what is shown (an unknown campaign stays applied, with a
+    button to show all campaigns instead), then the scope line (period in the chosen zone,
+    the previous period compared with, every filter). In the main area, so a phone (sidebar
+    hidden) shows it too. ``sidebar_applies=False``: the page ignores the sidebar and says so."""
+    covers = scope_of(f, sidebar_applies)
+    unknown = {kind: tuple(u.value for u in covers.unhonoured if u.parameter == kind and u.reason.startswith("not in"))
+               for kind in ("campaign", "label")}
+    for problem in covers.unhonoured:
+        if problem.value in unknown.get(problem.parameter, ()):
+            continue
+        st.warning(f"The link's **{problem.parameter}** “{md_text(problem.value)}” is {md_text(problem.reason)}: "
+                   f"{md_text(problem.instead)}.", icon=":material/link_off:")
+    if unknown["campaign"]:
+        names = ", ".join(f"“{md_text(n)}”" for n in unknown["campaign"])
+        every = len(unknown["campaign"]) == len(f.campaigns)
+        with st.container(key="unknown_campaigns"):
+            st.warning(f"No message has the campaign {names}: the figures below are zero because the data holds "
+                       f"no such campaign (the link may be older than the data, or the name mistyped).",
+                       icon=":material/link_off:")
+            st.button("Show all campaigns instead" if every else "Show the other chosen campaigns only",
+                      on_click=_drop_campaigns, args=(unknown["campaign"],), key="drop_unknown_campaigns",
+                      icon=":material/filter_alt_off:")
+    if unknown["label"]:
+        pairs = ", ".join(f"“{md_text(p)}”" for p in unknown["label"])
+        with st.container(key="unknown_labels"):
+            st.warning(f"No message has the URL label {pairs}: the figures below are zero.",
+                       icon=":material/link_off:")
+            st.button("Drop this label filter" if len(unknown["label"]) == 1 else "Drop these label filters",
+                      on_click=_drop_labels, args=(unknown["label"],), key="drop_unknown_labels",
+                      icon=":material/filter_alt_off:")
+    with st.container(key="scope_line"):
+        st.caption(md_text(covers.line()))
+    return covers
 
 
 def with_campaigns(f: Filters, names: Iterable[str]) -> Filters:

@@ -12,9 +12,6 @@ import streamlit as st
 from dashboard import catalog, charts, downloads, queries, state
 from dashboard.safe_text import md_text
 
-# KPI columns first in the order a reader scans them; the rest follow as the query gives them.
-LEADING_COLUMNS = ["campaign", "messages", "delivered", "failed", "unknown", "pending", "delivery_rate",
-                   "latency_p50_s", "latency_p95_s"]
 COMPARE_LIMIT = 4
 # (column, label) of the side-by-side comparison cards
 COMPARE_CARDS = [
@@ -35,6 +32,12 @@ def bucket_of(trend) -> str:
     return "hour" if starts.diff().min() < pd.Timedelta(hours=23) else "day"
 
 
+def campaign_table(store, f):
+    """The Campaigns table: :func:`dashboard.queries.campaigns` with the per-receipt figures,
+    exactly the report's Campaigns sheet."""
+    return queries.campaigns(store, f, receipt_figures=True)
+
+
 def campaigns() -> None:
     st.title("Campaigns")
     if not state.data_notice():
@@ -43,10 +46,14 @@ def campaigns() -> None:
     @state.live
     def figures() -> None:
         f = state.filters()
-        table = state.cached(queries.campaigns, f)
+        state.scope_header(f)
+        # With the per-receipt columns (receipts, duplicates, webhook lag), from the query the
+        # report uses: screen, table downloads and `dlrlens report` have the same columns in
+        # the same order (catalog.KPIS), tests/dashboard/test_agreement.py checks it.
+        table = state.cached(campaign_table, f)
         if not state.no_match_notice(int(table["messages"].sum()) if len(table) else 0):
             return
-        ordered = [c for c in LEADING_COLUMNS if c in table] + [c for c in table if c not in LEADING_COLUMNS]
+        ordered = list(table.columns)
         search = st.text_input("Search campaigns", key="campaign_search", placeholder="Part of a campaign name",
                                icon=":material/search:")
         shown = table[ordered]

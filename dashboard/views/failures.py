@@ -15,6 +15,7 @@ def failures() -> None:
     @state.live
     def figures() -> None:
         f = state.filters()
+        state.scope_header(f)
         reasons = state.cached(queries.failure_reasons, f)
         failed = int(reasons["messages"].sum()) if len(reasons) else 0
         kpi = state.cached(queries.kpis, f)

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import catalog, charts, downloads, queries, state
+from dashboard.queries import Filters
 from dashboard.safe_text import md_text
 
 
@@ -69,11 +70,12 @@ def _ago(moment, now) -> str:
 
 def health() -> None:
     st.title("Data health")
-    st.caption("Everything stored, whatever the sidebar filters say; times in the chosen time zone.")
 
     @state.live
     def figures() -> None:
         f = state.filters()
+        state.scope_header(Filters(tz=f.tz), sidebar_applies=False)
+        everything = Filters(tz=f.tz)  # the files state what they cover: all stored data
         if state.data_notice():
             health_frames = state.cached(queries.data_health, None)
             summary = health_frames["summary"].iloc[0] if len(health_frames["summary"]) else pd.Series(dtype=object)
@@ -98,14 +100,14 @@ def health() -> None:
                                                               pd.Timestamp(now).tz_convert(f.tz)),
                             key="health_per_minute")
             with st.expander("Receipts per minute (table)"):
-                downloads.show_table(health_frames["per_minute"], "receipts-per-minute", f)
+                downloads.show_table(health_frames["per_minute"], "receipts-per-minute", f, file_filters=everything)
             st.subheader("Unknown statuses seen", anchor=False)
             unknown = health_frames["unknown_statuses"]
             if unknown.empty:
                 st.caption("Every status received is in Mobivate's documented table.")
             else:
                 st.caption("Status names or codes not in Mobivate's table; they count as *unknown* outcomes.")
-                downloads.show_table(unknown, "unknown-statuses", f)
+                downloads.show_table(unknown, "unknown-statuses", f, file_filters=everything)
 
         maintenance(state.utc_now())
 
@@ -116,7 +118,7 @@ def health() -> None:
         else:
             st.caption("Requests the collector refused (bad secret, unparsable body, ...), by reason. "
                        "Their raw bodies are kept under `rejected/` in the data folder.")
-            downloads.show_table(rejected, "rejected", f)
+            downloads.show_table(rejected, "rejected", f, file_filters=everything)
 
     figures()
 

@@ -22,6 +22,7 @@ def latency() -> None:
     @state.live
     def figures() -> None:
         f = state.filters()
+        state.scope_header(f)
         kpi = state.cached(queries.kpis, f)
         if not state.no_match_notice(int(kpi["messages"].iloc[0]) if len(kpi) else 0):
             return
@@ -63,7 +64,7 @@ def latency() -> None:
                 st.caption(f"The {charts.format_count(len(slowest))} slowest of {charts.format_count(measured)} "
                            "measured messages. The downloads hold every one, by campaign and time to deliver.")
                 downloads.show_table(slowest, "latencies", f,
-                                     files=downloads.latency_downloads(state.store(), f, measured))
+                                     files=downloads.latency_downloads(state.store(), f, measured, state.scope_of(f)))
 
     figures()
 

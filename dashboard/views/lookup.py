@@ -17,6 +17,7 @@ SHOWN_COLUMNS = ["delivery_message_id", "created", "received_at", "status", "sta
 
 def lookup() -> None:
     st.title("Message lookup")
+    state.scope_header(Filters(tz=state.filters().tz), sidebar_applies=False)
     term = st.text_input("deliveryMessageId, clientReference or batchId", key="lookup_term",
                          placeholder="e.g. 6f1c9a40-... or your send reference", icon=":material/search:").strip()
     if not state.data_notice() or not term:

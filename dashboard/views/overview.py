@@ -37,6 +37,7 @@ def overview() -> None:
     @state.live
     def figures() -> None:
         f = state.filters()
+        state.scope_header(f)
         kpis = state.cached(queries.kpis_with_change, f).set_index("metric")
         with st.grid(4, key="kpi_cards"):
             for metric, label, rise_is_bad in CARDS:

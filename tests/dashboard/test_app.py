@@ -412,16 +412,45 @@ def test_filters_go_to_the_url_and_a_link_reproduces_the_view(monkeypatch, known
         assert linked.session_state[key] == at.session_state[key]
 
 
-def test_a_stale_or_broken_link_falls_back_instead_of_failing(monkeypatch, known_data):
+def warnings(at: AppTest) -> list[str]:
+    """The page's warnings as plain text (Markdown escapes removed)."""
+    return [w.value.replace("\\", "").replace("**", "") for w in at.warning]
+
+
+def test_a_stale_or_broken_link_says_what_it_cannot_honour(monkeypatch, known_data):
     at = run_app(monkeypatch, known_data, query={"range": "fortnight", "campaign": ["alpha", "gone"],
                                                   "outcome": ["failed", "lost"], "tz": "Mars/Olympus",
                                                   "label": ["nokey", "env=prod"]})
     assert at.session_state[state.KEY_RANGE] == "7d"  # the default for recent data
-    assert at.session_state[state.KEY_CAMPAIGNS] == ["alpha"]
+    assert at.session_state[state.KEY_CAMPAIGNS] == ["alpha", "gone"]  # kept: never widened silently
     assert at.session_state[state.KEY_OUTCOMES] == ["failed"]
     assert at.session_state[state.KEY_TZ] == "UTC"
     assert cards(at)["Messages"] == "1"  # A2: alpha, failed, last 7 days
-    assert dict(at.query_params) == {"range": "7d", "campaign": "alpha", "outcome": "failed", "label": "env=prod"}
+    said = " | ".join(warnings(at))
+    for part in ("range “fortnight”", "showing Last 7 days instead", "outcome “lost”", "tz “Mars/Olympus”",
+                 "showing UTC instead", "label “nokey”", "not KEY=VALUE", "campaign “gone”"):
+        assert part in said, part
+    assert dict(at.query_params) == {"range": "7d", "campaign": ["alpha", "gone"], "outcome": "failed",
+                                     "label": "env=prod"}
+    at.button(key="drop_unknown_campaigns").click().run()
+    assert_ok(at)
+    assert at.session_state[state.KEY_CAMPAIGNS] == ["alpha"]
+    assert not any("“gone”" in w for w in warnings(at))
+
+
+def test_an_unknown_campaign_gives_zero_figures_until_all_campaigns_are_asked_for(monkeypatch, known_data):
+    at = run_app(monkeypatch, known_data, query={"range": "all", "campaign": "old-campaign-2025"})
+    assert cards(at)["Messages"] == "0"
+    assert any("No message has the campaign “old-campaign-2025”" in w for w in warnings(at))
+    assert dict(at.query_params) == {"range": "all", "campaign": "old-campaign-2025"}  # the URL says what is shown
+    scope_line = at.container(key="scope_line").caption[0].value.replace("\\", "").replace("\u2060", "")
+    assert "Campaigns: old-campaign-2025" in scope_line and "not in the data" in scope_line
+    button = at.button(key="drop_unknown_campaigns")
+    assert button.label == "Show all campaigns instead"
+    button.click().run()
+    assert_ok(at)
+    assert cards(at)["Messages"] == "9" and dict(at.query_params) == {"range": "all"}
+    assert not warnings(at)
 
 
 def test_the_filters_survive_a_page_switch(monkeypatch, known_data):
@@ -542,7 +571,9 @@ def test_tables_print_values_as_the_cards_do(monkeypatch, known_data):
     assert exact.at["alpha", "delivery_rate"] == pytest.approx(2 / 3, rel=0, abs=0)  # the value stays exact
     assert shown.at["beta", "latency_p95_s"] == "1 min 55 s"  # B1 10 s, B4 120 s
     assert exact.at["beta", "latency_p95_s"] == pytest.approx(114.5)
-    assert shown.at["alpha", "webhook_lag_p50_s"] == "—" and pd.isna(exact.at["alpha", "webhook_lag_p50_s"])
+    # The per-receipt columns are filled, as in the report (tests/dashboard/test_agreement.py).
+    assert exact.at["alpha", "receipts"] == 7 and exact.at["alpha", "duplicate_rows"] == 0
+    assert shown.at["alpha", "webhook_lag_p50_s"] != "—" and exact.at["alpha", "webhook_lag_p50_s"] >= 0
 
 
 def test_table_downloads_carry_the_exact_numbers(known_data, store_of):
@@ -555,7 +586,9 @@ def test_table_downloads_carry_the_exact_numbers(known_data, store_of):
     assert csv_file.file_name == f"dlrlens-campaigns_{span}.csv"
     assert excel_file.file_name == f"dlrlens-campaigns_{span}.xlsx"
 
-    from_csv = pd.read_csv(io.BytesIO(csv_file.build()))
+    data = csv_file.build()
+    assert data.startswith(b"# dlrlens scope: Period: " + span.replace("_", " to ").encode())
+    from_csv = pd.read_csv(io.BytesIO(data), skiprows=1)  # line 1: the scope
     assert from_csv["campaign"].tolist() == ["alpha", "beta", "gamma"]
     assert from_csv["messages"].tolist() == [4, 2, 1]
     for column in ("delivery_rate", "latency_p50_s", "latency_p95_s", "within_1m"):
@@ -587,7 +620,7 @@ def test_export_downloads_match_the_kpis(known_data, store_of):
     files = {d.label: d for d in downloads.export_downloads(store, f)}
     assert files["Messages (CSV)"].file_name == "dlrlens-messages_all-time.csv"
 
-    detail = pd.read_csv(io.BytesIO(files["Messages (CSV)"].build()))
+    detail = pd.read_csv(io.BytesIO(files["Messages (CSV)"].build()), skiprows=1)
     assert len(detail) == expected["messages"] == 9
     assert detail["outcome"].value_counts().to_dict() == {"delivered": 5, "failed": 2, "unknown": 1, "pending": 1}
     from_parquet = pd.read_parquet(io.BytesIO(files["Messages (Parquet)"].build()))
@@ -673,7 +706,8 @@ def test_latency_page_lists_messages_only_when_asked_and_offers_every_row(monkey
     store = store_of(known_data)
     files = {d.extension: d.build() for d in downloads.latency_downloads(store, Filters(), 5)}
     every = queries.latencies(store, Filters())
-    from_csv = pd.read_csv(io.BytesIO(files["csv"]))
+    assert files["csv"].startswith(b"# dlrlens scope: Period: all data (UTC)")
+    from_csv = pd.read_csv(io.BytesIO(files["csv"]), skiprows=1)
     assert from_csv["delivery_message_id"].tolist() == every["delivery_message_id"].tolist()
     assert from_csv["latency_s"].tolist() == every["latency_s"].tolist()
     from_parquet = pd.read_parquet(io.BytesIO(files["parquet"]))

@@ -223,7 +223,14 @@ def test_csv_safe_frame_guards_text_cells_only():
 
 
 def csv_rows(data: bytes) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+    """The rows of a CSV download; its first line, the scope, must be ONE cell starting with
+    ``#`` (no part of it a cell of its own that a spreadsheet could evaluate)."""
+    text = data.decode("utf-8")
+    if text.startswith(('"# dlrlens scope', "# dlrlens scope")):
+        first, text = text.split("\n", 1)
+        [cell] = next(csv.reader([first]))
+        assert cell.startswith("# dlrlens scope: ")
+    return list(csv.DictReader(io.StringIO(text)))
 
 
 def assert_no_formula_cells(rows: list[dict[str, str]]) -> None:
@@ -546,4 +553,16 @@ def test_a_looked_up_term_cannot_break_the_excel_sheet_name():
     # ends (or starts) with an apostrophe, and xlsxwriter raised on it.
     term = "x" * 21 + "'" + FORMULA
     data = downloads.table_downloads(pd.DataFrame({"a": [1]}), f"receipts-{term[:60]}", ALL)[1].build()
-    assert openpyxl.load_workbook(io.BytesIO(data)).sheetnames == ["receipts-" + "x" * 21]
+    assert openpyxl.load_workbook(io.BytesIO(data)).sheetnames == ["receipts-" + "x" * 21, "Scope"]
+
+
+def test_hostile_filter_values_stay_inside_the_csv_scope_cell(store):
+    # The scope line names the filters, and campaign names come from whoever can post: a name
+    # with commas, quotes, a newline and a formula must neither start a cell of its own nor
+    # end the line.
+    hostile = Filters(campaigns=(FORMULA, 'a,"=1+1",b', "x\n=2+2"), labels=(("team", "=HYPERLINK(1)"),))
+    data = downloads.table_downloads(pd.DataFrame({"a": [1]}), "campaigns", hostile)[0].build()
+    first, rest = data.decode().split("\n", 1)
+    [cell] = next(csv.reader([first]))
+    assert cell.startswith("# dlrlens scope: ") and FORMULA in cell and "team==HYPERLINK(1)" in cell
+    assert rest == "a\n1\n"
