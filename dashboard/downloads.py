@@ -266,6 +266,8 @@ def display_frame(frame: pd.DataFrame, tz: str):
     config = {}
     for column in shown.columns:
         label, help_text, width = labels[column], catalog.definition(column), widths.get(column)
+        if help_text:  # the key the downloads and the report head this column with
+            help_text = f"{help_text} (`{column}` in the downloads and `dlrlens report`.)"
         unit = column_unit(column, shown[column])
         if is_timestamp(shown[column]):
             config[column] = st.column_config.DatetimeColumn(label, help=help_text, width=width,

@@ -58,7 +58,8 @@ def build_report(store: Store, filters: Filters, unhonoured=()) -> dict[str, pd.
     * Daily trend: day (local date in the report's zone) + :func:`queries.trend` columns.
     """
     with store.pinned():
-        overall = queries.kpis(store, filters, receipt_figures=True).iloc[0]
+        # A record, not .iloc[0]: a row of mixed dtypes would turn every count into a float.
+        overall = queries.kpis(store, filters, receipt_figures=True).to_dict(orient="records")[0]
         per_campaign = queries.campaigns(store, filters, receipt_figures=True)
         reasons = queries.failure_reasons(store, filters)
         daily = queries.trend(store, filters, bucket="day")
