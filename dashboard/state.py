@@ -561,12 +561,19 @@ def scope_of(f: Filters, sidebar_applies: bool = True) -> scope.Scope:
     return scope.describe(f, unhonoured(f) if sidebar_applies else (), named, sidebar_applies)
 
 
+# Set by a scope button's callback: the click ran in a page's fragment, whose rerun would not
+# rewrite the URL (the sidebar does that on full runs), so the next run is a full one.
+_RERUN_APP = "_scope_rerun_app"
+
+
 def _drop_campaigns(names: tuple[str, ...]) -> None:
     st.session_state[KEY_CAMPAIGNS] = [c for c in st.session_state.get(KEY_CAMPAIGNS) or () if c not in names]
+    st.session_state[_RERUN_APP] = True
 
 
 def _drop_labels(pairs: tuple[str, ...]) -> None:
     st.session_state[KEY_LABELS] = [v for v in st.session_state.get(KEY_LABELS) or () if v not in pairs]
+    st.session_state[_RERUN_APP] = True
 
 
 def scope_header(f: Filters, sidebar_applies: bool = True) -> scope.Scope:
@@ -575,6 +582,8 @@ def scope_header(f: Filters, sidebar_applies: bool = True) -> scope.Scope:
     button to show all campaigns instead), then the scope line (period in the chosen zone,
     the previous period compared with, every filter). In the main area, so a phone (sidebar
     hidden) shows it too. ``sidebar_applies=False``: the page ignores the sidebar and says so."""
+    if st.session_state.pop(_RERUN_APP, False):
+        st.rerun(scope="app")
     covers = scope_of(f, sidebar_applies)
     unknown = {kind: tuple(u.value for u in covers.unhonoured if u.parameter == kind and u.reason.startswith("not in"))
                for kind in ("campaign", "label")}
