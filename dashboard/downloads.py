@@ -35,6 +35,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
@@ -57,6 +58,7 @@ STYLED_CELLS_LIMIT = 20_000
 FALLBACK_FORMATS = {"share": "percent", "seconds": "%.1f s", "count": "localized", "number": "%.2f"}
 MISSING = "—"  # a missing value on screen, as on the cards (charts.format_*)
 TIMESTAMP_FORMAT = "YYYY-MM-DD HH:mm:ssZ"  # momentJS: 2026-11-27 14:22:02+00:00
+TIMESTAMP_FORMAT_MS = "YYYY-MM-DD HH:mm:ss.SSSZ"  # the lookup's receipts: order within a second matters
 # The grid sizes a column from its first ~10 rows, once, when the table first appears, and
 # keeps that width while rows change (drilling into a second campaign cut the new, longer
 # texts). So styled tables get widths computed here from every cell's text, in pixels of the
@@ -211,9 +213,13 @@ def is_timestamp(values: pd.Series) -> bool:
     return isinstance(values.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(values)
 
 
-def timestamp_text(moments: pd.Series) -> pd.Series:
-    """Timestamps as :data:`TIMESTAMP_FORMAT` shows them: ``2026-11-27 14:22:02+00:00``."""
-    text = moments.dt.strftime("%Y-%m-%d %H:%M:%S%z").str.replace(r"([+-]\d\d)(\d\d)$", r"\1:\2", regex=True)
+def timestamp_text(moments: pd.Series, milliseconds: bool = False) -> pd.Series:
+    """Timestamps as :data:`TIMESTAMP_FORMAT` shows them: ``2026-11-27 14:22:02+00:00``
+    (with ``milliseconds``, :data:`TIMESTAMP_FORMAT_MS`: ``2026-11-27 14:22:02.125+00:00``)."""
+    pattern = "%Y-%m-%d %H:%M:%S.%f%z" if milliseconds else "%Y-%m-%d %H:%M:%S%z"
+    text = moments.dt.strftime(pattern).str.replace(r"([+-]\d\d)(\d\d)$", r"\1:\2", regex=True)
+    if milliseconds:
+        text = text.str.replace(r"(\.\d{3})\d{3}", r"\1", regex=True)
     return text.where(moments.notna(), MISSING).astype(str)
 
 
@@ -237,41 +243,60 @@ def column_widths(text: pd.DataFrame, labels: dict[str, str] | None = None) -> d
     return widths
 
 
-def display_text(frame: pd.DataFrame) -> pd.DataFrame:
+def display_text(frame: pd.DataFrame, milliseconds: bool = False) -> pd.DataFrame:
     """Every cell of ``frame`` as text, formatted as :func:`display_frame`'s styled table shows
     it (missing values "—"); ``frame`` as shown, i.e. already in the chosen zone."""
     text = frame.astype(object).where(frame.notna(), MISSING).astype(str)
     for column in frame.columns:
         if is_timestamp(frame[column]):
-            text[column] = timestamp_text(frame[column])
+            text[column] = timestamp_text(frame[column], milliseconds)
     for formatter, subset in cell_formats(frame):
         part = frame.loc[subset]
         text.loc[part.index, part.columns] = part.map(lambda value, fmt=formatter: fmt(value) or MISSING)
     return text
 
 
-def display_frame(frame: pd.DataFrame, tz: str):
+def lookup_link(message_id) -> str:
+    """The Message lookup page's address for one message (relative: the app may sit behind a
+    path prefix)."""
+    return "lookup?" + urlencode({"id": str(message_id)})
+
+
+# display_frame(links=...): the column whose cells open the Message lookup, and the pattern
+# that shows the id itself as the link's text.
+LOOKUP_LINK_TEXT = r"lookup\?id=(.*)"
+
+
+def display_frame(frame: pd.DataFrame, tz: str, milliseconds: bool = False, links: tuple[str, ...] = ()):
     """``frame`` ready for ``st.dataframe``, and its column config (labels, KPI help, formats).
 
     Times are shown in ``tz``. Numbers read as the cards print them
     (``89.3%``, ``3.5 s``, ``1 min 5 s``, ``1,234``): a pandas Styler puts that text over the
     exact numbers, so a click on a heading still sorts by number, and the columns are sized
     to the text. Tables over :data:`STYLED_CELLS_LIMIT` cells get :data:`FALLBACK_FORMATS`
-    instead. Returns ``(DataFrame or Styler, column config)``.
+    instead. Returns ``(DataFrame or Styler, column config)``. ``milliseconds``: times show
+    them. ``links``: message-id columns whose cells link to the Message lookup (on screen only:
+    the downloads keep the ids).
     """
     shown = in_zone(frame, tz).reset_index(drop=True)
     styled = shown.size <= STYLED_CELLS_LIMIT
     labels = {column: column_label(column) for column in shown.columns}
-    widths = column_widths(display_text(shown), labels) if styled else {}
+    widths = column_widths(display_text(shown, milliseconds), labels) if styled else {}
+    links = [c for c in links if c in shown]
+    for column in links:
+        shown[column] = shown[column].map(lambda v: lookup_link(v) if pd.notna(v) else None)
     config = {}
     for column in shown.columns:
         label, help_text, width = labels[column], catalog.definition(column), widths.get(column)
         if help_text:  # the key the downloads and the report head this column with
             help_text = f"{help_text} (`{column}` in the downloads and `dlrlens report`.)"
         unit = column_unit(column, shown[column])
-        if is_timestamp(shown[column]):
-            config[column] = st.column_config.DatetimeColumn(label, help=help_text, width=width,
-                                                             format=TIMESTAMP_FORMAT)
+        if column in links:
+            config[column] = st.column_config.LinkColumn(label, help="Opens the message's lookup.", width=width,
+                                                         display_text=LOOKUP_LINK_TEXT)
+        elif is_timestamp(shown[column]):
+            config[column] = st.column_config.DatetimeColumn(
+                label, help=help_text, width=width, format=TIMESTAMP_FORMAT_MS if milliseconds else TIMESTAMP_FORMAT)
         elif unit:
             config[column] = st.column_config.NumberColumn(
                 label, help=help_text, width=width, format=None if styled else FALLBACK_FORMATS[unit])
@@ -282,12 +307,17 @@ def display_frame(frame: pd.DataFrame, tz: str):
     styler = shown.style.format(na_rep=MISSING)
     for formatter, subset in cell_formats(shown):
         styler = styler.format(formatter, subset=subset, na_rep=MISSING)
+    for column in shown.columns:
+        if is_timestamp(shown[column]):
+            # As the widths were measured (the grid's own format would apply to a plain frame only).
+            text = dict(zip(shown[column], timestamp_text(shown[column], milliseconds)))
+            styler = styler.format(lambda v, text=text: text.get(v, MISSING), subset=[column], na_rep=MISSING)
     return styler, config
 
 
 def show_table(frame: pd.DataFrame, view: str, f: Filters, key: str | None = None,
                file_filters: Filters | None = None, files: list["Download"] | None = None,
-               **dataframe_args) -> None:
+               milliseconds: bool = False, links: tuple[str, ...] = (), **dataframe_args) -> None:
     """Show a query's table readably (labels, percentages, durations, times in the chosen zone)
     with its CSV and Excel buttons, which carry the exact values.
 
@@ -296,7 +326,7 @@ def show_table(frame: pd.DataFrame, view: str, f: Filters, key: str | None = Non
     """
     key = key or view
     covers = state.scope_of(file_filters or f, sidebar_applies=file_filters is None)
-    shown, config = display_frame(frame, f.tz)
+    shown, config = display_frame(frame, f.tz, milliseconds, links)
     config.update(dataframe_args.pop("column_config", {}))
     with st.container(key=f"table_{key}"):  # the table and its buttons, addressable by key
         st.dataframe(shown, hide_index=True, column_config=config, placeholder=MISSING, **dataframe_args)

@@ -93,6 +93,10 @@ _URL_READ = "_filters_read_from_url"
 # (the FilterState read from the link, the link's values it could not honour): reported until
 # the user changes a filter.
 _URL_UNHONOURED = "_filters_url_unhonoured"
+# URL parameters a page owns (not filters): read from the link with the filters, before the
+# sidebar rewrites the URL; the page writes them back while it shows (see url_value).
+PAGE_PARAMETERS = ("id",)  # Message lookup: the looked-up id
+_URL_PAGE_VALUES = "_url_page_values"
 # Values read per repeated URL parameter: links are made by people, and each value is checked.
 MAX_URL_VALUES = 50
 
@@ -457,6 +461,7 @@ def _read_url_once(preset_default: str) -> None:
         return
     st.session_state[_URL_READ] = True
     params = {key: st.query_params.get_all(key) for key in st.query_params}
+    st.session_state[_URL_PAGE_VALUES] = {name: params[name][0] for name in PAGE_PARAMETERS if params.get(name)}
     wanted = from_query(params, preset_default)
     st.session_state[_URL_UNHONOURED] = (wanted, url_unhonoured(params, preset_default))
     st.session_state[KEY_RANGE] = wanted.preset
@@ -469,6 +474,13 @@ def _read_url_once(preset_default: str) -> None:
     st.session_state[KEY_LABELS] = [f"{k}={v}" for k, v in wanted.labels]
     st.session_state[KEY_TZ] = wanted.tz
     st.session_state[KEY_LIVE] = wanted.live
+
+
+def url_value(name: str) -> str | None:
+    """The value the session's link had for the page parameter ``name`` (:data:`PAGE_PARAMETERS`).
+    The sidebar rewrites the URL from the filters on every full run; a page that owns a
+    parameter sets ``st.query_params[name]`` again after it."""
+    return (st.session_state.get(_URL_PAGE_VALUES) or {}).get(name)
 
 
 def _default_custom_dates(now: datetime) -> tuple[date, date]:

@@ -41,7 +41,8 @@ Modules (everything is re-exported here: ``from dashboard import queries; querie
   :func:`failure_reasons_by_campaign`, :func:`failure_reasons_over_time`.
 * :mod:`~dashboard.queries.latency`: :func:`latency_by_campaign`, :func:`latency_distribution`,
   :func:`latencies`, :func:`slowest_latencies`, :func:`latencies_file`.
-* :mod:`~dashboard.queries.lookup`: :func:`message_lookup`, :func:`message_detail`.
+* :mod:`~dashboard.queries.lookup`: :func:`message_lookup`, :func:`message_summary`,
+  :func:`message_detail`.
 * :mod:`~dashboard.queries.options`: :func:`campaign_choices`, :func:`label_choices`,
   :func:`campaign_names`, :func:`label_pairs`. Lists meant for widgets are bounded whatever the
   data holds (ranked, searched and limited in DuckDB: at most :data:`OPTION_LIMIT` values reach
@@ -64,7 +65,8 @@ from dashboard.queries.health import data_health, maintenance_status, rejected_s
 from dashboard.queries.kpis import campaigns, kpis, kpis_with_change, outcome_breakdown
 from dashboard.queries.latency import (LATENCY_ROW_COLUMNS, latencies, latencies_file, latency_by_campaign,
                                        latency_distribution, slowest_latencies)
-from dashboard.queries.lookup import DETAIL_COLUMNS, LOOKUP_COLUMNS, message_detail, message_lookup
+from dashboard.queries.lookup import (DETAIL_COLUMNS, LOOKUP_COLUMNS, SUMMARY_COLUMNS, message_detail,
+                                      message_lookup, message_summary)
 from dashboard.queries.options import (Choices, campaign_choices, campaign_names, label_choices,
                                        label_pairs)
 from dashboard.queries.trend import pending_ages, trend, uncharted_messages, uncharted_note
@@ -82,7 +84,7 @@ __all__ = [
     "failure_reasons", "failure_reasons_by_campaign", "failure_reasons_over_time",
     "latency_quantiles", "latency_by_campaign", "latency_distribution", "latencies", "slowest_latencies",
     "latencies_file",
-    "message_lookup", "message_detail",
+    "message_lookup", "message_summary", "message_detail", "SUMMARY_COLUMNS",
     "Choices", "campaign_choices", "label_choices", "campaign_names", "label_pairs",
     "data_health", "maintenance_status", "rejected_summary",
 ]

@@ -16,13 +16,16 @@ from dashboard.queries._common import empty_frame, in_zone
 
 LOOKUP_COLUMNS = ["delivery_message_id", "batch_id", "client_reference", "created", "received_at", "status",
                   "status_code", "category", "part", "parts", "hlr", "campaign", "labels", "receipt_id", "copies"]
+# message_summary: one row per message a lookup finds, what support asks first.
+SUMMARY_COLUMNS = ["delivery_message_id", "campaign", "outcome", "reason", "last_status", "sent_at", "delivered_at",
+                   "latency_s", "receipts", "duplicates_hidden"]
 DETAIL_COLUMNS = ["delivery_message_id", "campaign", "batch_id", "client_reference", "sent_at", "outcome",
                   "reason", "last_status", "delivered_at", "latency_s", "receipts"]
 
 
 def message_lookup(store: Store, term: str, limit: int = 5000, tz: str = "UTC") -> pd.DataFrame:
     """Every distinct receipt of the messages whose delivery_message_id, client_reference or
-    batch_id equals ``term`` (trimmed), ordered by delivery_message_id, created, received_at.
+    batch_id equals ``term`` (trimmed, in any case), ordered by delivery_message_id, created, received_at.
 
     Columns: :data:`LOOKUP_COLUMNS`; ``campaign`` is the message's campaign (see the
     definitions), ``labels`` the receipt's own, ``copies`` how many stored copies it has.
@@ -34,13 +37,7 @@ def message_lookup(store: Store, term: str, limit: int = 5000, tz: str = "UTC") 
     zone_info(tz)
 
     def compute():
-        raw = store.raw_sql()
-        store.query(f"""CREATE OR REPLACE TEMP TABLE lookup_rows AS
-                        SELECT * FROM {raw} WHERE delivery_message_id IN (
-                            SELECT delivery_message_id FROM {raw}
-                            WHERE delivery_message_id = $term OR client_reference = $term OR batch_id = $term)""",
-                    {"term": term})
-        store.query("CREATE OR REPLACE TEMP TABLE lookup_ids AS SELECT DISTINCT delivery_message_id FROM lookup_rows")
+        _find(store, term)
         df = store.query(f"""
             SELECT r.delivery_message_id, r.batch_id, r.client_reference, r.created, r.received_at,
                    r.status, r.status_code, r.category, r.part, r.parts, r.hlr, m.campaign, r.labels,
@@ -51,6 +48,46 @@ def message_lookup(store: Store, term: str, limit: int = 5000, tz: str = "UTC") 
             LIMIT $limit""", {"limit": int(limit)})
         return in_zone(df, ["created", "received_at"], tz)
     return store.cached("message_lookup", (term, limit, tz), compute)
+
+
+def _find(store: Store, term: str) -> None:
+    """Temp tables ``lookup_rows`` (every stored row of the messages ``term`` names: their
+    delivery_message_id, client_reference or batch_id equals it in any case, since ids are
+    pasted from e-mails and tickets in whatever case they were written) and ``lookup_ids``."""
+    raw = store.raw_sql()
+    store.query(f"""CREATE OR REPLACE TEMP TABLE lookup_rows AS
+                    SELECT * FROM {raw} WHERE delivery_message_id IN (
+                        SELECT delivery_message_id FROM {raw}
+                        WHERE lower(delivery_message_id) = $term OR lower(client_reference) = $term
+                           OR lower(batch_id) = $term)""",
+                {"term": term.lower()})
+    store.query("CREATE OR REPLACE TEMP TABLE lookup_ids AS SELECT DISTINCT delivery_message_id FROM lookup_rows")
+
+
+def message_summary(store: Store, term: str, limit: int = 1000, tz: str = "UTC") -> pd.DataFrame:
+    """One row per message ``term`` names (as :func:`message_lookup` finds them), sent first
+    first: :data:`SUMMARY_COLUMNS`. ``reason`` is a failed message's deciding status,
+    ``last_status`` the deciding (or, pending, latest) status, ``latency_s`` its time to
+    deliver (NaN unless it counts as one), ``receipts`` its distinct receipts and
+    ``duplicates_hidden`` the stored copies beyond them. Times in ``tz``."""
+    term = (term or "").strip()
+    if not term:
+        return empty_frame(SUMMARY_COLUMNS)
+    zone_info(tz)
+
+    def compute():
+        _find(store, term)
+        df = store.query(f"""
+            SELECT m.delivery_message_id, m.campaign, m.outcome, m.reason, m.last_status, m.sent_at,
+                   m.delivered_at, m.latency_s, r.receipts, r.stored - r.receipts AS duplicates_hidden
+            FROM {store.messages_for_ids('lookup_ids')} m
+            JOIN (SELECT delivery_message_id, count(DISTINCT receipt_id) AS receipts, count(*) AS stored
+                  FROM lookup_rows GROUP BY ALL) r USING (delivery_message_id)
+            ORDER BY m.sent_at, m.delivery_message_id LIMIT $limit""", {"limit": int(limit)})
+        for column in ("receipts", "duplicates_hidden"):
+            df[column] = df[column].astype("int64")
+        return in_zone(df[SUMMARY_COLUMNS], ["sent_at", "delivered_at"], tz)
+    return store.cached("message_summary", (term, limit, tz), compute)
 
 
 def message_detail(store: Store, f: Filters, limit: int | None = None) -> pd.DataFrame:
