@@ -53,9 +53,9 @@ from typing import TypeVar
 
 import streamlit as st
 
-from dlrlens.store import layout
+from dlrlens.store import demo, layout
 from dlrlens.statuses import status_table
-from dashboard import queries, scope
+from dashboard import charts, queries, scope
 from dashboard.queries import Filters, Store
 from dashboard.scope import Unhonoured
 from dashboard.safe_text import md_text
@@ -252,10 +252,14 @@ def resolve(state: FilterState, now: datetime) -> Filters:
 
 
 def default_preset(data_range: tuple[datetime, datetime] | None, now: datetime) -> str:
-    """``RECENT_PRESET`` while the newest message falls inside it, else "all"."""
+    """The first view fits the data: "24h" when every message was sent in the last 24 hours
+    (hourly buckets, not one bar beside six empty days), else ``RECENT_PRESET`` while the newest
+    message falls inside it, else "all"."""
     if data_range is None:
         return "all"
-    newest = data_range[1]
+    oldest, newest = data_range
+    if oldest >= now - ROLLING_PRESETS["24h"]:
+        return "24h"
     return RECENT_PRESET if newest >= now - ROLLING_PRESETS[RECENT_PRESET] else "all"
 
 
@@ -499,11 +503,36 @@ def _default_custom_dates(now: datetime) -> tuple[date, date]:
 
 
 def live(body: Callable[[], None]) -> Callable[[], None]:
-    """Wrap a page's figures as a fragment that reruns every ``LIVE_REFRESH`` while Live is on.
+    """Wrap a page's figures as a fragment that reruns every ``LIVE_REFRESH`` while Live is on,
+    or while ``dlrlens up``'s demo is still posting (:func:`demo_started`).
 
     The fragment re-reads the filters from session state, so a refresh keeps them.
     """
-    return st.fragment(body, run_every=LIVE_REFRESH if current_state().live else None)
+    refresh = current_state().live or demo_started() is not None
+    return st.fragment(body, run_every=LIVE_REFRESH if refresh else None)
+
+
+def demo_started() -> datetime | None:
+    """When ``dlrlens up``'s demo traffic, still posting, started; None when none is posting
+    (``data/demo.json``, :mod:`dlrlens.store.demo`)."""
+    return demo.demo_posting(data_dir())
+
+
+def demo_notice() -> None:
+    """While the demo is posting: say so (the figures grow, the page refreshes by itself)."""
+    started = demo_started()
+    if started is not None:
+        st.info(f"`dlrlens up` is still posting its demo traffic (simulated Mobivate receipts, started "
+                f"{charts.format_duration((utc_now() - started).total_seconds())} ago): the figures grow while it "
+                f"runs, and this page refreshes every {int(LIVE_REFRESH.total_seconds())} s by itself until it ends.",
+                icon=":material/autorenew:")
+
+
+@st.fragment(run_every=LIVE_REFRESH)
+def _await_demo_data() -> None:
+    """While an empty data folder waits for the demo's first receipts: rerun the page once they land."""
+    if store().has_data():
+        st.rerun(scope="app")
 
 
 # The collector the empty-data notice starts: `dlrlens collector`'s default port, named in the
@@ -534,6 +563,10 @@ def data_notice() -> bool:
     if current.has_data():
         return True
     directory = data_dir()
+    if demo_started() is not None:
+        demo_notice()
+        _await_demo_data()
+        return False
     start_collecting = collecting_hint(directory)
     if not directory.exists():
         st.info(f"The data folder `{directory}` does not exist yet. {start_collecting}",
@@ -596,6 +629,7 @@ def scope_header(f: Filters, sidebar_applies: bool = True) -> scope.Scope:
     hidden) shows it too. ``sidebar_applies=False``: the page ignores the sidebar and says so."""
     if st.session_state.pop(_RERUN_APP, False):
         st.rerun(scope="app")
+    demo_notice()
     covers = scope_of(f, sidebar_applies)
     unknown = {kind: tuple(u.value for u in covers.unhonoured if u.parameter == kind and u.reason.startswith("not in"))
                for kind in ("campaign", "label")}

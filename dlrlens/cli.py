@@ -26,6 +26,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
+from dlrlens.store import demo as demo_status
 from dlrlens.store import layout
 
 DEFAULT_COLLECTOR_PORT = 8080
@@ -126,6 +127,7 @@ def cmd_up(args) -> int:
                 child.kill()
 
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(0)))
+    demo = demo_started = None
     try:
         children.append(subprocess.Popen(
             me + ["collector", "--data", str(data_dir), "--host", args.host, "--port", str(args.collector_port)],
@@ -141,16 +143,32 @@ def cmd_up(args) -> int:
               flush=True)
         if not layout.has_receipts(data_dir) and not args.no_demo:
             print("dlrlens: no receipts yet, posting simulated Mobivate traffic through the collector", flush=True)
-            children.append(subprocess.Popen(
+            # Real time from now, three hours of sending compressed 60x (about 3 minutes): each
+            # receipt reaches the webhook when it is due, so the webhook lag reads seconds, not
+            # the hours back-dated traffic would show. The dashboard says the demo is posting
+            # (data/demo.json, dlrlens.store.demo) and refreshes until it ends.
+            demo_started = datetime.now(timezone.utc)
+            demo = subprocess.Popen(
                 me + ["simulate", "--url", collector_url + "/dlr", "--campaigns", "8", "--messages", "4000",
-                      "--rate", "400"], env=env))
+                      "--rate", "400", "--realtime", "--start", demo_started.isoformat(), "--time-scale", "60"],
+                env=env)
+            children.append(demo)
+            demo_status.write_demo_status(data_dir, True, demo_started)
+        last_beat = time.monotonic()
         while all(child.poll() is None for child in children[:2]):
             time.sleep(1)
+            if demo is not None and time.monotonic() - last_beat >= demo_status.HEARTBEAT_SECONDS:
+                demo_status.write_demo_status(data_dir, demo.poll() is None, demo_started)
+                last_beat = time.monotonic()
+                if demo.poll() is not None:
+                    demo = None
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
         stop_all()
+        if demo is not None:  # stopped while posting: the dashboard must not wait for it
+            demo_status.write_demo_status(data_dir, False, demo_started)
 
 
 # --------------------------------------------------------------------------- simulate
@@ -236,6 +254,9 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for each answer (default 10)")
     parser.add_argument("--dry-run", action="store_true",
                         help="generate and describe the traffic, send nothing")
+    parser.add_argument("--realtime", action="store_true",
+                        help="post each receipt when it is due (its created time), not as fast as --rate allows: "
+                             "realistic webhook lag; use with --start now and a --time-scale")
 
 
 def cmd_simulate(args) -> int:
@@ -256,7 +277,8 @@ def cmd_simulate(args) -> int:
         print(f"  ... {stats.sent}/{len(plan.posts)} posts done", file=sys.stderr, flush=True)
 
     stats = simulate.send(plan.posts, args.url, rate=args.rate, token=args.token, concurrency=args.concurrency,
-                          retries=args.retries, timeout=args.timeout, progress=report_progress)
+                          retries=args.retries, timeout=args.timeout, progress=report_progress,
+                          realtime=args.realtime)
     print(stats.summary(simulate.post_url(args.url, (), args.token)))
     return 0 if stats.ok and stats.sent == len(plan.posts) else 1
 

@@ -687,6 +687,7 @@ def send(
     backoff: float = 0.25,
     progress: Callable[[SendStats], None] | None = None,
     progress_every: float = 5.0,
+    realtime: bool = False,
 ) -> SendStats:
     """POST every post to ``url`` (plus its labels and ``token`` in the query string).
 
@@ -697,6 +698,10 @@ def send(
     ``retries`` times with doubling backoff from ``backoff`` seconds. ``progress`` (if
     given) is called with the running stats about every ``progress_every`` seconds.
     Ctrl-C stops dispatching, lets in-flight posts finish and returns the stats so far.
+    ``realtime``: no post starts before its ``due`` time on the wall clock, so a receipt
+    reaches the webhook when Mobivate would send it and the webhook lag (received minus
+    created) reads as it would live: well under a second here, instead of however long ago
+    back-dated traffic was created.
     """
     if rate < 0:
         raise ValueError("rate must not be negative")
@@ -755,6 +760,10 @@ def send(
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="simulate")
     try:
         for index, post in enumerate(posts):
+            if realtime:
+                early = (post.due - datetime.now(timezone.utc)).total_seconds()
+                if early > 0:
+                    time.sleep(early)
             if rate > 0:
                 wait = began + index / rate - time.monotonic()
                 if wait > 0:

@@ -63,7 +63,7 @@ def latency() -> None:
                 slowest = state.cached(queries.slowest_latencies, f, SHOWN_MESSAGES)
                 st.caption(f"The {charts.format_count(len(slowest))} slowest of {charts.format_count(measured)} "
                            "measured messages. The downloads hold every one, by campaign and time to deliver.")
-                downloads.show_table(slowest, "latencies", f,
+                downloads.show_table(slowest, "latencies", f, links=("delivery_message_id",),
                                      files=downloads.latency_downloads(state.store(), f, measured, state.scope_of(f)))
 
     figures()

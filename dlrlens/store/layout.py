@@ -13,6 +13,7 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
       rejected/<reason>/<time>-<id>.body|.json            raw bodies of rejected requests, and why
       stats/<slot>.json                                   each writer's counters (metrics)
       maintenance.json                                    the maintenance process's status
+      demo.json                                           `dlrlens up`'s demo traffic: still posting?
       maintenance.lock                                    flock: the active maintainer
       compaction.lock                                     flock: one compaction at a time
       derived/manifest.json                               the per-message state in force
@@ -59,6 +60,9 @@ STATS_DIR = "stats"
 # Written (atomically) by the active maintainer after each task: runs, errors, the last error,
 # the last success of each task, its intervals. See dlrlens.store.maintenance.Maintainer.status_document.
 MAINTENANCE_STATUS = "maintenance.json"
+# Written (atomically) by `dlrlens up` while its demo traffic posts, every few seconds, and once
+# when it ends; see dlrlens.store.demo.
+DEMO_STATUS = "demo.json"
 PARTITION_PREFIX = "date="
 PARQUET_GLOB = f"{RECEIPTS_DIR}/{PARTITION_PREFIX}*/*.parquet"
 

@@ -528,6 +528,7 @@ def test_default_preset_follows_the_age_of_the_data():
     assert state.default_preset(None, now) == "all"
     assert state.default_preset((utc(2026, 1, 1), utc(2026, 11, 26)), now) == "7d"
     assert state.default_preset((utc(2026, 1, 1), utc(2026, 11, 1)), now) == "all"
+    assert state.default_preset((utc(2026, 11, 26, 13), utc(2026, 11, 27, 11)), now) == "24h"  # all in a day
 
 
 def test_data_dir_comes_from_arguments_then_environment(monkeypatch):
