@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import catalog, charts, downloads, queries, state
+from dashboard.safe_text import md_text
 
 # (kpis() column, card label, True when a rise is bad news). Values are formatted by the
 # column's unit (downloads.format_value), as in the tables, so a card and a cell read the same.
@@ -39,16 +40,21 @@ def overview() -> None:
         f = state.filters()
         state.scope_header(f)
         kpis = state.cached(queries.kpis_with_change, f).set_index("metric")
+        # A previous period without messages is no baseline: "+4,000 vs previous" would read as growth.
+        empty_before = f.previous_period() is not None and kpis.at["messages", "previous"] == 0
         with st.grid(4, key="kpi_cards"):
             for metric, label, rise_is_bad in CARDS:
                 unit = downloads.unit_of(metric)
-                change = delta_text(kpis.at[metric, "change"], unit)
+                change = None if empty_before else delta_text(kpis.at[metric, "change"], unit)
                 st.metric(label, downloads.format_value(metric, kpis.at[metric, "value"]), delta=change, border=True,
                           height="stretch", delta_color="inverse" if rise_is_bad else "normal",
                           help=catalog.kpi(metric).definition,
                           delta_description=DELTA_DESCRIPTION if change is not None else None)
         if f.previous_period() is None:
             st.caption("Changes against the previous period show for a bounded date range (not *All time*).")
+        elif empty_before:
+            st.caption(f"No change shown: no data in the previous period ({md_text(state.scope_of(f).previous_text())}) "
+                       "to compare with.")
         else:
             st.caption("Changes compare with the previous period of the same length.")
         if not state.no_match_notice(int(kpis.at["messages", "value"])):
@@ -61,6 +67,8 @@ def overview() -> None:
         with left:
             breakdown = state.cached(queries.outcome_breakdown, f)
             st.plotly_chart(charts.outcome_figure(breakdown), key="overview_outcomes")
+            st.caption("Shares of all messages, pending ones included; the delivery rate card leaves pending "
+                       "messages out (delivered / finished messages), so the two differ while messages are pending.")
         with right:
             ages = state.cached(queries.pending_ages, f, state.minute_now())
             st.plotly_chart(charts.pending_ages_figure(ages, queries.AGE_BUCKETS), key="overview_pending")

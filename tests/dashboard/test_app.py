@@ -455,6 +455,15 @@ def test_an_unknown_campaign_gives_zero_figures_until_all_campaigns_are_asked_fo
     assert not warnings(at)
 
 
+def test_an_empty_previous_period_shows_no_change_and_says_why(monkeypatch, known_data):
+    at = run_app(monkeypatch, known_data, query={"range": "24h"})  # 24-48 h ago: no message
+    assert cards(at)["Messages"] == "3"
+    assert all(not m.proto.delta for m in at.metric), "no '+3 vs previous' against nothing"
+    assert any("no data in the previous period" in c.value for c in at.caption)
+    at = run_app(monkeypatch, known_data, query={"range": "7d"})  # the previous 7 days hold A4
+    assert any(m.proto.delta for m in at.metric)
+
+
 def test_the_filters_survive_a_page_switch(monkeypatch, known_data):
     at = run_app(monkeypatch, known_data, query={"range": "all", "campaign": "beta"})
     at.switch_page(PAGES["failures"]).run()
