@@ -23,7 +23,6 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dlrlens.statuses import status_table
 from dashboard.safe_text import plotly_text
 
 # One colour per outcome, used by every figure that splits by outcome.
@@ -34,12 +33,21 @@ OUTCOME_COLORS = {
     "pending": "#e3a21a",
 }
 RATE_COLOR = "#1f5fa8"
-# Failure reasons get fixed colours by name so a reason looks the same in every figure.
-# Failed statuses in code order (EXPIRED, DELETED, UNDELIVERABLE, REJECTED, ...) take these in
-# turn, so the common reasons get clearly different colours.
-REASON_PALETTE = ["#e15759", "#bab0ac", "#f28e2b", "#b07aa1", "#9c755f", "#4e79a7", "#edc948", "#76b7b2",
-                  "#59a14f", "#ff9da7", "#499894", "#d37295", "#8cd17d", "#a0cbe8", "#f1ce63", "#86bcb6"]
-PERCENTILE_COLORS = {"p50": "#9ecae1", "p90": "#4292c6", "p95": "#2171b5", "p99": "#08306b"}
+# Series that are not failures (campaigns, pending statuses, percentiles) never get red, which
+# reads as "failed": Plotly's default colour cycle starts with red, so figures use this one.
+SERIES_COLORS = ["#1f5fa8", "#e3a21a", "#2a9d8f", "#8c7ae6", "#6c757d", "#17becf", "#a6761d", "#66a61e"]
+# And more than colour tells series apart: a marker symbol and a dash pattern each.
+SERIES_SYMBOLS = ["circle", "square", "diamond", "triangle-up", "x", "star", "cross", "triangle-down"]
+SERIES_DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+# Failure reasons: the TOP_REASONS most common ones, by rank, take these clearly different
+# colours (no two near-identical yellows); the rest are summed as OTHER_REASON in grey. Every
+# failure figure ranks the same reasons by the same totals, so a reason has one colour per page.
+REASON_PALETTE = ["#c0392b", "#e69f00", "#56b4e9", "#2ca02c", "#cc79a7", "#0072b2"]  # Okabe-Ito-like
+TOP_REASONS = len(REASON_PALETTE)
+OTHER_REASON = "Other reasons"
+OTHER_COLOR = "#9e9e9e"
+PERCENTILE_COLORS = {"p50": "#2a9d8f", "p90": "#1f5fa8", "p95": "#8c7ae6", "p99": "#e3a21a"}
+PERCENTILE_SYMBOLS = {"p50": "circle", "p90": "square", "p95": "diamond", "p99": "triangle-up"}
 # Readable ticks for log time axes: value in seconds -> label. At least 0.6 decade apart (the
 # closest pair has the shortest labels), so they stay side by side in a half-width figure
 # (30 min next to 1 h collided).
@@ -51,6 +59,9 @@ PER_MINUTE_WINDOW = timedelta(hours=1)
 MINUTE_MS = 60_000  # a bar's width on a date axis is in milliseconds
 _LEGENDS = {
     "top": dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),  # few series
+    # Under the x axis, entries side by side and wrapping: few series, any width (a phone's too).
+    "below": dict(orientation="h", xref="container", x=0, xanchor="left", yref="container", y=0,
+                  yanchor="bottom"),
     "right": dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02),  # many series
     # Many series in a narrow figure: one entry a line under the x axis (two long status names
     # do not fit side by side in a half-width column); Plotly widens the bottom margin for it.
@@ -137,15 +148,28 @@ def _texts(values) -> list[str]:
     return [plotly_text(v) for v in values]
 
 
-def _style(fig: go.Figure, title: str, legend: str | None = "top", height: int | None = None) -> go.Figure:
-    """Title top left, legend under it (or to the right, or below the plot, for many series),
-    room for both."""
+def _style(fig: go.Figure, title: str, legend: str | None = "below", height: int | None = None,
+           empty: str | None = None) -> go.Figure:
+    """Title top left, legend below the plot (a phone's width holds it; "bottom": one entry
+    a line, for many long names), room for both, the non-red :data:`SERIES_COLORS`. ``empty``:
+    said in the middle of a figure without data (why it is empty)."""
     fig.update_layout(title=dict(text=title, y=0.98, yanchor="top", x=0, xanchor="left"),
-                      margin=dict(l=10, r=10, t=80 if legend == "top" else 50, b=10),
+                      margin=dict(l=10, r=10, t=80 if legend == "top" else 50, b=10), colorway=SERIES_COLORS,
                       showlegend=legend is not None, legend=dict(_LEGENDS.get(legend or "top"), traceorder="normal"))
     if height:
         fig.update_layout(height=height)
+    if empty:
+        fig.add_annotation(text=empty, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                           font=dict(size=14, color="#555555"))
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
     return fig
+
+
+def series_style(index: int) -> dict:
+    """Marker symbol and line dash of the ``index``-th series (colour comes from the colorway)."""
+    return dict(marker=dict(symbol=SERIES_SYMBOLS[index % len(SERIES_SYMBOLS)], size=8),
+                line=dict(dash=SERIES_DASHES[index % len(SERIES_DASHES)], width=2))
 
 
 def _bucket_period(starts: pd.Series) -> float | None:
@@ -163,8 +187,10 @@ def _period_axis(fig: go.Figure, starts: pd.Series) -> None:
     if period:
         fig.update_traces(xperiod=period, xperiodalignment="middle", selector=dict(type="bar"))
         fig.update_traces(xperiod=period, xperiodalignment="middle", selector=dict(type="scatter"))
-        if period == 86_400_000.0:
-            fig.update_xaxes(tickformat="%b %d", dtick=period, ticklabelmode="period")
+        if period == 86_400_000.0:  # a day is a date: no 00:00 on ticks or in the hover
+            fig.update_xaxes(tickformat="%b %d", dtick=period, ticklabelmode="period", hoverformat="%a %b %d, %Y")
+        else:
+            fig.update_xaxes(hoverformat="%b %d, %H:%M")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,22 +214,23 @@ def trend_figure(trend: pd.DataFrame, title: str = "Volume and delivery rate") -
     fig.update_yaxes(title_text="Delivery rate", tickformat=".0%", range=[0, 1.05], secondary_y=True,
                      tickvals=[0, 0.25, 0.5, 0.75, 1], showgrid=False)
     _period_axis(fig, trend["bucket_start"])
-    return _style(fig, title)
+    return _style(fig, title, empty=None if len(trend) else "No messages sent in this period")
 
 
 def rate_trend_figure(trends: dict[str, pd.DataFrame], title: str = "Delivery rate over time") -> go.Figure:
     """One delivery-rate line per named trend (campaign comparison). Buckets without a decided
     message (no rate) are bridged, so a campaign sent in bursts still reads as one line."""
     fig = go.Figure()
-    for name, frame in trends.items():
+    for index, (name, frame) in enumerate(trends.items()):
         fig.add_scatter(x=frame["bucket_start"], y=frame["delivery_rate"], name=plotly_text(name),
-                        mode="lines+markers", connectgaps=True, marker=dict(size=7), hovertemplate="%{y:.1%}")
+                        mode="lines+markers", connectgaps=True, hovertemplate="%{y:.1%}", **series_style(index))
     fig.update_layout(hovermode="x unified")
     fig.update_yaxes(title_text="Delivery rate", tickformat=".0%", range=[0, 1.05])
     for frame in trends.values():
         _period_axis(fig, frame["bucket_start"])
         break
-    return _style(fig, title)
+    rates = [frame["delivery_rate"].notna().any() for frame in trends.values() if len(frame)]
+    return _style(fig, title, empty=None if any(rates) else "No finished message in this period: no delivery rate")
 
 
 def outcome_figure(breakdown: pd.DataFrame, title: str = "Outcomes") -> go.Figure:
@@ -213,8 +240,8 @@ def outcome_figure(breakdown: pd.DataFrame, title: str = "Outcomes") -> go.Figur
                            values=breakdown["messages"], hole=0.55, sort=False,
                            marker=dict(colors=colors), texttemplate="%{label}<br>%{percent:.1%}",
                            hovertemplate="%{label}: %{value:,} messages (%{percent})<extra></extra>"))
-    fig.add_annotation(text=f"{format_count(breakdown['messages'].sum())}<br>messages", showarrow=False,
-                       font=dict(size=18))
+    fig.add_annotation(text=f"{format_count(breakdown['messages'].sum())}<br>messages<br>(pending included)",
+                       showarrow=False, font=dict(size=16))
     return _style(fig, title, legend=None)
 
 
@@ -223,15 +250,21 @@ def pending_ages_figure(ages: pd.DataFrame, buckets: tuple[str, ...] = (),
     """Bars of pending messages per age bucket (``buckets`` fixes the axis order and shows
     empty buckets), stacked by the status they are stuck at."""
     fig = go.Figure()
-    for status, part in ages.groupby("last_status", sort=True):
+    for index, (status, part) in enumerate(ages.groupby("last_status", sort=True)):
         fig.add_bar(x=_texts(part["age_bucket"]), y=part["messages"], name=plotly_text(status),
+                    marker=dict(color=SERIES_COLORS[index % len(SERIES_COLORS)],
+                                pattern=dict(shape=["", "/", ".", "x", "-", "|", "+", "\\"][index % 8])),
                     hovertemplate="%{fullData.name}: %{y:,} messages<extra>%{x}</extra>")
     fig.update_layout(barmode="stack")
     if buckets:
         fig.update_xaxes(categoryorder="array", categoryarray=_texts(buckets), type="category",
                          range=[-0.5, len(buckets) - 0.5], tickvals=_texts(buckets))
     fig.update_yaxes(title_text="Messages", rangemode="tozero")
-    return _style(fig, title, legend="right")
+    fig = _style(fig, title, legend="below")
+    if ages.empty or int(ages["messages"].sum()) == 0:
+        fig.add_annotation(text="No pending message: every message has a final receipt", showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.6, font=dict(size=14, color="#555555"))
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,11 +272,24 @@ def pending_ages_figure(ages: pd.DataFrame, buckets: tuple[str, ...] = (),
 # ---------------------------------------------------------------------------------------------
 
 
-def reason_color(reason: str) -> str:
-    """A stable colour for a failure reason (documented statuses by code order, others hashed)."""
-    names = [s.name for s in status_table() if s.category == "failed"]
-    index = names.index(reason) if reason in names else sum(map(ord, str(reason)))
-    return REASON_PALETTE[index % len(REASON_PALETTE)]
+def reason_colors(frame: pd.DataFrame) -> dict[str, str]:
+    """The reasons a failure figure of ``frame`` (reason, messages) draws, each with its colour:
+    the most common first (ties by name), at most :data:`TOP_REASONS`, the last place going to
+    :data:`OTHER_REASON` when there are more."""
+    ranked = _by_total(frame, "reason") if len(frame) else []
+    top = ranked if len(ranked) <= TOP_REASONS else ranked[:TOP_REASONS - 1]
+    colors = {reason: REASON_PALETTE[index] for index, reason in enumerate(top)}
+    if len(ranked) > len(top):
+        colors[OTHER_REASON] = OTHER_COLOR
+    return colors
+
+
+def fold_other_reasons(frame: pd.DataFrame, keep, keys: list[str]) -> pd.DataFrame:
+    """``frame`` with every reason outside ``keep`` summed into :data:`OTHER_REASON`, per ``keys``."""
+    if frame.empty:
+        return frame
+    folded = frame.assign(reason=frame["reason"].where(frame["reason"].isin(list(keep)), OTHER_REASON))
+    return folded.groupby(keys + ["reason"], as_index=False, sort=False)["messages"].sum()
 
 
 
@@ -255,18 +301,24 @@ def _by_total(frame: pd.DataFrame, column: str) -> list:
 
 def failure_reasons_figure(reasons: pd.DataFrame, title: str = "Failure reasons") -> go.Figure:
     """Horizontal bars, the most common reason on top."""
+    colors = reason_colors(reasons)
     ranked = reasons.sort_values("messages")
+    if "share" in ranked:  # the others folded into one bar, its share the sum of theirs
+        ranked = (ranked.assign(reason=ranked["reason"].where(ranked["reason"].isin(list(colors)), OTHER_REASON))
+                  .groupby("reason", as_index=False, sort=False)[["messages", "share"]].sum()
+                  .sort_values(["messages", "reason"]))
     fig = go.Figure(go.Bar(x=ranked["messages"], y=_texts(ranked["reason"]), orientation="h",
-                           marker_color=[reason_color(r) for r in ranked["reason"]],
+                           marker_color=[colors.get(r, OTHER_COLOR) for r in ranked["reason"]],
                            customdata=ranked["share"] if "share" in ranked else None,
                            hovertemplate="%{y}: %{x:,} messages (%{customdata:.1%} of failed)<extra></extra>"))
     fig.update_xaxes(title_text="Failed messages")
     fig.update_yaxes(type="category")
-    return _style(fig, title, legend=None, height=max(280, 80 + 30 * len(ranked)))
+    return _style(fig, title, legend=None, height=max(280, 80 + 30 * len(ranked)),
+                  empty=None if len(ranked) else "No failed messages in this period")
 
 
 def failures_by_campaign_figure(by_campaign: pd.DataFrame, title: str = "Failure reasons by campaign",
-                                legend: str = "right") -> go.Figure:
+                                legend: str = "below") -> go.Figure:
     """Stacked horizontal bars: one bar per campaign, one segment per reason.
 
     ``legend="bottom"`` puts the reasons under the bars, in rows, for a narrow (half-width)
@@ -274,36 +326,43 @@ def failures_by_campaign_figure(by_campaign: pd.DataFrame, title: str = "Failure
     grows by the legend's rows.
     """
     fig = go.Figure()
-    for reason in _by_total(by_campaign, "reason"):
+    colors = reason_colors(by_campaign)
+    by_campaign = fold_other_reasons(by_campaign, colors, ["campaign"])
+    for reason, color in colors.items():
         part = by_campaign[by_campaign["reason"] == reason]
         fig.add_bar(x=part["messages"], y=_texts(part["campaign"]), name=plotly_text(reason), orientation="h",
-                    marker_color=reason_color(reason), hovertemplate="%{fullData.name}: %{x:,}<extra>%{y}</extra>")
+                    marker_color=color, hovertemplate="%{fullData.name}: %{x:,}<extra>%{y}</extra>")
     campaigns = by_campaign["campaign"].nunique()
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title_text="Failed messages")
     # Most failures on top.
     fig.update_yaxes(type="category", categoryorder="array",
                      categoryarray=_texts(_by_total(by_campaign, "campaign")[::-1]))
-    reasons = by_campaign["reason"].nunique()
+    reasons = len(colors)
     height = max(300, 90 + 34 * campaigns)
     if legend == "bottom":
         height += LEGEND_ROW_PX * reasons + 10
-    else:  # the legend gets the plot's height, so the plot must be as tall as the legend
+    elif legend == "right":  # the legend gets the plot's height, so the plot must be as tall as the legend
         height = max(height, 140 + LEGEND_ROW_PX * reasons)
-    return _style(fig, title, legend=legend, height=height)
+    else:
+        height += 2 * LEGEND_ROW_PX + 10
+    return _style(fig, title, legend=legend, height=height,
+                  empty=None if campaigns else "No failed messages in this period")
 
 
 def failures_over_time_figure(over_time: pd.DataFrame, title: str = "Failures over time") -> go.Figure:
     """Stacked bars of failed messages per bucket by reason."""
     fig = go.Figure()
-    for reason in _by_total(over_time, "reason"):
+    colors = reason_colors(over_time)
+    starts = over_time["bucket_start"]
+    over_time = fold_other_reasons(over_time, colors, ["bucket_start"])
+    for reason, color in colors.items():
         part = over_time[over_time["reason"] == reason]
-        fig.add_bar(x=part["bucket_start"], y=part["messages"], name=plotly_text(reason),
-                    marker_color=reason_color(reason))
+        fig.add_bar(x=part["bucket_start"], y=part["messages"], name=plotly_text(reason), marker_color=color)
     fig.update_layout(barmode="stack", hovermode="x unified")
     fig.update_yaxes(title_text="Failed messages", rangemode="tozero")
-    _period_axis(fig, over_time["bucket_start"])
-    return _style(fig, title, legend="right")
+    _period_axis(fig, starts)
+    return _style(fig, title, legend="below", empty=None if len(colors) else "No failed messages in this period")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,19 +452,29 @@ def latency_cdf_figure(distribution: pd.DataFrame, by_campaign: list[str] | None
 
 def percentiles_by_campaign_figure(by_campaign: pd.DataFrame,
                                    title: str = "Time to deliver percentiles by campaign") -> go.Figure:
-    """Grouped bars p50/p90/p95/p99 per campaign on a log time axis."""
+    """p50/p90/p95/p99 per campaign as points on a log time axis (a bar's length on a log axis
+    means nothing), each percentile its own colour and symbol; a thin line joins a campaign's
+    p50 to its p99, so the spread reads at a glance."""
     fig = go.Figure()
+    names = _texts(by_campaign["campaign"])
+    if {"p50_s", "p99_s"} <= set(by_campaign.columns):
+        xs, ys = [], []
+        for name, low, high in zip(names, by_campaign["p50_s"], by_campaign["p99_s"]):
+            xs += [name, name, None]
+            ys += [low, high, None]
+        fig.add_scatter(x=xs, y=ys, mode="lines", line=dict(color="#bbbbbb", width=2), hoverinfo="skip",
+                        showlegend=False)
     for column, label in (("p50_s", "p50"), ("p90_s", "p90"), ("p95_s", "p95"), ("p99_s", "p99")):
         if column in by_campaign:
-            fig.add_bar(x=_texts(by_campaign["campaign"]), y=by_campaign[column], name=label,
-                        marker_color=PERCENTILE_COLORS[label],
-                        customdata=[format_duration(v) for v in by_campaign[column]],
-                        hovertemplate=f"{label}: " + "%{customdata}<extra>%{x}</extra>")
-    fig.update_layout(barmode="group")
+            fig.add_scatter(x=names, y=by_campaign[column], name=label, mode="markers",
+                            marker=dict(color=PERCENTILE_COLORS[label], symbol=PERCENTILE_SYMBOLS[label], size=11,
+                                        line=dict(width=1, color="white")),
+                            customdata=[format_duration(v) for v in by_campaign[column]],
+                            hovertemplate=f"{label}: " + "%{customdata}<extra>%{x}</extra>")
     fig.update_xaxes(type="category")
     values = pd.concat([by_campaign[c] for c in ("p50_s", "p99_s") if c in by_campaign] or [pd.Series(dtype=float)])
     _log_time_axis(fig, values.astype(float), axis="y")
-    return _style(fig, title)
+    return _style(fig, title, empty=None if len(by_campaign) else "No delivered message with a time to deliver")
 
 
 # ---------------------------------------------------------------------------------------------
