@@ -182,6 +182,11 @@ def _bucket_period(starts: pd.Series) -> float | None:
     return 3_600_000.0 if step < pd.Timedelta(hours=23) else 86_400_000.0
 
 
+def bucket_name(starts: pd.Series) -> str:
+    """"hour" or "day": the bucket of a trend's ``bucket_start`` column (for descriptions)."""
+    return "day" if _bucket_period(starts) == 86_400_000.0 else "hour"
+
+
 def _period_axis(fig: go.Figure, starts: pd.Series) -> None:
     period = _bucket_period(starts)
     if period:

@@ -81,6 +81,7 @@ def dashboard_command(data_dir: Path, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(app_path),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",  # no Deploy button
+            "--theme.primaryColor", "#1f5fa8",  # the accent: blue, not an error's red (dashboard/app.py ACCENT)
             "--", "--data", str(data_dir)]
 
 

@@ -88,15 +88,19 @@ def campaigns() -> None:
         # One bucket size for every line, chosen (hour/day) for the chosen campaigns together.
         bucket = bucket_of(state.cached(queries.trend, narrowed, None))
         trends = {name: state.cached(queries.trend, state.with_campaigns(f, [name]), bucket) for name in chosen}
-        st.plotly_chart(charts.rate_trend_figure(trends), key="campaign_rate_trend")
+        st.plotly_chart(charts.rate_trend_figure(trends), key="campaign_rate_trend",
+                        alt=f"Lines: the delivery rate per {bucket} of each chosen campaign, one line each.")
         state.uncharted_notice(narrowed)
         left, right = st.columns(2)
         with left:
             reasons = state.cached(queries.failure_reasons_by_campaign, narrowed)
-            st.plotly_chart(charts.failures_by_campaign_figure(reasons, legend="bottom"), key="campaign_failures")
+            st.plotly_chart(charts.failures_by_campaign_figure(reasons, legend="bottom"), key="campaign_failures",
+                            alt="Stacked horizontal bars: failed messages of each chosen campaign by failure reason.")
         with right:
             distribution = state.cached(queries.latency_distribution, narrowed, True)
-            st.plotly_chart(charts.latency_cdf_figure(distribution, by_campaign=chosen), key="campaign_latency")
+            st.plotly_chart(charts.latency_cdf_figure(distribution, by_campaign=chosen), key="campaign_latency",
+                            alt="Curves: share of each chosen campaign's delivered messages delivered within a time "
+                                "(log time axis).")
         st.markdown("**Failure reasons of the chosen campaigns**")
         downloads.show_table(reasons, "campaign-failure-reasons", narrowed)
         st.markdown("**Time to deliver of the chosen campaigns**")

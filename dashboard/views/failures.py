@@ -26,12 +26,17 @@ def failures() -> None:
             return
         st.caption(f"{charts.format_count(failed)} failed messages. A failed message's reason is the "
                    "status of its deciding final receipt.")
-        st.plotly_chart(charts.failure_reasons_figure(reasons), key="failure_reasons")
+        st.plotly_chart(charts.failure_reasons_figure(reasons), key="failure_reasons",
+                        alt="Horizontal bars: failed messages by reason, most common first: " + ", ".join(
+                            f"{r} {charts.format_count(m)}" for r, m in zip(reasons["reason"][:5], reasons["messages"][:5]))
+                            + (", and others." if len(reasons) > 5 else "."))
         downloads.show_table(reasons, "failure-reasons", f)
         by_campaign = state.cached(queries.failure_reasons_by_campaign, f)
-        st.plotly_chart(charts.failures_by_campaign_figure(by_campaign), key="failures_by_campaign")
+        st.plotly_chart(charts.failures_by_campaign_figure(by_campaign), key="failures_by_campaign",
+                        alt="Stacked horizontal bars: failed messages of each campaign by failure reason.")
         over_time = state.cached(queries.failure_reasons_over_time, f, None)
-        st.plotly_chart(charts.failures_over_time_figure(over_time), key="failures_over_time")
+        st.plotly_chart(charts.failures_over_time_figure(over_time), key="failures_over_time",
+                        alt="Stacked bars: failed messages over time by failure reason.")
         state.uncharted_notice(f, "failed")
         with st.expander("Tables behind these figures"):
             st.markdown("**By campaign**")

@@ -98,7 +98,8 @@ def health() -> None:
                     st.metric(label, charts.format_count(summary.get(column)), border=True, height="stretch", help=text)
             st.plotly_chart(charts.receipts_per_minute_figure(downloads.in_zone(health_frames["per_minute"], f.tz),
                                                               pd.Timestamp(now).tz_convert(f.tz)),
-                            key="health_per_minute")
+                            key="health_per_minute",
+                            alt="Bars: receipts the collector received per minute, over at least the last hour.")
             with st.expander("Receipts per minute (table)"):
                 downloads.show_table(health_frames["per_minute"], "receipts-per-minute", f, file_filters=everything)
             st.subheader("Unknown statuses seen", anchor=False)

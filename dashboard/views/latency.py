@@ -38,7 +38,7 @@ def latency() -> None:
             st.info("No delivered message with an earlier receipt matches these filters, so there is no "
                     "time to deliver to show.", icon=":material/timer_off:")
             return
-        with st.grid(4):
+        with st.grid(4, min_column_width=150):  # two a row on a phone
             for column, label in PERCENTILE_CARDS:
                 st.metric(f"Time to deliver {label}", downloads.format_value(column, row[column]), border=True,
                           help=catalog.kpi(column).definition)
@@ -49,11 +49,15 @@ def latency() -> None:
         distribution = state.cached(queries.latency_distribution, f)
         left, right = st.columns(2)
         with left:
-            st.plotly_chart(charts.latency_histogram_figure(distribution), key="latency_histogram")
+            st.plotly_chart(charts.latency_histogram_figure(distribution), key="latency_histogram",
+                            alt="Step chart: delivered messages by time to deliver, on a log time axis.")
         with right:
-            st.plotly_chart(charts.latency_cdf_figure(distribution), key="latency_cdf")
+            st.plotly_chart(charts.latency_cdf_figure(distribution), key="latency_cdf",
+                            alt="Curve: share of delivered messages delivered within a time, on a log time axis.")
         by_campaign = state.cached(queries.latency_by_campaign, f)
-        st.plotly_chart(charts.percentiles_by_campaign_figure(by_campaign), key="latency_by_campaign")
+        st.plotly_chart(charts.percentiles_by_campaign_figure(by_campaign), key="latency_by_campaign",
+                        alt="Points: the 50th, 90th, 95th and 99th percentile of the time to deliver of each "
+                            "campaign, on a log time axis; the table below holds the values.")
         downloads.show_table(by_campaign, "latency-by-campaign", f)
         # on_change="rerun": the expander's body runs only while it is open (a month at scale
         # has millions of measured messages; even picking the slowest reads them all).

@@ -42,7 +42,7 @@ def overview() -> None:
         kpis = state.cached(queries.kpis_with_change, f).set_index("metric")
         # A previous period without messages is no baseline: "+4,000 vs previous" would read as growth.
         empty_before = f.previous_period() is not None and kpis.at["messages", "previous"] == 0
-        with st.grid(4, key="kpi_cards"):
+        with st.grid(4, min_column_width=150, key="kpi_cards"):  # two a row on a phone
             for metric, label, rise_is_bad in CARDS:
                 unit = downloads.unit_of(metric)
                 change = None if empty_before else delta_text(kpis.at[metric, "change"], unit)
@@ -61,17 +61,25 @@ def overview() -> None:
             return
 
         trend = state.cached(queries.trend, f, None)
-        st.plotly_chart(charts.trend_figure(trend), key="overview_trend")
+        st.plotly_chart(charts.trend_figure(trend), key="overview_trend",
+                        alt=f"Stacked bars: messages per {charts.bucket_name(trend['bucket_start'])} by outcome "
+                            f"(delivered, failed, unknown, pending), {charts.format_count(trend['messages'].sum())} "
+                            "in all; a line: the delivery rate of each bucket, on the right axis.")
         state.uncharted_notice(f)
         left, right = st.columns(2)
         with left:
             breakdown = state.cached(queries.outcome_breakdown, f)
-            st.plotly_chart(charts.outcome_figure(breakdown), key="overview_outcomes")
+            st.plotly_chart(charts.outcome_figure(breakdown), key="overview_outcomes",
+                            alt="Donut of messages by outcome: " + ", ".join(
+                                f"{o} {charts.format_count(m)}" for o, m in zip(breakdown["outcome"], breakdown["messages"]))
+                                + ".")
             st.caption("Shares of all messages, pending ones included; the delivery rate card leaves pending "
                        "messages out (delivered / finished messages), so the two differ while messages are pending.")
         with right:
             ages = state.cached(queries.pending_ages, f, state.minute_now())
-            st.plotly_chart(charts.pending_ages_figure(ages, queries.AGE_BUCKETS), key="overview_pending")
+            st.plotly_chart(charts.pending_ages_figure(ages, queries.AGE_BUCKETS), key="overview_pending",
+                            alt=f"Bars: {charts.format_count(ages['messages'].sum())} pending messages by how long "
+                                "they have waited (<1 h, 1-24 h, 1-3 d, >3 d), stacked by the status they are stuck at.")
 
         with st.expander("Tables behind these figures"):
             for title, frame, view in (("KPIs against the previous period", kpis.reset_index(), "kpis"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from datetime import datetime, timedelta, timezone
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 
@@ -77,9 +77,10 @@ def test_a_bad_range_in_a_link_is_named_with_the_default_shown_instead(page, das
     alerts = poll(page, lambda p: p.locator('[data-testid="stAlert"]').all_inner_texts(),
                   lambda texts: len(texts) >= 2, CHANGE_TIMEOUT_S, "two warnings")
     said = " ".join(alerts)
-    assert "range “fortnight”" in said and "showing Last 7 days instead" in said
+    # All the data is from the last day: the default shown instead is the last 24 hours.
+    assert "range “fortnight”" in said and "showing Last 24 hours instead" in said
     assert "tz “Mars/Olympus”" in said and "showing UTC instead" in said
-    assert query(page)["range"] == ["7d"]
+    assert query(page)["range"] == ["24h"]
 
 
 def test_the_scope_line_names_period_comparison_and_every_filter(page, dashboard):
@@ -117,3 +118,53 @@ def test_a_filtered_export_names_its_filters(page, dashboard, tmp_path):
     assert doc["scope"]["filters"] == {"campaigns": ["alpha"], "outcomes": ["delivered"], "statuses": ["DELIVERED"],
                                        "labels": ["env=prod"]}
     assert [row["messages"] for row in doc["Campaigns"]] == [2]
+
+
+def test_lookup_by_url_shows_the_message_summary_first(page, dashboard):
+    page.goto(dashboard.url + "/lookup?id=a3", timeout=PAGE_TIMEOUT_S * 1000)  # A3, in another case
+    summary = page.locator(".st-key-lookup_summary")
+    text = poll(page, lambda p: summary.inner_text() if summary.count() else "", lambda t: "Campaign" in t,
+                PAGE_TIMEOUT_S, "the message summary")
+    for part in ("alpha", "failed", "UNDELIVERABLE", "2 (0 duplicates hidden)"):
+        assert part in text, (part, text)
+    assert query(page)["id"] == ["a3"]
+    assert page.title() == "Message lookup · dlrlens"
+
+
+def test_pages_have_their_own_titles_and_nothing_is_fetched_from_elsewhere(page, dashboard):
+    elsewhere = []
+    page.on("request", lambda request: elsewhere.append(request.url)
+            if urlsplit(request.url).hostname not in ("127.0.0.1", "localhost") else None)
+    page.goto(dashboard.url + "/?range=all", timeout=PAGE_TIMEOUT_S * 1000)
+    wait_for_cards(page, {"Messages": "4"}, timeout_s=PAGE_TIMEOUT_S)
+    poll(page, lambda p: p.title(), lambda title: title == "Overview · dlrlens", CHANGE_TIMEOUT_S, "the title")
+    icon = page.locator('link[rel*="icon"]').first.get_attribute("href")
+    assert icon and not icon.startswith(("http://", "https://", "//")) or "127.0.0.1" in icon, icon
+    page.locator('[data-testid="stSidebarNavLink"]', has_text="Campaigns").click()
+    poll(page, lambda p: p.title(), lambda title: title == "Campaigns · dlrlens", CHANGE_TIMEOUT_S, "the title")
+    page.wait_for_timeout(1000)
+    assert elsewhere == [], f"requests to other hosts: {elsewhere}"
+
+
+def test_a_phone_shows_two_cards_a_row_the_scope_and_no_toolbar_over_titles(chromium, dashboard, tmp_path):
+    context = chromium.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                   has_touch=True)
+    try:
+        phone = context.new_page()
+        phone.goto(dashboard.url + "/?range=all&campaign=alpha", timeout=PAGE_TIMEOUT_S * 1000)
+        wait_for_cards(phone, {"Messages": "3"}, timeout_s=PAGE_TIMEOUT_S)
+        cards = phone.locator('[data-testid="stMain"] [data-testid="stMetric"]')
+        boxes = [cards.nth(i).bounding_box() for i in range(4)]
+        assert abs(boxes[0]["y"] - boxes[1]["y"]) < 2 and boxes[2]["y"] > boxes[0]["y"] + 20, boxes  # 2 a row
+        assert boxes[1]["x"] + boxes[1]["width"] <= 390
+        assert "Campaigns: alpha" in phone.locator(".st-key-scope_line").inner_text().replace("\u2060", "")
+        chart = phone.locator(".js-plotly-plot").first
+        chart.wait_for()
+        chart.hover()
+        assert not phone.locator(".modebar-container").first.is_visible()
+        plot_bottom = chart.locator(".xaxislayer-above").first.bounding_box()
+        legend = chart.locator(".legend").first.bounding_box()
+        assert legend["y"] >= plot_bottom["y"] + plot_bottom["height"] - 1, (legend, plot_bottom)  # below the plot
+        phone.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    finally:
+        context.close()
