@@ -176,8 +176,11 @@ def _bucket_period(starts: pd.Series) -> float | None:
     """The bucket length in ms (hour or day), so bars span their bucket instead of
     being centred on its start."""
     ordered = pd.Series(starts).dropna().drop_duplicates().sort_values()
-    if len(ordered) < 2:
+    if ordered.empty:
         return None
+    if len(ordered) == 1:  # one bucket: a local midnight starts a day, anything else an hour
+        only = pd.Timestamp(ordered.iloc[0])
+        return 86_400_000.0 if only == only.normalize() else 3_600_000.0
     step = ordered.diff().min()
     return 3_600_000.0 if step < pd.Timedelta(hours=23) else 86_400_000.0
 
