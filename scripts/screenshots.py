@@ -12,6 +12,10 @@ saves one full-page PNG per page in ``--out``:
     overview.png  campaigns.png (3 campaigns drilled into)  failures.png  latency.png
     lookup.png (a real message id typed in)  health.png
 
+and, on a 390x844 phone (two KPI cards a row, the scope line above the figures):
+
+    phone-overview.png  phone-lookup.png (opened by a link: lookup?id=...)
+
 Pages are opened with ``?range=24h`` (hourly buckets, changes against the day before); the
 traffic spans 40 hours so both days hold data. Exit status 0 when every page rendered without
 an error; the temporary data folder is always removed and both servers always stopped.
@@ -41,6 +45,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-dev-shm-usage"]
 WIDTH, HEIGHT = 1440, 1000
+PHONE = dict(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+PHONE_MAX_HEIGHT = 2400
 MAX_HEIGHT = 3600  # pixels; a page longer than this is cut (keeps the files small)
 SPAN = timedelta(hours=40)
 RANGE_QUERY = "range=24h"
@@ -183,6 +189,19 @@ def shoot_pages(dashboard_url: str, out: Path, message_id: str) -> list[Path]:
                     settle(page, title)
                 page.mouse.move(0, 0)  # no hover tooltip in the picture
                 target = full_page_screenshot(page, out / file_name, max_height=MAX_HEIGHT)
+                shrink_png(target)
+                written.append(target)
+                print(f"wrote {target} ({target.stat().st_size // 1024} KB)", flush=True)
+            context.close()
+            phone = browser.new_context(**PHONE)
+            phone.set_default_timeout(PAGE_TIMEOUT_S * 1000)
+            page = phone.new_page()
+            for file_name, path, title in (("phone-overview.png", f"?{RANGE_QUERY}", "Overview"),
+                                           ("phone-lookup.png", f"lookup?{RANGE_QUERY}&id={message_id}",
+                                            "Message lookup")):
+                page.goto(f"{dashboard_url}/{path}")
+                settle(page, title)
+                target = full_page_screenshot(page, out / file_name, max_height=PHONE_MAX_HEIGHT)
                 shrink_png(target)
                 written.append(target)
                 print(f"wrote {target} ({target.stat().st_size // 1024} KB)", flush=True)
