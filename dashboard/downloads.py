@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import math
 import re
 from collections.abc import Callable
@@ -119,10 +120,27 @@ def excel_bytes(frame: pd.DataFrame, tz: str = state.DEFAULT_TZ, sheet: str = "d
 SCOPE_SHEET = "Scope"
 
 
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
-    """Parquet (types and time zones preserved)."""
+# The Parquet key-value metadata key holding a file's scope (Scope.as_dict() as JSON).
+PARQUET_SCOPE_KEY = "dlrlens_scope"
+
+
+def parquet_scope(covers: scope.Scope) -> dict[str, str]:
+    """The key-value metadata that states ``covers`` in a Parquet file."""
+    return {PARQUET_SCOPE_KEY: json.dumps(covers.as_dict(), ensure_ascii=False)}
+
+
+def parquet_bytes(frame: pd.DataFrame, covers: scope.Scope | None = None) -> bytes:
+    """Parquet (types and time zones preserved); with ``covers``, the scope in the file's
+    key-value metadata (:data:`PARQUET_SCOPE_KEY`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if covers is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **{k.encode(): v.encode() for k, v in parquet_scope(covers).items()}})
     buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
+    pq.write_table(table, buffer)
     return buffer.getvalue()
 
 
@@ -130,7 +148,8 @@ def detail_bytes(store: Store, f: Filters, extension: str, covers: scope.Scope |
     """One row per message matching ``f`` (:func:`queries.message_detail`) as csv (its first
     line the scope, ``covers``, default that of ``f``) or parquet."""
     frame = queries.message_detail(store, f)
-    return parquet_bytes(frame) if extension == "parquet" else csv_bytes(frame, covers or scope.describe(f))
+    covers = covers or scope.describe(f)
+    return parquet_bytes(frame, covers) if extension == "parquet" else csv_bytes(frame, covers)
 
 
 def scoped_csv(data: bytes, fmt: str, covers: scope.Scope) -> bytes:
@@ -384,7 +403,7 @@ def latency_downloads(store: Store, f: Filters, measured: int, covers: scope.Sco
                  lambda: scoped_csv(queries.latencies_file(store, f, csv_format), csv_format, covers),
                  f"{rows} as CSV{csv_note}, by campaign and time to deliver; times in the chosen zone."),
         Download("Parquet", report.report_filename(f, "latencies", "parquet"), PARQUET_MIME,
-                 lambda: queries.latencies_file(store, f, "parquet"),
+                 lambda: queries.latencies_file(store, f, "parquet", parquet_scope(covers)),
                  f"{rows} as Parquet, with exact types (much smaller than the CSV)."),
     ]
 
@@ -405,7 +424,8 @@ def export_downloads(store: Store, f: Filters, covers: scope.Scope | None = None
                  "One row per message matching the filters: campaign, outcome, reason, sent and delivered "
                  "times, time to deliver."),
         Download("Messages (Parquet)", report.report_filename(f, "messages", "parquet"), PARQUET_MIME,
-                 lambda: detail_bytes(store, f, "parquet"), "The same rows as Parquet, with exact types."),
+                 lambda: detail_bytes(store, f, "parquet", covers),
+                 "The same rows as Parquet, with exact types; the scope in its metadata."),
     ]
 
 

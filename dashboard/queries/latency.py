@@ -56,15 +56,20 @@ def slowest_latencies(store: Store, f: Filters, limit: int) -> pd.DataFrame:
     return store.cached("slowest_latencies", (f, limit), compute)
 
 
-def latencies_file(store: Store, f: Filters, fmt: str) -> bytes:
+def latencies_file(store: Store, f: Filters, fmt: str, metadata: dict[str, str] | None = None) -> bytes:
     """Every row of :func:`latencies` as a ``csv``, ``csv.gz`` or ``parquet`` file, written by DuckDB
     straight from the query (never a DataFrame: a month at scale is millions of rows). CSV
     times are in f.tz with their offset (``2026-11-27 14:22:02.5+01``); Parquet keeps the
-    UTC instant with its type. Not cached: built when someone asks for it."""
+    UTC instant with its type, and ``metadata`` as its key-value metadata (e.g. the scope).
+    Not cached: built when someone asks for it."""
     options = {"csv": "FORMAT csv, HEADER true", "csv.gz": "FORMAT csv, HEADER true, COMPRESSION gzip",
                "parquet": "FORMAT parquet, COMPRESSION zstd"}.get(fmt)
     if options is None:
         raise ValueError(f"format must be csv, csv.gz or parquet, not {fmt!r}")
+    if fmt == "parquet" and metadata:
+        pairs = ", ".join(f"{key}: {string_literal(value)}" for key, value in metadata.items()
+                          if key.isidentifier())
+        options += f", KV_METADATA {{{pairs}}}"
     with store.pinned():
         sql, params = _latency_rows_sql(store, f)
         if fmt.startswith("csv"):  # text cells as data, never formulas (dashboard/safe_text.py)

@@ -101,3 +101,16 @@ def test_every_format_states_the_same_scope(data_dir):
     assert summary["labels"] == "env=prod" and summary["outcomes"] == "failed"
     [line] = next(csv.reader([detail_csv.decode().split("\n", 1)[0]]))
     assert line == "# dlrlens scope: " + covers.line()
+
+
+def test_parquet_downloads_carry_the_scope_in_their_metadata(data_dir):
+    import pyarrow.parquet as pq
+
+    f = Filters(campaigns=("welcome",), tz="Europe/Berlin")
+    with Store(data_dir) as store:
+        covers = scope.describe(f)
+        files = {d.label: d for d in downloads.export_downloads(store, f, covers)}
+        latency = {d.extension: d for d in downloads.latency_downloads(store, f, 10, covers)}
+        for data in (files["Messages (Parquet)"].build(), latency["parquet"].build()):
+            meta = pq.read_schema(io.BytesIO(data)).metadata
+            assert json.loads(meta[downloads.PARQUET_SCOPE_KEY.encode()]) == covers.as_dict()
