@@ -48,7 +48,11 @@ class FilterKind:
 
     @property
     def name(self) -> str:
-        return self.parameter or self.key.removesuffix("s")
+        """The singular the URL and the report use: ``parameter``, else ``key`` made singular
+        (campaigns -> campaign, countries -> country)."""
+        if self.parameter:
+            return self.parameter
+        return self.key[:-3] + "y" if self.key.endswith("ies") else self.key.removesuffix("s")
 
 
 def _pair(value) -> str:
@@ -77,13 +81,14 @@ FILTER_KINDS: tuple[FilterKind, ...] = (
 class Unhonoured:
     """A value a view was asked for and cannot honour: ``parameter`` (the URL parameter or
     option, e.g. ``campaign``, ``range``), ``value`` as given, ``reason``, and ``instead``:
-    what is shown in its place ("" when the value stays applied, e.g. an unknown campaign
-    gives an empty result)."""
+    what is shown in its place. ``applied``: the value stays applied (a campaign the data does
+    not have: the figures are those of no message), rather than replaced by a default."""
 
     parameter: str
     value: str
     reason: str
     instead: str = ""
+    applied: bool = False
 
     def text(self) -> str:
         shown = f"; {self.instead}" if self.instead else ""
@@ -213,7 +218,7 @@ def unknown_values(store: Store, f: Filters) -> tuple[Unhonoured, ...]:
         if kind.known is None or not values:
             continue
         known = set(kind.known(store, values)) if store.has_data() else set()
-        found += [Unhonoured(kind.name, value, "not in the data: it matches no message")
+        found += [Unhonoured(kind.name, value, "not in the data: it matches no message", applied=True)
                   for value in values if value not in known]
     return tuple(found)
 

@@ -631,10 +631,14 @@ def scope_header(f: Filters, sidebar_applies: bool = True) -> scope.Scope:
         st.rerun(scope="app")
     demo_notice()
     covers = scope_of(f, sidebar_applies)
-    unknown = {kind: tuple(u.value for u in covers.unhonoured if u.parameter == kind and u.reason.startswith("not in"))
+    unknown = {kind: tuple(u.value for u in covers.unhonoured if u.parameter == kind and u.applied)
                for kind in ("campaign", "label")}
     for problem in covers.unhonoured:
-        if problem.value in unknown.get(problem.parameter, ()):
+        if problem.applied and problem.parameter in unknown:
+            continue  # campaigns and labels get a warning of their own, with a way out, below
+        if problem.applied:  # another filter kind the data lacks (dashboard/scope.py FILTER_KINDS)
+            st.warning(f"No message has the {md_text(problem.parameter)} “{md_text(problem.value)}”: the figures "
+                       "below are zero.", icon=":material/link_off:")
             continue
         st.warning(f"The link's **{problem.parameter}** “{md_text(problem.value)}” is {md_text(problem.reason)}: "
                    f"{md_text(problem.instead)}.", icon=":material/link_off:")
