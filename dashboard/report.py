@@ -37,6 +37,7 @@ import pandas as pd
 
 from dashboard import catalog, queries, safe_text
 from dashboard.queries import Filters, Store
+from dlrlens.store.backends import StoreChoice, open_store, store_choice
 
 FORMATS = ("csv", "xlsx", "json")
 SHEETS = ("Summary", "Definitions", "Campaigns", "Failure reasons", "Daily trend")
@@ -278,20 +279,24 @@ def report_path(output: str | Path, filters: Filters, fmt: str) -> Path:
     return output / report_filename(filters, "campaign-report", fmt) if output.is_dir() else output
 
 
-def write_campaign_report(data_dir: str | Path, filters: Filters, fmt: str, output: str | Path) -> WrittenReport:
+def write_campaign_report(data_dir: str | Path, filters: Filters, fmt: str, output: str | Path,
+                          store: StoreChoice | None = None) -> WrittenReport:
     """Build the campaign report of ``data_dir`` for ``filters`` and write it as ``fmt`` to
     :func:`report_path` of ``output``.
 
-    Raises :class:`NoReceipts` when there is no receipt file, OSError when the file cannot be
-    written."""
+    ``store``: where the receipts are (default ``DLRLENS_STORE``, see
+    :mod:`dlrlens.store.backends`). Raises :class:`NoReceipts` when there is no receipt file,
+    OSError when the file cannot be written."""
     output = report_path(output, filters, fmt)
-    store = Store(data_dir)
+    choice = store_choice() if store is None else store
+    reader = open_store(data_dir, choice)
     try:
-        if not store.has_data():
-            raise NoReceipts(f"no receipt files under {Path(data_dir).resolve()}")
-        report = build_report(store, filters)
+        if not reader.has_data():
+            where = Path(data_dir).resolve() if choice.is_local else f"the receipts table of {choice}"
+            raise NoReceipts(f"no receipt files under {where}")
+        report = build_report(reader, filters)
     finally:
-        store.close()
+        reader.close()
     write_report(report, output, fmt)
     messages = int(report["Summary"].set_index("key").at["messages", "value"])
     return WrittenReport(output, fmt, messages, len(report["Campaigns"]))

@@ -48,6 +48,7 @@ from typing import TypeVar
 import streamlit as st
 
 from dlrlens.store import layout
+from dlrlens.store.backends import open_store
 from dlrlens.statuses import status_table
 from dashboard import queries
 from dashboard.queries import Filters, Store
@@ -277,7 +278,7 @@ def data_dir(argv: list[str] | None = None) -> Path:
 
 @st.cache_resource(scope="session", show_spinner=False, on_release=lambda s: s.close())
 def _open_store(directory: str) -> Store:
-    return Store(directory)
+    return open_store(directory)  # DLRLENS_STORE: the data directory, or an Iceberg table cached in it
 
 
 def store() -> Store:
