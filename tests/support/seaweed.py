@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from pyarrow import fs
 
 from tests.support.servers import free_port, stop_process_group, wait_until
 
@@ -74,21 +75,33 @@ class ObjectStore:
             raise
 
     def _bucket_ready(self) -> bool:
-        # An anonymous request answers 403 once the S3 gateway and its filer are up; the bucket is
-        # made at start (``-bucket``): a pyiceberg write then proves it.
+        # The gateway answers (403 to an anonymous request) a little before its filer and volume
+        # serve objects: ready means a signed write and read back of an object in the bucket.
         try:
-            return requests.get(f"{self.s3_url}/{BUCKET}", timeout=2).status_code in (200, 403)
-        except requests.RequestException:
+            if requests.get(f"{self.s3_url}/{BUCKET}", timeout=2).status_code not in (200, 403):
+                return False
+            s3 = fs.S3FileSystem(access_key=ACCESS_KEY, secret_key=SECRET_KEY, endpoint_override=self.s3_url,
+                                 scheme="http", region="us-east-1", connect_timeout=2, request_timeout=3)
+            with s3.open_output_stream(f"{BUCKET}/.ready") as out:
+                out.write(b"ok")
+            with s3.open_input_stream(f"{BUCKET}/.ready") as back:
+                return back.read() == b"ok"
+        except (requests.RequestException, OSError):
             return False
 
     def stop(self) -> None:
+        # SIGTERM: weed flushes and exits in a second or two; it may wait for idle client
+        # connections much longer, hence SIGKILL after a few seconds (everything acknowledged
+        # to a client is on disk by then).
         if self.process is not None:
-            stop_process_group(self.process, timeout=20)
+            stop_process_group(self.process, timeout=4)
             self.process = None
 
     def catalog_properties(self, catalog_db: Path) -> dict[str, str]:
-        """pyiceberg properties of a SQL catalog (SQLite file) with its warehouse in the bucket."""
-        return {"type": "sql", "uri": f"sqlite:///{catalog_db}", "warehouse": f"s3://{BUCKET}/warehouse",
+        """pyiceberg properties of a SQL catalog (SQLite file) with its warehouse in the bucket,
+        under a folder of its own (the catalog file's parent's name)."""
+        warehouse = f"s3://{BUCKET}/{Path(catalog_db).parent.name}-{Path(catalog_db).stem}"
+        return {"type": "sql", "uri": f"sqlite:///{catalog_db}", "warehouse": warehouse,
                 "s3.endpoint": self.s3_url, "s3.access-key-id": ACCESS_KEY, "s3.secret-access-key": SECRET_KEY,
                 "s3.region": "us-east-1", "s3.path-style-access": "true",
                 # Fail fast while the store is down (the collector retries with back-off).

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import pyarrow as pa
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -82,15 +82,21 @@ def receipts_table(catalog: Catalog, create: bool = True) -> Table:
     except NoSuchTableError:
         if not create:
             raise
+    # Several collectors may get here at once: the loser of a race finds what the winner made
+    # (a SQL catalog reports the race as an integrity error, not as "already exists").
     try:
         catalog.create_namespace(identifier[0])
-    except NamespaceAlreadyExistsError:
-        pass
+    except Exception:
+        if not catalog.namespace_exists(identifier[0]):
+            raise
     schema = receipt_schema()
     try:
         return catalog.create_table(identifier, schema=schema, partition_spec=receipt_partitioning(schema))
-    except TableAlreadyExistsError:  # another collector created it meanwhile
-        return catalog.load_table(identifier)
+    except Exception as exc:
+        try:
+            return catalog.load_table(identifier)
+        except NoSuchTableError:
+            raise exc from None
 
 
 def committed_keys(table: Table, key: str, seen: dict[int, str | None] | None = None) -> set[str]:
