@@ -303,8 +303,8 @@ def healthz() -> Response:
         "quarantined_segments": storage.quarantined_segments(),
     }
     if storage.publish is not None:
-        doc["store"] = storage.publish.status() | {"unpublished": storage.publish.backlog(storage.log_dir)}
-        if doc["store"]["last_error"] or storage.last_publish_error:
+        doc["store"] = storage.publish.health(storage.wal_root, storage.flush_seconds)
+        if doc["store"]["degraded"]:
             doc["status"] = "degraded"
     response = jsonify(doc)
     response.status_code = 200 if local_ok else 503

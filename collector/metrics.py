@@ -81,17 +81,18 @@ PUBLISHER_COUNTERS = {
 
 
 def publisher_lines(storage) -> list[str]:
-    """This worker's publishing to the Iceberg store: its commits, and what waits in its log."""
-    status = storage.publish.status()
-    backlog = storage.publish.backlog(storage.log_dir)
+    """Publishing to the Iceberg store: this worker's commits, and what waits in the collector's logs."""
+    status = storage.publish.health(storage.wal_root, storage.flush_seconds)
+    backlog = status["unpublished"]
     lines: list[str] = []
     for name, (metric, text) in PUBLISHER_COUNTERS.items():
         lines += [f"# HELP {metric} {text} This worker's.", f"# TYPE {metric} counter", f"{metric} {status[name]}"]
-    gauges = (("dlrlens_store_degraded", "1 while this worker cannot publish to the store (it acknowledges from "
-                                         "its log meanwhile).", int(bool(status["last_error"]))),
-              ("dlrlens_store_backlog_segments", "Log segments of this worker not in the store yet.",
+    gauges = (("dlrlens_store_degraded", "1 while the collector cannot publish to the store: this worker's last "
+                                         "commit failed or a log segment waits too long (receipts are still "
+                                         "acknowledged from the local log).", int(status["degraded"])),
+              ("dlrlens_store_backlog_segments", "Log segments of the collector (every worker) not in the store yet.",
                backlog["segments"]),
-              ("dlrlens_store_backlog_receipts", "Receipts acknowledged by this worker, not in the store yet.",
+              ("dlrlens_store_backlog_receipts", "Receipts acknowledged by the collector, not in the store yet.",
                backlog["receipts"]),
               ("dlrlens_store_backlog_age_seconds", "Age of the oldest of them (0 when none).",
                backlog["oldest_age_seconds"]))

@@ -228,11 +228,13 @@ def _components() -> dict:
                                            "records_open_segment": {"type": "integer", "minimum": 0}}},
                 "store": {"type": "object",
                           "description": "Only with an Iceberg store (DLRLENS_STORE=iceberg:<catalog>): this worker's "
-                                         "commits, the last commit error (then status is degraded, the code stays "
-                                         "200: receipts are still acknowledged from the local log) and what its "
-                                         "log holds that the table does not yet.",
-                          "required": ["backend", "last_error", "unpublished"],
+                                         "commits and last commit error, what the collector's logs hold that the "
+                                         "table does not yet (unpublished), and degraded: that error, or a segment "
+                                         "waiting too long (then status is degraded, the code stays 200: receipts "
+                                         "are still acknowledged from the local log).",
+                          "required": ["backend", "last_error", "unpublished", "degraded"],
                           "properties": {"backend": {"type": "string"},
+                                         "degraded": {"type": "boolean"},
                                          "last_error": {"type": ["string", "null"]},
                                          "retry_in_seconds": {"type": "number", "minimum": 0},
                                          "unpublished": {"type": "object",

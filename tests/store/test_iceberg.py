@@ -127,14 +127,14 @@ def test_while_the_object_store_is_down_segments_wait_in_the_log(lake, tmp_path)
         with pytest.raises(StorageError, match="Iceberg commit failed"):
             storage.flush()
         assert publish.status()["last_error"] and storage.counters.values["publish_errors"] == 1
-        backlog = publish.backlog(storage.log_dir)
+        backlog = publish.backlog(storage.wal_root)
         assert backlog["segments"] == 1 and backlog["receipts"] == len(later)
         with pytest.raises(StorageError, match="paused"):
             storage.flush()  # backing off: not even tried
         lake.start()
         time.sleep(0.5)
         storage.flush()
-        assert publish.status()["last_error"] is None and publish.backlog(storage.log_dir)["segments"] == 0
+        assert publish.status()["last_error"] is None and publish.backlog(storage.wal_root)["segments"] == 0
     finally:
         storage.close()
     assert sorted(table_ids()) == sorted(r["receipt_id"] for r in first + later)

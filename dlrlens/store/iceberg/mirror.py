@@ -39,7 +39,6 @@ from dlrlens.store.reader import Store
 
 log = logging.getLogger("dlrlens.store")
 
-CACHE_DIR = "cache/iceberg"
 CACHED_PREFIX = "i-"
 SYNC_SECONDS = 2.0
 COPY_CHUNK = 8 << 20
@@ -47,7 +46,7 @@ COPY_CHUNK = 8 << 20
 
 def cache_dir(data_dir: Path, catalog_name: str) -> Path:
     """Where the cache of catalog ``catalog_name`` lives under the local directory ``data_dir``."""
-    return Path(data_dir) / CACHE_DIR / catalog_name
+    return Path(data_dir) / layout.ICEBERG_CACHE_DIR / catalog_name
 
 
 def cached_name(file_path: str) -> str:

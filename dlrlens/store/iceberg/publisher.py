@@ -33,23 +33,26 @@ from pathlib import Path
 
 from pyiceberg.exceptions import CommitFailedException
 
-from dlrlens.store import files
+from dlrlens.store import files, layout
 from dlrlens.store.iceberg.table import SEGMENT_KEY, committed_keys, open_catalog, receipts_table
 from dlrlens.store.wal import list_segments
 from dlrlens.store.writer import PublishError, records_to_table
 
 log = logging.getLogger("dlrlens.collector")
 
-COLLECTOR_ID = "collector-id"
 CONFLICT_ATTEMPTS = 5
 BACKOFF_START_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
+# A segment waiting longer than this many flush intervals (and at least STALE_MIN_SECONDS) means
+# commits are failing somewhere in the collector.
+STALE_FLUSHES = 5
+STALE_MIN_SECONDS = 10.0
 
 
 def collector_id(data_dir: Path) -> str:
     """This data directory's collector id (made once, kept in ``collector-id``)."""
-    path = Path(data_dir) / COLLECTOR_ID
-    with files.locked(path.with_name(COLLECTOR_ID + ".lock"), wait=True):
+    path = Path(data_dir) / layout.COLLECTOR_ID
+    with files.locked(path.with_name(layout.COLLECTOR_ID + ".lock"), wait=True):
         try:
             existing = path.read_text().strip()
         except FileNotFoundError:
@@ -64,7 +67,8 @@ def collector_id(data_dir: Path) -> str:
 class IcebergPublisher:
     """Commits flushed segments to the receipts table of catalog ``catalog_name``.
 
-    Thread-safe (a flush and a recovery may call it from different threads)."""
+    Thread-safe: commits are serialised by a lock; :meth:`status` and :meth:`health` never
+    wait for it (a commit may hang on the network for its timeouts, /healthz must not)."""
 
     def __init__(self, catalog_name: str, data_dir: Path, *, backoff_start: float = BACKOFF_START_SECONDS,
                  backoff_max: float = BACKOFF_MAX_SECONDS):
@@ -72,7 +76,7 @@ class IcebergPublisher:
         self.collector_id = collector_id(data_dir)
         self.backoff_start = backoff_start
         self.backoff_max = backoff_max
-        self._lock = threading.Lock()
+        self._commit_lock = threading.Lock()
         self._table = None
         self._seen: dict[int, str | None] = {}
         self._failures = 0          # consecutive failed attempts
@@ -94,7 +98,7 @@ class IcebergPublisher:
         as they are, so the writer sets the segment aside instead of retrying forever."""
         rows = records_to_table(records)
         key = self.key(slot, segment)
-        with self._lock:
+        with self._commit_lock:
             waiting = self._retry_at - time.monotonic()
             if waiting > 0:
                 raise PublishError(f"Iceberg commits paused for {waiting:.1f} s after: {self.last_error}")
@@ -149,18 +153,20 @@ class IcebergPublisher:
 
     # -- status
 
-    def backlog(self, log_dir: Path) -> dict:
-        """What this worker's log holds that the table does not yet: segments, receipts (their
-        lines, counted again only when a segment grew) and the age of the oldest (its id is the
-        time it was opened)."""
-        segments = list_segments(log_dir)
+    def backlog(self, wal_root: Path) -> dict:
+        """What the collector's logs (every slot under ``wal_root``: all its workers, and slots
+        waiting for adoption) hold that the table does not yet: segments, receipts (their lines,
+        counted again only when a segment grew) and the age of the oldest (its id is the time it
+        was opened)."""
+        segments = sorted((segment for slot in sorted(Path(wal_root).glob("w*")) if slot.is_dir()
+                           for segment in list_segments(slot)), key=lambda segment: segment.name)
         counts: dict[tuple[str, int], int] = {}
         for segment in segments:
             try:
                 size = segment.stat().st_size
             except OSError:
                 continue
-            cache_key = (segment.name, size)
+            cache_key = (str(segment), size)
             if cache_key not in self._line_counts:
                 try:
                     self._line_counts[cache_key] = segment.read_bytes().count(b"\n")
@@ -172,11 +178,19 @@ class IcebergPublisher:
         oldest = (time.time() - int(segments[0].stem) / 1e9) if segments else 0.0
         return {"segments": len(segments), "receipts": receipts, "oldest_age_seconds": round(max(oldest, 0.0), 3)}
 
+    def health(self, wal_root: Path, flush_seconds: float) -> dict:
+        """:meth:`status` with the collector's :meth:`backlog` (``unpublished``) and ``degraded``:
+        this worker's last commit failed, or a segment has waited longer than a few flushes
+        (another worker's commits failing: any worker answers for the whole collector)."""
+        unpublished = self.backlog(wal_root)
+        status = self.status()
+        stale = unpublished["oldest_age_seconds"] > max(STALE_MIN_SECONDS, STALE_FLUSHES * flush_seconds)
+        return status | {"unpublished": unpublished, "degraded": bool(status["last_error"]) or stale}
+
     def status(self) -> dict:
-        with self._lock:
-            waiting = max(self._retry_at - time.monotonic(), 0.0)
-            return {"backend": f"iceberg:{self.catalog_name}", "collector_id": self.collector_id,
-                    "last_error": self.last_error, "retry_in_seconds": round(waiting, 1),
-                    "last_commit_at": self.last_commit_at.isoformat() if self.last_commit_at else None,
-                    **self.counts}
+        waiting = max(self._retry_at - time.monotonic(), 0.0)
+        last_commit = self.last_commit_at
+        return {"backend": f"iceberg:{self.catalog_name}", "collector_id": self.collector_id,
+                "last_error": self.last_error, "retry_in_seconds": round(waiting, 1),
+                "last_commit_at": last_commit.isoformat() if last_commit else None, **dict(self.counts)}
 
