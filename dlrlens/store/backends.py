@@ -51,11 +51,12 @@ def parse_store(text: str) -> StoreChoice:
 
 def store_choice(explicit: str | None = None) -> StoreChoice:
     """``explicit`` (``--store``), else ``DLRLENS_STORE``, else local."""
+    source = "--store" if explicit is not None else STORE_ENV
     text = explicit if explicit is not None else os.environ.get(STORE_ENV, "")
     try:
         return parse_store(text)
     except ValueError as exc:
-        raise ValueError(f"{STORE_ENV}={text!r} is not valid: {exc}") from None
+        raise ValueError(f"{source}={text!r} is not valid: {exc}") from None
 
 
 def publisher(choice: StoreChoice, data_dir: Path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
+from collector.settings import load_settings
 from dlrlens import cli
 from dlrlens.store.backends import open_store, parse_store, publisher, store_choice
 from dlrlens.store.iceberg.migrate import MigrationError, migrate
@@ -52,14 +53,20 @@ def report_json(data_dir: Path, store: str, output: Path) -> dict:
     return doc
 
 
-def test_the_store_setting_is_parsed_strictly(monkeypatch):
+def test_the_store_setting_is_parsed_strictly(monkeypatch, tmp_path, capsys):
     assert store_choice("local").is_local and str(store_choice("")) == "local"
     assert store_choice("iceberg:Lake-1").catalog == "lake-1"
     monkeypatch.setenv("DLRLENS_STORE", "iceberg:prod")
     assert str(store_choice()) == "iceberg:prod"
     for bad in ("iceberg:", "iceberg:a_b", "s3://x", "iceberg"):
-        with pytest.raises(ValueError, match="DLRLENS_STORE"):
+        with pytest.raises(ValueError, match="--store="):
             store_choice(bad)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["report", "--store", "s3://x", "--data", str(tmp_path), "--output", str(tmp_path / "r.json")])
+    assert exited.value.code == 2 and "--store='s3://x' is not valid" in capsys.readouterr().err
+    monkeypatch.setenv("DLRLENS_STORE", "bogus")
+    with pytest.raises(ValueError, match="DLRLENS_STORE='bogus' is not valid"):
+        load_settings()
 
 
 def test_an_unconfigured_catalog_is_named_at_start(tmp_path, monkeypatch):
