@@ -294,3 +294,26 @@ def test_the_reader_serves_its_cache_while_the_catalog_is_unreachable(lake, tmp_
         reader.close()
         storage.close()
     assert pc.count_distinct(pc.cast(table.scan().to_arrow()["delivery_message_id"], "string")).as_py() == 30
+
+
+def test_the_dashboard_shows_the_same_cards_from_the_iceberg_store(lake, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    rows = factory.demo_rows(120, seed=14)
+    factory.write_receipts(tmp_path / "local", rows)
+    collector = ReceiptStorage(tmp_path / "collector", flush_seconds=3600,
+                               publish=publisher(ICEBERG, tmp_path / "collector"))
+    collector.store(rows)
+    collector.close()
+    app = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+    cards = {}
+    for name, data_dir, store in (("local", tmp_path / "local", "local"),
+                                  ("iceberg", tmp_path / "reader", "iceberg:lake")):
+        monkeypatch.setenv("DLRLENS_DATA", str(data_dir))
+        monkeypatch.setenv("DLRLENS_STORE", store)
+        at = AppTest.from_file(str(app), default_timeout=60)
+        at.query_params["range"] = "all"
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        cards[name] = {metric.label: metric.value for metric in at.metric}
+    assert cards["iceberg"] == cards["local"] and cards["local"]["Messages"] == "120"

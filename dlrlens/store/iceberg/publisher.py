@@ -96,6 +96,8 @@ class IcebergPublisher:
         Raises :class:`PublishError` when it cannot now (nothing lost: the caller keeps the
         segment). Errors in converting the records (a bug meeting unexpected data) propagate
         as they are, so the writer sets the segment aside instead of retrying forever."""
+        if not records:
+            return  # a segment holding only a torn line: nothing was acknowledged in it
         rows = records_to_table(records)
         key = self.key(slot, segment)
         with self._commit_lock:
