@@ -18,7 +18,8 @@ without internet cannot do; pyiceberg's FileIO (pyarrow's S3 client) is already 
   code as for a local data directory, so it is the same on the same receipts.
 
 When the catalog or object store is unreachable, the store serves what is cached and keeps the
-error (:attr:`Mirror.last_error`); it syncs again at the next query after ``sync_seconds``.
+error (:attr:`Mirror.last_error`); it tries again at a query :data:`SYNC_RETRY_SECONDS` later
+(a sync against an unreachable store may block a query for its timeouts).
 Several processes may share a cache: a sync holds ``mirror.lock``.
 """
 
@@ -41,6 +42,9 @@ log = logging.getLogger("dlrlens.store")
 
 CACHED_PREFIX = "i-"
 SYNC_SECONDS = 2.0
+# After a failed sync: a sync against an unreachable store can block for its timeouts and retries
+# (seconds), so a dashboard that asks every few seconds tries again only this much later.
+SYNC_RETRY_SECONDS = 30.0
 COPY_CHUNK = 8 << 20
 
 
@@ -139,7 +143,8 @@ class Mirror:
         """:meth:`sync` unless one ran less than ``every`` seconds ago; a failure is logged and
         kept in :attr:`last_error` (the cache serves what it holds)."""
         now = time.monotonic()
-        if self._last_attempt is not None and now - self._last_attempt < every:
+        wait = max(every, SYNC_RETRY_SECONDS) if self.last_error else every
+        if self._last_attempt is not None and now - self._last_attempt < wait:
             return
         self._last_attempt = now
         try:
