@@ -5,7 +5,8 @@ then flushes the same log segments (``--segments`` of ``--rows`` receipts each, 
 ``--days`` UTC days as a flush of live traffic is) through two
 :class:`~dlrlens.store.writer.ReceiptStorage` writers: the local one (Parquet files under a data
 directory) and one with the :class:`~dlrlens.store.iceberg.publisher.IcebergPublisher`. Prints
-the median and p95 flush time of each and their ratio, and the snapshots the table holds.
+the median and p95 flush time of each and their ratio, the snapshots the table holds and the size
+of its metadata file.
 
     python3 -m tests.benchmarks.iceberg_commits [--segments 30] [--rows 1000] [--days 1]
 """
@@ -71,12 +72,16 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 local.close()
                 remote.close()
-            snapshots = len(receipts_table(open_catalog("bench"), create=False).metadata.snapshots)
+            table = receipts_table(open_catalog("bench"), create=False)
+            snapshots = len(table.metadata.snapshots)
+            with table.io.new_input(table.metadata_location).open() as metadata:
+                metadata_bytes = len(metadata.read())
     print(f"{args.segments - 1} flushes of {args.rows} receipts over {args.days} UTC day(s) each")
     print(describe("local", local_times))
     print(describe("iceberg", iceberg_times))
     print(f"ratio (iceberg / local, medians): {statistics.median(iceberg_times) / statistics.median(local_times):.1f}x; "
-          f"table snapshots: {snapshots}")
+          f"table snapshots: {snapshots}, metadata file {metadata_bytes:,} bytes "
+          f"({metadata_bytes / snapshots:,.0f} per snapshot: every commit and reader sync reads it)")
     return 0
 
 
