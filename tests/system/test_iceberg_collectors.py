@@ -30,8 +30,7 @@ def lake(tmp_path, monkeypatch):
         env = store.catalog_env("lake", tmp_path / "catalog.db")
         for name, value in env.items():
             monkeypatch.setenv(name, value)  # for the test's own reads
-        store.collector_env = dict(env, DLRLENS_STORE="iceberg:lake", DLRLENS_MAINTENANCE_SECONDS="0",
-                                   DLRLENS_COMPACT_SECONDS="0")
+        store.collector_env = dict(env, DLRLENS_STORE="iceberg:lake")  # otherwise the defaults
         yield store
 
 
