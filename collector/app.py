@@ -32,6 +32,7 @@ from dlrlens.store.rejected import RejectedBodies
 from collector.security import FailureLimiter, address_allowed, redact_secrets_in_logs, token_matches
 from collector.settings import Settings, load_settings
 from dlrlens.store.auth_failures import auth_failures_path
+from dlrlens.store.backends import publisher
 from dlrlens.store.files import probe_writable
 from dlrlens.store.writer import ReceiptStorage, error_kind
 from dlrlens.store.wal import StorageError
@@ -49,7 +50,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_BODY_BYTES"] = settings.max_body_bytes
     app.extensions["dlrlens"] = {
         "settings": settings,
-        "storage": ReceiptStorage(settings.data_dir, settings.flush_seconds, settings.flush_rows),
+        "storage": ReceiptStorage(settings.data_dir, settings.flush_seconds, settings.flush_rows,
+                                  publish=publisher(settings.store, settings.data_dir)),
         "rejected": RejectedBodies(settings.data_dir, settings.rejected_keep, settings.rejected_max_bytes),
         # Shared by every worker through one file: the limit holds whichever worker is asked.
         "limiter": FailureLimiter(auth_failures_path(settings.data_dir)),
@@ -279,15 +281,20 @@ def receive(secret: str | None = None) -> Response:
 
 
 def healthz() -> Response:
-    """200 when storage is writable (a real fsynced write), with the log backlog; else 503."""
+    """200 when storage is writable (a real fsynced write), with the log backlog; else 503.
+
+    With a publisher (the Iceberg store) that cannot publish now, the status is "degraded" but
+    the code stays 200: receipts are still acknowledged from the local log (a load balancer
+    must keep sending), and ``store`` says what fails and how much waits in the log."""
     storage: ReceiptStorage = _ctx()["storage"]
     writable, problem = True, None
     try:
         probe_writable(storage.data_dir)
     except OSError as exc:
         writable, problem = False, error_kind(exc)  # str(exc) would name the data directory
+    local_ok = writable and not storage.last_flush_error
     doc = {
-        "status": "ok" if writable and not storage.last_flush_error else "degraded",
+        "status": "ok" if local_ok else "degraded",
         "storage_writable": writable,
         "storage_error": problem,
         "last_flush_error": storage.last_flush_error,
@@ -295,8 +302,12 @@ def healthz() -> Response:
         "backlog": storage.backlog(),
         "quarantined_segments": storage.quarantined_segments(),
     }
+    if storage.publish is not None:
+        doc["store"] = storage.publish.health(storage.wal_root, storage.flush_seconds)
+        if doc["store"]["degraded"]:
+            doc["status"] = "degraded"
     response = jsonify(doc)
-    response.status_code = 200 if doc["status"] == "ok" else 503
+    response.status_code = 200 if local_ok else 503
     return response
 
 

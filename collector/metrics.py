@@ -26,6 +26,8 @@ HELP = {
                              "Log segments that could not be converted and were set aside in wal/quarantine."),
     "auth_failures": ("dlrlens_auth_failures_total", "Requests with a missing or wrong secret."),
     "forbidden": ("dlrlens_forbidden_total", "Requests from sources outside the allow-list."),
+    "publish_errors": ("dlrlens_publish_errors_total",
+                       "Flushes that could not publish to the store (Iceberg) and left the segments in the log."),
 }
 
 
@@ -60,8 +62,43 @@ def render(storage) -> str:
               "# HELP dlrlens_log_backlog_segments Log segments of this worker waiting for a flush.",
               "# TYPE dlrlens_log_backlog_segments gauge",
               f"dlrlens_log_backlog_segments {backlog['segments']}"]
+    if storage.publish is not None:
+        lines += publisher_lines(storage)
     lines += maintenance_lines(Path(storage.data_dir))
     return "\n".join(lines) + "\n"
+
+
+PUBLISHER_COUNTERS = {
+    "commits": ("dlrlens_store_commits_total", "Commits to the store's table (one per flushed log segment)."),
+    "committed_receipts": ("dlrlens_store_committed_receipts_total", "Receipts committed to the store's table."),
+    "already_committed": ("dlrlens_store_already_committed_total",
+                          "Segments found already committed (a replay after a crash) and not committed again."),
+    "conflicts": ("dlrlens_store_commit_conflicts_total",
+                  "Commits refused because another writer committed first (retried at once)."),
+    "failures": ("dlrlens_store_commit_failures_total",
+                 "Commit attempts that failed (catalog or object store unreachable; retried with back-off)."),
+}
+
+
+def publisher_lines(storage) -> list[str]:
+    """Publishing to the Iceberg store: this worker's commits, and what waits in the collector's logs."""
+    status = storage.publish.health(storage.wal_root, storage.flush_seconds)
+    backlog = status["unpublished"]
+    lines: list[str] = []
+    for name, (metric, text) in PUBLISHER_COUNTERS.items():
+        lines += [f"# HELP {metric} {text} This worker's.", f"# TYPE {metric} counter", f"{metric} {status[name]}"]
+    gauges = (("dlrlens_store_degraded", "1 while the collector cannot publish to the store: this worker's last "
+                                         "commit failed or a log segment waits too long (receipts are still "
+                                         "acknowledged from the local log).", int(status["degraded"])),
+              ("dlrlens_store_backlog_segments", "Log segments of the collector (every worker) not in the store yet.",
+               backlog["segments"]),
+              ("dlrlens_store_backlog_receipts", "Receipts acknowledged by the collector, not in the store yet.",
+               backlog["receipts"]),
+              ("dlrlens_store_backlog_age_seconds", "Age of the oldest of them (0 when none).",
+               backlog["oldest_age_seconds"]))
+    for metric, text, value in gauges:
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge", f"{metric} {value}"]
+    return lines
 
 
 def maintenance_lines(data_dir: Path) -> list[str]:

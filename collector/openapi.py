@@ -226,6 +226,19 @@ def _components() -> dict:
                             "properties": {"bytes": {"type": "integer", "minimum": 0},
                                            "segments": {"type": "integer", "minimum": 0},
                                            "records_open_segment": {"type": "integer", "minimum": 0}}},
+                "store": {"type": "object",
+                          "description": "Only with an Iceberg store (DLRLENS_STORE=iceberg:<catalog>): this worker's "
+                                         "commits and last commit error, what the collector's logs hold that the "
+                                         "table does not yet (unpublished), and degraded: that error, or a segment "
+                                         "waiting too long (then status is degraded, the code stays 200: receipts "
+                                         "are still acknowledged from the local log).",
+                          "required": ["backend", "last_error", "unpublished", "degraded"],
+                          "properties": {"backend": {"type": "string"},
+                                         "degraded": {"type": "boolean"},
+                                         "last_error": {"type": ["string", "null"]},
+                                         "retry_in_seconds": {"type": "number", "minimum": 0},
+                                         "unpublished": {"type": "object",
+                                                         "required": ["segments", "receipts", "oldest_age_seconds"]}}},
             },
         },
     })
@@ -339,7 +352,8 @@ def openapi_document(max_body_bytes: int | None = None, settings: Settings | Non
                 "operationId": "health",
                 "summary": "Storage health",
                 "description": "200 when this worker's storage takes a real fsynced write and the last flush "
-                               "succeeded, else 503, with the log backlog.",
+                               "succeeded, else 503, with the log backlog. With an Iceberg store that cannot "
+                               "be reached: 200 and status degraded (receipts are still acknowledged).",
                 "responses": {
                     "200": _json_response("Storage works.", {"$ref": "#/components/schemas/Health"}),
                     "503": _json_response("Storage is degraded.", {"$ref": "#/components/schemas/Health"}),

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from collector.parsing import MAX_LABELS
+from dlrlens.store.backends import StoreChoice, parse_store
 
 
 def _secrets(text: str) -> tuple[str, ...]:
@@ -128,6 +129,10 @@ SETTINGS_TABLE = (
     Setting("log_level", "DLRLENS_LOG_LEVEL", "info", _log_level,
             "info: one line per refused request, storage error, flush summary and compaction; debug: also one "
             "line per stored request (costs throughput under load)."),
+    Setting("store", "DLRLENS_STORE", "local", parse_store,
+            "Where flushed receipts go: local (Parquet files under the data directory) or iceberg:<catalog>, "
+            "the receipts table of that pyiceberg catalog (configured in .pyiceberg.yaml or "
+            "PYICEBERG_CATALOG__<NAME>__* variables); the write-ahead log stays in the data directory."),
 )
 
 
@@ -151,6 +156,7 @@ class Settings:
     label_keys: frozenset[str] | None
     label_max_length: int
     log_level: str
+    store: StoreChoice
 
 
 def load_settings(**overrides) -> Settings:

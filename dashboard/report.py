@@ -37,6 +37,7 @@ import pandas as pd
 
 from dashboard import catalog, queries, safe_text, scope
 from dashboard.queries import Filters, Store
+from dlrlens.store.backends import StoreChoice, open_store, store_choice
 
 FORMATS = ("csv", "xlsx", "json")
 SHEETS = ("Summary", "Definitions", "Campaigns", "Failure reasons", "Daily trend")
@@ -319,7 +320,7 @@ def report_path(output: str | Path, filters: Filters, fmt: str) -> Path:
 
 
 def write_campaign_report(data_dir: str | Path, filters: Filters, fmt: str, output, *,
-                          strict: bool = False) -> WrittenReport:
+                          strict: bool = False, store: StoreChoice | None = None) -> WrittenReport:
     """Build the campaign report of ``data_dir`` for ``filters`` and write it as ``fmt`` to
     :func:`report_path` of ``output``, or to ``output`` itself when it is a binary file object
     (standard output).
@@ -327,18 +328,21 @@ def write_campaign_report(data_dir: str | Path, filters: Filters, fmt: str, outp
     The values the data does not have (:func:`dashboard.scope.unknown_values`: a campaign
     name with no message) stay applied and are named in the report's scope and in
     :attr:`WrittenReport.unhonoured`; with ``strict`` they raise :class:`Unhonourable` before
-    anything is written. Raises :class:`NoReceipts` when there is no receipt file, OSError
-    when the file cannot be written."""
-    store = Store(data_dir)
+    anything is written. ``store``: where the receipts are (default ``DLRLENS_STORE``, see
+    :mod:`dlrlens.store.backends`). Raises :class:`NoReceipts` when there is no receipt file,
+    OSError when the file cannot be written."""
+    choice = store_choice() if store is None else store
+    reader = open_store(data_dir, choice)
     try:
-        if not store.has_data():
-            raise NoReceipts(f"no receipt files under {Path(data_dir).resolve()}")
-        unhonoured = scope.unknown_values(store, filters)
+        if not reader.has_data():
+            where = Path(data_dir).resolve() if choice.is_local else f"the receipts table of {choice}"
+            raise NoReceipts(f"no receipt files under {where}")
+        unhonoured = scope.unknown_values(reader, filters)
         if strict and unhonoured:
             raise Unhonourable(unhonoured)
-        report = build_report(store, filters, unhonoured)
+        report = build_report(reader, filters, unhonoured)
     finally:
-        store.close()
+        reader.close()
     path = None if hasattr(output, "write") else report_path(output, filters, fmt)
     write_report(report, output if path is None else path, fmt, report_scope(filters, unhonoured))
     messages = int(report["Summary"].set_index("key").at["messages", "value"])

@@ -54,6 +54,7 @@ from typing import TypeVar
 import streamlit as st
 
 from dlrlens.store import demo, layout
+from dlrlens.store.backends import open_store
 from dlrlens.statuses import status_table
 from dashboard import charts, queries, scope
 from dashboard.queries import Filters, Store
@@ -327,7 +328,7 @@ def data_dir(argv: list[str] | None = None) -> Path:
 
 @st.cache_resource(scope="session", show_spinner=False, on_release=lambda s: s.close())
 def _open_store(directory: str) -> Store:
-    return Store(directory)
+    return open_store(directory)  # DLRLENS_STORE: the data directory, or an Iceberg table cached in it
 
 
 def store() -> Store:

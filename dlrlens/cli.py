@@ -38,11 +38,29 @@ def _data_argument(parser: argparse.ArgumentParser) -> None:
                         help="data directory (default: $DLRLENS_DATA or ./data)")
 
 
+def _store_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", metavar="STORE", default=None,
+                        help="where the receipts are: local (the data directory) or iceberg:<catalog>, "
+                             "a pyiceberg catalog (default: $DLRLENS_STORE or local)")
+
+
+def _store_choice(args, command: str):
+    """``--store`` (else ``DLRLENS_STORE``) parsed; exits with status 2 naming the problem."""
+    from dlrlens.store.backends import store_choice
+
+    try:
+        return store_choice(args.store)
+    except ValueError as exc:
+        print(f"dlrlens {command}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 # --------------------------------------------------------------------------- collector, dashboard, up
 
 
 def collector_arguments(parser: argparse.ArgumentParser) -> None:
     _data_argument(parser)
+    _store_argument(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_COLLECTOR_PORT)
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
@@ -53,6 +71,7 @@ def collector_arguments(parser: argparse.ArgumentParser) -> None:
 
 def dashboard_arguments(parser: argparse.ArgumentParser) -> None:
     _data_argument(parser)
+    _store_argument(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_DASHBOARD_PORT)
 
@@ -70,7 +89,8 @@ def cmd_collector(args) -> int:
     from collector.server import serve
     from collector.settings import load_settings
 
-    settings = load_settings(data_dir=layout.data_dir(args.data), flush_seconds=args.flush_seconds)
+    settings = load_settings(data_dir=layout.data_dir(args.data), flush_seconds=args.flush_seconds,
+                             store=_store_choice(args, "collector"))
     serve(settings, host=args.host, port=args.port, workers=args.workers, threads=args.threads)
     return 0
 
@@ -89,7 +109,7 @@ def cmd_dashboard(args) -> int:
     """Become Streamlit (exec): a service manager's SIGTERM then reaches the server itself,
     which frees the port; a child process would be orphaned and keep it."""
     data_dir = layout.data_dir(args.data).resolve()
-    env = dict(os.environ, DLRLENS_DATA=str(data_dir))
+    env = dict(os.environ, DLRLENS_DATA=str(data_dir), DLRLENS_STORE=str(_store_choice(args, "dashboard")))
     command = dashboard_command(data_dir, args.host, args.port)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -310,6 +330,7 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = REPORT_EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     _data_argument(parser)
+    _store_argument(parser)
     parser.add_argument("--from", dest="date_from", metavar="DATE",
                         help="first day (YYYY-MM-DD, in --tz) of messages to include by sent time; default: all data")
     parser.add_argument("--to", dest="date_to", metavar="DATE",
@@ -357,7 +378,8 @@ def cmd_report(args) -> int:
                      "--format csv|json", 2)
     output = sys.stdout.buffer if to_stdout else report.report_path(args.output, filters, fmt)
     try:
-        written = report.write_campaign_report(layout.data_dir(args.data), filters, fmt, output, strict=args.strict)
+        written = report.write_campaign_report(layout.data_dir(args.data), filters, fmt, output, strict=args.strict,
+                                               store=_store_choice(args, "report"))
     except report.Unhonourable as exc:
         return error(f"{exc} (--strict: nothing written)", 2)
     except report.NoReceipts as exc:
@@ -444,6 +466,48 @@ def cmd_rebuild(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- migrate
+
+
+def migrate_arguments(parser: argparse.ArgumentParser) -> None:
+    _data_argument(parser)
+    parser.add_argument("--to", required=True, metavar="STORE",
+                        help="the destination, iceberg:<catalog> (a pyiceberg catalog: .pyiceberg.yaml or "
+                             "PYICEBERG_CATALOG__<NAME>__* variables)")
+
+
+def cmd_migrate(args) -> int:
+    """Copy the data directory's receipt files into the Iceberg table (idempotent, resumable).
+    0 when done, 2 on a bad destination, 1 when it had to stop."""
+    from dlrlens.store.backends import parse_store
+
+    try:
+        choice = parse_store(args.to)
+        if choice.is_local:
+            raise ValueError("the destination must be iceberg:<catalog>")
+        from dlrlens.store.iceberg.table import check_configured
+
+        check_configured(choice.catalog)
+    except ValueError as exc:
+        print(f"dlrlens migrate: error: --to {args.to}: {exc}", file=sys.stderr)
+        return 2
+    from dlrlens.store.iceberg.migrate import MigrationError, migrate
+
+    data_dir = layout.data_dir(args.data)
+    try:
+        result = migrate(data_dir, choice.catalog,
+                         progress=lambda path, rows: print(f"  copied {path} ({rows:,} rows)", flush=True))
+    except MigrationError as exc:
+        print(f"dlrlens migrate: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{result.files} receipt files in {data_dir}: {result.copied} copied ({result.rows:,} rows), "
+          f"{result.already} copied before, {result.covered} covered by earlier copies, in {result.seconds:.1f} s")
+    if result.log_segments:
+        print(f"note: the write-ahead log still holds {result.log_segments} segments, not copied: start and stop "
+              f"the collector once on {data_dir} (it flushes them), then run migrate again")
+    return 0
+
+
 # --------------------------------------------------------------------------- the parser
 
 # (name, help, adds its options, runs it), in the order `dlrlens --help` lists them.
@@ -456,6 +520,8 @@ SUBCOMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Ca
     ("compact", "merge small receipt files into large sorted ones (the collector also does it)",
      compact_arguments, cmd_compact),
     ("rebuild", "recompute the derived per-message state from the raw receipts", rebuild_arguments, cmd_rebuild),
+    ("migrate", "copy a data directory's receipts into an Iceberg table (idempotent, resumable)",
+     migrate_arguments, cmd_migrate),
 )
 
 

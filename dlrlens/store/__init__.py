@@ -24,6 +24,10 @@ receipt meets them:
   turned into SQL conditions by :mod:`~dlrlens.store.sql` (with the ``receipts`` relation).
 * :mod:`~dlrlens.store.faults`: named crash points for the fault tests.
 
-A second backend (object storage, a table format) replaces ``files``/``layout`` listings and
-the reader's sources; nothing outside this package touches ``data/``.
+* :mod:`~dlrlens.store.backends`: which store holds the receipts (``DLRLENS_STORE``): the local
+  data directory (default) or the Iceberg backend, :mod:`~dlrlens.store.iceberg` (the writer's
+  publisher hook commits flushed segments to an Iceberg table; the reader's ``Store`` reads a
+  local cache of its data files; ``dlrlens migrate``).
+
+Nothing outside this package touches ``data/`` or the Iceberg tables.
 """

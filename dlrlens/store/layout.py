@@ -24,6 +24,26 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
                                                           by the collector's workers (disposable)
       .healthz-<pid>                                      /healthz's write probe (removed at once)
 
+With the Iceberg store (``DLRLENS_STORE=iceberg:<catalog>``, :mod:`dlrlens.store.backends`) the
+receipts live in the Iceberg table ``<namespace>.receipts`` of that catalog (namespace
+``DLRLENS_ICEBERG_NAMESPACE``, default ``dlrlens``): the columns of :data:`RECEIPT_SCHEMA`,
+partitioned by the UTC day of ``created``, one append commit per flushed log segment (snapshot
+summary ``dlrlens.segment = <collector id>/<slot>/<segment>``) or per file copied by ``dlrlens
+migrate`` (``dlrlens.source = <source id>/<relative path>``); see :mod:`dlrlens.store.iceberg`.
+The data directory then keeps what is local to one machine::
+
+    data/
+      wal/..., stats/..., rejected/..., .auth-failures.sqlite   as above: the collector's log is local,
+                                                          a 200 still means fsynced on this machine
+      collector-id, collector-id.lock                     this directory's id in segment keys (made once)
+      cache/iceberg/<catalog>/                            the dashboard's and report's copy of the table:
+        receipts/date=YYYY-MM-DD/i-<hash>.parquet         one cached data file (hash of its object URI)
+        derived/..., derived.lock                         per-message state computed from the cache
+        mirror.lock                                       flock: one sync of the cache at a time
+
+No ``receipts/`` is written under ``data/`` itself then. The cache follows the contract for
+readers below (it is a data-directory layout); it is disposable: deleting it costs one download.
+
 Files are published and locks taken only through :mod:`dlrlens.store.files`; the derived
 state is described in :mod:`dlrlens.store.derive`, the status files in
 :mod:`dlrlens.store.status`.
@@ -54,6 +74,9 @@ import pyarrow as pa
 from dlrlens.store import files
 
 RECEIPTS_DIR = "receipts"
+# With the Iceberg store (see the module docstring; the names are used by dlrlens.store.iceberg).
+COLLECTOR_ID = "collector-id"
+ICEBERG_CACHE_DIR = "cache/iceberg"
 WAL_DIR = "wal"
 REJECTED_DIR = "rejected"
 STATS_DIR = "stats"

@@ -11,6 +11,13 @@ named after the slot and segment (``<slot>-<segment>.parquet``). The name is
 deterministic, so replaying a segment whose files were already renamed into place
 replaces them with identical files rather than adding copies. The segment is deleted only
 after every file it produced is durable.
+
+A *publisher* (``publish``, optional) replaces the local Parquet files as a flush's destination:
+it is called with each closed segment's records and must return only once they are durable
+there (and never store a segment twice: a replay calls it again). The Iceberg backend's
+:class:`dlrlens.store.iceberg.publisher.IcebergPublisher` is one. When it raises
+:class:`PublishError` the segment stays in the log and the next flush tries again; the
+collector goes on acknowledging from its log meanwhile.
 """
 
 from __future__ import annotations
@@ -44,6 +51,11 @@ PARQUET_CRASH_POINTS = {files.WRITTEN: "parquet:before-fsync", files.FSYNCED: "p
                         files.RENAMED: "parquet:before-dir-fsync"}
 
 
+class PublishError(OSError):
+    """A publisher could not take a segment now (its store is down, a commit failed): the
+    segment stays in the log and is tried again at the next flush."""
+
+
 def write_parquet_atomically(table: pa.Table, path: Path) -> None:
     """Publish ``table`` as the Parquet file ``path`` (:func:`dlrlens.store.files.publish_table`).
 
@@ -74,12 +86,14 @@ def utc_day(micros: int) -> str:
     return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
 
 
-def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict] | None = None) -> int:
+def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict] | None = None,
+                  publish=None) -> int:
     """Turn one closed log segment into Parquet files and delete it. Returns receipts written.
 
     ``documents`` are the segment's records as the writer kept them in memory (exactly what
     reading the file gives); without them the file is read. Idempotent: running it again on
-    the same segment (after a crash) writes the same files.
+    the same segment (after a crash) writes the same files. With ``publish`` (see the module
+    docstring), ``publish(slot, segment, records)`` takes the records instead of local files.
     """
     if documents is not None:
         records = documents
@@ -88,8 +102,11 @@ def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict
         if torn:
             log.warning("event=torn_log_tail segment=%s kept=%d", segment.name, len(records))
     by_day: dict[str, list[dict]] = defaultdict(list)
-    for record in records:
-        by_day[utc_day(record["created"])].append(record)
+    if publish is not None:
+        publish(slot, segment, records)
+    else:
+        for record in records:
+            by_day[utc_day(record["created"])].append(record)
     for day, rows in sorted(by_day.items()):
         target = layout.partition_dir(data_dir, day) / f"{slot}-{segment.stem}.parquet"
         write_parquet_atomically(records_to_table(rows), target)
@@ -111,7 +128,8 @@ class Counters:
     """Monotonic counters of one writer slot, persisted to ``stats/<slot>.json`` at each flush."""
 
     NAMES = ("requests", "received", "stored", "duplicates_seen", "storage_errors",
-             "flushes", "flushed_receipts", "flush_errors", "quarantined_segments", "auth_failures", "forbidden")
+             "flushes", "flushed_receipts", "flush_errors", "quarantined_segments", "auth_failures", "forbidden",
+             "publish_errors")
 
     def __init__(self, path: Path):
         import json
@@ -171,8 +189,11 @@ class _StorageArrival:
 class ReceiptStorage:
     """Durable receipt storage for this process (see the module docstring)."""
 
-    def __init__(self, data_dir: Path, flush_seconds: float = 2.0, flush_rows: int = 50_000):
+    def __init__(self, data_dir: Path, flush_seconds: float = 2.0, flush_rows: int = 50_000, publish=None):
         self.data_dir = Path(data_dir)
+        self.publish = publish
+        self.last_publish_error: str | None = None  # the publisher's, while it cannot take segments
+        self._recovery_pending = False
         self.flush_seconds = flush_seconds
         self.flush_rows = flush_rows
         self.wal_root = self.data_dir / layout.WAL_DIR
@@ -208,7 +229,24 @@ class ReceiptStorage:
         Also removes temporary files left by writers that died mid-write.
         """
         files.remove_orphan_temp_files(layout.receipts_dir(self.data_dir))
-        recovered = self._flush_dir(self.slot, self.wal_root / self.slot)
+        try:
+            recovered = self._recover_logs()
+        except PublishError as exc:
+            # The publisher's store is down: acknowledge from the log meanwhile; the flusher
+            # tries the recovery again at each tick.
+            self._recovery_pending = True
+            self.last_publish_error = str(exc)
+            log.error("event=recovery_deferred error=%r", str(exc))
+            return 0
+        self._recovery_pending = False
+        if recovered:
+            log.info("event=recovered receipts=%d", recovered)
+        return recovered
+
+    def _recover_logs(self) -> int:
+        # This slot's own log only before the writer opened a segment in it; once it runs, the
+        # flusher's own pass takes the old segments (and never the open one).
+        recovered = self._flush_dir(self.slot, self.wal_root / self.slot) if self.wal is None else 0
         for lock_path in sorted(self.wal_root.glob("*.lock")):
             slot = lock_path.stem
             if slot == self.slot or not list_segments(self.wal_root / slot):
@@ -216,8 +254,6 @@ class ReceiptStorage:
             with files.locked(lock_path, wait=False) as held:
                 if held:  # else a live process owns it and will flush it itself
                     recovered += self._flush_dir(slot, self.wal_root / slot)
-        if recovered:
-            log.info("event=recovered receipts=%d", recovered)
         return recovered
 
     def _flush_dir(self, slot: str, log_dir: Path, up_to: int | None = None) -> int:
@@ -239,7 +275,7 @@ class ReceiptStorage:
         """
         documents = self.wal.take_documents(segment) if self.wal is not None and slot == self.slot else None
         try:
-            return flush_segment(self.data_dir, slot, segment, documents)
+            return flush_segment(self.data_dir, slot, segment, documents, self.publish)
         except OSError:
             raise
         except Exception as exc:
@@ -312,12 +348,18 @@ class ReceiptStorage:
                 # which must not be flushed (and deleted) while it is written.
                 closed_up_to = self.wal.rotate()
                 written = self._flush_dir(self.slot, self.log_dir, up_to=closed_up_to)
+            except PublishError as exc:
+                # Not a local storage problem: the log holds the segments; /healthz says degraded.
+                self.counters.add("publish_errors")
+                self.last_publish_error = str(exc)
+                raise StorageError(str(exc)) from exc
             except OSError as exc:
                 self.counters.add("flush_errors")
                 self.last_flush_error = error_kind(exc)  # shown by /healthz: no path in it
                 log.error("event=flush_failed error=%r", str(exc))
                 raise StorageError(str(exc)) from exc
             self.last_flush_error = None
+            self.last_publish_error = None
             elapsed = time.perf_counter() - started
             if written:
                 log.info("event=flushed receipts=%d seconds=%.3f", written, elapsed)
@@ -332,6 +374,8 @@ class ReceiptStorage:
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             try:
+                if self._recovery_pending:
+                    self.recover()
                 self.flush()
             except StorageError:
                 pass  # counted and logged; retried next tick

@@ -1,0 +1,23 @@
+"""The store's second backend: Apache Iceberg tables on object storage (issue #10, step 1).
+
+Selected with ``DLRLENS_STORE=iceberg:<catalog name>`` (or ``--store``; see
+:mod:`dlrlens.store.backends`); the catalog is configured the pyiceberg way (``.pyiceberg.yaml``
+or ``PYICEBERG_CATALOG__<NAME>__*`` variables). pyiceberg is an optional dependency (the
+``iceberg`` extra): only this package imports it, and only when the backend is chosen.
+
+- :mod:`~dlrlens.store.iceberg.table`: the catalog, the receipts table (the contract schema,
+  partitioned by UTC day of ``created``) and the snapshot-summary keys that make commits
+  idempotent.
+- :mod:`~dlrlens.store.iceberg.publisher`: the collector's side. Each flushed log segment
+  becomes one append commit recording ``dlrlens.segment = <collector>/<slot>/<segment>``;
+  a segment already committed (a replay after a crash) is never committed twice; a failed
+  commit leaves the segment in the local log and is retried with back-off.
+- :mod:`~dlrlens.store.iceberg.mirror`: the read side. pyiceberg plans the table's data
+  files, which are copied once into a local cache laid out like a data directory; the
+  ordinary :class:`~dlrlens.store.reader.Store` (DuckDB) reads that, with the derived
+  per-message state computed locally from the cached receipts.
+- :mod:`~dlrlens.store.iceberg.migrate`: copies a local data directory's receipt files into the
+  table, one commit per file, idempotent and resumable.
+
+Imports neither app nor the command line.
+"""

@@ -1,0 +1,93 @@
+"""``dlrlens migrate --to iceberg:<catalog>``: copy a local data directory's receipts into the
+Iceberg receipts table, idempotent and resumable.
+
+Unit of work: one receipt file, one append commit, whose snapshot summary records
+``dlrlens.source = <source id>/<path relative to the data directory>`` (the source id is the
+directory's ``collector-id``, made on first use). Before each file the table's summaries are
+read again, so running the migration twice, or again after it was interrupted (even between a
+commit and the next file), copies every receipt row exactly once.
+
+The files copied are :func:`dlrlens.store.compaction.stored_files` (every stored copy of a
+receipt once: compaction inputs still on disk are left out, their rows are in the compacted
+file). A compacted file whose inputs were all copied by an earlier run is *covered* and
+skipped. One made from some copied and some uncopied files cannot be copied without doubling
+rows: the migration stops and says so (stop the collector, or its compaction, while migrating:
+``DLRLENS_COMPACT_SECONDS=0``). What the source's write-ahead log still holds is not in any
+file yet: the result counts those segments (start and stop the collector once to flush them).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from dlrlens.store import compaction, layout
+from dlrlens.store.iceberg.publisher import collector_id
+from dlrlens.store.iceberg.table import SOURCE_KEY, arrow_receipts, committed_keys, open_catalog, receipts_table
+from dlrlens.store.wal import list_segments
+
+
+class MigrationError(Exception):
+    """The migration cannot go on without losing or doubling rows (the message says why)."""
+
+
+@dataclass
+class MigrationResult:
+    files: int = 0             # receipt files in the source
+    copied: int = 0            # copied by this run
+    rows: int = 0              # rows copied by this run
+    already: int = 0           # copied by an earlier run
+    covered: int = 0           # compacted files whose inputs an earlier run copied
+    log_segments: int = 0      # write-ahead log segments not flushed into files (not copied)
+    seconds: float = 0.0
+    copied_paths: list[str] = field(default_factory=list)
+
+
+def migrate(data_dir: Path, catalog_name: str, progress=None) -> MigrationResult:
+    """Copy the receipt files of ``data_dir`` into catalog ``catalog_name``'s receipts table.
+
+    ``progress(relative_path, rows)`` is called after each file copied."""
+    started = time.perf_counter()
+    data_dir = Path(data_dir)
+    result = MigrationResult()
+    wal_root = data_dir / layout.WAL_DIR
+    if wal_root.is_dir():
+        result.log_segments = sum(len(list_segments(d)) for d in wal_root.iterdir() if d.is_dir())
+    sources = [Path(p) for p in compaction.stored_files(data_dir)]
+    result.files = len(sources)
+    if not sources:
+        result.seconds = time.perf_counter() - started
+        return result
+    source_id = collector_id(data_dir)
+    table = receipts_table(open_catalog(catalog_name))
+    seen: dict[int, str | None] = {}
+    for path in sorted(sources):
+        relative = path.relative_to(data_dir).as_posix()
+        key = f"{source_id}/{relative}"
+        table = table.refresh()
+        committed = committed_keys(table, SOURCE_KEY, seen)
+        if key in committed:
+            result.already += 1
+            continue
+        inputs = [f"{source_id}/{Path(relative).parent.as_posix()}/{name}" for name in compaction.lineage(path)]
+        copied_inputs = [name for name in inputs if name in committed]
+        if inputs and len(copied_inputs) == len(inputs):
+            result.covered += 1
+            continue
+        if copied_inputs:
+            raise MigrationError(
+                f"{relative} was compacted from files of which an earlier run copied {len(copied_inputs)} of "
+                f"{len(inputs)}: copying it would double those rows. Stop the collector (or set "
+                f"DLRLENS_COMPACT_SECONDS=0) while migrating; to start over, drop the table.")
+        rows = arrow_receipts(pq.read_table(path))
+        table.append(rows, snapshot_properties={SOURCE_KEY: key})
+        result.copied += 1
+        result.rows += rows.num_rows
+        result.copied_paths.append(relative)
+        if progress is not None:
+            progress(relative, rows.num_rows)
+    result.seconds = time.perf_counter() - started
+    return result

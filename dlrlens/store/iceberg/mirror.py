@@ -1,0 +1,177 @@
+"""The read side of the Iceberg backend: a local cache of the table's data files, read by the
+ordinary :class:`~dlrlens.store.reader.Store`.
+
+DuckDB's ``httpfs`` extension (to read S3 directly) is downloaded on first use, which a machine
+without internet cannot do; pyiceberg's FileIO (pyarrow's S3 client) is already here. So:
+
+* :meth:`Mirror.sync` asks the catalog for the table's current snapshot, lets pyiceberg plan its
+  data files, and copies each file not cached yet to ``cache/iceberg/<catalog>/receipts/
+  date=YYYY-MM-DD/i-<hash of its path>.parquet`` (the day is the file's partition value: the UTC
+  day of ``created``, exactly the local layout). Data files never change in Iceberg (a rewrite
+  has a new path), so a cached file is never fetched again; a file the snapshot no longer holds
+  is removed from the cache.
+* The derived per-message state is computed locally from the cached receipts
+  (:func:`dlrlens.store.derive.update_derived` after each sync that added files, a rebuild after
+  one that removed files). A derived table committed to the catalog is step 2.
+* :class:`IcebergStore` is a :class:`~dlrlens.store.reader.Store` over the cache that syncs before
+  it looks at the data (at most every ``sync_seconds``). Every figure is computed by the same
+  code as for a local data directory, so it is the same on the same receipts.
+
+When the catalog or object store is unreachable, the store serves what is cached and keeps the
+error (:attr:`Mirror.last_error`); it tries again at a query :data:`SYNC_RETRY_SECONDS` later
+(a sync against an unreachable store may block a query for its timeouts).
+Several processes may share a cache: a sync holds ``mirror.lock``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+from pyiceberg.exceptions import NoSuchTableError
+
+from dlrlens.store import derive, files, layout
+from dlrlens.store.iceberg.table import open_catalog, receipts_table
+from dlrlens.store.reader import Store
+
+log = logging.getLogger("dlrlens.store")
+
+CACHED_PREFIX = "i-"
+SYNC_SECONDS = 2.0
+# After a failed sync: a sync against an unreachable store can block for its timeouts and retries
+# (seconds), so a dashboard that asks every few seconds tries again only this much later.
+SYNC_RETRY_SECONDS = 30.0
+COPY_CHUNK = 8 << 20
+
+
+def cache_dir(data_dir: Path, catalog_name: str) -> Path:
+    """Where the cache of catalog ``catalog_name`` lives under the local directory ``data_dir``."""
+    return Path(data_dir) / layout.ICEBERG_CACHE_DIR / catalog_name
+
+
+def cached_name(file_path: str) -> str:
+    """The cache's name for the data file at ``file_path`` (an object-store URI)."""
+    return f"{CACHED_PREFIX}{hashlib.sha256(file_path.encode()).hexdigest()[:32]}.parquet"
+
+
+def partition_day(days_since_epoch: int) -> str:
+    day = date(1970, 1, 1) + timedelta(days=int(days_since_epoch))
+    return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
+
+
+class MirrorError(Exception):
+    """The table holds something the cache cannot represent (say, row-level deletes)."""
+
+
+class Mirror:
+    """The cache of one catalog's receipts table under ``root`` (a data-directory layout)."""
+
+    def __init__(self, catalog_name: str, root: Path):
+        self.catalog_name = catalog_name
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._table = None
+        self._synced: int | None = None  # the snapshot id the cache last matched
+        self.last_error: str | None = None
+        self.last_sync_at: float | None = None
+        self._last_attempt: float | None = None  # monotonic
+
+    def sync(self) -> dict:
+        """Make the cache match the table's current snapshot. Returns what was done:
+        ``{"snapshot", "files", "fetched", "removed"}``. Raises when the catalog, the object
+        store or the cache fails (the cache then still holds a consistent earlier state)."""
+        with files.locked(self.root / "mirror.lock", wait=True):
+            table = self._fresh_table()
+            snapshot = table.current_snapshot() if table is not None else None
+            snapshot_id = snapshot.snapshot_id if snapshot is not None else None
+            if snapshot_id is not None and snapshot_id == self._synced:
+                return {"snapshot": snapshot_id, "files": None, "fetched": 0, "removed": 0}
+            wanted = self._planned(table, snapshot_id) if snapshot_id is not None else {}
+            cached = self._cached()
+            fetched = 0
+            for relative, source in sorted(wanted.items()):
+                if relative not in cached:
+                    self._fetch(table, source, self.root / relative)
+                    fetched += 1
+            removed = [relative for relative in cached if relative not in wanted]
+            for relative in removed:
+                (self.root / relative).unlink(missing_ok=True)
+            if removed:
+                derive.rebuild_derived(self.root)
+            elif fetched:
+                derive.update_derived(self.root, wait=True)
+            self._synced = snapshot_id
+            self.last_sync_at = time.time()
+            return {"snapshot": snapshot_id, "files": len(wanted), "fetched": fetched, "removed": len(removed)}
+
+    def _fresh_table(self):
+        if self._table is None:
+            try:
+                self._table = receipts_table(open_catalog(self.catalog_name), create=False)
+            except NoSuchTableError:
+                return None  # nothing written yet
+        else:
+            self._table = self._table.refresh()
+        return self._table
+
+    def _planned(self, table, snapshot_id: int) -> dict[str, str]:
+        """{cache path relative to the root: data file URI} of the snapshot's data files."""
+        wanted = {}
+        for task in table.scan(snapshot_id=snapshot_id).plan_files():
+            if task.delete_files:
+                raise MirrorError("the receipts table has row-level deletes, which dlrlens does not read")
+            day = task.file.partition[0]
+            if day is None:
+                raise MirrorError(f"a data file of the receipts table has no day partition: {task.file.file_path}")
+            partition = f"{layout.RECEIPTS_DIR}/{layout.PARTITION_PREFIX}{partition_day(day)}"
+            wanted[f"{partition}/{cached_name(task.file.file_path)}"] = task.file.file_path
+        return wanted
+
+    def _cached(self) -> set[str]:
+        return {path for path in derive.receipt_files(self.root) if Path(path).name.startswith(CACHED_PREFIX)}
+
+    def _fetch(self, table, source: str, target: Path) -> None:
+        with files.publishing(target) as publication:
+            with table.io.new_input(source).open() as remote, open(publication.temp, "wb") as local:
+                shutil.copyfileobj(remote, local, COPY_CHUNK)
+
+    def sync_if_due(self, every: float) -> None:
+        """:meth:`sync` unless one ran less than ``every`` seconds ago; a failure is logged and
+        kept in :attr:`last_error` (the cache serves what it holds)."""
+        now = time.monotonic()
+        wait = max(every, SYNC_RETRY_SECONDS) if self.last_error else every
+        if self._last_attempt is not None and now - self._last_attempt < wait:
+            return
+        self._last_attempt = now
+        try:
+            self.sync()
+        except Exception as exc:  # a query must still answer from the cache
+            self._table = None
+            self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            log.warning("event=iceberg_sync_failed error=%r", self.last_error)
+        else:
+            self.last_error = None
+
+
+class IcebergStore(Store):
+    """A :class:`~dlrlens.store.reader.Store` over the Iceberg table of catalog ``catalog_name``,
+    cached under ``data_dir`` (see the module docstring)."""
+
+    def __init__(self, catalog_name: str, data_dir: str | Path, settings: dict | None = None,
+                 sync_seconds: float = SYNC_SECONDS):
+        self.mirror = Mirror(catalog_name, cache_dir(Path(data_dir), catalog_name))
+        self.sync_seconds = sync_seconds
+        self.mirror.sync_if_due(0)
+        super().__init__(self.mirror.root, settings)
+
+    def _state(self):
+        self.mirror.sync_if_due(self.sync_seconds)
+        return super()._state()
+
+    def has_data(self) -> bool:
+        self.mirror.sync_if_due(self.sync_seconds)
+        return super().has_data()

@@ -1,0 +1,198 @@
+"""The collector's Iceberg side: one append commit per flushed log segment, exactly once.
+
+:class:`IcebergPublisher` is the ``publish`` hook of :class:`dlrlens.store.writer.ReceiptStorage`:
+a flush hands it each closed segment's records instead of writing local Parquet, and deletes the
+segment only when it returned. The contract:
+
+* The ``200`` still means "fsynced in this machine's log" (``--data``). The table is updated
+  every flush; until then the receipts are in the local log only.
+* Each segment is one commit whose snapshot summary records ``dlrlens.segment =
+  <collector id>/<slot>/<segment id>``. Before committing, the publisher reads the keys of
+  every snapshot (:func:`dlrlens.store.iceberg.table.committed_keys`, on metadata refreshed
+  from the catalog): a segment already in the table (a crash between the commit and the
+  segment's deletion, or an answer lost after the catalog committed) is not committed again.
+  The collector id (``collector-id`` in the data directory, made once, under a lock) ties the
+  keys to the log directory, so whichever worker replays a slot's log uses the same key.
+* A commit that loses a race with another writer (``CommitFailedException``) is retried at
+  once on fresh metadata, a few times. Any other failure (catalog or object store down, a
+  timeout) raises :class:`~dlrlens.store.writer.PublishError`: the segment stays in the log,
+  the collector keeps acknowledging from its log, and the publisher waits (exponential
+  back-off, 1 s doubling to 60 s, with jitter) before trying again; later segments wait
+  behind the oldest, so the table receives them in order once the store is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyiceberg.exceptions import CommitFailedException
+
+from dlrlens.store import files, layout
+from dlrlens.store.iceberg.table import SEGMENT_KEY, committed_keys, open_catalog, receipts_table
+from dlrlens.store.wal import list_segments
+from dlrlens.store.writer import PublishError, records_to_table
+
+log = logging.getLogger("dlrlens.collector")
+
+CONFLICT_ATTEMPTS = 5
+BACKOFF_START_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 60.0
+# A segment waiting longer than this many flush intervals (and at least STALE_MIN_SECONDS) means
+# commits are failing somewhere in the collector.
+STALE_FLUSHES = 5
+STALE_MIN_SECONDS = 10.0
+
+
+def collector_id(data_dir: Path) -> str:
+    """This data directory's collector id (made once, kept in ``collector-id``)."""
+    path = Path(data_dir) / layout.COLLECTOR_ID
+    with files.locked(path.with_name(layout.COLLECTOR_ID + ".lock"), wait=True):
+        try:
+            existing = path.read_text().strip()
+        except FileNotFoundError:
+            existing = ""
+        if existing:
+            return existing
+        made = uuid.uuid4().hex[:16]
+        files.publish_bytes(path, made.encode() + b"\n")
+        return made
+
+
+class IcebergPublisher:
+    """Commits flushed segments to the receipts table of catalog ``catalog_name``.
+
+    Thread-safe: commits are serialised by a lock; :meth:`status` and :meth:`health` never
+    wait for it (a commit may hang on the network for its timeouts, /healthz must not)."""
+
+    def __init__(self, catalog_name: str, data_dir: Path, *, backoff_start: float = BACKOFF_START_SECONDS,
+                 backoff_max: float = BACKOFF_MAX_SECONDS):
+        self.catalog_name = catalog_name
+        self.collector_id = collector_id(data_dir)
+        self.backoff_start = backoff_start
+        self.backoff_max = backoff_max
+        self._commit_lock = threading.Lock()
+        self._table = None
+        self._seen: dict[int, str | None] = {}
+        self._failures = 0          # consecutive failed attempts
+        self._retry_at = 0.0        # monotonic time before which no attempt is made
+        self._line_counts: dict[tuple[str, int], int] = {}
+        self.last_error: str | None = None
+        self.last_commit_at: datetime | None = None
+        self.counts = {"commits": 0, "committed_receipts": 0, "already_committed": 0, "conflicts": 0,
+                       "failures": 0}
+
+    def key(self, slot: str, segment: Path) -> str:
+        return f"{self.collector_id}/{slot}/{segment.stem}"
+
+    def __call__(self, slot: str, segment: Path, records: list[dict]) -> None:
+        """Commit ``records`` (segment ``segment`` of ``slot``) unless already committed.
+
+        Raises :class:`PublishError` when it cannot now (nothing lost: the caller keeps the
+        segment). Errors in converting the records (a bug meeting unexpected data) propagate
+        as they are, so the writer sets the segment aside instead of retrying forever."""
+        if not records:
+            return  # a segment holding only a torn line: nothing was acknowledged in it
+        rows = records_to_table(records)
+        key = self.key(slot, segment)
+        with self._commit_lock:
+            waiting = self._retry_at - time.monotonic()
+            if waiting > 0:
+                raise PublishError(f"Iceberg commits paused for {waiting:.1f} s after: {self.last_error}")
+            try:
+                self._commit(key, rows)
+            except Exception as exc:
+                self._failed(exc)
+                raise PublishError(f"Iceberg commit failed: {self.last_error}") from exc
+            self._failures = 0
+            self._retry_at = 0.0
+            self.last_error = None
+
+    def _commit(self, key: str, rows) -> None:
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            table = self._fresh_table()
+            if key in committed_keys(table, SEGMENT_KEY, self._seen):
+                self.counts["already_committed"] += 1
+                log.info("event=segment_already_committed segment=%s", key)
+                return
+            try:
+                table.append(rows, snapshot_properties={SEGMENT_KEY: key})
+            except CommitFailedException:
+                # Another collector committed first: refresh and try again on the new metadata.
+                self.counts["conflicts"] += 1
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0.01, 0.1) * attempt)
+                continue
+            self.counts["commits"] += 1
+            self.counts["committed_receipts"] += rows.num_rows
+            self.last_commit_at = datetime.now(timezone.utc)
+            return
+
+    def _fresh_table(self):
+        if self._table is None:
+            self._table = receipts_table(open_catalog(self.catalog_name))
+        else:
+            self._table = self._table.refresh()
+        return self._table
+
+    def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        self.counts["failures"] += 1
+        # The kind and the first line only: a remote error can be long, and never holds receipts.
+        self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        delay = min(self.backoff_max, self.backoff_start * 2 ** (self._failures - 1))
+        self._retry_at = time.monotonic() + delay * random.uniform(0.8, 1.0)
+        if isinstance(exc, (OSError, TimeoutError)) or self._failures > 1:
+            self._table = None  # reconnect from scratch next time
+        log.error("event=iceberg_commit_failed attempt=%d retry_in=%.1f error=%r", self._failures, delay,
+                  self.last_error)
+
+    # -- status
+
+    def backlog(self, wal_root: Path) -> dict:
+        """What the collector's logs (every slot under ``wal_root``: all its workers, and slots
+        waiting for adoption) hold that the table does not yet: segments, receipts (their lines,
+        counted again only when a segment grew) and the age of the oldest (its id is the time it
+        was opened)."""
+        segments = sorted((segment for slot in sorted(Path(wal_root).glob("w*")) if slot.is_dir()
+                           for segment in list_segments(slot)), key=lambda segment: segment.name)
+        counts: dict[tuple[str, int], int] = {}
+        for segment in segments:
+            try:
+                size = segment.stat().st_size
+            except OSError:
+                continue
+            cache_key = (str(segment), size)
+            if cache_key not in self._line_counts:
+                try:
+                    self._line_counts[cache_key] = segment.read_bytes().count(b"\n")
+                except OSError:
+                    continue
+            counts[cache_key] = self._line_counts[cache_key]
+        self._line_counts = counts
+        receipts = sum(counts.values())
+        oldest = (time.time() - int(segments[0].stem) / 1e9) if segments else 0.0
+        return {"segments": len(segments), "receipts": receipts, "oldest_age_seconds": round(max(oldest, 0.0), 3)}
+
+    def health(self, wal_root: Path, flush_seconds: float) -> dict:
+        """:meth:`status` with the collector's :meth:`backlog` (``unpublished``) and ``degraded``:
+        this worker's last commit failed, or a segment has waited longer than a few flushes
+        (another worker's commits failing: any worker answers for the whole collector)."""
+        unpublished = self.backlog(wal_root)
+        status = self.status()
+        stale = unpublished["oldest_age_seconds"] > max(STALE_MIN_SECONDS, STALE_FLUSHES * flush_seconds)
+        return status | {"unpublished": unpublished, "degraded": bool(status["last_error"]) or stale}
+
+    def status(self) -> dict:
+        waiting = max(self._retry_at - time.monotonic(), 0.0)
+        last_commit = self.last_commit_at
+        return {"backend": f"iceberg:{self.catalog_name}", "collector_id": self.collector_id,
+                "last_error": self.last_error, "retry_in_seconds": round(waiting, 1),
+                "last_commit_at": last_commit.isoformat() if last_commit else None, **dict(self.counts)}
+

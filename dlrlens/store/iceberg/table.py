@@ -1,0 +1,118 @@
+"""The Iceberg catalog and the receipts table.
+
+The table ``<namespace>.receipts`` (namespace ``DLRLENS_ICEBERG_NAMESPACE``, default ``dlrlens``)
+holds exactly the local contract's columns (:data:`dlrlens.store.layout.RECEIPT_SCHEMA`, field
+ids 1..n in that order, required where the contract says not null), partitioned by the UTC day
+of ``created`` (Iceberg's ``day`` transform: the same days as the local ``date=`` folders).
+It is created on first use by whichever process gets there first (a second creator finds it).
+
+Idempotent commits: every commit dlrlens makes records what it holds in its snapshot summary,
+under :data:`SEGMENT_KEY` (a collector's log segment) or :data:`SOURCE_KEY` (a file copied by
+``dlrlens migrate``). Before committing, a writer reads the keys of every snapshot of the
+table (:func:`committed_keys`) and skips what is already there. This relies on snapshots
+being kept: snapshot expiry (not part of step 1) must keep them longer than the oldest
+segment a collector can still replay.
+"""
+
+from __future__ import annotations
+
+import os
+import pyarrow as pa
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import DayTransform
+from pyiceberg.types import IntegerType, NestedField, StringType, TimestamptzType
+from pyiceberg.utils.config import Config
+
+from dlrlens.store import layout
+
+NAMESPACE_ENV = "DLRLENS_ICEBERG_NAMESPACE"
+DEFAULT_NAMESPACE = "dlrlens"
+RECEIPTS_TABLE = "receipts"
+SEGMENT_KEY = "dlrlens.segment"   # <collector id>/<slot>/<segment id>: one flushed log segment
+SOURCE_KEY = "dlrlens.source"     # migrate: <source id>/<receipt file relative to its data directory>
+PARTITION_NAME = "created_day"
+
+_TYPES = {pa.string(): StringType(), layout.UTC_TIMESTAMP: TimestamptzType(), pa.int32(): IntegerType()}
+
+
+def receipt_schema() -> Schema:
+    """:data:`~dlrlens.store.layout.RECEIPT_SCHEMA` as an Iceberg schema (field ids 1..n)."""
+    return Schema(*(NestedField(field_id=number, name=f.name, field_type=_TYPES[f.type], required=not f.nullable)
+                    for number, f in enumerate(layout.RECEIPT_SCHEMA, start=1)))
+
+
+def receipt_partitioning(schema: Schema) -> PartitionSpec:
+    created = schema.find_field("created").field_id
+    return PartitionSpec(PartitionField(source_id=created, field_id=1000, transform=DayTransform(),
+                                        name=PARTITION_NAME))
+
+
+def namespace() -> str:
+    return os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
+
+
+def check_configured(name: str) -> None:
+    """Raise ValueError naming what to set when catalog ``name`` is not configured (without
+    contacting it: it may be down while a collector starts)."""
+    if not Config().get_catalog_config(name):
+        open_catalog(name)  # raises the explanatory ValueError
+
+
+def open_catalog(name: str) -> Catalog:
+    """The pyiceberg catalog ``name``, configured in ``.pyiceberg.yaml`` or by
+    ``PYICEBERG_CATALOG__<NAME>__*`` variables, read now (pyiceberg itself reads them once, when
+    first imported)."""
+    properties = Config().get_catalog_config(name)
+    if not properties:
+        raise ValueError(f"no Iceberg catalog named {name!r} is configured: describe it in .pyiceberg.yaml "
+                         f"(catalog: {name}: ...) or with PYICEBERG_CATALOG__{name.upper()}__* variables")
+    return load_catalog(name, **{key: str(value) for key, value in properties.items()
+                                 if not isinstance(value, dict)})
+
+
+def receipts_table(catalog: Catalog, create: bool = True) -> Table:
+    """The receipts table, created (with its namespace) when missing and ``create``."""
+    identifier = (namespace(), RECEIPTS_TABLE)
+    try:
+        return catalog.load_table(identifier)
+    except NoSuchTableError:
+        if not create:
+            raise
+    # Several collectors may get here at once: the loser of a race finds what the winner made
+    # (a SQL catalog reports the race as an integrity error, not as "already exists").
+    try:
+        catalog.create_namespace(identifier[0])
+    except Exception:
+        if not catalog.namespace_exists(identifier[0]):
+            raise
+    schema = receipt_schema()
+    try:
+        return catalog.create_table(identifier, schema=schema, partition_spec=receipt_partitioning(schema))
+    except Exception as exc:
+        try:
+            return catalog.load_table(identifier)
+        except NoSuchTableError:
+            raise exc from None
+
+
+def committed_keys(table: Table, key: str, seen: dict[int, str | None] | None = None) -> set[str]:
+    """Values of summary property ``key`` over every snapshot of ``table`` (as loaded).
+
+    ``seen`` (snapshot id -> value), kept by the caller between calls, saves re-reading the
+    summaries of snapshots already looked at."""
+    seen = {} if seen is None else seen
+    for snapshot in table.metadata.snapshots:
+        if snapshot.snapshot_id not in seen:
+            summary = snapshot.summary
+            seen[snapshot.snapshot_id] = summary.additional_properties.get(key) if summary is not None else None
+    return {value for value in seen.values() if value is not None}
+
+
+def arrow_receipts(table: pa.Table) -> pa.Table:
+    """Receipt rows cast to the contract schema (what an append expects)."""
+    return table.select(layout.RECEIPT_SCHEMA.names).cast(layout.RECEIPT_SCHEMA)
+

@@ -1,0 +1,89 @@
+"""What a flush costs with the Iceberg store, against the local store in the same run.
+
+Starts ``weed mini`` on loopback (tests/support/seaweed.py) with a pyiceberg SQL catalog (SQLite),
+then flushes the same log segments (``--segments`` of ``--rows`` receipts each, spread over
+``--days`` UTC days as a flush of live traffic is) through two
+:class:`~dlrlens.store.writer.ReceiptStorage` writers: the local one (Parquet files under a data
+directory) and one with the :class:`~dlrlens.store.iceberg.publisher.IcebergPublisher`. Prints
+the median and p95 flush time of each and their ratio, the snapshots the table holds and the size
+of its metadata file.
+
+    python3 -m tests.benchmarks.iceberg_commits [--segments 30] [--rows 1000] [--days 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from dlrlens.store.backends import parse_store, publisher
+from dlrlens.store.iceberg.table import open_catalog, receipts_table
+from dlrlens.store.writer import ReceiptStorage
+from tests.support import factory
+from tests.support.seaweed import object_store
+
+
+def segment_rows(number: int, rows: int, days: int) -> list[dict]:
+    start = factory.utc(2026, 11, 1) + timedelta(days=number % 30)
+    return [factory.receipt(f"b{number}-{i}", "DELIVERED", start + timedelta(seconds=(i % days) * 86_400 + i),
+                            campaign="bench") for i in range(rows)]
+
+
+def flush_times(storage: ReceiptStorage, segments: list[list[dict]]) -> list[float]:
+    times = []
+    for rows in segments:
+        storage.store(rows)
+        started = time.perf_counter()
+        storage.flush()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def describe(name: str, times: list[float]) -> str:
+    ordered = sorted(times)
+    p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return f"{name:8s} median {statistics.median(times) * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--segments", type=int, default=30)
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=1, help="UTC days each segment spans (files per commit)")
+    args = parser.parse_args(argv)
+    segments = [segment_rows(n, args.rows, args.days) for n in range(args.segments)]
+    with tempfile.TemporaryDirectory(prefix="dlrlens-iceberg-bench-") as tmp:
+        root = Path(tmp)
+        with object_store(root / "s3") as store:
+            os.environ.update(store.catalog_env("bench", root / "catalog.db"))
+            local = ReceiptStorage(root / "local", flush_seconds=3600)
+            remote = ReceiptStorage(root / "remote", flush_seconds=3600,
+                                    publish=publisher(parse_store("iceberg:bench"), root / "remote"))
+            try:
+                flush_times(remote, segments[:1])  # creates the namespace and the table: not measured
+                local_times = flush_times(local, segments[1:])
+                iceberg_times = flush_times(remote, segments[1:])
+            finally:
+                local.close()
+                remote.close()
+            table = receipts_table(open_catalog("bench"), create=False)
+            snapshots = len(table.metadata.snapshots)
+            with table.io.new_input(table.metadata_location).open() as metadata:
+                metadata_bytes = len(metadata.read())
+    print(f"{args.segments - 1} flushes of {args.rows} receipts over {args.days} UTC day(s) each")
+    print(describe("local", local_times))
+    print(describe("iceberg", iceberg_times))
+    print(f"ratio (iceberg / local, medians): {statistics.median(iceberg_times) / statistics.median(local_times):.1f}x; "
+          f"table snapshots: {snapshots}, metadata file {metadata_bytes:,} bytes "
+          f"({metadata_bytes / snapshots:,.0f} per snapshot: every commit and reader sync reads it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
