@@ -1,0 +1,215 @@
+"""The campaign funnel: sent -> delivered -> clicked -> replied -> opted out.
+
+* :func:`funnel`: one row of :data:`FUNNEL_COLUMNS` (``messages`` and ``delivered`` first) over
+  the messages matching the filters, or one row per campaign (``by_campaign``).
+* :func:`unlinked_events`: clicks and replies that match no stored message.
+* :func:`clicks_over_time`, :func:`click_breakdown` (country, OS, browser), :func:`top_links`:
+  the clicks of the messages matching the filters.
+* :func:`message_replies`: the replies to given messages (Message lookup), text included: the
+  page masks it.
+
+Definitions (the words people read are ``dashboard.catalog.FUNNEL_TERMS`` / ``FUNNEL_KPIS``;
+linkage and duplicates: :mod:`dlrlens.store.events`): figures are per message and follow the
+message's filters (sent time, campaign, outcome, status, labels), whenever the click or reply
+came. Only the charts over time bucket clicks by their own (arrival) time.
+
+Contract: counts int64, shares and seconds float64; without data :func:`funnel` gives one row of
+zeros/NaN overall and no rows per campaign. Linkage is against every stored message (not only the
+filtered ones), so "unlinked" means unknown, not filtered out.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from dlrlens.store import events
+from dlrlens.store.reader import Store
+from dlrlens.store.selection import Filters
+from dlrlens.store.sql import time_conditions
+from dashboard import _sql
+from dashboard.catalog import FUNNEL_COLUMNS
+from dashboard.queries._common import choose_bucket, counts_as_int, empty_frame, in_zone
+
+FUNNEL_TABLE_COLUMNS = ["messages", "delivered"] + FUNNEL_COLUMNS
+BREAKDOWNS = ("country", "os", "browser")
+BREAKDOWN_COLUMNS = ["value", "clicks", "clicked", "share"]
+TOP_LINK_COLUMNS = ["url", "clicks", "clicked"]
+TIME_COLUMNS = ["bucket_start", "clicks", "clicked"]
+REPLY_COLUMNS = ["delivery_message_id", "created", "received_at", "originator_masked", "body", "opt_out", "linked_by"]
+UNLINKED_COLUMNS = ["clicks", "unlinked_clicks", "replies", "unlinked_replies", "batch_linked_replies"]
+_COUNTS = ["messages", "delivered", "clicked", "clicks", "replied", "opted_out"]
+
+
+def _linked(store: Store, keywords: tuple[str, ...]) -> tuple[str, str]:
+    """SQL of the linked clicks and linked replies of the store's snapshot (every message)."""
+    every = store.messages_sql()
+    return (events.linked_clicks_sql(store.clicks_sql(), every),
+            events.linked_replies_sql(store.replies_sql(), every, keywords))
+
+
+def _funnel_sql(store: Store, f: Filters, keywords: tuple[str, ...], by_campaign: bool) -> tuple[str, dict]:
+    messages, params = store.filtered_messages_sql(f)
+    clicks, replies = _linked(store, keywords)
+    def key(alias: str) -> str:
+        return f"{alias}.campaign" if by_campaign else "NULL::VARCHAR"
+
+    delay = "(epoch_us(first_click) - epoch_us(delivered_at)) / 1e6"
+    sql = f"""
+        WITH fm AS ({messages}),
+        lc AS ({clicks}),
+        lr AS ({replies}),
+        per_click AS (SELECT linked_id, count(*) AS clicks, min(received_at) AS first_click
+                      FROM lc WHERE linked_id IS NOT NULL GROUP BY ALL),
+        per_reply AS (SELECT linked_id, bool_or(opt_out) AS opt_out FROM lr WHERE linked_id IS NOT NULL GROUP BY ALL),
+        per_message AS (
+            SELECT {key('m')} AS grp, m.outcome, m.delivered_at, c.clicks, c.first_click,
+                   r.linked_id IS NOT NULL AS replied, coalesce(r.opt_out, FALSE) AS opted_out
+            FROM fm m LEFT JOIN per_click c ON c.linked_id = m.delivery_message_id
+                      LEFT JOIN per_reply r ON r.linked_id = m.delivery_message_id),
+        batches AS (SELECT batch_id, arg_min(campaign, (sent_at, delivery_message_id)) AS campaign
+                    FROM fm WHERE batch_id IS NOT NULL GROUP BY ALL),
+        batch_pairs AS (
+            SELECT {key('b')} AS grp, r.linked_batch, coalesce(r.originator_hash, r.reply_id) AS replier,
+                   bool_or(r.opt_out) AS opt_out
+            FROM lr r JOIN batches b ON b.batch_id = r.linked_batch GROUP BY ALL),
+        by_batch AS (SELECT grp, count(*) AS replied, count(*) FILTER (WHERE opt_out) AS opted_out
+                     FROM batch_pairs GROUP BY ALL),
+        by_message AS (
+            SELECT grp, count(*) AS messages,
+                   count(*) FILTER (WHERE outcome = 'delivered') AS delivered,
+                   count(*) FILTER (WHERE outcome = 'delivered' AND clicks > 0) AS clicked,
+                   coalesce(sum(clicks), 0) AS clicks,
+                   count(*) FILTER (WHERE replied) AS replied,
+                   count(*) FILTER (WHERE opted_out) AS opted_out,
+                   quantile_cont({delay}, 0.50) FILTER (WHERE outcome = 'delivered' AND clicks > 0)
+                       AS click_delay_p50_s,
+                   quantile_cont({delay}, 0.95) FILTER (WHERE outcome = 'delivered' AND clicks > 0)
+                       AS click_delay_p95_s
+            FROM per_message GROUP BY ALL)
+        SELECT m.grp, m.messages, m.delivered, m.clicked, m.clicks,
+               m.replied + coalesce(b.replied, 0) AS replied, m.opted_out + coalesce(b.opted_out, 0) AS opted_out,
+               m.click_delay_p50_s, m.click_delay_p95_s
+        FROM by_message m LEFT JOIN by_batch b ON b.grp IS NOT DISTINCT FROM m.grp
+    """
+    return sql, params
+
+
+def funnel(store: Store, f: Filters, *, by_campaign: bool = False,
+           keywords: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """The funnel figures (:data:`FUNNEL_TABLE_COLUMNS`) of the messages matching ``f``: one row,
+    or one row per campaign (``campaign`` first, most messages first). ``keywords``: the opt-out
+    keywords (default :func:`dlrlens.store.events.opt_out_keywords`, from the environment)."""
+    keywords = keywords or events.opt_out_keywords()
+
+    def compute():
+        sql, params = _funnel_sql(store, f, keywords, by_campaign)
+        df = store.query(sql, params)
+        if df.empty and not by_campaign:
+            df = pd.DataFrame([{"grp": None, **dict.fromkeys(_COUNTS, 0)}])
+        if df.empty:
+            return empty_frame(["campaign"] + FUNNEL_TABLE_COLUMNS)
+        df = counts_as_int(df, _COUNTS)
+        delivered = df["delivered"].where(df["delivered"] > 0)
+        df["click_rate"] = (df["clicked"] / delivered).astype("float64")
+        df["opt_out_rate"] = (df["opted_out"] / delivered).astype("float64")
+        for column in ("click_delay_p50_s", "click_delay_p95_s"):
+            df[column] = df.get(column, pd.Series(dtype="float64")).astype("float64")
+        if not by_campaign:
+            return df[FUNNEL_TABLE_COLUMNS].reset_index(drop=True)
+        df = df.rename(columns={"grp": "campaign"}).sort_values(["messages", "campaign"], ascending=[False, True])
+        return df[["campaign"] + FUNNEL_TABLE_COLUMNS].reset_index(drop=True)
+    return store.cached("funnel", (f, by_campaign, keywords), compute)
+
+
+def _clicks_of(store: Store, f: Filters) -> tuple[str, dict]:
+    """SQL of the (linked) clicks of the messages matching ``f``, with their message's columns."""
+    messages, params = store.filtered_messages_sql(f)
+    clicks, _ = _linked(store, events.DEFAULT_OPT_OUT_KEYWORDS)
+    return (f"SELECT c.*, m.campaign AS message_campaign FROM ({clicks}) c "
+            f"JOIN ({messages}) m ON m.delivery_message_id = c.linked_id"), params
+
+
+def unlinked_events(store: Store, f: Filters) -> pd.DataFrame:
+    """One row (:data:`UNLINKED_COLUMNS`): clicks and replies that arrived (clicks) or were
+    created (replies) within f's date range, and how many of them match no stored message
+    (``unlinked_*``) or only a batch (``batch_linked_replies``). Only the date range applies:
+    an unlinked event has no campaign, outcome or labels of a message."""
+    def compute():
+        clicks, replies = _linked(store, events.DEFAULT_OPT_OUT_KEYWORDS)
+        params: dict = {}
+        click_time = " AND ".join(["TRUE"] + time_conditions(f, params, "received_at"))
+        reply_time = " AND ".join(["TRUE"] + time_conditions(f, params, "created"))
+        df = store.query(f"""
+            SELECT (SELECT count(*) FROM ({clicks}) WHERE {click_time}) AS clicks,
+                   (SELECT count(*) FROM ({clicks}) WHERE {click_time} AND linked_id IS NULL) AS unlinked_clicks,
+                   (SELECT count(*) FROM ({replies}) WHERE {reply_time}) AS replies,
+                   (SELECT count(*) FROM ({replies}) WHERE {reply_time} AND linked_by IS NULL) AS unlinked_replies,
+                   (SELECT count(*) FROM ({replies}) WHERE {reply_time} AND linked_by = 'batch')
+                       AS batch_linked_replies""", params)
+        return counts_as_int(df, UNLINKED_COLUMNS)[UNLINKED_COLUMNS]
+    return store.cached("unlinked_events", (f,), compute)
+
+
+def clicks_over_time(store: Store, f: Filters, bucket: str | None = None) -> tuple[pd.DataFrame, str]:
+    """(:data:`TIME_COLUMNS` per local bucket of the click's arrival time, in f.tz; only buckets
+    with clicks), and the bucket size (``hour`` up to 3 days of range, else ``day``)."""
+    chosen = choose_bucket(store, f, bucket)
+
+    def compute():
+        sql, params = _clicks_of(store, f)
+        params["tz"] = f.tz
+        df = store.query(f"""SELECT {_sql.bucket_sql(chosen, 'received_at')} AS bucket_start, count(*) AS clicks,
+                                    count(DISTINCT linked_id) AS clicked
+                             FROM ({sql}) GROUP BY ALL ORDER BY bucket_start""", params)
+        return in_zone(counts_as_int(df, ["clicks", "clicked"]), ["bucket_start"], f.tz)[TIME_COLUMNS]
+    return store.cached("clicks_over_time", (f, chosen), compute), chosen
+
+
+def click_breakdown(store: Store, f: Filters, by: str) -> pd.DataFrame:
+    """:data:`BREAKDOWN_COLUMNS` by ``by`` (country, os or browser; missing values as
+    ``(unknown)``), most clicks first; ``share`` of all the clicks."""
+    if by not in BREAKDOWNS:
+        raise ValueError(f"by must be one of {BREAKDOWNS}, not {by!r}")
+
+    def compute():
+        sql, params = _clicks_of(store, f)
+        df = store.query(f"""SELECT coalesce(NULLIF(trim({by}), ''), '(unknown)') AS value, count(*) AS clicks,
+                                    count(DISTINCT linked_id) AS clicked
+                             FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, value""", params)
+        df = counts_as_int(df, ["clicks", "clicked"])
+        total = int(df["clicks"].sum()) if len(df) else 0
+        df["share"] = (df["clicks"] / total).astype("float64") if total else pd.Series(dtype="float64")
+        return df[BREAKDOWN_COLUMNS]
+    return store.cached("click_breakdown", (f, by), compute)
+
+
+def top_links(store: Store, f: Filters, limit: int = 20) -> pd.DataFrame:
+    """:data:`TOP_LINK_COLUMNS`: the ``limit`` most clicked URLs (ties: by URL)."""
+    def compute():
+        sql, params = _clicks_of(store, f)
+        params["limit"] = int(limit)
+        df = store.query(f"""SELECT coalesce(url, '(none)') AS url, count(*) AS clicks,
+                                    count(DISTINCT linked_id) AS clicked
+                             FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, url LIMIT $limit""", params)
+        return counts_as_int(df, ["clicks", "clicked"])[TOP_LINK_COLUMNS]
+    return store.cached("top_links", (f, limit), compute)
+
+
+def message_replies(store: Store, message_ids: list[str], tz: str = "UTC",
+                    keywords: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """:data:`REPLY_COLUMNS`: the distinct replies to the messages ``message_ids`` (linked by
+    inReplyTo), by message and created. ``body`` is the reply text: personal data, the page
+    masks it unless asked."""
+    keywords = keywords or events.opt_out_keywords()
+    ids = tuple(sorted(set(message_ids)))
+    if not ids:
+        return empty_frame(REPLY_COLUMNS)
+
+    def compute():
+        _, replies = _linked(store, keywords)
+        df = store.query(f"""SELECT linked_id AS delivery_message_id, created, received_at, originator_masked, body,
+                                    opt_out, linked_by
+                             FROM ({replies}) WHERE list_contains($ids, linked_id)
+                             ORDER BY delivery_message_id, created, reply_id""", {"ids": list(ids)})
+        return in_zone(df, ["created", "received_at"], tz)[REPLY_COLUMNS]
+    return store.cached("message_replies", (ids, tz, keywords), compute)
