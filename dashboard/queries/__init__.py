@@ -49,7 +49,8 @@ Modules (everything is re-exported here: ``from dashboard import queries; querie
 * :mod:`~dashboard.queries.health`: :func:`data_health`, and the collector's status files
   (:func:`maintenance_status`, :func:`rejected_summary`, read by :mod:`dlrlens.store.status`).
 * :mod:`~dashboard.queries.funnel`: :func:`funnel`, :func:`unlinked_events`,
-  :func:`clicks_over_time`, :func:`click_breakdown`, :func:`top_links`, :func:`message_replies`
+  :func:`clicks_over_time`, :func:`click_breakdown`, :func:`top_links`, :func:`message_replies`,
+  :func:`campaigns_with_funnel`
   (clicks and replies: the campaign funnel).
 * :mod:`~dashboard.queries._common`: column lists, limits and helpers they share.
 
@@ -71,8 +72,9 @@ from dashboard.queries.lookup import DETAIL_COLUMNS, LOOKUP_COLUMNS, message_det
 from dashboard.queries.options import (Choices, campaign_choices, campaign_names, label_choices,
                                        label_pairs)
 from dashboard.queries.trend import pending_ages, trend, uncharted_messages, uncharted_note
-from dashboard.queries.funnel import (BREAKDOWNS, FUNNEL_TABLE_COLUMNS, REPLY_COLUMNS, click_breakdown,
-                                      clicks_over_time, funnel, message_replies, top_links, unlinked_events)
+from dashboard.queries.funnel import (BREAKDOWNS, FUNNEL_TABLE_COLUMNS, REPLY_COLUMNS, campaigns_with_funnel,
+                                      click_breakdown, clicks_over_time, funnel, message_replies, top_links,
+                                      unlinked_events)
 
 __all__ = [
     # the store and the selection
@@ -91,6 +93,6 @@ __all__ = [
     "Choices", "campaign_choices", "label_choices", "campaign_names", "label_pairs",
     "data_health", "maintenance_status", "rejected_summary",
     # the campaign funnel (clicks and replies)
-    "BREAKDOWNS", "FUNNEL_TABLE_COLUMNS", "REPLY_COLUMNS", "funnel", "unlinked_events", "clicks_over_time",
+    "BREAKDOWNS", "FUNNEL_TABLE_COLUMNS", "REPLY_COLUMNS", "campaigns_with_funnel", "funnel", "unlinked_events", "clicks_over_time",
     "click_breakdown", "top_links", "message_replies",
 ]

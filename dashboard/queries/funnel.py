@@ -1,5 +1,7 @@
 """The campaign funnel: sent -> delivered -> clicked -> replied -> opted out.
 
+* :func:`campaigns_with_funnel`: the Campaigns table (:func:`dashboard.queries.campaigns`)
+  with the funnel columns appended (the Campaigns page and ``dlrlens report``).
 * :func:`funnel`: one row of :data:`FUNNEL_COLUMNS` (``messages`` and ``delivered`` first) over
   the messages matching the filters, or one row per campaign (``by_campaign``).
 * :func:`unlinked_events`: clicks and replies that match no stored message.
@@ -28,7 +30,8 @@ from dlrlens.store.selection import Filters
 from dlrlens.store.sql import time_conditions
 from dashboard import _sql
 from dashboard.catalog import FUNNEL_COLUMNS
-from dashboard.queries._common import choose_bucket, counts_as_int, empty_frame, in_zone
+from dashboard.queries._common import KPI_COLUMNS, choose_bucket, counts_as_int, empty_frame, in_zone
+from dashboard.queries.kpis import campaigns
 
 FUNNEL_TABLE_COLUMNS = ["messages", "delivered"] + FUNNEL_COLUMNS
 BREAKDOWNS = ("country", "os", "browser")
@@ -119,6 +122,18 @@ def funnel(store: Store, f: Filters, *, by_campaign: bool = False,
         df = df.rename(columns={"grp": "campaign"}).sort_values(["messages", "campaign"], ascending=[False, True])
         return df[["campaign"] + FUNNEL_TABLE_COLUMNS].reset_index(drop=True)
     return store.cached("funnel", (f, by_campaign, keywords), compute)
+
+
+def campaigns_with_funnel(store: Store, f: Filters, *, receipt_figures: bool = False) -> pd.DataFrame:
+    """:func:`dashboard.queries.campaigns` (campaign + every KPI column) followed by the
+    :data:`~dashboard.catalog.FUNNEL_COLUMNS` of each campaign, same rows, same order."""
+    with store.pinned():
+        table = campaigns(store, f, receipt_figures=receipt_figures)
+        per_campaign = funnel(store, f, by_campaign=True)
+    if table.empty:
+        return empty_frame(["campaign"] + KPI_COLUMNS + FUNNEL_COLUMNS)
+    merged = table.merge(per_campaign[["campaign"] + FUNNEL_COLUMNS], on="campaign", how="left")
+    return counts_as_int(merged, ["clicked", "clicks", "replied", "opted_out"])
 
 
 def _clicks_of(store: Store, f: Filters) -> tuple[str, dict]:

@@ -43,7 +43,7 @@ def campaigns() -> None:
     @state.live
     def figures() -> None:
         f = state.filters()
-        table = state.cached(queries.campaigns, f)
+        table = state.cached(queries.campaigns_with_funnel, f)
         if not state.no_match_notice(int(table["messages"].sum()) if len(table) else 0):
             return
         ordered = [c for c in LEADING_COLUMNS if c in table] + [c for c in table if c not in LEADING_COLUMNS]
