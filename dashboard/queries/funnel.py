@@ -97,7 +97,7 @@ def _funnel_sql(store: Store, f: Filters, keywords: tuple[str, ...], by_campaign
     return sql, params
 
 
-def funnel(store: Store, f: Filters, *, by_campaign: bool = False,
+def funnel(store: Store, f: Filters, by_campaign: bool = False,
            keywords: tuple[str, ...] | None = None) -> pd.DataFrame:
     """The funnel figures (:data:`FUNNEL_TABLE_COLUMNS`) of the messages matching ``f``: one row,
     or one row per campaign (``campaign`` first, most messages first). ``keywords``: the opt-out
