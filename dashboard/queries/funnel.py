@@ -43,24 +43,38 @@ UNLINKED_COLUMNS = ["clicks", "unlinked_clicks", "replies", "unlinked_replies", 
 _COUNTS = ["messages", "delivered", "clicked", "clicks", "replied", "opted_out"]
 
 
-def _linked(store: Store, keywords: tuple[str, ...]) -> tuple[str, str]:
-    """SQL of the linked clicks and linked replies of the store's snapshot (every message)."""
-    every = store.messages_sql()
-    return (events.linked_clicks_sql(store.clicks_sql(), every),
-            events.linked_replies_sql(store.replies_sql(), every, keywords))
+_CLICK_COLUMNS = "click_id, received_at, url, browser, os, country, linked_id"
+_REPLY_COLUMNS = ("reply_id, created, received_at, originator_hash, originator_masked, body, linked_id, "
+                  "linked_batch, linked_by, opt_out")
+LINKED = ("funnel_clicks", "funnel_replies")  # the table names every funnel query reads them by
+
+
+def _linked(store: Store, keywords: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """The distinct clicks and replies of the store's snapshot linked to every stored message
+    (:data:`LINKED` names: pass as ``tables`` to :meth:`Store.query`). Linked once per data
+    version and kept (clicks and replies are a few percent of receipts): a page's six funnel
+    queries would otherwise each join every message again."""
+    def compute():
+        every = store.messages_sql()
+        clicks = store.query(f"SELECT {_CLICK_COLUMNS} FROM ({events.linked_clicks_sql(store.clicks_sql(), every)})")
+        replies = store.query(f"SELECT {_REPLY_COLUMNS} FROM "
+                              f"({events.linked_replies_sql(store.replies_sql(), every, keywords)})")
+        return {LINKED[0]: clicks, LINKED[1]: replies}
+    return store.cached("funnel_linked", (keywords,), compute)
 
 
 def _funnel_sql(store: Store, f: Filters, keywords: tuple[str, ...], by_campaign: bool) -> tuple[str, dict]:
     messages, params = store.filtered_messages_sql(f)
-    clicks, replies = _linked(store, keywords)
+    clicks, replies = LINKED
+
     def key(alias: str) -> str:
         return f"{alias}.campaign" if by_campaign else "NULL::VARCHAR"
 
     delay = "(epoch_us(first_click) - epoch_us(delivered_at)) / 1e6"
     sql = f"""
         WITH fm AS ({messages}),
-        lc AS ({clicks}),
-        lr AS ({replies}),
+        lc AS (SELECT * FROM {clicks}),
+        lr AS (SELECT * FROM {replies}),
         per_click AS (SELECT linked_id, count(*) AS clicks, min(received_at) AS first_click
                       FROM lc WHERE linked_id IS NOT NULL GROUP BY ALL),
         per_reply AS (SELECT linked_id, bool_or(opt_out) AS opt_out FROM lr WHERE linked_id IS NOT NULL GROUP BY ALL),
@@ -106,7 +120,7 @@ def funnel(store: Store, f: Filters, by_campaign: bool = False,
 
     def compute():
         sql, params = _funnel_sql(store, f, keywords, by_campaign)
-        df = store.query(sql, params)
+        df = store.query(sql, params, tables=_linked(store, keywords))
         if df.empty and not by_campaign:
             df = pd.DataFrame([{"grp": None, **dict.fromkeys(_COUNTS, 0)}])
         if df.empty:
@@ -136,12 +150,11 @@ def campaigns_with_funnel(store: Store, f: Filters, *, receipt_figures: bool = F
     return counts_as_int(merged, ["clicked", "clicks", "replied", "opted_out"])
 
 
-def _clicks_of(store: Store, f: Filters) -> tuple[str, dict]:
-    """SQL of the (linked) clicks of the messages matching ``f``, with their message's columns."""
+def _clicks_of(store: Store, f: Filters) -> tuple[str, dict, dict[str, pd.DataFrame]]:
+    """SQL of the (linked) clicks of the messages matching ``f``, its parameters and tables."""
     messages, params = store.filtered_messages_sql(f)
-    clicks, _ = _linked(store, events.DEFAULT_OPT_OUT_KEYWORDS)
-    return (f"SELECT c.*, m.campaign AS message_campaign FROM ({clicks}) c "
-            f"JOIN ({messages}) m ON m.delivery_message_id = c.linked_id"), params
+    return (f"SELECT c.* FROM {LINKED[0]} c JOIN ({messages}) m ON m.delivery_message_id = c.linked_id",
+            params, _linked(store, events.DEFAULT_OPT_OUT_KEYWORDS))
 
 
 def unlinked_events(store: Store, f: Filters) -> pd.DataFrame:
@@ -150,17 +163,17 @@ def unlinked_events(store: Store, f: Filters) -> pd.DataFrame:
     (``unlinked_*``) or only a batch (``batch_linked_replies``). Only the date range applies:
     an unlinked event has no campaign, outcome or labels of a message."""
     def compute():
-        clicks, replies = _linked(store, events.DEFAULT_OPT_OUT_KEYWORDS)
+        clicks, replies = LINKED
         params: dict = {}
         click_time = " AND ".join(["TRUE"] + time_conditions(f, params, "received_at"))
         reply_time = " AND ".join(["TRUE"] + time_conditions(f, params, "created"))
         df = store.query(f"""
-            SELECT (SELECT count(*) FROM ({clicks}) WHERE {click_time}) AS clicks,
-                   (SELECT count(*) FROM ({clicks}) WHERE {click_time} AND linked_id IS NULL) AS unlinked_clicks,
-                   (SELECT count(*) FROM ({replies}) WHERE {reply_time}) AS replies,
-                   (SELECT count(*) FROM ({replies}) WHERE {reply_time} AND linked_by IS NULL) AS unlinked_replies,
-                   (SELECT count(*) FROM ({replies}) WHERE {reply_time} AND linked_by = 'batch')
-                       AS batch_linked_replies""", params)
+            SELECT (SELECT count(*) FROM {clicks} WHERE {click_time}) AS clicks,
+                   (SELECT count(*) FROM {clicks} WHERE {click_time} AND linked_id IS NULL) AS unlinked_clicks,
+                   (SELECT count(*) FROM {replies} WHERE {reply_time}) AS replies,
+                   (SELECT count(*) FROM {replies} WHERE {reply_time} AND linked_by IS NULL) AS unlinked_replies,
+                   (SELECT count(*) FROM {replies} WHERE {reply_time} AND linked_by = 'batch')
+                       AS batch_linked_replies""", params, tables=_linked(store, events.DEFAULT_OPT_OUT_KEYWORDS))
         return counts_as_int(df, UNLINKED_COLUMNS)[UNLINKED_COLUMNS]
     return store.cached("unlinked_events", (f,), compute)
 
@@ -171,11 +184,11 @@ def clicks_over_time(store: Store, f: Filters, bucket: str | None = None) -> tup
     chosen = choose_bucket(store, f, bucket)
 
     def compute():
-        sql, params = _clicks_of(store, f)
+        sql, params, tables = _clicks_of(store, f)
         params["tz"] = f.tz
         df = store.query(f"""SELECT {_sql.bucket_sql(chosen, 'received_at')} AS bucket_start, count(*) AS clicks,
                                     count(DISTINCT linked_id) AS clicked
-                             FROM ({sql}) GROUP BY ALL ORDER BY bucket_start""", params)
+                             FROM ({sql}) GROUP BY ALL ORDER BY bucket_start""", params, tables)
         return in_zone(counts_as_int(df, ["clicks", "clicked"]), ["bucket_start"], f.tz)[TIME_COLUMNS]
     return store.cached("clicks_over_time", (f, chosen), compute), chosen
 
@@ -187,10 +200,10 @@ def click_breakdown(store: Store, f: Filters, by: str) -> pd.DataFrame:
         raise ValueError(f"by must be one of {BREAKDOWNS}, not {by!r}")
 
     def compute():
-        sql, params = _clicks_of(store, f)
+        sql, params, tables = _clicks_of(store, f)
         df = store.query(f"""SELECT coalesce(NULLIF(trim({by}), ''), '(unknown)') AS value, count(*) AS clicks,
                                     count(DISTINCT linked_id) AS clicked
-                             FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, value""", params)
+                             FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, value""", params, tables)
         df = counts_as_int(df, ["clicks", "clicked"])
         total = int(df["clicks"].sum()) if len(df) else 0
         df["share"] = (df["clicks"] / total).astype("float64") if total else pd.Series(dtype="float64")
@@ -201,11 +214,11 @@ def click_breakdown(store: Store, f: Filters, by: str) -> pd.DataFrame:
 def top_links(store: Store, f: Filters, limit: int = 20) -> pd.DataFrame:
     """:data:`TOP_LINK_COLUMNS`: the ``limit`` most clicked URLs (ties: by URL)."""
     def compute():
-        sql, params = _clicks_of(store, f)
+        sql, params, tables = _clicks_of(store, f)
         params["limit"] = int(limit)
         df = store.query(f"""SELECT coalesce(url, '(none)') AS url, count(*) AS clicks,
                                     count(DISTINCT linked_id) AS clicked
-                             FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, url LIMIT $limit""", params)
+                             FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, url LIMIT $limit""", params, tables)
         return counts_as_int(df, ["clicks", "clicked"])[TOP_LINK_COLUMNS]
     return store.cached("top_links", (f, limit), compute)
 
@@ -221,10 +234,10 @@ def message_replies(store: Store, message_ids: list[str], tz: str = "UTC",
         return empty_frame(REPLY_COLUMNS)
 
     def compute():
-        _, replies = _linked(store, keywords)
         df = store.query(f"""SELECT linked_id AS delivery_message_id, created, received_at, originator_masked, body,
                                     opt_out, linked_by
-                             FROM ({replies}) WHERE list_contains($ids, linked_id)
-                             ORDER BY delivery_message_id, created, reply_id""", {"ids": list(ids)})
+                             FROM {LINKED[1]} WHERE list_contains($ids, linked_id)
+                             ORDER BY delivery_message_id, created, reply_id""", {"ids": list(ids)},
+                         _linked(store, keywords))
         return in_zone(df, ["created", "received_at"], tz)[REPLY_COLUMNS]
     return store.cached("message_replies", (ids, tz, keywords), compute)
