@@ -123,8 +123,8 @@ FUNNEL_TERMS: tuple[Term, ...] = (
          "Funnel figures follow their messages: a click counts with its message's sent time and filters."),
     Term("Reply", "An incoming message (incoming webhook). It belongs to the message it replies to (inReplyTo), "
          "else to its batch (logicalMessageId: the receipts do not say which number got which message, so it "
-         "counts as one message per batch and replier, in the campaign of the batch's first message), else it "
-         "is unlinked. The same reply id stored twice counts once."),
+         "counts as one message per batch and replier, attributed to the batch's first sent message, whose "
+         "campaign and filters it follows), else it is unlinked. The same reply id stored twice counts once."),
 )
 
 _FUNNEL_DELAY = ("{} of the time from delivery (created time of the message's first DELIVERED receipt) to its "

@@ -27,7 +27,7 @@ import pandas as pd
 from dlrlens.store import events
 from dlrlens.store.reader import Store
 from dlrlens.store.selection import Filters
-from dlrlens.store.sql import time_conditions
+from dlrlens.store.sql import filtered_messages_sql, time_conditions
 from dashboard import _sql
 from dashboard.catalog import FUNNEL_COLUMNS
 from dashboard.queries._common import KPI_COLUMNS, choose_bucket, counts_as_int, empty_frame, in_zone
@@ -43,70 +43,77 @@ UNLINKED_COLUMNS = ["clicks", "unlinked_clicks", "replies", "unlinked_replies", 
 _COUNTS = ["messages", "delivered", "clicked", "clicks", "replied", "opted_out"]
 
 
-_CLICK_COLUMNS = "click_id, received_at, url, browser, os, country, linked_id"
-_REPLY_COLUMNS = ("reply_id, created, received_at, originator_hash, originator_masked, body, linked_id, "
-                  "linked_batch, linked_by, opt_out")
+# The message columns a linked event carries, so that the sidebar's filters apply to events
+# without joining the messages again (dlrlens.store.sql.filtered_messages_sql over the frames).
+_MESSAGE_COLUMNS = "delivery_message_id, campaign, sent_at, outcome, last_status, label_sets, delivered_at"
 LINKED = ("funnel_clicks", "funnel_replies")  # the table names every funnel query reads them by
 
 
 def _linked(store: Store, keywords: tuple[str, ...]) -> dict[str, pd.DataFrame]:
-    """The distinct clicks and replies of the store's snapshot linked to every stored message
-    (:data:`LINKED` names: pass as ``tables`` to :meth:`Store.query`). Linked once per data
-    version and kept (clicks and replies are a few percent of receipts): a page's six funnel
-    queries would otherwise each join every message again."""
+    """The distinct clicks and replies of the store's snapshot linked to every stored message,
+    each with its message's columns (:data:`_MESSAGE_COLUMNS`; a batch-linked reply: its batch's
+    first message's), under the :data:`LINKED` names (pass as ``tables`` to :meth:`Store.query`).
+
+    Linked once per data version and kept: clicks and replies are a few percent of receipts, and
+    every funnel question is then a filter over these frames, with no other pass over the messages
+    but the pre-aggregated counts (messages, delivered)."""
     def compute():
-        every = store.messages_sql()
-        clicks = store.query(f"SELECT {_CLICK_COLUMNS} FROM ({events.linked_clicks_sql(store.clicks_sql(), every)})")
-        replies = store.query(f"SELECT {_REPLY_COLUMNS} FROM "
-                              f"({events.linked_replies_sql(store.replies_sql(), every, keywords)})")
+        every = f"(SELECT * FROM {store.messages_sql()})"
+        columns = ", ".join(f"m.{c}" for c in _MESSAGE_COLUMNS.split(", "))
+        clicks = store.query(f"""
+            WITH m AS MATERIALIZED {every}, lc AS ({events.linked_clicks_sql(store.clicks_sql(), 'm')})
+            SELECT lc.click_id, lc.received_at, lc.url, lc.browser, lc.os, lc.country, lc.linked_id, {columns}
+            FROM lc LEFT JOIN m ON m.delivery_message_id = lc.linked_id""")
+        replies = store.query(f"""
+            WITH m AS MATERIALIZED {every},
+            firsts AS (SELECT batch_id, arg_min(delivery_message_id, (sent_at, delivery_message_id)) AS first_id
+                       FROM m WHERE batch_id IS NOT NULL GROUP BY ALL),
+            lr AS ({events.linked_replies_sql(store.replies_sql(), 'm', keywords)})
+            SELECT lr.reply_id, lr.created, lr.received_at, lr.originator_masked, lr.body, lr.linked_id,
+                   lr.linked_batch, lr.linked_by, lr.opt_out,
+                   CASE WHEN lr.linked_id IS NOT NULL THEN lr.linked_id
+                        ELSE lr.linked_batch || chr(31) || coalesce(lr.originator_hash, lr.reply_id) END AS replier,
+                   {columns}
+            FROM lr LEFT JOIN firsts b ON b.batch_id = lr.linked_batch
+                    LEFT JOIN m ON m.delivery_message_id = coalesce(lr.linked_id, b.first_id)""")
         return {LINKED[0]: clicks, LINKED[1]: replies}
     return store.cached("funnel_linked", (keywords,), compute)
 
 
-def _funnel_sql(store: Store, f: Filters, keywords: tuple[str, ...], by_campaign: bool) -> tuple[str, dict]:
-    messages, params = store.filtered_messages_sql(f)
-    clicks, replies = LINKED
+def _filtered_events(store: Store, f: Filters, table: str, params: dict) -> str:
+    """SQL of the linked events of ``table`` (a :data:`LINKED` name) whose message matches ``f``."""
+    source = f"(SELECT * FROM {table} WHERE delivery_message_id IS NOT NULL)"
+    return filtered_messages_sql(f, params, source, store.label_condition(f))
 
-    def key(alias: str) -> str:
-        return f"{alias}.campaign" if by_campaign else "NULL::VARCHAR"
 
+def _funnel_sql(store: Store, f: Filters, by_campaign: bool) -> tuple[str, dict]:
+    counts, params = store.filtered_counts_sql(f)
+    clicks = _filtered_events(store, f, LINKED[0], params)
+    replies = _filtered_events(store, f, LINKED[1], params)
+    key = "campaign" if by_campaign else "NULL::VARCHAR"
     delay = "(epoch_us(first_click) - epoch_us(delivered_at)) / 1e6"
     sql = f"""
-        WITH fm AS ({messages}),
-        lc AS (SELECT * FROM {clicks}),
-        lr AS (SELECT * FROM {replies}),
-        per_click AS (SELECT linked_id, count(*) AS clicks, min(received_at) AS first_click
-                      FROM lc WHERE linked_id IS NOT NULL GROUP BY ALL),
-        per_reply AS (SELECT linked_id, bool_or(opt_out) AS opt_out FROM lr WHERE linked_id IS NOT NULL GROUP BY ALL),
+        WITH counts AS (
+            SELECT {key} AS grp, sum(messages)::BIGINT AS messages,
+                   coalesce(sum(messages) FILTER (WHERE outcome = 'delivered'), 0)::BIGINT AS delivered
+            FROM ({counts}) GROUP BY ALL HAVING sum(messages) > 0),
         per_message AS (
-            SELECT {key('m')} AS grp, m.outcome, m.delivered_at, c.clicks, c.first_click,
-                   r.linked_id IS NOT NULL AS replied, coalesce(r.opt_out, FALSE) AS opted_out
-            FROM fm m LEFT JOIN per_click c ON c.linked_id = m.delivery_message_id
-                      LEFT JOIN per_reply r ON r.linked_id = m.delivery_message_id),
-        batches AS (SELECT batch_id, arg_min(campaign, (sent_at, delivery_message_id)) AS campaign
-                    FROM fm WHERE batch_id IS NOT NULL GROUP BY ALL),
-        batch_pairs AS (
-            SELECT {key('b')} AS grp, r.linked_batch, coalesce(r.originator_hash, r.reply_id) AS replier,
-                   bool_or(r.opt_out) AS opt_out
-            FROM lr r JOIN batches b ON b.batch_id = r.linked_batch GROUP BY ALL),
-        by_batch AS (SELECT grp, count(*) AS replied, count(*) FILTER (WHERE opt_out) AS opted_out
-                     FROM batch_pairs GROUP BY ALL),
-        by_message AS (
-            SELECT grp, count(*) AS messages,
-                   count(*) FILTER (WHERE outcome = 'delivered') AS delivered,
-                   count(*) FILTER (WHERE outcome = 'delivered' AND clicks > 0) AS clicked,
-                   coalesce(sum(clicks), 0) AS clicks,
-                   count(*) FILTER (WHERE replied) AS replied,
-                   count(*) FILTER (WHERE opted_out) AS opted_out,
-                   quantile_cont({delay}, 0.50) FILTER (WHERE outcome = 'delivered' AND clicks > 0)
-                       AS click_delay_p50_s,
-                   quantile_cont({delay}, 0.95) FILTER (WHERE outcome = 'delivered' AND clicks > 0)
-                       AS click_delay_p95_s
-            FROM per_message GROUP BY ALL)
-        SELECT m.grp, m.messages, m.delivered, m.clicked, m.clicks,
-               m.replied + coalesce(b.replied, 0) AS replied, m.opted_out + coalesce(b.opted_out, 0) AS opted_out,
-               m.click_delay_p50_s, m.click_delay_p95_s
-        FROM by_message m LEFT JOIN by_batch b ON b.grp IS NOT DISTINCT FROM m.grp
+            SELECT {key} AS grp, delivery_message_id, any_value(outcome) AS outcome,
+                   any_value(delivered_at) AS delivered_at, count(*) AS clicks, min(received_at) AS first_click
+            FROM ({clicks}) GROUP BY ALL),
+        by_click AS (
+            SELECT grp, count(*) FILTER (WHERE outcome = 'delivered') AS clicked, sum(clicks) AS clicks,
+                   quantile_cont({delay}, 0.50) FILTER (WHERE outcome = 'delivered') AS click_delay_p50_s,
+                   quantile_cont({delay}, 0.95) FILTER (WHERE outcome = 'delivered') AS click_delay_p95_s
+            FROM per_message GROUP BY ALL),
+        per_replier AS (SELECT {key} AS grp, replier, bool_or(opt_out) AS opt_out FROM ({replies}) GROUP BY ALL),
+        by_reply AS (SELECT grp, count(*) AS replied, count(*) FILTER (WHERE opt_out) AS opted_out
+                     FROM per_replier GROUP BY ALL)
+        SELECT c.grp, c.messages, c.delivered, coalesce(k.clicked, 0) AS clicked, coalesce(k.clicks, 0) AS clicks,
+               coalesce(r.replied, 0) AS replied, coalesce(r.opted_out, 0) AS opted_out,
+               k.click_delay_p50_s, k.click_delay_p95_s
+        FROM counts c LEFT JOIN by_click k ON k.grp IS NOT DISTINCT FROM c.grp
+                      LEFT JOIN by_reply r ON r.grp IS NOT DISTINCT FROM c.grp
     """
     return sql, params
 
@@ -119,7 +126,7 @@ def funnel(store: Store, f: Filters, by_campaign: bool = False,
     keywords = keywords or events.opt_out_keywords()
 
     def compute():
-        sql, params = _funnel_sql(store, f, keywords, by_campaign)
+        sql, params = _funnel_sql(store, f, by_campaign)
         df = store.query(sql, params, tables=_linked(store, keywords))
         if df.empty and not by_campaign:
             df = pd.DataFrame([{"grp": None, **dict.fromkeys(_COUNTS, 0)}])
@@ -152,9 +159,9 @@ def campaigns_with_funnel(store: Store, f: Filters, *, receipt_figures: bool = F
 
 def _clicks_of(store: Store, f: Filters) -> tuple[str, dict, dict[str, pd.DataFrame]]:
     """SQL of the (linked) clicks of the messages matching ``f``, its parameters and tables."""
-    messages, params = store.filtered_messages_sql(f)
-    return (f"SELECT c.* FROM {LINKED[0]} c JOIN ({messages}) m ON m.delivery_message_id = c.linked_id",
-            params, _linked(store, events.DEFAULT_OPT_OUT_KEYWORDS))
+    params: dict = {}
+    return (_filtered_events(store, f, LINKED[0], params), params,
+            _linked(store, events.DEFAULT_OPT_OUT_KEYWORDS))
 
 
 def unlinked_events(store: Store, f: Filters) -> pd.DataFrame:

@@ -134,10 +134,11 @@ def oracle_funnel(messages: pd.DataFrame, all_messages: pd.DataFrame, data_dir: 
     """The funnel of the (already filtered) ``messages``, linking against ``all_messages``."""
     clicks, replies = oracle_events(data_dir, all_messages, keywords)
     groups = messages["campaign"] if by_campaign else pd.Series("all", index=messages.index)
-    batch_campaign = {}
-    for batch, part in messages.dropna(subset=["batch_id"]).groupby("batch_id"):
-        first = part.sort_values(["sent_at", "delivery_message_id"]).iloc[0]
-        batch_campaign[batch] = first["campaign"] if by_campaign else "all"
+    # A batch-linked reply belongs to its batch's first message (of all), when that one matches.
+    first_of_batch = (all_messages.dropna(subset=["batch_id"]).sort_values(["sent_at", "delivery_message_id"])
+                      .groupby("batch_id")["delivery_message_id"].first().to_dict())
+    group_of = dict(zip(messages["delivery_message_id"], groups))
+    batch_campaign = {batch: group_of[first] for batch, first in first_of_batch.items() if first in group_of}
     rows = []
     for group, part in messages.groupby(groups):
         mids = set(part["delivery_message_id"])
