@@ -47,6 +47,9 @@ _COUNTS = ["messages", "delivered", "clicked", "clicks", "replied", "opted_out"]
 # without joining the messages again (dlrlens.store.sql.filtered_messages_sql over the frames).
 _MESSAGE_COLUMNS = "delivery_message_id, campaign, sent_at, outcome, last_status, label_sets, delivered_at"
 LINKED = ("funnel_clicks", "funnel_replies")  # the table names every funnel query reads them by
+# The stored event columns the funnel reads (Parquet reads no other).
+_READ_CLICK = "click_id, received_at, message_id, batch_id, client_ref, url, browser, os, country"
+_READ_REPLY = "reply_id, created, received_at, in_reply_to, logical_message_id, body, originator_hash, originator_masked"
 
 
 def _linked(store: Store, keywords: tuple[str, ...]) -> dict[str, pd.DataFrame]:
@@ -58,17 +61,18 @@ def _linked(store: Store, keywords: tuple[str, ...]) -> dict[str, pd.DataFrame]:
     every funnel question is then a filter over these frames, with no other pass over the messages
     but the pre-aggregated counts (messages, delivered)."""
     def compute():
-        every = f"(SELECT * FROM {store.messages_sql()})"
+        every = f"(SELECT {_MESSAGE_COLUMNS}, batch_id, client_reference FROM {store.messages_sql()})"
         columns = ", ".join(f"m.{c}" for c in _MESSAGE_COLUMNS.split(", "))
         clicks = store.query(f"""
-            WITH m AS MATERIALIZED {every}, lc AS ({events.linked_clicks_sql(store.clicks_sql(), 'm')})
+            WITH m AS MATERIALIZED {every},
+            lc AS ({events.linked_clicks_sql(store.clicks_sql(_READ_CLICK), 'm')})
             SELECT lc.click_id, lc.received_at, lc.url, lc.browser, lc.os, lc.country, lc.linked_id, {columns}
             FROM lc LEFT JOIN m ON m.delivery_message_id = lc.linked_id""")
         replies = store.query(f"""
             WITH m AS MATERIALIZED {every},
             firsts AS (SELECT batch_id, arg_min(delivery_message_id, (sent_at, delivery_message_id)) AS first_id
                        FROM m WHERE batch_id IS NOT NULL GROUP BY ALL),
-            lr AS ({events.linked_replies_sql(store.replies_sql(), 'm', keywords)})
+            lr AS ({events.linked_replies_sql(store.replies_sql(_READ_REPLY), 'm', keywords)})
             SELECT lr.reply_id, lr.created, lr.received_at, lr.originator_masked, lr.body, lr.linked_id,
                    lr.linked_batch, lr.linked_by, lr.opt_out,
                    CASE WHEN lr.linked_id IS NOT NULL THEN lr.linked_id

@@ -85,12 +85,13 @@ def empty_sql(table: str) -> str:
     return f"SELECT {columns} WHERE FALSE"
 
 
-def rows_sql(paths: list[str], table: str) -> str:
-    """The stored rows of ``table`` in the files ``paths`` (absolute), as a relation."""
+def rows_sql(paths: list[str], table: str, columns: str = "*") -> str:
+    """The stored rows of ``table`` in the files ``paths`` (absolute), as a relation; only
+    ``columns`` (a SELECT list) when given (Parquet reads only those)."""
     if not paths:
-        return f"({empty_sql(table)})"
+        return f"(SELECT {columns} FROM ({empty_sql(table)}))"
     listed = ", ".join(string_literal(p) for p in paths)
-    return f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
+    return f"(SELECT {columns} FROM read_parquet([{listed}], hive_partitioning = false, union_by_name = true))"
 
 
 def distinct_clicks_sql(rows: str) -> str:

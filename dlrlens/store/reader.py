@@ -770,18 +770,19 @@ class Store:
         listed = ", ".join(string_literal(p) for p in files)
         return f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
 
-    def event_rows_sql(self, table: str) -> str:
+    def event_rows_sql(self, table: str, columns: str = "*") -> str:
         """The stored rows of the event table ``table`` (``clicks``, ``replies``: see
-        :mod:`dlrlens.store.events`) in this snapshot, as a relation (duplicates included)."""
-        return events.rows_sql(self._snapshot.event_files.get(table, []), table)
+        :mod:`dlrlens.store.events`) in this snapshot, as a relation (duplicates included); only
+        ``columns`` (a SELECT list with the table's id and times) when given."""
+        return events.rows_sql(self._snapshot.event_files.get(table, []), table, columns)
 
-    def clicks_sql(self) -> str:
+    def clicks_sql(self, columns: str = "*") -> str:
         """Distinct clicks of this snapshot (:func:`dlrlens.store.events.distinct_clicks_sql`)."""
-        return f"({events.distinct_clicks_sql(self.event_rows_sql('clicks'))})"
+        return f"({events.distinct_clicks_sql(self.event_rows_sql('clicks', columns))})"
 
-    def replies_sql(self) -> str:
+    def replies_sql(self, columns: str = "*") -> str:
         """Distinct replies of this snapshot (:func:`dlrlens.store.events.distinct_replies_sql`)."""
-        return f"({events.distinct_replies_sql(self.event_rows_sql('replies'))})"
+        return f"({events.distinct_replies_sql(self.event_rows_sql('replies', columns))})"
 
     def messages_for_ids(self, ids_table: str) -> str:
         """The ``messages`` rows of the ids in table ``ids_table`` (column delivery_message_id),
