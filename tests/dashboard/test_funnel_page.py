@@ -86,3 +86,21 @@ def test_lookup_shows_replies_masked_until_revealed(monkeypatch, data):
     assert hidden["originator_masked"].str.contains(r"\*\*\*\*").all()
     at.toggle(key="lookup_reveal_replies").set_value(True).run()
     assert table(at, "lookup_replies")["body"].tolist()[0] == body
+
+
+def test_funnel_figures_show_hostile_names_as_text():
+    import pandas as pd
+
+    from dashboard import funnel_charts
+
+    hostile = '<img src=x onerror="fetch(1)">'
+    row = {"messages": 10, "delivered": 8, "clicked": 2, "replied": 1, "opted_out": 1, "click_rate": 0.25,
+           "opt_out_rate": 0.125}
+    per_campaign = pd.DataFrame([{"campaign": hostile, **row}])
+    figures = [funnel_charts.funnel_figure(pd.DataFrame([row]), per_campaign),
+               funnel_charts.rates_figure(per_campaign),
+               funnel_charts.breakdown_figure(pd.DataFrame([{"value": hostile, "clicks": 3, "clicked": 2,
+                                                             "share": 1.0}]), "Clicks by country")]
+    for figure in figures:
+        text = figure.to_json()
+        assert "<img" not in text and "&lt;img" in text
