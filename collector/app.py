@@ -1,4 +1,10 @@
-"""The collector's Flask application: ``POST /dlr``, ``GET /healthz``, ``GET /metrics``.
+"""The collector's Flask application: ``POST /dlr``, ``POST /click``, ``POST /incoming``,
+``GET /healthz``, ``GET /metrics``.
+
+``/click`` (short-URL clicks) and ``/incoming`` (replies) are ``/dlr`` for Mobivate's other
+webhooks (:mod:`collector.events` parses them): the same secret, allow-list, labels, limits,
+refusals, archive and durable ``200``; their rows go to the ``clicks`` and ``replies`` tables
+through the same write-ahead log.
 
 ``create_app`` builds one app per process with its own :class:`ReceiptStorage`. A ``200``
 from ``/dlr`` means every stored receipt is fsynced in the write-ahead log; when storage
@@ -27,6 +33,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from collector import metrics, openapi
+from collector.events import EventPrivacy, parse_clicks, parse_replies
 from collector.parsing import BadBody, LabelPolicy, ReceiptLimits, checked_url_labels, parse_request, url_labels
 from dlrlens.store.rejected import RejectedBodies
 from collector.security import FailureLimiter, address_allowed, redact_secrets_in_logs, token_matches
@@ -34,6 +41,7 @@ from collector.settings import Settings, load_settings
 from dlrlens.store.auth_failures import auth_failures_path
 from dlrlens.store.backends import publisher
 from dlrlens.store.files import probe_writable
+from dlrlens.store.privacy import installation_key
 from dlrlens.store.writer import ReceiptStorage, error_kind
 from dlrlens.store.wal import StorageError
 
@@ -57,6 +65,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "limiter": FailureLimiter(auth_failures_path(settings.data_dir)),
         "limits": receipt_limits(settings),
         "label_policy": label_policy(settings),
+        "privacy": EventPrivacy(installation_key(settings.data_dir), settings.keep_msisdn, settings.keep_click_ip),
     }
     app.wsgi_app = announce_receipts(app.wsgi_app, app.extensions["dlrlens"]["storage"])
     if settings.trusted_proxies:
@@ -64,6 +73,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.add_url_rule("/dlr", view_func=receive, methods=["POST"])
     app.add_url_rule("/dlr/<path:secret>", view_func=receive, methods=["POST"])
+    app.add_url_rule("/click", view_func=receive_clicks, methods=["POST"])
+    app.add_url_rule("/click/<path:secret>", view_func=receive_clicks, methods=["POST"])
+    app.add_url_rule("/incoming", view_func=receive_replies, methods=["POST"])
+    app.add_url_rule("/incoming/<path:secret>", view_func=receive_replies, methods=["POST"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/metrics", view_func=metrics_text, methods=["GET"])
     openapi.register(app)
@@ -90,9 +103,14 @@ def canonical_path(path: str) -> str:
     return _SLASHES.sub("/", path).rstrip("/") or "/"
 
 
+# The webhook paths (each also with the secret as a last segment) and the table each stores to.
+WEBHOOK_TABLES = {"/dlr": "receipts", "/click": "clicks", "/incoming": "replies"}
+
+
 def is_receipt_path(path: str) -> bool:
-    """``/dlr`` or ``/dlr/SECRET``, for a canonical ``path``: the routes of :func:`receive`."""
-    return path == "/dlr" or path.startswith("/dlr/")
+    """A webhook path (``/dlr``, ``/click``, ``/incoming``, or one of them + ``/SECRET``), for a
+    canonical ``path``: the routes of :func:`receive`, :func:`receive_clicks`, :func:`receive_replies`."""
+    return any(path == base or path.startswith(base + "/") for base in WEBHOOK_TABLES)
 
 
 def announce_receipts(wsgi_app, storage: ReceiptStorage):
@@ -132,7 +150,7 @@ def refuse(status: int, reason: str, message: str, body: bytes = b"", **extra) -
     ctx["storage"].counters.reject(reason)
     ctx["rejected"].keep_body(reason, body, {
         "status": status, "message": message, "content_type": request.content_type,
-        "method": request.method, "labels": url_labels(request.args.items(multi=True)),
+        "method": request.method, "endpoint": logged_path(), "labels": url_labels(request.args.items(multi=True)),
         "remote_addr": request.remote_addr, "received_at": datetime.now(timezone.utc),
     })
     g.outcome = reason
@@ -145,7 +163,8 @@ def http_error(exc: HTTPException) -> Response:
     reasons = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
     reason = reasons.get(exc.code, (exc.name or "http_error").lower().replace(" ", "_"))
     if exc.code == 404:
-        message = "no such endpoint; receipts go to POST /dlr"  # never echo the path: it may hold a secret
+        # never echo the path: it may hold a secret
+        message = "no such endpoint; receipts go to POST /dlr, clicks to POST /click, replies to POST /incoming"
     elif exc.code == 405:
         message = f"{request.method} is not allowed here; use {', '.join(sorted(exc.valid_methods or []))}"
     elif exc.code == 413:
@@ -219,9 +238,32 @@ def read_body(limit: int) -> bytes:
 def receive(secret: str | None = None) -> Response:
     """Store the receipts in the body; 200 only once they are durable."""
     ctx = _ctx()
+    return _receive("receipts", secret, lambda body, labels, received_at: parse_request(
+        body, request.content_type, labels, received_at, ctx["limits"]))
+
+
+def receive_clicks(secret: str | None = None) -> Response:
+    """Store the short-URL clicks in the body; 200 only once they are durable."""
+    ctx = _ctx()
+    return _receive("clicks", secret, lambda body, labels, received_at: parse_clicks(
+        body, request.content_type, labels, received_at, ctx["privacy"]))
+
+
+def receive_replies(secret: str | None = None) -> Response:
+    """Store the incoming messages (replies) in the body; 200 only once they are durable."""
+    ctx = _ctx()
+    return _receive("replies", secret, lambda body, labels, received_at: parse_replies(
+        body, request.content_type, labels, received_at, ctx["privacy"], ctx["limits"]))
+
+
+def _receive(table: str, secret: str | None, parse) -> Response:
+    """The webhook path shared by every table: checks, parse (``parse(body, labels,
+    received_at)`` -> :class:`~collector.parsing.ParsedBody`), durable store, answer."""
+    ctx = _ctx()
     settings: Settings = ctx["settings"]
     storage: ReceiptStorage = ctx["storage"]
-    storage.counters.add("requests")
+    requests_name, received_name, _ = storage.counters.TABLE_NAMES[table]
+    storage.counters.add(requests_name)
     source = request.remote_addr or "-"
     # Set by announce_receipts; without it (an app not built by create_app) store directly.
     arrival = request.environ.get(ARRIVAL_KEY)
@@ -249,18 +291,18 @@ def receive(secret: str | None = None) -> Response:
     received_at = datetime.now(timezone.utc)
     try:
         labels = checked_url_labels(request.args.items(multi=True), ctx["label_policy"])
-        parsed = parse_request(body, request.content_type, labels, received_at, ctx["limits"])
+        parsed = parse(body, labels, received_at)
     except BadBody as exc:
         return refuse(exc.status, exc.reason, exc.message, body)
 
-    storage.counters.add("received", len(parsed.records) + parsed.error_total)
+    storage.counters.add(received_name, len(parsed.records) + parsed.error_total)
     try:
-        (storage.store if arrival is None else arrival.append)(parsed.records)
+        (storage.store if arrival is None else arrival.append)(parsed.records, table)
     except StorageError as exc:
         g.outcome = "storage_unavailable"
         log.error("event=storage_unavailable error=%r", str(exc))
         response = jsonify(error="storage_unavailable",
-                           message="receipts could not be stored durably; nothing was acknowledged, retry later")
+                           message=f"{table} could not be stored durably; nothing was acknowledged, retry later")
         response.status_code = 503
         response.headers["Retry-After"] = "5"
         return response

@@ -28,6 +28,12 @@ HELP = {
     "forbidden": ("dlrlens_forbidden_total", "Requests from sources outside the allow-list."),
     "publish_errors": ("dlrlens_publish_errors_total",
                        "Flushes that could not publish to the store (Iceberg) and left the segments in the log."),
+    "click_requests": ("dlrlens_click_requests_total", "Click webhook requests received (POST /click)."),
+    "clicks_received": ("dlrlens_clicks_received_total", "Clicks found in accepted bodies (stored or refused)."),
+    "clicks_stored": ("dlrlens_clicks_stored_total", "Clicks acknowledged durable (fsynced in the log)."),
+    "reply_requests": ("dlrlens_reply_requests_total", "Incoming-message webhook requests received (POST /incoming)."),
+    "replies_received": ("dlrlens_replies_received_total", "Replies found in accepted bodies (stored or refused)."),
+    "replies_stored": ("dlrlens_replies_stored_total", "Replies acknowledged durable (fsynced in the log)."),
 }
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from flask import Flask, Response, current_app, jsonify
 
+from collector.events import (CLICK_IDENTIFYING, CLICK_FIELDS, MAX_REPLY_LENGTH, MAX_URL_LENGTH, REPLY_FIELDS,
+                              REPLY_IDENTIFYING)
 from collector.parsing import MAX_ID_LENGTH, MAX_JSON_DEPTH, MAX_LABELS, MAX_REPORTED_ERRORS
 from collector.settings import Settings, default_settings
 
@@ -31,7 +33,7 @@ OPENAPI_PATH = "/openapi.json"
 REQUEST_REFUSALS: dict[int, tuple[str, ...]] = {
     400: ("invalid_json", "invalid_xml", "invalid_form", "forbidden_xml", "not_a_receipt", "empty_body",
           "missing_message_id", "missing_status", "bad_created", "bad_field", "unreadable_body", "bad_label",
-          "too_many_days"),
+          "too_many_days", "not_a_click", "not_a_reply"),
     401: ("unauthorized",),
     403: ("forbidden_source",),
     404: ("not_found",),
@@ -42,7 +44,7 @@ REQUEST_REFUSALS: dict[int, tuple[str, ...]] = {
 }
 # Why one receipt of a multi-receipt body is refused (a ``rejected`` item of a 207 answer).
 ELEMENT_REFUSALS: tuple[str, ...] = ("not_a_receipt", "missing_message_id", "missing_status", "bad_created",
-                                     "bad_field")
+                                     "bad_field", "not_a_click", "not_a_reply")
 
 _REFUSAL_WHEN = {
     400: "The body does not parse (invalid UTF-8, NaN/Infinity, numbers out of range, lone surrogate escapes, "
@@ -54,10 +56,12 @@ _REFUSAL_WHEN = {
          "the whole request, nothing stored, when its good receipts span more UTC days of created than "
          "DLRLENS_MAX_DAYS_PER_REQUEST (too_many_days), or when a URL label is refused (bad_label: a key "
          f"outside DLRLENS_LABEL_KEYS, a value longer than DLRLENS_LABEL_MAX_LENGTH or holding a control "
-         f"character, more than {MAX_LABELS} labels).",
+         f"character, more than {MAX_LABELS} labels). On /click and /incoming: an object without any "
+         "identifying field (not_a_click, not_a_reply).",
     401: "A webhook secret is configured (DLRLENS_TOKEN) and the request carries none that matches.",
     403: "The source address is outside DLRLENS_ALLOW_NETWORKS.",
-    404: "No such endpoint; also POST /dlr/{secret} when no webhook secret is configured.",
+    404: "No such endpoint; also POST /dlr/{secret} (/click/{secret}, /incoming/{secret}) when no webhook secret "
+         "is configured.",
     405: "The method is not allowed on this path (see the Allow header).",
     413: "The body is larger than DLRLENS_MAX_BODY_BYTES.",
     415: "The content type is not JSON, form or XML (a missing or text/plain one is sniffed from the body).",
@@ -159,6 +163,30 @@ def _xml_receipt_schema() -> dict:
     }
 
 
+def _event_schema(description: str, known: dict[str, str], identifying: tuple[str, ...], long_fields: dict,
+                  example: dict) -> dict:
+    properties = {name: _text(f"{name} (stored as sent, trimmed).", xml=False, required=False,
+                              max_length=long_fields.get(name, MAX_ID_LENGTH))
+                  for name in known.values() if name != "created"}
+    if "created" in known.values():
+        properties["created"] = {"type": ["string", "null"], "format": "date-time",
+                                 "description": "When Mobivate received the reply (ISO 8601); absent: the arrival "
+                                                "time. Refused (bad_created) outside the receipts' window around "
+                                                "the arrival time."}
+    if "body" in known.values():
+        properties["body"] = {"type": ["string", "null"], "maxLength": MAX_REPLY_LENGTH,
+                              "description": "The reply text (personal data: never logged, masked on screen)."}
+    return {
+        "type": "object",
+        "description": description + " Field names match in any case; unknown fields are kept (in 'extra').",
+        "properties": properties,
+        "anyOf": [{"required": [name], "properties": {name: {"type": "string", "pattern": _KEPT_CHAR}}}
+                  for name in identifying],
+        "additionalProperties": True,
+        "examples": [example],
+    }
+
+
 def _error_schema(reasons: tuple[str, ...]) -> dict:
     return {
         "type": "object",
@@ -186,6 +214,21 @@ def _components() -> dict:
     schemas.update({
         "Receipt": _receipt_schema(),
         "XmlReceipt": _xml_receipt_schema(),
+        "Click": _event_schema(
+            "A short-URL click (Mobivate's click webhook). The arrival time is its time. The clicker's number "
+            "is stored as a keyed hash and a masked form, the IP address dropped (see the settings).",
+            CLICK_FIELDS, CLICK_IDENTIFYING, {"url": MAX_URL_LENGTH},
+            {"mobile": "447700900123", "messageId": "9AEC3BB90A000A9D2FBD467178FF6827",
+             "batchId": "9AEC3B590A000A9D2FBD4671C4D151BF", "clientRef": "ref-001", "browser": "Safari",
+             "country": "United Kingdom", "ipAddress": "192.0.2.1", "iso2l": "UK", "os": "Mac OS X",
+             "url": "https://example.com/offer"}),
+        "Reply": _event_schema(
+            "An incoming message (a reply), from Mobivate's incoming webhook. The replier's number is stored "
+            "as a keyed hash and a masked form.", REPLY_FIELDS, REPLY_IDENTIFYING, {},
+            {"id": "1C9A658F0A931B317B6A53BB42EC3571", "originator": "447700900123", "recipient": "12345",
+             "body": "STOP", "created": "2026-11-01T00:30:36+0000", "inReplyTo": "961AEAEB0A000A9D2FBD4671D07705FE",
+             "logicalMessageId": "6EE262430A931B3127AFD4F044FC0622",
+             "ownerUserId": "94B8CC070A000A9D2FBD467124131CA6"}),
         "Stored": {
             "type": "object", "required": ["status", "stored"],
             "properties": {"status": {"const": "stored"}, "stored": {"type": "integer", "minimum": 1}},
@@ -275,13 +318,25 @@ def _label_parameters(settings: Settings) -> list[dict]:
     return parameters
 
 
-def _receive_operation(summary: str, extra_parameters: list, refusals: tuple[int, ...], settings: Settings) -> dict:
-    receipts = {"$ref": "#/components/schemas/Receipt"}
+def _receive_operation(summary: str, extra_parameters: list, refusals: tuple[int, ...], settings: Settings,
+                       kind: str = "receipts") -> dict:
+    item = {"receipts": "Receipt", "clicks": "Click", "replies": "Reply"}[kind]
+    receipts = {"$ref": f"#/components/schemas/{item}"}
     allowed = "any key" if settings.label_keys is None else ", ".join(sorted(settings.label_keys)) or "none"
+    content = {"application/json": {"schema": {"oneOf": [receipts, {"type": "array", "minItems": 1,
+                                                                      "items": receipts}]}}}
+    if kind == "receipts":
+        content.update({
+            "application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "required": ["xml"],
+                "properties": {"xml": {"type": "string", "description": "A <deliveryreceipt> XML document."}},
+            }},
+            "application/xml": {"schema": {"$ref": "#/components/schemas/XmlReceipt"}},
+        })
     return {
         "summary": summary,
         "description": (
-            "Stores the receipts in the body. 200 means every receipt is fsynced in the write-ahead log. "
+            f"Stores the {kind} in the body. 200 means every one is fsynced in the write-ahead log. "
             "When DLRLENS_TOKEN is set, one of its secrets must come as ?token=, as the HTTP Basic password "
             "or as the last path segment. The other query parameters label the stored receipts; campaign is "
             f"a column of its own. Label keys allowed (DLRLENS_LABEL_KEYS): {allowed}. Another key, a value "
@@ -294,20 +349,7 @@ def _receive_operation(summary: str, extra_parameters: list, refusals: tuple[int
              "description": "Webhook secret (when DLRLENS_TOKEN is set); never stored or logged."},
             *_label_parameters(settings),
         ],
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"oneOf": [
-                    receipts, {"type": "array", "minItems": 1, "items": receipts},
-                ]}},
-                "application/x-www-form-urlencoded": {"schema": {
-                    "type": "object", "required": ["xml"],
-                    "properties": {"xml": {"type": "string",
-                                           "description": "A <deliveryreceipt> XML document."}},
-                }},
-                "application/xml": {"schema": {"$ref": "#/components/schemas/XmlReceipt"}},
-            },
-        },
+        "requestBody": {"required": True, "content": content},
         "responses": {
             "200": _json_response("Every receipt is stored durably.", {"$ref": "#/components/schemas/Stored"}),
             "207": _json_response(
@@ -348,6 +390,7 @@ def openapi_document(max_body_bytes: int | None = None, settings: Settings | Non
                 ], _RECEIVE_REFUSALS + (404,), settings),
                 "operationId": "receiveWithPathSecret",
             }},
+            **_event_paths(settings),
             "/healthz": {"get": {
                 "operationId": "health",
                 "summary": "Storage health",
@@ -374,6 +417,24 @@ def openapi_document(max_body_bytes: int | None = None, settings: Settings | Non
         },
         "components": _components(),
     }
+
+
+def _event_paths(settings: Settings) -> dict:
+    """``/click``, ``/incoming`` and their ``/{secret}`` forms."""
+    paths = {}
+    for path, kind, summary, operation in (("/click", "clicks", "Receive short-URL clicks", "receiveClicks"),
+                                           ("/incoming", "replies", "Receive incoming messages (replies)",
+                                            "receiveReplies")):
+        paths[path] = {"post": {**_receive_operation(summary, [], _RECEIVE_REFUSALS, settings, kind),
+                                "operationId": operation}}
+        paths[path + "/{secret}"] = {"post": {
+            **_receive_operation(summary + ", the webhook secret in the path", [
+                {"name": "secret", "in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "A webhook secret; 404 when none is configured."},
+            ], _RECEIVE_REFUSALS + (404,), settings, kind),
+            "operationId": operation + "WithPathSecret",
+        }}
+    return paths
 
 
 def serve_document() -> Response:

@@ -55,6 +55,9 @@ PAGES = {
         st.Page(VIEWS / "latency.py", title="Latency", icon=":material/timer:",
                 help="How long messages took to be delivered: distribution, cumulative curve, "
                      "percentiles by campaign."),
+        st.Page(VIEWS / "funnel.py", title="Funnel", icon=":material/filter_alt:",
+                help="Sent, delivered, clicked, replied, opted out per campaign; clicks over time, by "
+                     "country, OS and browser; the top links."),
     ],
     "Investigate": [
         st.Page(VIEWS / "lookup.py", title="Message lookup", icon=":material/search:",

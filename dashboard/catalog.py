@@ -113,7 +113,41 @@ KPIS: tuple[Kpi, ...] = (
         "not change the outcome."),
 )
 
-_BY_COLUMN: dict[str, Kpi] = {k.column: k for k in KPIS}
+# The campaign funnel (clicks and replies, dashboard.queries.funnel): its own tables and the
+# Funnel page; appended to the Campaigns table and the report beside KPIS.
+FUNNEL_TERMS: tuple[Term, ...] = (
+    Term("Click", "A short-URL click Mobivate reported (click webhook). It belongs to the message whose "
+         "deliveryMessageId is its messageId, else to the message of its batchId with its clientRef as "
+         "clientReference; a click matching no stored message is unlinked (counted apart) until that "
+         "message's receipts arrive. The same click received again within 60 s is a retry and counts once. "
+         "Funnel figures follow their messages: a click counts with its message's sent time and filters."),
+    Term("Reply", "An incoming message (incoming webhook). It belongs to the message it replies to (inReplyTo), "
+         "else to its batch (logicalMessageId: the receipts do not say which number got which message, so it "
+         "counts as one message per batch and replier, attributed to the batch's first sent message, whose "
+         "campaign and filters it follows), else it is unlinked. The same reply id stored twice counts once."),
+)
+
+_FUNNEL_DELAY = ("{} of the time from delivery (created time of the message's first DELIVERED receipt) to its "
+                 "first click, over clicked messages (linear interpolation); negative when the click reached us "
+                 "before the DELIVERED receipt's created time.")
+
+FUNNEL_KPIS: tuple[Kpi, ...] = (
+    Kpi("clicked", "Clicked", "count", "Delivered messages with at least one click."),
+    Kpi("click_rate", "Click rate", "share", "Clicked / delivered. Empty when no message was delivered."),
+    Kpi("clicks", "Clicks", "count", "All clicks on the messages (delivered or not), each click once."),
+    Kpi("replied", "Replied", "count",
+        "Messages with at least one reply (a reply linked only to its batch counts as one message per batch "
+        "and replier)."),
+    Kpi("opted_out", "Opted out", "count",
+        "Replied messages with an opt-out reply: its text, ignoring case and whitespace, is one of the "
+        "keywords (STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT; DLRLENS_OPT_OUT_KEYWORDS)."),
+    Kpi("opt_out_rate", "Opt-out rate", "share", "Opted out / delivered. Empty when no message was delivered."),
+    Kpi("click_delay_p50_s", "Time to first click p50 (s)", "seconds", _FUNNEL_DELAY.format("Median")),
+    Kpi("click_delay_p95_s", "Time to first click p95 (s)", "seconds", _FUNNEL_DELAY.format("95th percentile")),
+)
+FUNNEL_COLUMNS: list[str] = [k.column for k in FUNNEL_KPIS]
+
+_BY_COLUMN: dict[str, Kpi] = {k.column: k for k in KPIS + FUNNEL_KPIS}
 
 # Units of the other numeric columns of the tables (not KPIs, not counts).
 COLUMN_UNITS: dict[str, str] = {
@@ -136,9 +170,9 @@ LATENCY_COLUMNS: list[str] = (["latency_messages"] + [c.removeprefix("latency_")
 TREND_COLUMNS: list[str] = ["bucket_start"] + KPI_COLUMNS[:KPI_COLUMNS.index("delivery_rate") + 1]
 
 SHARE_COLUMNS: frozenset[str] = frozenset(
-    [k.column for k in KPIS if k.unit == "share"] + [c for c, u in COLUMN_UNITS.items() if u == "share"])
+    [k.column for k in KPIS + FUNNEL_KPIS if k.unit == "share"] + [c for c, u in COLUMN_UNITS.items() if u == "share"])
 SECONDS_COLUMNS: frozenset[str] = frozenset(
-    [k.column for k in KPIS if k.unit == "seconds"] + [c for c, u in COLUMN_UNITS.items() if u == "seconds"])
+    [k.column for k in KPIS + FUNNEL_KPIS if k.unit == "seconds"] + [c for c, u in COLUMN_UNITS.items() if u == "seconds"])
 
 # ---------------------------------------------------------------------------------- look-ups
 

@@ -54,25 +54,27 @@ def build_report(store: Store, filters: Filters, unhonoured=()) -> dict[str, pd.
       time zone, previous period, every filter, the values not honoured, ``unhonoured``) then
       every overall KPI (``key`` is the :func:`queries.kpis` column, ``value`` its value).
     * Definitions: term, key, definition.
-    * Campaigns: :func:`queries.campaigns`.
+    * Campaigns: :func:`queries.campaigns` with the funnel columns (:func:`queries.campaigns_with_funnel`).
     * Failure reasons: :func:`queries.failure_reasons`.
     * Daily trend: day (local date in the report's zone) + :func:`queries.trend` columns.
     """
     with store.pinned():
         # A record, not .iloc[0]: a row of mixed dtypes would turn every count into a float.
         overall = queries.kpis(store, filters, receipt_figures=True).to_dict(orient="records")[0]
-        per_campaign = queries.campaigns(store, filters, receipt_figures=True)
+        per_campaign = queries.campaigns_with_funnel(store, filters, receipt_figures=True)
+        funnel_total = queries.funnel(store, filters).to_dict(orient="records")[0]
         reasons = queries.failure_reasons(store, filters)
         daily = queries.trend(store, filters, bucket="day")
     scope_rows = report_scope(filters, unhonoured).rows() + [
         ("Generated at (UTC)", "generated_at", datetime.now(timezone.utc).replace(microsecond=0).isoformat())]
     summary = pd.DataFrame(
-        scope_rows + [(kpi.label, kpi.column, _plain(overall[kpi.column])) for kpi in catalog.KPIS],
+        scope_rows + [(kpi.label, kpi.column, _plain(overall[kpi.column])) for kpi in catalog.KPIS]
+        + [(kpi.label, kpi.column, _plain(funnel_total[kpi.column])) for kpi in catalog.FUNNEL_KPIS],
         columns=["item", "key", "value"],
     )
     definitions = pd.DataFrame(
-        [(term.name, "", term.definition) for term in catalog.TERMS]
-        + [(kpi.label, kpi.column, kpi.definition) for kpi in catalog.KPIS],
+        [(term.name, "", term.definition) for term in catalog.TERMS + catalog.FUNNEL_TERMS]
+        + [(kpi.label, kpi.column, kpi.definition) for kpi in catalog.KPIS + catalog.FUNNEL_KPIS],
         columns=["term", "key", "definition"],
     )
     daily = daily.copy()

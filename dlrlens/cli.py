@@ -273,6 +273,12 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 3)")
     parser.add_argument("--timeout", type=_positive_float, default=10.0,
                         help="seconds to wait for each answer (default 10)")
+    parser.add_argument("--click-share", type=_fraction, default=0.1,
+                        help="share of delivered messages clicked, posted to /click beside --url's /dlr "
+                             "(default 0.1; 0 = none)")
+    parser.add_argument("--reply-share", type=_fraction, default=0.015,
+                        help="share of delivered messages replied to (about a third STOP), posted to "
+                             "/incoming (default 0.015; 0 = none)")
     parser.add_argument("--dry-run", action="store_true",
                         help="generate and describe the traffic, send nothing")
     parser.add_argument("--realtime", action="store_true",
@@ -287,21 +293,30 @@ def cmd_simulate(args) -> int:
     plan = simulate.plan_traffic(
         args.campaigns, args.messages, seed=args.seed, start=args.start, span=timedelta(hours=args.span),
         time_scale=args.time_scale, duplicates=args.duplicates, xml_share=args.xml_share,
-        out_of_order=args.out_of_order,
+        out_of_order=args.out_of_order, click_share=args.click_share, reply_share=args.reply_share,
     )
     print(f"seed {plan.seed}")
     print(simulate.describe_traffic(plan.posts))
+    if plan.events:
+        print(simulate.describe_events(plan.events))
+        try:
+            simulate.endpoint_url(args.url, "click")
+        except ValueError as exc:
+            print(f"dlrlens simulate: {exc}; give the collector's /dlr URL, or --click-share 0 --reply-share 0",
+                  file=sys.stderr)
+            return 2
     if args.dry_run:
         return 0
+    posts = plan.all_posts()
 
     def report_progress(stats) -> None:
-        print(f"  ... {stats.sent}/{len(plan.posts)} posts done", file=sys.stderr, flush=True)
+        print(f"  ... {stats.sent}/{len(posts)} posts done", file=sys.stderr, flush=True)
 
-    stats = simulate.send(plan.posts, args.url, rate=args.rate, token=args.token, concurrency=args.concurrency,
+    stats = simulate.send(posts, args.url, rate=args.rate, token=args.token, concurrency=args.concurrency,
                           retries=args.retries, timeout=args.timeout, progress=report_progress,
                           realtime=args.realtime)
     print(stats.summary(simulate.post_url(args.url, (), args.token)))
-    return 0 if stats.ok and stats.sent == len(plan.posts) else 1
+    return 0 if stats.ok and stats.sent == len(posts) else 1
 
 
 # --------------------------------------------------------------------------- report

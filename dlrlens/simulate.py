@@ -20,6 +20,12 @@ Every message gets an ``ACCEPTED`` receipt, sometimes ``INTERIM_QUEUED`` /
 a few percent never get a final. Receipts come as JSON or as the form-encoded
 ``xml=<deliveryreceipt>`` variant. Some receipts are posted twice (Mobivate's retries) and
 some pending receipts arrive after their message's final (no ordering guarantee).
+
+Clicks and replies (:func:`generate_events`): a share of the delivered messages gets a short-URL
+click (some two), posted to ``/click`` minutes after delivery, and a smaller share a reply posted
+to ``/incoming``, some of them opt-outs (``STOP`` in any case and spacing), a few linked only by
+their batch. They go to the collector's other endpoints: the ``/dlr`` of ``--url`` becomes
+``/click`` and ``/incoming`` (:func:`endpoint_url`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from xml.sax.saxutils import escape as xml_escape
 import requests
 
 from dlrlens.statuses import lookup
+from dlrlens.store.events import DEFAULT_OPT_OUT_KEYWORDS, normalise_reply
 
 JSON_CONTENT_TYPE = "application/json"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -329,10 +336,11 @@ class SimulatedPost:
     labels: tuple[tuple[str, str], ...]
     body: bytes
     content_type: str
-    receipt: Receipt
+    receipt: Receipt | None  # None: a click or a reply (see ``endpoint``)
     due: datetime
     duplicate: bool = False
     out_of_order: bool = False
+    endpoint: str = "dlr"  # dlr, click or incoming: the collector path it is posted to
 
     @property
     def campaign(self) -> str | None:
@@ -619,7 +627,7 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if parts.password is not None:
         netloc = f"{parts.username}:***@{netloc.rpartition('@')[2]}"
-    path = re.sub(r"(/dlr/).+", r"\1***", parts.path)
+    path = re.sub(r"(/(?:dlr|click|incoming)/).+", r"\1***", parts.path)
     return urlunsplit(parts._replace(netloc=netloc, path=path, query=urlencode(query, safe="*")))
 
 
@@ -723,7 +731,7 @@ def send(
         return local.session
 
     def deliver(post: SimulatedPost) -> None:
-        target = post_url(url, post.labels, token)
+        target = post_url(endpoint_url(url, post.endpoint), post.labels, token)
         status, attempts, failure = None, 0, None
         try:
             while True:
@@ -793,11 +801,16 @@ def send(
 @dataclass(frozen=True)
 class TrafficPlan:
     """The posts of one run and what chose them: ``seed`` (drawn when none was given) and
-    ``start``, the first send (chosen when none was given)."""
+    ``start``, the first send (chosen when none was given). ``posts`` are the receipts,
+    ``events`` the clicks and replies (:func:`generate_events`); :meth:`all_posts` both, by due time."""
 
     seed: int
     start: datetime
     posts: list[SimulatedPost]
+    events: list[SimulatedPost] = field(default_factory=list)
+
+    def all_posts(self) -> list[SimulatedPost]:
+        return sorted(self.posts + self.events, key=lambda post: post.due)
 
 
 def plan_traffic(
@@ -812,12 +825,15 @@ def plan_traffic(
     xml_share: float = 0.2,
     out_of_order: float = 0.01,
     now: datetime | None = None,
+    click_share: float = 0.0,
+    reply_share: float = 0.0,
 ) -> TrafficPlan:
     """The traffic of a run that ends now: :func:`generate_traffic` with a random seed unless
     ``seed``, and sending from ``start``, by default timed so that sending ends
     :data:`DEFAULT_TAIL_ROOM` (scaled) before ``now`` (default: the clock). Receipts not yet
     due by ``now`` are left out, unless ``start`` is in the future (then those times are what
-    was asked for)."""
+    was asked for). ``click_share`` / ``reply_share`` of the delivered messages get clicks /
+    replies (:func:`generate_events`; none by default)."""
     now = now or datetime.now(timezone.utc)
     start = start or now - (span + DEFAULT_TAIL_ROOM) / time_scale
     seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
@@ -827,4 +843,102 @@ def plan_traffic(
         time_scale=time_scale, span=span,
         until=max(now, start + span / time_scale),
     )
-    return TrafficPlan(seed, start, posts)
+    events = generate_events(posts, seed, click_share=click_share, reply_share=reply_share, time_scale=time_scale,
+                             until=max(now, start + span / time_scale))
+    return TrafficPlan(seed, start, posts, events)
+
+
+# --------------------------------------------------------------------------------------
+# Clicks and replies
+# --------------------------------------------------------------------------------------
+
+CLICK_DELAY = Delay(240, 1.4)  # delivery -> first click: most within minutes, a tail over hours
+REPEAT_CLICK_SHARE = 0.15  # clickers who come back to the link later
+REPLY_DELAY = Delay(600, 1.3)
+OPT_OUT_SHARE = 0.35  # of replies
+BATCH_ONLY_REPLY_SHARE = 0.05  # replies whose inReplyTo Mobivate could not fill: linked by batch only
+OPT_OUT_TEXTS = ("STOP", "Stop", "stop ", " STOP", "S T O P", "stopall", "Unsubscribe", "QUIT", "end")
+OTHER_REPLIES = ("Thanks", "Yes please", "Who is this?", "ok", "Call me", "Stop sending me offers please")
+CLICK_ENVIRONMENTS = ((("Android", "Chrome"), 0.52), (("iOS", "Safari"), 0.38), (("iOS", "Chrome"), 0.05),
+                      (("Android", "Samsung Internet"), 0.05))
+CLICK_COUNTRIES = ((("United Kingdom", "UK"), 0.82), (("Ireland", "IE"), 0.06), (("France", "FR"), 0.04),
+                   (("Australia", "AU"), 0.05), (("United States", "US"), 0.03))
+SHORT_CODE = "60777"
+
+
+def endpoint_url(url: str, endpoint: str) -> str:
+    """``url`` (the collector's ``/dlr`` or ``/dlr/SECRET``) for ``endpoint`` (``dlr``, ``click``
+    or ``incoming``): the ``dlr`` path segment replaced. ValueError when the URL has no ``/dlr``."""
+    if endpoint == "dlr":
+        return url
+    parts = urlsplit(url)
+    path, found = re.subn(r"/dlr(?=/|$)", f"/{endpoint}", parts.path, count=1)
+    if not found:
+        # The URL itself is not named: a secret in an unexpected place of its path would be printed.
+        raise ValueError(f"cannot derive the /{endpoint} URL: the webhook URL's path has no /dlr segment")
+    return urlunsplit(parts._replace(path=path))
+
+
+def _mobile(rng: random.Random) -> str:
+    return f"4477009{rng.randrange(10**5):05d}"
+
+
+def generate_events(posts: Sequence[SimulatedPost], seed: int | None, *, click_share: float = 0.1,
+                    reply_share: float = 0.015, time_scale: float = 1.0,
+                    until: datetime | None = None) -> list[SimulatedPost]:
+    """Clicks and replies of the delivered messages of ``posts`` (receipts), as Mobivate posts them.
+
+    Pure and seedable. ``click_share`` of the delivered messages get a click (a few come back
+    later for a second one) at a lognormal delay after delivery; ``reply_share`` get a reply,
+    :data:`OPT_OUT_SHARE` of them an opt-out. Delays are divided by ``time_scale``; events due
+    after ``until`` are left out. Sorted by due time.
+    """
+    for name, value in (("click_share", click_share), ("reply_share", reply_share)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1")
+    rng = random.Random(f"events-{seed}")
+    delivered: dict[str, Receipt] = {}
+    for post in posts:
+        receipt = post.receipt
+        if receipt is not None and receipt.status == "DELIVERED" and not post.duplicate:
+            delivered.setdefault(receipt.delivery_message_id, receipt)
+    environments, environment_weights = zip(*CLICK_ENVIRONMENTS)
+    countries, country_weights = zip(*CLICK_COUNTRIES)
+    events: list[SimulatedPost] = []
+    for message_id, receipt in delivered.items():
+        mobile = _mobile(rng)
+        landing = f"https://shop.example.com/{receipt.batch_id[:8].lower()}?utm_source=sms"
+        if rng.random() < click_share:
+            os_name, browser = _weighted_choice(rng, environments, environment_weights)
+            country, iso2l = _weighted_choice(rng, countries, country_weights)
+            document = {"mobile": mobile, "messageId": message_id, "batchId": receipt.batch_id,
+                        "clientRef": receipt.client_reference, "browser": browser, "country": country,
+                        "ipAddress": f"203.0.113.{rng.randrange(1, 255)}", "iso2l": iso2l, "os": os_name,
+                        "url": landing}
+            body = json.dumps(document).encode("utf-8")
+            first = receipt.created + _seconds(CLICK_DELAY.draw(rng) / time_scale)
+            events.append(SimulatedPost((), body, JSON_CONTENT_TYPE, None, first, endpoint="click"))
+            if rng.random() < REPEAT_CLICK_SHARE:
+                again = first + _seconds(rng.uniform(600, 86400) / time_scale)
+                events.append(SimulatedPost((), body, JSON_CONTENT_TYPE, None, again, endpoint="click"))
+        if rng.random() < reply_share:
+            text = rng.choice(OPT_OUT_TEXTS) if rng.random() < OPT_OUT_SHARE else rng.choice(OTHER_REPLIES)
+            created = receipt.created + _seconds(REPLY_DELAY.draw(rng) / time_scale)
+            document = {"id": _random_hex(rng), "originator": mobile, "recipient": SHORT_CODE, "body": text,
+                        "created": format_created(_ceil_instant(created, True), "+0000", True),
+                        "inReplyTo": None if rng.random() < BATCH_ONLY_REPLY_SHARE else message_id,
+                        "logicalMessageId": receipt.batch_id, "ownerUserId": "0B8E6C4A2D1F4E3B9A7C5D3E1F0A2B4C"}
+            events.append(SimulatedPost((), json.dumps(document).encode("utf-8"), JSON_CONTENT_TYPE, None,
+                                        created + _seconds(rng.uniform(0.5, 3)), endpoint="incoming"))
+    events.sort(key=lambda post: post.due)
+    if until is not None:
+        events = [post for post in events if post.due <= until]
+    return events
+
+
+def describe_events(events: Sequence[SimulatedPost]) -> str:
+    """One line on the clicks and replies generated."""
+    clicks = sum(post.endpoint == "click" for post in events)
+    replies = [json.loads(post.body) for post in events if post.endpoint == "incoming"]
+    opt_outs = sum(normalise_reply(r["body"]) in DEFAULT_OPT_OUT_KEYWORDS for r in replies)
+    return f"{clicks} clicks to /click, {len(replies)} replies to /incoming ({opt_outs} opt-outs)"

@@ -49,6 +49,10 @@ Modules (everything is re-exported here: ``from dashboard import queries; querie
   Python); :func:`campaign_names` and :func:`label_pairs` list everything.
 * :mod:`~dashboard.queries.health`: :func:`data_health`, and the collector's status files
   (:func:`maintenance_status`, :func:`rejected_summary`, read by :mod:`dlrlens.store.status`).
+* :mod:`~dashboard.queries.funnel`: :func:`funnel`, :func:`unlinked_events`,
+  :func:`clicks_over_time`, :func:`click_breakdown`, :func:`top_links`, :func:`message_replies`,
+  :func:`campaigns_with_funnel`
+  (clicks and replies: the campaign funnel).
 * :mod:`~dashboard.queries._common`: column lists, limits and helpers they share.
 
 How the figures stay fast over 100 M receipts (derived per-message state, fresh tail, exact
@@ -70,6 +74,9 @@ from dashboard.queries.lookup import (DETAIL_COLUMNS, LOOKUP_COLUMNS, SUMMARY_CO
 from dashboard.queries.options import (Choices, campaign_choices, campaign_names, label_choices,
                                        label_pairs)
 from dashboard.queries.trend import pending_ages, trend, uncharted_messages, uncharted_note
+from dashboard.queries.funnel import (BREAKDOWNS, FUNNEL_TABLE_COLUMNS, REPLY_COLUMNS, campaigns_with_funnel,
+                                      click_breakdown, clicks_over_time, funnel, message_replies, top_links,
+                                      unlinked_events)
 
 __all__ = [
     # the store and the selection
@@ -87,4 +94,7 @@ __all__ = [
     "message_lookup", "message_summary", "message_detail", "SUMMARY_COLUMNS",
     "Choices", "campaign_choices", "label_choices", "campaign_names", "label_pairs",
     "data_health", "maintenance_status", "rejected_summary",
+    # the campaign funnel (clicks and replies)
+    "BREAKDOWNS", "FUNNEL_TABLE_COLUMNS", "REPLY_COLUMNS", "campaigns_with_funnel", "funnel", "unlinked_events", "clicks_over_time",
+    "click_breakdown", "top_links", "message_replies",
 ]

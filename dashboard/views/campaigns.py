@@ -33,9 +33,9 @@ def bucket_of(trend) -> str:
 
 
 def campaign_table(store, f):
-    """The Campaigns table: :func:`dashboard.queries.campaigns` with the per-receipt figures,
-    exactly the report's Campaigns sheet."""
-    return queries.campaigns(store, f, receipt_figures=True)
+    """The Campaigns table: :func:`dashboard.queries.campaigns` with the per-receipt figures and
+    the funnel columns, exactly the report's Campaigns sheet."""
+    return queries.campaigns_with_funnel(store, f, receipt_figures=True)
 
 
 def campaigns() -> None:

@@ -84,8 +84,27 @@ def lookup() -> None:
                              milliseconds=True,
                              column_config={"hlr": st.column_config.JsonColumn("HLR"),
                                             "labels": st.column_config.JsonColumn("URL labels")})
+        replies_of(tuple(sorted(found["delivery_message_id"].unique())), f)
 
     receipts()
+
+
+def masked(text) -> str:
+    """A reply's text hidden: only its length shows (personal data, revealed on request)."""
+    return "" if text is None else f"•••• ({len(str(text))} characters)"
+
+
+def replies_of(message_ids: tuple[str, ...], f: Filters) -> None:
+    """The replies to the messages found (linked by inReplyTo), their text masked unless revealed."""
+    replies = state.cached(queries.message_replies, message_ids, f.tz)
+    if replies.empty:
+        return
+    st.markdown(f"**Replies** ({charts.format_count(len(replies))})")
+    reveal = st.toggle("Show reply text", key="lookup_reveal_replies", value=False,
+                       help="Replies are personal data: their text is hidden unless you reveal it. The number "
+                            "is always masked.")
+    shown = replies if reveal else replies.assign(body=replies["body"].map(masked))
+    downloads.show_table(shown, "replies", f, file_filters=Filters(tz=f.tz), key="lookup_replies")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
       receipts/date=YYYY-MM-DD/<slot>-<segment>.parquet   immutable receipt files (a flush)
       receipts/date=YYYY-MM-DD/c-<time_ns>.parquet        ... merged by compaction
       receipts/date=YYYY-MM-DD/.<name>.<pid>.tmp          being written (never data)
+      clicks/date=YYYY-MM-DD/<slot>-<segment>.parquet     short-URL clicks (UTC date of arrival)
+      replies/date=YYYY-MM-DD/<slot>-<segment>.parquet    incoming messages (UTC date of created)
+      keys/msisdn.key, keys/.msisdn.lock                  per-installation HMAC key for phone numbers (mode 600), its creation lock
       wal/<slot>/<segment>.wal                            write-ahead log, per writer slot
       wal/<slot>.lock                                     held (flock) by the live writer
       wal/quarantine/<slot>-<segment>.wal                 log segments that could not be converted
@@ -62,6 +65,23 @@ Contract for readers:
   Rows with the same ``receipt_id`` are the same receipt: readers count one.
 
 The columns are :data:`RECEIPT_SCHEMA`; :data:`COLUMN_DOCS` says what each means.
+
+Event tables (:data:`TABLES`): ``clicks`` (Mobivate's short-URL click webhook,
+:data:`CLICK_SCHEMA`) and ``replies`` (incoming messages, :data:`REPLY_SCHEMA`) travel the
+receipts' durable path unchanged: the same write-ahead log of the writer slot (a log record
+names its table in :data:`TABLE_KEY`; a record without it is a receipt), the same flush
+into ``<table>/date=YYYY-MM-DD/<slot>-<segment>.parquet``, the same crash replay and
+idempotent file names, the same reader contract as above. Compaction and the derived state
+cover receipts only: clicks and replies are a few percent of receipts, and the funnel
+queries read their files directly (:mod:`dlrlens.store.events`).
+
+Personal data in the event tables (what is kept and why, see the README's *Personal data*):
+a phone number is stored as an HMAC-SHA256 keyed with ``keys/msisdn.key`` (32 random bytes
+created at first use, never leaves the data directory; losing it only means new hashes no
+longer match old ones) and a masked form (``44700****123``); the number itself only when
+``DLRLENS_KEEP_MSISDN`` says so. A click's IP address is kept only when
+``DLRLENS_KEEP_CLICK_IP`` says so (its country is in the body anyway). Reply text is stored:
+it is the feature (opt-out keywords, reading replies); the dashboard masks it by default.
 """
 
 from __future__ import annotations
@@ -88,6 +108,12 @@ MAINTENANCE_STATUS = "maintenance.json"
 DEMO_STATUS = "demo.json"
 PARTITION_PREFIX = "date="
 PARQUET_GLOB = f"{RECEIPTS_DIR}/{PARTITION_PREFIX}*/*.parquet"
+CLICKS_DIR = "clicks"
+REPLIES_DIR = "replies"
+KEYS_DIR = "keys"
+MSISDN_KEY = f"{KEYS_DIR}/msisdn.key"
+# The log record key naming a record's table (absent: a receipt). Never a column name.
+TABLE_KEY = "_table"
 
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -135,6 +161,111 @@ COLUMN_DOCS = {
     "text ({} when none).",
     "source_format": "json | xml: how the receipt reached us (xml covers the form-encoded xml= field).",
 }
+
+
+CLICK_SCHEMA = pa.schema(
+    [
+        pa.field("click_id", pa.string(), nullable=False),
+        pa.field("received_at", UTC_TIMESTAMP, nullable=False),
+        pa.field("message_id", pa.string()),
+        pa.field("batch_id", pa.string()),
+        pa.field("client_ref", pa.string()),
+        pa.field("url", pa.string()),
+        pa.field("browser", pa.string()),
+        pa.field("os", pa.string()),
+        pa.field("country", pa.string()),
+        pa.field("iso2l", pa.string()),
+        pa.field("mobile_hash", pa.string()),
+        pa.field("mobile_masked", pa.string()),
+        pa.field("mobile", pa.string()),
+        pa.field("ip_address", pa.string()),
+        pa.field("extra", pa.string()),
+        pa.field("campaign", pa.string()),
+        pa.field("labels", pa.string()),
+    ]
+)
+
+CLICK_COLUMN_DOCS = {
+    "click_id": "Hash of the click's documented fields and URL labels: a retried click has the same id "
+    "(copies received within a minute of each other count once).",
+    "received_at": "When the collector received the click (Mobivate sends no time: the click time).",
+    "message_id": "messageId: the deliveryMessageId of the message whose short URL was clicked, or null.",
+    "batch_id": "batchId of the send, or null.",
+    "client_ref": "clientRef: the send's reference (a receipt's clientReference), or null.",
+    "url": "The original long URL.",
+    "browser": "Clicker's browser, as Mobivate names it.",
+    "os": "Clicker's operating system.",
+    "country": "Country of the clicker's IP address, as Mobivate names it.",
+    "iso2l": "Two-letter code of that country as sent (Mobivate writes UK, not GB).",
+    "mobile_hash": "HMAC-SHA256 of the clicker's number (digits only) with the installation key, or null.",
+    "mobile_masked": "The clicker's number masked for display (44700****123), or null.",
+    "mobile": "The clicker's number as sent: only with DLRLENS_KEEP_MSISDN, else null.",
+    "ip_address": "The clicker's IP address: only with DLRLENS_KEEP_CLICK_IP, else null.",
+    "extra": "Fields beyond the documented ones, as a JSON object text, or null.",
+    "campaign": "The `campaign` query parameter of the webhook URL, or null.",
+    "labels": "All query parameters of the webhook URL except the secret, as a JSON object text.",
+}
+
+REPLY_SCHEMA = pa.schema(
+    [
+        pa.field("reply_id", pa.string(), nullable=False),
+        pa.field("created", UTC_TIMESTAMP, nullable=False),
+        pa.field("received_at", UTC_TIMESTAMP, nullable=False),
+        pa.field("in_reply_to", pa.string()),
+        pa.field("logical_message_id", pa.string()),
+        pa.field("recipient", pa.string()),
+        pa.field("body", pa.string()),
+        pa.field("originator_hash", pa.string()),
+        pa.field("originator_masked", pa.string()),
+        pa.field("originator", pa.string()),
+        pa.field("owner_user_id", pa.string()),
+        pa.field("extra", pa.string()),
+        pa.field("campaign", pa.string()),
+        pa.field("labels", pa.string()),
+    ]
+)
+
+REPLY_COLUMN_DOCS = {
+    "reply_id": "Mobivate's id of the incoming message (else a hash of its fields): the same reply twice "
+    "has the same id and counts once.",
+    "created": "When Mobivate received the reply, converted to UTC.",
+    "received_at": "When the collector received it (collector clock, UTC).",
+    "in_reply_to": "inReplyTo: the deliveryMessageId of the message replied to, or null.",
+    "logical_message_id": "logicalMessageId: the batchId of that message, or null.",
+    "recipient": "Your virtual number or short code the reply was sent to.",
+    "body": "The reply text (personal data: masked on screen by default, never logged).",
+    "originator_hash": "HMAC-SHA256 of the replier's number (digits only) with the installation key.",
+    "originator_masked": "The replier's number masked for display (44700****123).",
+    "originator": "The replier's number as sent: only with DLRLENS_KEEP_MSISDN, else null.",
+    "owner_user_id": "ownerUserId: the Mobivate account, or null.",
+    "extra": "Fields beyond the documented ones, as a JSON object text, or null.",
+    "campaign": "The `campaign` query parameter of the webhook URL, or null.",
+    "labels": "All query parameters of the webhook URL except the secret, as a JSON object text.",
+}
+
+
+class TableSpec:
+    """What the durable write path needs to know of one table."""
+
+    def __init__(self, name: str, directory: str, schema: pa.Schema, day_column: str, sort: tuple[str, ...]):
+        self.name = name
+        self.directory = directory
+        self.schema = schema
+        self.day_column = day_column  # its UTC date is the partition
+        self.sort = sort  # row order inside a flushed file
+        self.timestamps = tuple(f.name for f in schema if f.type == UTC_TIMESTAMP)
+
+
+TABLES = {
+    "receipts": TableSpec("receipts", RECEIPTS_DIR, RECEIPT_SCHEMA, "created", ("delivery_message_id", "created")),
+    "clicks": TableSpec("clicks", CLICKS_DIR, CLICK_SCHEMA, "received_at", ("message_id", "received_at")),
+    "replies": TableSpec("replies", REPLIES_DIR, REPLY_SCHEMA, "created", ("in_reply_to", "created")),
+}
+
+
+def table_partition_dir(root: Path, table: str, day: str) -> Path:
+    """Directory of ``table``'s rows whose partition column falls on UTC ``day``."""
+    return Path(root) / TABLES[table].directory / f"{PARTITION_PREFIX}{day}"
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path:

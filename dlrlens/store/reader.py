@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dlrlens.store import derive, layout
+from dlrlens.store import derive, events, layout
 from dlrlens.store.selection import Filters, zone_info
 from dlrlens.store.sql import dimension_conditions, filtered_messages_sql, json_pointer, string_literal
 
@@ -93,6 +93,7 @@ class _Snapshot:
     numbers: dict[str, int]
     receipt_files: dict[str, tuple[int, int]]  # every visible receipt file (absolute) -> (size, mtime_ns)
     raw_files: list[str] | None = None  # the same without compaction inputs already merged (lazy)
+    event_files: dict[str, list[str]] = field(default_factory=dict)  # clicks/replies files (absolute)
 
 
 @dataclass
@@ -214,6 +215,9 @@ class Store:
         prefix = self._prefix
         for path, (size, mtime) in files.items():
             digest.update(f"{prefix}{path}\0{size}\0{mtime}\n".encode())
+        for listing in (events.event_files(self.data_dir, table) for table in events.EVENT_TABLES):
+            for path, (size, mtime) in listing.items():
+                digest.update(f"{prefix}{path}\0{size}\0{mtime}\n".encode())
         return f"{len(files)}-{digest.hexdigest()[:16]}", manifest, files
 
     def _manifest(self) -> derive.Manifest | None:
@@ -282,7 +286,11 @@ class Store:
         touched = {derived[n].path: n
                    for (n,) in self._con.execute("SELECT DISTINCT file_no FROM superseded").fetchall()}
         self._snapshot = _Snapshot(version=version, manifest=manifest, files=derived, tail=tail, touched=touched,
-                                   numbers=numbers, receipt_files=self._absolute(files))
+                                   numbers=numbers, receipt_files=self._absolute(files),
+                                   # Listed again: event files are only ever added, so a
+                                   # listing newer than the version's is harmless.
+                                   event_files={table: list(self._absolute(events.event_files(self.data_dir, table)))
+                                                for table in events.EVENT_TABLES})
 
     def _absolute(self, files: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
         """``files`` (see :meth:`_files`) by absolute path."""
@@ -761,6 +769,20 @@ class Store:
             return f"({derive.empty_receipts_sql()})"
         listed = ", ".join(string_literal(p) for p in files)
         return f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
+
+    def event_rows_sql(self, table: str, columns: str = "*") -> str:
+        """The stored rows of the event table ``table`` (``clicks``, ``replies``: see
+        :mod:`dlrlens.store.events`) in this snapshot, as a relation (duplicates included); only
+        ``columns`` (a SELECT list with the table's id and times) when given."""
+        return events.rows_sql(self._snapshot.event_files.get(table, []), table, columns)
+
+    def clicks_sql(self, columns: str = "*") -> str:
+        """Distinct clicks of this snapshot (:func:`dlrlens.store.events.distinct_clicks_sql`)."""
+        return f"({events.distinct_clicks_sql(self.event_rows_sql('clicks', columns))})"
+
+    def replies_sql(self, columns: str = "*") -> str:
+        """Distinct replies of this snapshot (:func:`dlrlens.store.events.distinct_replies_sql`)."""
+        return f"({events.distinct_replies_sql(self.event_rows_sql('replies', columns))})"
 
     def messages_for_ids(self, ids_table: str) -> str:
         """The ``messages`` rows of the ids in table ``ids_table`` (column delivery_message_id),

@@ -48,6 +48,8 @@ def log_document(record: dict) -> dict:
     """
     doc = dict(record)
     for name in _TIMESTAMP_FIELDS:
+        if name not in doc:
+            continue  # a click has no created (dlrlens.store.layout.TABLES)
         delta = doc[name] - _EPOCH
         doc[name] = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     return doc

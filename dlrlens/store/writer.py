@@ -6,8 +6,11 @@ whatever its slot's log still holds from a previous life, and adopts the logs of
 live process holds. So any number of gunicorn workers can run, each writing only its own
 files, and a restarted worker finishes what its predecessor acknowledged.
 
-Flushing turns a closed log segment into one Parquet file per UTC day of ``created``,
-named after the slot and segment (``<slot>-<segment>.parquet``). The name is
+Flushing turns a closed log segment into one Parquet file per table and UTC day (of
+``created`` for receipts and replies, of arrival for clicks: :data:`dlrlens.store.layout.TABLES`),
+named after the slot and segment (``<slot>-<segment>.parquet``). One log serves every table:
+a record names its table under :data:`dlrlens.store.layout.TABLE_KEY` (none: a receipt), so
+a click, a reply and a receipt arriving together share one fsync. The name is
 deterministic, so replaying a segment whose files were already renamed into place
 replaces them with identical files rather than adding copies. The segment is deleted only
 after every file it produced is durable.
@@ -64,19 +67,20 @@ def write_parquet_atomically(table: pa.Table, path: Path) -> None:
     files.publish_table(table, path, crash_points=PARQUET_CRASH_POINTS, **PARQUET_OPTIONS)
 
 
-def records_to_table(records: list[dict]) -> pa.Table:
-    """Log records (timestamps in epoch microseconds) as a table of the contract schema,
-    sorted so that one message's receipts sit together (better compression, faster scans)."""
-    columns = {name: [r.get(name) for r in records] for name in layout.RECEIPT_SCHEMA.names}
+def records_to_table(records: list[dict], table_name: str = "receipts") -> pa.Table:
+    """Log records (timestamps in epoch microseconds) as a table of the contract schema of
+    ``table_name``, sorted so that one message's rows sit together (better compression, faster scans)."""
+    spec = layout.TABLES[table_name]
+    columns = {name: [r.get(name) for r in records] for name in spec.schema.names}
     table = pa.table(
         {
-            name: pa.array(values, type=pa.int64()).cast(field.type) if name in ("created", "received_at")
+            name: pa.array(values, type=pa.int64()).cast(field.type) if name in spec.timestamps
             else pa.array(values, type=field.type)
-            for (name, values), field in zip(columns.items(), layout.RECEIPT_SCHEMA)
+            for (name, values), field in zip(columns.items(), spec.schema)
         },
-        schema=layout.RECEIPT_SCHEMA,
+        schema=spec.schema,
     )
-    return table.sort_by([("delivery_message_id", "ascending"), ("created", "ascending")])
+    return table.sort_by([(name, "ascending") for name in spec.sort])
 
 
 def utc_day(micros: int) -> str:
@@ -101,15 +105,19 @@ def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict
         records, torn = read_segment(segment)
         if torn:
             log.warning("event=torn_log_tail segment=%s kept=%d", segment.name, len(records))
-    by_day: dict[str, list[dict]] = defaultdict(list)
+    by_day: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    receipts: list[dict] = []
+    for record in records:
+        table_name = record.get(layout.TABLE_KEY, "receipts")
+        if publish is not None and table_name == "receipts":
+            receipts.append(record)  # to the publisher's store (Iceberg); clicks and replies stay local
+            continue
+        by_day[table_name, utc_day(record[layout.TABLES[table_name].day_column])].append(record)
     if publish is not None:
-        publish(slot, segment, records)
-    else:
-        for record in records:
-            by_day[utc_day(record["created"])].append(record)
-    for day, rows in sorted(by_day.items()):
-        target = layout.partition_dir(data_dir, day) / f"{slot}-{segment.stem}.parquet"
-        write_parquet_atomically(records_to_table(rows), target)
+        publish(slot, segment, receipts)
+    for (table_name, day), rows in sorted(by_day.items()):
+        target = layout.table_partition_dir(data_dir, table_name, day) / f"{slot}-{segment.stem}.parquet"
+        write_parquet_atomically(records_to_table(rows, table_name), target)
         crash_point("flush:between-partitions")
     crash_point("flush:before-segment-delete")
     segment.unlink()
@@ -129,7 +137,12 @@ class Counters:
 
     NAMES = ("requests", "received", "stored", "duplicates_seen", "storage_errors",
              "flushes", "flushed_receipts", "flush_errors", "quarantined_segments", "auth_failures", "forbidden",
-             "publish_errors")
+             "publish_errors", "click_requests", "clicks_received", "clicks_stored", "reply_requests",
+             "replies_received", "replies_stored")
+    # Per table: (requests, received, stored) counter names (see dlrlens.store.layout.TABLES).
+    TABLE_NAMES = {"receipts": ("requests", "received", "stored"),
+                   "clicks": ("click_requests", "clicks_received", "clicks_stored"),
+                   "replies": ("reply_requests", "replies_received", "replies_stored")}
 
     def __init__(self, path: Path):
         import json
@@ -182,8 +195,8 @@ class _StorageArrival:
         self._announced = announced
         self.cancel = announced.cancel
 
-    def append(self, records: list[dict]) -> None:
-        self._storage._store(records, self._announced.append)
+    def append(self, records: list[dict], table: str = "receipts") -> None:
+        self._storage._store(records, self._announced.append, table)
 
 
 class ReceiptStorage:
@@ -228,7 +241,8 @@ class ReceiptStorage:
 
         Also removes temporary files left by writers that died mid-write.
         """
-        files.remove_orphan_temp_files(layout.receipts_dir(self.data_dir))
+        for spec in layout.TABLES.values():
+            files.remove_orphan_temp_files(self.data_dir / spec.directory)
         try:
             recovered = self._recover_logs()
         except PublishError as exc:
@@ -290,12 +304,13 @@ class ReceiptStorage:
 
     # -- writing -------------------------------------------------------------------------
 
-    def store(self, records: list[dict]) -> None:
-        """Make ``records`` durable. Returns only after they are fsynced in the log.
+    def store(self, records: list[dict], table: str = "receipts") -> None:
+        """Make ``records`` (rows of ``table``, see :data:`dlrlens.store.layout.TABLES`) durable.
+        Returns only after they are fsynced in the log.
 
         Raises :class:`StorageError` when they could not be: then none of them is acknowledged.
         """
-        self._store(records, self.wal.append)
+        self._store(records, self.wal.append, table)
 
     @contextmanager
     def arrival(self) -> Iterator[Arrival]:
@@ -308,14 +323,20 @@ class ReceiptStorage:
         with self.wal.arrival() as announced:
             yield _StorageArrival(self, announced)
 
-    def _store(self, records: list[dict], append) -> None:
+    def _store(self, records: list[dict], append, table: str = "receipts") -> None:
+        documents = [log_document(r) for r in records]
+        if table != "receipts":
+            layout.TABLES[table]  # an unknown table is a bug: refuse before anything is written
+            for doc in documents:
+                doc[layout.TABLE_KEY] = table
         try:
-            append([log_document(r) for r in records])
+            append(documents)
         except StorageError:
             self.counters.add("storage_errors")
             raise
-        self.counters.add("stored", len(records))
-        self._count_duplicates(records)
+        self.counters.add(Counters.TABLE_NAMES[table][2], len(records))
+        if table == "receipts":
+            self._count_duplicates(records)
         if self.wal.pending_records >= self.flush_rows:
             self._wake.set()
 

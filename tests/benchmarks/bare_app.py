@@ -22,13 +22,16 @@ from collector.server import WsgiServer, gunicorn_options
 
 
 def create_bare_app() -> Flask:
-    """``POST /dlr``: parse the JSON body, answer ``200`` with the collector's answer shape.
+    """``POST /dlr`` (and ``/click``, ``/incoming``): parse the JSON body, answer ``200`` with the
+    collector's answer shape.
 
     ``GET /healthz`` answers ``200`` so the benchmark can wait for either server the same way.
     """
     app = Flask(__name__)
 
     @app.post("/dlr")
+    @app.post("/click")
+    @app.post("/incoming")
     def receive() -> Response:
         try:
             document = json.loads(request.get_data(cache=False))

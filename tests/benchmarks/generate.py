@@ -2,6 +2,7 @@
 
     python3 -m tests.benchmarks.generate --receipts 100000000 --out DIR
         [--days 90 --campaigns 200 --seed 1 --end 2026-11-30T12:00:00Z --recent-days 2 --recent-files 3000]
+        [--clicks 50000]
 
 What it writes (``DIR/receipts/date=YYYY-MM-DD/*.parquet``, schema ``dlrlens.store.layout.RECEIPT_SCHEMA``):
 
@@ -18,7 +19,11 @@ What it writes (``DIR/receipts/date=YYYY-MM-DD/*.parquet``, schema ``dlrlens.sto
 * campaign labels on 95 % of the messages (about 20 campaigns active per day, skewed),
   the others only have their batch_id (one batch per campaign and day); ``labels`` holds
   the webhook query parameters;
-* nothing created or received after ``--end`` (those receipts have not happened yet).
+* nothing created or received after ``--end`` (those receipts have not happened yet);
+* with ``--clicks N``: N short-URL clicks (``DIR/clicks/date=.../clicks.parquet``, one file a day,
+  :data:`dlrlens.store.layout.CLICK_SCHEMA`) on messages picked uniformly, a lognormal delay
+  (median 4 min) after their send, 2 % on unknown messages (unlinked); and N / 10 replies
+  (``DIR/replies/...``), a third of them STOP.
 
 Older days are written as after compaction: one file per day (``c-<time_ns>.parquet``),
 sorted by (delivery_message_id, created), zstd, dictionary encoding. The last
@@ -314,6 +319,60 @@ def generate(out: Path, receipts: int, days: int = 90, campaigns: int = 200, see
     return summary
 
 
+def generate_events(out: Path, clicks: int, seed: int = 1) -> dict:
+    """``clicks`` clicks and ``clicks // 10`` replies for the messages of the data set in ``out``
+    (its ``generated.json``: the message count, seed and time span), written per UTC day."""
+    meta = json.loads((Path(out) / "generated.json").read_text())
+    messages = meta["messages"]
+    t0_us = int(datetime.fromisoformat(meta["start"]).timestamp() * 1e6)
+    end_us = int(datetime.fromisoformat(meta["end"]).timestamp() * 1e6)
+    con = connect(seed)
+    message = f"upper(md5('m-{meta['seed']}-' || floor(u(k, 1) * {messages})::BIGINT))"
+    sent_us = f"({t0_us} + floor(u(k, 1) * {messages}) * {end_us - t0_us} / {messages})::BIGINT"
+    at_us = f"({sent_us} + exp(ln(240) + 1.4 * gauss(k, 2)) * 1000000)::BIGINT"
+    queries = {
+        "clicks": f"""
+            SELECT md5('c-{seed}-' || k)[:32] AS click_id, make_timestamp({at_us}) AS received_at,
+                   CASE WHEN u(k, 3) < 0.02 THEN upper(md5('ghost-' || k)) ELSE {message} END AS message_id,
+                   NULL::VARCHAR AS batch_id, NULL::VARCHAR AS client_ref,
+                   'https://shop.example.com/p' || (k % 20) AS url,
+                   CASE WHEN u(k, 4) < 0.55 THEN 'Chrome' ELSE 'Safari' END AS browser,
+                   CASE WHEN u(k, 4) < 0.55 THEN 'Android' ELSE 'iOS' END AS os,
+                   CASE WHEN u(k, 5) < 0.8 THEN 'United Kingdom' ELSE 'France' END AS country,
+                   CASE WHEN u(k, 5) < 0.8 THEN 'UK' ELSE 'FR' END AS iso2l,
+                   md5('n-' || (k % 100000)) || md5('x') AS mobile_hash, '44770****123' AS mobile_masked,
+                   NULL::VARCHAR AS mobile, NULL::VARCHAR AS ip_address, NULL::VARCHAR AS extra,
+                   NULL::VARCHAR AS campaign, '{{}}' AS labels, ({at_us}) // {DAY_US} AS day
+            FROM range({clicks}) r(k) WHERE {at_us} < {end_us}""",
+        "replies": f"""
+            SELECT md5('r-{seed}-' || k)[:32] AS reply_id, make_timestamp({at_us}) AS created,
+                   make_timestamp({at_us} + 2000000) AS received_at,
+                   CASE WHEN u(k, 3) < 0.02 THEN upper(md5('ghost-' || k)) ELSE {message} END AS in_reply_to,
+                   NULL::VARCHAR AS logical_message_id, '60777' AS recipient,
+                   CASE WHEN u(k, 6) < 0.33 THEN 'STOP' ELSE 'Thanks' END AS body,
+                   md5('n-' || k) || md5('y') AS originator_hash, '44770****456' AS originator_masked,
+                   NULL::VARCHAR AS originator, 'U1' AS owner_user_id, NULL::VARCHAR AS extra,
+                   NULL::VARCHAR AS campaign, '{{}}' AS labels, ({at_us}) // {DAY_US} AS day
+            FROM range({clicks // 10}) r(k) WHERE {at_us} + 2000000 < {end_us}""",
+    }
+    written = {}
+    for table, query in queries.items():
+        spec = layout.TABLES[table]
+        rows = con.sql(f"SELECT * FROM ({query}) ORDER BY day").to_arrow_table()
+        days = rows["day"].to_numpy() if rows.num_rows else []
+        import numpy as np
+
+        bounds = np.concatenate([[0], np.flatnonzero(days[1:] != days[:-1]) + 1, [len(days)]]) if len(days) else []
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            part = rows.slice(int(start), int(stop - start)).select(spec.schema.names).cast(spec.schema)
+            target = layout.table_partition_dir(out, table, day_name(int(days[start]))) / f"{table}.parquet"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(part, target, **PARQUET_OPTIONS)
+        written[table] = rows.num_rows
+    con.close()
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--receipts", type=int, default=1_000_000, help="stored receipt rows wanted (about)")
@@ -325,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=None, help="end of the data (ISO time, default now)")
     parser.add_argument("--recent-days", type=int, default=2, help="days written as small flush files")
     parser.add_argument("--recent-files", type=int, default=3000, help="about how many small files")
+    parser.add_argument("--clicks", type=int, default=0, help="short-URL clicks to add (and a tenth as many replies)")
     args = parser.parse_args(argv)
     free = shutil.disk_usage(args.out.parent if args.out.parent.exists() else Path.cwd()).free
     need = args.receipts * 40  # generous: ~25 B/receipt on disk plus working space
@@ -333,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = generate(args.out, args.receipts, args.days, args.campaigns, args.seed, args.end,
                        args.recent_days, args.recent_files)
+    if args.clicks:
+        summary["events"] = generate_events(args.out, args.clicks, args.seed)
     print(json.dumps(summary, indent=2))
     return 0
 

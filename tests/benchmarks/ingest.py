@@ -1,6 +1,7 @@
 """Ingest benchmark: collector receipts/s against a bare Flask endpoint on the same stack.
 
     python3 -m tests.benchmarks.ingest [--seconds 20] [--connections 32] [--workers 2] [--threads 16]
+                                       [--mix receipts|mixed]
 
 Two targets, run one after the other on this machine with the same load client:
 
@@ -14,6 +15,11 @@ a noisy neighbour hurts both sides. Every request POSTs one realistic Mobivate J
 (bodies planned by :func:`dlrlens.simulate.generate_traffic`) with its own
 ``deliveryMessageId``, so one request is one stored receipt. The goal is
 ``collector / bare >= 0.8``.
+
+``--mix mixed`` makes the load Mobivate's three webhooks together (:data:`MIXED_SHARES`): per 100
+requests 80 receipts to ``/dlr``, 15 short-URL clicks to ``/click`` and 5 replies to ``/incoming``
+(heavier on clicks and replies than real traffic, about 4 clicks and 0.6 replies per 100
+receipts). Each request is one stored row of its table; the bare endpoint answers all three paths.
 
 After each collector round the collector is stopped gracefully (it flushes its log) and
 the receipts in Parquet are counted: there must be at least as many distinct receipts as
@@ -58,6 +64,8 @@ GOAL_RATIO = 0.8
 INGEST_PATH = "/dlr?campaign=bench"
 RESULT_MARKER = "DLRLENS_INGEST_RESULT "
 TEMPLATE_MESSAGES = 64
+# --mix mixed: (path, requests per 100) of each webhook.
+MIXED_SHARES = (("/dlr?campaign=bench", 80), ("/click?campaign=bench", 15), ("/incoming?campaign=bench", 5))
 NOISY_NEIGHBOUR_CORES = 0.25
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -65,9 +73,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # -- receipts ------------------------------------------------------------------------------
 
 
-def receipt_templates(messages: int = TEMPLATE_MESSAGES, seed: int = 7) -> list[tuple[str, str]]:
-    """``(before, after)`` text around the deliveryMessageId of every JSON receipt the
-    simulator plans for ``messages`` messages (about 2.3 receipts each).
+def receipt_templates(messages: int = TEMPLATE_MESSAGES, seed: int = 7) -> list[tuple[str, str, str]]:
+    """``(path, before, after)``: the path and the text around the deliveryMessageId of every
+    JSON receipt the simulator plans for ``messages`` messages (about 2.3 receipts each).
 
     A request body is ``before + message_id + after``, so the load keeps the simulator's
     mix of statuses (ACCEPTED, interims, DELIVERED, failures) and timestamp styles.
@@ -80,8 +88,24 @@ def receipt_templates(messages: int = TEMPLATE_MESSAGES, seed: int = 7) -> list[
         before, found, after = body.partition(json.dumps(post.receipt.delivery_message_id))
         if not found:
             raise RuntimeError("the simulator's JSON body no longer spells its deliveryMessageId as expected")
-        templates.append((before + '"', '"' + after))
+        templates.append((INGEST_PATH, before + '"', '"' + after))
     return templates
+
+
+def mixed_templates(receipts: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """:data:`MIXED_SHARES` of receipt, click and reply templates (``(path, before, after)``, the id
+    between): 100 templates, so a request's kind cycles with the same shares in every client thread."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+0000")
+    click = ('{"mobile":"447700900123","messageId":"', '","batchId":"BENCH","clientRef":null,"browser":"Chrome",'
+             '"country":"United Kingdom","ipAddress":"203.0.113.7","iso2l":"UK","os":"Android",'
+             '"url":"https://shop.example.com/offer?utm_source=sms"}')
+    reply = ('{"id":"', f'","originator":"447700900456","recipient":"60777","body":"STOP","created":"{now}",'
+             '"inReplyTo":"0123456789ABCDEF0123456789ABCDEF","logicalMessageId":"BENCH","ownerUserId":"U1"}')
+    (dlr, dlr_share), (click_path, click_share), (incoming, reply_share) = MIXED_SHARES
+    mixed = [receipts[n % len(receipts)] for n in range(dlr_share)]
+    mixed += [(click_path, *click)] * click_share + [(incoming, *reply)] * reply_share
+    random.Random(1).shuffle(mixed)
+    return mixed
 
 
 def message_id(nonce: int, thread: int, counter: int) -> str:
@@ -225,10 +249,11 @@ def _lua_string(text: str) -> str:
     return f"[{'=' * level}[{text}]{'=' * level}]"
 
 
-def wrk_script(templates: list[tuple[str, str]], nonce: int) -> str:
-    """A wrk Lua script: POST one receipt per request, each with its own deliveryMessageId,
-    count answers other than 200 per thread, and print a JSON summary line at the end."""
-    rows = ",\n".join(f"  {{{_lua_string(before)}, {_lua_string(after)}}}" for before, after in templates)
+def wrk_script(templates: list[tuple[str, str, str]], nonce: int) -> str:
+    """A wrk Lua script: POST one receipt (click, reply) per request to its path, each with its
+    own id, count answers other than 200 per thread, and print a JSON summary line at the end."""
+    rows = ",\n".join(f"  {{{_lua_string(path)}, {_lua_string(before)}, {_lua_string(after)}}}"
+                       for path, before, after in templates)
     return f"""-- generated by tests/benchmarks/ingest.py
 local templates = {{
 {rows}
@@ -251,7 +276,7 @@ function request()
   local t = templates[counter % #templates + 1]
   -- same format as ingest.message_id(nonce, thread, counter)
   local id = string.format("%08X%08X%016X", {nonce}, thread_number, counter)
-  return wrk.format(nil, nil, nil, t[1] .. id .. t[2])
+  return wrk.format(nil, t[1], nil, t[2] .. id .. t[3])
 end
 
 function response(status, headers, body)
@@ -292,14 +317,13 @@ def percentile(sorted_values: list[float], share: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(share * len(sorted_values)))]
 
 
-def run_python_client(url: str, seconds: float, connections: int, templates: list[tuple[str, str]],
+def run_python_client(url: str, seconds: float, connections: int, templates: list[tuple[str, str, str]],
                       nonce: int) -> LoadResult:
     """Keep-alive HTTP/1.1 client, one thread per connection, for ``seconds``.
 
     Only a fallback: on a small machine it competes with the server for CPU.
     """
     parts = urlsplit(url)
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
     deadline = time.monotonic() + seconds
     latencies: list[list[float]] = [[] for _ in range(connections)]
     not_ok = [0] * connections
@@ -310,7 +334,7 @@ def run_python_client(url: str, seconds: float, connections: int, templates: lis
         counter = 0
         while time.monotonic() < deadline:
             counter += 1
-            before, after = templates[counter % len(templates)]
+            path, before, after = templates[counter % len(templates)]
             body = (before + message_id(nonce, number, counter) + after).encode()
             started = time.perf_counter()
             try:
@@ -381,25 +405,31 @@ def server_command(target: str, port: int, data_dir: Path, workers: int, threads
 @dataclass
 class StoredCount:
     rows: int
-    distinct_receipts: int
+    distinct_receipts: int  # distinct rows of every table (receipts, clicks, replies)
     leftover_log_segments: int
     rejected_bodies: int = 0
+    by_table: str = ""
 
 
 def count_stored(data_dir: Path) -> StoredCount:
-    """What a stopped collector left: receipts in Parquet, log segments not flushed, rejected bodies."""
+    """What a stopped collector left: rows in Parquet (each table by its id), log segments not
+    flushed, rejected bodies."""
     import duckdb
 
-    files = list(layout.receipts_dir(data_dir).glob(f"{layout.PARTITION_PREFIX}*/*.parquet"))
     rows = distinct = 0
-    if files:
+    by_table = []
+    for table, key in (("receipts", "receipt_id"), ("clicks", "click_id"), ("replies", "reply_id")):
+        pattern = data_dir / layout.TABLES[table].directory / f"{layout.PARTITION_PREFIX}*" / "*.parquet"
+        if not list(pattern.parent.parent.glob(f"{layout.PARTITION_PREFIX}*/*.parquet")):
+            continue
         with duckdb.connect() as db:
-            rows, distinct = db.execute(
-                "SELECT count(*), count(DISTINCT receipt_id) FROM read_parquet(?)", [layout.parquet_glob(data_dir)]
-            ).fetchone()
+            found, unique = db.execute(f"SELECT count(*), count(DISTINCT {key}) FROM read_parquet(?)",
+                                       [str(pattern)]).fetchone()
+        rows, distinct = rows + found, distinct + unique
+        by_table.append(f"{table} {unique}")
     segments = len(list((data_dir / layout.WAL_DIR).glob("*/*.wal")))
     rejected = len(list((data_dir / layout.REJECTED_DIR).glob("*/*"))) if (data_dir / layout.REJECTED_DIR).exists() else 0
-    return StoredCount(rows, distinct, segments, rejected)
+    return StoredCount(rows, distinct, segments, rejected, ", ".join(by_table))
 
 
 def filesystem_type(path: Path) -> str:
@@ -449,7 +479,7 @@ class Bench:
     args: argparse.Namespace
     work_dir: Path
     wrk: str | None
-    templates: list[tuple[str, str]] = field(default_factory=receipt_templates)
+    templates: list[tuple[str, str, str]] = field(default_factory=receipt_templates)
     nonce: int = field(default_factory=lambda: random.getrandbits(31))
 
     def load(self, url: str, seconds: float) -> LoadResult:
@@ -470,7 +500,7 @@ class Bench:
         server = start_server(target, server_command(target, port, data_dir, args.workers, args.threads),
                               port, data_dir, self.work_dir)
         try:
-            url = server.url + INGEST_PATH
+            url = server.url + "/"  # each template names its path
             warm = self.load(url, args.warmup) if args.warmup > 0 else None
             split: list[str] = []
             sampler = threading.Timer(args.seconds / 2, lambda: split.append(connections_per_worker(port, args.workers)))
@@ -491,8 +521,8 @@ class Bench:
             result.durable = (server.process.returncode == 0 and stored.distinct_receipts >= acknowledged
                               and stored.leftover_log_segments == 0)
             result.stored_check = (
-                f"200s counted (warm-up included) {acknowledged}, receipts in Parquet {stored.rows} "
-                f"({stored.distinct_receipts} distinct), log segments left {stored.leftover_log_segments}, "
+                f"200s counted (warm-up included) {acknowledged}, rows in Parquet {stored.rows} "
+                f"({stored.distinct_receipts} distinct: {stored.by_table}), log segments left {stored.leftover_log_segments}, "
                 f"rejected bodies {stored.rejected_bodies}, collector exit {server.process.returncode}"
                 f" -> {'OK' if result.durable else 'LOST RECEIPTS OR UNCLEAN STOP'}"
             )
@@ -506,7 +536,7 @@ def print_report(rounds: list[Round], args: argparse.Namespace, client: str, fs_
     print()
     print(f"ingest benchmark: {os.cpu_count()} cores, client {client}, {args.connections} connections, "
           f"{args.seconds:g}s per round (+{args.warmup:g}s warm-up), gunicorn {args.workers} workers x "
-          f"{args.threads} threads, data on {fs_kind}")
+          f"{args.threads} threads, data on {fs_kind}, load: {args.mix}")
     header = (f"{'target':<10} {'round':>6} {'receipts/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'non-200':>7} "
               f"{'sockerr':>7} {'cpu ms/req':>10} {'others':>6} {'conns/worker':>12}")
     print(header)
@@ -563,6 +593,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="wrk threads (default 1: one core's worth is plenty and leaves CPU to the server)")
     parser.add_argument("--tmp-dir", default=None, help="where the data directories go (default: system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the data directories and server logs")
+    parser.add_argument("--mix", choices=("receipts", "mixed"), default="receipts",
+                        help="receipts only (default), or receipts + clicks + replies (see MIXED_SHARES)")
     args = parser.parse_args(argv)
     if min(args.seconds, args.connections, args.workers, args.threads, args.rounds) <= 0 or args.warmup < 0:
         parser.error("seconds, connections, workers, threads and rounds must be positive")
@@ -592,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fsync_before = fsync_latency_ms(work_dir)
         bench = Bench(args, work_dir, wrk)
+        if args.mix == "mixed":
+            bench.templates = mixed_templates(bench.templates)
         for number in range(1, args.rounds + 1):
             for target in ("bare", "collector"):
                 print(f"ingest: round {number}: {target} ...", flush=True)

@@ -12,6 +12,10 @@ Measured, each for the last 30 days of the data and for all time:
   period), ``trend``, ``outcome_breakdown``, ``pending_ages``;
 * Campaigns: ``campaigns`` (every KPI per campaign);
 
+* Funnel (when the data set has clicks: ``generate --clicks N``): what the Funnel page computes:
+  ``funnel`` (overall and per campaign), ``unlinked_events``, ``clicks_over_time``,
+  ``click_breakdown`` by country, ``top_links``;
+
 and a *filter change* (one campaign, one week: the Overview set plus the Campaigns table),
 and a *cold start* (a new process: imports, opening the store, first Overview figures).
 
@@ -75,6 +79,9 @@ def cases(data_dir: Path) -> dict[str, dict]:
         "Campaigns, last 30 days": {"kind": "campaigns", "filters": month},
         "Campaigns, all time": {"kind": "campaigns", "filters": {}},
         "Filter change: one campaign, one week": {"kind": "filter", "filters": dict(week, campaigns=[campaign])},
+        **({"Funnel, last 30 days": {"kind": "funnel", "filters": month},
+            "Funnel, all time": {"kind": "funnel", "filters": {}}}
+           if (data_dir / layout.CLICKS_DIR).is_dir() else {}),
     }
 
 
@@ -98,6 +105,13 @@ def run_case(store, kind: str, f, now: datetime) -> dict:
         out["pending_ages"] = q.pending_ages(store, f, now=now)
     if kind in ("campaigns", "filter"):
         out["campaigns"] = q.campaigns(store, f)
+    if kind == "funnel":
+        out["funnel"] = q.funnel(store, f)
+        out["funnel_by_campaign"] = q.funnel(store, f, True)
+        out["unlinked_events"] = q.unlinked_events(store, f)
+        out["clicks_over_time"] = q.clicks_over_time(store, f)[0]
+        out["clicks_by_country"] = q.click_breakdown(store, f, "country")
+        out["top_links"] = q.top_links(store, f)
     return out
 
 
@@ -356,8 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         goal = GOAL_FILTER_S if case["kind"] == "filter" else GOAL_WARM_S
         base = baseline.get(name)
         ratio = base / ours[name] if base else None
-        ok = ours[name] <= goal and (case["kind"] == "filter" or ratio is None or ratio >= GOAL_RATIO)
-        goal_text = f"<= {goal:g} s" + ("" if case["kind"] == "filter" else f", >= {GOAL_RATIO:g}x")
+        # The funnel's own work (linking clicks and replies to every message) is the same on both
+        # paths: only its time is a goal; the ratio shows what the derived state saves.
+        timed_only = case["kind"] in ("filter", "funnel")
+        ok = ours[name] <= goal and (timed_only or ratio is None or ratio >= GOAL_RATIO)
+        goal_text = f"<= {goal:g} s" + ("" if timed_only else f", >= {GOAL_RATIO:g}x")
         rows.append((name, f"{ours[name]:.3f}", f"{base:.1f}" if base else "-", f"{ratio:.0f}x" if ratio else "-",
                      goal_text, "PASS" if ok else "FAIL", {True: "yes", False: "NO", None: "-"}[identical.get(name)]))
     rows.append(("Cold start (new process to first figures)", f"{cold['seconds']:.2f}", "-", "-",

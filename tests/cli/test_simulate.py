@@ -26,6 +26,7 @@ from dlrlens.simulate import (
     send,
 )
 from dlrlens.statuses import status_table
+from dlrlens.store.events import DEFAULT_OPT_OUT_KEYWORDS, normalise_reply
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 TABLE = {s.name: s for s in status_table()}
@@ -487,7 +488,7 @@ def test_cli_run_posts_the_generated_traffic(server, capsys):
     assert cli.main([
         "simulate", "--url", f"{base}/dlr?env=demo", "--campaigns", "2", "--messages", "30", "--seed", "9",
         "--duplicates", "0.1", "--xml-share", "0.5", "--start", "2026-01-05T08:00:00",
-        "--time-scale", "10", "--token", "hush", "--concurrency", "2",
+        "--time-scale", "10", "--token", "hush", "--concurrency", "2", "--click-share", "0", "--reply-share", "0",
     ]) == 0
     expected = generate_traffic(2, 30, 9, datetime(2026, 1, 5, 8, tzinfo=timezone.utc),
                                 duplicates=0.1, xml_share=0.5, time_scale=10)
@@ -521,3 +522,55 @@ def test_plan_traffic_ends_now_unless_told_otherwise():
     future = simulate.plan_traffic(1, 20, start=now + timedelta(days=1), now=now)
     assert future.posts[-1].due > now + span  # a future start keeps its receipts
     assert 0 <= simulate.plan_traffic(1, 5, now=now).seed < 2**32  # drawn, and printed by the CLI
+
+
+def test_events_follow_delivered_messages_with_realistic_shares(traffic):
+    events = simulate.generate_events(traffic, seed=7, click_share=0.12, reply_share=0.02)
+    assert events == simulate.generate_events(traffic, seed=7, click_share=0.12, reply_share=0.02)  # pure
+    delivered = {p.receipt.delivery_message_id: p.receipt for p in traffic
+                 if not p.duplicate and p.receipt.status == "DELIVERED"}
+    clicks = [json.loads(p.body) for p in events if p.endpoint == "click"]
+    replies = [json.loads(p.body) for p in events if p.endpoint == "incoming"]
+    clicked = {c["messageId"] for c in clicks}
+    assert clicked <= set(delivered) and 0.10 < len(clicked) / len(delivered) < 0.14
+    assert len(clicks) > len(clicked), "some clickers come back"
+    replied = {r["inReplyTo"] or r["logicalMessageId"] for r in replies}
+    assert 0.012 < len(replies) / len(delivered) < 0.028 and replied
+    opt_outs = [r for r in replies if normalise_reply(r["body"]) in DEFAULT_OPT_OUT_KEYWORDS]
+    assert 0.15 < len(opt_outs) / len(replies) < 0.55
+    assert any(r["inReplyTo"] is None for r in replies) or len(replies) < 40
+    for post in events:
+        assert post.receipt is None and post.labels == () and post.content_type == JSON_CONTENT_TYPE
+    for click in clicks:
+        receipt = delivered[click["messageId"]]
+        assert (click["batchId"], click["clientRef"]) == (receipt.batch_id, receipt.client_reference)
+    target = clicks[0]["messageId"]
+    first_click = min(p.due for p in events if p.endpoint == "click" and json.loads(p.body)["messageId"] == target)
+    assert first_click > delivered[target].created
+    assert simulate.generate_events(traffic, 7, click_share=0, reply_share=0) == []
+    with pytest.raises(ValueError):
+        simulate.generate_events(traffic, 7, click_share=1.5)
+
+
+def test_endpoint_url_swaps_the_dlr_segment():
+    assert simulate.endpoint_url("http://h:1/dlr?token=x", "click") == "http://h:1/click?token=x"
+    assert simulate.endpoint_url("https://h/hooks/dlr/s3cret", "incoming") == "https://h/hooks/incoming/s3cret"
+    assert simulate.endpoint_url("http://h/anything", "dlr") == "http://h/anything"
+    with pytest.raises(ValueError, match="no /dlr segment") as refused:
+        simulate.endpoint_url("http://h/webhook/s3cret?token=s3cret", "click")
+    assert "s3cret" not in str(refused.value)
+    assert simulate.redact_url("http://h/click/s3cret") == "http://h/click/***"
+
+
+def test_cli_posts_clicks_and_replies_beside_the_receipts(server, capsys):
+    base, recorder = server
+    assert cli.main(["simulate", "--url", f"{base}/dlr/hush", "--campaigns", "2", "--messages", "300", "--seed", "5",
+                     "--start", "2026-01-05T08:00:00", "--time-scale", "100", "--click-share", "0.3",
+                     "--reply-share", "0.1"]) == 0
+    paths = Counter(urlsplit(path).path for path, _, _ in recorder.requests)
+    assert set(paths) == {"/dlr/hush", "/click/hush", "/incoming/hush"} and paths["/click/hush"] > 30
+    out = capsys.readouterr().out
+    assert f"{paths['/click/hush']} clicks to /click, {paths['/incoming/hush']} replies" in out
+    assert cli.main(["simulate", "--url", f"{base}/hook", "--messages", "50", "--seed", "1",
+                     "--start", "2026-01-05T08:00:00", "--dry-run"]) == 2
+    assert "no /dlr segment" in capsys.readouterr().err

@@ -168,6 +168,12 @@ REFUSALS = [
          keeps_body=False, headers=basic("wrong")),
     case("unauthorized-path", 401, "unauthorized", path="/dlr/wrong", body=body_of(fresh("a")),
          settings=WITH_SECRET, keeps_body=False),
+    case("not_a_click", 400, "not_a_click", path="/click", body=b'{"os": "Android"}'),
+    case("not_a_reply", 400, "not_a_reply", path="/incoming", body=b'[{"recipient": "60777"}]'),
+    case("unsupported_media_type-click", 415, "unsupported_media_type", path="/click", body=b"<x/>",
+         content_type=XML),
+    case("unauthorized-incoming", 401, "unauthorized", path="/incoming", body=b'{"id": "r"}', settings=WITH_SECRET,
+         keeps_body=False),
 ]
 
 

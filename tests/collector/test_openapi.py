@@ -59,8 +59,10 @@ def api_schema(collector, served_document):
         "request-timeout": 30,
         "generation": {"max-examples": MAX_EXAMPLES},
         # Without a configured secret every /dlr/{secret} request is a 404: a few cases suffice.
-        "operations": [{"include-operation-id": "receiveWithPathSecret", "generation": {"max-examples": 10},
-                        "phases": {"coverage": {"enabled": False}}}],
+        "operations": [{"include-operation-id": operation, "generation": {"max-examples": 10},
+                        "phases": {"coverage": {"enabled": False}}}
+                       for operation in ("receiveWithPathSecret", "receiveClicksWithPathSecret",
+                                         "receiveRepliesWithPathSecret")],
         "checks": {
             # The collector is deliberately lenient (unknown statuses, non-numeric codes kept
             # under 'extra'), so schema-invalid data is not always refused.
@@ -86,9 +88,10 @@ def _outcome(response) -> str | None:
 
 
 def valid_receipts_are_stored(ctx, response, case):
-    """A schema-valid JSON or XML body posted to /dlr must be stored, not refused."""
+    """A schema-valid JSON or XML body posted to /dlr, /click or /incoming must be stored, not refused."""
     positive = case.meta is not None and case.meta.generation.mode.is_positive
-    if positive and case.method.upper() == "POST" and case.path == "/dlr" and case.media_type in RECEIVING:
+    if (positive and case.method.upper() == "POST" and case.path in ("/dlr", "/click", "/incoming")
+            and case.media_type in RECEIVING):
         assert response.status_code in (200, 207), (
             f"schema-valid {case.media_type} body refused with {response.status_code}: {response.text[:300]}")
 
@@ -116,6 +119,8 @@ def test_generated_requests_reached_every_answer_that_matters(capsys):
         if path == "/dlr" and status == 200:
             stored[media_type] += count
     assert stored["application/json"] >= 10 and stored["application/xml"] >= 3
+    for path in ("/click", "/incoming"):
+        assert sum(n for (m, p, media, status, o), n in ANSWERS.items() if p == path and status == 200) >= 5, path
     assert by_status[500] == 0 and by_status[503] == 0
     refusals = {outcome for (m, path, media, status, outcome) in ANSWERS if 400 <= status < 500}
     assert {"not_found", "method_not_allowed", "unsupported_media_type"} <= refusals
@@ -164,7 +169,7 @@ def test_document_lists_exactly_the_apps_routes(app):
 
 def _reasons_in_code() -> set[str]:
     """Every refusal reason written as a literal in the collector's request path."""
-    parsing = (REPO / "collector" / "parsing.py").read_text()
+    parsing = (REPO / "collector" / "parsing.py").read_text() + (REPO / "collector" / "events.py").read_text()
     app = (REPO / "collector" / "app.py").read_text()
     reasons = set(re.findall(r'BadBody\(\s*\d{3},\s*"([a-z_]+)"', parsing))
     reasons |= set(re.findall(r'_BadElement\(\s*"([a-z_]+)"', parsing))
@@ -179,6 +184,7 @@ def test_every_refusal_reason_in_the_code_is_documented():
     assert len(in_code) >= 15, in_code  # the patterns above still find the code's reasons
     assert in_code == documented
     element_reasons = set(re.findall(r'_BadElement\(\s*"([a-z_]+)"', (REPO / "collector" / "parsing.py").read_text()))
+    element_reasons |= {"not_a_click", "not_a_reply"}  # collector/events.py builds them as f"not_a_{kind}"
     assert element_reasons == set(openapi.ELEMENT_REFUSALS)
 
 

@@ -33,6 +33,7 @@ from dashboard.safe_text import md_text
 from dashboard.state import FilterState
 from dlrlens.cli import dashboard_command
 from tests.support.factory import demo_rows, message, utc, write_receipts
+from tests.support.funnel import demo_events, write_events
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 PAGES = {
@@ -40,11 +41,12 @@ PAGES = {
     "campaigns": "views/campaigns.py",
     "failures": "views/failures.py",
     "latency": "views/latency.py",
+    "funnel": "views/funnel.py",
     "lookup": "views/lookup.py",
     "health": "views/health.py",
 }
 TITLES = {"overview": "Overview", "campaigns": "Campaigns", "failures": "Failures", "latency": "Latency",
-          "lookup": "Message lookup", "health": "Data health"}
+          "funnel": "Funnel", "lookup": "Message lookup", "health": "Data health"}
 UTC = timezone.utc
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 # A whole UTC day ten days ago: "gamma"'s only message is sent there at 02:00 UTC, which is the
@@ -102,7 +104,11 @@ def known_data(tmp_path_factory) -> Path:
 def demo_data(tmp_path_factory) -> Path:
     """The factory's realistic mix (old data: November 2026, five days)."""
     root = tmp_path_factory.mktemp("demo") / "data"
-    write_receipts(root, demo_rows(300))
+    rows = demo_rows(300)
+    write_receipts(root, rows)
+    clicks, replies = demo_events(rows)
+    write_events(root, "clicks", clicks, "c")
+    write_events(root, "replies", replies, "r")
     return root
 
 
@@ -189,7 +195,7 @@ def test_every_page_renders_demo_data(monkeypatch, demo_data, page):
         assert_ok(at)
     assert at.title[0].value == TITLES[page]
     assert not at.info  # data present and "all time" chosen: nothing to explain
-    if page in ("overview", "campaigns", "failures", "latency", "health"):
+    if page in ("overview", "campaigns", "failures", "latency", "funnel", "health"):
         assert at.get("plotly_chart") or at.dataframe, "the page shows figures or tables"
     # Every table shown has its CSV and Excel buttons.
     keys = download_keys(at)

@@ -15,7 +15,8 @@ from dashboard import catalog
 from dashboard import queries as q
 from dashboard import report as r
 from dashboard.queries import Filters, Store
-from tests.support.factory import message, utc, write_demo_flushes, write_receipts
+from tests.support.factory import demo_rows, message, utc, write_demo_flushes, write_receipts
+from tests.support.funnel import demo_events, write_events
 
 BERLIN = q.zone_info("Europe/Berlin")
 NOVEMBER = Filters(start=pd.Timestamp("2026-11-01", tz=BERLIN).to_pydatetime(),
@@ -24,7 +25,11 @@ NOVEMBER = Filters(start=pd.Timestamp("2026-11-01", tz=BERLIN).to_pydatetime(),
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return write_demo_flushes(tmp_path_factory.mktemp("report") / "data")
+    root = write_demo_flushes(tmp_path_factory.mktemp("report") / "data")
+    clicks, replies = demo_events(demo_rows(250, seed=5), click_share=0.3, reply_share=0.1)  # the same messages
+    write_events(root, "clicks", clicks, "c")
+    write_events(root, "replies", replies, "r")
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +59,11 @@ def test_sheets_and_summary_equal_the_queries(store, report):
     for key in q.KPI_COLUMNS:
         assert same(summary[key], expected[key]), key
     assert summary["from"] == "2026-11-01" and summary["to"] == "2026-11-04" and summary["tz"] == "Europe/Berlin"
-    pd.testing.assert_frame_equal(report["Campaigns"], q.campaigns(store, NOVEMBER, receipt_figures=True))
+    pd.testing.assert_frame_equal(report["Campaigns"], q.campaigns_with_funnel(store, NOVEMBER, receipt_figures=True))
+    funnel = q.funnel(store, NOVEMBER).iloc[0]
+    assert funnel["clicks"] > 0 and funnel["replied"] > 0
+    for key in catalog.FUNNEL_COLUMNS:
+        assert same(summary[key], funnel[key]), key
     pd.testing.assert_frame_equal(report["Failure reasons"], q.failure_reasons(store, NOVEMBER))
     daily = report["Daily trend"]
     assert daily["day"].tolist() == [date(2026, 11, d) for d in (1, 2, 3, 4)]
@@ -64,8 +73,9 @@ def test_sheets_and_summary_equal_the_queries(store, report):
 def test_every_kpi_has_its_catalog_label_and_definition(report):
     assert [kpi.column for kpi in catalog.KPIS] == q.KPI_COLUMNS
     defs = report["Definitions"]
-    assert defs["term"].tolist() == [t.name for t in catalog.TERMS] + [k.label for k in catalog.KPIS]
-    assert defs["key"].tolist() == [""] * len(catalog.TERMS) + q.KPI_COLUMNS
+    terms = catalog.TERMS + catalog.FUNNEL_TERMS
+    assert defs["term"].tolist() == [t.name for t in terms] + [k.label for k in catalog.KPIS + catalog.FUNNEL_KPIS]
+    assert defs["key"].tolist() == [""] * len(terms) + q.KPI_COLUMNS + catalog.FUNNEL_COLUMNS
     assert defs.set_index("key").loc["delivery_rate", "definition"] == catalog.kpi("delivery_rate").definition
     summary = report["Summary"].set_index("key")
     assert summary.loc["latency_p95_s", "item"] == "Time to deliver p95 (s)"
@@ -77,7 +87,7 @@ def test_csv_is_the_campaigns_table_at_full_precision(report, tmp_path):
     back = pd.read_csv(path, keep_default_na=False, na_values=[""])
     campaigns = report["Campaigns"]
     assert back["campaign"].tolist() == campaigns["campaign"].tolist()
-    for column in q.KPI_COLUMNS:
+    for column in q.KPI_COLUMNS + catalog.FUNNEL_COLUMNS:
         for got, want in zip(back[column], campaigns[column]):
             assert same(float(got), float(want)), column
 
@@ -89,12 +99,12 @@ def test_xlsx_has_one_sheet_per_table_with_exact_values(report, tmp_path):
     assert book.sheetnames == list(r.SHEETS)
     sheet = book["Campaigns"]
     header = [c.value for c in sheet[1]]
-    assert header == ["campaign"] + q.KPI_COLUMNS
+    assert header == ["campaign"] + q.KPI_COLUMNS + catalog.FUNNEL_COLUMNS
     campaigns = report["Campaigns"]
     for row_number, (_, want) in enumerate(campaigns.iterrows(), start=2):
         cells = {h: sheet.cell(row_number, i + 1) for i, h in enumerate(header)}
         assert cells["campaign"].value == want["campaign"]
-        for column in q.KPI_COLUMNS:
+        for column in q.KPI_COLUMNS + catalog.FUNNEL_COLUMNS:
             # xlsxwriter writes 16 significant digits (Excel itself keeps 15): not rounded to the shown format.
             if isinstance(cells[column].value, float):
                 assert cells[column].value == pytest.approx(float(want[column]), rel=1e-15), column
@@ -106,6 +116,7 @@ def test_xlsx_has_one_sheet_per_table_with_exact_values(report, tmp_path):
     assert sheet.column_dimensions["A"].width >= len("black-friday")
     summary = {row[1].value: row[2] for row in book["Summary"].iter_rows(min_row=2)}
     assert summary["delivery_rate"].number_format == "0.0%"
+    assert summary["click_rate"].number_format == "0.0%"
     assert summary["messages"].value == report["Summary"].set_index("key").at["messages", "value"]
     daily = book["Daily trend"]
     assert daily.cell(2, 1).value.date() == date(2026, 11, 1)

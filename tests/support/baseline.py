@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dlrlens.store import derive, reader
+from dlrlens.store import derive, events, reader
 from dlrlens.store.reader import CHARTED_FROM, CHARTED_TO, Store, _instant, _Snapshot
 from dlrlens.store.sql import json_pointer, raw_rows_sql, seconds_between, time_conditions
 
@@ -106,7 +106,9 @@ class BaselineStore(Store):
         self._snapshot = None
         self._empty_tables()
         self._snapshot = _Snapshot(version=version, manifest=None, files=[], tail=[], touched={}, numbers={},
-                                   receipt_files=self._absolute(files))
+                                   receipt_files=self._absolute(files),
+                                   event_files={table: list(self._absolute(events.event_files(self.data_dir, table)))
+                                                for table in events.EVENT_TABLES})
         if self.materialize:
             self._con.execute(f"CREATE OR REPLACE TEMP TABLE baseline_messages AS "
                               f"SELECT {self.columns} FROM ({messages_sql(self.raw_sql())})")
