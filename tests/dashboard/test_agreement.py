@@ -21,7 +21,7 @@ from dlrlens import cli
 from tests.support.factory import demo_rows, write_receipts
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
-CAMPAIGN_COLUMNS = ["campaign"] + [kpi.column for kpi in catalog.KPIS]
+CAMPAIGN_COLUMNS = ["campaign"] + [kpi.column for kpi in catalog.KPIS] + catalog.FUNNEL_COLUMNS
 
 
 @pytest.fixture(scope="module")
