@@ -80,6 +80,10 @@ def _label_keys(text: str) -> frozenset[str] | None:
     return keys
 
 
+def _optional_path(text: str) -> Path | None:
+    return Path(text.strip()) if text.strip() else None
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -128,6 +132,14 @@ SETTINGS_TABLE = (
     Setting("log_level", "DLRLENS_LOG_LEVEL", "info", _log_level,
             "info: one line per refused request, storage error, flush summary and compaction; debug: also one "
             "line per stored request (costs throughput under load)."),
+    Setting("alerts_file", "DLRLENS_ALERTS_FILE", "", _optional_path,
+            "The alert rules and notify channels (alerts.toml, see alerts.example.toml); when set, the collector "
+            "evaluates them in a separate process beside maintenance. Empty: no alerts."),
+    Setting("alerts_seconds", "DLRLENS_ALERTS_SECONDS", "60", float,
+            "Seconds between alert evaluations (0 turns them off)."),
+    Setting("dashboard_url", "DLRLENS_DASHBOARD_URL", "", str,
+            "The dashboard's address, for the links in alert notifications (e.g. https://dash.example.com); "
+            "dashboard_url in the alerts file overrides it."),
 )
 
 
@@ -151,6 +163,9 @@ class Settings:
     label_keys: frozenset[str] | None
     label_max_length: int
     log_level: str
+    alerts_file: Path | None
+    alerts_seconds: float
+    dashboard_url: str
 
 
 def load_settings(**overrides) -> Settings:

@@ -51,7 +51,8 @@ import pyarrow as pa
 
 from dlrlens.store import derive, layout
 from dlrlens.store.selection import Filters, zone_info
-from dlrlens.store.sql import dimension_conditions, filtered_messages_sql, json_pointer, string_literal
+from dlrlens.store.sql import (counts_select, dimension_conditions, filtered_messages_sql, json_pointer,
+                               known_statuses, seconds_between, string_literal, unknown_status_condition)
 
 UTC = timezone.utc
 
@@ -743,6 +744,84 @@ class Store:
                 self._per_partition[key] = self._con.execute(select.format(source=source), params or {}).df()
             out[partition] = self._per_partition[key]
         return out
+
+    # -- questions asked both by the dashboard and by the alerts (dlrlens.alerts): one definition
+
+    def window_counts(self, f: Filters, windows: list[tuple[datetime, datetime]], group: str | None = None,
+                      group_params: dict | None = None) -> pd.DataFrame:
+        """Every count and share of :func:`dlrlens.store.sql.counts_select` (messages per outcome,
+        delivery_rate, ...) of the messages matching f's dimension filters (its own range is
+        ignored) sent in each of ``windows`` ([start, end) pairs, aware; they may overlap), per
+        group: columns w (the window's index), grp, then the counts; only (w, grp) with messages.
+
+        ``group``: an SQL expression over the counts relation's columns (campaign, outcome,
+        last_status, label_sets) giving a LIST of the row's group values (a message counts in
+        each: a message carrying two label sets counts under both values, as the label filter
+        finds it under both); None: one group, ``'all'``. ``group_params``: its bound values.
+        Exact at any window boundary: the boundaries are cuts no pre-aggregated slot straddles."""
+        if not windows:
+            return self.query(f"SELECT 0 AS w, {counts_select('NULL::VARCHAR')} FROM (SELECT 1) WHERE FALSE")
+        span = replace(f, start=min(s for s, _ in windows), end=max(e for _, e in windows))
+        cuts = tuple(sorted({epoch_micros(x) for pair in windows for x in pair}))
+        sql, params = self.filtered_counts_sql(span, cuts)
+        params.update(group_params or {})
+        table = pd.DataFrame({"w": range(len(windows)), "ws": [s for s, _ in windows], "we": [e for _, e in windows]})
+        table["ws"] = pd.to_datetime(table["ws"], utc=True)
+        table["we"] = pd.to_datetime(table["we"], utc=True)
+        groups = group or "['all']"
+        return self.query(
+            f"SELECT w, {counts_select('g')} FROM ("
+            f"  SELECT x.w, unnest({groups}) AS g, c.* FROM ({sql}) c JOIN alert_windows x ON c.t >= x.ws AND c.t < x.we"
+            f") GROUP BY ALL HAVING sum(messages) <> 0 ORDER BY w, grp", params, tables={"alert_windows": table})
+
+    def pending_by_age(self, f: Filters, now: datetime, ages_seconds: tuple[int, ...], group: str | None = None,
+                       group_params: dict | None = None) -> pd.DataFrame:
+        """Pending messages matching ``f`` by age (``now`` - each message's own sent time) and the
+        status they are stuck at: columns grp (see :meth:`window_counts`; ``'all'`` without
+        ``group``), bucket_order (0: younger than ages_seconds[0], 1: older than that but younger
+        than ages_seconds[1], ..., len(ages_seconds): older than the last), last_status,
+        messages; rows with messages only, by grp, bucket_order, messages descending."""
+        # The age buckets' edges: no pre-aggregated slot may straddle one.
+        cuts = tuple(epoch_micros(now) - limit * 1_000_000 for limit in ages_seconds)
+        sql, params = self.filtered_counts_sql(f, cuts)
+        params.update(group_params or {})
+        params["now"] = now
+        age = seconds_between("t", "$now")
+        order = " ".join(f"WHEN {age} < {limit} THEN {i}" for i, limit in enumerate(ages_seconds))
+        bucket = f"CASE {order} ELSE {len(ages_seconds)} END" if ages_seconds else "0"
+        return self.query(f"""
+            SELECT g AS grp, {bucket} AS bucket_order, last_status, sum(messages)::BIGINT AS messages
+            FROM (SELECT unnest({group or "['all']"}) AS g, * FROM ({sql}) WHERE outcome = 'pending')
+            GROUP BY ALL HAVING sum(messages) > 0 ORDER BY grp, bucket_order, messages DESC, last_status""", params)
+
+    def receipts_received(self, windows: list[tuple[datetime, datetime]]) -> list[int]:
+        """How many distinct receipts (receipt_id) were received (``received_at``) in each of
+        ``windows`` ([start, end) pairs, aware): what "receipts arrived" means for the alerts."""
+        if not windows:
+            return []
+        with self.pinned():
+            table = pd.DataFrame({"w": range(len(windows)), "ws": [s for s, _ in windows],
+                                  "we": [e for _, e in windows]})
+            table["ws"] = pd.to_datetime(table["ws"], utc=True)
+            table["we"] = pd.to_datetime(table["we"], utc=True)
+            found = self.query(
+                f"SELECT x.w, count(DISTINCT r.receipt_id) AS receipts FROM "
+                f"(SELECT receipt_id, received_at FROM {self.raw_sql()} WHERE received_at >= $lo AND received_at < $hi) r "
+                f"JOIN arrival_windows x ON r.received_at >= x.ws AND r.received_at < x.we GROUP BY ALL",
+                {"lo": min(s for s, _ in windows), "hi": max(e for _, e in windows)},
+                tables={"arrival_windows": table})
+        per = dict(zip(found["w"].astype(int), found["receipts"].astype(int)))
+        return [per.get(i, 0) for i in range(len(windows))]
+
+    def unknown_statuses(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """status, status_code, receipts (distinct), first_received_at: the receipts received in
+        [start, end) whose status is not in Mobivate's status table
+        (:func:`dlrlens.store.sql.unknown_status_condition`), most frequent first."""
+        return self.query(f"""
+            SELECT status, status_code, count(DISTINCT receipt_id) AS receipts, min(received_at) AS first_received_at
+            FROM {self.raw_sql()} WHERE received_at >= $start AND received_at < $end
+              AND {unknown_status_condition()}
+            GROUP BY ALL ORDER BY receipts DESC, status""", {"start": start, "end": end, **known_statuses()})
 
     def raw_sql(self, since_day: str | None = None, partitions: set[str] | None = None) -> str:
         """``read_parquet`` over the stored receipt rows (compaction inputs whose rows are
