@@ -42,19 +42,6 @@ class Delivery:
     seconds: float
 
 
-class _ThreadLog(logging.Handler):
-    """apprise's log lines of one thread (its errors say why a delivery failed)."""
-
-    def __init__(self):
-        super().__init__(level=logging.WARNING)
-        self.thread = threading.get_ident()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread:
-            self.lines.append(record.getMessage())
-
-
 def _with_timeouts(url: str, timeout: float) -> str:
     """``url`` with apprise's connect (cto) and read (rto) timeouts, unless it sets them."""
     keys = {k for k, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
@@ -72,20 +59,20 @@ def send_apprise(url: str, title: str, body: str, timeout: float) -> str | None:
     outcome: dict = {}
 
     def attempt() -> None:
-        handler = _ThreadLog()
-        logger = logging.getLogger("apprise")
-        logger.addHandler(handler)
         try:
             app = apprise.Apprise()
             if not app.add(_with_timeouts(url, timeout)):
                 outcome["error"] = "not a valid apprise URL (unknown scheme or malformed)"
                 return
-            ok = app.notify(title=title, body=body, body_format=apprise.NotifyFormat.TEXT)
-            outcome["error"] = None if ok else ("; ".join(handler.lines[-2:]) or "the channel refused the notification")
+            result = app.notify(title=title, body=body, body_format=apprise.NotifyFormat.TEXT)
+            if result:
+                outcome["error"] = None
+                return
+            # apprise's own account of the failure (its log entries of this call).
+            lines = [e.message for e in getattr(result, "logs", lambda: [])() if e.level in ("WARNING", "ERROR")]
+            outcome["error"] = "; ".join(lines[-2:]) or "the channel refused the notification"
         except Exception as exc:  # a plugin's bug is a failed delivery, not a crash
             outcome["error"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            logger.removeHandler(handler)
 
     worker = threading.Thread(target=attempt, name="dlrlens-alert-send", daemon=True)
     worker.start()

@@ -155,4 +155,4 @@ def label_values_sql(path_param: str) -> str:
     ``$path_param``: none, one, or several distinct values (the label filter finds a message
     under each)."""
     return (f"list_distinct(list_filter(list_transform(from_json(label_sets, '[\"VARCHAR\"]'), "
-            f"l -> json_extract_string(l, ${path_param})), v -> v IS NOT NULL))")
+            f"lambda l: json_extract_string(l, ${path_param})), lambda v: v IS NOT NULL))")
