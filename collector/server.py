@@ -3,7 +3,7 @@
 Each worker process builds its own app (no preload), so each takes its own writer slot
 and flushes its own log; on a clean stop a worker flushes what it holds before exiting.
 The master also runs the maintenance process (derived state, compaction) while it serves, and
-the alerts process when an alerts file is configured (``dlrlens.alerts.engine``).
+the alerts process when an alerts file is configured (``dlrlens.alerts.process``).
 
 Contracts:
 
@@ -271,9 +271,9 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
 
         maintenance_process = maintenance.start_process(settings)
         # The alert evaluator: its own supervised process beside maintenance (DLRLENS_ALERTS_FILE).
-        from dlrlens.alerts import engine as alerts_engine
+        from dlrlens.alerts import process as alerts
 
-        alerts_process = alerts_engine.start_process(settings)
+        alerts_process = alerts.start_process(settings)
 
     def on_exit(server) -> None:
         if alerts_process is not None:

@@ -20,13 +20,15 @@ for the next one, which neither repeats a sent notification nor loses a firing a
 
 :func:`main` (``python3 -m dlrlens.alerts.engine``) evaluates every ``--every`` seconds while
 it holds ``data/alerts.lock`` (one evaluator per data directory); :class:`AlertsProcess` is
-that process supervised by the collector's master, like the maintenance process (a separate
-process at nice +10: evaluation and delivery never take a worker thread from the webhook).
+that process supervised by the collector's master (:mod:`dlrlens.alerts.process`), like the
+maintenance process (a separate process at nice +10: evaluation and delivery never take a
+worker thread from the webhook).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -43,7 +45,7 @@ from dlrlens.alerts.evaluate import Evaluation, Finding, evaluate
 from dlrlens.alerts.rules import AlertsConfig, Rule, RulesError, format_duration, load
 from dlrlens.store import files
 from dlrlens.store.alert_state import ALERTS_LOCK, AlertRow, AlertState, NewNotification, silenced
-from dlrlens.store.maintenance import NICENESS, MaintenanceProcess
+from dlrlens.store.maintenance import NICENESS
 from dlrlens.store.reader import Store
 
 log = logging.getLogger("dlrlens.alerts")
@@ -181,7 +183,7 @@ def run_once(config: AlertsConfig, data_dir: Path, at: datetime | None = None, *
     rows, notes, result = plan(config, stored, evaluation, state.silences(active_at=at), now)
     meta = dict(evaluation.meta, last_evaluation_at=at.isoformat(), last_evaluation_cpu_seconds=f"{evaluation.seconds:.3f}",
                 last_evaluation_errors="; ".join(f"{k}: {v}" for k, v in evaluation.errors.items()),
-                alerts_file=config.source)
+                alerts_file=config.source, rules=json.dumps([r.name for r in config.rules]))
     state.apply(rows, notes, now, meta)
     if deliver:
         result.deliveries = notify.deliver_due(config, state, send=send)
@@ -237,29 +239,6 @@ def loop(data_dir: Path, alerts_file: Path, every: float, stop: threading.Event)
         stop.wait(max(0.0, every - (time.monotonic() - started)))
     if held is not None:
         held.release()
-
-
-class AlertsProcess(MaintenanceProcess):
-    """``python3 -m dlrlens.alerts.engine`` supervised like the maintenance process (spawned,
-    restarted when it dies, stopped last, exits when its parent does)."""
-
-    def __init__(self, data_dir: Path, alerts_file: Path, every: float, log_level: str = "info"):
-        super().__init__(data_dir, interval=0, compact_every=0, log_level=log_level)
-        self.command = [sys.executable, "-m", "dlrlens.alerts.engine", "--data", str(data_dir),
-                        "--file", str(alerts_file), "--every", str(every), "--log-level", log_level]
-
-
-def start_process(settings) -> AlertsProcess | None:
-    """The supervised alerts process for the collector's ``settings``; None without an alerts
-    file (``DLRLENS_ALERTS_FILE``) or with evaluation turned off."""
-    if settings.alerts_file is None or settings.alerts_seconds <= 0:
-        return None
-    try:
-        load(settings.alerts_file)
-    except RulesError as exc:  # started anyway: it retries the file every tick
-        log.error("event=alerts_file_refused error=%r", str(exc))
-    return AlertsProcess(settings.data_dir, settings.alerts_file, settings.alerts_seconds,
-                         settings.log_level).start()
 
 
 def main(argv: list[str] | None = None) -> int:

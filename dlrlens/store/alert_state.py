@@ -16,7 +16,8 @@ What it holds (one SQLite database in WAL mode, every change one transaction):
   repeats a sent notification nor loses a firing alert (only a crash between a channel's
   acceptance and the row's update can send one twice: at-least-once, as Alertmanager).
 * ``silences``: a rule (and optionally one group of it) muted from starts_at to ends_at.
-* ``meta``: the last evaluation's time, duration and error (text).
+* ``meta``: the last evaluation's time, CPU seconds, errors, rule names (JSON), the alerts
+  file's error when it was refused (text).
 
 Writers: the alert evaluator (one per data directory, holding ``data/alerts.lock``) and the
 dashboard's silence form; SQLite serialises them (a writer waits up to
@@ -113,6 +114,7 @@ class AlertState:
         self.path = db_path(Path(data_dir))
         self._ready = False
         if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._ensure()
 
     def _ensure(self) -> bool:
@@ -140,6 +142,7 @@ class AlertState:
     @contextmanager
     def transaction(self):
         """One write transaction (BEGIN IMMEDIATE: the writer lock is taken at once)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._ensure()
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
@@ -171,9 +174,16 @@ class AlertState:
         return [_alert(r) for r in self._rows(sql, tuple(params))]
 
     def firing_counts(self) -> dict[str, int]:
-        """{rule: groups firing now} (for ``dlrlens_alerts_firing``)."""
-        return {r["rule"]: r["n"] for r in self._rows(
-            "SELECT rule, count(*) AS n FROM alerts WHERE state = 'firing' GROUP BY rule ORDER BY rule")}
+        """{rule: groups firing now} (for ``dlrlens_alerts_firing``): every rule of the last
+        evaluation (``meta`` key ``rules``, 0 when none of its groups fires) and every rule
+        with a firing group."""
+        try:
+            counts = {str(name): 0 for name in json.loads(self.meta().get("rules") or "[]")}
+        except (ValueError, TypeError):
+            counts = {}
+        for r in self._rows("SELECT rule, count(*) AS n FROM alerts WHERE state = 'firing' GROUP BY rule"):
+            counts[r["rule"]] = r["n"]
+        return dict(sorted(counts.items()))
 
     def apply(self, alerts: list[AlertRow], notifications: list[NewNotification], at: datetime,
               meta: dict[str, str] | None = None) -> list[int]:
