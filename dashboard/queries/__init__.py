@@ -48,6 +48,9 @@ Modules (everything is re-exported here: ``from dashboard import queries; querie
   Python); :func:`campaign_names` and :func:`label_pairs` list everything.
 * :mod:`~dashboard.queries.health`: :func:`data_health`, and the collector's status files
   (:func:`maintenance_status`, :func:`rejected_summary`, read by :mod:`dlrlens.store.status`).
+* :mod:`~dashboard.queries.alerts`: :func:`alerts_overview`, :func:`alert_channel_failures`, and the
+  silence form's :func:`add_silence` / :func:`end_silence` (``data/alerts.sqlite`` through
+  :mod:`dlrlens.store.alert_state`).
 * :mod:`~dashboard.queries._common`: column lists, limits and helpers they share.
 
 How the figures stay fast over 100 M receipts (derived per-message state, fresh tail, exact
@@ -68,6 +71,7 @@ from dashboard.queries.lookup import DETAIL_COLUMNS, LOOKUP_COLUMNS, message_det
 from dashboard.queries.options import (Choices, campaign_choices, campaign_names, label_choices,
                                        label_pairs)
 from dashboard.queries.trend import pending_ages, trend, uncharted_messages, uncharted_note
+from dashboard.queries.alerts import add_silence, alert_channel_failures, alerts_overview, end_silence
 
 __all__ = [
     # the store and the selection
@@ -85,4 +89,5 @@ __all__ = [
     "message_lookup", "message_detail",
     "Choices", "campaign_choices", "label_choices", "campaign_names", "label_pairs",
     "data_health", "maintenance_status", "rejected_summary",
+    "alerts_overview", "alert_channel_failures", "add_silence", "end_silence",
 ]

@@ -42,7 +42,7 @@ from urllib.parse import urlencode
 
 from dlrlens.alerts import notify
 from dlrlens.alerts.evaluate import Evaluation, Finding, evaluate
-from dlrlens.alerts.rules import AlertsConfig, Rule, RulesError, format_duration, load
+from dlrlens.alerts.rules import AlertsConfig, Rule, RulesError, describe, format_duration, load
 from dlrlens.store import files
 from dlrlens.store.alert_state import ALERTS_LOCK, AlertRow, AlertState, NewNotification, silenced
 from dlrlens.store.maintenance import NICENESS
@@ -183,7 +183,8 @@ def run_once(config: AlertsConfig, data_dir: Path, at: datetime | None = None, *
     rows, notes, result = plan(config, stored, evaluation, state.silences(active_at=at), now)
     meta = dict(evaluation.meta, last_evaluation_at=at.isoformat(), last_evaluation_cpu_seconds=f"{evaluation.seconds:.3f}",
                 last_evaluation_errors="; ".join(f"{k}: {v}" for k, v in evaluation.errors.items()),
-                alerts_file=config.source, rules=json.dumps([r.name for r in config.rules]))
+                alerts_file=config.source, rules=json.dumps([r.name for r in config.rules]),
+                rule_table=json.dumps([describe(r) for r in config.rules]))
     state.apply(rows, notes, now, meta)
     if deliver:
         result.deliveries = notify.deliver_due(config, state, send=send)

@@ -140,6 +140,33 @@ class Rule:
     line: int | None = None
 
 
+def describe(rule: Rule) -> dict[str, str]:
+    """The rule as the Alerts page lists it (rule, kind, by, condition, notify, repeat)."""
+    parts = []
+    if rule.kind == "delivery_rate":
+        if rule.below is not None:
+            parts.append(f"delivery rate < {100 * rule.below:g}%")
+        if rule.drop_vs_baseline is not None:
+            parts.append(f"{100 * rule.drop_vs_baseline:g} points under the previous 7 days' baseline "
+                         f"(needs {rule.baseline_days} days)")
+    elif rule.kind == "pending_age":
+        parts.append(f"pending longer than {format_duration(rule.older_than)}")
+    elif rule.kind == "receipt_silence":
+        parts.append("no receipt while traffic was expected")
+    elif rule.kind == "rejected_requests":
+        parts.append("refused requests" + (f" ({', '.join(rule.reasons)})" if rule.reasons else ""))
+    elif rule.kind == "unknown_status":
+        parts.append("a status not in Mobivate's table")
+    else:
+        parts.append(f"maintenance silent over {format_duration(rule.stale_after)}, failing, or writer errors")
+    if rule.kind != "collector_health":
+        parts.append(f"over the last {format_duration(rule.window)}, at least {rule.min_messages:,}")
+    if rule.campaigns:
+        parts.append(f"campaigns {', '.join(rule.campaigns)}")
+    return {"rule": rule.name, "kind": rule.kind, "by": rule.by, "condition": "; ".join(parts),
+            "notify": ", ".join(rule.notify), "repeat": format_duration(rule.repeat_interval)}
+
+
 @dataclass(frozen=True)
 class AlertsConfig:
     channels: dict[str, Channel]
