@@ -381,21 +381,19 @@ def cmd_rebuild(args) -> int:
 
 
 def alerts_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="alerts_command", required=True, metavar="{check,test}")
-    check = actions.add_parser("check", help="evaluate every rule once, send the notifications of state changes",
-                               description="Evaluate every rule once (at --at, default now), record what fired or "
-                                           "resolved and send its notifications; prints what changed. Exit 0 "
-                                           "unless the alerts file is wrong.")
-    test = actions.add_parser("test", help="send a test notification to a notify channel",
-                              description="Send a test notification to the [[notify]] channel NAME; exit 1 with "
-                                          "the reason when it cannot be delivered.")
-    test.add_argument("name", metavar="NAME", help="a [[notify]] channel's name")
-    check.add_argument("--at", metavar="ISO-TIME", type=_instant_argument, default=None,
-                       help="evaluate as of this time (e.g. 2026-12-06T14:30:00Z; reproducible checks, backfills)")
-    for sub in (check, test):
-        _data_argument(sub)
-        sub.add_argument("--file", metavar="FILE", default=None,
-                         help="the alerts file (default: $DLRLENS_ALERTS_FILE or ./alerts.toml)")
+    parser.description = ("check: evaluate every alert rule once (as of --at, default now), record what fired or "
+                          "resolved and send its notifications; prints what changed; exit 0 (2: a wrong alerts "
+                          "file). test NAME: send a test notification to the [[notify]] channel NAME; exit 1 with "
+                          "the reason when it cannot be delivered.")
+    parser.add_argument("alerts_command", choices=("check", "test"), metavar="{check,test}",
+                        help="check: one evaluation; test: a test notification")
+    parser.add_argument("name", nargs="?", metavar="NAME", help="test: a [[notify]] channel's name")
+    _data_argument(parser)
+    parser.add_argument("--file", metavar="FILE", default=None,
+                        help="the alerts file (default: $DLRLENS_ALERTS_FILE or ./alerts.toml)")
+    parser.add_argument("--at", metavar="ISO-TIME", type=_instant_argument, default=None,
+                        help="check: evaluate as of this time (e.g. 2026-12-06T14:30:00Z; reproducible checks, "
+                             "backfills)")
 
 
 def _instant_argument(text: str) -> datetime:
@@ -411,6 +409,10 @@ def cmd_alerts(args) -> int:
     from dlrlens.alerts import engine
     from dlrlens.alerts.rules import RulesError, load
 
+    if (args.alerts_command == "test") != (args.name is not None) or (args.at and args.alerts_command == "test"):
+        print("dlrlens alerts: error: use `dlrlens alerts check [--at ISO-TIME]` or `dlrlens alerts test NAME`",
+              file=sys.stderr)
+        return 2
     path = Path(args.file or os.environ.get("DLRLENS_ALERTS_FILE") or "alerts.toml")
     data_dir = layout.data_dir(args.data)
     try:

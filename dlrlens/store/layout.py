@@ -22,6 +22,11 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
       .auth-failures.sqlite (-wal, -shm)                  wrong-secret counts per source, shared
                                                           by the collector's workers (disposable)
       .healthz-<pid>                                      /healthz's write probe (removed at once)
+      alerts.sqlite (-wal, -shm)                          alert state and history (dlrlens.store.alert_state):
+                                                          firing since when, notifications and their outcome,
+                                                          silences; written by the alert evaluator and the
+                                                          dashboard's silence form, one transaction a change
+      alerts.lock                                         flock: the one alert evaluator of the data directory
 
 Files are published and locks taken only through :mod:`dlrlens.store.files`; the derived
 state is described in :mod:`dlrlens.store.derive`, the status files in
