@@ -214,6 +214,7 @@ def loop(data_dir: Path, alerts_file: Path, every: float, stop: threading.Event)
     alerts file is logged and recorded (the last good one stays in force)."""
     held = None
     config: AlertsConfig | None = None
+    store: Store | None = None  # kept: what it keeps per immutable derived file serves every evaluation
     while not stop.is_set():
         if held is None:
             held = files.lock(Path(data_dir) / ALERTS_LOCK, wait=False)
@@ -231,13 +232,19 @@ def loop(data_dir: Path, alerts_file: Path, every: float, stop: threading.Event)
             AlertState(data_dir).apply([], [], datetime.now(UTC), {"alerts_file_error": ""})
         if config is not None:
             try:
-                result = run_once(config, data_dir)
+                store = store or Store(data_dir)
+                result = run_once(config, data_dir, store=store)
                 if result.fired or result.resolved:
                     log.info("event=alerts_evaluated fired=%d resolved=%d notifications=%d cpu_seconds=%.2f",
                              len(result.fired), len(result.resolved), len(result.queued), result.evaluation.seconds)
             except Exception as exc:  # the loop must outlive any failure; the next tick retries
                 log.error("event=alerts_failed error=%r", f"{type(exc).__name__}: {exc}")
+                if store is not None:  # start the next tick on a fresh connection
+                    store.close()
+                    store = None
         stop.wait(max(0.0, every - (time.monotonic() - started)))
+    if store is not None:
+        store.close()
     if held is not None:
         held.release()
 
