@@ -31,8 +31,6 @@ import argparse
 import json
 import logging
 import os
-import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,7 +43,7 @@ from dlrlens.alerts.evaluate import Evaluation, Finding, evaluate
 from dlrlens.alerts.rules import AlertsConfig, Rule, RulesError, describe, format_duration, load
 from dlrlens.store import files
 from dlrlens.store.alert_state import ALERTS_LOCK, AlertRow, AlertState, NewNotification, silenced
-from dlrlens.store.maintenance import NICENESS
+from dlrlens.store.maintenance import NICENESS, supervised_child
 from dlrlens.store.reader import Store
 
 log = logging.getLogger("dlrlens.alerts")
@@ -259,13 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--niceness", type=int, default=NICENESS)
     parser.add_argument("--parent", type=int, default=None, help="exit when this process is gone")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stderr)
-    os.nice(args.niceness)
-    parent = args.parent or os.getppid()
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    parent, stop = supervised_child(args.log_level, args.niceness, args.parent)
     worker = threading.Thread(target=loop, args=(Path(args.data), Path(args.file), args.every, stop),
                               name="dlrlens-alerts", daemon=True)
     worker.start()
