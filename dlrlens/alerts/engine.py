@@ -85,7 +85,7 @@ def _message(config: AlertsConfig, rule: Rule, kind: str, findings: list[Finding
     for grp in groups[:MAX_GROUPS_LISTED]:
         finding = by_group.get(grp)
         if finding is None:  # resolved: no finding any more
-            lines.append(f"- {grp}: back to normal")
+            lines.append(f"- {grp}: no longer firing")
             continue
         lines.append(f"- {finding.summary}")
         link = dashboard_link(config, finding)

@@ -160,7 +160,9 @@ def describe(rule: Rule) -> dict[str, str]:
     else:
         parts.append(f"maintenance silent over {format_duration(rule.stale_after)}, failing, or writer errors")
     if rule.kind != "collector_health":
-        parts.append(f"over the last {format_duration(rule.window)}, at least {rule.min_messages:,}")
+        unit = {"receipt_silence": "receipts", "delivery_rate": "messages", "pending_age": "messages"}
+        parts.append(f"over the last {format_duration(rule.window)}, at least {rule.min_messages:,} "
+                     f"{unit.get(rule.kind, 'of them')}")
     if rule.campaigns:
         parts.append(f"campaigns {', '.join(rule.campaigns)}")
     return {"rule": rule.name, "kind": rule.kind, "by": rule.by, "condition": "; ".join(parts),
