@@ -767,9 +767,24 @@ class Store:
                        group_params: dict | None) -> pd.DataFrame:
         if not windows:
             return self.query(f"SELECT 0 AS w, {counts_select('NULL::VARCHAR')} FROM (SELECT 1) WHERE FALSE")
-        span = replace(f, start=min(s for s, _ in windows), end=max(e for _, e in windows))
-        cuts = tuple(sorted({epoch_micros(x) for pair in windows for x in pair}))
-        sql, params = self.filtered_counts_sql(span, cuts)
+        # One counts relation per cluster of overlapping windows (the current window, each
+        # baseline day): the rollups are sorted by slot, so only those hours are read, not the
+        # days between (measured: 1.8 -> see tests/benchmarks/alerts.py).
+        clusters: list[list[datetime]] = []
+        for start, end in sorted(windows):
+            if clusters and start <= clusters[-1][1]:
+                clusters[-1][1] = max(clusters[-1][1], end)
+            else:
+                clusters.append([start, end])
+        edges = sorted({epoch_micros(x) for pair in windows for x in pair})
+        parts, params = [], {}
+        for start, end in clusters:
+            lo, hi = epoch_micros(start), epoch_micros(end)
+            part, part_params = self.filtered_counts_sql(replace(f, start=start, end=end),
+                                                         tuple(c for c in edges if lo <= c <= hi))
+            parts.append(f"SELECT * FROM ({part})")
+            params.update(part_params)  # the same dimension parameters in every part
+        sql = " UNION ALL ".join(parts)
         params.update(group_params or {})
         table = pd.DataFrame({"w": range(len(windows)), "ws": [s for s, _ in windows], "we": [e for _, e in windows]})
         table["ws"] = pd.to_datetime(table["ws"], utc=True)
