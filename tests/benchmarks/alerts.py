@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -173,6 +174,7 @@ def latency(args) -> int:
         finally:
             load.stop()
             collector.stop()
+            shutil.rmtree(root, ignore_errors=True)
     print(f"load: {load.acked} receipts acked during the run ({args.rate}/s asked), {load.failed} failed")
     if results:
         print(f"evaluation every {args.every:g} s: first bad receipt -> notification p50 "
