@@ -5,8 +5,11 @@ wrong-secret requests (a rotation gone wrong) make the refused-requests alert fi
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import requests
 
@@ -15,6 +18,22 @@ from tests.support.servers import start_collector, wait_until
 from tests.support.sinks import WebhookSink
 
 SECRET = "s3cret-for-alerts"
+
+
+def alerts_pid(data, missing_ok: bool = False) -> int | None:
+    """The pid of the alerts process evaluating ``data`` (found by its command line)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"dlrlens.alerts.engine" in words and str(data).encode() in words:
+            return int(entry.name)
+    if missing_ok:
+        return None
+    raise AssertionError(f"no alerts process for {data}")
 
 
 def test_the_collector_evaluates_alerts_and_notifies(tmp_path):
@@ -70,5 +89,15 @@ notify = ["hook"]
             count = len(sink.received)
             time.sleep(3)
             assert len(sink.received) == count == 2
+            # SIGKILL the alerts process: the master starts a new one, which repeats nothing
+            # and loses nothing (the alerts are still firing).
+            first = alerts_pid(data)
+            os.kill(first, signal.SIGKILL)
+            second = wait_until(lambda: (pid := alerts_pid(data, missing_ok=True)) not in (None, first) and pid, 30,
+                                interval=0.2, what="a new alerts process")
+            assert second != first
+            time.sleep(4)  # a few evaluations of the new process
+            assert len(sink.received) == 2
+            assert 'dlrlens_alerts_firing{rule="drop"} 1' in requests.get(f"{collector.url}/metrics", timeout=10).text
         finally:
             collector.stop()
