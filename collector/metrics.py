@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 from dlrlens.store import status as store_status
+from dlrlens.store.alert_state import AlertState
 
 HELP = {
     "requests": ("dlrlens_requests_total", "Webhook requests received."),
@@ -71,6 +72,7 @@ def render(storage) -> str:
     if storage.publish is not None:
         lines += publisher_lines(storage)
     lines += maintenance_lines(Path(storage.data_dir))
+    lines += alerts_lines(Path(storage.data_dir))
     return "\n".join(lines) + "\n"
 
 
@@ -132,4 +134,21 @@ def _maintenance_lines(status: dict) -> list[str]:
         if at:
             stamp = datetime.fromisoformat(at).timestamp()
             lines.append(f'dlrlens_maintenance_last_success_timestamp_seconds{{task="{task}"}} {stamp:.3f}')
+    return lines
+
+
+def alerts_lines(data_dir: Path) -> list[str]:
+    """``dlrlens_alerts_firing{rule=...}``: groups firing per alert rule (none before the first
+    evaluation; see dlrlens.store.alert_state)."""
+    try:
+        firing = AlertState(data_dir, create=False).firing_counts()
+    except Exception:  # a locked or foreign file: metrics must answer anyway
+        return []
+    if not firing:
+        return []
+    lines = ["# HELP dlrlens_alerts_firing Groups (campaigns, statuses, ...) firing per alert rule.",
+             "# TYPE dlrlens_alerts_firing gauge"]
+    for rule, n in firing.items():
+        escaped = rule.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        lines.append(f'dlrlens_alerts_firing{{rule="{escaped}"}} {int(n)}')
     return lines

@@ -2,7 +2,8 @@
 
 Each worker process builds its own app (no preload), so each takes its own writer slot
 and flushes its own log; on a clean stop a worker flushes what it holds before exiting.
-The master also runs the maintenance process (derived state, compaction) while it serves.
+The master also runs the maintenance process (derived state, compaction) while it serves, and
+the alerts process when an alerts file is configured (``dlrlens.alerts.process``).
 
 Contracts:
 
@@ -262,14 +263,21 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, workers
         return create_app(settings)
 
     maintenance_process = None
+    alerts_process = None
 
     def when_ready(server) -> None:
-        nonlocal maintenance_process
+        nonlocal maintenance_process, alerts_process
         from dlrlens.store import maintenance
 
         maintenance_process = maintenance.start_process(settings)
+        # The alert evaluator: its own supervised process beside maintenance (DLRLENS_ALERTS_FILE).
+        from dlrlens.alerts import process as alerts
+
+        alerts_process = alerts.start_process(settings)
 
     def on_exit(server) -> None:
+        if alerts_process is not None:
+            alerts_process.stop()
         if maintenance_process is not None:
             maintenance_process.stop()
 

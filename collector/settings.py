@@ -91,6 +91,10 @@ def _flag(text: str) -> bool:
     raise ValueError("expected 1 or 0 (true/false, yes/no, on/off)")
 
 
+def _optional_path(text: str) -> Path | None:
+    return Path(text.strip()) if text.strip() else None
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -151,6 +155,14 @@ SETTINGS_TABLE = (
             "Where flushed receipts go: local (Parquet files under the data directory) or iceberg:<catalog>, "
             "the receipts table of that pyiceberg catalog (configured in .pyiceberg.yaml or "
             "PYICEBERG_CATALOG__<NAME>__* variables); the write-ahead log stays in the data directory."),
+    Setting("alerts_file", "DLRLENS_ALERTS_FILE", "", _optional_path,
+            "The alert rules and notify channels (alerts.toml, see alerts.example.toml); when set, the collector "
+            "evaluates them in a separate process beside maintenance. Empty: no alerts."),
+    Setting("alerts_seconds", "DLRLENS_ALERTS_SECONDS", "60", float,
+            "Seconds between alert evaluations (0 turns them off)."),
+    Setting("dashboard_url", "DLRLENS_DASHBOARD_URL", "", str,
+            "The dashboard's address, for the links in alert notifications (e.g. https://dash.example.com); "
+            "dashboard_url in the alerts file overrides it."),
 )
 
 
@@ -178,6 +190,9 @@ class Settings:
     opt_out_keywords: tuple[str, ...]
     log_level: str
     store: StoreChoice
+    alerts_file: Path | None
+    alerts_seconds: float
+    dashboard_url: str
 
 
 def load_settings(**overrides) -> Settings:

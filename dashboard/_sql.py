@@ -2,8 +2,8 @@
 relations the store serves (:mod:`dlrlens.store.reader`; the engine-level fragments, the
 ``receipts`` relation and the filter conditions, are in :mod:`dlrlens.store.sql`).
 
-* :func:`counts_select`: every per-message count and share from a *counts relation* (signed
-  partial counts, :meth:`dlrlens.store.reader.Store.counts_sql`).
+* :func:`counts_select` (re-exported from :mod:`dlrlens.store.sql`, its one definition): every
+  per-message count and share from a *counts relation* (:meth:`dlrlens.store.reader.Store.counts_sql`).
 * :func:`receipt_kpis_sql`: the per-receipt KPIs (receipts, duplicate rows, webhook lag).
 * :func:`bucket_sql`: local hour and day buckets of the charts over time.
 * :func:`contains_pattern` / :func:`contains_condition`: the option widgets' search.
@@ -13,35 +13,9 @@ Every builder returns SQL text with named ``$parameters``; user values are alway
 
 from __future__ import annotations
 
-from dlrlens.store.derive import LATENCY_THRESHOLDS  # defined once, with the rollups that store them
-from dlrlens.store.sql import seconds_between
-
-
-def counts_select(group: str | None = None) -> str:
-    """The SELECT list of every per-message count and share, aggregating a *counts relation*
-    (rows as ``dlrlens.store.derive.rollup_sql`` makes them: signed partial counts), optionally
-    with ``group`` (an expression, exposed as ``grp``) first."""
-    def total(column: str, where: str | None = None) -> str:
-        filtered = f" FILTER (WHERE {where})" if where else ""
-        return f"coalesce(sum({column}){filtered}, 0)::BIGINT"
-
-    shares = ",\n".join(f"{total(name)} / NULLIF({total('latency_messages')}, 0) AS {name}"
-                        for name, _ in LATENCY_THRESHOLDS)
-    key = f"{group} AS grp, " if group else ""
-    return f"""
-        {key}{total('messages')} AS messages,
-        {total('messages', "outcome = 'delivered'")} AS delivered,
-        {total('messages', "outcome = 'failed'")} AS failed,
-        {total('messages', "outcome = 'unknown'")} AS unknown,
-        {total('messages', "outcome = 'pending'")} AS pending,
-        {total('messages', "outcome = 'delivered'")}
-            / NULLIF({total('messages', "outcome <> 'pending'")}, 0) AS delivery_rate,
-        {total('messages', "outcome = 'delivered'")} / NULLIF({total('messages')}, 0) AS delivered_of_all,
-        {total('latency_messages')} AS latency_messages,
-        {shares},
-        {total('delivered_without_earlier')} AS delivered_without_earlier,
-        {total('regressions')} AS regressions
-    """
+# counts_select (every per-message count and share, the delivery rate among them) is defined once,
+# in the store, where the alerts (dlrlens.alerts) read it too.
+from dlrlens.store.sql import counts_select, seconds_between  # noqa: F401
 
 
 def contains_pattern(text: str) -> str:

@@ -65,6 +65,8 @@ PAGES = {
         st.Page(VIEWS / "health.py", title="Data health", icon=":material/monitor_heart:",
                 help="Is data arriving? Receipts per minute, duplicates, regressions, rejected "
                      "requests and unknown statuses."),
+        st.Page(VIEWS / "alerts.py", title="Alerts", icon=":material/notifications:",
+                help="Alert rules, what is firing, silences, notify channels and the notification history."),
     ],
 }
 

@@ -520,6 +520,79 @@ def cmd_migrate(args) -> int:
     if result.log_segments:
         print(f"note: the write-ahead log still holds {result.log_segments} segments, not copied: start and stop "
               f"the collector once on {data_dir} (it flushes them), then run migrate again")
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+def alerts_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = ("check: evaluate every alert rule once (as of --at, default now), record what fired or "
+                          "resolved and send its notifications; prints what changed; exit 0 (2: a wrong alerts "
+                          "file). test NAME: send a test notification to the [[notify]] channel NAME; exit 1 with "
+                          "the reason when it cannot be delivered.")
+    parser.add_argument("alerts_command", choices=("check", "test"), metavar="{check,test}",
+                        help="check: one evaluation; test: a test notification")
+    parser.add_argument("name", nargs="?", metavar="NAME", help="test: a [[notify]] channel's name")
+    _data_argument(parser)
+    parser.add_argument("--file", metavar="FILE", default=None,
+                        help="the alerts file (default: $DLRLENS_ALERTS_FILE or ./alerts.toml)")
+    parser.add_argument("--at", metavar="ISO-TIME", type=_instant_argument, default=None,
+                        help="check: evaluate as of this time (e.g. 2026-12-06T14:30:00Z; reproducible checks, "
+                             "backfills)")
+
+
+def _instant_argument(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r} (e.g. 2026-12-06T14:30:00Z)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def cmd_alerts(args) -> int:
+    """``dlrlens alerts check`` / ``dlrlens alerts test NAME``."""
+    from dlrlens.alerts import engine
+    from dlrlens.alerts.rules import RulesError, load
+
+    if (args.alerts_command == "test") != (args.name is not None) or (args.at and args.alerts_command == "test"):
+        print("dlrlens alerts: error: use `dlrlens alerts check [--at ISO-TIME]` or `dlrlens alerts test NAME`",
+              file=sys.stderr)
+        return 2
+    path = Path(args.file or os.environ.get("DLRLENS_ALERTS_FILE") or "alerts.toml")
+    data_dir = layout.data_dir(args.data)
+    try:
+        config = load(path)
+    except RulesError as exc:
+        print(f"dlrlens alerts: error: {exc}", file=sys.stderr)
+        return 2
+    if args.alerts_command == "test":
+        try:
+            delivery = engine.send_test(config, data_dir, args.name)
+        except KeyError:
+            print(f"dlrlens alerts test: error: no [[notify]] channel named {args.name!r} in {path}; known: "
+                  f"{', '.join(config.channels) or '(none)'}", file=sys.stderr)
+            return 2
+        if not delivery.ok:
+            print(f"dlrlens alerts test: error: delivery to {args.name!r} failed after {delivery.attempts} attempts: "
+                  f"{delivery.error}", file=sys.stderr)
+            return 1
+        print(f"sent a test notification to {args.name!r} ({delivery.seconds:.1f} s)")
+        return 0
+    result = engine.run_once(config, data_dir, args.at)
+    evaluation = result.evaluation
+    print(f"evaluated {len(config.rules)} rules at {result.at:%Y-%m-%dT%H:%M:%SZ} "
+          f"({evaluation.seconds:.2f} s of CPU): {len(evaluation.findings)} firing")
+    for kind, pairs in (("fired", result.fired), ("resolved", result.resolved), ("repeated", result.repeated),
+                        ("silenced", result.silenced)):
+        for rule, grp in pairs:
+            print(f"{kind}: {rule} [{grp}]")
+    for finding in evaluation.findings:
+        print(f"firing: {finding.rule} [{finding.grp}]: {finding.summary}")
+    for rule, error in evaluation.errors.items():
+        print(f"rule failed: {rule}: {error}", file=sys.stderr)
+    for d in result.deliveries:
+        outcome = "sent" if d.ok else f"FAILED after {d.attempts} attempts: {d.error}"
+        print(f"notification to {d.channel}: {outcome}")
     return 0
 
 
@@ -537,6 +610,8 @@ SUBCOMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Ca
     ("rebuild", "recompute the derived per-message state from the raw receipts", rebuild_arguments, cmd_rebuild),
     ("migrate", "copy a data directory's receipts into an Iceberg table (idempotent, resumable)",
      migrate_arguments, cmd_migrate),
+    ("alerts", "evaluate the alert rules once (check) or send a test notification (test)", alerts_arguments,
+     cmd_alerts),
 )
 
 

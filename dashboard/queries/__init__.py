@@ -53,6 +53,9 @@ Modules (everything is re-exported here: ``from dashboard import queries; querie
   :func:`clicks_over_time`, :func:`click_breakdown`, :func:`top_links`, :func:`message_replies`,
   :func:`campaigns_with_funnel`
   (clicks and replies: the campaign funnel).
+* :mod:`~dashboard.queries.alerts`: :func:`alerts_overview`, :func:`alert_channel_failures`, and the
+  silence form's :func:`add_silence` / :func:`end_silence` (``data/alerts.sqlite`` through
+  :mod:`dlrlens.store.alert_state`).
 * :mod:`~dashboard.queries._common`: column lists, limits and helpers they share.
 
 How the figures stay fast over 100 M receipts (derived per-message state, fresh tail, exact
@@ -77,6 +80,7 @@ from dashboard.queries.trend import pending_ages, trend, uncharted_messages, unc
 from dashboard.queries.funnel import (BREAKDOWNS, FUNNEL_TABLE_COLUMNS, REPLY_COLUMNS, campaigns_with_funnel,
                                       click_breakdown, clicks_over_time, funnel, message_replies, top_links,
                                       unlinked_events)
+from dashboard.queries.alerts import add_silence, alert_channel_failures, alerts_overview, end_silence
 
 __all__ = [
     # the store and the selection
@@ -97,4 +101,5 @@ __all__ = [
     # the campaign funnel (clicks and replies)
     "BREAKDOWNS", "FUNNEL_TABLE_COLUMNS", "REPLY_COLUMNS", "campaigns_with_funnel", "funnel", "unlinked_events", "clicks_over_time",
     "click_breakdown", "top_links", "message_replies",
+    "alerts_overview", "alert_channel_failures", "add_silence", "end_silence",
 ]

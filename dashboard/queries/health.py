@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dlrlens.statuses import status_table
 from dlrlens.store.reader import Store
 from dlrlens.store.selection import Filters
-from dlrlens.store.sql import distinct_receipts_sql
+from dlrlens.store.sql import distinct_receipts_sql, known_statuses, unknown_status_condition
 from dlrlens.store import status
 from dashboard.queries._common import counts_as_int
 
@@ -36,7 +35,7 @@ def data_health(store: Store, since: datetime | None = None) -> dict[str, pd.Dat
     Reads the raw receipts. Over all data (``since`` None) the per-receipt figures are summed
     over day partitions, each computed once while its files do not change.
     """
-    known = {"known": [s.name for s in status_table()]}
+    known = known_statuses()
 
     def compute():
         if since is None:
@@ -57,9 +56,9 @@ def data_health(store: Store, since: datetime | None = None) -> dict[str, pd.Dat
         per_minute = store.query("""
             SELECT date_trunc('minute', received_at) AS minute, count(*) AS receipts
             FROM health_receipts GROUP BY ALL ORDER BY minute""")
-        unknown = store.query("""
+        unknown = store.query(f"""
             SELECT status, status_code, count(*) AS receipts FROM health_receipts
-            WHERE NOT list_contains($known, status)
+            WHERE {unknown_status_condition()}
             GROUP BY ALL ORDER BY receipts DESC, status""", known)
         store.query("DROP TABLE health_receipts")
         summary = counts_as_int(summary, ["receipts", "stored_rows", "duplicate_rows", "regressions", "messages"])
@@ -73,7 +72,7 @@ def _health_overall(store: Store, known: dict) -> dict[str, pd.DataFrame]:
                max(received_at) AS last_received_at, max(created) AS last_created_at FROM {source}""")
     unknown = store.per_partition("health_unknown", """
         SELECT status, status_code, count(DISTINCT receipt_id) AS receipts FROM {source}
-        WHERE NOT list_contains($known, status) GROUP BY ALL""", known)
+        WHERE """ + unknown_status_condition() + " GROUP BY ALL", known)
     columns = ["receipts", "stored_rows", "last_received_at", "last_created_at"]
     per = pd.concat(list(totals.values()), ignore_index=True) if totals else pd.DataFrame(columns=columns)
     sql, params = store.filtered_counts_sql(Filters())

@@ -16,9 +16,8 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from dlrlens.store.reader import CHARTED_FROM, CHARTED_TO, Store, epoch_micros
+from dlrlens.store.reader import CHARTED_FROM, CHARTED_TO, Store
 from dlrlens.store.selection import OUTCOMES, Filters
-from dlrlens.store.sql import seconds_between
 from dashboard import _sql
 from dashboard.queries._common import (AGE_BUCKETS, TREND_COLUMNS, all_buckets, charted, counts_as_int, in_zone,
                                        per_bucket)
@@ -98,19 +97,9 @@ def pending_ages(store: Store, f: Filters, now: datetime | None = None) -> pd.Da
     now = now if now is not None else datetime.now(UTC)
 
     def compute():
-        limits = (3600, 86400, 259200)
-        # The age buckets' edges: no pre-aggregated slot may straddle one.
-        cuts = tuple(epoch_micros(now) - limit * 1_000_000 for limit in limits)
-        sql, params = store.filtered_counts_sql(f, cuts)
-        params["now"] = now
-        age = seconds_between("t", "$now")
-        df = store.query(f"""
-            SELECT CASE WHEN {age} < {limits[0]} THEN 0 WHEN {age} < {limits[1]} THEN 1
-                        WHEN {age} < {limits[2]} THEN 2 ELSE 3 END AS bucket_order,
-                   last_status, sum(messages)::BIGINT AS messages
-            FROM ({sql}) WHERE outcome = 'pending'
-            GROUP BY ALL HAVING sum(messages) > 0 ORDER BY bucket_order, messages DESC, last_status""", params)
+        # One definition of a pending message's age, shared with the alerts (pending_age rules).
+        df = store.pending_by_age(f, now, (3600, 86400, 259200)).drop(columns="grp")
         df["age_bucket"] = [AGE_BUCKETS[i] for i in df["bucket_order"]]
-        return df[["age_bucket", "messages", "last_status"]]
+        return df[["age_bucket", "messages", "last_status"]].reset_index(drop=True)
     return store.cached("pending_ages", (f, now), compute)
 

@@ -121,7 +121,18 @@ def health() -> None:
                        "Their raw bodies are kept under `rejected/` in the data folder.")
             downloads.show_table(rejected, "rejected", f, file_filters=everything)
 
+        alert_channels()
+
     figures()
+
+
+def alert_channels() -> None:
+    """Notify channels whose latest delivery failed (details on the Alerts page)."""
+    failing = queries.alert_channel_failures(state.data_dir())
+    if len(failing):
+        st.subheader("Alert channels failing", anchor=False)
+        st.caption("Alert notifications to these channels fail; they are retried with back-off. See the Alerts page.")
+        downloads.show_table(failing, "alert-channels-failing", state.filters())
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ receipt meets them:
   SQL over the receipts, the per-message state and the fresh tail, merged in one place; what
   it is asked for is a :class:`~dlrlens.store.selection.Filters` (:mod:`~dlrlens.store.selection`),
   turned into SQL conditions by :mod:`~dlrlens.store.sql` (with the ``receipts`` relation).
+* :mod:`~dlrlens.store.alert_state`: the alerts' state and history (``data/alerts.sqlite``):
+  firing alerts, the notification outbox and its outcomes, silences; written by the alert
+  evaluator (:mod:`dlrlens.alerts`, which this package does not import), read by the pages
+  and ``/metrics``.
 * :mod:`~dlrlens.store.faults`: named crash points for the fault tests.
 
 * :mod:`~dlrlens.store.backends`: which store holds the receipts (``DLRLENS_STORE``): the local

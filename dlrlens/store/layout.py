@@ -26,6 +26,11 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
       .auth-failures.sqlite (-wal, -shm)                  wrong-secret counts per source, shared
                                                           by the collector's workers (disposable)
       .healthz-<pid>                                      /healthz's write probe (removed at once)
+      alerts.sqlite (-wal, -shm)                          alert state and history (dlrlens.store.alert_state):
+                                                          firing since when, notifications and their outcome,
+                                                          silences; written by the alert evaluator and the
+                                                          dashboard's silence form, one transaction a change
+      alerts.lock                                         flock: the one alert evaluator of the data directory
 
 With the Iceberg store (``DLRLENS_STORE=iceberg:<catalog>``, :mod:`dlrlens.store.backends`) the
 receipts live in the Iceberg table ``<namespace>.receipts`` of that catalog (namespace

@@ -270,6 +270,20 @@ def start_process(settings) -> MaintenanceProcess | None:
                               compact_every=settings.compact_seconds, log_level=settings.log_level).start()
 
 
+def supervised_child(log_level: str, niceness: int, parent: int | None) -> tuple[int, threading.Event]:
+    """Set up a process a :class:`MaintenanceProcess` supervises (this one, the alerts one):
+    log lines to stderr, lower CPU priority, an event set by SIGTERM/SIGINT. Returns the pid of
+    the parent to outlive no longer (given by the supervisor: the imports take a second, and it
+    may already be gone) and that event."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    os.nice(niceness)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return parent or os.getppid(), stop
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run maintenance in this process until SIGTERM/SIGINT or until the parent process dies."""
     parser = argparse.ArgumentParser(prog="python3 -m dlrlens.store.maintenance", description=__doc__.split("\n")[0])
@@ -281,14 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, default=None,
                         help="pid of the supervising process: exit when it is gone (default: the parent at start)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stderr)
-    os.nice(args.niceness)
-    # Given by the supervisor: the imports above take a second, and it may already be gone.
-    parent = args.parent or os.getppid()
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    parent, stop = supervised_child(args.log_level, args.niceness, args.parent)
     maintainer = start(Path(args.data), interval=args.interval, compact_every=args.compact_every,
                        lock_retry_seconds=PROCESS_LOCK_RETRY_SECONDS)
     if maintainer is None:

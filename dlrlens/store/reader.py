@@ -51,7 +51,8 @@ import pyarrow as pa
 
 from dlrlens.store import derive, events, layout
 from dlrlens.store.selection import Filters, zone_info
-from dlrlens.store.sql import dimension_conditions, filtered_messages_sql, json_pointer, string_literal
+from dlrlens.store.sql import (counts_select, dimension_conditions, filtered_messages_sql, json_pointer,
+                               known_statuses, seconds_between, string_literal, unknown_status_condition)
 
 UTC = timezone.utc
 
@@ -752,6 +753,133 @@ class Store:
             out[partition] = self._per_partition[key]
         return out
 
+    # -- questions asked both by the dashboard and by the alerts (dlrlens.alerts): one definition
+
+    def window_counts(self, f: Filters, windows: list[tuple[datetime, datetime]], group: str | None = None,
+                      group_params: dict | None = None) -> pd.DataFrame:
+        """Every count and share of :func:`dlrlens.store.sql.counts_select` (messages per outcome,
+        delivery_rate, ...) of the messages matching f's dimension filters (its own range is
+        ignored) sent in each of ``windows`` ([start, end) pairs, aware; they may overlap), per
+        group: columns w (the window's index), grp, then the counts; only (w, grp) with messages.
+
+        ``group``: an SQL expression over the counts relation's columns (campaign, outcome,
+        last_status, label_sets) giving a LIST of the row's group values (a message counts in
+        each: a message carrying two label sets counts under both values, as the label filter
+        finds it under both); None: one group, ``'all'``. ``group_params``: its bound values.
+        Exact at any window boundary: the boundaries are cuts no pre-aggregated slot straddles.
+        Cached per data version (rules sharing windows and grouping share the answer)."""
+        key = (f, tuple(windows), group, tuple(sorted((group_params or {}).items())))
+        return self.cached("window_counts", key, lambda: self._window_counts(f, windows, group, group_params))
+
+    def _window_counts(self, f: Filters, windows: list[tuple[datetime, datetime]], group: str | None,
+                       group_params: dict | None) -> pd.DataFrame:
+        if not windows:
+            return self.query(f"SELECT 0 AS w, {counts_select('NULL::VARCHAR')} FROM (SELECT 1) WHERE FALSE")
+        # One counts relation per cluster of overlapping windows (the current window, each
+        # baseline day): the rollups are sorted by slot, so only those hours are read, not the
+        # days between (measured: 1.8 -> see tests/benchmarks/alerts.py).
+        clusters: list[list[datetime]] = []
+        for start, end in sorted(windows):
+            if clusters and start <= clusters[-1][1]:
+                clusters[-1][1] = max(clusters[-1][1], end)
+            else:
+                clusters.append([start, end])
+        edges = sorted({epoch_micros(x) for pair in windows for x in pair})
+        parts, params = [], {}
+        for start, end in clusters:
+            lo, hi = epoch_micros(start), epoch_micros(end)
+            part, part_params = self.filtered_counts_sql(replace(f, start=start, end=end),
+                                                         tuple(c for c in edges if lo <= c <= hi))
+            parts.append(f"SELECT * FROM ({part})")
+            params.update(part_params)  # the same dimension parameters in every part
+        sql = " UNION ALL ".join(parts)
+        params.update(group_params or {})
+        table = pd.DataFrame({"w": range(len(windows)), "ws": [s for s, _ in windows], "we": [e for _, e in windows]})
+        table["ws"] = pd.to_datetime(table["ws"], utc=True)
+        table["we"] = pd.to_datetime(table["we"], utc=True)
+        groups = group or "['all']"
+        return self.query(
+            f"SELECT w, {counts_select('g')} FROM ("
+            f"  SELECT x.w, unnest({groups}) AS g, c.* FROM ({sql}) c JOIN alert_windows x ON c.t >= x.ws AND c.t < x.we"
+            f") GROUP BY ALL HAVING sum(messages) <> 0 ORDER BY w, grp", params, tables={"alert_windows": table})
+
+    def pending_by_age(self, f: Filters, now: datetime, ages_seconds: tuple[int, ...], group: str | None = None,
+                       group_params: dict | None = None) -> pd.DataFrame:
+        """Pending messages matching ``f`` by age (``now`` - each message's own sent time) and the
+        status they are stuck at: columns grp (see :meth:`window_counts`; ``'all'`` without
+        ``group``), bucket_order (0: younger than ages_seconds[0], 1: older than that but younger
+        than ages_seconds[1], ..., len(ages_seconds): older than the last), last_status,
+        messages; rows with messages only, by grp, bucket_order, messages descending. Cached
+        per data version."""
+        key = (f, now, tuple(ages_seconds), group, tuple(sorted((group_params or {}).items())))
+        return self.cached("pending_by_age", key, lambda: self._pending_by_age(f, now, ages_seconds, group, group_params))
+
+    def _pending_by_age(self, f: Filters, now: datetime, ages_seconds: tuple[int, ...], group: str | None,
+                        group_params: dict | None) -> pd.DataFrame:
+        # The age buckets' edges: no pre-aggregated slot may straddle one.
+        cuts = tuple(epoch_micros(now) - limit * 1_000_000 for limit in ages_seconds)
+        sql, params = self.filtered_counts_sql(f, cuts)
+        params.update(group_params or {})
+        params["now"] = now
+        age = seconds_between("t", "$now")
+        order = " ".join(f"WHEN {age} < {limit} THEN {i}" for i, limit in enumerate(ages_seconds))
+        bucket = f"CASE {order} ELSE {len(ages_seconds)} END" if ages_seconds else "0"
+        return self.query(f"""
+            SELECT g AS grp, {bucket} AS bucket_order, last_status, sum(messages)::BIGINT AS messages
+            FROM (SELECT unnest({group or "['all']"}) AS g, * FROM ({sql}) WHERE outcome = 'pending')
+            GROUP BY ALL HAVING sum(messages) > 0 ORDER BY grp, bucket_order, messages DESC, last_status""", params)
+
+    def receipts_received(self, windows: list[tuple[datetime, datetime]]) -> list[int]:
+        """How many receipt rows were stored with a ``received_at`` in each of ``windows``
+        ([start, end) pairs, aware), counted by whole UTC minutes: a window covers the minutes
+        from the one holding its start up to the one holding its end, that one excluded.
+        Copies count (a Mobivate retry is traffic too): what "receipts arrived" means for the
+        alerts. Per-minute counts are kept per day partition while its files do not change,
+        so a repeated question reads only the partitions written since."""
+        if not windows:
+            return []
+        with self.pinned():
+            minutes = self._arrivals_per_minute()
+        out = []
+        for start, end in windows:
+            lo, hi = _minute_floor(start), _minute_floor(end)
+            out.append(int(minutes[(minutes["minute"] >= lo) & (minutes["minute"] < hi)]["rows"].sum()))
+        return out
+
+    def _arrivals_per_minute(self) -> pd.DataFrame:
+        parts = self.per_partition("arrivals_per_minute", """
+            SELECT date_trunc('minute', received_at) AS minute, count(*) AS rows FROM {source} GROUP BY ALL""")
+        frames = [p for p in parts.values() if len(p)]
+        if not frames:
+            return pd.DataFrame({"minute": pd.Series([], dtype="datetime64[us, UTC]"), "rows": pd.Series([], dtype="int64")})
+        minutes = pd.concat(frames, ignore_index=True)
+        minutes["minute"] = pd.to_datetime(minutes["minute"], utc=True)
+        return minutes
+
+    def unknown_statuses(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """status, status_code, receipts (distinct), first_received_at: the receipts received in
+        [start, end) whose status is not in Mobivate's status table
+        (:func:`dlrlens.store.sql.unknown_status_condition`), most frequent first. Such
+        receipts are rare: they are read per day partition and kept while its files do not
+        change, then counted exactly for the window."""
+        with self.pinned():
+            parts = self.per_partition("unknown_status_receipts", f"""
+                SELECT status, status_code, receipt_id, received_at FROM {{source}}
+                WHERE {unknown_status_condition()}""", known_statuses())
+        frames = [p for p in parts.values() if len(p)]
+        columns = {"status": pd.Series([], dtype=object), "status_code": pd.Series([], dtype="Int32"),
+                   "receipts": pd.Series([], dtype="int64"), "first_received_at": pd.Series([], dtype="datetime64[us, UTC]")}
+        if not frames:
+            return pd.DataFrame(columns)
+        rows = pd.concat(frames, ignore_index=True)
+        rows["received_at"] = pd.to_datetime(rows["received_at"], utc=True)
+        rows = rows[(rows["received_at"] >= pd.Timestamp(start)) & (rows["received_at"] < pd.Timestamp(end))]
+        if rows.empty:
+            return pd.DataFrame(columns)
+        found = (rows.groupby(["status", "status_code"], dropna=False)
+                 .agg(receipts=("receipt_id", "nunique"), first_received_at=("received_at", "min")).reset_index())
+        return found.sort_values(["receipts", "status"], ascending=[False, True]).reset_index(drop=True)
+
     def raw_sql(self, since_day: str | None = None, partitions: set[str] | None = None) -> str:
         """``read_parquet`` over the stored receipt rows (compaction inputs whose rows are
         already in a compacted file left out), optionally only partitions from ``since_day``
@@ -897,6 +1025,10 @@ def _bucket_runs(buckets: pd.Series) -> str:
 def _at(micros: int) -> str:
     """SQL literal of the instant ``micros`` (epoch microseconds, UTC session)."""
     return f"make_timestamp({int(micros)})::TIMESTAMPTZ"
+
+
+def _minute_floor(moment: datetime) -> pd.Timestamp:
+    return pd.Timestamp(moment).tz_convert("UTC").floor("min")
 
 
 def epoch_micros(moment: datetime) -> int:

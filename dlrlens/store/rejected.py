@@ -73,3 +73,20 @@ def body_time(path: Path) -> datetime | None:
             return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
         except OSError:
             return None
+
+
+def rejected_between(data_dir: Path, start: datetime, end: datetime) -> dict[str, dict]:
+    """Refused requests per reason received in [start, end), from the kept bodies' names:
+    ``{reason: {"count": n, "at_least": bool}}``; ``at_least`` when the oldest kept body of
+    that reason is inside the window (older ones were pruned: there may have been more).
+    ``partial`` (a 207, some elements refused) is a reason like the others here."""
+    root = Path(data_dir) / layout.REJECTED_DIR
+    found: dict[str, dict] = {}
+    if not root.is_dir():
+        return found
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        times = sorted(t for t in (body_time(p) for p in folder.glob("*.body")) if t is not None)
+        inside = [t for t in times if start <= t < end]
+        if inside:
+            found[folder.name] = {"count": len(inside), "at_least": times[0] >= start}
+    return found

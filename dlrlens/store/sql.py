@@ -11,10 +11,16 @@ Two relations carry every figure:
   stored rows (:meth:`dlrlens.store.reader.Store.raw_sql`), for the per-receipt figures
   (receipts, duplicate rows, webhook lag), which are not per message.
 
+The per-message counts and shares over a counts relation (:func:`counts_select`: messages per
+outcome, delivery rate, ...) are defined here once: the dashboard's questions and the alerts
+(:mod:`dlrlens.alerts`) both aggregate with it.
+
 Every builder returns SQL text with named ``$parameters``; user values are always bound.
 """
 
 from __future__ import annotations
+
+from dlrlens.store.derive import LATENCY_THRESHOLDS  # defined once, with the rollups that store them
 
 
 def seconds_between(earlier: str, later: str) -> str:
@@ -100,3 +106,53 @@ def string_literal(text) -> str:
 def json_pointer(key: str) -> str:
     """RFC 6901 pointer to a top-level key (any characters allowed in ``key``)."""
     return "/" + key.replace("~", "~0").replace("/", "~1")
+
+
+def counts_select(group: str | None = None) -> str:
+    """The SELECT list of every per-message count and share, aggregating a *counts relation*
+    (rows as ``dlrlens.store.derive.rollup_sql`` makes them: signed partial counts), optionally
+    with ``group`` (an expression, exposed as ``grp``) first."""
+    def total(column: str, where: str | None = None) -> str:
+        filtered = f" FILTER (WHERE {where})" if where else ""
+        return f"coalesce(sum({column}){filtered}, 0)::BIGINT"
+
+    shares = ",\n".join(f"{total(name)} / NULLIF({total('latency_messages')}, 0) AS {name}"
+                        for name, _ in LATENCY_THRESHOLDS)
+    key = f"{group} AS grp, " if group else ""
+    return f"""
+        {key}{total('messages')} AS messages,
+        {total('messages', "outcome = 'delivered'")} AS delivered,
+        {total('messages', "outcome = 'failed'")} AS failed,
+        {total('messages', "outcome = 'unknown'")} AS unknown,
+        {total('messages', "outcome = 'pending'")} AS pending,
+        {total('messages', "outcome = 'delivered'")}
+            / NULLIF({total('messages', "outcome <> 'pending'")}, 0) AS delivery_rate,
+        {total('messages', "outcome = 'delivered'")} / NULLIF({total('messages')}, 0) AS delivered_of_all,
+        {total('latency_messages')} AS latency_messages,
+        {shares},
+        {total('delivered_without_earlier')} AS delivered_without_earlier,
+        {total('regressions')} AS regressions
+    """
+
+
+def known_statuses() -> dict:
+    """The parameter ``known`` of :func:`unknown_status_condition`: the status names of
+    Mobivate's table (:func:`dlrlens.statuses.status_table`)."""
+    from dlrlens.statuses import status_table
+
+    return {"known": [s.name for s in status_table()]}
+
+
+def unknown_status_condition(column: str = "status") -> str:
+    """A receipt status not in Mobivate's table (bind :func:`known_statuses`): the Data health
+    page lists them and the ``unknown_status`` alert fires on them."""
+    return f"NOT list_contains($known, {column})"
+
+
+def label_values_sql(path_param: str) -> str:
+    """The LIST of values a counts or messages row's label sets (``label_sets``, a JSON list of
+    label objects as text) hold for the key whose :func:`json_pointer` is bound to
+    ``$path_param``: none, one, or several distinct values (the label filter finds a message
+    under each)."""
+    return (f"list_distinct(list_filter(list_transform(from_json(label_sets, '[\"VARCHAR\"]'), "
+            f"lambda l: json_extract_string(l, ${path_param})), lambda v: v IS NOT NULL))")

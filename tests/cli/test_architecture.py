@@ -27,7 +27,10 @@ def lint_imports() -> str:
 def test_the_contracts_are_the_documented_ones():
     assert CONFIG["root_packages"] == ["collector", "dashboard", "dlrlens"]
     contracts = {c["id"]: c for c in CONFIG["contracts"]}
-    assert set(contracts) == {"apps-independent", "store-below-apps", "shared-below-apps", "no-sibling-cycles"}
+    assert set(contracts) == {"apps-independent", "store-below-apps", "shared-below-apps", "no-sibling-cycles",
+                              "alerts-below-apps", "store-below-alerts"}
+    assert set(contracts["alerts-below-apps"]["forbidden_modules"]) == {"collector", "dashboard", "dlrlens.cli"}
+    assert contracts["store-below-alerts"]["forbidden_modules"] == ["dlrlens.alerts"]
     assert contracts["apps-independent"]["modules"] == ["collector", "dashboard"]
     assert {"collector", "dashboard", "dlrlens.cli"} <= set(contracts["store-below-apps"]["forbidden_modules"])
     assert contracts["no-sibling-cycles"]["type"] == "acyclic_siblings"
