@@ -377,6 +377,95 @@ def cmd_rebuild(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- sync, campaigns
+
+
+def _day(text: str):
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD") from None
+
+
+def sync_arguments(parser: argparse.ArgumentParser) -> None:
+    _data_argument(parser)
+    parser.add_argument("--from", dest="date_from", metavar="DATE", type=_day, required=True,
+                        help="first UTC day (YYYY-MM-DD) of Mobivate send records to fetch")
+    parser.add_argument("--to", dest="date_to", metavar="DATE", type=_day, required=True,
+                        help="last UTC day (YYYY-MM-DD), inclusive")
+    parser.add_argument("--page-size", type=int, default=1000, help="message-log page size (at most 1000)")
+
+
+def cmd_sync(args) -> int:
+    """Fetch Mobivate's message log, history and campaign list for the days and store them.
+    0 on success (malformed pages skipped are reported), 2 on bad input or settings, 3 for a
+    key problem (401/403), 1 for any other API failure."""
+    from dlrlens.mobivate import MobivateAuthError, MobivateClient, MobivateError, MobivateSettings
+    from dlrlens.store import sends
+
+    if args.date_to < args.date_from:
+        print("dlrlens sync: error: --to is before --from", file=sys.stderr)
+        return 2
+    try:
+        settings = MobivateSettings.from_env()
+    except ValueError as exc:
+        print(f"dlrlens sync: error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.configured:
+        print("dlrlens sync: error: no Mobivate API key: set MOBIVATE_API_KEY (nothing is fetched without one)",
+              file=sys.stderr)
+        return 2
+    client = MobivateClient.from_settings(settings)
+    data_dir = layout.data_dir(args.data)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    progress = lambda text: print(f"dlrlens sync: {text}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        result = sends.sync(data_dir, client, args.date_from, args.date_to, keep_recipient=settings.keep_recipient,
+                            page_size=args.page_size, progress=progress)
+    except MobivateAuthError as exc:
+        print(f"dlrlens sync: error: {exc}", file=sys.stderr)
+        return 3
+    except MobivateError as exc:
+        print(f"dlrlens sync: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    rate = result.records / result.seconds if result.seconds else 0.0
+    print(f"synced {result.start}..{result.end}: {result.records} send records, {result.campaigns} campaigns, "
+          f"{result.files_changed} files changed, {len(result.bad_pages)} malformed pages skipped "
+          f"({result.seconds:.1f} s, {rate:,.0f} records/s)")
+    return 0
+
+
+def campaigns_arguments(parser: argparse.ArgumentParser) -> None:
+    _data_argument(parser)
+    parser.add_argument("action", choices=["import"], help="import: campaign names from a CSV")
+    parser.add_argument("file", metavar="FILE.csv", help="CSV with the header batch_id,name")
+
+
+def cmd_campaigns(args) -> int:
+    """Import campaign names. 0 when stored, 2 when the file has bad rows (nothing stored)."""
+    from dlrlens.store import sends
+
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"dlrlens campaigns import: error: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    data_dir = layout.data_dir(args.data)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    result = sends.import_names(data_dir, text)
+    if result.errors:
+        for error in result.errors[:50]:
+            print(f"dlrlens campaigns import: {args.file}: {error}", file=sys.stderr)
+        more = len(result.errors) - 50
+        print(f"dlrlens campaigns import: error: {len(result.errors)} bad row(s){f' ({more} more not shown)' if more > 0 else ''}; "
+              f"nothing imported", file=sys.stderr)
+        return 2
+    print(f"imported {len(result.names)} campaign names")
+    return 0
+
+
 # --------------------------------------------------------------------------- the parser
 
 # (name, help, adds its options, runs it), in the order `dlrlens --help` lists them.
@@ -389,6 +478,8 @@ SUBCOMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Ca
     ("compact", "merge small receipt files into large sorted ones (the collector also does it)",
      compact_arguments, cmd_compact),
     ("rebuild", "recompute the derived per-message state from the raw receipts", rebuild_arguments, cmd_rebuild),
+    ("sync", "fetch Mobivate's send records (names, cost, country) for some days", sync_arguments, cmd_sync),
+    ("campaigns", "import campaign names from a CSV (batch_id,name)", campaigns_arguments, cmd_campaigns),
 )
 
 
