@@ -11,8 +11,10 @@ KPI definitions (identical on screen, in downloads and in reports; the wording u
 same receipt stored twice changes nothing.
 
 * Message: one delivery_message_id.
-* Campaign: the message's ``campaign`` label (from its earliest labelled receipt), else its
-  batch_id, else ``(none)``.
+* Campaign: the message's ``campaign`` label (from its earliest labelled receipt), else the
+  name of its batch_id (imported, else Mobivate's campaign list), else its batch_id, else
+  ``(none)``; a log record without any receipt: the name of its log campaignId
+  (:func:`dlrlens.store.sends.campaign_sql`).
 * Sent time: the earliest ``created`` of its receipts; date filters and buckets use it.
   Charts over time (:func:`trend`, :func:`failure_reasons_over_time`) cover sent times in
   [:data:`CHARTED_FROM`, :data:`CHARTED_TO`) only; :func:`uncharted_messages` counts the
@@ -46,6 +48,10 @@ Modules (everything is re-exported here: ``from dashboard import queries; querie
   :func:`campaign_names`, :func:`label_pairs`. Lists meant for widgets are bounded whatever the
   data holds (ranked, searched and limited in DuckDB: at most :data:`OPTION_LIMIT` values reach
   Python); :func:`campaign_names` and :func:`label_pairs` list everything.
+* :mod:`~dashboard.queries.cost`: :func:`cost_by`, :func:`total_cost`, :func:`receipts_missing`,
+  :func:`sync_state` (Mobivate's send records joined to the receipts).
+* :mod:`~dashboard.queries.geography`: :func:`delivery_by` country, network, sender ID, route;
+  :func:`send_choices`.
 * :mod:`~dashboard.queries.health`: :func:`data_health`, and the collector's status files
   (:func:`maintenance_status`, :func:`rejected_summary`, read by :mod:`dlrlens.store.status`).
 * :mod:`~dashboard.queries._common`: column lists, limits and helpers they share.
@@ -68,6 +74,8 @@ from dashboard.queries.lookup import DETAIL_COLUMNS, LOOKUP_COLUMNS, message_det
 from dashboard.queries.options import (Choices, campaign_choices, campaign_names, label_choices,
                                        label_pairs)
 from dashboard.queries.trend import pending_ages, trend, uncharted_messages, uncharted_note
+from dashboard.queries.cost import COST_TABLE_COLUMNS, MISSING_COLUMNS, cost_by, receipts_missing, sync_state, total_cost
+from dashboard.queries.geography import DIMENSIONS, delivery_by, send_choices
 
 __all__ = [
     # the store and the selection
@@ -85,4 +93,7 @@ __all__ = [
     "message_lookup", "message_detail",
     "Choices", "campaign_choices", "label_choices", "campaign_names", "label_pairs",
     "data_health", "maintenance_status", "rejected_summary",
+    # Mobivate's send records joined to the receipts (names, cost, country, network)
+    "COST_TABLE_COLUMNS", "MISSING_COLUMNS", "cost_by", "total_cost", "receipts_missing", "sync_state",
+    "DIMENSIONS", "delivery_by", "send_choices",
 ]

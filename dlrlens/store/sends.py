@@ -544,36 +544,46 @@ def campaign_sql(label: str = "label", batch_id: str = "batch_id", campaign_id: 
     """THE definition of a message's campaign (every query joining send records uses it): its
     URL ``campaign`` label, else the name (imported, else Mobivate's) of its batchId, else of
     its log campaignId, else its batchId, else its campaignId, else ``(none)``. Arguments: the
-    SQL expressions of those columns."""
+    SQL expressions of those columns.
+
+    The log's campaignId is used only for messages without any receipt (:func:`joined_sql`):
+    the receipt-based relations of the reader see a message's batchId only
+    (:meth:`dlrlens.store.reader.Store._named`), and a message must have the same campaign on
+    every page. Mobivate's receipts of a campaign send carry its id as batchId."""
     return f"coalesce({label}, {batch_name}, {campaign_name}, {batch_id}, {campaign_id}, '{NO_CAMPAIGN}')"
 
 
-def joined_sql(messages: str, data_dir: Path) -> str:
-    """One row per message, from the receipts' ``messages`` relation (SQL) and the MT send
-    records: messages with receipts and no record (cost unknown: ``in_log`` false) and records
-    with no receipt (``has_receipt`` false, ``outcome`` NULL) included.
+def joined_sql(messages: str, all_messages: str, data_dir: Path, log_window: str = "TRUE") -> str:
+    """One row per message: the receipts' messages ``messages`` (a ``messages`` relation, SQL)
+    with their MT send record when there is one (``in_log`` false: cost unknown), and the MT
+    send records meeting ``log_window`` (SQL on ``created``) whose message has no receipt at
+    all in ``all_messages`` (``has_receipt`` false, ``outcome`` NULL).
 
-    Columns: delivery_message_id, campaign (:func:`campaign_sql`), batch_id, sent_at (the
-    earliest receipt, else the log's created), outcome, last_status, latency_s, label_sets,
-    has_receipt, in_log, log_created, log_status, cost, currency, country, network,
-    originator, route_id, delivered_at, recipient_hash, recipient_masked.
+    Columns: delivery_message_id, campaign (:func:`campaign_sql`), batch_id, campaign_id,
+    sent_at (the earliest receipt, else the log's created), outcome, last_status, latency_s,
+    label_sets, delivered_at (the first DELIVERED receipt's created), has_receipt, in_log, log_created, log_status,
+    cost, currency, country, network, originator, route_id, recipient_hash, recipient_masked.
     """
+    send_columns = ("s.created AS log_created, s.status AS log_status, s.cost, s.currency, s.country, s.network, "
+                    "s.originator, s.route_id, s.recipient_hash, s.recipient_masked, s.campaign_id")
     return f"""(
-        WITH m AS (SELECT * FROM {messages}),
-             s AS (SELECT * FROM {sends_sql(data_dir)} WHERE coalesce(direction, 'MT') = 'MT'),
+        WITH s AS (SELECT * FROM {sends_sql(data_dir)} WHERE coalesce(direction, 'MT') = 'MT'),
              n AS (SELECT * FROM {names_sql(data_dir)}),
              j AS (
-                SELECT coalesce(m.delivery_message_id, s.message_id) AS delivery_message_id,
+                SELECT m.delivery_message_id,
                        CASE WHEN m.campaign IS DISTINCT FROM coalesce(m.batch_id, '{NO_CAMPAIGN}')
                             THEN m.campaign END AS label,
-                       m.batch_id, s.campaign_id,
-                       coalesce(m.sent_at, s.created) AS sent_at, m.outcome, m.last_status, m.latency_s,
-                       m.label_sets, m.delivered_at,
-                       m.delivery_message_id IS NOT NULL AS has_receipt, s.message_id IS NOT NULL AS in_log,
-                       s.created AS log_created, s.status AS log_status, s.cost, s.currency, s.country,
-                       s.network, s.originator, s.route_id, s.recipient_hash, s.recipient_masked
-                FROM m FULL OUTER JOIN s ON m.delivery_message_id = s.message_id)
+                       m.batch_id, coalesce(m.sent_at, s.created) AS sent_at, m.outcome, m.last_status,
+                       m.latency_s, m.label_sets, m.delivered_at,
+                       TRUE AS has_receipt, s.message_id IS NOT NULL AS in_log, {send_columns}
+                FROM {messages} m LEFT JOIN s ON s.message_id = m.delivery_message_id
+                UNION ALL
+                SELECT s.message_id, NULL, NULL, s.created, NULL, NULL, NULL, NULL, NULL,
+                       FALSE, TRUE, {send_columns}
+                FROM s WHERE {log_window}
+                  AND s.message_id NOT IN (SELECT delivery_message_id FROM {all_messages}))
         SELECT j.* EXCLUDE (label),
-               {campaign_sql("j.label", "j.batch_id", "j.campaign_id", "nb.name", "nc.name")} AS campaign
+               {campaign_sql("j.label", "j.batch_id", "CASE WHEN NOT j.has_receipt THEN j.campaign_id END",
+                             "nb.name", "CASE WHEN NOT j.has_receipt THEN nc.name END")} AS campaign
         FROM j LEFT JOIN n nb ON nb.campaign_id = j.batch_id
                LEFT JOIN n nc ON nc.campaign_id = j.campaign_id)"""

@@ -100,3 +100,19 @@ def string_literal(text) -> str:
 def json_pointer(key: str) -> str:
     """RFC 6901 pointer to a top-level key (any characters allowed in ``key``)."""
     return "/" + key.replace("~", "~0").replace("/", "~1")
+
+
+def send_conditions(f, params: dict) -> list[str]:
+    """Filters ``f``'s countries, networks, senders and routes as SQL conditions on the joined
+    relation (:func:`dlrlens.store.sends.joined_sql`); adds the bound values to ``params``.
+    ``(unknown)`` matches a message without the value (no send record, or a number that did
+    not parse)."""
+    from dlrlens.store.selection import SEND_DIMENSIONS
+
+    conditions = []
+    for column, name in SEND_DIMENSIONS.items():
+        values = list(getattr(f, name))
+        if values:
+            params[name] = values
+            conditions.append(f"list_contains($%s, coalesce({column}, '(unknown)'))" % name)
+    return conditions
