@@ -10,11 +10,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 
 from collector.parsing import MAX_LABELS
+from dlrlens.mobivate import SETTINGS as MOBIVATE_SETTINGS
+from dlrlens.mobivate import parse_duration
 
 
 def _secrets(text: str) -> tuple[str, ...]:
@@ -128,6 +130,13 @@ SETTINGS_TABLE = (
     Setting("log_level", "DLRLENS_LOG_LEVEL", "info", _log_level,
             "info: one line per refused request, storage error, flush summary and compaction; debug: also one "
             "line per stored request (costs throughput under load)."),
+    # Mobivate's send records (dlrlens sync, and the maintenance process's periodic sync):
+    # the rows and their parsers are dlrlens.mobivate's, which reads them there too.
+    Setting("mobivate_api_key", "MOBIVATE_API_KEY", "", str.strip,
+            "Mobivate API key (Bearer) for its send records: names, cost, country. Without it nothing talks "
+            "to Mobivate. Never logged."),
+    *(Setting(name, env, default, parse or parse_duration, help)
+      for name, env, default, parse, help in MOBIVATE_SETTINGS),
 )
 
 
@@ -151,6 +160,13 @@ class Settings:
     label_keys: frozenset[str] | None
     label_max_length: int
     log_level: str
+    mobivate_api_key: str = field(repr=False)
+    mobivate_url: str
+    mobivate_messages_url: str
+    sync_seconds: float
+    sync_days: int
+    keep_recipient: bool
+    receipts_missing_after: float
 
 
 def load_settings(**overrides) -> Settings:

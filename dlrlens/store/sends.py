@@ -479,6 +479,50 @@ def sync_status(data_dir: Path) -> dict | None:
         return None
 
 
+MAX_BACKOFF_SECONDS = 3600.0
+
+
+def periodic_settings():
+    """The Mobivate settings of this process when a periodic sync is due (a key and an
+    interval > 0), else None. A bad setting is logged and turns the sync off."""
+    from dlrlens.mobivate import MobivateSettings
+
+    try:
+        settings = MobivateSettings.from_env()
+    except ValueError as exc:
+        log.error("event=sync_disabled error=%r", str(exc))
+        return None
+    return settings if settings.configured and settings.sync_seconds > 0 else None
+
+
+def periodic_sync(data_dir: Path, settings, now: datetime | None = None, client=None) -> dict:
+    """One periodic sync (the maintenance process, every ``settings.sync_seconds``): the last
+    ``settings.sync_days`` UTC days again (overlapping windows: late log updates arrive, stored
+    records merge by id). After failures it backs off: the next attempt waits the interval
+    times 2**failures (at most an hour) after the last error. Raises on failure (recorded in
+    ``sync.json``)."""
+    from dlrlens.mobivate import MobivateClient
+
+    now = now or datetime.now(UTC)
+    status = sync_status(data_dir) or {}
+    failures = int(status.get("consecutive_failures") or 0)
+    if failures and status.get("last_error_at"):
+        wait = min(MAX_BACKOFF_SECONDS, settings.sync_seconds * 2 ** failures)
+        retry_at = datetime.fromisoformat(status["last_error_at"]) + timedelta(seconds=wait)
+        if now < retry_at:
+            return {"skipped": f"backing off after {failures} failure(s) until {retry_at.isoformat()}"}
+    end = now.date()
+    start = end - timedelta(days=settings.sync_days - 1)
+    own = client is None
+    client = client or MobivateClient.from_settings(settings)
+    try:
+        result = sync(data_dir, client, start, end, keep_recipient=settings.keep_recipient)
+    finally:
+        if own:
+            client.close()
+    return result.as_dict()
+
+
 # --------------------------------------------------------------------------- reading
 
 

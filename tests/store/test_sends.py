@@ -297,3 +297,39 @@ def test_the_campaigns_import_command(tmp_path):
     done = run_cli("campaigns", "import", str(good), "--data", str(data))
     assert done.returncode == 0 and "imported 1" in done.stdout
     assert json.loads(json.dumps(stored(data, "SELECT * FROM {names}"))) == [["b1", "Spring"]]
+
+
+# --------------------------------------------------------------------------- periodic sync
+
+
+def test_periodic_sync_reads_recent_days_and_backs_off_after_failures(fake, tmp_path):
+    settings = MobivateSettings(api_key=KEY, mobivate_url=fake.url, mobivate_messages_url=fake.url,
+                                sync_seconds=60, sync_days=3)
+    now = START + timedelta(days=1, hours=5)
+    done = sends.periodic_sync(tmp_path, settings, now=now, client=client_for(fake))
+    assert done["from"] == "2026-11-01" and done["to"] == "2026-11-03" and done["records"] > 0
+    fake.switches.statuses = [500] * 4
+    with pytest.raises(MobivateError):
+        sends.periodic_sync(tmp_path, settings, now=now, client=client_for(fake))
+    failed_at = datetime.fromisoformat(sends.sync_status(tmp_path)["last_error_at"])
+    skipped = sends.periodic_sync(tmp_path, settings, now=failed_at + timedelta(seconds=100), client=client_for(fake))
+    assert "backing off" in skipped["skipped"]  # 60 s x 2**1 = 120 s after the failure
+    assert sends.periodic_sync(tmp_path, settings, now=failed_at + timedelta(seconds=121),
+                               client=client_for(fake))["records"] > 0
+
+
+def test_the_maintenance_process_syncs_when_a_key_is_configured(fake, tmp_path, monkeypatch):
+    from dlrlens.store import maintenance
+    from tests.support.servers import wait_until
+
+    monkeypatch.setenv("MOBIVATE_API_KEY", KEY)
+    monkeypatch.setenv("DLRLENS_MOBIVATE_URL", fake.url)
+    monkeypatch.setenv("DLRLENS_SYNC_SECONDS", "0.2")
+    maintainer = maintenance.start(tmp_path, interval=60, compact_every=0, lock_retry_seconds=0.1)
+    try:
+        wait_until(lambda: maintainer.runs["sync"] >= 2, timeout=30, what="two periodic syncs")
+    finally:
+        maintainer.stop()
+    assert maintainer.errors["sync"] == 0 and sends.sync_status(tmp_path)["last_success_at"]
+    monkeypatch.delenv("MOBIVATE_API_KEY")
+    assert maintenance.Maintainer(tmp_path).sync_settings is None  # no key: nothing talks to Mobivate
