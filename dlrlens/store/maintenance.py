@@ -144,7 +144,7 @@ class Maintainer:
 
         return {"pid": os.getpid(), "updated_at": iso(datetime.now(timezone.utc)),
                 "interval_seconds": {"derive": self.interval, "compact": self.compact_every,
-                                     "sync": self.sync_settings.sync_seconds if self.sync_settings else 0},
+                                     **({"sync": self.sync_settings.sync_seconds} if self.sync_settings else {})},
                 "runs": dict(self.runs), "errors": dict(self.errors),
                 "last_success_at": {name: iso(at) for name, at in self.last_success_at.items()},
                 "last_error": self.last_error, "last_error_at": iso(self.last_error_at)}
