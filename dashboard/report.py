@@ -39,7 +39,7 @@ from dashboard import catalog, queries, safe_text
 from dashboard.queries import Filters, Store
 
 FORMATS = ("csv", "xlsx", "json")
-SHEETS = ("Summary", "Definitions", "Campaigns", "Failure reasons", "Daily trend")
+SHEETS = ("Summary", "Definitions", "Campaigns", "Failure reasons", "Daily trend", "By country", "By network")
 
 
 
@@ -55,12 +55,17 @@ def build_report(store: Store, filters: Filters) -> dict[str, pd.DataFrame]:
     * Campaigns: :func:`queries.campaigns`.
     * Failure reasons: :func:`queries.failure_reasons`.
     * Daily trend: day (local date in the report's zone) + :func:`queries.trend` columns.
+    * Campaigns carries the cost columns (:func:`queries.campaigns_with_cost`: one row per
+      campaign and currency); By country / By network: :func:`queries.where_table`.
     """
     with store.pinned():
         overall = queries.kpis(store, filters, receipt_figures=True).iloc[0]
         per_campaign = queries.campaigns(store, filters, receipt_figures=True)
         reasons = queries.failure_reasons(store, filters)
         daily = queries.trend(store, filters, bucket="day")
+        per_campaign = queries.campaigns_with_cost(per_campaign, queries.cost_by(store, filters, "campaign"))
+        by_country = queries.where_table(store, filters, "country")
+        by_network = queries.where_table(store, filters, "network")
     first_day, last_day = report_days(filters)
     scope = [
         ("From (sent time)", "from", first_day.isoformat() if first_day else "(all data)"),
@@ -75,7 +80,7 @@ def build_report(store: Store, filters: Filters) -> dict[str, pd.DataFrame]:
     )
     definitions = pd.DataFrame(
         [(term.name, "", term.definition) for term in catalog.TERMS]
-        + [(kpi.label, kpi.column, kpi.definition) for kpi in catalog.KPIS],
+        + [(kpi.label, kpi.column, kpi.definition) for kpi in catalog.ALL_KPIS],
         columns=["term", "key", "definition"],
     )
     daily = daily.copy()
@@ -86,6 +91,8 @@ def build_report(store: Store, filters: Filters) -> dict[str, pd.DataFrame]:
         "Campaigns": per_campaign,
         "Failure reasons": reasons,
         "Daily trend": daily.drop(columns=["bucket_start"]),
+        "By country": by_country,
+        "By network": by_network,
     }
 
 
@@ -176,6 +183,7 @@ def _xlsx_bytes(report: dict[str, pd.DataFrame]) -> bytes:
         "rate": book.add_format({"num_format": "0.0%"}),
         "seconds": book.add_format({"num_format": "#,##0.0"}),
         "count": book.add_format({"num_format": "#,##0"}),
+        "amount": book.add_format({"num_format": "#,##0.00####"}),
         "date": book.add_format({"num_format": "yyyy-mm-dd"}),
         "datetime": book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss"}),
         "text": book.add_format({"text_wrap": False}),
@@ -214,6 +222,8 @@ def _write_cell(sheet, row: int, col: int, value, column: str, formats: dict) ->
             fmt = formats["rate"]
         elif unit == "seconds":
             fmt = formats["seconds"]
+        elif unit == "amount":
+            fmt = formats["amount"]
         elif isinstance(value, int):
             fmt = formats["count"]
         else:
@@ -294,7 +304,7 @@ def write_campaign_report(data_dir: str | Path, filters: Filters, fmt: str, outp
         store.close()
     write_report(report, output, fmt)
     messages = int(report["Summary"].set_index("key").at["messages", "value"])
-    return WrittenReport(output, fmt, messages, len(report["Campaigns"]))
+    return WrittenReport(output, fmt, messages, report["Campaigns"]["campaign"].nunique())
 
 
 def _parse_day(text: str | None, option: str) -> date | None:

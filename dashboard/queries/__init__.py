@@ -74,7 +74,8 @@ from dashboard.queries.lookup import DETAIL_COLUMNS, LOOKUP_COLUMNS, message_det
 from dashboard.queries.options import (Choices, campaign_choices, campaign_names, label_choices,
                                        label_pairs)
 from dashboard.queries.trend import pending_ages, trend, uncharted_messages, uncharted_note
-from dashboard.queries.cost import COST_TABLE_COLUMNS, MISSING_COLUMNS, cost_by, receipts_missing, sync_state, total_cost
+from dashboard.queries.cost import (COST_TABLE_COLUMNS, MISSING_COLUMNS, campaigns_with_cost, cost_by, receipts_missing,
+                                    sync_state, total_cost, where_table)
 from dashboard.queries.geography import DIMENSIONS, delivery_by, send_choices
 
 __all__ = [
@@ -95,5 +96,6 @@ __all__ = [
     "data_health", "maintenance_status", "rejected_summary",
     # Mobivate's send records joined to the receipts (names, cost, country, network)
     "COST_TABLE_COLUMNS", "MISSING_COLUMNS", "cost_by", "total_cost", "receipts_missing", "sync_state",
+    "campaigns_with_cost", "where_table",
     "DIMENSIONS", "delivery_by", "send_choices",
 ]

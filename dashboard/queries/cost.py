@@ -132,3 +132,39 @@ def receipts_missing(store: Store, f: Filters, *, now: datetime | None = None,
 def sync_state(store: Store) -> dict | None:
     """The last sync of Mobivate's send records (``data/sync.json``), or None before any."""
     return sends.sync_status(store.data_dir)
+
+
+def campaigns_with_cost(per_campaign: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
+    """The campaign table (:func:`dashboard.queries.campaigns`) with the cost columns
+    (:data:`dashboard.catalog.COST_COLUMNS`, then ``latency_from_submission_p50_s``) of
+    :func:`cost_by` ``campaign``: one row per campaign and currency (the receipt KPIs repeated
+    on each). A campaign only in Mobivate's log (no receipt at all) gets a row with zero
+    counts; one with receipts and no log record keeps one row, currency empty, its messages
+    in ``messages_without_cost``."""
+    extra = ["latency_from_submission_p50_s"]
+    cost = cost[["campaign", *COST_COLUMNS, *extra]]
+    merged = per_campaign.merge(cost, on="campaign", how="outer", sort=False)
+    no_record = merged["currency"].isna() & merged["messages_without_cost"].isna()
+    if "messages" in merged:
+        merged.loc[no_record, "messages_without_cost"] = merged.loc[no_record, "messages"]
+    counts = [c for c in ("messages", "delivered", "failed", "unknown", "pending", "regressions",
+                          "latency_messages", "delivered_without_earlier", "messages_without_cost",
+                          "receipts_missing") if c in merged]
+    merged = counts_as_int(merged, counts)
+    order = {name: i for i, name in enumerate(per_campaign["campaign"])}
+    merged["_order"] = merged["campaign"].map(order).fillna(len(order))
+    return merged.sort_values(["_order", "campaign", "currency"], na_position="last").drop(columns="_order") \
+        .reset_index(drop=True)
+
+
+def where_table(store: Store, f: Filters, dimension: str, **kw) -> pd.DataFrame:
+    """Delivery figures (:func:`dashboard.queries.geography.delivery_by`) and cost
+    (:func:`cost_by`: currency, cost, cost_per_delivered, failed_cost) per value of
+    ``dimension``: one row per value and currency."""
+    from dashboard.queries.geography import delivery_by
+
+    delivery = delivery_by(store, f, dimension)
+    cost = cost_by(store, f, dimension, **kw)[[dimension, "currency", "cost", "cost_per_delivered", "failed_cost",
+                                               "receipts_missing"]]
+    merged = delivery.merge(cost, on=dimension, how="left")
+    return counts_as_int(merged, ["messages", "delivered", "failed", "unknown", "pending", "receipts_missing"])

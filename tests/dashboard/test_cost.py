@@ -174,3 +174,27 @@ def test_where_figures_and_send_filters(world):
     with pytest.raises(ValueError):
         queries.delivery_by(store, Filters(), "recipient")
 
+
+
+def test_the_report_carries_the_cost_columns_and_country_and_network_sheets(world, tmp_path):
+    import json
+
+    import openpyxl
+
+    from dashboard import report
+    from dashboard.catalog import COST_COLUMNS
+
+    store, frame, _ = world
+    out = report.write_campaign_report(store.data_dir, Filters(), "csv", tmp_path / "r.csv")
+    header = out.path.read_text().splitlines()[0].split(",")
+    assert header[0] == "campaign" and header[-7:-1] == COST_COLUMNS == [
+        "cost", "currency", "cost_per_delivered", "failed_cost", "messages_without_cost", "receipts_missing"]
+    doc = json.loads(report.write_campaign_report(store.data_dir, Filters(), "json", tmp_path / "r.json")
+                     .path.read_text())
+    rows = doc["Campaigns"]
+    assert math.isclose(sum(r["cost"] or 0 for r in rows), frame.cost.sum())
+    assert {r["country"] for r in doc["By country"]} >= {"GB", "DE", "(unknown)"}
+    assert doc["By network"] and all("delivery_rate" in r for r in doc["By network"])
+    book = openpyxl.load_workbook(report.write_campaign_report(store.data_dir, Filters(), "xlsx",
+                                                               tmp_path / "r.xlsx").path)
+    assert book.sheetnames[-2:] == ["By country", "By network"]

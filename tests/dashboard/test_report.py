@@ -54,7 +54,8 @@ def test_sheets_and_summary_equal_the_queries(store, report):
     for key in q.KPI_COLUMNS:
         assert same(summary[key], expected[key]), key
     assert summary["from"] == "2026-11-01" and summary["to"] == "2026-11-04" and summary["tz"] == "Europe/Berlin"
-    pd.testing.assert_frame_equal(report["Campaigns"], q.campaigns(store, NOVEMBER, receipt_figures=True))
+    pd.testing.assert_frame_equal(report["Campaigns"], q.campaigns_with_cost(
+        q.campaigns(store, NOVEMBER, receipt_figures=True), q.cost_by(store, NOVEMBER, "campaign")))
     pd.testing.assert_frame_equal(report["Failure reasons"], q.failure_reasons(store, NOVEMBER))
     daily = report["Daily trend"]
     assert daily["day"].tolist() == [date(2026, 11, d) for d in (1, 2, 3, 4)]
@@ -64,8 +65,8 @@ def test_sheets_and_summary_equal_the_queries(store, report):
 def test_every_kpi_has_its_catalog_label_and_definition(report):
     assert [kpi.column for kpi in catalog.KPIS] == q.KPI_COLUMNS
     defs = report["Definitions"]
-    assert defs["term"].tolist() == [t.name for t in catalog.TERMS] + [k.label for k in catalog.KPIS]
-    assert defs["key"].tolist() == [""] * len(catalog.TERMS) + q.KPI_COLUMNS
+    assert defs["term"].tolist() == [t.name for t in catalog.TERMS] + [k.label for k in catalog.ALL_KPIS]
+    assert defs["key"].tolist() == [""] * len(catalog.TERMS) + [k.column for k in catalog.ALL_KPIS]
     assert defs.set_index("key").loc["delivery_rate", "definition"] == catalog.kpi("delivery_rate").definition
     summary = report["Summary"].set_index("key")
     assert summary.loc["latency_p95_s", "item"] == "Time to deliver p95 (s)"
@@ -89,7 +90,7 @@ def test_xlsx_has_one_sheet_per_table_with_exact_values(report, tmp_path):
     assert book.sheetnames == list(r.SHEETS)
     sheet = book["Campaigns"]
     header = [c.value for c in sheet[1]]
-    assert header == ["campaign"] + q.KPI_COLUMNS
+    assert header == ["campaign"] + q.KPI_COLUMNS + catalog.COST_COLUMNS + ["latency_from_submission_p50_s"]
     campaigns = report["Campaigns"]
     for row_number, (_, want) in enumerate(campaigns.iterrows(), start=2):
         cells = {h: sheet.cell(row_number, i + 1) for i, h in enumerate(header)}
