@@ -34,6 +34,9 @@ PAGES = {
         st.Page(VIEWS / "latency.py", title="Latency", icon=":material/timer:",
                 help="How long messages took to be delivered: distribution, cumulative curve, "
                      "percentiles by campaign."),
+        st.Page(VIEWS / "geography.py", title="Where", icon=":material/public:",
+                help="Delivery rate, failures and cost by country, original network, sender ID and route "
+                     "(from Mobivate's send records, `dlrlens sync`)."),
     ],
     "Investigate": [
         st.Page(VIEWS / "lookup.py", title="Message lookup", icon=":material/search:",

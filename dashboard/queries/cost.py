@@ -39,9 +39,19 @@ MISSING_COLUMNS = ["campaign", "delivery_message_id", "log_created", "log_status
                    "network", "recipient_masked", "cost", "currency"]
 
 
+def missing_after_setting() -> timedelta:
+    """``DLRLENS_RECEIPTS_MISSING_AFTER`` (default 24 h; a bad value falls back to it)."""
+    from dlrlens.mobivate import MobivateSettings
+
+    try:
+        return timedelta(seconds=MobivateSettings.from_env().receipts_missing_after)
+    except ValueError:
+        return DEFAULT_MISSING_AFTER
+
+
 def _missing_before(now: datetime | None, missing_after: timedelta | None) -> datetime:
     now = now or datetime.now(timezone.utc)
-    return now - (DEFAULT_MISSING_AFTER if missing_after is None else missing_after)
+    return now - (missing_after_setting() if missing_after is None else missing_after)
 
 
 def _cost_sql(joined: str, group: str) -> str:
@@ -71,7 +81,7 @@ def _cost_sql(joined: str, group: str) -> str:
     """
 
 
-def cost_by(store: Store, f: Filters, group: str | None, *, now: datetime | None = None,
+def cost_by(store: Store, f: Filters, group: str | None, now: datetime | None = None,
             missing_after: timedelta | None = None) -> pd.DataFrame:
     """Cost figures per ``group`` (a column of the joined relation: campaign, country, network,
     originator, route_id; None: column ``total``, one value) and currency, sorted by group
@@ -110,7 +120,7 @@ def total_cost(store: Store, f: Filters, **kw) -> pd.DataFrame:
     return cost_by(store, f, None, **kw).drop(columns=["total"])
 
 
-def receipts_missing(store: Store, f: Filters, *, now: datetime | None = None,
+def receipts_missing(store: Store, f: Filters, now: datetime | None = None,
                      missing_after: timedelta | None = None, limit: int = MISSING_LIST_LIMIT) -> pd.DataFrame:
     """The MT messages of Mobivate's log without any receipt past the grace, newest first
     (:data:`MISSING_COLUMNS`, at most ``limit``; the recipient masked), with their log status."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import catalog, charts, downloads, queries, state
+from dashboard import catalog, charts, downloads, queries, sends_ui, state
 from dashboard.safe_text import md_text
 
 # KPI columns first in the order a reader scans them; the rest follow as the query gives them.
@@ -46,6 +46,7 @@ def campaigns() -> None:
         table = state.cached(queries.campaigns, f)
         if not state.no_match_notice(int(table["messages"].sum()) if len(table) else 0):
             return
+        sends_ui.campaigns_glance(state, f, table)
         ordered = [c for c in LEADING_COLUMNS if c in table] + [c for c in table if c not in LEADING_COLUMNS]
         search = st.text_input("Search campaigns", key="campaign_search", placeholder="Part of a campaign name",
                                icon=":material/search:")
@@ -98,6 +99,8 @@ def campaigns() -> None:
         downloads.export_buttons(narrowed, key="campaign_export")
 
     figures()
+    sends_ui.receipts_missing_section(state, state.filters())
+    sends_ui.names_upload(state.data_dir())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ currencies, several countries, an unparseable number, imported and Mobivate name
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import random
 from datetime import datetime, timedelta, timezone
 
@@ -198,3 +199,65 @@ def test_the_report_carries_the_cost_columns_and_country_and_network_sheets(worl
     book = openpyxl.load_workbook(report.write_campaign_report(store.data_dir, Filters(), "xlsx",
                                                                tmp_path / "r.xlsx").path)
     assert book.sheetnames[-2:] == ["By country", "By network"]
+
+
+# --------------------------------------------------------------------------- pages
+
+
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+
+
+def open_app(monkeypatch, data_dir, page: str | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("DLRLENS_DATA", str(data_dir))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_where_campaigns_and_health_pages_show_the_send_records(world, monkeypatch):
+    store, frame, _ = world
+    at = open_app(monkeypatch, store.data_dir, "views/geography.py")
+    assert at.title[0].value == "Where" and len(at.tabs) == 4
+    assert at.get("plotly_chart") and at.dataframe
+    countries = at.container(key="table_where-country").dataframe[0].value
+    assert {"GB", "(unknown)"} <= set(countries.country)
+    at = open_app(monkeypatch, store.data_dir, "views/campaigns.py")
+    import json
+
+    first = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert first["layout"]["title"]["text"].startswith("Campaigns at a glance")  # the page opens with it
+    assert "Imported name" in first["data"][0]["y"] and "msgs" in first["data"][0]["text"][0]
+    texts = " ".join(w.value for w in at.warning)
+    assert "have no receipt at all" in texts  # receipts missing, named on the page
+    at = open_app(monkeypatch, store.data_dir, "views/health.py")
+    assert "Last sync" in " ".join(c.value for c in at.caption)
+
+
+def test_where_page_explains_how_to_get_send_records(monkeypatch, tmp_path):
+    write_receipts(tmp_path, [receipt("M1", "DELIVERED", START)])
+    at = open_app(monkeypatch, tmp_path, "views/geography.py")
+    assert "dlrlens sync" in " ".join(i.value for i in at.info)
+
+
+@pytest.mark.browser
+def test_the_where_page_and_the_campaigns_chart_render_in_the_browser(world, chromium, tmp_path, request):
+    from tests.support.browser import fresh_page, poll
+    from tests.support.dashboard_server import running_dashboard
+
+    store, _, _ = world
+    texts_js = "() => [...document.querySelectorAll('.js-plotly-plot text')].map(t => t.textContent)"
+    with running_dashboard(store.data_dir, log_dir=tmp_path) as app, \
+            fresh_page(chromium, request, tmp_path / "failure.png") as page:
+        page.goto(app.url + "/campaigns", timeout=90_000)
+        texts = poll(page, lambda p: p.evaluate(texts_js),
+                     lambda t: "Imported name" in t and any("Campaigns at a glance" in x for x in t), 90,
+                     "the campaigns chart")
+        assert any("msgs" in t for t in texts)  # the volume is visible on the bars
+        page.goto(app.url + "/geography", timeout=90_000)
+        poll(page, lambda p: p.evaluate(texts_js), lambda t: "GB" in t and any("by country" in x for x in t), 90,
+             "the Where page's chart")
