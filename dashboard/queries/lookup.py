@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from dlrlens.store import pseudonym, sends
 from dlrlens.store.reader import Store
 from dlrlens.store.selection import Filters, zone_info
 from dlrlens.store.sql import distinct_receipts_sql
@@ -22,7 +23,9 @@ DETAIL_COLUMNS = ["delivery_message_id", "campaign", "batch_id", "client_referen
 
 def message_lookup(store: Store, term: str, limit: int = 5000, tz: str = "UTC") -> pd.DataFrame:
     """Every distinct receipt of the messages whose delivery_message_id, client_reference or
-    batch_id equals ``term`` (trimmed), ordered by delivery_message_id, created, received_at.
+    batch_id equals ``term`` (trimmed), or sent to the phone number ``term`` (through the keyed
+    hash of Mobivate's send records, :func:`dlrlens.store.pseudonym.lookup_hash`: the number
+    itself is not stored), ordered by delivery_message_id, created, received_at.
 
     Columns: :data:`LOOKUP_COLUMNS`; ``campaign`` is the message's campaign (see the
     definitions), ``labels`` the receipt's own, ``copies`` how many stored copies it has.
@@ -33,13 +36,18 @@ def message_lookup(store: Store, term: str, limit: int = 5000, tz: str = "UTC") 
         return empty_frame(LOOKUP_COLUMNS)
     zone_info(tz)
 
+    number_hash = pseudonym.lookup_hash(store.data_dir, term)
+
     def compute():
         raw = store.raw_sql()
+        by_number = (f" OR delivery_message_id IN (SELECT message_id FROM {sends.sends_sql(store.data_dir)} "
+                     f"WHERE recipient_hash = $number_hash)") if number_hash else ""
         store.query(f"""CREATE OR REPLACE TEMP TABLE lookup_rows AS
                         SELECT * FROM {raw} WHERE delivery_message_id IN (
                             SELECT delivery_message_id FROM {raw}
-                            WHERE delivery_message_id = $term OR client_reference = $term OR batch_id = $term)""",
-                    {"term": term})
+                            WHERE delivery_message_id = $term OR client_reference = $term OR batch_id = $term
+                            {by_number})""",
+                    {"term": term, **({"number_hash": number_hash} if number_hash else {})})
         store.query("CREATE OR REPLACE TEMP TABLE lookup_ids AS SELECT DISTINCT delivery_message_id FROM lookup_rows")
         df = store.query(f"""
             SELECT r.delivery_message_id, r.batch_id, r.client_reference, r.created, r.received_at,

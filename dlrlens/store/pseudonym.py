@@ -53,6 +53,24 @@ def installation_key(data_dir: Path) -> bytes:
     return key
 
 
+_PHONE_LIKE = re.compile(r"\+?[\d\s().-]{7,24}")
+
+
+def lookup_hash(data_dir: Path, text: str) -> str | None:
+    """The hash a lookup by phone number searches for (:func:`number_hash` of ``text``), or
+    None when ``text`` does not look like a phone number or no number was ever hashed here
+    (no key: a reader never creates one)."""
+    text = (text or "").strip()
+    if not _PHONE_LIKE.fullmatch(text) or len(_NOT_DIGIT.sub("", text)) < 7:
+        return None
+    try:
+        key = (Path(data_dir) / KEY_PATH).read_bytes()
+    except FileNotFoundError:
+        return None
+    number = parse_number(text)
+    return keyed_hash(key, number.canonical) if number and len(key) == KEY_BYTES else None
+
+
 @dataclass(frozen=True)
 class Number:
     """What is kept of a recipient number: ``canonical`` (E.164 digits, or the digits as sent

@@ -261,3 +261,15 @@ def test_the_where_page_and_the_campaigns_chart_render_in_the_browser(world, chr
         page.goto(app.url + "/geography", timeout=90_000)
         poll(page, lambda p: p.evaluate(texts_js), lambda t: "GB" in t and any("by country" in x for x in t), 90,
              "the Where page's chart")
+
+
+def test_lookup_by_phone_number_goes_through_the_hash(world):
+    store, frame, records = world
+    with_receipt = set(frame[frame.has_receipt].id)
+    target = next(r for r in records if r["id"] in with_receipt and r["recipient"].startswith("49"))
+    typed = "+" + target["recipient"][:2] + " " + target["recipient"][2:5] + " " + target["recipient"][5:]
+    found = queries.message_lookup(store, typed)
+    same_number = {r["id"] for r in records if r["recipient"] == target["recipient"]} & with_receipt
+    assert set(found.delivery_message_id) == same_number and target["id"] in same_number
+    assert queries.message_lookup(store, "+49 000").empty  # too short to be a number: no match
+    assert pseudonym.lookup_hash(store.data_dir / "nowhere", typed) is None  # no key: never created by a reader
