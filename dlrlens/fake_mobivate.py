@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import lru_cache
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -103,6 +104,7 @@ def history_record(record: dict, shape: str) -> dict:
             "text": record["body"], "status": record["status"].title(), "sent_on": created}
 
 
+@lru_cache(maxsize=None)  # every page filters the whole log by time: parse each text once
 def _parse_time(text: str, end: bool = False) -> datetime:
     text = text.strip()
     if len(text) == 10:
@@ -221,12 +223,16 @@ def create_app(records: list[dict], campaigns: list[dict], *, api_key: str = "te
     def campaign_list():
         return offset_page("/messages/campaigns", campaigns, observed=False)
 
+    windows: dict = {}  # (shape, fromDate, toDate) -> the history records of that window
+
     @app.get("/messages/history")
     def message_history():
         shape = app.config["SWITCHES"].history_shape
-        source = history if history is not None else [r for r in log if r.get("direction") == "MT"]
-        items = [history_record(r, shape) for r in source if in_window(r["created"])]
-        return offset_page("/messages/history", items, observed=shape == "observed")
+        key = (shape, request.args.get("fromDate"), request.args.get("toDate"), len(log))
+        if key not in windows:
+            source = history if history is not None else [r for r in log if r.get("direction") == "MT"]
+            windows[key] = [history_record(r, shape) for r in source if in_window(r["created"])]
+        return offset_page("/messages/history", windows[key], observed=shape == "observed")
 
     return app
 
@@ -260,3 +266,32 @@ class FakeServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m dlrlens.fake_mobivate --records N [--days D] [--port P]``: serve a generated
+    data set until stopped (benchmarks, manual trials). Prints its URL; the key is ``--key``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python3 -m dlrlens.fake_mobivate", description=main.__doc__.split("\n")[0])
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--key", default="test-key")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    records, campaigns = generate_records(args.records, end - timedelta(days=args.days), end, seed=args.seed)
+    server = FakeServer(create_app(records, campaigns, api_key=args.key), port=args.port)
+    print(server.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

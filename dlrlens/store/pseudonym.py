@@ -75,13 +75,13 @@ def lookup_hash(data_dir: Path, text: str) -> str | None:
 class Number:
     """What is kept of a recipient number: ``canonical`` (E.164 digits, or the digits as sent
     when phonenumbers cannot parse it; never stored unless asked), country (ISO region or
-    None), original network (carrier name for the prefix, or None), masked form."""
+    None), original network (carrier name for the prefix, or None), masked form. Validity is
+    not checked (a third of the parsing time): a possible number of a country counts there."""
 
     canonical: str
     country: str | None
     network: str | None
     masked: str
-    valid: bool
 
 
 @lru_cache(maxsize=65536)
@@ -102,9 +102,8 @@ def parse_number(text: str | None) -> Number | None:
         country = (phonenumbers.region_code_for_number(parsed)
                    or phonenumbers.region_code_for_country_code(parsed.country_code))
         network = carrier.name_for_number(parsed, "en") or None
-        return Number(canonical, country if country not in (None, "ZZ") else None, network,
-                      mask(canonical), phonenumbers.is_valid_number(parsed))
-    return Number(digits or text, None, None, mask(digits or text), False)
+        return Number(canonical, country if country not in (None, "ZZ") else None, network, mask(canonical))
+    return Number(digits or text, None, None, mask(digits or text))
 
 
 def canonical_number(text: str) -> str | None:
