@@ -314,8 +314,8 @@ def test_periodic_sync_reads_recent_days_and_backs_off_after_failures(fake, tmp_
     failed_at = datetime.fromisoformat(sends.sync_status(tmp_path)["last_error_at"])
     skipped = sends.periodic_sync(tmp_path, settings, now=failed_at + timedelta(seconds=100), client=client_for(fake))
     assert "backing off" in skipped["skipped"]  # 60 s x 2**1 = 120 s after the failure
-    assert sends.periodic_sync(tmp_path, settings, now=failed_at + timedelta(seconds=121),
-                               client=client_for(fake))["records"] > 0
+    retried = sends.periodic_sync(tmp_path, settings, now=failed_at + timedelta(seconds=121), client=client_for(fake))
+    assert "skipped" not in retried and sends.sync_status(tmp_path)["consecutive_failures"] == 0
 
 
 def test_the_maintenance_process_syncs_when_a_key_is_configured(fake, tmp_path, monkeypatch):
