@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -114,6 +115,16 @@ def cmd_up(args) -> int:
     env = dict(os.environ, DLRLENS_DATA=str(data_dir))
     me = [sys.executable, "-m", "dlrlens"]
     children: list[subprocess.Popen] = []
+    demo_plan, fake_api = None, None
+    if not layout.has_receipts(data_dir) and not args.no_demo:
+        from dlrlens import demo, simulate
+
+        demo_plan = simulate.plan_traffic(8, 4000, span=demo.DEMO_SPAN)
+        if not os.environ.get("MOBIVATE_API_KEY"):
+            # The demo's own Mobivate, so names, costs and countries show too (never with a real key).
+            fake_api = demo.start_fake_api(demo_plan, host="127.0.0.1")
+            env.update(demo.demo_environment(fake_api))
+            print(f"dlrlens: demo Mobivate API (send records) on {fake_api.url}", flush=True)
 
     def stop_all(*_):
         for child in reversed(children):
@@ -139,11 +150,10 @@ def cmd_up(args) -> int:
             dashboard_command(data_dir, args.host, args.dashboard_port), env=env))
         print(f"dlrlens: collector on {collector_url}/dlr, dashboard on http://{args.host}:{args.dashboard_port}",
               flush=True)
-        if not layout.has_receipts(data_dir) and not args.no_demo:
-            print("dlrlens: no receipts yet, posting simulated Mobivate traffic through the collector", flush=True)
-            children.append(subprocess.Popen(
-                me + ["simulate", "--url", collector_url + "/dlr", "--campaigns", "8", "--messages", "4000",
-                      "--rate", "400"], env=env))
+        if demo_plan is not None:
+            print("dlrlens: no receipts yet, posting simulated Mobivate traffic (the last 7 days) through the "
+                  "collector", flush=True)
+            threading.Thread(target=_post_demo, args=(demo_plan, collector_url + "/dlr"), daemon=True).start()
         while all(child.poll() is None for child in children[:2]):
             time.sleep(1)
         return 1
@@ -151,6 +161,16 @@ def cmd_up(args) -> int:
         return 0
     finally:
         stop_all()
+        if fake_api is not None:
+            fake_api.stop()
+
+
+def _post_demo(plan, url: str) -> None:
+    """Post the demo's simulated traffic (a thread of ``dlrlens up``); one line when done."""
+    from dlrlens import simulate
+
+    stats = simulate.send(plan.posts, url, rate=400)
+    print(f"dlrlens: demo traffic: {stats.summary(url)}", flush=True)
 
 
 # --------------------------------------------------------------------------- simulate

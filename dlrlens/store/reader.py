@@ -71,6 +71,7 @@ QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99))
 STORE_SETTINGS = {"threads": 2, "memory_limit": "2GB"}
 MAX_BUCKET_RUNS = 2  # latency value reads: at most this many bucket ranges
 RESULT_CACHE_ENTRIES = 256
+JOINED_TABLES = 4  # materialised joins with the send records kept (Store.joined_messages_sql)
 # Latency partials kept per derived file (Store.latency_counts): groupings (group, filters) and
 # latency values (8 bytes each, plus an 8-byte key) at most. Campaigns over all time at 100 M
 # receipts keeps ~0.6 M counts and ~0.4 M values.
@@ -197,6 +198,8 @@ class Store:
         self._latency_partials: OrderedDict[tuple, dict[str, _FileLatency]] = OrderedDict()
         self._group_codes: dict = {}
         self._group_names: list = []
+        self._joined: OrderedDict[tuple, str] = OrderedDict()  # (filters, version) -> temp table (joined_messages_sql)
+        self._joined_names: list[str] = []
         self._has_names = False  # whether campaign_names holds a row (see _named)
         self._names_version = ""
         self._con.execute("CREATE OR REPLACE TEMP TABLE campaign_names (campaign_id VARCHAR, name VARCHAR)")
@@ -418,12 +421,27 @@ class Store:
         (:func:`dlrlens.store.sends.joined_sql`: messages with receipts sent in f's range, and
         log records created in it whose message has no receipt at all), restricted by every
         filter (countries, networks, senders, routes included); and its parameters."""
-        params: dict = {}
-        window = " AND ".join(["TRUE"] + time_conditions(f, params, column="created"))
-        relation = sends.joined_sql(self.messages_sql(f), self.messages_sql(), self.data_dir, window)
-        conditions = (time_conditions(f, params) + dimension_conditions(f, params, self.label_condition(f))
-                      + send_conditions(f, params))
-        return f"SELECT * FROM {relation} WHERE {' AND '.join(conditions)}", params
+        with self._lock:
+            self.refresh()
+            key = (f, self._snapshot.version)
+            if key not in self._joined:
+                # Materialised once per (filters, data version): a page asks several questions
+                # of the same join (cost by campaign, by country, receipts missing, ...).
+                params: dict = {}
+                window = " AND ".join(["TRUE"] + time_conditions(f, params, column="created"))
+                relation = sends.joined_sql(self.messages_sql(f), self.messages_sql(), self.data_dir, window)
+                conditions = (time_conditions(f, params) + dimension_conditions(f, params, self.label_condition(f))
+                              + send_conditions(f, params))
+                name = f"joined_{len(self._joined_names)}"
+                self._joined_names.append(name)
+                self._con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS "
+                                  f"SELECT * FROM {relation} WHERE {' AND '.join(conditions)}", params)
+                self._joined[key] = name
+                while len(self._joined) > JOINED_TABLES:
+                    _, old = self._joined.popitem(last=False)
+                    self._con.execute(f"DROP TABLE IF EXISTS {old}")
+            self._joined.move_to_end(key)
+            return f"SELECT * FROM {self._joined[key]}", {}
 
     def label_condition(self, f: Filters):
         """The label-pair condition builder for :func:`dlrlens.store.sql.dimension_conditions`."""
