@@ -12,8 +12,9 @@ one), plus ``--missing`` x messages of log records whose receipts never arrived;
 names for half of the batch ids. Then brings the derived state up to date and measures:
 
 * *ours*: ``cost_by`` campaign, ``cost_by`` country, ``delivery_by`` country and
-  ``receipts_missing`` on ``dashboard.queries.Store`` (warm, result cache cleared each run,
-  median of ``--repeat``), for the last 30 days and all time;
+  ``receipts_missing`` on ``dashboard.queries.Store``, for the last 30 days and all time: the
+  first run (it materialises the join, ``Store.joined_messages_sql``), then warm (the join
+  kept, as in a dashboard session; result cache cleared each run), median of ``--repeat``;
 * *baseline*: the same functions on ``tests.support.baseline.BaselineStore``
   (messages grouped from the raw receipts, then the same join): the straightforward join;
   every frame compared with ours (identical, or the run fails).
@@ -136,11 +137,13 @@ def main(argv=None) -> int:
     now = end + timedelta(days=2)
     windows = {"last 30 days": Filters(start=end - timedelta(days=30), end=end), "all time": Filters()}
     failures = 0
-    print(f"| case | ours (median of {args.repeat}) | baseline | ratio | identical |")
-    print("| --- | --- | --- | --- | --- |")
+    print(f"| case | ours, first run | ours (median of {args.repeat}, warm) | baseline | ratio | identical |")
+    print("| --- | --- | --- | --- | --- | --- |")
     with Store(data) as store:
         for window, f in windows.items():
-            run_case(store, f, now)  # warm
+            began = time.monotonic()
+            run_case(store, f, now)  # warm: the join with the send records is materialised once here
+            first_s = time.monotonic() - began
             times = []
             for _ in range(args.repeat):
                 store._results.clear()
@@ -161,8 +164,8 @@ def main(argv=None) -> int:
                     print(f"DIFFERENT: {window}, {name}: {str(exc)[:300]}")
             failures += not same
             ours_s = statistics.median(times)
-            print(f"| cost + where + missing, {window} | {ours_s:.2f} s | {base_s:.2f} s | {base_s / ours_s:.1f}x | "
-                  f"{'yes' if same else 'NO'} |")
+            print(f"| cost + where + missing, {window} | {first_s:.2f} s | {ours_s:.2f} s | {base_s:.2f} s | "
+                  f"{base_s / ours_s:.1f}x | {'yes' if same else 'NO'} |")
     return 1 if failures else 0
 
 
