@@ -31,6 +31,7 @@ Contract:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -539,7 +540,7 @@ def version(data_dir: Path) -> str:
         except FileNotFoundError:
             continue
         parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
-    return str(hash("\n".join(parts)))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def has_sends(data_dir: Path) -> bool:
