@@ -8,7 +8,7 @@ Campaign names, sender IDs and networks are data: shown through ``safe_text`` (f
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -19,7 +19,6 @@ from dashboard.charts import RATE_COLOR, _style, _texts, format_count, format_du
 from dashboard.safe_text import md_text
 
 GLANCE_LIMIT = 25  # campaigns in the at-a-glance chart (the busiest)
-COST_COLOR = "#b0671f"
 
 
 def glance_frame(table: pd.DataFrame, cost: pd.DataFrame, limit: int = GLANCE_LIMIT) -> pd.DataFrame:

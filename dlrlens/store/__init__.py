@@ -22,6 +22,10 @@ receipt meets them:
   SQL over the receipts, the per-message state and the fresh tail, merged in one place; what
   it is asked for is a :class:`~dlrlens.store.selection.Filters` (:mod:`~dlrlens.store.selection`),
   turned into SQL conditions by :mod:`~dlrlens.store.sql` (with the ``receipts`` relation).
+* :mod:`~dlrlens.store.sends`: Mobivate's send records (message log, history), campaign
+  names and the sync state, joined to the receipts for names, cost, country and network;
+  :mod:`~dlrlens.store.pseudonym`: phone numbers as a keyed hash, a masked form, country and
+  original network (the full number only when asked).
 * :mod:`~dlrlens.store.faults`: named crash points for the fault tests.
 
 A second backend (object storage, a table format) replaces ``files``/``layout`` listings and
