@@ -18,12 +18,12 @@ SHOWN_COLUMNS = ["delivery_message_id", "created", "received_at", "status", "sta
 def lookup() -> None:
     st.title("Message lookup")
     term = st.text_input("deliveryMessageId, clientReference or batchId", key="lookup_term",
-                         help="Or a recipient's phone number: found through the keyed hash of Mobivate's send "
-                              "records (`dlrlens sync`); the number itself is not stored.",
                          placeholder="e.g. 6f1c9a40-... or your send reference", icon=":material/search:").strip()
     if not state.data_notice() or not term:
         st.caption("Shows every receipt stored for the message(s), in the order Mobivate created them. "
-                   "The sidebar filters do not apply here; times are shown in the chosen time zone.")
+                   "The sidebar filters do not apply here; times are shown in the chosen time zone. "
+                   "A recipient's phone number also finds its messages, through the keyed hash of Mobivate's "
+                   "send records (`dlrlens sync`): the number itself is not stored.")
         return
 
     @state.live
