@@ -395,6 +395,8 @@ def send_filters(has_data: bool) -> None:
         return
     with st.expander("Country, network, sender, route",
                      expanded=any(st.session_state.get(key) for _, key, *_ in SEND_FILTERS.values())):
+        st.caption("These apply to cost, the Where page and receipts missing; the receipt-based figures "
+                   "(KPI cards, trends, failures, latency) are not split by them.")
         for field_name, key, label, column in SEND_FILTERS.values():
             chosen = list(st.session_state.get(key) or [])
             offered = cached(queries.send_choices, Filters(), column)

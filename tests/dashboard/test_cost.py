@@ -273,3 +273,16 @@ def test_lookup_by_phone_number_goes_through_the_hash(world):
     assert set(found.delivery_message_id) == same_number and target["id"] in same_number
     assert queries.message_lookup(store, "+49 000").empty  # too short to be a number: no match
     assert pseudonym.lookup_hash(store.data_dir / "nowhere", typed) is None  # no key: never created by a reader
+
+
+def test_send_filters_travel_in_the_url():
+    from dashboard import state
+
+    chosen = state.FilterState(countries=("GB", "(unknown)"), networks=("Vodacom",), senders=("ACME",),
+                               routes=("mglobal",))
+    query = state.to_query(chosen)
+    assert query["country"] == ["GB", "(unknown)"] and query["sender"] == ["ACME"]
+    back = state.from_query(query)
+    assert back == chosen
+    f = state.resolve(back, NOW)
+    assert f.countries == ("GB", "(unknown)") and f.routes == ("mglobal",) and f.has_send_filters()
