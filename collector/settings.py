@@ -10,13 +10,15 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 
 from collector.parsing import MAX_LABELS
 from dlrlens.store.backends import StoreChoice, parse_store
 from dlrlens.store.events import DEFAULT_OPT_OUT_KEYWORDS, parse_keywords
+from dlrlens.mobivate import SETTINGS as MOBIVATE_SETTINGS
+from dlrlens.mobivate import parse_duration
 
 
 def _secrets(text: str) -> tuple[str, ...]:
@@ -163,6 +165,13 @@ SETTINGS_TABLE = (
     Setting("dashboard_url", "DLRLENS_DASHBOARD_URL", "", str,
             "The dashboard's address, for the links in alert notifications (e.g. https://dash.example.com); "
             "dashboard_url in the alerts file overrides it."),
+    # Mobivate's send records (dlrlens sync, and the maintenance process's periodic sync):
+    # the rows and their parsers are dlrlens.mobivate's, which reads them there too.
+    Setting("mobivate_api_key", "MOBIVATE_API_KEY", "", str.strip,
+            "Mobivate API key (Bearer) for its send records: names, cost, country. Without it nothing talks "
+            "to Mobivate. Never logged."),
+    *(Setting(name, env, default, parse or parse_duration, help)
+      for name, env, default, parse, help in MOBIVATE_SETTINGS),
 )
 
 
@@ -193,6 +202,13 @@ class Settings:
     alerts_file: Path | None
     alerts_seconds: float
     dashboard_url: str
+    mobivate_api_key: str = field(repr=False)
+    mobivate_url: str
+    mobivate_messages_url: str
+    sync_seconds: float
+    sync_days: int
+    keep_recipient: bool
+    receipts_missing_after: float
 
 
 def load_settings(**overrides) -> Settings:

@@ -58,6 +58,9 @@ PAGES = {
         st.Page(VIEWS / "funnel.py", title="Funnel", icon=":material/filter_alt:",
                 help="Sent, delivered, clicked, replied, opted out per campaign; clicks over time, by "
                      "country, OS and browser; the top links."),
+        st.Page(VIEWS / "geography.py", title="Where", icon=":material/public:",
+                help="Delivery rate, failures and cost by country, original network, sender ID and route "
+                     "(from Mobivate's send records, `dlrlens sync`)."),
     ],
     "Investigate": [
         st.Page(VIEWS / "lookup.py", title="Message lookup", icon=":material/search:",

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # How a number reads: a count (1,234), a share of 0..1 (89.3%), a duration in seconds (3.5 s).
-UNITS = ("count", "share", "seconds")
+UNITS = ("count", "share", "seconds", "amount", "text")  # amount: money in the row's currency
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,9 @@ TERMS: tuple[Term, ...] = (
     Term("Message", "One SMS, identified by Mobivate's deliveryMessageId. A receipt stored more than once "
          "(same receipt id) counts once."),
     Term("Campaign", "The campaign label of the webhook URL the message's receipts arrived on (from its earliest "
-         "labelled receipt), else its batchId, else (none)."),
+         "labelled receipt), else the campaign name of its batchId (imported with `dlrlens campaigns import` or "
+         "the Campaigns page, else Mobivate's campaign list from `dlrlens sync`), else its batchId, else (none). "
+         "A message in Mobivate's log without any receipt: the name of its log campaignId, else that id."),
     Term("Sent time", "The created time of the message's earliest receipt. Date ranges and daily/hourly "
          "buckets use it, in the report's time zone."),
     Term("Outcome", "The final receipt (delivered, failed or unknown) with the latest created time decides: "
@@ -147,7 +149,37 @@ FUNNEL_KPIS: tuple[Kpi, ...] = (
 )
 FUNNEL_COLUMNS: list[str] = [k.column for k in FUNNEL_KPIS]
 
-_BY_COLUMN: dict[str, Kpi] = {k.column: k for k in KPIS + FUNNEL_KPIS}
+
+# Cost and send-record KPIs (dashboard/queries/cost.py), from Mobivate's message log joined to the
+# receipts (`dlrlens sync`). One row per campaign and currency: two currencies are never added.
+_SENT_IN_PERIOD = ("messages sent in the period (sent time: the earliest receipt, else the log's created time), "
+                   "messages whose receipts never arrived included (they were billed)")
+COST_KPIS: tuple[Kpi, ...] = (
+    Kpi("cost", "Cost", "amount", f"Sum of Mobivate's log cost over the {_SENT_IN_PERIOD}, in `currency`."),
+    Kpi("currency", "Currency", "text",
+        "The currency of `cost` as Mobivate's log gives it; a campaign billed in two currencies has one row per "
+        "currency. Empty when none of its messages has a log record."),
+    Kpi("cost_per_delivered", "Cost per delivered", "amount",
+        "cost / delivered messages among the messages billed in that currency."),
+    Kpi("failed_cost", "Failed cost", "amount",
+        "Cost of the messages whose outcome is failed or unknown."),
+    Kpi("messages_without_cost", "Messages without cost", "count",
+        "Messages of the campaign with receipts but no Mobivate log record (not synced yet, or outside the "
+        "synced days): their cost is unknown and not in `cost` (per campaign, on each of its currency rows)."),
+    Kpi("receipts_missing", "Receipts missing", "count",
+        "MT messages in Mobivate's log with no receipt at all DLRLENS_RECEIPTS_MISSING_AFTER (default 24 h) "
+        "after their log created time: the webhook was down or misconfigured. They never change the "
+        "receipt-based KPIs."),
+    Kpi("latency_from_submission_p50_s", "Time from submission p50 (s)", "seconds",
+        "Median time from submission: created time of the first DELIVERED receipt minus the message's "
+        "created time in Mobivate's log (when it has a log record), beside the time to deliver, which starts "
+        "at the first receipt."),
+)
+COST_COLUMNS: list[str] = [k.column for k in COST_KPIS if not k.column.startswith("latency_")]
+
+# Every KPI, in the order the report's Definitions sheet and the README list them.
+ALL_KPIS: tuple[Kpi, ...] = KPIS + FUNNEL_KPIS + COST_KPIS
+_BY_COLUMN: dict[str, Kpi] = {k.column: k for k in ALL_KPIS}
 
 # Units of the other numeric columns of the tables (not KPIs, not counts).
 COLUMN_UNITS: dict[str, str] = {
@@ -170,9 +202,9 @@ LATENCY_COLUMNS: list[str] = (["latency_messages"] + [c.removeprefix("latency_")
 TREND_COLUMNS: list[str] = ["bucket_start"] + KPI_COLUMNS[:KPI_COLUMNS.index("delivery_rate") + 1]
 
 SHARE_COLUMNS: frozenset[str] = frozenset(
-    [k.column for k in KPIS + FUNNEL_KPIS if k.unit == "share"] + [c for c, u in COLUMN_UNITS.items() if u == "share"])
+    [k.column for k in ALL_KPIS if k.unit == "share"] + [c for c, u in COLUMN_UNITS.items() if u == "share"])
 SECONDS_COLUMNS: frozenset[str] = frozenset(
-    [k.column for k in KPIS + FUNNEL_KPIS if k.unit == "seconds"] + [c for c, u in COLUMN_UNITS.items() if u == "seconds"])
+    [k.column for k in ALL_KPIS if k.unit == "seconds"] + [c for c, u in COLUMN_UNITS.items() if u == "seconds"])
 
 # ---------------------------------------------------------------------------------- look-ups
 

@@ -40,7 +40,7 @@ from dashboard.queries import Filters, Store
 from dlrlens.store.backends import StoreChoice, open_store, store_choice
 
 FORMATS = ("csv", "xlsx", "json")
-SHEETS = ("Summary", "Definitions", "Campaigns", "Failure reasons", "Daily trend")
+SHEETS = ("Summary", "Definitions", "Campaigns", "Failure reasons", "Daily trend", "By country", "By network")
 
 
 
@@ -54,17 +54,21 @@ def build_report(store: Store, filters: Filters, unhonoured=()) -> dict[str, pd.
       time zone, previous period, every filter, the values not honoured, ``unhonoured``) then
       every overall KPI (``key`` is the :func:`queries.kpis` column, ``value`` its value).
     * Definitions: term, key, definition.
-    * Campaigns: :func:`queries.campaigns` with the funnel columns (:func:`queries.campaigns_with_funnel`).
+    * Campaigns: :func:`queries.campaign_table` (the Campaigns page's table: receipt, funnel and
+      cost columns, one row per campaign and currency).
     * Failure reasons: :func:`queries.failure_reasons`.
     * Daily trend: day (local date in the report's zone) + :func:`queries.trend` columns.
+    * By country / By network: :func:`queries.where_table`.
     """
     with store.pinned():
         # A record, not .iloc[0]: a row of mixed dtypes would turn every count into a float.
         overall = queries.kpis(store, filters, receipt_figures=True).to_dict(orient="records")[0]
-        per_campaign = queries.campaigns_with_funnel(store, filters, receipt_figures=True)
+        per_campaign = queries.campaign_table(store, filters)
         funnel_total = queries.funnel(store, filters).to_dict(orient="records")[0]
         reasons = queries.failure_reasons(store, filters)
         daily = queries.trend(store, filters, bucket="day")
+        by_country = queries.where_table(store, filters, "country")
+        by_network = queries.where_table(store, filters, "network")
     scope_rows = report_scope(filters, unhonoured).rows() + [
         ("Generated at (UTC)", "generated_at", datetime.now(timezone.utc).replace(microsecond=0).isoformat())]
     summary = pd.DataFrame(
@@ -74,7 +78,7 @@ def build_report(store: Store, filters: Filters, unhonoured=()) -> dict[str, pd.
     )
     definitions = pd.DataFrame(
         [(term.name, "", term.definition) for term in catalog.TERMS + catalog.FUNNEL_TERMS]
-        + [(kpi.label, kpi.column, kpi.definition) for kpi in catalog.KPIS + catalog.FUNNEL_KPIS],
+        + [(kpi.label, kpi.column, kpi.definition) for kpi in catalog.ALL_KPIS],
         columns=["term", "key", "definition"],
     )
     daily = daily.copy()
@@ -85,6 +89,8 @@ def build_report(store: Store, filters: Filters, unhonoured=()) -> dict[str, pd.
         "Campaigns": per_campaign,
         "Failure reasons": reasons,
         "Daily trend": daily.drop(columns=["bucket_start"]),
+        "By country": by_country,
+        "By network": by_network,
     }
 
 
@@ -190,6 +196,7 @@ def _xlsx_bytes(report: dict[str, pd.DataFrame]) -> bytes:
         "rate": book.add_format({"num_format": "0.0%"}),
         "seconds": book.add_format({"num_format": "#,##0.0"}),
         "count": book.add_format({"num_format": "#,##0"}),
+        "amount": book.add_format({"num_format": "#,##0.00####"}),
         "date": book.add_format({"num_format": "yyyy-mm-dd"}),
         "datetime": book.add_format({"num_format": "yyyy-mm-dd hh:mm:ss"}),
         "text": book.add_format({"text_wrap": False}),
@@ -228,6 +235,8 @@ def _write_cell(sheet, row: int, col: int, value, column: str, formats: dict) ->
             fmt = formats["rate"]
         elif unit == "seconds":
             fmt = formats["seconds"]
+        elif unit == "amount":
+            fmt = formats["amount"]
         elif isinstance(value, int):
             fmt = formats["count"]
         else:
@@ -348,7 +357,7 @@ def write_campaign_report(data_dir: str | Path, filters: Filters, fmt: str, outp
     path = None if hasattr(output, "write") else report_path(output, filters, fmt)
     write_report(report, output if path is None else path, fmt, report_scope(filters, unhonoured))
     messages = int(report["Summary"].set_index("key").at["messages", "value"])
-    return WrittenReport(path, fmt, messages, len(report["Campaigns"]), unhonoured)
+    return WrittenReport(path, fmt, messages, report["Campaigns"]["campaign"].nunique(), unhonoured)
 
 
 def _parse_day(text: str | None, option: str) -> date | None:

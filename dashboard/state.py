@@ -18,6 +18,7 @@ Three things live here, because every page needs all three and none of them is p
       range=24h|7d|30d|month|all|custom   from=YYYY-MM-DD  to=YYYY-MM-DD   (custom only)
       campaign=NAME (repeated)  outcome=delivered|failed|unknown|pending (repeated)
       status=NAME (repeated)    label=KEY=VALUE (repeated)   tz=IANA/Zone   live=1
+      country=ISO  network=NAME  sender=ID  route=ID   (repeated; Mobivate's send records)
 
   The sync is done by hand rather than with the widgets' ``bind="query-params"``: Streamlit's
   binding is written by the browser, so it cannot be tested without one, and it cannot encode
@@ -90,6 +91,14 @@ KEY_TZ = "filter_tz"
 KEY_LIVE = "filter_live"
 KEY_CAMPAIGN_SEARCH = "filter_campaign_search"
 KEY_LABEL_SEARCH = "filter_label_search"
+# Filters over Mobivate's send records (dlrlens sync): URL parameter -> (Filters field,
+# session-state key, sidebar label, column of the joined relation).
+SEND_FILTERS = {
+    "country": ("countries", "filter_countries", "Country", "country"),
+    "network": ("networks", "filter_networks", "Original network", "network"),
+    "sender": ("senders", "filter_senders", "Sender ID", "originator"),
+    "route": ("routes", "filter_routes", "Route", "route_id"),
+}
 _URL_READ = "_filters_read_from_url"
 # (the FilterState read from the link, the link's values it could not honour): reported until
 # the user changes a filter.
@@ -115,6 +124,10 @@ class FilterState:
     labels: tuple[tuple[str, str], ...] = ()
     tz: str = DEFAULT_TZ
     live: bool = False
+    countries: tuple[str, ...] = ()  # SEND_FILTERS
+    networks: tuple[str, ...] = ()
+    senders: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +148,9 @@ def to_query(state: FilterState) -> dict[str, str | list[str]]:
                          ("status", state.statuses), ("label", [f"{k}={v}" for k, v in state.labels])):
         if values:
             params[name] = list(values)
+    for name, (field_name, *_) in SEND_FILTERS.items():
+        if getattr(state, field_name):
+            params[name] = list(getattr(state, field_name))
     if state.tz != DEFAULT_TZ:
         params["tz"] = state.tz
     if state.live:
@@ -177,6 +193,7 @@ def from_query(params: Mapping[str, str | Iterable[str]], default_preset: str = 
         labels=labels,
         tz=tz if is_time_zone(tz) else DEFAULT_TZ,
         live=first("live") in ("1", "true", "on", "yes"),
+        **{field_name: tuple(values(name)) for name, (field_name, *_) in SEND_FILTERS.items()},
     )
 
 
@@ -249,7 +266,8 @@ def resolve(state: FilterState, now: datetime) -> Filters:
         start = _midnight(state.date_from, zone) if state.date_from else None
         end = _midnight(state.date_to, zone, days=1) if state.date_to else None
     return Filters(start=start, end=end, campaigns=state.campaigns, outcomes=state.outcomes,
-                   statuses=state.statuses, labels=state.labels, tz=state.tz)
+                   statuses=state.statuses, labels=state.labels, tz=state.tz,
+                   **{field_name: getattr(state, field_name) for field_name, *_ in SEND_FILTERS.values()})
 
 
 def default_preset(data_range: tuple[datetime, datetime] | None, now: datetime) -> str:
@@ -398,6 +416,7 @@ def sidebar() -> FilterState:
                              queries.label_choices if has_data else None, "labels", placeholder="Any labels",
                              help="Query parameters of the webhook URL (key=value). A message must have "
                                   "all selected labels.")
+        send_filters(has_data)
         st.selectbox("Time zone", time_zones(), key=KEY_TZ,
                      help="Used for day/hour buckets, date presets and the times shown.")
         st.toggle("Live", key=KEY_LIVE,
@@ -405,6 +424,25 @@ def sidebar() -> FilterState:
     chosen = current_state()
     st.query_params.from_dict(to_query(chosen))
     return chosen
+
+
+def send_filters(has_data: bool) -> None:
+    """The country, network, sender ID and route filters, when Mobivate's send records are
+    stored (``dlrlens sync``). Only the cost and "Where" figures (and the report's cost
+    columns) honour them: the pages say so where they apply."""
+    from dlrlens.store import sends
+
+    if not has_data or not sends.has_sends(store().data_dir):
+        return
+    with st.expander("Country, network, sender, route",
+                     expanded=any(st.session_state.get(key) for _, key, *_ in SEND_FILTERS.values())):
+        st.caption("These apply to cost, the Where page and receipts missing; the receipt-based figures "
+                   "(KPI cards, trends, failures, latency) are not split by them.")
+        for field_name, key, label, column in SEND_FILTERS.values():
+            chosen = list(st.session_state.get(key) or [])
+            offered = cached(queries.send_choices, Filters(), column)
+            st.multiselect(label, list(dict.fromkeys([*offered, *chosen])), key=key, placeholder="All",
+                           help="From Mobivate's send records; applies to cost and the Where page.")
 
 
 def _bounded_multiselect(label: str, key: str, search_key: str, choices: Callable | None, noun: str,
@@ -442,6 +480,7 @@ def state_from(values: Mapping) -> FilterState:
         labels=tuple(_split_label(v) for v in values.get(KEY_LABELS) or ()),
         tz=values.get(KEY_TZ, DEFAULT_TZ),
         live=bool(values.get(KEY_LIVE, False)),
+        **{field_name: tuple(values.get(key) or ()) for field_name, key, *_ in SEND_FILTERS.values()},
     )
 
 
@@ -479,6 +518,8 @@ def _read_url_once(preset_default: str) -> None:
     st.session_state[KEY_LABELS] = [f"{k}={v}" for k, v in wanted.labels]
     st.session_state[KEY_TZ] = wanted.tz
     st.session_state[KEY_LIVE] = wanted.live
+    for field_name, key, *_ in SEND_FILTERS.values():
+        st.session_state[key] = list(getattr(wanted, field_name))
 
 
 def url_value(name: str) -> str | None:

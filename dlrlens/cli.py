@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
@@ -136,6 +137,22 @@ def cmd_up(args) -> int:
     env = dict(os.environ, DLRLENS_DATA=str(data_dir))
     me = [sys.executable, "-m", "dlrlens"]
     children: list[subprocess.Popen] = []
+    demo_plan = fake_api = demo_started = None
+    if not layout.has_receipts(data_dir) and not args.no_demo:
+        from dlrlens import demo, simulate
+
+        # Real time from now, three hours of sending compressed 60x (about 3 minutes): each
+        # receipt reaches the webhook when it is due, so the webhook lag reads seconds, not the
+        # hours or days back-dated traffic would show. The dashboard says the demo is posting
+        # (data/demo.json, dlrlens.store.demo) and refreshes until it ends.
+        demo_started = datetime.now(timezone.utc)
+        demo_plan = simulate.plan_traffic(8, 4000, start=demo_started, time_scale=60, click_share=0.1,
+                                           reply_share=0.015)
+        if not os.environ.get("MOBIVATE_API_KEY"):
+            # The demo's own Mobivate, so names, costs and countries show too (never with a real key).
+            fake_api = demo.start_fake_api(demo_plan, host="127.0.0.1")
+            env.update(demo.demo_environment(fake_api))
+            print(f"dlrlens: demo Mobivate API (send records) on {fake_api.url}", flush=True)
 
     def stop_all(*_):
         for child in reversed(children):
@@ -148,7 +165,7 @@ def cmd_up(args) -> int:
                 child.kill()
 
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(0)))
-    demo = demo_started = None
+    demo_poster = None
     try:
         children.append(subprocess.Popen(
             me + ["collector", "--data", str(data_dir), "--host", args.host, "--port", str(args.collector_port)],
@@ -162,34 +179,38 @@ def cmd_up(args) -> int:
             dashboard_command(data_dir, args.host, args.dashboard_port), env=env))
         print(f"dlrlens: collector on {collector_url}/dlr, dashboard on http://{args.host}:{args.dashboard_port}",
               flush=True)
-        if not layout.has_receipts(data_dir) and not args.no_demo:
-            print("dlrlens: no receipts yet, posting simulated Mobivate traffic through the collector", flush=True)
-            # Real time from now, three hours of sending compressed 60x (about 3 minutes): each
-            # receipt reaches the webhook when it is due, so the webhook lag reads seconds, not
-            # the hours back-dated traffic would show. The dashboard says the demo is posting
-            # (data/demo.json, dlrlens.store.demo) and refreshes until it ends.
-            demo_started = datetime.now(timezone.utc)
-            demo = subprocess.Popen(
-                me + ["simulate", "--url", collector_url + "/dlr", "--campaigns", "8", "--messages", "4000",
-                      "--rate", "400", "--realtime", "--start", demo_started.isoformat(), "--time-scale", "60"],
-                env=env)
-            children.append(demo)
+        if demo_plan is not None:
+            print("dlrlens: no receipts yet, posting simulated Mobivate traffic through the collector (about "
+                  "3 minutes, in real time)", flush=True)
+            demo_poster = threading.Thread(target=_post_demo, args=(demo_plan, collector_url + "/dlr"), daemon=True)
+            demo_poster.start()
             demo_status.write_demo_status(data_dir, True, demo_started)
         last_beat = time.monotonic()
         while all(child.poll() is None for child in children[:2]):
             time.sleep(1)
-            if demo is not None and time.monotonic() - last_beat >= demo_status.HEARTBEAT_SECONDS:
-                demo_status.write_demo_status(data_dir, demo.poll() is None, demo_started)
+            if demo_poster is not None and time.monotonic() - last_beat >= demo_status.HEARTBEAT_SECONDS:
+                demo_status.write_demo_status(data_dir, demo_poster.is_alive(), demo_started)
                 last_beat = time.monotonic()
-                if demo.poll() is not None:
-                    demo = None
+                if not demo_poster.is_alive():
+                    demo_poster = None
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
         stop_all()
-        if demo is not None:  # stopped while posting: the dashboard must not wait for it
+        if demo_poster is not None:  # stopped while posting: the dashboard must not wait for it
             demo_status.write_demo_status(data_dir, False, demo_started)
+        if fake_api is not None:
+            fake_api.stop()
+
+
+def _post_demo(plan, url: str) -> None:
+    """Post the demo's simulated traffic, receipts, clicks and replies, each when it is due (a
+    thread of ``dlrlens up``); one line when done."""
+    from dlrlens import simulate
+
+    stats = simulate.send(plan.all_posts(), url, rate=400, realtime=True)
+    print(f"dlrlens: demo traffic: {stats.summary(url)}", flush=True)
 
 
 # --------------------------------------------------------------------------- simulate
@@ -593,6 +614,94 @@ def cmd_alerts(args) -> int:
     for d in result.deliveries:
         outcome = "sent" if d.ok else f"FAILED after {d.attempts} attempts: {d.error}"
         print(f"notification to {d.channel}: {outcome}")
+
+
+# --------------------------------------------------------------------------- sync, campaigns
+
+
+def _day(text: str):
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").date()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day YYYY-MM-DD") from None
+
+
+def sync_arguments(parser: argparse.ArgumentParser) -> None:
+    _data_argument(parser)
+    parser.add_argument("--from", dest="date_from", metavar="DATE", type=_day, required=True,
+                        help="first UTC day (YYYY-MM-DD) of Mobivate send records to fetch")
+    parser.add_argument("--to", dest="date_to", metavar="DATE", type=_day, required=True,
+                        help="last UTC day (YYYY-MM-DD), inclusive")
+    parser.add_argument("--page-size", type=int, default=1000, help="message-log page size (at most 1000)")
+
+
+def cmd_sync(args) -> int:
+    """Fetch Mobivate's message log, history and campaign list for the days and store them.
+    0 on success (malformed pages skipped are reported), 2 on bad input or settings, 3 for a
+    key problem (401/403), 1 for any other API failure."""
+    from dlrlens.mobivate import MobivateAuthError, MobivateClient, MobivateError, MobivateSettings
+    from dlrlens.store import sends
+
+    if args.date_to < args.date_from:
+        print("dlrlens sync: error: --to is before --from", file=sys.stderr)
+        return 2
+    try:
+        settings = MobivateSettings.from_env()
+    except ValueError as exc:
+        print(f"dlrlens sync: error: {exc}", file=sys.stderr)
+        return 2
+    if not settings.configured:
+        print("dlrlens sync: error: no Mobivate API key: set MOBIVATE_API_KEY (nothing is fetched without one)",
+              file=sys.stderr)
+        return 2
+    client = MobivateClient.from_settings(settings)
+    data_dir = layout.data_dir(args.data)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    progress = lambda text: print(f"dlrlens sync: {text}", file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        result = sends.sync(data_dir, client, args.date_from, args.date_to, keep_recipient=settings.keep_recipient,
+                            page_size=args.page_size, progress=progress)
+    except MobivateAuthError as exc:
+        print(f"dlrlens sync: error: {exc}", file=sys.stderr)
+        return 3
+    except MobivateError as exc:
+        print(f"dlrlens sync: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    rate = result.records / result.seconds if result.seconds else 0.0
+    print(f"synced {result.start}..{result.end}: {result.records} send records, {result.campaigns} campaigns, "
+          f"{result.files_changed} files changed, {len(result.bad_pages)} malformed pages skipped "
+          f"({result.seconds:.1f} s, {rate:,.0f} records/s)")
+    return 0
+
+
+def campaigns_arguments(parser: argparse.ArgumentParser) -> None:
+    _data_argument(parser)
+    parser.add_argument("action", choices=["import"], help="import: campaign names from a CSV")
+    parser.add_argument("file", metavar="FILE.csv", help="CSV with the header batch_id,name")
+
+
+def cmd_campaigns(args) -> int:
+    """Import campaign names. 0 when stored, 2 when the file has bad rows (nothing stored)."""
+    from dlrlens.store import sends
+
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"dlrlens campaigns import: error: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    data_dir = layout.data_dir(args.data)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    result = sends.import_names(data_dir, text)
+    if result.errors:
+        for error in result.errors[:50]:
+            print(f"dlrlens campaigns import: {args.file}: {error}", file=sys.stderr)
+        more = len(result.errors) - 50
+        print(f"dlrlens campaigns import: error: {len(result.errors)} bad row(s){f' ({more} more not shown)' if more > 0 else ''}; "
+              f"nothing imported", file=sys.stderr)
+        return 2
+    print(f"imported {len(result.names)} campaign names")
     return 0
 
 
@@ -612,6 +721,8 @@ SUBCOMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Ca
      migrate_arguments, cmd_migrate),
     ("alerts", "evaluate the alert rules once (check) or send a test notification (test)", alerts_arguments,
      cmd_alerts),
+    ("sync", "fetch Mobivate's send records (names, cost, country) for some days", sync_arguments, cmd_sync),
+    ("campaigns", "import campaign names from a CSV (batch_id,name)", campaigns_arguments, cmd_campaigns),
 )
 
 

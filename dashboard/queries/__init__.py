@@ -11,8 +11,10 @@ KPI definitions (identical on screen, in downloads and in reports; the wording u
 same receipt stored twice changes nothing.
 
 * Message: one delivery_message_id.
-* Campaign: the message's ``campaign`` label (from its earliest labelled receipt), else its
-  batch_id, else ``(none)``.
+* Campaign: the message's ``campaign`` label (from its earliest labelled receipt), else the
+  name of its batch_id (imported, else Mobivate's campaign list), else its batch_id, else
+  ``(none)``; a log record without any receipt: the name of its log campaignId
+  (:func:`dlrlens.store.sends.campaign_sql`).
 * Sent time: the earliest ``created`` of its receipts; date filters and buckets use it.
   Charts over time (:func:`trend`, :func:`failure_reasons_over_time`) cover sent times in
   [:data:`CHARTED_FROM`, :data:`CHARTED_TO`) only; :func:`uncharted_messages` counts the
@@ -33,6 +35,8 @@ same receipt stored twice changes nothing.
 
 Modules (everything is re-exported here: ``from dashboard import queries; queries.kpis(...)``):
 
+* :mod:`~dashboard.queries.campaign_table`: :func:`campaign_table` (the Campaigns page's table and
+  the report's Campaigns sheet, defined once).
 * :mod:`~dashboard.queries.kpis`: :func:`kpis`, :func:`kpis_with_change`, :func:`campaigns`,
   :func:`outcome_breakdown`.
 * :mod:`~dashboard.queries.trend`: :func:`trend`, :func:`uncharted_messages`,
@@ -47,6 +51,10 @@ Modules (everything is re-exported here: ``from dashboard import queries; querie
   :func:`campaign_names`, :func:`label_pairs`. Lists meant for widgets are bounded whatever the
   data holds (ranked, searched and limited in DuckDB: at most :data:`OPTION_LIMIT` values reach
   Python); :func:`campaign_names` and :func:`label_pairs` list everything.
+* :mod:`~dashboard.queries.cost`: :func:`cost_by`, :func:`total_cost`, :func:`receipts_missing`,
+  :func:`sync_state` (Mobivate's send records joined to the receipts).
+* :mod:`~dashboard.queries.geography`: :func:`delivery_by` country, network, sender ID, route;
+  :func:`send_choices`.
 * :mod:`~dashboard.queries.health`: :func:`data_health`, and the collector's status files
   (:func:`maintenance_status`, :func:`rejected_summary`, read by :mod:`dlrlens.store.status`).
 * :mod:`~dashboard.queries.funnel`: :func:`funnel`, :func:`unlinked_events`,
@@ -81,6 +89,10 @@ from dashboard.queries.funnel import (BREAKDOWNS, FUNNEL_TABLE_COLUMNS, REPLY_CO
                                       click_breakdown, clicks_over_time, funnel, message_replies, top_links,
                                       unlinked_events)
 from dashboard.queries.alerts import add_silence, alert_channel_failures, alerts_overview, end_silence
+from dashboard.queries.cost import (COST_TABLE_COLUMNS, MISSING_COLUMNS, campaigns_with_cost, cost_by, receipts_missing,
+                                    sync_state, total_cost, where_table)
+from dashboard.queries.geography import DIMENSIONS, delivery_by, send_choices
+from dashboard.queries.campaign_table import campaign_table
 
 __all__ = [
     # the store and the selection
@@ -102,4 +114,10 @@ __all__ = [
     "BREAKDOWNS", "FUNNEL_TABLE_COLUMNS", "REPLY_COLUMNS", "campaigns_with_funnel", "funnel", "unlinked_events", "clicks_over_time",
     "click_breakdown", "top_links", "message_replies",
     "alerts_overview", "alert_channel_failures", "add_silence", "end_silence",
+    # Mobivate's send records joined to the receipts (names, cost, country, network)
+    "COST_TABLE_COLUMNS", "MISSING_COLUMNS", "cost_by", "total_cost", "receipts_missing", "sync_state",
+    "campaigns_with_cost", "where_table",
+    "DIMENSIONS", "delivery_by", "send_choices",
+    # the Campaigns table (page, downloads, report): receipt, funnel and cost columns
+    "campaign_table",
 ]

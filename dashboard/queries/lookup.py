@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from dlrlens.store import pseudonym, sends
 from dlrlens.store.reader import Store
 from dlrlens.store.selection import Filters, zone_info
 from dlrlens.store.sql import distinct_receipts_sql
@@ -25,7 +26,9 @@ DETAIL_COLUMNS = ["delivery_message_id", "campaign", "batch_id", "client_referen
 
 def message_lookup(store: Store, term: str, limit: int = 5000, tz: str = "UTC") -> pd.DataFrame:
     """Every distinct receipt of the messages whose delivery_message_id, client_reference or
-    batch_id equals ``term`` (trimmed, in any case), ordered by delivery_message_id, created, received_at.
+    batch_id equals ``term`` (trimmed, in any case), or sent to the phone number ``term`` (through
+    the keyed hash of Mobivate's send records, :func:`dlrlens.store.pseudonym.lookup_hash`: the
+    number itself is not stored), ordered by delivery_message_id, created, received_at.
 
     Columns: :data:`LOOKUP_COLUMNS`; ``campaign`` is the message's campaign (see the
     definitions), ``labels`` the receipt's own, ``copies`` how many stored copies it has.
@@ -53,14 +56,19 @@ def message_lookup(store: Store, term: str, limit: int = 5000, tz: str = "UTC") 
 def _find(store: Store, term: str) -> None:
     """Temp tables ``lookup_rows`` (every stored row of the messages ``term`` names: their
     delivery_message_id, client_reference or batch_id equals it in any case, since ids are
-    pasted from e-mails and tickets in whatever case they were written) and ``lookup_ids``."""
+    pasted from e-mails and tickets in whatever case they were written; or ``term`` is the
+    phone number a message was sent to, through the keyed hash of the send records) and
+    ``lookup_ids``."""
     raw = store.raw_sql()
+    number_hash = pseudonym.lookup_hash(store.data_dir, term)
+    by_number = (f" OR delivery_message_id IN (SELECT message_id FROM {sends.sends_sql(store.data_dir)} "
+                 f"WHERE recipient_hash = $number_hash)") if number_hash else ""
     store.query(f"""CREATE OR REPLACE TEMP TABLE lookup_rows AS
                     SELECT * FROM {raw} WHERE delivery_message_id IN (
                         SELECT delivery_message_id FROM {raw}
                         WHERE lower(delivery_message_id) = $term OR lower(client_reference) = $term
-                           OR lower(batch_id) = $term)""",
-                {"term": term.lower()})
+                           OR lower(batch_id) = $term {by_number})""",
+                {"term": term.lower(), **({"number_hash": number_hash} if number_hash else {})})
     store.query("CREATE OR REPLACE TEMP TABLE lookup_ids AS SELECT DISTINCT delivery_message_id FROM lookup_rows")
 
 

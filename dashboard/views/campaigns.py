@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import catalog, charts, downloads, queries, state
+from dashboard import catalog, charts, downloads, queries, sends_ui, state
 from dashboard.safe_text import md_text
 
 COMPARE_LIMIT = 4
@@ -32,12 +32,6 @@ def bucket_of(trend) -> str:
     return "hour" if starts.diff().min() < pd.Timedelta(hours=23) else "day"
 
 
-def campaign_table(store, f):
-    """The Campaigns table: :func:`dashboard.queries.campaigns` with the per-receipt figures and
-    the funnel columns, exactly the report's Campaigns sheet."""
-    return queries.campaigns_with_funnel(store, f, receipt_figures=True)
-
-
 def campaigns() -> None:
     st.title("Campaigns")
     if not state.data_notice():
@@ -47,12 +41,14 @@ def campaigns() -> None:
     def figures() -> None:
         f = state.filters()
         state.scope_header(f)
-        # With the per-receipt columns (receipts, duplicates, webhook lag), from the query the
-        # report uses: screen, table downloads and `dlrlens report` have the same columns in
-        # the same order (catalog.KPIS), tests/dashboard/test_agreement.py checks it.
-        table = state.cached(campaign_table, f)
+        # The report's Campaigns sheet (per-receipt, funnel and cost columns): screen, table
+        # downloads and `dlrlens report` have the same rows and columns in the same order;
+        # tests/dashboard/test_agreement.py checks it.
+        table = state.cached(queries.campaign_table, f)
         if not state.no_match_notice(int(table["messages"].sum()) if len(table) else 0):
             return
+        # One row per campaign for the chart (a campaign billed in two currencies has two rows).
+        sends_ui.campaigns_glance(state, f, table.drop_duplicates("campaign"))
         ordered = list(table.columns)
         search = st.text_input("Search campaigns", key="campaign_search", placeholder="Part of a campaign name",
                                icon=":material/search:")
@@ -74,7 +70,7 @@ def campaigns() -> None:
         if not chosen:
             st.caption("Pick one or several campaigns to see their trend, failure reasons and latency side by side.")
             return
-        selected = table.set_index("campaign").loc[chosen]
+        selected = table.drop_duplicates("campaign").set_index("campaign").loc[chosen]
         columns = st.columns(len(chosen), border=True)
         for column, name in zip(columns, chosen):
             with column:
@@ -109,6 +105,8 @@ def campaigns() -> None:
         downloads.export_buttons(narrowed, key="campaign_export")
 
     figures()
+    sends_ui.receipts_missing_section(state, state.filters())
+    sends_ui.names_upload(state.data_dir())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard import catalog, charts, downloads, queries, state
+from dashboard import catalog, charts, downloads, queries, sends_ui, state
 from dashboard.queries import Filters
 from dashboard.safe_text import md_text
 
@@ -111,6 +111,7 @@ def health() -> None:
                 downloads.show_table(unknown, "unknown-statuses", f, file_filters=everything)
 
         maintenance(state.utc_now())
+        sends_ui.sync_state_section(state.data_dir(), state.utc_now())
 
         st.subheader("Rejected requests", anchor=False)
         rejected = queries.rejected_summary(state.data_dir())  # a few small files; not worth caching

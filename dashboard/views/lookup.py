@@ -54,7 +54,8 @@ def lookup() -> None:
     if not state.data_notice() or not term:
         st.caption("Shows a message's summary and every receipt stored for it, in the order Mobivate created "
                    "them. Any case matches. The sidebar filters do not apply here; times are shown in the chosen "
-                   "time zone, to the millisecond.")
+                   "time zone, to the millisecond. A recipient's phone number also finds its messages, through "
+                   "the keyed hash of Mobivate's send records (`dlrlens sync`): the number itself is not stored.")
         return
 
     @state.live

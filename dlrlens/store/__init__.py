@@ -26,6 +26,10 @@ receipt meets them:
   firing alerts, the notification outbox and its outcomes, silences; written by the alert
   evaluator (:mod:`dlrlens.alerts`, which this package does not import), read by the pages
   and ``/metrics``.
+* :mod:`~dlrlens.store.sends`: Mobivate's send records (message log, history), campaign
+  names and the sync state, joined to the receipts for names, cost, country and network;
+  :mod:`~dlrlens.store.pseudonym`: phone numbers as a keyed hash, a masked form, country and
+  original network (the full number only when asked).
 * :mod:`~dlrlens.store.faults`: named crash points for the fault tests.
 
 * :mod:`~dlrlens.store.backends`: which store holds the receipts (``DLRLENS_STORE``): the local

@@ -31,6 +31,12 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
                                                           silences; written by the alert evaluator and the
                                                           dashboard's silence form, one transaction a change
       alerts.lock                                         flock: the one alert evaluator of the data directory
+      sends/<log|history>/YYYY-MM-DD.parquet              Mobivate's send records created that UTC day
+      campaigns/mobivate.parquet                          Mobivate's campaign list (id, name, ...)
+      campaigns/imported.parquet                          campaign names imported from a CSV
+      sync.json                                           the last sync of send records (window, error, auth error)
+      sync.lock                                           flock: one sync at a time
+      keys/msisdn.key, keys/.msisdn.lock                  per-installation HMAC key for phone numbers (mode 600)
 
 With the Iceberg store (``DLRLENS_STORE=iceberg:<catalog>``, :mod:`dlrlens.store.backends`) the
 receipts live in the Iceberg table ``<namespace>.receipts`` of that catalog (namespace
@@ -54,7 +60,9 @@ readers below (it is a data-directory layout); it is disposable: deleting it cos
 
 Files are published and locks taken only through :mod:`dlrlens.store.files`; the derived
 state is described in :mod:`dlrlens.store.derive`, the status files in
-:mod:`dlrlens.store.status`.
+:mod:`dlrlens.store.status`, Mobivate's send records, campaign names and the sync state in
+:mod:`dlrlens.store.sends` (schema :data:`dlrlens.store.sends.SEND_SCHEMA`), the number key in
+:mod:`dlrlens.store.pseudonym`.
 
 Contract for readers:
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from datetime import datetime, timezone
 
 
-from dlrlens.store import compaction, derive, files, layout
+from dlrlens.store import compaction, derive, files, layout, sends
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -55,6 +55,11 @@ class Maintainer:
         self.lock_attempts = 0
         self.runs = {"derive": 0, "compact": 0}
         self.errors = {"derive": 0, "compact": 0}
+        # Mobivate's send records, when a key is configured (dlrlens.store.sends.periodic_sync;
+        # never in the webhook's processes). None: off.
+        self.sync_settings = sends.periodic_settings()
+        if self.sync_settings is not None:
+            self.runs["sync"] = self.errors["sync"] = 0
         self.last_results: dict[str, dict] = {}
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
@@ -91,9 +96,12 @@ class Maintainer:
     # -- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_due = {"derive": 0.0, "compact": 0.0}
+        next_due = {"derive": 0.0, "compact": 0.0, "sync": 0.0}
         every = {"derive": self.interval, "compact": self.compact_every}
         tasks = {"derive": self._update_derived, "compact": self._compact}
+        if self.sync_settings is not None:
+            every["sync"] = self.sync_settings.sync_seconds
+            tasks["sync"] = self._sync
         while not self._stop.is_set():
             if not self.active and not self._take_lock():
                 self._stop.wait(self.lock_retry_seconds)
@@ -135,7 +143,8 @@ class Maintainer:
             return moment.isoformat() if moment else None
 
         return {"pid": os.getpid(), "updated_at": iso(datetime.now(timezone.utc)),
-                "interval_seconds": {"derive": self.interval, "compact": self.compact_every},
+                "interval_seconds": {"derive": self.interval, "compact": self.compact_every,
+                                     **({"sync": self.sync_settings.sync_seconds} if self.sync_settings else {})},
                 "runs": dict(self.runs), "errors": dict(self.errors),
                 "last_success_at": {name: iso(at) for name, at in self.last_success_at.items()},
                 "last_error": self.last_error, "last_error_at": iso(self.last_error_at)}
@@ -148,6 +157,9 @@ class Maintainer:
 
     def _update_derived(self) -> dict:
         return derive.update_derived(self.data_dir)
+
+    def _sync(self) -> dict:
+        return sends.periodic_sync(self.data_dir, self.sync_settings)
 
     def _compact(self) -> dict:
         stats = compaction.compact(self.data_dir, **self.compact_options)

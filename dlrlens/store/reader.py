@@ -49,10 +49,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from dlrlens.store import derive, events, layout
+from dlrlens.store import derive, events, layout, sends
 from dlrlens.store.selection import Filters, zone_info
 from dlrlens.store.sql import (counts_select, dimension_conditions, filtered_messages_sql, json_pointer,
-                               known_statuses, seconds_between, string_literal, unknown_status_condition)
+                               known_statuses, seconds_between, send_conditions, string_literal, time_conditions,
+                               unknown_status_condition)
 
 UTC = timezone.utc
 
@@ -71,6 +72,7 @@ QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99))
 STORE_SETTINGS = {"threads": 2, "memory_limit": "2GB"}
 MAX_BUCKET_RUNS = 2  # latency value reads: at most this many bucket ranges
 RESULT_CACHE_ENTRIES = 256
+JOINED_TABLES = 4  # materialised joins with the send records kept (Store.joined_messages_sql)
 # Latency partials kept per derived file (Store.latency_counts): groupings (group, filters) and
 # latency values (8 bytes each, plus an 8-byte key) at most. Campaigns over all time at 100 M
 # receipts keeps ~0.6 M counts and ~0.4 M values.
@@ -198,6 +200,11 @@ class Store:
         self._latency_partials: OrderedDict[tuple, dict[str, _FileLatency]] = OrderedDict()
         self._group_codes: dict = {}
         self._group_names: list = []
+        self._joined: OrderedDict[tuple, str] = OrderedDict()  # (filters, version) -> temp table (joined_messages_sql)
+        self._joined_names: list[str] = []
+        self._has_names = False  # whether campaign_names holds a row (see _named)
+        self._names_version = ""
+        self._con.execute("CREATE OR REPLACE TEMP TABLE campaign_names (campaign_id VARCHAR, name VARCHAR)")
         self._empty_tables()
 
     # -- files and versions
@@ -219,6 +226,8 @@ class Store:
         for listing in (events.event_files(self.data_dir, table) for table in events.EVENT_TABLES):
             for path, (size, mtime) in listing.items():
                 digest.update(f"{prefix}{path}\0{size}\0{mtime}\n".encode())
+        # Mobivate's send records and campaign names are data too (names, cost, country).
+        digest.update(sends.version(self.data_dir).encode())
         return f"{len(files)}-{digest.hexdigest()[:16]}", manifest, files
 
     def _manifest(self) -> derive.Manifest | None:
@@ -279,6 +288,7 @@ class Store:
         derived = list(manifest.files) if manifest else []
         numbers = {f.path: i for i, f in enumerate(derived)}
         tail, _ = derive.unabsorbed(self.data_dir, files, manifest.absorbed if manifest else set())
+        self._load_names()
         self._empty_tables()
         if tail:
             derive.absorb(self._con, self.data_dir, tail, numbers, self._index, merged="tail_messages", old="tail_old",
@@ -292,6 +302,27 @@ class Store:
                                    # listing newer than the version's is harmless.
                                    event_files={table: list(self._absolute(events.event_files(self.data_dir, table)))
                                                 for table in events.EVENT_TABLES})
+
+    def _load_names(self) -> None:
+        """Table ``campaign_names`` (campaign_id, name): the campaign names in force
+        (:func:`dlrlens.store.sends.names_sql`: imported, else Mobivate's)."""
+        version = sends.version(self.data_dir)
+        if version == self._names_version:
+            return
+        self._con.execute(f"CREATE OR REPLACE TEMP TABLE campaign_names AS SELECT campaign_id, name "
+                          f"FROM {sends.names_sql(self.data_dir)} WHERE name IS NOT NULL")
+        self._has_names = self._con.execute("SELECT count(*) FROM campaign_names").fetchall()[0][0] > 0
+        self._names_version = version
+
+    def _named(self, relation: str, columns: str = "*") -> str:
+        """``relation`` (SQL with a ``campaign`` column; ``columns`` of it) with each campaign
+        that is a batchId with a name shown by its name: THE place every relation of this
+        store gets campaign names (see :func:`dlrlens.store.sends.campaign_sql`; a message's
+        stored campaign is its label, else its batchId, else ``(none)``). Identity without names."""
+        if not self._has_names:
+            return f"(SELECT {columns} FROM {relation})"
+        return (f"(SELECT r.* REPLACE (coalesce(cn.name, r.campaign) AS campaign) FROM (SELECT {columns} FROM {relation}) r "
+                f"LEFT JOIN campaign_names cn ON cn.campaign_id = r.campaign)")
 
     def _absolute(self, files: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
         """``files`` (see :meth:`_files`) by absolute path."""
@@ -386,13 +417,40 @@ class Store:
             if x.path in snap.touched:
                 parts.append(self._touched_sql(x, columns))
         parts.append(f"SELECT {columns} FROM tail_messages")
-        return "(" + derive.messages_view_sql("(" + " UNION ALL ".join(parts) + ")") + ")"
+        return self._named("(" + derive.messages_view_sql("(" + " UNION ALL ".join(parts) + ")") + ")")
 
     def filtered_messages_sql(self, f: Filters) -> tuple[str, dict]:
         """SQL of the messages matching ``f`` (:meth:`messages_sql` restricted by every filter)
         and its parameters."""
         params: dict = {}
         return filtered_messages_sql(f, params, self.messages_sql(f), self.label_condition(f)), params
+
+    def joined_messages_sql(self, f: Filters) -> tuple[str, dict]:
+        """SQL of the messages matching ``f`` joined to Mobivate's MT send records
+        (:func:`dlrlens.store.sends.joined_sql`: messages with receipts sent in f's range, and
+        log records created in it whose message has no receipt at all), restricted by every
+        filter (countries, networks, senders, routes included); and its parameters."""
+        with self._lock:
+            self.refresh()
+            key = (f, self._snapshot.version)
+            if key not in self._joined:
+                # Materialised once per (filters, data version): a page asks several questions
+                # of the same join (cost by campaign, by country, receipts missing, ...).
+                params: dict = {}
+                window = " AND ".join(["TRUE"] + time_conditions(f, params, column="created"))
+                relation = sends.joined_sql(self.messages_sql(f), self.messages_sql(), self.data_dir, window)
+                conditions = (time_conditions(f, params) + dimension_conditions(f, params, self.label_condition(f))
+                              + send_conditions(f, params))
+                name = f"joined_{len(self._joined_names)}"
+                self._joined_names.append(name)
+                self._con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS "
+                                  f"SELECT * FROM {relation} WHERE {' AND '.join(conditions)}", params)
+                self._joined[key] = name
+                while len(self._joined) > JOINED_TABLES:
+                    _, old = self._joined.popitem(last=False)
+                    self._con.execute(f"DROP TABLE IF EXISTS {old}")
+            self._joined.move_to_end(key)
+            return f"SELECT * FROM {self._joined[key]}", {}
 
     def label_condition(self, f: Filters):
         """The label-pair condition builder for :func:`dlrlens.store.sql.dimension_conditions`."""
@@ -459,8 +517,8 @@ class Store:
         return regions
 
     def _companions(self, files, kind: str) -> str:
-        return "read_parquet([" + ", ".join(string_literal(self.data_dir / derive.companion_path(x.path, kind))
-                                            for x in files) + "])"
+        return self._named("read_parquet([" + ", ".join(string_literal(self.data_dir / derive.companion_path(x.path, kind))
+                                                        for x in files) + "])")
 
     def _pieces(self, f: "Filters", params: dict, kind: str, make, tail: str, cuts: tuple[int, ...] = (),
                 by_slot: bool = False) -> list[str]:
@@ -486,7 +544,8 @@ class Store:
         """Tables ``tail_counts`` and ``tail_latency``: the fresh tail's merged messages (+1)
         and the stored rows they replace (-1), as counts rows (t = exact sent time) and latency
         rows; the companions' figures plus these are exact."""
-        new, old = derive.messages_view_sql("tail_messages"), derive.messages_view_sql("tail_old")
+        new = self._named("(" + derive.messages_view_sql("tail_messages") + ")")
+        old = self._named("(" + derive.messages_view_sql("tail_old") + ")")
         negated = ", ".join(f"-{m} AS {m}" for m in MEASURES)
         self._con.execute(f"""
             CREATE OR REPLACE TEMP TABLE tail_counts AS
@@ -559,7 +618,7 @@ class Store:
         only new files, the fresh tail's corrections and the messages outside the files."""
         with self._lock:
             regions = self._regions(f, params)
-            spec = (group, conditions, json.dumps(params, sort_keys=True, default=str))
+            spec = (group, conditions, json.dumps(params, sort_keys=True, default=str), self._names_version)
             files = self._file_latency(spec, regions.used, group, conditions, params)
             keys = [x.count_keys for x in files.values()]
             counts = [x.counts for x in files.values()]
@@ -632,8 +691,9 @@ class Store:
         missing = [p for p in identities if p not in kept]
         if missing:
             # file_index: the file's position in the list read (DuckDB's virtual column).
+            source = f"read_parquet([{', '.join(string_literal(p) for p in missing)}])"
             found = self.query_arrays(f"SELECT file_index, {group} AS grp, b, sum(n)::BIGINT AS n "
-                                      f"FROM read_parquet([{', '.join(string_literal(p) for p in missing)}]) "
+                                      f"FROM {self._named(source, 'file_index, *')} "
                                       f"WHERE {conditions} GROUP BY ALL", params)
             keys, n = _keys(found), found["n"].astype(np.int64)
             for path, rows in zip(missing, _rows_by_file(found["file_index"], len(missing))):
@@ -652,7 +712,7 @@ class Store:
         wanted = self._key_frame(np.unique(np.concatenate(list(need.values()))))
         found = self.query_arrays(
             f"SELECT * FROM (SELECT file_index, {group} AS grp, b, latency_us "
-            f"FROM read_parquet([{', '.join(string_literal(p) for p in latency)}]) "
+            f"FROM {self._named('read_parquet([' + ', '.join(string_literal(p) for p in latency) + '])', 'file_index, *')} "
             f"WHERE {_bucket_runs(wanted['b'])} AND {conditions}) SEMI JOIN wanted USING (grp, b)",
             params, tables={"wanted": wanted})
         keys, values = _keys(found), found["latency_us"].astype(np.int64)
@@ -929,7 +989,7 @@ class Store:
                 f"WHERE x.file_no = s.file_no AND x.row = s.file_row_number) "
                 f"UNION ALL SELECT {columns} FROM tail_messages "
                 f"WHERE delivery_message_id IN (SELECT delivery_message_id FROM {ids_table})")
-        return "(" + derive.messages_view_sql(f"({rows})") + ")"
+        return self._named("(" + derive.messages_view_sql(f"({rows})") + ")")
 
     def data_range(self) -> tuple[datetime, datetime] | None:
         """Earliest and latest message sent time (UTC) within the charted span

@@ -20,6 +20,10 @@ import pandas as pd
 OUTCOMES = ("delivered", "failed", "unknown", "pending")
 
 
+# Filters over Mobivate's send records: column of the joined relation -> Filters field.
+SEND_DIMENSIONS = {"country": "countries", "network": "networks", "originator": "senders", "route_id": "routes"}
+
+
 @dataclass(frozen=True)
 class Filters:
     """What to look at. Hashable (usable as a cache key); lists are turned into tuples.
@@ -37,6 +41,13 @@ class Filters:
     statuses: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
     tz: str = "UTC"
+    # From Mobivate's send records (dlrlens.store.sends): the recipient's country (ISO region)
+    # and original network, the sender ID (originator) and the route. Only the questions over
+    # the joined relation (Store.joined_messages_sql: cost, "Where") can honour them.
+    countries: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+    senders: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
 
     def __post_init__(self):
         zone = zone_info(self.tz)
@@ -52,9 +63,15 @@ class Filters:
         object.__setattr__(self, "outcomes", tuple(self.outcomes))
         object.__setattr__(self, "statuses", tuple(s.strip().upper() for s in self.statuses))
         object.__setattr__(self, "labels", tuple((str(k), str(v)) for k, v in self.labels))
+        for name in SEND_DIMENSIONS.values():
+            object.__setattr__(self, name, tuple(str(v) for v in getattr(self, name)))
         unknown = set(self.outcomes) - set(OUTCOMES)
         if unknown:
             raise ValueError(f"unknown outcome(s) {sorted(unknown)}; choose from {', '.join(OUTCOMES)}")
+
+    def has_send_filters(self) -> bool:
+        """Whether a country, network, sender or route filter is set (see SEND_DIMENSIONS)."""
+        return any(getattr(self, name) for name in SEND_DIMENSIONS.values())
 
     def previous_period(self) -> "Filters | None":
         """The same filters over the equally long period right before [start, end), or None."""

@@ -156,3 +156,19 @@ def label_values_sql(path_param: str) -> str:
     under each)."""
     return (f"list_distinct(list_filter(list_transform(from_json(label_sets, '[\"VARCHAR\"]'), "
             f"lambda l: json_extract_string(l, ${path_param})), lambda v: v IS NOT NULL))")
+
+
+def send_conditions(f, params: dict) -> list[str]:
+    """Filters ``f``'s countries, networks, senders and routes as SQL conditions on the joined
+    relation (:func:`dlrlens.store.sends.joined_sql`); adds the bound values to ``params``.
+    ``(unknown)`` matches a message without the value (no send record, or a number that did
+    not parse)."""
+    from dlrlens.store.selection import SEND_DIMENSIONS
+
+    conditions = []
+    for column, name in SEND_DIMENSIONS.items():
+        values = list(getattr(f, name))
+        if values:
+            params[name] = values
+            conditions.append(f"list_contains($%s, coalesce({column}, '(unknown)'))" % name)
+    return conditions

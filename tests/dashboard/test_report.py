@@ -59,7 +59,7 @@ def test_sheets_and_summary_equal_the_queries(store, report):
     for key in q.KPI_COLUMNS:
         assert same(summary[key], expected[key]), key
     assert summary["from"] == "2026-11-01" and summary["to"] == "2026-11-04" and summary["tz"] == "Europe/Berlin"
-    pd.testing.assert_frame_equal(report["Campaigns"], q.campaigns_with_funnel(store, NOVEMBER, receipt_figures=True))
+    pd.testing.assert_frame_equal(report["Campaigns"], q.campaign_table(store, NOVEMBER))
     funnel = q.funnel(store, NOVEMBER).iloc[0]
     assert funnel["clicks"] > 0 and funnel["replied"] > 0
     for key in catalog.FUNNEL_COLUMNS:
@@ -74,8 +74,9 @@ def test_every_kpi_has_its_catalog_label_and_definition(report):
     assert [kpi.column for kpi in catalog.KPIS] == q.KPI_COLUMNS
     defs = report["Definitions"]
     terms = catalog.TERMS + catalog.FUNNEL_TERMS
-    assert defs["term"].tolist() == [t.name for t in terms] + [k.label for k in catalog.KPIS + catalog.FUNNEL_KPIS]
-    assert defs["key"].tolist() == [""] * len(terms) + q.KPI_COLUMNS + catalog.FUNNEL_COLUMNS
+    kpis = catalog.ALL_KPIS
+    assert defs["term"].tolist() == [t.name for t in terms] + [k.label for k in kpis]
+    assert defs["key"].tolist() == [""] * len(terms) + [k.column for k in kpis]
     assert defs.set_index("key").loc["delivery_rate", "definition"] == catalog.kpi("delivery_rate").definition
     summary = report["Summary"].set_index("key")
     assert summary.loc["latency_p95_s", "item"] == "Time to deliver p95 (s)"
@@ -99,7 +100,8 @@ def test_xlsx_has_one_sheet_per_table_with_exact_values(report, tmp_path):
     assert book.sheetnames == list(r.SHEETS)
     sheet = book["Campaigns"]
     header = [c.value for c in sheet[1]]
-    assert header == ["campaign"] + q.KPI_COLUMNS + catalog.FUNNEL_COLUMNS
+    assert header == (["campaign"] + q.KPI_COLUMNS + catalog.FUNNEL_COLUMNS + catalog.COST_COLUMNS
+                      + ["latency_from_submission_p50_s"])
     campaigns = report["Campaigns"]
     for row_number, (_, want) in enumerate(campaigns.iterrows(), start=2):
         cells = {h: sheet.cell(row_number, i + 1) for i, h in enumerate(header)}

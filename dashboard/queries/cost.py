@@ -1,0 +1,180 @@
+"""Cost, receipts missing and time from submission: the questions over Mobivate's send records
+joined to the receipts (:meth:`dlrlens.store.reader.Store.joined_messages_sql`).
+
+Definitions (the wording users see: ``dashboard.catalog.COST_KPIS``):
+
+* A message's sent time is its earliest receipt, else its log ``created`` (a message whose
+  receipts never arrived was billed, so it is counted in the period it was sent).
+* ``cost``: sum of the log's cost; ``currency``: the log's. Grouped by (campaign, currency):
+  two currencies are never added. ``cost_per_delivered`` = cost / delivered messages of that
+  currency; ``failed_cost``: cost of the messages whose outcome is failed or unknown.
+* ``messages_without_cost``: messages with receipts and no log record (per campaign, on each
+  of its currency rows; a campaign without any priced message has one row, currency empty).
+* ``receipts_missing``: MT log records with no receipt at all, created more than the grace
+  (``DLRLENS_RECEIPTS_MISSING_AFTER``, default 24 h) before ``now``. Never part of the
+  receipt-based KPIs.
+* ``latency_from_submission_p50_s``: median of first DELIVERED receipt minus log created,
+  over delivered messages with a log record (when positive).
+
+Every function returns the documented columns, empty without data.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+
+from dlrlens.store import sends
+from dlrlens.store.reader import Store
+from dlrlens.store.selection import Filters
+from dashboard.catalog import COST_COLUMNS
+from dashboard.queries._common import counts_as_int, empty_frame, in_zone
+from dashboard.queries.geography import UNKNOWN
+
+DEFAULT_MISSING_AFTER = timedelta(hours=24)
+MISSING_LIST_LIMIT = 1000
+COST_TABLE_COLUMNS = ["campaign", "messages", "delivered", *COST_COLUMNS, "latency_from_submission_p50_s"]
+MISSING_COLUMNS = ["campaign", "delivery_message_id", "log_created", "log_status", "originator", "country",
+                   "network", "recipient_masked", "cost", "currency"]
+
+
+def missing_after_setting() -> timedelta:
+    """``DLRLENS_RECEIPTS_MISSING_AFTER`` (default 24 h; a bad value falls back to it)."""
+    from dlrlens.mobivate import MobivateSettings
+
+    try:
+        return timedelta(seconds=MobivateSettings.from_env().receipts_missing_after)
+    except ValueError:
+        return DEFAULT_MISSING_AFTER
+
+
+def _missing_before(now: datetime | None, missing_after: timedelta | None) -> datetime:
+    now = now or datetime.now(timezone.utc)
+    return now - (missing_after_setting() if missing_after is None else missing_after)
+
+
+def _cost_sql(joined: str, group: str) -> str:
+    """Cost figures per (``group`` column, currency) over the joined relation ``joined``."""
+    return f"""
+        WITH j AS (SELECT * FROM ({joined})),
+        per_currency AS (
+            SELECT {group}, currency,
+                   count(*) FILTER (WHERE has_receipt) AS messages,
+                   count(*) FILTER (WHERE outcome = 'delivered') AS delivered,
+                   sum(cost) AS cost,
+                   sum(cost) FILTER (WHERE outcome IN ('failed', 'unknown')) AS failed_cost,
+                   count(*) FILTER (WHERE NOT has_receipt AND log_created < $missing_before) AS receipts_missing,
+                   quantile_cont(CASE WHEN outcome = 'delivered' AND delivered_at > log_created
+                                      THEN (epoch_us(delivered_at) - epoch_us(log_created)) / 1e6 END, 0.5)
+                       AS latency_from_submission_p50_s
+            FROM j GROUP BY ALL),
+        per_group AS (
+            SELECT {group}, count(*) FILTER (WHERE has_receipt AND NOT in_log) AS messages_without_cost,
+                   count(DISTINCT currency) AS currencies
+            FROM j GROUP BY ALL)
+        SELECT p.*, g.messages_without_cost
+        FROM per_currency p JOIN per_group g USING ({group})
+        -- the rows without a currency (messages without a log record) join the campaign's
+        -- currency rows, unless it has none
+        WHERE p.currency IS NOT NULL OR g.currencies = 0
+    """
+
+
+def cost_by(store: Store, f: Filters, group: str | None, now: datetime | None = None,
+            missing_after: timedelta | None = None) -> pd.DataFrame:
+    """Cost figures per ``group`` (a column of the joined relation: campaign, country, network,
+    originator, route_id; None: column ``total``, one value) and currency, sorted by group
+    then currency: the group column, then :data:`COST_TABLE_COLUMNS` but campaign.
+    ``messages``/``delivered``: messages with receipts billed in that currency (of a group
+    without any priced message: all of its messages, currency empty)."""
+    if group not in (None, "campaign", "country", "network", "originator", "route_id"):
+        raise ValueError(f"cannot group cost by {group!r}")
+    column = group or "total"
+    before = _missing_before(now, missing_after)
+    columns = [column] + [c for c in COST_TABLE_COLUMNS if c != "campaign"]
+
+    def compute():
+        sql, params = store.joined_messages_sql(f)
+        if group is None:
+            source = f"SELECT *, 'all' AS total FROM ({sql})"
+        elif group == "campaign":
+            source = sql
+        else:  # a message without the value (no send record, a number that did not parse)
+            source = f"SELECT * REPLACE (coalesce({group}, '{UNKNOWN}') AS {group}) FROM ({sql})"
+        params["missing_before"] = before
+        return store.query(f"SELECT * FROM ({_cost_sql(source, column)})", params)
+
+    df = store.cached("cost_by", (f, group, before.replace(second=0, microsecond=0)), compute)
+    if df.empty:
+        return empty_frame(columns)
+    df["cost_per_delivered"] = df["cost"] / df["delivered"].where(df["delivered"] > 0)
+    df = counts_as_int(df, ["messages", "delivered", "messages_without_cost", "receipts_missing"])
+    for name in ("cost", "failed_cost", "cost_per_delivered", "latency_from_submission_p50_s"):
+        df[name] = df[name].astype("float64")
+    return df.sort_values([column, "currency"], na_position="last").reset_index(drop=True)[columns]
+
+
+def total_cost(store: Store, f: Filters, **kw) -> pd.DataFrame:
+    """:func:`cost_by` over every message: one row per currency (column ``total`` dropped)."""
+    return cost_by(store, f, None, **kw).drop(columns=["total"])
+
+
+def receipts_missing(store: Store, f: Filters, now: datetime | None = None,
+                     missing_after: timedelta | None = None, limit: int = MISSING_LIST_LIMIT) -> pd.DataFrame:
+    """The MT messages of Mobivate's log without any receipt past the grace, newest first
+    (:data:`MISSING_COLUMNS`, at most ``limit``; the recipient masked), with their log status."""
+    before = _missing_before(now, missing_after)
+
+    def compute():
+        sql, params = store.joined_messages_sql(f)
+        params["missing_before"] = before
+        return store.query(f"SELECT {', '.join(MISSING_COLUMNS)} FROM ({sql}) "
+                           f"WHERE NOT has_receipt AND log_created < $missing_before "
+                           f"ORDER BY log_created DESC, delivery_message_id LIMIT {int(limit)}", params)
+
+    df = store.cached("receipts_missing", (f, before.replace(second=0, microsecond=0), limit), compute)
+    if df.empty:
+        return empty_frame(MISSING_COLUMNS)
+    return in_zone(df, ["log_created"], f.tz)
+
+
+def sync_state(store: Store) -> dict | None:
+    """The last sync of Mobivate's send records (``data/sync.json``), or None before any."""
+    return sends.sync_status(store.data_dir)
+
+
+def campaigns_with_cost(per_campaign: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
+    """The campaign table (:func:`dashboard.queries.campaigns`) with the cost columns
+    (:data:`dashboard.catalog.COST_COLUMNS`, then ``latency_from_submission_p50_s``) of
+    :func:`cost_by` ``campaign``: one row per campaign and currency (the receipt KPIs repeated
+    on each). A campaign only in Mobivate's log (no receipt at all) gets a row with zero
+    counts; one with receipts and no log record keeps one row, currency empty, its messages
+    in ``messages_without_cost``."""
+    extra = ["latency_from_submission_p50_s"]
+    cost = cost[["campaign", *COST_COLUMNS, *extra]]
+    merged = per_campaign.merge(cost, on="campaign", how="outer", sort=False)
+    no_record = merged["currency"].isna() & merged["messages_without_cost"].isna()
+    if "messages" in merged:
+        merged.loc[no_record, "messages_without_cost"] = merged.loc[no_record, "messages"]
+    counts = [c for c in ("messages", "delivered", "failed", "unknown", "pending", "regressions",
+                          "latency_messages", "delivered_without_earlier", "messages_without_cost",
+                          "receipts_missing") if c in merged]
+    merged = counts_as_int(merged, counts)
+    order = {name: i for i, name in enumerate(per_campaign["campaign"])}
+    merged["_order"] = merged["campaign"].map(order).fillna(len(order))
+    return merged.sort_values(["_order", "campaign", "currency"], na_position="last").drop(columns="_order") \
+        .reset_index(drop=True)
+
+
+def where_table(store: Store, f: Filters, dimension: str, **kw) -> pd.DataFrame:
+    """Delivery figures (:func:`dashboard.queries.geography.delivery_by`) and cost
+    (:func:`cost_by`: currency, cost, cost_per_delivered, failed_cost) per value of
+    ``dimension``: one row per value and currency."""
+    from dashboard.queries.geography import delivery_by
+
+    delivery = delivery_by(store, f, dimension)
+    cost = cost_by(store, f, dimension, **kw)[[dimension, "currency", "cost", "cost_per_delivered", "failed_cost",
+                                               "receipts_missing"]]
+    merged = delivery.merge(cost, on=dimension, how="left")
+    return counts_as_int(merged, ["messages", "delivered", "failed", "unknown", "pending", "receipts_missing"])
