@@ -41,7 +41,7 @@ from collector.settings import Settings, load_settings
 from dlrlens.store.auth_failures import auth_failures_path
 from dlrlens.store.backends import publisher
 from dlrlens.store.files import probe_writable
-from dlrlens.store.privacy import installation_key
+from dlrlens.store.pseudonym import installation_key
 from dlrlens.store.writer import ReceiptStorage, error_kind
 from dlrlens.store.wal import StorageError
 

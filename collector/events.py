@@ -36,7 +36,7 @@ from datetime import datetime
 from collector.parsing import (MAX_REPORTED_ERRORS, NO_LIMITS, BadBody, ElementError, ParsedBody,
                                ReceiptLimits, _BadElement, _json_elements, _json_text, _optional_text,
                                parse_created)
-from dlrlens.store.privacy import hash_msisdn, mask_msisdn
+from dlrlens.store.pseudonym import hash_msisdn, mask_msisdn
 
 CLICK_FIELDS = {name.lower(): name for name in (
     "messageId", "batchId", "clientRef", "mobile", "browser", "os", "country", "iso2l", "ipAddress", "url")}
@@ -54,7 +54,7 @@ JSON_ONLY = "send application/json (one object or an array of them)"
 @dataclass(frozen=True)
 class EventPrivacy:
     """What to keep of personal data: ``key`` hashes phone numbers (the installation key,
-    :func:`dlrlens.store.privacy.installation_key`); ``keep_msisdn`` keeps numbers as sent,
+    :func:`dlrlens.store.pseudonym.installation_key`); ``keep_msisdn`` keeps numbers as sent,
     ``keep_ip`` a click's IP address."""
 
     key: bytes

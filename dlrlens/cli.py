@@ -541,6 +541,7 @@ def cmd_migrate(args) -> int:
     if result.log_segments:
         print(f"note: the write-ahead log still holds {result.log_segments} segments, not copied: start and stop "
               f"the collector once on {data_dir} (it flushes them), then run migrate again")
+    return 0
 
 
 # --------------------------------------------------------------------------- alerts
@@ -614,6 +615,7 @@ def cmd_alerts(args) -> int:
     for d in result.deliveries:
         outcome = "sent" if d.ok else f"FAILED after {d.attempts} attempts: {d.error}"
         print(f"notification to {d.channel}: {outcome}")
+    return 0
 
 
 # --------------------------------------------------------------------------- sync, campaigns

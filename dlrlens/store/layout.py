@@ -36,7 +36,6 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
       campaigns/imported.parquet                          campaign names imported from a CSV
       sync.json                                           the last sync of send records (window, error, auth error)
       sync.lock                                           flock: one sync at a time
-      keys/msisdn.key, keys/.msisdn.lock                  per-installation HMAC key for phone numbers (mode 600)
 
 With the Iceberg store (``DLRLENS_STORE=iceberg:<catalog>``, :mod:`dlrlens.store.backends`) the
 receipts live in the Iceberg table ``<namespace>.receipts`` of that catalog (namespace

@@ -5,9 +5,10 @@ Contract: :func:`number_hash` is ``HMAC-SHA256(installation key, E.164 digits)``
 same number written any way phonenumbers understands (``+44 7700 900123``, ``447700900123``)
 has one hash, so a lookup hashes the user's input the same way. The key is 32 random bytes at
 ``data/keys/msisdn.key`` (mode 600), created once under ``data/keys/.msisdn.lock`` at first
-use and shared by every component that hashes numbers (send records here, click and reply
-numbers elsewhere). Losing it only means hashes made afterwards no longer match earlier ones.
-Nothing here logs a number.
+use and shared by every component that hashes numbers: the synced send records' recipients,
+and the clickers and repliers of the collector's click and reply webhooks (:func:`hash_msisdn`
+and :func:`mask_msisdn` with the key read once per worker). Losing it only means hashes made
+afterwards no longer match earlier ones. Nothing here logs a number.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from pathlib import Path
 import phonenumbers
 from phonenumbers import carrier
 
-from dlrlens.store import files
+from dlrlens.store import files, layout
 
-KEY_PATH = "keys/msisdn.key"
-KEY_LOCK = "keys/.msisdn.lock"
+KEY_PATH = layout.MSISDN_KEY
+KEY_LOCK = f"{layout.KEYS_DIR}/.msisdn.lock"
 KEY_BYTES = 32
 _NOT_DIGIT = re.compile(r"\D")
 
@@ -114,10 +115,19 @@ def canonical_number(text: str) -> str | None:
 
 def number_hash(data_dir: Path, msisdn: str | None) -> str | None:
     """Hex HMAC-SHA256 of the number's canonical digits with the installation key."""
+    return hash_msisdn(installation_key(data_dir), msisdn)
+
+
+def hash_msisdn(key: bytes, msisdn: str | None) -> str | None:
+    """:func:`number_hash` with the key already read (the collector's hot path); None for an
+    empty value. ``+44 7700 900123`` and ``447700900123`` have one hash."""
     number = parse_number(msisdn)
-    if number is None:
-        return None
-    return keyed_hash(installation_key(data_dir), number.canonical)
+    return None if number is None else keyed_hash(key, number.canonical)
+
+
+def mask_msisdn(msisdn: str | None) -> str | None:
+    """:func:`mask` of a number that may be missing (None stays None)."""
+    return mask(msisdn) if msisdn else None
 
 
 def keyed_hash(key: bytes, canonical: str) -> str:

@@ -16,7 +16,7 @@ from collector.events import EventPrivacy, parse_clicks, parse_replies
 from collector.parsing import BadBody, ReceiptLimits
 from dlrlens.store import layout
 from dlrlens.store.events import normalise_reply, opt_out_keywords, parse_keywords
-from dlrlens.store.privacy import hash_msisdn, installation_key, mask_msisdn
+from dlrlens.store.pseudonym import hash_msisdn, installation_key, mask_msisdn
 from tests.support.receipts import MOBIVATE
 
 KEY = b"k" * 32

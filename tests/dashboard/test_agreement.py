@@ -21,7 +21,8 @@ from dlrlens import cli
 from tests.support.factory import demo_rows, write_receipts
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
-CAMPAIGN_COLUMNS = ["campaign"] + [kpi.column for kpi in catalog.KPIS] + catalog.FUNNEL_COLUMNS
+CAMPAIGN_COLUMNS = (["campaign"] + [kpi.column for kpi in catalog.KPIS] + catalog.FUNNEL_COLUMNS + catalog.COST_COLUMNS
+                    + ["latency_from_submission_p50_s"])
 
 
 @pytest.fixture(scope="module")

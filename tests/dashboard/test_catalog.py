@@ -45,8 +45,8 @@ def test_column_lists_keep_their_order():
 
 def test_units_of_other_columns():
     assert catalog.SHARE_COLUMNS == {"delivery_rate", "delivered_of_all", "within_10s", "within_1m", "within_5m",
-                                     "within_1h", "share"}
-    assert catalog.SECONDS_COLUMNS == {c for c in catalog.KPI_COLUMNS if c.endswith("_s")} | {
+                                     "within_1h", "click_rate", "opt_out_rate", "share"}
+    assert catalog.SECONDS_COLUMNS == {k.column for k in catalog.ALL_KPIS if k.column.endswith("_s")} | {
         "p50_s", "p90_s", "p95_s", "p99_s", "latency_s"}
     assert catalog.unit("p95_s") == "seconds" and catalog.unit("campaign") is None
     assert catalog.definition("campaign") is None and catalog.label("campaign") is None
