@@ -35,7 +35,7 @@ from datetime import datetime
 
 from collector.parsing import (MAX_REPORTED_ERRORS, NO_LIMITS, BadBody, ElementError, ParsedBody,
                                ReceiptLimits, _BadElement, _json_elements, _json_text, _optional_text,
-                               parse_created)
+                               parse_created, split_fields)
 from dlrlens.store.pseudonym import hash_msisdn, mask_msisdn
 
 CLICK_FIELDS = {name.lower(): name for name in (
@@ -79,20 +79,6 @@ def _json_body(body: bytes, content_type: str | None, kind: str) -> list:
         raise BadBody(400, f"not_a_{kind}", f"JSON body holds no {kind} object") from None
 
 
-def _split_fields(element, known: dict[str, str], kind: str) -> tuple[dict, dict]:
-    if not isinstance(element, dict):
-        raise _BadElement(f"not_a_{kind}", f"element is a {type(element).__name__}, expected a {kind} object")
-    fields: dict = {}
-    extra: dict = {}
-    for key, value in element.items():
-        canonical = known.get(str(key).lower())
-        if canonical:
-            fields[canonical] = value
-        else:
-            extra[str(key)] = value
-    return fields, extra
-
-
 def _text(fields: dict, name: str, max_length: int | None = None) -> str | None:
     value = fields.get(name)
     if max_length is None:
@@ -115,7 +101,7 @@ def _keyed_id(key: bytes, parts) -> str:
 def click_record(element, *, received_at: datetime, labels: dict[str, str], labels_json: str,
                  privacy: EventPrivacy) -> dict:
     """One click element as a record of :data:`dlrlens.store.layout.CLICK_SCHEMA`."""
-    fields, extra = _split_fields(element, CLICK_FIELDS, "click")
+    fields, extra = split_fields(element, CLICK_FIELDS, "click")
     values = {name: _text(fields, name) for name in ("messageId", "batchId", "clientRef", "mobile", "browser",
                                                      "os", "country", "iso2l", "ipAddress")}
     values["url"] = _text(fields, "url", MAX_URL_LENGTH)
@@ -150,7 +136,7 @@ def click_record(element, *, received_at: datetime, labels: dict[str, str], labe
 def reply_record(element, *, received_at: datetime, labels: dict[str, str], labels_json: str,
                  privacy: EventPrivacy, limits: ReceiptLimits = NO_LIMITS) -> dict:
     """One incoming-message element as a record of :data:`dlrlens.store.layout.REPLY_SCHEMA`."""
-    fields, extra = _split_fields(element, REPLY_FIELDS, "reply")
+    fields, extra = split_fields(element, REPLY_FIELDS, "reply")
     values = {name: _text(fields, name) for name in ("id", "originator", "recipient", "inReplyTo",
                                                      "logicalMessageId", "ownerUserId")}
     body = fields.get("body")

@@ -429,21 +429,29 @@ def receipt_id(message_id: str, status: str, status_code: int | None, created: d
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
+def split_fields(element, known: dict[str, str], kind: str) -> tuple[dict, dict]:
+    """(known fields under their canonical names, the rest as sent) of one body element, whose
+    keys match ``known`` (lower-cased key -> canonical name) in any case; a non-object element
+    is refused as ``not_a_<kind>``."""
+    if not isinstance(element, dict):
+        raise _BadElement(f"not_a_{kind}", f"element is a {type(element).__name__}, expected a {kind} object")
+    fields: dict = {}
+    extra: dict = {}
+    for key, value in element.items():
+        canonical = known.get(str(key).lower())
+        if canonical:
+            fields[canonical] = value
+        else:
+            extra[str(key)] = value
+    return fields, extra
+
+
 def normalise(element, *, source_format: str, received_at: datetime, labels: dict[str, str],
               labels_json: str | None = None, limits: ReceiptLimits = NO_LIMITS) -> dict:
     """One receipt element (a dict from JSON or XML) as a record of the storage schema.
 
     ``labels_json`` is ``labels`` already as JSON text (computed once per request)."""
-    if not isinstance(element, dict):
-        raise _BadElement("not_a_receipt", f"element is a {type(element).__name__}, expected a receipt object")
-    fields: dict = {}
-    extra: dict = {}
-    for key, value in element.items():
-        canonical = KNOWN_FIELDS.get(str(key).lower())
-        if canonical:
-            fields[canonical] = value
-        else:
-            extra[str(key)] = value
+    fields, extra = split_fields(element, KNOWN_FIELDS, "receipt")
 
     message_id = _optional_text(fields.get("deliveryMessageId"), "deliveryMessageId")
     if not message_id:

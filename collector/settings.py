@@ -18,7 +18,7 @@ from collector.parsing import MAX_LABELS
 from dlrlens.store.backends import StoreChoice, parse_store
 from dlrlens.store.events import DEFAULT_OPT_OUT_KEYWORDS, parse_keywords
 from dlrlens.mobivate import SETTINGS as MOBIVATE_SETTINGS
-from dlrlens.mobivate import parse_duration
+from dlrlens.mobivate import parse_duration, parse_flag
 
 
 def _secrets(text: str) -> tuple[str, ...]:
@@ -84,15 +84,6 @@ def _label_keys(text: str) -> frozenset[str] | None:
     return keys
 
 
-def _flag(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise ValueError("expected 1 or 0 (true/false, yes/no, on/off)")
-
-
 def _optional_path(text: str) -> Path | None:
     return Path(text.strip()) if text.strip() else None
 
@@ -142,10 +133,10 @@ SETTINGS_TABLE = (
             "becomes a dashboard filter)."),
     Setting("label_max_length", "DLRLENS_LABEL_MAX_LENGTH", "64", _positive_int,
             "Longest URL label value (and key, with *) in characters; longer ones refuse the request (bad_label)."),
-    Setting("keep_msisdn", "DLRLENS_KEEP_MSISDN", "0", _flag,
+    Setting("keep_msisdn", "DLRLENS_KEEP_MSISDN", "0", parse_flag,
             "1 keeps the clicker's and replier's phone number as sent; by default only a keyed hash (HMAC-SHA256, "
             "key in data/keys/msisdn.key) and a masked form (44700****123) are stored."),
-    Setting("keep_click_ip", "DLRLENS_KEEP_CLICK_IP", "0", _flag,
+    Setting("keep_click_ip", "DLRLENS_KEEP_CLICK_IP", "0", parse_flag,
             "1 keeps the clicker's IP address; by default it is dropped (the click keeps Mobivate's country)."),
     Setting("opt_out_keywords", "DLRLENS_OPT_OUT_KEYWORDS", ",".join(DEFAULT_OPT_OUT_KEYWORDS), parse_keywords,
             "Comma-separated replies that count as an opt-out, matched ignoring case and whitespace (read by the "

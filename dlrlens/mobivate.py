@@ -78,7 +78,8 @@ def _url(text: str) -> str:
     return text
 
 
-def _flag(text: str) -> bool:
+def parse_flag(text: str) -> bool:
+    """A boolean setting: 1/true/yes/on or 0/false/no/off (empty: off)."""
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -101,7 +102,7 @@ SETTINGS = (
     ("sync_days", "DLRLENS_SYNC_DAYS", "2", lambda text: max(1, int(text)),
      "UTC days (today included) each periodic sync reads again: the windows overlap, so late log "
      "updates (status, cost) arrive; stored records are merged by id, never duplicated."),
-    ("keep_recipient", "DLRLENS_KEEP_RECIPIENT", "0", _flag,
+    ("keep_recipient", "DLRLENS_KEEP_RECIPIENT", "0", parse_flag,
      "1 keeps the recipient's full number in the synced send records; by default only its country, "
      "original network, a keyed hash (for lookups) and a masked form are stored."),
     ("receipts_missing_after", "DLRLENS_RECEIPTS_MISSING_AFTER", "24h", None,
