@@ -116,7 +116,8 @@ def _receipt_properties(*, xml: bool) -> dict:
             "description": "When Mobivate created the receipt: ISO 8601 with +00:00, +0000 or Z (no offset means "
                            "UTC), any fraction of a second. Required. Refused (bad_created) outside the window "
                            "around the arrival time: at most DLRLENS_CREATED_MAX_AGE (400 days) before it and "
-                           "DLRLENS_CREATED_MAX_AHEAD (1 day) after it by default.",
+                           "DLRLENS_CREATED_MAX_AHEAD (1 day) after it by default, and whenever its instant in UTC "
+                           "falls outside the years 1-9999.",
             "examples": ["2023-07-28T03:23:22.000+00:00"],
         },
         "status": _text("Status name, any case. Unknown names are stored and classified 'unknown', never refused. "
@@ -172,7 +173,8 @@ def _event_schema(description: str, known: dict[str, str], identifying: tuple[st
         properties["created"] = {"type": ["string", "null"], "format": "date-time",
                                  "description": "When Mobivate received the reply (ISO 8601); absent: the arrival "
                                                 "time. Refused (bad_created) outside the receipts' window around "
-                                                "the arrival time."}
+                                                "the arrival time, or when its instant in UTC falls outside the "
+                                                "years 1-9999."}
     if "body" in known.values():
         properties["body"] = {"type": ["string", "null"], "maxLength": MAX_REPLY_LENGTH,
                               "description": "The reply text (personal data: never logged, masked on screen)."}

@@ -92,6 +92,8 @@ def valid_receipts_are_stored(ctx, response, case):
     positive = case.meta is not None and case.meta.generation.mode.is_positive
     if (positive and case.method.upper() == "POST" and case.path in ("/dlr", "/click", "/incoming")
             and case.media_type in RECEIVING):
+        if response.status_code == 400 and "'created' is out of range" in response.text:
+            return  # a date-time whose UTC instant is outside years 1-9999: documented as refused
         assert response.status_code in (200, 207), (
             f"schema-valid {case.media_type} body refused with {response.status_code}: {response.text[:300]}")
 
@@ -184,7 +186,8 @@ def test_every_refusal_reason_in_the_code_is_documented():
     assert len(in_code) >= 15, in_code  # the patterns above still find the code's reasons
     assert in_code == documented
     element_reasons = set(re.findall(r'_BadElement\(\s*"([a-z_]+)"', (REPO / "collector" / "parsing.py").read_text()))
-    element_reasons |= {"not_a_click", "not_a_reply"}  # collector/events.py builds them as f"not_a_{kind}"
+    # collector/parsing.split_fields builds these as f"not_a_{kind}"
+    element_reasons |= {"not_a_receipt", "not_a_click", "not_a_reply"}
     assert element_reasons == set(openapi.ELEMENT_REFUSALS)
 
 
