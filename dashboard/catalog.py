@@ -154,6 +154,10 @@ FUNNEL_COLUMNS: list[str] = [k.column for k in FUNNEL_KPIS]
 # receipts (`dlrlens sync`). One row per campaign and currency: two currencies are never added.
 _SENT_IN_PERIOD = ("messages sent in the period (sent time: the earliest receipt, else the log's created time), "
                    "messages whose receipts never arrived included (they were billed)")
+_FROM_SUBMISSION = ("{} of the time from submission: created time of the message's first DELIVERED receipt minus its "
+                    "created time in Mobivate's log, over delivered messages with a log record (linear "
+                    "interpolation). The time to deliver, beside it, starts at the first receipt instead: a proxy "
+                    "for when the message reached Mobivate's network when no log record is synced.")
 COST_KPIS: tuple[Kpi, ...] = (
     Kpi("cost", "Cost", "amount", f"Sum of Mobivate's log cost over the {_SENT_IN_PERIOD}, in `currency`."),
     Kpi("currency", "Currency", "text",
@@ -170,10 +174,9 @@ COST_KPIS: tuple[Kpi, ...] = (
         "MT messages in Mobivate's log with no receipt at all DLRLENS_RECEIPTS_MISSING_AFTER (default 24 h) "
         "after their log created time: the webhook was down or misconfigured. They never change the "
         "receipt-based KPIs."),
-    Kpi("latency_from_submission_p50_s", "Time from submission p50 (s)", "seconds",
-        "Median time from submission: created time of the first DELIVERED receipt minus the message's "
-        "created time in Mobivate's log (when it has a log record), beside the time to deliver, which starts "
-        "at the first receipt."),
+    Kpi("latency_from_submission_p50_s", "Time from submission p50 (s)", "seconds", _FROM_SUBMISSION.format("Median")),
+    Kpi("latency_from_submission_p95_s", "Time from submission p95 (s)", "seconds",
+        _FROM_SUBMISSION.format("95th percentile")),
 )
 COST_COLUMNS: list[str] = [k.column for k in COST_KPIS if not k.column.startswith("latency_")]
 

@@ -130,6 +130,10 @@ def _wait_healthy(url: str, timeout: float) -> bool:
     return False
 
 
+# The demo's share of delivered messages clicked and replied to (`dlrlens simulate`'s defaults).
+DEMO_CLICK_SHARE, DEMO_REPLY_SHARE = 0.1, 0.015
+
+
 def cmd_up(args) -> int:
     """Start collector and dashboard together; with no data yet, feed demo traffic."""
     data_dir = layout.data_dir(args.data).resolve()
@@ -141,16 +145,27 @@ def cmd_up(args) -> int:
     if not layout.has_receipts(data_dir) and not args.no_demo:
         from dlrlens import demo, simulate
 
-        # Real time from now, three hours of sending compressed 60x (about 3 minutes): each
-        # receipt reaches the webhook when it is due, so the webhook lag reads seconds, not the
-        # hours or days back-dated traffic would show. The dashboard says the demo is posting
-        # (data/demo.json, dlrlens.store.demo) and refreshes until it ends.
+        from collector.backfill import store_posts
+        from collector.settings import load_settings
+
+        # A week of history, so the charts have a shape: stored as received when it was due
+        # (collector.backfill: the webhook's own parsers, received_at = due), never posted
+        # now, or its webhook lag would read days. Then the live part: three hours of sending
+        # compressed 60x (about 3 minutes), each post reaching the real webhook when it is
+        # due. The dashboard says the demo is posting (data/demo.json, dlrlens.store.demo) and
+        # refreshes until it ends.
         demo_started = datetime.now(timezone.utc)
-        demo_plan = simulate.plan_traffic(8, 4000, start=demo_started, time_scale=60, click_share=0.1,
-                                           reply_share=0.015)
+        events = dict(click_share=DEMO_CLICK_SHARE, reply_share=DEMO_REPLY_SHARE)
+        history = simulate.plan_traffic(8, 4000, span=demo.DEMO_SPAN, now=demo_started, **events)
+        stored = store_posts(load_settings(data_dir=data_dir), history.all_posts())
+        print(f"dlrlens: demo history of the last 7 days stored ({stored.get('receipts', 0):,} receipts, "
+              f"{stored.get('clicks', 0):,} clicks, {stored.get('replies', 0):,} replies)", flush=True)
+        demo_plan = simulate.plan_traffic(8, 1000, start=demo_started, time_scale=60, **events)
         if not os.environ.get("MOBIVATE_API_KEY"):
             # The demo's own Mobivate, so names, costs and countries show too (never with a real key).
-            fake_api = demo.start_fake_api(demo_plan, host="127.0.0.1")
+            fake_api = demo.start_fake_api(simulate.TrafficPlan(history.seed, history.start,
+                                                                history.posts + demo_plan.posts),
+                                           host="127.0.0.1")
             env.update(demo.demo_environment(fake_api))
             print(f"dlrlens: demo Mobivate API (send records) on {fake_api.url}", flush=True)
 
@@ -294,10 +309,10 @@ def simulate_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 3)")
     parser.add_argument("--timeout", type=_positive_float, default=10.0,
                         help="seconds to wait for each answer (default 10)")
-    parser.add_argument("--click-share", type=_fraction, default=0.1,
+    parser.add_argument("--click-share", type=_fraction, default=DEMO_CLICK_SHARE,
                         help="share of delivered messages clicked, posted to /click beside --url's /dlr "
                              "(default 0.1; 0 = none)")
-    parser.add_argument("--reply-share", type=_fraction, default=0.015,
+    parser.add_argument("--reply-share", type=_fraction, default=DEMO_REPLY_SHARE,
                         help="share of delivered messages replied to (about a third STOP), posted to "
                              "/incoming (default 0.015; 0 = none)")
     parser.add_argument("--dry-run", action="store_true",

@@ -89,7 +89,8 @@ from dashboard.queries.funnel import (BREAKDOWNS, FUNNEL_TABLE_COLUMNS, REPLY_CO
                                       click_breakdown, clicks_over_time, funnel, message_replies, top_links,
                                       unlinked_events)
 from dashboard.queries.alerts import add_silence, alert_channel_failures, alerts_overview, end_silence
-from dashboard.queries.cost import (COST_TABLE_COLUMNS, MISSING_COLUMNS, campaigns_with_cost, cost_by, receipts_missing,
+from dashboard.queries.cost import (COST_TABLE_COLUMNS, MISSING_COLUMNS, SUBMISSION_COLUMNS, campaigns_with_cost, cost_by,
+                                    receipts_missing, submission_latency,
                                     sync_state, total_cost, where_table)
 from dashboard.queries.geography import DIMENSIONS, delivery_by, send_choices
 from dashboard.queries.campaign_table import campaign_table
@@ -116,7 +117,7 @@ __all__ = [
     "alerts_overview", "alert_channel_failures", "add_silence", "end_silence",
     # Mobivate's send records joined to the receipts (names, cost, country, network)
     "COST_TABLE_COLUMNS", "MISSING_COLUMNS", "cost_by", "total_cost", "receipts_missing", "sync_state",
-    "campaigns_with_cost", "where_table",
+    "campaigns_with_cost", "where_table", "SUBMISSION_COLUMNS", "submission_latency",
     "DIMENSIONS", "delivery_by", "send_choices",
     # the Campaigns table (page, downloads, report): receipt, funnel and cost columns
     "campaign_table",

@@ -13,7 +13,7 @@ Definitions (the wording users see: ``dashboard.catalog.COST_KPIS``):
 * ``receipts_missing``: MT log records with no receipt at all, created more than the grace
   (``DLRLENS_RECEIPTS_MISSING_AFTER``, default 24 h) before ``now``. Never part of the
   receipt-based KPIs.
-* ``latency_from_submission_p50_s``: median of first DELIVERED receipt minus log created,
+* ``latency_from_submission_p50_s`` / ``_p95_s``: median / 95th percentile of first DELIVERED receipt minus log created,
   over delivered messages with a log record (when positive).
 
 Every function returns the documented columns, empty without data.
@@ -34,7 +34,8 @@ from dashboard.queries.geography import UNKNOWN
 
 DEFAULT_MISSING_AFTER = timedelta(hours=24)
 MISSING_LIST_LIMIT = 1000
-COST_TABLE_COLUMNS = ["campaign", "messages", "delivered", *COST_COLUMNS, "latency_from_submission_p50_s"]
+SUBMISSION_COLUMNS = ["latency_from_submission_p50_s", "latency_from_submission_p95_s"]
+COST_TABLE_COLUMNS = ["campaign", "messages", "delivered", *COST_COLUMNS, *SUBMISSION_COLUMNS]
 MISSING_COLUMNS = ["campaign", "delivery_message_id", "log_created", "log_status", "originator", "country",
                    "network", "recipient_masked", "cost", "currency"]
 
@@ -54,6 +55,29 @@ def _missing_before(now: datetime | None, missing_after: timedelta | None) -> da
     return now - (missing_after_setting() if missing_after is None else missing_after)
 
 
+def _submission_select() -> str:
+    """p50 and p95 of the time from submission (Mobivate's log created time) to the first
+    DELIVERED receipt's created time, over delivered messages with a log record."""
+    seconds = ("CASE WHEN outcome = 'delivered' AND delivered_at > log_created "
+               "THEN (epoch_us(delivered_at) - epoch_us(log_created)) / 1e6 END")
+    return (f"quantile_cont({seconds}, 0.5) AS latency_from_submission_p50_s, "
+            f"quantile_cont({seconds}, 0.95) AS latency_from_submission_p95_s, "
+            f"count({seconds}) AS latency_from_submission_messages")
+
+
+def submission_latency(store: Store, f: Filters) -> pd.DataFrame:
+    """One row: ``latency_from_submission_messages`` (delivered messages with a log record
+    created before their first DELIVERED receipt) and the p50 / p95 of their time from
+    submission (:data:`SUBMISSION_COLUMNS`), whatever the currency: the Latency page shows
+    them beside the time to deliver, which starts at the first receipt."""
+    def compute():
+        sql, params = store.joined_messages_sql(f)
+        return store.query(f"SELECT {_submission_select()} FROM ({sql})", params)
+    df = store.cached("submission_latency", (f,), compute)
+    df["latency_from_submission_messages"] = df["latency_from_submission_messages"].astype("int64")
+    return df
+
+
 def _cost_sql(joined: str, group: str) -> str:
     """Cost figures per (``group`` column, currency) over the joined relation ``joined``."""
     return f"""
@@ -65,9 +89,7 @@ def _cost_sql(joined: str, group: str) -> str:
                    sum(cost) AS cost,
                    sum(cost) FILTER (WHERE outcome IN ('failed', 'unknown')) AS failed_cost,
                    count(*) FILTER (WHERE NOT has_receipt AND log_created < $missing_before) AS receipts_missing,
-                   quantile_cont(CASE WHEN outcome = 'delivered' AND delivered_at > log_created
-                                      THEN (epoch_us(delivered_at) - epoch_us(log_created)) / 1e6 END, 0.5)
-                       AS latency_from_submission_p50_s
+                   {_submission_select()}
             FROM j GROUP BY ALL),
         per_group AS (
             SELECT {group}, count(*) FILTER (WHERE has_receipt AND NOT in_log) AS messages_without_cost,
@@ -110,7 +132,7 @@ def cost_by(store: Store, f: Filters, group: str | None, now: datetime | None = 
         return empty_frame(columns)
     df["cost_per_delivered"] = df["cost"] / df["delivered"].where(df["delivered"] > 0)
     df = counts_as_int(df, ["messages", "delivered", "messages_without_cost", "receipts_missing"])
-    for name in ("cost", "failed_cost", "cost_per_delivered", "latency_from_submission_p50_s"):
+    for name in ("cost", "failed_cost", "cost_per_delivered", *SUBMISSION_COLUMNS):
         df[name] = df[name].astype("float64")
     return df.sort_values([column, "currency"], na_position="last").reset_index(drop=True)[columns]
 
@@ -146,12 +168,12 @@ def sync_state(store: Store) -> dict | None:
 
 def campaigns_with_cost(per_campaign: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
     """The campaign table (:func:`dashboard.queries.campaigns`) with the cost columns
-    (:data:`dashboard.catalog.COST_COLUMNS`, then ``latency_from_submission_p50_s``) of
+    (:data:`dashboard.catalog.COST_COLUMNS`, then :data:`SUBMISSION_COLUMNS`) of
     :func:`cost_by` ``campaign``: one row per campaign and currency (the receipt KPIs repeated
     on each). A campaign only in Mobivate's log (no receipt at all) gets a row with zero
     counts; one with receipts and no log record keeps one row, currency empty, its messages
     in ``messages_without_cost``."""
-    extra = ["latency_from_submission_p50_s"]
+    extra = SUBMISSION_COLUMNS
     cost = cost[["campaign", *COST_COLUMNS, *extra]]
     merged = per_campaign.merge(cost, on="campaign", how="outer", sort=False)
     no_record = merged["currency"].isna() & merged["messages_without_cost"].isna()

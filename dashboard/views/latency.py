@@ -46,6 +46,8 @@ def latency() -> None:
                 st.metric(f"Delivered {label.lower()}", downloads.format_value(column, row[column]), border=True,
                           help=catalog.kpi(column).definition)
 
+        from_submission(f)
+
         distribution = state.cached(queries.latency_distribution, f)
         left, right = st.columns(2)
         with left:
@@ -75,3 +77,20 @@ def latency() -> None:
 
 if __name__ == "__main__":
     latency()
+
+
+def from_submission(f) -> None:
+    """Time from submission (Mobivate's log created time) beside the time to deliver, for the
+    delivered messages whose send record is synced; says what it needs when none is."""
+    row = state.cached(queries.submission_latency, f).iloc[0]
+    count = int(row["latency_from_submission_messages"])
+    if count == 0:
+        st.caption("Time from submission (Mobivate's own created time to delivery) needs its send records: "
+                   "`dlrlens sync`, or the collector with MOBIVATE_API_KEY set.")
+        return
+    with st.grid(4, min_column_width=150):
+        for column in queries.SUBMISSION_COLUMNS:
+            st.metric(catalog.label(column).removesuffix(" (s)"), downloads.format_value(column, row[column]),
+                      border=True, help=catalog.kpi(column).definition)
+    st.caption(f"Time from submission over {charts.format_count(count)} delivered messages with a Mobivate log "
+               "record; the time to deliver above starts at the first receipt instead.")

@@ -22,7 +22,7 @@ from tests.support.factory import demo_rows, write_receipts
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 CAMPAIGN_COLUMNS = (["campaign"] + [kpi.column for kpi in catalog.KPIS] + catalog.FUNNEL_COLUMNS + catalog.COST_COLUMNS
-                    + ["latency_from_submission_p50_s"])
+                    + ["latency_from_submission_p50_s", "latency_from_submission_p95_s"])
 
 
 @pytest.fixture(scope="module")

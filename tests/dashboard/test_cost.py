@@ -130,6 +130,19 @@ def test_total_and_country_cost_equal_plain_pandas(world):
     assert math.isclose(got.cost.sum(), want.cost.sum())
 
 
+def test_time_from_submission_equals_plain_pandas(world):
+    store, frame, _ = world
+    got = queries.submission_latency(store, Filters()).iloc[0]
+    delivered = frame[(frame.outcome == "delivered") & frame.in_log].dropna(subset=["log_created"])
+    seconds = pd.Series([(d - c).total_seconds() for d, c in zip(delivered.delivered_at, delivered.log_created)
+                         if d > c])
+    assert got["latency_from_submission_messages"] == len(seconds) > 100
+    assert math.isclose(got["latency_from_submission_p50_s"], seconds.quantile(0.5), rel_tol=1e-9)
+    assert math.isclose(got["latency_from_submission_p95_s"], seconds.quantile(0.95), rel_tol=1e-9)
+    per_campaign = queries.cost_by(store, Filters(), "campaign", now=NOW)
+    assert (per_campaign["latency_from_submission_p95_s"] >= per_campaign["latency_from_submission_p50_s"]).all()
+
+
 def test_a_period_counts_billed_messages_by_log_time_when_no_receipt(world):
     store, frame, _ = world
     f = Filters(start=START, end=START + timedelta(days=1))
