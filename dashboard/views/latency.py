@@ -75,10 +75,6 @@ def latency() -> None:
     figures()
 
 
-if __name__ == "__main__":
-    latency()
-
-
 def from_submission(f) -> None:
     """Time from submission (Mobivate's log created time) beside the time to deliver, for the
     delivered messages whose send record is synced; says what it needs when none is."""
@@ -94,3 +90,8 @@ def from_submission(f) -> None:
                       border=True, help=catalog.kpi(column).definition)
     st.caption(f"Time from submission over {charts.format_count(count)} delivered messages with a Mobivate log "
                "record; the time to deliver above starts at the first receipt instead.")
+
+
+if __name__ == "__main__":
+    latency()
+

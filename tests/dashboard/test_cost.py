@@ -140,7 +140,8 @@ def test_time_from_submission_equals_plain_pandas(world):
     assert math.isclose(got["latency_from_submission_p50_s"], seconds.quantile(0.5), rel_tol=1e-9)
     assert math.isclose(got["latency_from_submission_p95_s"], seconds.quantile(0.95), rel_tol=1e-9)
     per_campaign = queries.cost_by(store, Filters(), "campaign", now=NOW)
-    assert (per_campaign["latency_from_submission_p95_s"] >= per_campaign["latency_from_submission_p50_s"]).all()
+    both = per_campaign.dropna(subset=["latency_from_submission_p50_s"])
+    assert len(both) > 3 and (both["latency_from_submission_p95_s"] >= both["latency_from_submission_p50_s"]).all()
 
 
 def test_a_period_counts_billed_messages_by_log_time_when_no_receipt(world):
@@ -201,7 +202,7 @@ def test_the_report_carries_the_cost_columns_and_country_and_network_sheets(worl
     store, frame, _ = world
     out = report.write_campaign_report(store.data_dir, Filters(), "csv", tmp_path / "r.csv")
     header = out.path.read_text().splitlines()[1].split(",")  # line 0: the scope
-    assert header[0] == "campaign" and header[-7:-1] == COST_COLUMNS == [
+    assert header[0] == "campaign" and header[-8:-2] == COST_COLUMNS == [
         "cost", "currency", "cost_per_delivered", "failed_cost", "messages_without_cost", "receipts_missing"]
     doc = json.loads(report.write_campaign_report(store.data_dir, Filters(), "json", tmp_path / "r.json")
                      .path.read_text())
