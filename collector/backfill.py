@@ -7,7 +7,8 @@ of the demo travels through the real webhook, each post when it is due.
 
 Contract: :func:`store_posts` parses each post exactly as the collector would (the same
 parsers, label policy, limits and privacy settings, from the collector's ``Settings``), with
-``received_at`` = the post's ``due`` time instead of now, and stores the records through the
+``received_at`` = the post's ``due`` time plus a webhook lag drawn from :data:`WEBHOOK_LAG`
+(seeded: the same posts give the same records) instead of now, and stores the records through the
 store's durable writer (:class:`dlrlens.store.writer.ReceiptStorage`, a log slot of its own,
 flushed before it returns). A post the parsers refuse raises :class:`BadBody`: the posts come
 from the simulator, never from a user, so a refusal is a bug to see, not data to skip.
@@ -15,17 +16,22 @@ from the simulator, never from a user, so a refusal is a bug to see, not data to
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
+from datetime import timedelta
 from typing import Iterable
 
 from collector.app import label_policy, receipt_limits
 from collector.events import EventPrivacy, parse_clicks, parse_replies
 from collector.parsing import checked_url_labels, parse_request
 from collector.settings import Settings
-from dlrlens.simulate import SimulatedPost
+from dlrlens.simulate import Delay, SimulatedPost
 from dlrlens.store.pseudonym import installation_key
 from dlrlens.store.writer import ReceiptStorage
 
+# Mobivate's post to our webhook, as the live demo measured it (p50 1.3 s, p95 5 s over loopback
+# plus Mobivate's own queue): a lognormal around a second.
+WEBHOOK_LAG = Delay(1.2, 0.8)
 # The simulator's endpoint of a post -> the table its records go to.
 TABLES = {"dlr": "receipts", "click": "clicks", "incoming": "replies"}
 # Records handed to the writer at once: one log append and fsync per batch, not per post
@@ -33,15 +39,17 @@ TABLES = {"dlr": "receipts", "click": "clicks", "incoming": "replies"}
 BATCH_RECORDS = 5_000
 
 
-def store_posts(settings: Settings, posts: Iterable[SimulatedPost]) -> dict[str, int]:
-    """Parse and store ``posts`` as received at their due times; records stored per table."""
+def store_posts(settings: Settings, posts: Iterable[SimulatedPost], seed: int = 0) -> dict[str, int]:
+    """Parse and store ``posts`` as received a webhook lag after their due times; records
+    stored per table."""
     limits, policy = receipt_limits(settings), label_policy(settings)
+    rng = random.Random(seed)
     privacy = EventPrivacy(installation_key(settings.data_dir), settings.keep_msisdn, settings.keep_click_ip)
     parsers = {
-        "dlr": lambda post, labels: parse_request(post.body, post.content_type, labels, post.due, limits),
-        "click": lambda post, labels: parse_clicks(post.body, post.content_type, labels, post.due, privacy),
-        "incoming": lambda post, labels: parse_replies(post.body, post.content_type, labels, post.due, privacy,
-                                                       limits),
+        "dlr": lambda post, labels, at: parse_request(post.body, post.content_type, labels, at, limits),
+        "click": lambda post, labels, at: parse_clicks(post.body, post.content_type, labels, at, privacy),
+        "incoming": lambda post, labels, at: parse_replies(post.body, post.content_type, labels, at, privacy,
+                                                           limits),
     }
     pending: dict[str, list[dict]] = defaultdict(list)
     stored: dict[str, int] = defaultdict(int)
@@ -54,7 +62,8 @@ def store_posts(settings: Settings, posts: Iterable[SimulatedPost]) -> dict[str,
 
         for post in posts:
             table = TABLES[post.endpoint]
-            parsed = parsers[post.endpoint](post, checked_url_labels(list(post.labels), policy))
+            received_at = post.due + timedelta(seconds=WEBHOOK_LAG.draw(rng))
+            parsed = parsers[post.endpoint](post, checked_url_labels(list(post.labels), policy), received_at)
             pending[table].extend(parsed.records)
             if len(pending[table]) >= BATCH_RECORDS:
                 hand_over(table)

@@ -69,11 +69,28 @@ def _known_labels(store: Store, values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 # In the order every rendering lists them. Add a row for a new filter kind.
+def _known_send_values(dimension: str):
+    """``known`` of a send-record filter: the values Mobivate's synced log has for it."""
+    def known(store: Store, values: tuple[str, ...]) -> tuple[str, ...]:
+        present = set(queries.send_choices(store, Filters(), dimension, limit=100_000))
+        return tuple(v for v in values if v in present)
+    return known
+
+
+# Filters over Mobivate's send records apply to the cost figures, the Where page and receipts
+# missing only (the receipt figures are pre-aggregated without them): their label says so,
+# wherever the scope is rendered.
+_SEND_ONLY = " (cost, Where and receipts missing only)"
+
 FILTER_KINDS: tuple[FilterKind, ...] = (
     FilterKind("campaigns", "Campaigns", "campaigns", known=_known_campaigns),
     FilterKind("outcomes", "Outcomes", "outcomes"),
     FilterKind("statuses", "Statuses", "statuses"),
     FilterKind("labels", "URL labels", "labels", _pair, known=_known_labels),
+    FilterKind("countries", "Countries" + _SEND_ONLY, "countries", known=_known_send_values("country")),
+    FilterKind("networks", "Original networks" + _SEND_ONLY, "networks", known=_known_send_values("network")),
+    FilterKind("senders", "Sender IDs" + _SEND_ONLY, "senders", known=_known_send_values("originator")),
+    FilterKind("routes", "Routes" + _SEND_ONLY, "routes", known=_known_send_values("route_id")),
 )
 
 

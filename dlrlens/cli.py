@@ -157,7 +157,7 @@ def cmd_up(args) -> int:
         demo_started = datetime.now(timezone.utc)
         events = dict(click_share=DEMO_CLICK_SHARE, reply_share=DEMO_REPLY_SHARE)
         history = simulate.plan_traffic(8, 4000, span=demo.DEMO_SPAN, now=demo_started, **events)
-        stored = store_posts(load_settings(data_dir=data_dir), history.all_posts())
+        stored = store_posts(load_settings(data_dir=data_dir), history.all_posts(), seed=history.seed)
         print(f"dlrlens: demo history of the last 7 days stored ({stored.get('receipts', 0):,} receipts, "
               f"{stored.get('clicks', 0):,} clicks, {stored.get('replies', 0):,} replies)", flush=True)
         demo_plan = simulate.plan_traffic(8, 1000, start=demo_started, time_scale=60, **events)

@@ -34,15 +34,22 @@ def send_records(plan, missing_share: float = 0.02) -> tuple[list[dict], list[di
     batches = sorted({batch for _, batch, _, _ in first.values() if batch})
     campaigns = [{"id": batch, "name": f"Demo send {i + 1}", "recipientCount": 0,
                   "scheduled": None, "status": "Completed"} for i, batch in enumerate(batches)]
-    euro = {batch for i, batch in enumerate(batches) if i % 4 == 3}
+    # One campaign in four is billed in EUR, the others in GBP: two currencies, never added,
+    # and (as a sender's accounts usually are) one currency per campaign.
+    names = sorted({str(campaign) for _, _, _, campaign in first.values()})
+    euro = {name for i, name in enumerate(names) if i % 4 == 3}
+
+    def currency(campaign) -> str:
+        return "EUR" if str(campaign) in euro else "GBP"
+
     records = []
-    for message_id, (created, batch, reference, _) in sorted(first.items()):
+    for message_id, (created, batch, reference, campaign) in sorted(first.items()):
         records.append(_record(rng, message_id, created - timedelta(seconds=rng.uniform(1, 3)), batch, reference,
-                               "EUR" if batch in euro else "GBP"))
+                               currency(campaign)))
     for i in range(int(len(first) * missing_share)):
-        created, batch, _, _ = first[rng.choice(sorted(first))]
+        created, batch, _, campaign = first[rng.choice(sorted(first))]
         records.append(_record(rng, "%032X" % rng.getrandbits(128), created, batch, f"missing-{i}",
-                               "EUR" if batch in euro else "GBP", status="SENT"))
+                               currency(campaign), status="SENT"))
     records.sort(key=lambda r: (r["created"], r["id"]))
     return records, campaigns
 

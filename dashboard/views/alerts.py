@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import downloads, queries, state
+from dashboard.queries import Filters
 from dashboard.safe_text import md_text
 
 SILENCE_SPANS = {"1 hour": timedelta(hours=1), "4 hours": timedelta(hours=4), "1 day": timedelta(days=1),
@@ -41,6 +42,8 @@ def silence_form(rules: list[str], now) -> None:
 def alerts() -> None:
     st.title("Alerts")
     f = state.filters()
+    # The rules carry their own groups and windows: the sidebar's filters do not apply here.
+    state.scope_header(Filters(tz=f.tz), sidebar_applies=False)
     now = state.utc_now()
     overview = queries.alerts_overview(state.data_dir(), now)
     if pd.isna(overview["evaluated_at"]):

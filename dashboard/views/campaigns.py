@@ -47,8 +47,9 @@ def campaigns() -> None:
         table = state.cached(queries.campaign_table, f)
         if not state.no_match_notice(int(table["messages"].sum()) if len(table) else 0):
             return
-        # One row per campaign for the chart (a campaign billed in two currencies has two rows).
-        sends_ui.campaigns_glance(state, f, table.drop_duplicates("campaign"))
+        # One row per campaign with messages for the chart (a campaign billed in two currencies
+        # has two rows; one only in Mobivate's log, none of its receipts here, has no rate).
+        sends_ui.campaigns_glance(state, f, table[table["messages"] > 0].drop_duplicates("campaign"))
         ordered = list(table.columns)
         search = st.text_input("Search campaigns", key="campaign_search", placeholder="Part of a campaign name",
                                icon=":material/search:")

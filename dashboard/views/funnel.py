@@ -26,6 +26,7 @@ def funnel() -> None:
     @state.live
     def figures() -> None:
         f = state.filters()
+        state.scope_header(f)
         total = state.cached(queries.funnel, f)
         if not state.no_match_notice(int(total["messages"].iloc[0]) if len(total) else 0):
             return

@@ -41,6 +41,7 @@ def where() -> None:
     @state.live
     def figures() -> None:
         f = state.filters()
+        state.scope_header(f)
         st.caption("Messages with receipts, by their send record. A message not in the synced log, or whose number "
                    "did not parse, is under (unknown). Networks are the original network of the number's prefix: "
                    "numbers get ported.")

@@ -56,18 +56,25 @@ def test_rows_dict_and_csv_line_render_the_same_scope():
 
 def test_a_new_filter_kind_is_one_row(monkeypatch):
     @dataclass(frozen=True)
-    class WithCountries(Filters):
-        countries: tuple[str, ...] = ()
+    class WithSegments(Filters):
+        segments: tuple[str, ...] = ()
 
-    monkeypatch.setattr(scope, "FILTER_KINDS", scope.FILTER_KINDS + (scope.FilterKind("countries", "Countries",
-                                                                                      "countries"),))
-    covers = scope.describe(WithCountries(countries=("GB", "IE")))
-    assert "Filters: Countries: GB, IE" in covers.line()
-    assert covers.as_dict()["filters"] == {"countries": ["GB", "IE"]}
-    assert ("Countries", "countries", "GB, IE") in covers.rows()
-    assert scope.FILTER_KINDS[-1].name == "country"
+    monkeypatch.setattr(scope, "FILTER_KINDS", scope.FILTER_KINDS + (scope.FilterKind("segments", "Segments",
+                                                                                      "segments"),))
+    covers = scope.describe(WithSegments(segments=("vip", "new")))
+    assert "Filters: Segments: vip, new" in covers.line()
+    assert covers.as_dict()["filters"] == {"segments": ["vip", "new"]}
+    assert ("Segments", "segments", "vip, new") in covers.rows()
+    assert scope.FILTER_KINDS[-1].name == "segment"
     # A row whose attribute Filters does not have (yet) reads as no filter.
     assert scope.describe(Filters()).as_dict()["filters"] == {}
+
+
+def test_send_record_filters_say_which_figures_they_filter():
+    covers = scope.describe(Filters(countries=("GB",), routes=("premium",)))
+    assert "Countries (cost, Where and receipts missing only): GB" in covers.line()
+    assert covers.as_dict()["filters"] == {"countries": ["GB"], "routes": ["premium"]}
+    assert [kind.name for kind in scope.FILTER_KINDS][-4:] == ["country", "network", "sender", "route"]
 
 
 @pytest.mark.parametrize("params, parameter, instead", [
