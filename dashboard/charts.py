@@ -148,7 +148,7 @@ def _texts(values) -> list[str]:
     return [plotly_text(v) for v in values]
 
 
-def _style(fig: go.Figure, title: str, legend: str | None = "below", height: int | None = None,
+def style(fig: go.Figure, title: str, legend: str | None = "below", height: int | None = None,
            empty: str | None = None) -> go.Figure:
     """Title top left, legend below the plot (a phone's width holds it; "bottom": one entry
     a line, for many long names), room for both, the non-red :data:`SERIES_COLORS`. ``empty``:
@@ -222,7 +222,7 @@ def trend_figure(trend: pd.DataFrame, title: str = "Volume and delivery rate") -
     fig.update_yaxes(title_text="Delivery rate", tickformat=".0%", range=[0, 1.05], secondary_y=True,
                      tickvals=[0, 0.25, 0.5, 0.75, 1], showgrid=False)
     _period_axis(fig, trend["bucket_start"])
-    return _style(fig, title, empty=None if len(trend) else "No messages sent in this period")
+    return style(fig, title, empty=None if len(trend) else "No messages sent in this period")
 
 
 def rate_trend_figure(trends: dict[str, pd.DataFrame], title: str = "Delivery rate over time") -> go.Figure:
@@ -238,7 +238,7 @@ def rate_trend_figure(trends: dict[str, pd.DataFrame], title: str = "Delivery ra
         _period_axis(fig, frame["bucket_start"])
         break
     rates = [frame["delivery_rate"].notna().any() for frame in trends.values() if len(frame)]
-    return _style(fig, title, empty=None if any(rates) else "No finished message in this period: no delivery rate")
+    return style(fig, title, empty=None if any(rates) else "No finished message in this period: no delivery rate")
 
 
 def outcome_figure(breakdown: pd.DataFrame, title: str = "Outcomes") -> go.Figure:
@@ -250,7 +250,7 @@ def outcome_figure(breakdown: pd.DataFrame, title: str = "Outcomes") -> go.Figur
                            hovertemplate="%{label}: %{value:,} messages (%{percent})<extra></extra>"))
     fig.add_annotation(text=f"{format_count(breakdown['messages'].sum())}<br>messages<br>(pending included)",
                        showarrow=False, font=dict(size=16))
-    return _style(fig, title, legend=None)
+    return style(fig, title, legend=None)
 
 
 def pending_ages_figure(ages: pd.DataFrame, buckets: tuple[str, ...] = (),
@@ -268,7 +268,7 @@ def pending_ages_figure(ages: pd.DataFrame, buckets: tuple[str, ...] = (),
         fig.update_xaxes(categoryorder="array", categoryarray=_texts(buckets), type="category",
                          range=[-0.5, len(buckets) - 0.5], tickvals=_texts(buckets))
     fig.update_yaxes(title_text="Messages", rangemode="tozero")
-    fig = _style(fig, title, legend="below")
+    fig = style(fig, title, legend="below")
     if ages.empty or int(ages["messages"].sum()) == 0:
         fig.add_annotation(text="No pending message: every message has a final receipt", showarrow=False,
                            xref="paper", yref="paper", x=0.5, y=0.6, font=dict(size=14, color="#555555"))
@@ -321,7 +321,7 @@ def failure_reasons_figure(reasons: pd.DataFrame, title: str = "Failure reasons"
                            hovertemplate="%{y}: %{x:,} messages (%{customdata:.1%} of failed)<extra></extra>"))
     fig.update_xaxes(title_text="Failed messages")
     fig.update_yaxes(type="category")
-    return _style(fig, title, legend=None, height=max(280, 80 + 30 * len(ranked)),
+    return style(fig, title, legend=None, height=max(280, 80 + 30 * len(ranked)),
                   empty=None if len(ranked) else "No failed messages in this period")
 
 
@@ -354,7 +354,7 @@ def failures_by_campaign_figure(by_campaign: pd.DataFrame, title: str = "Failure
         height = max(height, 140 + LEGEND_ROW_PX * reasons)
     else:
         height += 2 * LEGEND_ROW_PX + 10
-    return _style(fig, title, legend=legend, height=height,
+    return style(fig, title, legend=legend, height=height,
                   empty=None if campaigns else "No failed messages in this period")
 
 
@@ -370,7 +370,7 @@ def failures_over_time_figure(over_time: pd.DataFrame, title: str = "Failures ov
     fig.update_layout(barmode="stack", hovermode="x unified")
     fig.update_yaxes(title_text="Failed messages", rangemode="tozero")
     _period_axis(fig, starts)
-    return _style(fig, title, legend="below", empty=None if len(colors) else "No failed messages in this period")
+    return style(fig, title, legend="below", empty=None if len(colors) else "No failed messages in this period")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +429,7 @@ def latency_histogram_figure(distribution: pd.DataFrame, bins: int = 40,
                         hovertemplate="%{x:.3~s}s - %{customdata:.3~s}s: %{y:,} messages<extra></extra>")
     fig.update_yaxes(title_text="Messages", rangemode="tozero")
     _log_time_axis(fig, pd.concat([positive["from_s"], positive["to_s"]]))
-    return _style(fig, title, legend=None)
+    return style(fig, title, legend=None)
 
 
 def latency_cdf_figure(distribution: pd.DataFrame, by_campaign: list[str] | None = None,
@@ -455,7 +455,7 @@ def latency_cdf_figure(distribution: pd.DataFrame, by_campaign: list[str] | None
                         hovertemplate="%{y:.1%} within %{x:.3~s}s<extra>%{fullData.name}</extra>")
     fig.update_yaxes(title_text="Share delivered", tickformat=".0%", range=[0, 1.02])
     _log_time_axis(fig, pd.concat([distribution["from_s"], distribution["to_s"]]).astype(float))
-    return _style(fig, title, legend="top" if by_campaign else None)
+    return style(fig, title, legend="top" if by_campaign else None)
 
 
 def percentiles_by_campaign_figure(by_campaign: pd.DataFrame,
@@ -482,7 +482,7 @@ def percentiles_by_campaign_figure(by_campaign: pd.DataFrame,
     fig.update_xaxes(type="category")
     values = pd.concat([by_campaign[c] for c in ("p50_s", "p99_s") if c in by_campaign] or [pd.Series(dtype=float)])
     _log_time_axis(fig, values.astype(float), axis="y")
-    return _style(fig, title, empty=None if len(by_campaign) else "No delivered message with a time to deliver")
+    return style(fig, title, empty=None if len(by_campaign) else "No delivered message with a time to deliver")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +510,7 @@ def receipts_per_minute_figure(per_minute: pd.DataFrame, now: pd.Timestamp | Non
         same_day = span[0].date() == (span[1] - pd.Timedelta(microseconds=1)).date()
         fig.update_xaxes(range=list(span), tickformat="%H:%M" if same_day else "%b %d %H:%M",
                          hoverformat="%H:%M")
-    return _style(fig, title, legend=None)
+    return style(fig, title, legend=None)
 
 
 def per_minute_range(minutes: pd.Series, now: pd.Timestamp | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.charts import RATE_COLOR, format_count
+from dashboard.charts import RATE_COLOR, format_count, style
 from dashboard.safe_text import plotly_text
 
 STAGES = [("messages", "Sent"), ("delivered", "Delivered"), ("clicked", "Clicked"), ("replied", "Replied"),
@@ -17,14 +17,6 @@ STAGES = [("messages", "Sent"), ("delivered", "Delivered"), ("clicked", "Clicked
 OPT_OUT_COLOR = "#e15759"
 MAX_FUNNELS = 6  # campaigns drawn as funnels side by side (the busiest)
 MAX_BARS = 20  # campaigns in the rate comparison
-
-
-def _titled(fig: go.Figure, title: str, height: int | None = None) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0, xanchor="left"), margin=dict(l=10, r=10, t=60, b=10),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
-    if height:
-        fig.update_layout(height=height)
-    return fig
 
 
 def funnel_figure(total: pd.DataFrame, per_campaign: pd.DataFrame, title: str = "Sent to opted out") -> go.Figure:
@@ -37,7 +29,7 @@ def funnel_figure(total: pd.DataFrame, per_campaign: pd.DataFrame, title: str = 
         values = [int(row[column]) for column, _ in STAGES]
         fig.add_trace(go.Funnel(name=name, y=stages, x=values, textinfo="value+percent initial",
                                 hovertemplate="%{y}: %{x:,}<extra>" + name + "</extra>"))
-    return _titled(fig, title, height=420)
+    return style(fig, title, height=420)
 
 
 def rates_figure(per_campaign: pd.DataFrame, title: str = "Click and opt-out rates by campaign") -> go.Figure:
@@ -49,7 +41,7 @@ def rates_figure(per_campaign: pd.DataFrame, title: str = "Click and opt-out rat
         go.Bar(name="Opt-out rate", x=names, y=shown["opt_out_rate"], marker_color=OPT_OUT_COLOR),
     ])
     fig.update_layout(barmode="group", yaxis=dict(tickformat=".1%", title="of delivered"))
-    return _titled(fig, title)
+    return style(fig, title)
 
 
 def clicks_over_time_figure(over_time: pd.DataFrame, bucket: str, title: str = "Clicks over time") -> go.Figure:
@@ -57,7 +49,7 @@ def clicks_over_time_figure(over_time: pd.DataFrame, bucket: str, title: str = "
     fig = go.Figure(go.Bar(x=over_time["bucket_start"], y=over_time["clicks"], marker_color=RATE_COLOR,
                            name="Clicks", hovertemplate="%{x}: %{y:,} clicks<extra></extra>"))
     fig.update_layout(yaxis_title=f"clicks per {bucket}")
-    return _titled(fig, title)
+    return style(fig, title)
 
 
 def breakdown_figure(breakdown: pd.DataFrame, title: str) -> go.Figure:
@@ -67,4 +59,4 @@ def breakdown_figure(breakdown: pd.DataFrame, title: str) -> go.Figure:
                            marker_color=RATE_COLOR,
                            text=[f"{format_count(c)} ({s:.0%})" for c, s in zip(shown["clicks"], shown["share"])],
                            hovertemplate="%{y}: %{x:,} clicks<extra></extra>"))
-    return _titled(fig, title, height=320)
+    return style(fig, title, height=320)

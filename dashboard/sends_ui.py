@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard import catalog
-from dashboard.charts import RATE_COLOR, _style, _texts, format_count, format_duration
+from dashboard.charts import RATE_COLOR, style, _texts, format_count, format_duration
 from dashboard.safe_text import md_text
 
 GLANCE_LIMIT = 25  # campaigns in the at-a-glance chart (the busiest)
@@ -55,7 +55,7 @@ def glance_figure(frame: pd.DataFrame, shown_of: int) -> go.Figure:
     if currencies:
         fig.update_xaxes(row=1, col=2, title_text="Cost per delivered")
     title = "Campaigns at a glance" + (f" (the {len(frame)} busiest of {shown_of})" if shown_of > len(frame) else "")
-    return _style(fig, title, legend="top", height=max(320, 120 + 24 * len(frame)))
+    return style(fig, title, legend="top", height=max(320, 120 + 24 * len(frame)))
 
 
 def sync_summary(status: dict | None, now: datetime) -> tuple[str, str | None]:

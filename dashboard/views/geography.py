@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import catalog, downloads, queries, state
-from dashboard.charts import RATE_COLOR, _style, _texts
+from dashboard.charts import RATE_COLOR, style, _texts
 from dlrlens.store import sends
 
 CHART_VALUES = 20
@@ -25,7 +25,7 @@ def rate_figure(table, dimension: str, label: str) -> go.Figure:
                            hovertemplate="%{y}<br>delivery rate %{x:.1%}<extra></extra>"))
     fig.update_yaxes(type="category", automargin=True)
     fig.update_xaxes(tickformat=".0%", range=[0, 1])
-    return _style(fig, f"Delivery rate by {label.lower()}", legend=None, height=max(260, 100 + 22 * len(top)))
+    return style(fig, f"Delivery rate by {label.lower()}", legend=None, height=max(260, 100 + 22 * len(top)))
 
 
 def where() -> None:
