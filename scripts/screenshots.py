@@ -39,6 +39,7 @@ import requests  # noqa: E402
 
 from dlrlens import simulate  # noqa: E402
 from tests.support.dashboard_server import full_page_screenshot, running_dashboard, wait_for_parquet  # noqa: E402
+from tests.support.browser import open_options  # noqa: E402
 from tests.support.servers import running_collector  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -137,9 +138,7 @@ def pick_first_options(page, label: str, count: int) -> list[str]:
     box = page.locator('[data-testid="stMultiSelect"]').filter(has=page.get_by_text(label, exact=True))
     chosen: list[str] = []
     while len(chosen) < count:
-        box.locator("input").click()
-        options = page.get_by_role("option")
-        options.first.wait_for()
+        options = open_options(page, box)
         names = [name for name in options.all_inner_texts() if name not in chosen and name != "Select all"]
         if not names:
             break

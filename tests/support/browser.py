@@ -128,6 +128,25 @@ def sidebar_multiselect(page, label: str):
             .filter(has=page.get_by_text(label, exact=True)))
 
 
+def open_options(page, box, tries: int = 6, wait_ms: int = 2500):
+    """Open the option list of the multiselect ``box`` and return its options (a locator).
+
+    Clicks again when the list does not show: a click that lands while the page is still
+    finishing its run (elements still arriving below the box) focuses the box but its list
+    may not open. CI saw exactly that once in a few hundred runs (the box focused, no list)."""
+    options = page.get_by_role("option")
+    for attempt in range(tries):
+        box.locator("input").click()
+        try:
+            options.first.wait_for(timeout=wait_ms)
+            return options
+        except Exception:  # playwright's TimeoutError: close, let the run finish, click again
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(250 * (attempt + 1))
+    options.first.wait_for(timeout=wait_ms)  # raises with Playwright's own message
+    return options
+
+
 def query(page) -> dict[str, list[str]]:
     """The page URL's query parameters (the app writes its filters there)."""
     return parse_qs(urlsplit(page.url).query)
