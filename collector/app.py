@@ -63,9 +63,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         "rejected": RejectedBodies(settings.data_dir, settings.rejected_keep, settings.rejected_max_bytes),
         # Shared by every worker through one file: the limit holds whichever worker is asked.
         "limiter": FailureLimiter(auth_failures_path(settings.data_dir)),
-        "limits": receipt_limits(settings),
         "label_policy": label_policy(settings),
-        "privacy": EventPrivacy(installation_key(settings.data_dir), settings.keep_msisdn, settings.keep_click_ip),
+        "parsers": table_parsers(receipt_limits(settings), event_privacy(settings)),
     }
     app.wsgi_app = announce_receipts(app.wsgi_app, app.extensions["dlrlens"]["storage"])
     if settings.trusted_proxies:
@@ -92,6 +91,22 @@ def receipt_limits(settings: Settings) -> ReceiptLimits:
 
 def label_policy(settings: Settings) -> LabelPolicy:
     return LabelPolicy(settings.label_keys, settings.label_max_length)
+
+
+def event_privacy(settings: Settings) -> EventPrivacy:
+    return EventPrivacy(installation_key(settings.data_dir), settings.keep_msisdn, settings.keep_click_ip)
+
+
+def table_parsers(limits: ReceiptLimits, privacy: EventPrivacy) -> dict:
+    """Each webhook table's parser, ``parse(body, content_type, labels, received_at)`` ->
+    :class:`~collector.parsing.ParsedBody`: the one dispatch the webhook and
+    :mod:`collector.backfill` share."""
+    return {
+        "receipts": lambda body, content_type, labels, at: parse_request(body, content_type, labels, at, limits),
+        "clicks": lambda body, content_type, labels, at: parse_clicks(body, content_type, labels, at, privacy),
+        "replies": lambda body, content_type, labels, at: parse_replies(body, content_type, labels, at, privacy,
+                                                                         limits),
+    }
 
 
 ARRIVAL_KEY = "dlrlens.arrival"
@@ -237,28 +252,22 @@ def read_body(limit: int) -> bytes:
 
 def receive(secret: str | None = None) -> Response:
     """Store the receipts in the body; 200 only once they are durable."""
-    ctx = _ctx()
-    return _receive("receipts", secret, lambda body, labels, received_at: parse_request(
-        body, request.content_type, labels, received_at, ctx["limits"]))
+    return _receive("receipts", secret)
 
 
 def receive_clicks(secret: str | None = None) -> Response:
     """Store the short-URL clicks in the body; 200 only once they are durable."""
-    ctx = _ctx()
-    return _receive("clicks", secret, lambda body, labels, received_at: parse_clicks(
-        body, request.content_type, labels, received_at, ctx["privacy"]))
+    return _receive("clicks", secret)
 
 
 def receive_replies(secret: str | None = None) -> Response:
     """Store the incoming messages (replies) in the body; 200 only once they are durable."""
-    ctx = _ctx()
-    return _receive("replies", secret, lambda body, labels, received_at: parse_replies(
-        body, request.content_type, labels, received_at, ctx["privacy"], ctx["limits"]))
+    return _receive("replies", secret)
 
 
-def _receive(table: str, secret: str | None, parse) -> Response:
-    """The webhook path shared by every table: checks, parse (``parse(body, labels,
-    received_at)`` -> :class:`~collector.parsing.ParsedBody`), durable store, answer."""
+def _receive(table: str, secret: str | None) -> Response:
+    """The webhook path shared by every table: checks, parse (the table's parser of
+    :func:`table_parsers`), durable store, answer."""
     ctx = _ctx()
     settings: Settings = ctx["settings"]
     storage: ReceiptStorage = ctx["storage"]
@@ -291,7 +300,7 @@ def _receive(table: str, secret: str | None, parse) -> Response:
     received_at = datetime.now(timezone.utc)
     try:
         labels = checked_url_labels(request.args.items(multi=True), ctx["label_policy"])
-        parsed = parse(body, labels, received_at)
+        parsed = ctx["parsers"][table](body, request.content_type, labels, received_at)
     except BadBody as exc:
         return refuse(exc.status, exc.reason, exc.message, body)
 

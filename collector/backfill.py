@@ -21,12 +21,10 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import Iterable
 
-from collector.app import label_policy, receipt_limits
-from collector.events import EventPrivacy, parse_clicks, parse_replies
-from collector.parsing import checked_url_labels, parse_request
+from collector.app import event_privacy, label_policy, receipt_limits, table_parsers
+from collector.parsing import checked_url_labels
 from collector.settings import Settings
 from dlrlens.simulate import Delay, SimulatedPost
-from dlrlens.store.pseudonym import installation_key
 from dlrlens.store.writer import ReceiptStorage
 
 # Mobivate's post to our webhook, as the live demo measured it (p50 1.3 s, p95 5 s over loopback
@@ -42,15 +40,8 @@ BATCH_RECORDS = 5_000
 def store_posts(settings: Settings, posts: Iterable[SimulatedPost], seed: int = 0) -> dict[str, int]:
     """Parse and store ``posts`` as received a webhook lag after their due times; records
     stored per table."""
-    limits, policy = receipt_limits(settings), label_policy(settings)
+    parsers, policy = table_parsers(receipt_limits(settings), event_privacy(settings)), label_policy(settings)
     rng = random.Random(seed)
-    privacy = EventPrivacy(installation_key(settings.data_dir), settings.keep_msisdn, settings.keep_click_ip)
-    parsers = {
-        "dlr": lambda post, labels, at: parse_request(post.body, post.content_type, labels, at, limits),
-        "click": lambda post, labels, at: parse_clicks(post.body, post.content_type, labels, at, privacy),
-        "incoming": lambda post, labels, at: parse_replies(post.body, post.content_type, labels, at, privacy,
-                                                           limits),
-    }
     pending: dict[str, list[dict]] = defaultdict(list)
     stored: dict[str, int] = defaultdict(int)
     storage = ReceiptStorage(settings.data_dir)
@@ -63,7 +54,8 @@ def store_posts(settings: Settings, posts: Iterable[SimulatedPost], seed: int = 
         for post in posts:
             table = TABLES[post.endpoint]
             received_at = post.due + timedelta(seconds=WEBHOOK_LAG.draw(rng))
-            parsed = parsers[post.endpoint](post, checked_url_labels(list(post.labels), policy), received_at)
+            parsed = parsers[table](post.body, post.content_type, checked_url_labels(list(post.labels), policy),
+                                    received_at)
             pending[table].extend(parsed.records)
             if len(pending[table]) >= BATCH_RECORDS:
                 hand_over(table)

@@ -33,7 +33,7 @@ import hmac
 from dataclasses import dataclass
 from datetime import datetime
 
-from collector.parsing import (MAX_REPORTED_ERRORS, NO_LIMITS, BadBody, ElementError, ParsedBody,
+from collector.parsing import (MAX_ID_LENGTH, MAX_REPORTED_ERRORS, NO_LIMITS, BadBody, ElementError, ParsedBody,
                                ReceiptLimits, _BadElement, _json_elements, _json_text, _optional_text,
                                parse_created, split_fields)
 from dlrlens.store.pseudonym import hash_msisdn, mask_msisdn
@@ -79,18 +79,8 @@ def _json_body(body: bytes, content_type: str | None, kind: str) -> list:
         raise BadBody(400, f"not_a_{kind}", f"JSON body holds no {kind} object") from None
 
 
-def _text(fields: dict, name: str, max_length: int | None = None) -> str | None:
-    value = fields.get(name)
-    if max_length is None:
-        return _optional_text(value, name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise _BadElement("bad_field", f"'{name}' must be a string, got {type(value).__name__}")
-    text = str(value).strip()
-    if len(text) > max_length:
-        raise _BadElement("bad_field", f"'{name}' is longer than {max_length} characters")
-    return text or None
+def _text(fields: dict, name: str, max_length: int = MAX_ID_LENGTH) -> str | None:
+    return _optional_text(fields.get(name), name, max_length)
 
 
 def _keyed_id(key: bytes, parts) -> str:

@@ -409,14 +409,14 @@ def _optional_int(value) -> int | None:
     return number if -_INT32_MAX <= number <= _INT32_MAX else None
 
 
-def _optional_text(value, name: str) -> str | None:
+def _optional_text(value, name: str, max_length: int = MAX_ID_LENGTH) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise _BadElement("bad_field", f"'{name}' must be a string, got {type(value).__name__}")
     text = str(value).strip()
-    if len(text) > MAX_ID_LENGTH:
-        raise _BadElement("bad_field", f"'{name}' is longer than {MAX_ID_LENGTH} characters")
+    if len(text) > max_length:
+        raise _BadElement("bad_field", f"'{name}' is longer than {max_length} characters")
     return text or None
 
 

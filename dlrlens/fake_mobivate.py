@@ -200,8 +200,10 @@ def create_app(records: list[dict], campaigns: list[dict], *, api_key: str = "te
 
     def offset_page(path: str, items: list[dict], observed: bool):
         try:
-            start = _parse_time(request.args["fromDate"])
-            end = _parse_time(request.args["toDate"], end=True)
+            # Checked as Mobivate checks them (a bad date is a 400), but not applied: the fake
+            # serves every campaign and history record of its log, whatever the window.
+            _parse_time(request.args["fromDate"])
+            _parse_time(request.args["toDate"], end=True)
             offset = int(request.args.get("offset", 0))
             limit = int(request.args.get("limit", 10))
         except (KeyError, ValueError):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import catalog, downloads, report, scope
+from dashboard import catalog, downloads, scope
 from dashboard.queries import Filters, Store
 from dlrlens import cli
 from tests.support.factory import demo_rows, write_receipts
