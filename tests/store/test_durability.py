@@ -34,10 +34,12 @@ def assert_files_whole(data_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_twenty_random_sigkills_lose_no_acknowledged_receipt(tmp_path):
-    result = kill_at_random(tmp_path / "data", kills=20, seed=7)
+def test_ten_random_sigkills_lose_no_acknowledged_receipt(tmp_path):
+    # Ten kills (~30 s) in the suite; the soak (python3 -m tests.support.reliability --kills 60)
+    # runs longer. Twenty cost 62 s of a suite that must stay near ten minutes.
+    result = kill_at_random(tmp_path / "data", kills=10, seed=7)
     print(result.line())
-    assert result.acked > 20 * 20
+    assert result.acked > 10 * 20
     assert result.lost == 0
     assert result.duplicated_in_kpis == 0
     assert_files_whole(tmp_path / "data")
