@@ -126,7 +126,9 @@ FUNNEL_TERMS: tuple[Term, ...] = (
     Term("Reply", "An incoming message (incoming webhook). It belongs to the message it replies to (inReplyTo), "
          "else to its batch (logicalMessageId: the receipts do not say which number got which message, so it "
          "counts as one message per batch and replier, attributed to the batch's first sent message, whose "
-         "campaign and filters it follows), else it is unlinked. The same reply id stored twice counts once."),
+         "campaign and filters it follows; but when the same number also replied by inReplyTo to a message of "
+         "that batch, it belongs to that message), else it is unlinked. The same reply id stored twice counts "
+         "once."),
 )
 
 _FUNNEL_DELAY = ("{} of the time from delivery (created time of the message's first DELIVERED receipt) to its "
@@ -139,7 +141,7 @@ FUNNEL_KPIS: tuple[Kpi, ...] = (
     Kpi("clicks", "Clicks", "count", "All clicks on the messages (delivered or not), each click once."),
     Kpi("replied", "Replied", "count",
         "Messages with at least one reply (a reply linked only to its batch counts as one message per batch "
-        "and replier)."),
+        "and replier, unless that number replied to a message of the batch: then it is that message's)."),
     Kpi("opted_out", "Opted out", "count",
         "Replied messages with an opt-out reply: its text, ignoring case and whitespace, is one of the "
         "keywords (STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT; DLRLENS_OPT_OUT_KEYWORDS)."),

@@ -10,8 +10,10 @@ rewritten:
   the smallest ``delivery_message_id``); else it is *unlinked*;
 * a reply belongs to the message ``in_reply_to``; else, when its ``logical_message_id`` is the
   ``batch_id`` of a known message, to that batch (a *batch-linked* reply: the receipts do not
-  say which number got which message, so it counts as one message per batch and replier);
-  else it is unlinked.
+  say which number got which message, so it counts as one message per batch and replier),
+  unless the same number (``originator_hash``) also replied by ``in_reply_to`` to a message of
+  that batch: then it belongs to that message (the smallest id of several), so one person's
+  two replies never count as two replied messages; else it is unlinked.
 
 Distinct rows (duplicates never count twice):
 
@@ -137,18 +139,31 @@ def linked_clicks_sql(clicks: str, messages: str) -> str:
 
 def linked_replies_sql(replies: str, messages: str, keywords: tuple[str, ...]) -> str:
     """Distinct ``replies`` (:func:`distinct_replies_sql`) with ``linked_id`` (the message
-    replied to), ``linked_batch`` (a batch-linked reply's batch), ``linked_by`` (message, batch
-    or NULL: unlinked) and ``opt_out`` (its text is one of ``keywords``)."""
+    replied to, or of a batch-linked reply the message of its batch its number replied to by
+    ``in_reply_to``), ``linked_batch`` (a reply linked to its batch only), ``linked_by``
+    (message, batch or NULL: unlinked) and ``opt_out`` (its text is one of ``keywords``)."""
     listed = "[" + ", ".join(string_literal(k) for k in keywords) + "]::VARCHAR[]"
     return f"""
-        SELECT r.*, a.delivery_message_id AS linked_id,
-               CASE WHEN a.delivery_message_id IS NULL THEN b.batch_id END AS linked_batch,
-               CASE WHEN a.delivery_message_id IS NOT NULL THEN 'message'
+        WITH r AS ({replies}),
+        direct AS (
+            SELECT r.*, a.delivery_message_id AS direct_id, a.batch_id AS direct_batch
+            FROM r LEFT JOIN (SELECT delivery_message_id, batch_id FROM {messages}) a
+                   ON a.delivery_message_id = r.in_reply_to),
+        -- the messages each number replied to by inReplyTo, per batch
+        same_number AS (
+            SELECT direct_batch AS batch_id, originator_hash, min(direct_id) AS message_id FROM direct
+            WHERE direct_id IS NOT NULL AND direct_batch IS NOT NULL AND originator_hash IS NOT NULL
+            GROUP BY ALL)
+        SELECT d.* EXCLUDE (direct_id, direct_batch),
+               coalesce(d.direct_id, n.message_id) AS linked_id,
+               CASE WHEN d.direct_id IS NULL AND n.message_id IS NULL THEN b.batch_id END AS linked_batch,
+               CASE WHEN d.direct_id IS NOT NULL THEN 'message'
                     WHEN b.batch_id IS NOT NULL THEN 'batch' END AS linked_by,
-               coalesce(list_contains({listed}, upper(regexp_replace(r.body, '{_SPACE_CLASS}', '', 'g'))), FALSE)
+               coalesce(list_contains({listed}, upper(regexp_replace(d.body, '{_SPACE_CLASS}', '', 'g'))), FALSE)
                    AS opt_out
-        FROM ({replies}) r
-        LEFT JOIN (SELECT delivery_message_id FROM {messages}) a ON a.delivery_message_id = r.in_reply_to
+        FROM direct d
         LEFT JOIN (SELECT DISTINCT batch_id FROM {messages} WHERE batch_id IS NOT NULL) b
-               ON a.delivery_message_id IS NULL AND b.batch_id = r.logical_message_id
+               ON d.direct_id IS NULL AND b.batch_id = d.logical_message_id
+        LEFT JOIN same_number n
+               ON b.batch_id IS NOT NULL AND n.batch_id = b.batch_id AND n.originator_hash = d.originator_hash
     """

@@ -110,6 +110,25 @@ def test_events_before_their_receipts_link_up_when_the_receipts_arrive(tmp_path)
         assert replies[["body", "opt_out", "linked_by"]].values.tolist() == [[" Stop ", True, "message"]]
 
 
+def test_one_number_replying_by_message_and_by_batch_counts_one_replied_message(tmp_path):
+    root = tmp_path / "data"
+    sent = utc(2026, 11, 10, 9)
+    write_receipts(root, message("M1", sent, [("ACCEPTED", 0), ("DELIVERED", 10)], campaign="c", batch_id="B")
+                   + message("M2", sent, [("ACCEPTED", 0), ("DELIVERED", 20)], campaign="c", batch_id="B"))
+    write_events(root, "replies", [
+        reply_row("by-message", sent + timedelta(minutes=1), "Thanks", in_reply_to="M2", batch="B",
+                  originator_hash="same"),
+        reply_row("by-batch", sent + timedelta(minutes=9), "STOP", batch="B", originator_hash="same"),
+        reply_row("other", sent + timedelta(minutes=9), "Hello", batch="B", originator_hash="other")], "r")
+    with Store(root) as store:
+        row = queries.funnel(store, queries.Filters()).iloc[0]
+        # M2 (both replies of "same", one opting out) and batch B for "other".
+        assert (row["replied"], row["opted_out"]) == (2, 1)
+        replies = queries.message_replies(store, ["M2"])
+        assert replies[["body", "linked_by"]].values.tolist() == [["Thanks", "message"], ["STOP", "batch"]]
+        assert queries.unlinked_events(store, queries.Filters()).iloc[0]["batch_linked_replies"] == 2
+
+
 def test_duplicate_and_repeated_clicks(tmp_path):
     root = tmp_path / "data"
     sent = utc(2026, 11, 10, 9)

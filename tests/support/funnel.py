@@ -2,7 +2,8 @@
 
 * :func:`demo_events`: clicks and replies (stored-row dicts) for a set of receipt rows: clicks
   by messageId, by clientRef within batchId, unlinked ones, retried (same id within 60 s) and
-  repeated (same id later) clicks; replies by inReplyTo, by batch only, unlinked, stored twice,
+  repeated (same id later) clicks; replies by inReplyTo, by batch only (some from a number that
+  also replied by inReplyTo to a message of that batch), unlinked, stored twice,
   opt-out keywords in odd case and spacing, and text that only contains one.
 * :func:`write_events`: rows as Parquet files of the ``clicks`` / ``replies`` tables.
 * :func:`oracle_funnel`: the funnel by its plain definition, in pandas, over the messages of an
@@ -77,6 +78,9 @@ def demo_events(receipt_rows: list[dict], seed: int = 3, click_share: float = 0.
             if rng.random() < 0.2:
                 replies.append(reply_row(f"r{n}", at, body, in_reply_to=mid, batch=row["batch_id"],
                                          originator_hash=f"h{n}", received_at=at + timedelta(seconds=30)))
+            if n % 3 == 0 and row["batch_id"]:  # the same number again, by batch only (no extra draw)
+                replies.append(reply_row(f"rs{n}", at + timedelta(minutes=5), "STOP", batch=row["batch_id"],
+                                         originator_hash=f"h{n}"))
         if rng.random() < reply_share / 2 and row["batch_id"]:
             replies.append(reply_row(f"rb{n}", at, rng.choice(REPLY_TEXTS), batch=row["batch_id"],
                                      originator_hash=f"h{rng.randrange(5)}"))
@@ -124,6 +128,18 @@ def oracle_events(data_dir: Path, all_messages: pd.DataFrame, keywords=KEYWORDS)
     replies["linked_id"] = [m if m in ids else None for m in replies["in_reply_to"]]
     replies["linked_batch"] = [b if pd.isna(m) and b in batches else None
                                for m, b in zip(replies["linked_id"], replies["logical_message_id"])]
+    # A batch-linked reply from a number that also replied by inReplyTo to a message of that
+    # batch belongs to that message (the smallest id).
+    batch_of = dict(zip(all_messages["delivery_message_id"], all_messages["batch_id"]))
+    replied_to: dict = {}
+    for m, who in zip(replies["linked_id"], replies["originator_hash"]):
+        if m is not None and not pd.isna(who) and not pd.isna(batch_of.get(m)):
+            key = (batch_of[m], who)
+            replied_to[key] = min(replied_to.get(key, m), m)
+    for i in replies.index[replies["linked_batch"].notna() & replies["originator_hash"].notna()]:
+        found = replied_to.get((replies.at[i, "linked_batch"], replies.at[i, "originator_hash"]))
+        if found is not None:
+            replies.at[i, "linked_id"], replies.at[i, "linked_batch"] = found, None
     replies["opt_out"] = [body is not None and re.sub(r"[ \t\n\r\f\v]", "", body).upper() in keywords
                           for body in replies["body"]]
     return clicks, replies
