@@ -792,10 +792,17 @@ class Store:
     def _paths(self, files) -> str:
         return "[" + ", ".join(string_literal(self.data_dir / x.path) for x in files) + "]"
 
-    def per_partition(self, name: str, select: str, params: dict | None = None) -> dict[str, pd.DataFrame]:
+    def per_partition(self, name: str, select: str, params: dict | None = None,
+                      received_since: datetime | None = None) -> dict[str, pd.DataFrame]:
         """{partition: ``select`` (SQL over ``{source}``, the partition's stored receipt rows)},
         cached per partition while its files do not change. For figures that add up over
-        partitions: copies of a receipt share its created day, so distinct counts do."""
+        partitions: copies of a receipt share its created day, so distinct counts do.
+
+        ``received_since``: only rows received at or after it are needed (the rest may be left
+        out). Parquet's row-group statistics then skip what was received earlier, whatever its
+        created day: at 100 M receipts the alerts' first evaluation read every partition in full
+        (33.9 s CPU of 35.4). A kept answer serves any later ``received_since`` (it holds more
+        rows than asked: ``select`` must filter by time itself)."""
         self.raw_sql()
         snap = self._snapshot
         groups: dict[str, list[str]] = {}
@@ -804,13 +811,22 @@ class Store:
         out = {}
         for partition, paths in sorted(groups.items()):
             key = (name, partition, tuple((p, *snap.receipt_files[p]) for p in sorted(paths)))
-            if key not in self._per_partition:
+            kept = self._per_partition.get(key)
+            if kept is None or not _covers(kept[0], received_since):
                 stale = [k for k in self._per_partition if k[:2] == (name, partition)]
                 for k in stale:
                     del self._per_partition[k]
                 source = "read_parquet([" + ", ".join(string_literal(p) for p in paths) + "], union_by_name = true)"
-                self._per_partition[key] = self._con.execute(select.format(source=source), params or {}).df()
-            out[partition] = self._per_partition[key]
+                since = None
+                if received_since is not None:
+                    # From the start of the day before: questions with nearby windows (a rule's
+                    # window, its baseline days) share one read instead of each reading again.
+                    since = _day_floor(received_since) - timedelta(days=1)
+                    source = f"(SELECT * FROM {source} WHERE received_at >= $received_since)"
+                bound = dict(params or {}, **({"received_since": since} if since else {}))
+                kept = (since, self._con.execute(select.format(source=source), bound).df())
+                self._per_partition[key] = kept
+            out[partition] = kept[1]
         return out
 
     # -- questions asked both by the dashboard and by the alerts (dlrlens.alerts): one definition
@@ -899,16 +915,18 @@ class Store:
         if not windows:
             return []
         with self.pinned():
-            minutes = self._arrivals_per_minute()
+            minutes = self._arrivals_per_minute(min(start for start, _ in windows))
         out = []
         for start, end in windows:
             lo, hi = _minute_floor(start), _minute_floor(end)
             out.append(int(minutes[(minutes["minute"] >= lo) & (minutes["minute"] < hi)]["rows"].sum()))
         return out
 
-    def _arrivals_per_minute(self) -> pd.DataFrame:
+    def _arrivals_per_minute(self, since: datetime) -> pd.DataFrame:
+        # Whole minutes: a window counts from the minute holding its start.
         parts = self.per_partition("arrivals_per_minute", """
-            SELECT date_trunc('minute', received_at) AS minute, count(*) AS rows FROM {source} GROUP BY ALL""")
+            SELECT date_trunc('minute', received_at) AS minute, count(*) AS rows FROM {source} GROUP BY ALL""",
+            received_since=_minute_floor(since).to_pydatetime())
         frames = [p for p in parts.values() if len(p)]
         if not frames:
             return pd.DataFrame({"minute": pd.Series([], dtype="datetime64[us, UTC]"), "rows": pd.Series([], dtype="int64")})
@@ -925,7 +943,7 @@ class Store:
         with self.pinned():
             parts = self.per_partition("unknown_status_receipts", f"""
                 SELECT status, status_code, receipt_id, received_at FROM {{source}}
-                WHERE {unknown_status_condition()}""", known_statuses())
+                WHERE {unknown_status_condition()}""", known_statuses(), received_since=start)
         frames = [p for p in parts.values() if len(p)]
         columns = {"status": pd.Series([], dtype=object), "status_code": pd.Series([], dtype="Int32"),
                    "receipts": pd.Series([], dtype="int64"), "first_received_at": pd.Series([], dtype="datetime64[us, UTC]")}
@@ -1034,6 +1052,12 @@ class Store:
 
 
 
+def _covers(since_kept: datetime | None, since_asked: datetime | None) -> bool:
+    """A per-partition answer kept for rows received since ``since_kept`` (None: all) holds
+    every row an ask for ``since_asked`` needs."""
+    return since_kept is None or (since_asked is not None and since_kept <= since_asked)
+
+
 def _net(keys: np.ndarray, counts: np.ndarray, values: np.ndarray | None = None):
     """Sum signed ``counts`` per key (per (key, value) with ``values``) and keep positive sums:
     (keys, counts) or (keys, values, counts), sorted."""
@@ -1085,6 +1109,10 @@ def _bucket_runs(buckets: pd.Series) -> str:
 def _at(micros: int) -> str:
     """SQL literal of the instant ``micros`` (epoch microseconds, UTC session)."""
     return f"make_timestamp({int(micros)})::TIMESTAMPTZ"
+
+
+def _day_floor(moment: datetime) -> datetime:
+    return pd.Timestamp(moment).tz_convert("UTC").floor("D").to_pydatetime()
 
 
 def _minute_floor(moment: datetime) -> pd.Timestamp:
