@@ -85,3 +85,21 @@ def test_receipt_arrivals_and_unknown_statuses(data):
             expected, int((raw["received_at"] >= hi).sum())]
         unknown = store.unknown_statuses(AT - timedelta(minutes=3, seconds=1), AT)
     assert unknown[["status", "receipts"]].values.tolist() == [["BRAND_NEW", 3]]
+
+
+def test_an_earlier_window_after_a_later_one_is_counted_in_full(tmp_path):
+    # The per-partition answers are kept for rows received since the day before a window: a
+    # later question about an older window (alerts check --at in the past) must read again.
+    rows = [receipt(f"old{i}", "DELIVERED", AT - timedelta(days=3, minutes=i), received_at=AT - timedelta(days=3))
+            for i in range(4)]
+    rows += [receipt(f"new{i}", "BRAND_NEW", AT - timedelta(minutes=i), received_at=AT - timedelta(minutes=i))
+             for i in range(3)]
+    write_receipts(tmp_path, rows)
+    recent = (AT - timedelta(hours=1), AT + timedelta(minutes=1))
+    older = (AT - timedelta(days=3, hours=1), AT - timedelta(days=2))
+    with Store(tmp_path) as store:
+        assert store.receipts_received([recent]) == [3]
+        assert store.receipts_received([older, recent]) == [4, 3]
+        assert store.unknown_statuses(*recent)["receipts"].tolist() == [3]
+        assert store.unknown_statuses(AT - timedelta(days=4), AT + timedelta(minutes=1))["receipts"].tolist() == [3]
+        assert store.receipts_received([recent]) == [3]
