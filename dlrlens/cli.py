@@ -615,6 +615,12 @@ def cmd_alerts(args) -> int:
             return 1
         print(f"sent a test notification to {args.name!r} ({delivery.seconds:.1f} s)")
         return 0
+    if not data_dir.is_dir():
+        # Evaluating would create the directory (the alert state lives in it) and report "0
+        # firing" over no data: a wrong --data must not look like a healthy install.
+        print(f"dlrlens alerts check: error: no data directory {data_dir} (pass the collector's --data, or set "
+              f"DLRLENS_DATA)", file=sys.stderr)
+        return 2
     result = engine.run_once(config, data_dir, args.at)
     evaluation = result.evaluation
     print(f"evaluated {len(config.rules)} rules at {result.at:%Y-%m-%dT%H:%M:%SZ} "

@@ -132,3 +132,11 @@ def test_a_wrong_file_is_refused_by_the_command(tmp_path):
     assert result.returncode == 2
     assert 'line 7, rule "r" key "below"' in result.stderr
     assert not (tmp_path / "data" / "alerts.sqlite").exists()  # nothing applied
+
+
+def test_check_on_a_missing_data_directory_is_an_error_and_creates_nothing(tmp_path):
+    path = alerts_file(tmp_path, {"hook": "json://127.0.0.1:9/x"}, ["hook"])
+    result = cli("check", "--data", str(tmp_path / "nowhere"), "--file", str(path))
+    assert result.returncode == 2
+    assert f"no data directory {tmp_path / 'nowhere'}" in result.stderr
+    assert not (tmp_path / "nowhere").exists()
