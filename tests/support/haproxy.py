@@ -25,6 +25,10 @@ What the configuration promises (the README's deployment section shows the same 
   receipt's content), and every reader counts one row per ``receipt_id`` (the KPIs, the
   report), so the only visible trace is one more "duplicate row". Mobivate's own retries,
   when an answer is lost on the internet, do exactly the same.
+* ``option forwardfor``: haproxy appends the client's address to ``X-Forwarded-For``; with
+  ``DLRLENS_TRUSTED_PROXIES=1`` a collector takes the last entry (the one haproxy wrote) as the
+  source for its allow-list and its guess limiter, so a client cannot choose its address by
+  sending the header itself.
 * No traffic log: haproxy's request log line quotes the query string (the webhook secret) and
   the client's address. Only server state changes and alerts (level ``notice``) are logged, to
   ``haproxy.log`` in the directory.
@@ -77,6 +81,7 @@ defaults
     log global
     option http-keep-alive
     option http-buffer-request
+    option forwardfor
     timeout connect 2s
     timeout client 30s
     timeout server 30s

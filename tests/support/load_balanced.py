@@ -94,6 +94,7 @@ class Fleet:
     collectors: list[Collector | None] = field(default_factory=list)
 
     def __post_init__(self):
+        self.directory.mkdir(parents=True, exist_ok=True)  # the collectors' logs go there
         self.ports = self.ports or [free_port() for _ in range(self.count)]
         self.collectors = [None] * self.count
 
@@ -325,7 +326,7 @@ def run_drill(directory: Path, settings: DrillSettings, say=print) -> DrillResul
     posts = plan_traffic(4, messages, seed=settings.seed, duplicates=0.05, out_of_order=0.05, xml_share=0.2).posts
     with object_store(directory / "s3") as lake:
         catalog_env = lake.catalog_env(CATALOG, directory / "catalog.db")
-        collector_env = dict(catalog_env, DLRLENS_STORE=f"iceberg:{CATALOG}")
+        collector_env = dict(catalog_env, DLRLENS_STORE=f"iceberg:{CATALOG}", DLRLENS_TRUSTED_PROXIES="1")
         # This process reads the table too (the checks, the report): the catalog, for the drill only.
         with mock.patch.dict(os.environ, catalog_env):
             with running_fleet(directory, settings.collectors, collector_env, workers=settings.workers,

@@ -12,6 +12,10 @@ the drill's docstring).
 
 from __future__ import annotations
 
+import http.client
+import json
+import ssl
+
 import pytest
 import requests
 
@@ -46,19 +50,43 @@ def test_three_collectors_behind_haproxy_through_an_outage_and_a_sigkill(tmp_pat
     assert result.ok
 
 
-def test_haproxy_terminates_tls_in_front_of_the_collectors(tmp_path):
+def post_over_tls(balancer, cert, source: str, bodies: list[dict], headers: dict | None = None) -> list[int]:
+    """POST ``bodies`` to haproxy's HTTPS frontend over one keep-alive connection from loopback
+    address ``source``, trusting only ``cert``; the answers' status codes."""
+    connection = http.client.HTTPSConnection("127.0.0.1", balancer.tls_port, timeout=10, source_address=(source, 0),
+                                             context=ssl.create_default_context(cafile=str(cert)))
+    statuses = []
+    try:
+        for body in bodies:
+            connection.request("POST", "/dlr?campaign=tls", body=json.dumps(body),
+                               headers={"Content-Type": "application/json", **(headers or {})})
+            answer = connection.getresponse()
+            answer.read()
+            statuses.append(answer.status)
+    finally:
+        connection.close()
+    return statuses
+
+
+def test_haproxy_terminates_tls_and_forwards_the_client_address(tmp_path):
+    """The README's deployment settings: TLS at haproxy, ``option forwardfor`` there and
+    ``DLRLENS_TRUSTED_PROXIES=1`` at the collectors, whose allow-list then checks the client's
+    own address (127.0.0.2 here), never one the client wrote into X-Forwarded-For."""
     pem = self_signed_pem(tmp_path / "tls")
-    with running_collector(tmp_path / "one", workers=1) as one, running_collector(tmp_path / "two", workers=1) as two:
+    cert = tmp_path / "tls" / "tls.crt"
+    env = {"DLRLENS_TRUSTED_PROXIES": "1", "DLRLENS_ALLOW_NETWORKS": "127.0.0.2/32"}
+    with running_collector(tmp_path / "one", workers=1, env=env) as one, \
+            running_collector(tmp_path / "two", workers=1, env=env) as two:
         with load_balancer(tmp_path / "haproxy", [one.url, two.url], tls_pem=pem) as balancer:
-            trusted = str(tmp_path / "tls" / "tls.crt")
-            with requests.Session() as session:  # one keep-alive connection
-                answers = [session.post(balancer.https_url + "/dlr?campaign=tls", json=receipt(f"tls-{n}"),
-                                        verify=trusted, timeout=10) for n in range(6)]
-            assert [answer.status_code for answer in answers] == [200] * 6
-            with pytest.raises(requests.exceptions.SSLError):  # a certificate it cannot trust: refused
+            allowed = post_over_tls(balancer, cert, "127.0.0.2", [receipt(f"tls-{n}") for n in range(6)])
+            forged = post_over_tls(balancer, cert, "127.0.0.1", [receipt("forged")],
+                                   headers={"X-Forwarded-For": "127.0.0.2"})
+            with pytest.raises(requests.exceptions.SSLError):  # a client that does not trust the certificate
                 requests.post(balancer.https_url + "/dlr", json=receipt("untrusted"), timeout=10)
             sent = {name: int(row["stot"]) for name, row in balancer.stats().items() if name != "BACKEND"}
-    assert sent == {"c1": 3, "c2": 3}, "each request balanced on its own over one keep-alive connection"
+    assert allowed == [200] * 6
+    assert forged == [403], "the address haproxy saw (127.0.0.1) is checked, not the forged header"
+    assert sorted(sent.values()) == [3, 4], "each request balanced on its own, over one keep-alive connection"
     stored = rows_of(tmp_path / "one", "tls-", 3) + rows_of(tmp_path / "two", "tls-", 3)
     assert sorted(row["delivery_message_id"] for row in stored) == [f"tls-{n}" for n in range(6)]
     assert {row["campaign"] for row in stored} == {"tls"}
