@@ -32,6 +32,9 @@ What the configuration promises (the README's deployment section shows the same 
 * No traffic log: haproxy's request log line quotes the query string (the webhook secret) and
   the client's address. Only server state changes and alerts (level ``notice``) are logged, to
   ``haproxy.log`` in the directory.
+* Only the webhooks pass (``/dlr``, ``/click``, ``/incoming`` and their ``/SECRET`` forms):
+  ``/metrics``, ``/healthz`` and ``/openapi.json`` get haproxy's ``403`` (SECURITY.md: expose
+  only the webhooks; haproxy's health checks reach the collectors directly).
 * Statistics (:meth:`LoadBalancer.stats`: requests, retries and redispatches per collector) on a
   second loopback port.
 """
@@ -94,7 +97,7 @@ defaults
 
 frontend webhook
     bind 127.0.0.1:{port}
-{tls}    http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
+{tls}    http-request deny if !{{ path_beg /dlr /click /incoming }}
     default_backend {BACKEND}
 
 backend {BACKEND}

@@ -70,6 +70,9 @@ CATALOG = "lake"
 OUTAGE_AT = 0.2     # of all the posts
 FIRST_PART = 0.7    # the posts of the first part (the outage), then the second (the SIGKILL)
 KILL_AT = 0.2       # of the second part's posts
+# A restarted collector answers only once its workers have committed what their logs hold: after
+# a long outage that is many commits, each racing the other collectors' (measured: DrillResult.restart_seconds).
+RESTART_TIMEOUT = 600
 POSTS_PER_MESSAGE = 2.3  # the simulator's average (ACCEPTED, interims, a final; some pending)
 # Report figures that differ between two ingestions of the same posts (see the module docstring).
 WEBHOOK_LAG_FIGURES = ("webhook_lag_p50_s", "webhook_lag_p95_s")
@@ -105,10 +108,12 @@ class Fleet:
     def data_dir(self, number: int) -> Path:
         return self.directory / f"collector-{number}"
 
-    def start(self, number: int) -> Collector:
+    def start(self, number: int, timeout: float = 60) -> Collector:
+        """Start collector ``number``; it answers once each worker has replayed its log (with
+        the Iceberg store: committed every segment left in it), so allow for that in ``timeout``."""
         self.collectors[number] = start_collector(self.data_dir(number), workers=self.workers,
                                                   flush_seconds=self.flush_seconds, env=self.env,
-                                                  port=self.ports[number], log_dir=self.directory)
+                                                  port=self.ports[number], log_dir=self.directory, timeout=timeout)
         return self.collectors[number]
 
     def start_all(self) -> None:
@@ -272,7 +277,7 @@ class DrillSettings:
     rate: float = 80.0               # posts per second (so about seconds * rate posts)
     outage_seconds: float = 10.0     # the object store stopped for this long
     threads: int = 4                 # client threads
-    flush_seconds: float = 1.0
+    flush_seconds: float = 2.0      # the product's default
     seed: int = 1
 
 
@@ -282,7 +287,7 @@ class DrillResult:
     acked: int
     not_acked: dict                  # last answer -> posts never acknowledged
     client_retries: int
-    balancer_retries: int            # haproxy's retries + redispatches
+    balancer_retries: int            # haproxy's retries + redispatches (a retry on another collector may count in both)
     requests_per_collector: dict     # haproxy's count of requests sent to each collector
     acked_during_outage: int
     restart_seconds: float           # from the restart to the first answer (its log replayed)
@@ -350,7 +355,7 @@ def run_drill(directory: Path, settings: DrillSettings, say=print) -> DrillResul
                         fleet.kill(0)
                         time.sleep(1.0)
                         restarting = time.monotonic()
-                        fleet.start(0)  # answers once its workers replayed their logs (commits)
+                        fleet.start(0, timeout=RESTART_TIMEOUT)  # answers once its logs are replayed (committed)
                         restart_seconds = time.monotonic() - restarting
                         restarted_at = (split + second.done) / len(posts)
                     streams = (first, second)
@@ -453,15 +458,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=defaults.rate, help="posts per second")
     parser.add_argument("--outage-seconds", type=float, default=30.0, help="object store down (default 30)")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="client threads")
+    parser.add_argument("--flush-seconds", type=float, default=defaults.flush_seconds,
+                        help="each collector's flush (one commit per worker) interval (default 2, the product's)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--dir", type=Path, default=None, help="working directory (default: a new temporary one)")
     args = parser.parse_args(argv)
-    if args.collectors < 2 or min(args.seconds, args.rate, args.outage_seconds, args.threads, args.workers) <= 0:
-        parser.error("at least 2 collectors, and positive seconds, rate, outage, threads and workers")
+    if args.collectors < 2 or min(args.seconds, args.rate, args.outage_seconds, args.threads, args.workers,
+                                  args.flush_seconds) <= 0:
+        parser.error("at least 2 collectors, and positive seconds, rate, outage, threads, workers and flush seconds")
     directory = args.dir or Path(tempfile.mkdtemp(prefix="dlrlens-load-balanced-"))
     result = run_drill(directory, DrillSettings(collectors=args.collectors, workers=args.workers, seconds=args.seconds,
                                                 rate=args.rate, outage_seconds=args.outage_seconds,
-                                                threads=args.threads, seed=args.seed))
+                                                threads=args.threads, flush_seconds=args.flush_seconds,
+                                                seed=args.seed))
     print(result.summary())
     print(f"drill: files (logs, haproxy.cfg, both reports) in {directory}")
     return 0 if result.ok else 1

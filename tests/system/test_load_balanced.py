@@ -15,6 +15,8 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -30,7 +32,7 @@ pytestmark = [pytest.mark.slow,
 
 
 def test_three_collectors_behind_haproxy_through_an_outage_and_a_sigkill(tmp_path):
-    settings = DrillSettings(collectors=3, workers=1, seconds=15, rate=60, outage_seconds=10, threads=4)
+    settings = DrillSettings(collectors=3, workers=1, seconds=15, rate=60, outage_seconds=10, threads=4, flush_seconds=1)
     result = run_drill(tmp_path, settings)
     print(result.summary())  # shown when the test fails
     assert not result.not_acked, f"posts never acknowledged, by last answer: {result.not_acked}"
@@ -69,9 +71,10 @@ def post_over_tls(balancer, cert, source: str, bodies: list[dict], headers: dict
 
 
 def test_haproxy_terminates_tls_and_forwards_the_client_address(tmp_path):
-    """The README's deployment settings: TLS at haproxy, ``option forwardfor`` there and
-    ``DLRLENS_TRUSTED_PROXIES=1`` at the collectors, whose allow-list then checks the client's
-    own address (127.0.0.2 here), never one the client wrote into X-Forwarded-For."""
+    """The README's deployment settings: TLS at haproxy, only the webhooks public, ``option
+    forwardfor`` there and ``DLRLENS_TRUSTED_PROXIES=1`` at the collectors, whose allow-list then
+    checks the client's own address (127.0.0.2 here), never one the client wrote into
+    X-Forwarded-For."""
     pem = self_signed_pem(tmp_path / "tls")
     cert = tmp_path / "tls" / "tls.crt"
     env = {"DLRLENS_TRUSTED_PROXIES": "1", "DLRLENS_ALLOW_NETWORKS": "127.0.0.2/32"}
@@ -83,10 +86,56 @@ def test_haproxy_terminates_tls_and_forwards_the_client_address(tmp_path):
                                    headers={"X-Forwarded-For": "127.0.0.2"})
             with pytest.raises(requests.exceptions.SSLError):  # a client that does not trust the certificate
                 requests.post(balancer.https_url + "/dlr", json=receipt("untrusted"), timeout=10)
+            internal = [requests.get(balancer.https_url + path, verify=str(cert), timeout=10).status_code
+                        for path in ("/metrics", "/healthz", "/openapi.json")]
             sent = {name: int(row["stot"]) for name, row in balancer.stats().items() if name != "BACKEND"}
     assert allowed == [200] * 6
     assert forged == [403], "the address haproxy saw (127.0.0.1) is checked, not the forged header"
+    assert internal == [403] * 3, "only the webhooks are public"
     assert sorted(sent.values()) == [3, 4], "each request balanced on its own, over one keep-alive connection"
     stored = rows_of(tmp_path / "one", "tls-", 3) + rows_of(tmp_path / "two", "tls-", 3)
     assert sorted(row["delivery_message_id"] for row in stored) == [f"tls-{n}" for n in range(6)]
     assert {row["campaign"] for row in stored} == {"tls"}
+
+
+class CannotStore(BaseHTTPRequestHandler):
+    """A collector whose storage just failed and whose health check has not said so yet: its
+    /healthz still answers 200, every post gets the collector's 503 (nothing acknowledged)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self._answer(200, b'{"status": "ok"}')
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._answer(503, b'{"error": "storage_unavailable"}')
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_503_is_retried_on_another_collector(tmp_path):
+    failing = ThreadingHTTPServer(("127.0.0.1", 0), CannotStore)
+    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    try:
+        with running_collector(tmp_path / "data", workers=1) as collector:
+            with load_balancer(tmp_path / "haproxy", [f"http://127.0.0.1:{failing.server_port}", collector.url]) as lb:
+                with requests.Session() as session:
+                    answers = [session.post(lb.dlr, json=receipt(f"r-{n}"), timeout=10).status_code for n in range(10)]
+                stats = lb.stats()
+    finally:
+        failing.shutdown()
+        failing.server_close()
+    assert answers == [200] * 10, "every 503 retried on the collector that can store"
+    failed_there, retried = int(stats["c1"]["stot"]), int(stats["c1"]["wretr"])
+    assert failed_there > 0 and retried == failed_there, "each post the failing one got was sent again"
+    assert int(stats["c2"]["hrsp_2xx"]) == 10
+    assert len(rows_of(tmp_path / "data", "r-", 10)) == 10
