@@ -10,7 +10,7 @@ with its own ``--data`` (:class:`Fleet`), and haproxy in front (:mod:`tests.supp
 The traffic is the simulator's (:func:`dlrlens.simulate.plan_traffic`): JSON and XML-form bodies,
 re-posted duplicates, pending receipts posted after their message's final, posted through
 haproxy by several client threads at a steady pace over ``--seconds`` (:class:`StreamPoster`;
-a post is retried, as Mobivate would, until it gets a 200). Meanwhile:
+a post is retried until it gets a 200). Meanwhile:
 
 1. at 20 % of the posts the object store is stopped for ``--outage-seconds``, then started
    again (the collectors keep acknowledging from their logs, say "degraded" with a 200, and
@@ -180,9 +180,9 @@ class StreamPoster:
     Every message's posts go through one thread, in stream order, so two runs over the same
     posts give each message's receipts the same arrival order (the tie-break between receipts
     created at the same instant). Posts are spread evenly over at least ``seconds`` (0: as fast
-    as they are answered). A post is retried, as Mobivate would, after a connection error, a timeout or
-    a 5xx, with back-off, until it gets a 200 or ``give_up_seconds`` pass; any other answer is
-    final. ``acked[i]`` says whether post ``i`` got a 200.
+    as they are answered). A post is retried after a connection error, a timeout or a 5xx, with
+    back-off, until it gets a 200 or ``give_up_seconds`` pass (a sender that retries; Mobivate's
+    policy is not documented); any other answer is final. ``acked[i]``: post ``i`` got a 200.
     """
 
     def __init__(self, posts: list[SimulatedPost], url: str, *, threads: int = 4, seconds: float = 0.0,
@@ -235,8 +235,9 @@ class StreamPoster:
             for index in indexes:
                 if self._stop.is_set():
                     return
-                if due > time.monotonic():
-                    time.sleep(due - time.monotonic())
+                pause = due - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
                 due = max(due, time.monotonic()) + pace
                 self._deliver(session, index)
 
