@@ -58,6 +58,7 @@ from urllib.parse import urlsplit
 
 from dlrlens.store import layout
 from dlrlens.simulate import generate_traffic
+from tests.support.debian import debian_binary
 from tests.support.servers import REPO, Collector, free_port, wait_started
 
 GOAL_RATIO = 0.8
@@ -231,15 +232,7 @@ class Round:
 
 def ensure_wrk() -> str | None:
     """Path of ``wrk``; installs Debian's package when missing and running as root."""
-    found = shutil.which("wrk")
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return found
-    print("ingest: wrk is missing; installing Debian's wrk package", flush=True)
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    if subprocess.call(["apt-get", "install", "-y", "wrk"], **quiet) != 0:
-        subprocess.call(["apt-get", "update"], **quiet)
-        subprocess.call(["apt-get", "install", "-y", "wrk"], **quiet)
-    return shutil.which("wrk")
+    return debian_binary("wrk", who="ingest")
 
 
 def _lua_string(text: str) -> str:

@@ -7,7 +7,6 @@ tests/system/test_iceberg_collectors.py.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from dlrlens.store.iceberg.table import SEGMENT_KEY, SOURCE_KEY, committed_keys,
 from dlrlens.store.wal import StorageError, list_segments
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
+from tests.support.lake import report_json, table_column
 from tests.support.seaweed import object_store
 
 ICEBERG = parse_store("iceberg:lake")
@@ -40,17 +40,7 @@ def lake(tmp_path, monkeypatch):
 
 def table_ids() -> list[str]:
     """Every stored row's receipt id, read back through pyiceberg."""
-    table = receipts_table(open_catalog("lake"), create=False)
-    return table.scan(selected_fields=("receipt_id",)).to_arrow()["receipt_id"].to_pylist()
-
-
-def report_json(data_dir: Path, store: str, output: Path) -> dict:
-    """``dlrlens report --format json`` of ``store``, without its generation time."""
-    assert cli.main(["report", "--data", str(data_dir), "--store", store, "--format", "json",
-                     "--output", str(output)]) == 0
-    doc = json.loads(output.read_text())
-    doc["Summary"] = [row for row in doc["Summary"] if row["key"] != "generated_at"]
-    return doc
+    return table_column("receipt_id")
 
 
 def test_the_store_setting_is_parsed_strictly(monkeypatch, tmp_path, capsys):

@@ -22,6 +22,7 @@ import duckdb
 import requests
 
 from dlrlens.store import layout
+from dlrlens.store.backends import open_store, parse_store
 from tests.support.servers import running_collector, start_collector, wait_until
 
 
@@ -82,17 +83,23 @@ class Poster:
 
 
 def stored_message_ids(data_dir: Path) -> list[str]:
+    return stored_column(data_dir, "delivery_message_id")
+
+
+def stored_column(data_dir: Path, column: str) -> list:
+    """``column`` of every receipt row in the data directory's Parquet files."""
     if not list(Path(data_dir).glob(layout.PARQUET_GLOB)):
         return []
-    rows = duckdb.execute("SELECT delivery_message_id FROM read_parquet(?)", [layout.parquet_glob(data_dir)]).fetchall()
+    rows = duckdb.execute(f"SELECT {column} FROM read_parquet(?)", [layout.parquet_glob(data_dir)]).fetchall()
     return [row[0] for row in rows]
 
 
-def kpi_messages(data_dir: Path) -> int:
-    """Messages as the dashboard counts them (its query layer, not a copy of its SQL)."""
+def kpi_messages(data_dir: Path, store_choice: str = "local") -> int:
+    """Messages as the dashboard counts them (its query layer, not a copy of its SQL), in the
+    data directory, or in the store ``store_choice`` (``iceberg:NAME``) cached under it."""
     from dashboard import queries
 
-    store = queries.Store(data_dir)
+    store = open_store(data_dir, parse_store(store_choice))
     try:
         return int(queries.kpis(store, queries.Filters()).iloc[0]["messages"])
     finally:

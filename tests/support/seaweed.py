@@ -59,7 +59,8 @@ class ObjectStore:
     def start(self) -> None:
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
         command = [weed_binary(), "mini", f"-dir={self.directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                   "-admin.ui=false", "-webdav=false", f"-bucket={BUCKET}"]
+                   "-admin.ui=false", "-webdav=false", f"-bucket={BUCKET}",
+                   "-s3.port.lance=0"]  # its Lance server is not used; on by default on a fixed port (9101)
         command += [f"-{flag}={port}" for flag, port in self.ports.items()]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
         with open(self.directory / "weed.log", "ab") as log:

@@ -91,8 +91,10 @@ def _healthy(url: str) -> bool:
 
 
 def start_collector(data_dir: Path, *, workers: int = 2, flush_seconds: float = 0.5,
-                    env: dict | None = None, port: int | None = None, log_dir: Path | None = None) -> Collector:
-    """Run ``dlrlens collector`` in its own process group and wait until it answers.
+                    env: dict | None = None, port: int | None = None, log_dir: Path | None = None,
+                    timeout: float = 60) -> Collector:
+    """Run ``dlrlens collector`` in its own process group and wait (up to ``timeout`` seconds)
+    until it answers.
 
     Its output goes to ``collector-<port>.log`` in ``log_dir`` (default: beside ``data_dir``).
     """
@@ -108,7 +110,7 @@ def start_collector(data_dir: Path, *, workers: int = 2, flush_seconds: float = 
             cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
     return wait_started(Collector(process, f"http://127.0.0.1:{port}", Path(data_dir), log_path), _healthy,
-                        60, "collector")
+                        timeout, "collector")
 
 
 def wait_started(server, ready, timeout: float, name: str, interval: float = 0.1):

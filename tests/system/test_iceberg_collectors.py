@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from dashboard import queries
-from dlrlens.store.backends import open_store, parse_store
-from dlrlens.store.iceberg.table import open_catalog, receipts_table
-from tests.support.reliability import Poster
+from tests.support.lake import table_column
+from tests.support.reliability import Poster, kpi_messages
 from tests.support.seaweed import object_store
 from tests.support.servers import running_collector, start_collector, wait_until
 
@@ -34,24 +32,11 @@ def lake(tmp_path, monkeypatch):
         yield store
 
 
-def table_message_ids() -> list[str]:
-    table = receipts_table(open_catalog("lake"), create=False)
-    return table.scan(selected_fields=("delivery_message_id",)).to_arrow()["delivery_message_id"].to_pylist()
-
-
-def kpi_messages(reader_dir: Path) -> int:
-    store = open_store(reader_dir, parse_store("iceberg:lake"))
-    try:
-        return int(queries.kpis(store, queries.Filters()).iloc[0]["messages"])
-    finally:
-        store.close()
-
-
 def assert_exactly_once(acked: set[str], reader_dir: Path) -> None:
-    ids = table_message_ids()
+    ids = table_column("delivery_message_id")
     assert not acked - set(ids), f"{len(acked - set(ids))} acknowledged receipts missing"
     assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} rows committed twice"
-    assert kpi_messages(reader_dir) == len(set(ids))
+    assert kpi_messages(reader_dir, "iceberg:lake") == len(set(ids))
 
 
 def metric(url: str, name: str) -> float:

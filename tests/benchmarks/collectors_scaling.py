@@ -1,0 +1,237 @@
+"""Scaling benchmark: 1, 2 and 3 collectors behind haproxy, the store on object storage.
+
+    python3 -m tests.benchmarks.collectors_scaling [--counts 1,2,3] [--seconds 15] [--rounds 1]
+                                                   [--connections 32] [--workers 2] [--flush-seconds 2]
+
+Each round starts ``N`` real collectors (``dlrlens collector --store iceberg:lake``, each with its
+own fresh ``--data`` and ``--workers`` gunicorn workers; tests/support/load_balanced.Fleet) writing
+one Iceberg table on ``weed mini`` through pyiceberg's SQL catalog, puts haproxy in front
+(tests/support/haproxy.py: round robin per request, keep-alive, health checks), and loads it with
+the ingest benchmark's client (:class:`tests.benchmarks.ingest.Bench`: wrk, one realistic
+Mobivate JSON receipt per request, each with its own id) through haproxy. Every round gets a
+table of its own (its own namespace), so the snapshots of earlier rounds do not slow its commits.
+The counts run in the given order, then (with ``--rounds 2``) in reverse, and so on; the medians
+per count are compared with one collector's, all in the same run.
+
+Reported per count: receipts/s, latency, the collectors' CPU per receipt (every process of every
+collector: workers, masters and their maintenance processes, commits included), haproxy's CPU per
+receipt, and how many cores the machine was busy. On a machine with few cores the collectors,
+haproxy, the object store and wrk share the same cores: once they are all busy, another collector
+process adds no CPU to share, so the rate cannot grow with the count (the report says how busy the
+machine was). Linear scaling needs a core per collector, as on separate machines.
+
+After each round the collectors are stopped (each flushes its log into the table) and the table
+is read back: it must hold at least as many distinct receipts as the 200 answers counted (warm-up
+included), and no log segment may be left. Exit status 0 when every round kept every 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from unittest import mock
+
+from dlrlens.store.iceberg.table import open_catalog, receipts_table
+from tests.benchmarks.ingest import (NOISY_NEIGHBOUR_CORES, Bench, LoadResult, client_cpu_seconds, ensure_wrk,
+                                     filesystem_type, group_cpu_seconds, machine_busy_seconds)
+from tests.support.haproxy import haproxy_binary, load_balancer
+from tests.support.lake import table_column
+from tests.support.load_balanced import CATALOG, Fleet
+from tests.support.seaweed import object_store
+
+
+@dataclass
+class CpuSample:
+    """CPU seconds so far: the collectors' processes, haproxy's, the object store's, this client's
+    (wrk included once it exited), and the whole machine's busy time."""
+
+    collectors: float
+    balancer: float
+    store: float
+    client: float
+    machine: float
+
+    @classmethod
+    def take(cls, collector_groups: list[int], balancer_group: int, store_group: int) -> "CpuSample":
+        return cls(sum(group_cpu_seconds(group) for group in collector_groups), group_cpu_seconds(balancer_group),
+                   group_cpu_seconds(store_group), client_cpu_seconds(), machine_busy_seconds())
+
+    def __sub__(self, earlier: "CpuSample") -> "CpuSample":
+        return CpuSample(*(getattr(self, name) - getattr(earlier, name)
+                           for name in ("collectors", "balancer", "store", "client", "machine")))
+
+
+@dataclass
+class ScalingRound:
+    collectors: int
+    number: int
+    load: LoadResult
+    cpu: CpuSample
+    split: str             # requests haproxy sent to each collector during the round
+    commits: int = 0       # snapshots of the round's table
+    check: str = ""
+    durable: bool = True
+
+    def per_receipt_ms(self, seconds: float) -> float:
+        return seconds * 1000 / max(self.load.requests, 1)
+
+    @property
+    def busy_cores(self) -> float:
+        return self.cpu.machine / self.load.seconds if self.load.seconds else 0.0
+
+    @property
+    def other_cores(self) -> float:
+        mine = self.cpu.collectors + self.cpu.balancer + self.cpu.store + self.cpu.client
+        return max(0.0, self.cpu.machine - mine) / self.load.seconds if self.load.seconds else 0.0
+
+
+def run_round(bench: Bench, lake, args: argparse.Namespace, count: int, number: int) -> ScalingRound:
+    """``count`` collectors behind haproxy, warmed up, measured, stopped; the table checked."""
+    directory = bench.work_dir / f"collectors-{count}-round-{number}"
+    namespace = f"scaling_{count}_{number}"
+    catalog_env = dict(lake.catalog_env(CATALOG, bench.work_dir / "catalog.db"), DLRLENS_ICEBERG_NAMESPACE=namespace)
+    fleet = Fleet(directory, count, dict(catalog_env, DLRLENS_STORE=f"iceberg:{CATALOG}"), workers=args.workers,
+                  flush_seconds=args.flush_seconds)
+    fleet.start_all()
+    try:
+        with load_balancer(directory / "haproxy", fleet.urls) as balancer:
+            url = balancer.url + "/"  # each template names its path
+            warm = bench.load(url, args.warmup) if args.warmup > 0 else None
+            sent_before = balancer.stats()
+            groups = (fleet.process_groups(), balancer.process.pid, lake.process.pid)
+            before = CpuSample.take(*groups)
+            load = bench.load(url, args.seconds)
+            cpu = CpuSample.take(*groups) - before
+            sent_after = balancer.stats()
+    finally:
+        fleet.stop_all()
+    split = "/".join(str(int(sent_after[name]["stot"]) - int(sent_before[name]["stot"]))
+                     for name in sorted(sent_after) if name != "BACKEND")
+    result = ScalingRound(count, number, load, cpu, split)
+    acknowledged = load.acknowledged + (warm.acknowledged if warm else 0)
+    with mock.patch.dict(os.environ, catalog_env):
+        ids = table_column("receipt_id", CATALOG)
+        result.commits = len(receipts_table(open_catalog(CATALOG), create=False).metadata.snapshots)
+    leftover = fleet.leftover_segments()
+    exits = [collector.process.returncode for collector in fleet.collectors if collector is not None]
+    result.durable = len(set(ids)) >= acknowledged and leftover == 0 and all(code == 0 for code in exits)
+    result.check = (f"200s counted (warm-up included) {acknowledged}, rows in the table {len(ids)} "
+                    f"({len(set(ids))} distinct), log segments left {leftover}, collector exits {exits}"
+                    f" -> {'OK' if result.durable else 'LOST RECEIPTS OR UNCLEAN STOP'}")
+    if not args.keep:
+        shutil.rmtree(directory, ignore_errors=True)
+    return result
+
+
+def print_report(rounds: list[ScalingRound], args: argparse.Namespace, client: str, fs_kind: str) -> None:
+    print()
+    print(f"collectors scaling: {os.cpu_count()} cores, client {client}, {args.connections} connections, "
+          f"{args.seconds:g}s per round (+{args.warmup:g}s warm-up), each collector {args.workers} gunicorn workers, "
+          f"flush every {args.flush_seconds:g}s to Iceberg on weed mini (SQL catalog), logs on {fs_kind}")
+    header = (f"{'collectors':>10} {'round':>6} {'receipts/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'non-200':>7} "
+              f"{'sockerr':>7} {'coll ms/r':>9} {'lb ms/r':>7} {'s3 ms/r':>7} {'busy':>5} {'others':>6} {'commits':>7} {'split':>14}")
+    print(header)
+    print("-" * len(header))
+    for r in rounds:
+        print(f"{r.collectors:>10} {r.number:>6} {r.load.rate:>10.0f} {r.load.p50_ms:>7.1f} {r.load.p99_ms:>7.1f} "
+              f"{r.load.not_ok:>7} {r.load.socket_errors:>7} {r.per_receipt_ms(r.cpu.collectors):>9.2f} "
+              f"{r.per_receipt_ms(r.cpu.balancer):>7.2f} {r.per_receipt_ms(r.cpu.store):>7.2f} {r.busy_cores:>5.2f} {r.other_cores:>6.2f} "
+              f"{r.commits:>7} {r.split:>14}")
+    print("coll ms/r: CPU of every collector process per receipt; lb ms/r: haproxy's; s3 ms/r: the object store's;")
+    print("busy: cores the whole machine kept busy; others: busy cores of processes outside the set-up and wrk;")
+    print("commits: snapshots in the round's table; split: requests haproxy sent to each collector")
+    medians = {}
+    for count in sorted({r.collectors for r in rounds}):
+        mine = [r for r in rounds if r.collectors == count]
+        medians[count] = {"rate": statistics.median(r.load.rate for r in mine),
+                          "cpu": statistics.median(r.per_receipt_ms(r.cpu.collectors) for r in mine),
+                          "lb": statistics.median(r.per_receipt_ms(r.cpu.balancer) for r in mine),
+                          "busy": statistics.median(r.busy_cores for r in mine)}
+    base = medians.get(1) or medians[min(medians)]
+    print(f"\nmedians (ratio against {min(medians)} collector(s), same run):")
+    for count, m in medians.items():
+        ratio = m["rate"] / base["rate"] if base["rate"] else 0.0
+        print(f"  {count} collector(s): {m['rate']:.0f} receipts/s = {ratio:.2f}x, collectors {m['cpu']:.2f} ms CPU "
+              f"per receipt, haproxy {m['lb']:.2f} ms, machine busy {m['busy']:.2f} of {os.cpu_count()} cores")
+    noisy = [f"{r.collectors}/{r.number}" for r in rounds if r.other_cores > NOISY_NEIGHBOUR_CORES]
+    if noisy:
+        print(f"WARNING: other processes used over {NOISY_NEIGHBOUR_CORES} cores during rounds {', '.join(noisy)} "
+              "(collectors/round): rates are understated there; run again on a quiet machine")
+    for r in rounds:
+        print(f"{r.collectors} collector(s), round {r.number}: {r.check}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python3 -m tests.benchmarks.collectors_scaling",
+                                     description="1, 2, 3 collectors behind haproxy writing Iceberg on object storage.")
+    parser.add_argument("--counts", default="1,2,3", help="collector counts, in order (default 1,2,3)")
+    parser.add_argument("--seconds", type=float, default=15, help="measured seconds per round (default 15)")
+    parser.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before each round (default 3)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="passes over the counts, every other one in reverse (default 1)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers per collector (default 2)")
+    parser.add_argument("--flush-seconds", type=float, default=2.0,
+                        help="each collector's flush (one Iceberg commit per worker) interval (default 2, the product's)")
+    parser.add_argument("--client", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--tmp-dir", default=None, help="where the data directories go (default: system temp)")
+    parser.add_argument("--keep", action="store_true", help="keep data directories and logs")
+    args = parser.parse_args(argv)
+    try:
+        args.count_list = [int(text) for text in args.counts.split(",")]
+    except ValueError:
+        parser.error(f"--counts must be numbers separated by commas, not {args.counts!r}")
+    if min(args.count_list) < 1 or min(args.seconds, args.connections, args.workers, args.rounds,
+                                        args.flush_seconds) <= 0 or args.warmup < 0:
+        parser.error("counts, seconds, connections, workers, rounds and flush seconds must be positive")
+    return args
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    if haproxy_binary() is None:
+        print("collectors_scaling: haproxy is not available (Debian package haproxy)", file=sys.stderr)
+        return 2
+    wrk = ensure_wrk() if args.client in ("auto", "wrk") else None
+    if args.client == "wrk" and not wrk:
+        print("collectors_scaling: wrk is not available (Debian package wrk)", file=sys.stderr)
+        return 2
+    client = f"wrk, {args.wrk_threads} thread(s)" if wrk else "python (steals server CPU)"
+    work_dir = Path(tempfile.mkdtemp(prefix="dlrlens-scaling-", dir=args.tmp_dir))
+    rounds: list[ScalingRound] = []
+    try:
+        bench = Bench(args, work_dir, wrk)
+        with object_store(work_dir / "s3") as lake:
+            for number in range(1, args.rounds + 1):
+                counts = args.count_list if number % 2 else list(reversed(args.count_list))
+                for count in counts:
+                    print(f"collectors_scaling: round {number}: {count} collector(s) ...", flush=True)
+                    rounds.append(run_round(bench, lake, args, count, number))
+                    print(f"collectors_scaling: round {number}: {count} collector(s) "
+                          f"{rounds[-1].load.rate:.0f} receipts/s", flush=True)
+        print_report(rounds, args, client, filesystem_type(work_dir))
+    finally:
+        if args.keep:
+            print(f"collectors_scaling: kept {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    return 0 if rounds and all(r.durable for r in rounds) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
