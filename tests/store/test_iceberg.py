@@ -244,6 +244,7 @@ def test_migrate_twice_is_migrate_once(lake, tmp_path):
     factory.write_receipts(source, rows[:300])
     factory.write_receipts(source, rows[300:])
     assert cli.main(["migrate", "--to", "iceberg:lake", "--data", str(source)]) == 0
+    assert len(receipts_table(open_catalog("lake"), create=False).metadata.snapshots) == 1  # one batch
     first = sorted(table_ids())
     again = migrate(source, "lake")
     assert again.copied == 0 and again.already == again.files > 0
@@ -252,7 +253,9 @@ def test_migrate_twice_is_migrate_once(lake, tmp_path):
                                                                              tmp_path / "b.json")
 
 
-def test_an_interrupted_migration_resumes_where_it_stopped(lake, tmp_path):
+def test_an_interrupted_migration_resumes_where_it_stopped(lake, tmp_path, monkeypatch):
+    from dlrlens.store.iceberg import migrate as migration
+
     source = tmp_path / "local"
     rows = factory.demo_rows(120, seed=10)
     for start in range(0, len(rows), 60):
@@ -264,14 +267,16 @@ def test_an_interrupted_migration_resumes_where_it_stopped(lake, tmp_path):
         if len(calls) == 2:
             raise KeyboardInterrupt
 
+    monkeypatch.setattr(migration, "BATCH_FILES", 2)  # two commits: the run stops after the first
     with pytest.raises(KeyboardInterrupt):
         migrate(source, "lake", progress=interrupt)
     resumed = migrate(source, "lake")
-    assert resumed.already == 2 and resumed.copied == resumed.files - 2
+    assert resumed.files > 3 and resumed.already == 2 and resumed.copied == resumed.files - 2
     ids = table_ids()
     assert len(ids) == len(rows) and sorted(ids) == sorted(r["receipt_id"] for r in rows)
-    sources = committed_keys(receipts_table(open_catalog("lake"), create=False), SOURCE_KEY)
-    assert len(sources) == resumed.files
+    table = receipts_table(open_catalog("lake"), create=False)
+    assert len(committed_keys(table, SOURCE_KEY)) == resumed.files
+    assert len(table.metadata.snapshots) == 1 + -(-resumed.copied // 2)  # batches of two files
 
 
 def test_a_compacted_file_partly_copied_stops_the_migration(lake, tmp_path):

@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 from pyarrow import fs
 
-from tests.support.servers import free_port, stop_process_group, wait_until
+from tests.support.servers import free_ports, stop_process_group, wait_until
 
 ACCESS_KEY = "dlrlens-test"
 SECRET_KEY = "dlrlens-test-secret"
@@ -46,7 +46,8 @@ def weed_binary() -> str | None:
 @dataclass
 class ObjectStore:
     directory: Path
-    ports: dict[str, int] = field(default_factory=lambda: {flag: free_port() for flag in PORT_FLAGS})
+    # Distinct: two of weed's servers on one port make it exit (seen as "weed mini exited with 255").
+    ports: dict[str, int] = field(default_factory=lambda: dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)))))
     process: subprocess.Popen | None = None
 
     @property

@@ -11,7 +11,11 @@ under :data:`SEGMENT_KEY` (a collector's log segment) or :data:`SOURCE_KEY` (a f
 ``dlrlens migrate``). Before committing, a writer reads the keys of every snapshot of the
 table (:func:`committed_keys`) and skips what is already there. This relies on snapshots
 being kept: snapshot expiry (not part of step 1) must keep them longer than the oldest
-segment a collector can still replay.
+segment a collector can still replay. ``dlrlens migrate`` records the files of a batch in one
+value, one per line (:data:`SOURCE_SEPARATOR`).
+
+REST catalogs are opened as :class:`RestCatalog`: pyiceberg's, with a timeout on every request
+and, when requests are signed (SigV4), the payload hash that SeaweedFS's catalog needs.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ NAMESPACE_ENV = "DLRLENS_ICEBERG_NAMESPACE"
 DEFAULT_NAMESPACE = "dlrlens"
 RECEIPTS_TABLE = "receipts"
 SEGMENT_KEY = "dlrlens.segment"   # <collector id>/<slot>/<segment id>: one flushed log segment
-SOURCE_KEY = "dlrlens.source"     # migrate: <source id>/<receipt file relative to its data directory>
+SOURCE_KEY = "dlrlens.source"     # migrate: <source id>/<receipt file relative to its data directory>, per line
+SOURCE_SEPARATOR = "\n"          # a summary value may list several keys, one per line (no key holds one)
 PARTITION_NAME = "created_day"
 # (connect, read) seconds of each request to a REST catalog: a commit answers in well under a
 # second on a healthy catalog; the collector retries a failed commit with back-off.
@@ -153,7 +158,8 @@ def receipts_table(catalog: Catalog, create: bool = True) -> Table:
 
 
 def committed_keys(table: Table, key: str, seen: dict[int, str | None] | None = None) -> set[str]:
-    """Values of summary property ``key`` over every snapshot of ``table`` (as loaded).
+    """Values of summary property ``key`` over every snapshot of ``table`` (as loaded); a value
+    listing several, one per line (:data:`SOURCE_SEPARATOR`), counts each.
 
     ``seen`` (snapshot id -> value), kept by the caller between calls, saves re-reading the
     summaries of snapshots already looked at."""
@@ -162,7 +168,7 @@ def committed_keys(table: Table, key: str, seen: dict[int, str | None] | None = 
         if snapshot.snapshot_id not in seen:
             summary = snapshot.summary
             seen[snapshot.snapshot_id] = summary.additional_properties.get(key) if summary is not None else None
-    return {value for value in seen.values() if value is not None}
+    return {each for value in seen.values() if value is not None for each in value.split(SOURCE_SEPARATOR)}
 
 
 def arrow_receipts(table: pa.Table) -> pa.Table:
