@@ -9,18 +9,18 @@
    ``--work`` (default a temporary directory; give one to keep the table between runs).
 2. ``dlrlens migrate`` copies ``DIR`` into the table (timed; a second run over the same
    ``--work`` finds every file copied and skips it).
-3. *local*: the cases of ``tests.benchmarks.queries`` (Overview and Campaigns over the last 30
-   days and all time, a filter change) on ``dashboard.queries.Store`` over ``DIR`` (its derived
-   state brought up to date first), warm: the median of ``--repeat`` runs after one unmeasured run.
-4. *iceberg cold*: a new :class:`~dlrlens.store.iceberg.mirror.IcebergStore` on an **empty**
+3. *iceberg cold*: a new :class:`~dlrlens.store.iceberg.mirror.IcebergStore` on an **empty**
    cache (the page cache dropped first when root): opening it plans the table's files, fetches
-   each from the object store and builds the cache's derived state; then each case's first run.
-5. *iceberg warm*: the same cases on that store, cache full, median of ``--repeat`` runs. Each
-   query may first ask the catalog for a new snapshot (every 2 s, as in the dashboard). Every
-   case's frames must be identical to the local ones.
+   each from the object store and builds the cache's derived state (timed apart); then the first
+   run of each case of ``tests.benchmarks.queries`` (Overview and Campaigns over the last 30 days
+   and all time, a filter change).
+4. *warm*: the same cases on ``dashboard.queries.Store`` over ``DIR`` (its derived state brought
+   up to date first) and on the Iceberg store (cache full), taking turns run by run, the median
+   of ``--repeat`` runs each. Each Iceberg query may first ask the catalog for a new snapshot
+   (every 2 s, as in the dashboard). Every case's frames must be identical to the local ones.
 
-Printed: migrate time, cold open time (files, bytes), per case local / iceberg medians and
-their ratio, and whether the figures are identical. Exit status 1 when a case differs.
+Printed: migrate time, cold open time (files, bytes, derived state), per case local / iceberg
+medians and their ratio, and whether the figures are identical. Exit status 1 when a case differs.
 """
 
 from __future__ import annotations
@@ -36,40 +36,63 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from dlrlens.store import derive
 from dlrlens.store.backends import open_store, parse_store
 from dlrlens.store.iceberg.migrate import migrate
 from dlrlens.store.iceberg.mirror import cache_dir
-from tests.benchmarks.queries import bring_up_to_date, cases, drop_page_cache, make_filters, run_case, same
+from tests.benchmarks.queries import (bring_up_to_date, cases, drop_page_cache, make_filters, print_table,
+                                     run_case, same)
 from tests.support.seaweed import object_store
 
 CATALOG = "bench"
 UTC = timezone.utc
 
 
-def timed_runs(store, spec: dict, repeat: int, now: datetime) -> tuple[dict, dict, dict]:
-    """Per case: (first run seconds, median of ``repeat`` warm runs, the frames of the first run)."""
-    first, warm, frames = {}, {}, {}
-    for name, case in spec.items():
-        f = make_filters(case["filters"])
-        store.clear_cache()
-        started = time.perf_counter()
-        frames[name] = run_case(store, case["kind"], f, now)
-        first[name] = time.perf_counter() - started
-        runs = []
+def run_timed(store, case: dict, now: datetime):
+    """(seconds, frames) of one run of ``case``, the store's result cache cleared first."""
+    store.clear_cache()
+    started = time.perf_counter()
+    frames = run_case(store, case["kind"], make_filters(case["filters"]), now)
+    return time.perf_counter() - started, frames
+
+
+def warm_medians(stores: dict, spec: dict, repeat: int, now: datetime) -> dict[str, dict[str, float]]:
+    """{store name: {case: median of ``repeat`` warm runs}}, the stores taking turns run by run
+    (a burst of other load on the shared machine then hurts each alike)."""
+    runs = {name: {case: [] for case in spec} for name in stores}
+    for case_name, case in spec.items():
         for _ in range(repeat):
-            store.clear_cache()
-            started = time.perf_counter()
-            run_case(store, case["kind"], f, now)
-            runs.append(time.perf_counter() - started)
-        warm[name] = statistics.median(runs)
-        print(f"  {name}: first {first[name]:.3f} s, warm median {warm[name]:.3f} s", flush=True)
-    return first, warm, frames
+            for name, store in stores.items():
+                runs[name][case_name].append(run_timed(store, case, now)[0])
+        print(f"  {case_name}: " + ", ".join(f"{name} {statistics.median(runs[name][case_name]):.3f} s"
+                                             for name in stores), flush=True)
+    return {name: {case: statistics.median(values) for case, values in by_case.items()}
+            for name, by_case in runs.items()}
+
+
+@contextlib.contextmanager
+def timing_derive(seconds: list[float]):
+    """Add the time spent building the derived state (``update_derived``) to ``seconds``."""
+    original = derive.update_derived
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - started)
+
+    derive.update_derived = timed
+    try:
+        yield
+    finally:
+        derive.update_derived = original
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--repeat", type=int, default=3, help="warm runs per case (median reported)")
+    parser.add_argument("--repeat", type=int, default=5, help="warm runs per case and store (median reported)")
     parser.add_argument("--catalog", choices=("sql", "rest"), default="sql")
     parser.add_argument("--work", type=Path, help="object store, catalog and caches (default: temporary)")
     args = parser.parse_args(argv)
@@ -88,42 +111,44 @@ def main(argv: list[str] | None = None) -> int:
         migrate_s = time.perf_counter() - started
         print(f"migrate: {moved.copied} files ({moved.rows:,} rows) copied, {moved.already} already there, "
               f"{migrate_s:.1f} s", flush=True)
-
-        bring_up_to_date(data_dir, rebuild=False)
+        local_state = bring_up_to_date(data_dir, rebuild=False)
+        print(f"local derived state: {local_state}", flush=True)
         spec = cases(data_dir)
         now = datetime.now(UTC)
-        print("local (warm):", flush=True)
-        with open_store(data_dir) as local:
-            _, local_warm, local_frames = timed_runs(local, spec, args.repeat, now)
 
         reader = work / "reader"
         shutil.rmtree(cache_dir(reader, CATALOG), ignore_errors=True)
         dropped = drop_page_cache()
+        derive_seconds: list[float] = []
         started = time.perf_counter()
-        iceberg = open_store(reader, parse_store(f"iceberg:{CATALOG}"))
+        with timing_derive(derive_seconds):
+            iceberg = stack.enter_context(open_store(reader, parse_store(f"iceberg:{CATALOG}")))
         cold_open = time.perf_counter() - started
         cached = list(cache_dir(reader, CATALOG).glob("receipts/*/*.parquet"))
         cached_bytes = sum(p.stat().st_size for p in cached)
         print(f"iceberg cold open (empty cache, page cache {'dropped' if dropped else 'not dropped'}): "
-              f"{cold_open:.1f} s, {len(cached)} files, {cached_bytes / 1e6:.0f} MB fetched, derived state built",
-              flush=True)
-        print("iceberg (first run = cold cache's first figures, then warm):", flush=True)
-        with iceberg:
-            iceberg_first, iceberg_warm, iceberg_frames = timed_runs(iceberg, spec, args.repeat, now)
+              f"{cold_open:.1f} s: plan and fetch {len(cached)} files ({cached_bytes / 1e6:.0f} MB) "
+              f"{cold_open - sum(derive_seconds):.1f} s, derived state {sum(derive_seconds):.1f} s", flush=True)
+        iceberg_first, iceberg_frames = {}, {}
+        for name, case in spec.items():
+            iceberg_first[name], iceberg_frames[name] = run_timed(iceberg, case, now)
+        print("iceberg first figures after the cold open: "
+              + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in iceberg_first.items()), flush=True)
+
+        local = stack.enter_context(open_store(data_dir))
+        local_frames = {name: run_timed(local, case, now)[1] for name, case in spec.items()}  # also warms it
+        print("warm (local and iceberg taking turns):", flush=True)
+        warm = warm_medians({"local": local, "iceberg": iceberg}, spec, args.repeat, now)
 
     identical = {name: same(local_frames[name], iceberg_frames[name]) for name in spec}
     header = ("query", "local warm (s)", "iceberg warm (s)", "ratio", "iceberg cold first (s)", "identical")
-    rows = [(name, f"{local_warm[name]:.3f}", f"{iceberg_warm[name]:.3f}",
-             f"{iceberg_warm[name] / local_warm[name]:.2f}x", f"{iceberg_first[name]:.3f}",
+    rows = [(name, f"{warm['local'][name]:.3f}", f"{warm['iceberg'][name]:.3f}",
+             f"{warm['iceberg'][name] / warm['local'][name]:.2f}x", f"{iceberg_first[name]:.3f}",
              "yes" if identical[name] else "NO") for name in spec]
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    print()
-    for row in [header, tuple("-" * w for w in widths)] + rows:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
-    print()
+    print_table(header, rows)
     print(f"migrate: {moved.files} files, {migrate_s:.1f} s ({moved.copied} copied this run); "
-          f"cold open of an empty cache: {cold_open:.1f} s for {len(cached)} files ({cached_bytes / 1e6:.0f} MB), "
-          f"before the first figures")
+          f"cold open of an empty cache: {cold_open:.1f} s for {len(cached)} files ({cached_bytes / 1e6:.0f} MB, "
+          f"derived state {sum(derive_seconds):.1f} s of it), before the first figures")
     return 0 if all(identical.values()) else 1
 
 

@@ -390,3 +390,23 @@ def test_sail_computes_every_campaign_kpi_of_the_report(lake, tmp_path):
                     assert value == pytest.approx(wanted, rel=1e-12, abs=0), (engine, row["campaign"], column)
     with pytest.raises(ValueError, match="dialect must be one of duckdb, spark"):
         campaign_kpis_sql(dialect="trino")
+
+
+def test_a_rest_catalog_that_never_answers_times_out(tmp_path, monkeypatch):
+    """pyiceberg's REST client sets no timeout; dlrlens's RestCatalog gives every request one."""
+    import socket
+
+    import requests
+
+    from dlrlens.store.iceberg import table as iceberg_table
+
+    monkeypatch.setattr(iceberg_table, "REST_TIMEOUT", (1, 1))
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("PYICEBERG_CATALOG__MUTE__URI", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setenv("PYICEBERG_CATALOG__MUTE__TYPE", "rest")
+        started = time.monotonic()
+        with pytest.raises(requests.exceptions.Timeout):
+            open_catalog("mute")
+        assert time.monotonic() - started < 10
