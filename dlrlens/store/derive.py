@@ -317,10 +317,15 @@ def companion_path(path: str, kind: str) -> str:
     return f"{DERIVED_DIR}/{kind}/" + path[len(MESSAGES_DIR) + 1:]
 
 
+def receipt_sql_types() -> dict[str, str]:
+    """{column: DuckDB type} of the receipt columns (:data:`dlrlens.store.layout.RECEIPT_SCHEMA`)."""
+    types = {"string": "VARCHAR", "int32": "INTEGER", "timestamp[us, tz=UTC]": "TIMESTAMPTZ"}
+    return {f.name: types[str(f.type)] for f in layout.RECEIPT_SCHEMA}
+
+
 def empty_receipts_sql() -> str:
     """A query with the receipt columns (:data:`dlrlens.store.layout.RECEIPT_SCHEMA`) and no rows."""
-    types = {"string": "VARCHAR", "int32": "INTEGER", "timestamp[us, tz=UTC]": "TIMESTAMPTZ"}
-    columns = ", ".join(f"NULL::{types[str(f.type)]} AS {f.name}" for f in layout.RECEIPT_SCHEMA)
+    columns = ", ".join(f"NULL::{sql_type} AS {name}" for name, sql_type in receipt_sql_types().items())
     return f"SELECT {columns} WHERE FALSE"
 
 

@@ -282,6 +282,15 @@ def bring_up_to_date(data_dir: Path, rebuild: bool) -> dict:
             return total
 
 
+def print_table(header: tuple, rows: list[tuple]) -> None:
+    """``rows`` under ``header`` in aligned columns, a blank line before and after."""
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    print()
+    for row in [header, tuple("-" * w for w in widths)] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
+    print()
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -381,12 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"<= {GOAL_COLD_S:g} s", "PASS" if cold["seconds"] <= GOAL_COLD_S else "FAIL", "-"))
     rows.append(("Peak RSS of the dashboard process (GiB)", f"{rss / 2**30:.2f}", "-", "-", f"< {GOAL_RSS_GIB:g} GiB",
                  "PASS" if rss < GOAL_RSS_GIB * 2**30 else "FAIL", "-"))
-    header = ("query", "ours (s)", "baseline (s)", "ratio", "goal", "result", "identical")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    print()
-    for row in [header, tuple("-" * w for w in widths)] + rows:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
-    print()
+    print_table(("query", "ours (s)", "baseline (s)", "ratio", "goal", "result", "identical"), rows)
     print(f"receipts: {disk['receipt_rows']:,} rows in {disk['receipt_files']} files, {disk['receipt_bytes'] / 1e9:.2f} GB, "
           f"{disk['bytes_per_receipt']:.1f} bytes/receipt")
     print(f"derived state: {disk['messages']:,} messages in {disk['derived_files']} files, "

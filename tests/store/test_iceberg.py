@@ -7,6 +7,10 @@ tests/system/test_iceberg_collectors.py.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,13 +32,29 @@ from tests.support.seaweed import object_store
 ICEBERG = parse_store("iceberg:lake")
 
 
-@pytest.fixture
-def lake(tmp_path, monkeypatch):
-    """A running object store and the catalog ``lake`` configured by environment variables."""
+@contextlib.contextmanager
+def running_lake(tmp_path: Path, monkeypatch, catalog: str):
+    """A running object store and the catalog ``lake`` configured by environment variables:
+    pyiceberg's SQL catalog on a SQLite file (``sql``) or the store's own Iceberg REST catalog
+    (``rest``, requests signed with SigV4)."""
     with object_store(tmp_path / "s3") as store:
-        for name, value in store.catalog_env("lake", tmp_path / "catalog.db").items():
+        env = store.catalog_env("lake", tmp_path / "catalog.db") if catalog == "sql" else store.rest_catalog_env("lake")
+        for name, value in env.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delenv("DLRLENS_STORE", raising=False)
+        yield store
+
+
+@pytest.fixture
+def lake(tmp_path, monkeypatch):
+    with running_lake(tmp_path, monkeypatch, "sql") as store:
+        yield store
+
+
+@pytest.fixture(params=["sql", "rest"])
+def each_lake(request, tmp_path, monkeypatch):
+    """:func:`running_lake` with each kind of catalog."""
+    with running_lake(tmp_path, monkeypatch, request.param) as store:
         yield store
 
 
@@ -66,7 +86,7 @@ def test_an_unconfigured_catalog_is_named_at_start(tmp_path, monkeypatch):
     assert cli.main(["migrate", "--to", "iceberg:nowhere", "--data", str(tmp_path)]) == 2
 
 
-def test_every_report_figure_matches_the_local_backend(lake, tmp_path):
+def test_every_report_figure_matches_the_local_backend(each_lake, tmp_path):
     rows = factory.demo_rows(300, seed=11)
     local = ReceiptStorage(tmp_path / "local", flush_seconds=3600)
     remote = ReceiptStorage(tmp_path / "collector", flush_seconds=3600, publish=publisher(ICEBERG, tmp_path / "collector"))
@@ -87,7 +107,7 @@ def test_every_report_figure_matches_the_local_backend(lake, tmp_path):
     assert summary["messages"] == 300 and summary["duplicate_rows"] > 0  # the demo's duplicates survive
 
 
-def test_a_replayed_segment_is_committed_once(lake, tmp_path):
+def test_a_replayed_segment_is_committed_once(each_lake, tmp_path):
     data = tmp_path / "collector"
     rows = factory.demo_rows(20, seed=3)
     storage = ReceiptStorage(data, flush_seconds=3600, publish=publisher(ICEBERG, data))
@@ -183,7 +203,7 @@ def flush_as_the_flusher_does(storage: ReceiptStorage, timeout: float = 60) -> N
             time.sleep(0.1)
 
 
-def test_two_writers_committing_at_once_lose_and_double_nothing(lake, tmp_path):
+def test_two_writers_committing_at_once_lose_and_double_nothing(each_lake, tmp_path):
     batches = {name: factory.demo_rows(40, seed=seed) for name, seed in (("a", 21), ("b", 22))}
     publishers = {name: publisher(ICEBERG, tmp_path / name) for name in batches}
     for publish in publishers.values():
@@ -215,6 +235,7 @@ def test_migrate_twice_is_migrate_once(lake, tmp_path):
     factory.write_receipts(source, rows[:300])
     factory.write_receipts(source, rows[300:])
     assert cli.main(["migrate", "--to", "iceberg:lake", "--data", str(source)]) == 0
+    assert len(receipts_table(open_catalog("lake"), create=False).metadata.snapshots) == 1  # one batch
     first = sorted(table_ids())
     again = migrate(source, "lake")
     assert again.copied == 0 and again.already == again.files > 0
@@ -223,7 +244,9 @@ def test_migrate_twice_is_migrate_once(lake, tmp_path):
                                                                              tmp_path / "b.json")
 
 
-def test_an_interrupted_migration_resumes_where_it_stopped(lake, tmp_path):
+def test_an_interrupted_migration_resumes_where_it_stopped(lake, tmp_path, monkeypatch):
+    from dlrlens.store.iceberg import migrate as migration
+
     source = tmp_path / "local"
     rows = factory.demo_rows(120, seed=10)
     for start in range(0, len(rows), 60):
@@ -235,14 +258,16 @@ def test_an_interrupted_migration_resumes_where_it_stopped(lake, tmp_path):
         if len(calls) == 2:
             raise KeyboardInterrupt
 
+    monkeypatch.setattr(migration, "BATCH_FILES", 2)  # two commits: the run stops after the first
     with pytest.raises(KeyboardInterrupt):
         migrate(source, "lake", progress=interrupt)
     resumed = migrate(source, "lake")
-    assert resumed.already == 2 and resumed.copied == resumed.files - 2
+    assert resumed.files > 3 and resumed.already == 2 and resumed.copied == resumed.files - 2
     ids = table_ids()
     assert len(ids) == len(rows) and sorted(ids) == sorted(r["receipt_id"] for r in rows)
-    sources = committed_keys(receipts_table(open_catalog("lake"), create=False), SOURCE_KEY)
-    assert len(sources) == resumed.files
+    table = receipts_table(open_catalog("lake"), create=False)
+    assert len(committed_keys(table, SOURCE_KEY)) == resumed.files
+    assert len(table.metadata.snapshots) == 1 + -(-resumed.copied // 2)  # batches of two files
 
 
 def test_a_compacted_file_partly_copied_stops_the_migration(lake, tmp_path):
@@ -307,3 +332,72 @@ def test_the_dashboard_shows_the_same_cards_from_the_iceberg_store(lake, tmp_pat
         assert not at.exception, [e.value for e in at.exception]
         cards[name] = {metric.label: metric.value for metric in at.metric}
     assert cards["iceberg"] == cards["local"] and cards["local"]["Messages"] == "120"
+
+
+def test_sail_computes_every_campaign_kpi_of_the_report(lake, tmp_path):
+    """examples/sail_campaigns.py (Sail, 2 workers, through PySpark) gives every KPI of the
+    report's Campaigns sheet, campaign by campaign; so does the same query in DuckDB."""
+    pytest.importorskip("pysail", reason="the engines extra (pysail, pyspark-client, sqlglot) is not installed")
+    import duckdb
+
+    from dashboard.catalog import COUNT_KPIS, KPI_COLUMNS
+    from dashboard.engine_sql import campaign_kpis_sql
+
+    rows = factory.demo_rows(300, seed=11)
+    collector = ReceiptStorage(tmp_path / "collector", flush_seconds=3600,
+                               publish=publisher(ICEBERG, tmp_path / "collector"))
+    for start in range(0, len(rows), 250):  # several commits and data files
+        collector.store(rows[start:start + 250])
+        collector.flush()
+    collector.close()
+    report = {row["campaign"]: row for row in report_json(tmp_path / "reader", "iceberg:lake",
+                                                          tmp_path / "report.json")["Campaigns"]}
+    assert len(report) > 3
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "sail_campaigns.py"
+    run = subprocess.run([sys.executable, str(example), "--catalog", "lake", "--workers", "2", "--format", "json"],
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sail = json.loads(run.stdout)
+    assert sail["snapshot_id"] == receipts_table(open_catalog("lake"), create=False).current_snapshot().snapshot_id
+    assert [list(row) for row in sail["campaigns"]] == [["campaign"] + KPI_COLUMNS] * len(report)
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.register("receipts", receipts_table(open_catalog("lake"), create=False).scan().to_arrow())
+    in_duckdb = con.execute(campaign_kpis_sql("receipts")).fetchdf().astype(object).to_dict("records")
+
+    for engine, computed in (("sail", sail["campaigns"]), ("duckdb", in_duckdb)):
+        assert sorted(row["campaign"] for row in computed) == sorted(report), engine
+        for row in computed:
+            expected = report[row["campaign"]]
+            for column in KPI_COLUMNS:
+                value, wanted = row[column], expected[column]
+                if wanted is None or value is None or value != value:  # NaN: none
+                    assert wanted is None and (value is None or value != value), (engine, row["campaign"], column)
+                elif column in COUNT_KPIS:
+                    assert value == wanted, (engine, row["campaign"], column)
+                else:  # Sail's percentile may differ from DuckDB's in the last bit of the interpolation
+                    assert value == pytest.approx(wanted, rel=1e-12, abs=0), (engine, row["campaign"], column)
+    with pytest.raises(ValueError, match="dialect must be one of duckdb, spark"):
+        campaign_kpis_sql(dialect="trino")
+
+
+def test_a_rest_catalog_that_never_answers_times_out(tmp_path, monkeypatch):
+    """pyiceberg's REST client sets no timeout; dlrlens's RestCatalog gives every request one."""
+    import socket
+
+    import requests
+
+    from dlrlens.store.iceberg import table as iceberg_table
+
+    monkeypatch.setattr(iceberg_table, "REST_TIMEOUT", (1, 1))
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("PYICEBERG_CATALOG__MUTE__URI", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setenv("PYICEBERG_CATALOG__MUTE__TYPE", "rest")
+        started = time.monotonic()
+        with pytest.raises(requests.exceptions.Timeout):
+            open_catalog("mute")
+        assert time.monotonic() - started < 10

@@ -3,7 +3,9 @@
 
 :func:`object_store` yields an :class:`ObjectStore`; :meth:`ObjectStore.catalog_env` gives the
 ``PYICEBERG_CATALOG__<NAME>__*`` variables of a pyiceberg SQL catalog (a SQLite file) whose
-warehouse lives in the store's bucket, the way a deployment configures its catalog.
+warehouse lives in the store's bucket, the way a deployment configures its catalog;
+:meth:`ObjectStore.rest_catalog_env` those of SeaweedFS's own Iceberg REST catalog (a table
+bucket, requests signed with SigV4, as production REST catalogs on S3 Tables or SeaweedFS want).
 :meth:`ObjectStore.stop` and :meth:`ObjectStore.start` take the store down and up again on
 the same ports and data (the outage tests).
 """
@@ -21,16 +23,18 @@ from pathlib import Path
 import requests
 from pyarrow import fs
 
-from tests.support.servers import free_port, stop_process_group, wait_until
+from tests.support.servers import free_ports, stop_process_group, wait_until
 
 ACCESS_KEY = "dlrlens-test"
 SECRET_KEY = "dlrlens-test-secret"
 BUCKET = "lake"
+TABLE_BUCKET = "tables"  # an S3 Tables bucket: the warehouse of weed's Iceberg REST catalog
+REGION = "us-east-1"
 # weed mini's flags for each port it opens (``weed mini -h``): all free, so that tests in parallel
 # never collide, and the admin UI and WebDAV off.
 PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-              "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "admin.port", "admin.port.grpc",
-              "debug.port", "metricsPort")
+              "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port",
+              "admin.port.grpc", "debug.port", "metricsPort")
 
 
 def weed_binary() -> str | None:
@@ -42,7 +46,8 @@ def weed_binary() -> str | None:
 @dataclass
 class ObjectStore:
     directory: Path
-    ports: dict[str, int] = field(default_factory=lambda: {flag: free_port() for flag in PORT_FLAGS})
+    # Distinct: two of weed's servers on one port make it exit (seen as "weed mini exited with 255").
+    ports: dict[str, int] = field(default_factory=lambda: dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)))))
     process: subprocess.Popen | None = None
 
     @property
@@ -53,14 +58,18 @@ class ObjectStore:
     def url(self) -> str:
         return self.s3_url
 
+    @property
+    def catalog_url(self) -> str:
+        """weed's Iceberg REST catalog."""
+        return f"http://127.0.0.1:{self.ports['s3.port.iceberg']}"
+
     def log(self) -> str:
         return (self.directory / "weed.log").read_text(errors="replace")
 
     def start(self) -> None:
         (self.directory / "data").mkdir(parents=True, exist_ok=True)
         command = [weed_binary(), "mini", f"-dir={self.directory / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                   "-admin.ui=false", "-webdav=false", f"-bucket={BUCKET}",
-                   "-s3.port.lance=0"]  # its Lance server is not used; on by default on a fixed port (9101)
+                   "-admin.ui=false", "-webdav=false", f"-bucket={BUCKET}", f"-tableBucket={TABLE_BUCKET}"]
         command += [f"-{flag}={port}" for flag, port in self.ports.items()]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
         with open(self.directory / "weed.log", "ab") as log:
@@ -82,11 +91,17 @@ class ObjectStore:
             if requests.get(f"{self.s3_url}/{BUCKET}", timeout=2).status_code not in (200, 403):
                 return False
             s3 = fs.S3FileSystem(access_key=ACCESS_KEY, secret_key=SECRET_KEY, endpoint_override=self.s3_url,
-                                 scheme="http", region="us-east-1", connect_timeout=2, request_timeout=3)
+                                 scheme="http", region=REGION, connect_timeout=2, request_timeout=3)
             with s3.open_output_stream(f"{BUCKET}/.ready") as out:
                 out.write(b"ok")
             with s3.open_input_stream(f"{BUCKET}/.ready") as back:
-                return back.read() == b"ok"
+                if back.read() != b"ok":
+                    return False
+            # The table bucket appears a moment after the plain bucket; the REST catalog answers
+            # (403 to an unsigned request) once its port is open.
+            if s3.get_file_info(TABLE_BUCKET).type != fs.FileType.Directory:
+                return False
+            return requests.get(f"{self.catalog_url}/v1/config", timeout=2).status_code in (200, 403)
         except (requests.RequestException, OSError):
             return False
 
@@ -98,20 +113,41 @@ class ObjectStore:
             stop_process_group(self.process, timeout=4)
             self.process = None
 
+    def s3_properties(self) -> dict[str, str]:
+        """pyiceberg's FileIO settings for this store."""
+        return {"s3.endpoint": self.s3_url, "s3.access-key-id": ACCESS_KEY, "s3.secret-access-key": SECRET_KEY,
+                "s3.region": REGION, "s3.path-style-access": "true",
+                # Fail fast while the store is down (the collector retries with back-off).
+                "s3.connect-timeout": "3", "s3.request-timeout": "5"}
+
     def catalog_properties(self, catalog_db: Path) -> dict[str, str]:
         """pyiceberg properties of a SQL catalog (SQLite file) with its warehouse in the bucket,
         under a folder of its own (the catalog file's parent's name)."""
         warehouse = f"s3://{BUCKET}/{Path(catalog_db).parent.name}-{Path(catalog_db).stem}"
-        return {"type": "sql", "uri": f"sqlite:///{catalog_db}", "warehouse": warehouse,
-                "s3.endpoint": self.s3_url, "s3.access-key-id": ACCESS_KEY, "s3.secret-access-key": SECRET_KEY,
-                "s3.region": "us-east-1", "s3.path-style-access": "true",
-                # Fail fast while the store is down (the collector retries with back-off).
-                "s3.connect-timeout": "3", "s3.request-timeout": "5"}
+        return {"type": "sql", "uri": f"sqlite:///{catalog_db}", "warehouse": warehouse, **self.s3_properties()}
+
+    def rest_catalog_properties(self) -> dict[str, str]:
+        """pyiceberg properties of weed's own Iceberg REST catalog (warehouse: the table bucket),
+        which takes requests signed with SigV4 with the S3 keys."""
+        return {"type": "rest", "uri": self.catalog_url, "warehouse": f"s3://{TABLE_BUCKET}",
+                "rest.sigv4-enabled": "true", "rest.signing-region": REGION, "rest.signing-name": "s3",
+                "client.access-key-id": ACCESS_KEY, "client.secret-access-key": SECRET_KEY, "client.region": REGION,
+                **self.s3_properties()}
 
     def catalog_env(self, name: str, catalog_db: Path) -> dict[str, str]:
-        """The same as ``PYICEBERG_CATALOG__<NAME>__*`` variables (``.`` and ``-`` spelled ``_``)."""
-        return {f"PYICEBERG_CATALOG__{name.upper()}__{key.replace('.', '__').replace('-', '_').upper()}": value
-                for key, value in self.catalog_properties(catalog_db).items()}
+        """:meth:`catalog_properties` as ``PYICEBERG_CATALOG__<NAME>__*`` variables."""
+        return catalog_variables(name, self.catalog_properties(catalog_db))
+
+    def rest_catalog_env(self, name: str) -> dict[str, str]:
+        """:meth:`rest_catalog_properties` as ``PYICEBERG_CATALOG__<NAME>__*`` variables."""
+        return catalog_variables(name, self.rest_catalog_properties())
+
+
+def catalog_variables(name: str, properties: dict[str, str]) -> dict[str, str]:
+    """pyiceberg catalog ``properties`` as ``PYICEBERG_CATALOG__<NAME>__*`` variables (``.`` and
+    ``-`` spelled ``__`` and ``_``)."""
+    return {f"PYICEBERG_CATALOG__{name.upper()}__{key.replace('.', '__').replace('-', '_').upper()}": value
+            for key, value in properties.items()}
 
 
 @contextlib.contextmanager

@@ -11,14 +11,22 @@ under :data:`SEGMENT_KEY` (a collector's log segment) or :data:`SOURCE_KEY` (a f
 ``dlrlens migrate``). Before committing, a writer reads the keys of every snapshot of the
 table (:func:`committed_keys`) and skips what is already there. This relies on snapshots
 being kept: snapshot expiry (not part of step 1) must keep them longer than the oldest
-segment a collector can still replay.
+segment a collector can still replay. ``dlrlens migrate`` records the files of a batch in one
+value, one per line (:data:`SOURCE_SEPARATOR`).
+
+REST catalogs are opened as :class:`RestCatalog`: pyiceberg's, with a timeout on every request
+and, when requests are signed (SigV4), the payload hash that SeaweedFS's catalog needs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+
 import pyarrow as pa
-from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog import PY_CATALOG_IMPL, Catalog, CatalogType, infer_catalog_type, load_catalog
+from pyiceberg.catalog.rest import SIGV4
+from pyiceberg.catalog.rest import RestCatalog as PyIcebergRestCatalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
@@ -26,6 +34,9 @@ from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import IntegerType, NestedField, StringType, TimestamptzType
 from pyiceberg.utils.config import Config
+from pyiceberg.utils.properties import property_as_bool
+from requests import Session
+from requests.adapters import HTTPAdapter
 
 from dlrlens.store import layout
 
@@ -33,8 +44,12 @@ NAMESPACE_ENV = "DLRLENS_ICEBERG_NAMESPACE"
 DEFAULT_NAMESPACE = "dlrlens"
 RECEIPTS_TABLE = "receipts"
 SEGMENT_KEY = "dlrlens.segment"   # <collector id>/<slot>/<segment id>: one flushed log segment
-SOURCE_KEY = "dlrlens.source"     # migrate: <source id>/<receipt file relative to its data directory>
+SOURCE_KEY = "dlrlens.source"     # migrate: <source id>/<receipt file relative to its data directory>, per line
+SOURCE_SEPARATOR = "\n"          # a summary value may list several keys, one per line (no key holds one)
 PARTITION_NAME = "created_day"
+# (connect, read) seconds of each request to a REST catalog: a commit answers in well under a
+# second on a healthy catalog; the collector retries a failed commit with back-off.
+REST_TIMEOUT = (5, 60)
 
 _TYPES = {pa.string(): StringType(), layout.UTC_TIMESTAMP: TimestamptzType(), pa.int32(): IntegerType()}
 
@@ -70,8 +85,51 @@ def open_catalog(name: str) -> Catalog:
     if not properties:
         raise ValueError(f"no Iceberg catalog named {name!r} is configured: describe it in .pyiceberg.yaml "
                          f"(catalog: {name}: ...) or with PYICEBERG_CATALOG__{name.upper()}__* variables")
-    return load_catalog(name, **{key: str(value) for key, value in properties.items()
-                                 if not isinstance(value, dict)})
+    flat = {key: str(value) for key, value in properties.items() if not isinstance(value, dict)}
+    if PY_CATALOG_IMPL not in flat and infer_catalog_type(name, flat) == CatalogType.REST:
+        return RestCatalog(name, **flat)
+    return load_catalog(name, **flat)
+
+
+class _CatalogRequests(HTTPAdapter):
+    """What dlrlens adds to every request of a REST catalog (in front of pyiceberg's own
+    adapter, which may sign the request): a timeout, and the payload hash when signing.
+
+    * pyiceberg's REST client sets no timeout: a catalog that accepts connections and never
+      answers would hold a collector's flush (and its backlog) for ever.
+    * With SigV4 signing (``rest.sigv4-enabled``), pyiceberg 0.12 signs a request body without
+      the ``x-amz-content-sha256`` header. SeaweedFS's catalog then refuses every request with a
+      body (creating a namespace or table, committing: 403, "The request signature we
+      calculated does not match", measured with ``weed`` 4.48), as a signer must send that
+      header to S3-style servers; Iceberg's Java and Go clients send it. Sent here before
+      pyiceberg signs, so the signature covers it.
+    """
+
+    def __init__(self, inner: HTTPAdapter, hash_payloads: bool):
+        super().__init__()
+        self.inner, self.hash_payloads = inner, hash_payloads
+
+    def send(self, request, **kwargs):
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = REST_TIMEOUT
+        if self.hash_payloads and request.body:
+            body = request.body.encode() if isinstance(request.body, str) else request.body
+            request.headers["x-amz-content-sha256"] = hashlib.sha256(body).hexdigest()
+        return self.inner.send(request, **kwargs)
+
+    def close(self):
+        self.inner.close()
+        super().close()
+
+
+class RestCatalog(PyIcebergRestCatalog):
+    """pyiceberg's REST catalog with timeouts and hashed signed payloads (:class:`_CatalogRequests`)."""
+
+    def _create_session(self) -> Session:
+        session = super()._create_session()
+        signing = property_as_bool(self.properties, SIGV4, False)
+        session.mount(self.uri, _CatalogRequests(session.get_adapter(self.uri), hash_payloads=signing))
+        return session
 
 
 def receipts_table(catalog: Catalog, create: bool = True) -> Table:
@@ -100,7 +158,8 @@ def receipts_table(catalog: Catalog, create: bool = True) -> Table:
 
 
 def committed_keys(table: Table, key: str, seen: dict[int, str | None] | None = None) -> set[str]:
-    """Values of summary property ``key`` over every snapshot of ``table`` (as loaded).
+    """Values of summary property ``key`` over every snapshot of ``table`` (as loaded); a value
+    listing several, one per line (:data:`SOURCE_SEPARATOR`), counts each.
 
     ``seen`` (snapshot id -> value), kept by the caller between calls, saves re-reading the
     summaries of snapshots already looked at."""
@@ -109,7 +168,7 @@ def committed_keys(table: Table, key: str, seen: dict[int, str | None] | None = 
         if snapshot.snapshot_id not in seen:
             summary = snapshot.summary
             seen[snapshot.snapshot_id] = summary.additional_properties.get(key) if summary is not None else None
-    return {value for value in seen.values() if value is not None}
+    return {each for value in seen.values() if value is not None for each in value.split(SOURCE_SEPARATOR)}
 
 
 def arrow_receipts(table: pa.Table) -> pa.Table:
