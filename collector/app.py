@@ -37,6 +37,7 @@ from collector.events import EventPrivacy, parse_clicks, parse_replies
 from collector.parsing import BadBody, LabelPolicy, ReceiptLimits, checked_url_labels, parse_request, url_labels
 from dlrlens.store.rejected import RejectedBodies
 from collector.security import FailureLimiter, address_allowed, redact_secrets_in_logs, token_matches
+from collector.held_answers import hold_function
 from collector.settings import Settings, load_settings
 from dlrlens.store.auth_failures import auth_failures_path
 from dlrlens.store.backends import publisher
@@ -305,16 +306,22 @@ def _receive(table: str, secret: str | None) -> Response:
         return refuse(exc.status, exc.reason, exc.message, body)
 
     storage.counters.add(received_name, len(parsed.records) + parsed.error_total)
+    # Under the collector's gunicorn worker the answer is held until the log's fsync and no
+    # thread waits for it (collector.held_answers); elsewhere this thread waits.
+    hold = hold_function(request.environ) if arrival is not None else None
     try:
-        (storage.store if arrival is None else arrival.append)(parsed.records, table)
+        if hold is None:
+            (storage.store if arrival is None else arrival.append)(parsed.records, table)
+        else:
+            durability = arrival.append_nowait(parsed.records, table)
     except StorageError as exc:
         g.outcome = "storage_unavailable"
-        log.error("event=storage_unavailable error=%r", str(exc))
-        response = jsonify(error="storage_unavailable",
-                           message=f"{table} could not be stored durably; nothing was acknowledged, retry later")
-        response.status_code = 503
-        response.headers["Retry-After"] = "5"
-        return response
+        log_storage_unavailable(exc)
+        status, headers, unavailable = storage_unavailable(table)
+        return Response(unavailable, status=status, headers=headers)
+    if hold is not None:
+        hold(durability, storage_unavailable(table))
+        durability.add_done_callback(_log_if_failed)
 
     g.outcome = "stored"
     answer = {"status": "stored", "stored": len(parsed.records)}
@@ -329,6 +336,23 @@ def _receive(table: str, secret: str | None) -> Response:
         g.outcome = "partial"
         return Response(json.dumps(answer), status=207, mimetype="application/json")
     return jsonify(answer)
+
+
+def storage_unavailable(table: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The ``503`` (status, headers, JSON body) for records that could not be made durable."""
+    body = json.dumps({"error": "storage_unavailable",
+                       "message": f"{table} could not be stored durably; nothing was acknowledged, retry later"},
+                      separators=(",", ":"))  # as jsonify writes it
+    return 503, [("Content-Type", "application/json"), ("Retry-After", "5")], body.encode() + b"\n"
+
+
+def log_storage_unavailable(exc: BaseException) -> None:
+    log.error("event=storage_unavailable error=%r", str(exc))
+
+
+def _log_if_failed(durability) -> None:
+    if durability.error is not None:
+        log_storage_unavailable(durability.error)
 
 
 def healthz() -> Response:

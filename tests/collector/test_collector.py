@@ -187,6 +187,19 @@ def test_stored_requests_are_summarised_not_logged_one_by_one_by_default(tmp_pat
         assert "event=flushed receipts=5" in log
 
 
+def test_a_graceful_stop_flushes_what_the_workers_hold(tmp_path):
+    """SIGTERM: each worker flushes its log to Parquet before it exits (gunicorn's worker_exit
+    finds the app's storage), so nothing waits in the log for the next start."""
+    with running_collector(tmp_path / "data", workers=2, flush_seconds=3600) as running:
+        with requests.Session() as session:
+            for index in range(20):
+                assert session.post(running.dlr, json=receipt(f"held-{index}"), timeout=10).status_code == 200
+        running.stop()
+        assert running.process.returncode == 0
+    assert not list((tmp_path / "data" / "wal").glob("*/*.wal")), "log segments left unflushed"
+    assert {row["delivery_message_id"] for row in stored_rows(tmp_path / "data")} == {f"held-{i}" for i in range(20)}
+
+
 def test_allow_list_refuses_other_sources(tmp_path):
     with running_collector(tmp_path / "data", workers=1, env={"DLRLENS_ALLOW_NETWORKS": "10.0.0.0/8"}) as running:
         answer = requests.post(running.dlr, json=receipt("net-1"), timeout=10)
