@@ -10,6 +10,7 @@ disk answers 503) and by every test that posts to a real collector.
 from __future__ import annotations
 
 import socket
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -32,12 +33,13 @@ class _GunicornFinish(ThreadWorker):
 
 class _Worker(HeadFirstWorker, _GunicornFinish):
     def __init__(self, pool: ThreadPoolExecutor):  # no gunicorn set-up: only what the steps use
-        self.cfg = SimpleNamespace(is_ssl=False)
+        self.tls = False
         self.tpool = pool
         self.method_queue = SimpleNamespace(defer=lambda callback, *args: self.deferred.append((callback, args)))
         self.deferred: list = []
         self.finished: list = []
         self.held = {}
+        self.held_lock = threading.Lock()
         self.nr_conns = 1
         self.header_timeout = 5.0
 
@@ -74,7 +76,8 @@ def sockets():
 
 
 def _handled(conn, durability, answer: bytes) -> Future:
-    """What a worker thread leaves behind after the app called hold() and returned ``answer``."""
+    """What a worker thread leaves behind after the app called hold() and returned ``answer``
+    (then the worker's ``_handled`` parks it)."""
     holdable = HoldableSocket(conn.sock)
     holdable.hold(durability, storage_unavailable("receipts"))
     holdable.sendall(answer)
@@ -99,7 +102,7 @@ def test_the_answer_waits_for_its_batch_then_goes_out_once(worker, sockets):
     batch = Durability()
     answers = [_Conn(server)]
     fs = _handled(answers[0], batch, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-    worker.finish_request(answers[0], fs)
+    worker._handled(answers[0], fs)
     worker.run_loop_once()
     client.setblocking(False)
     with pytest.raises(BlockingIOError):
@@ -117,7 +120,7 @@ def test_a_failed_batch_answers_503_and_closes(worker, sockets):
     server, client = sockets
     batch = Durability()
     conn = _Conn(server)
-    worker.finish_request(conn, _handled(conn, batch, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
+    worker._handled(conn, _handled(conn, batch, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"))
     batch._finish(OSError(28, "No space left on device"))
     worker.run_loop_once()
     answer = _received(client, 10_000)
@@ -134,7 +137,7 @@ def test_requests_of_one_batch_wake_the_loop_once(worker):
         batch = Durability()
         for server, _ in pairs:
             conn = _Conn(server)
-            worker.finish_request(conn, _handled(conn, batch, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+            worker._handled(conn, _handled(conn, batch, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
         batch._finish(None)
         assert len(worker.deferred) == 1, "one wake of the event loop per batch"
         worker.run_loop_once()
@@ -155,7 +158,7 @@ def test_an_answer_the_socket_cannot_take_at_once_is_finished_by_a_thread(worker
     batch = Durability()
     batch._finish(None)  # durable before the loop even sees the request
     conn = _Conn(server)
-    worker.finish_request(conn, _handled(conn, batch, big))
+    worker._handled(conn, _handled(conn, batch, big))
     worker.run_loop_once()  # sends what fits without blocking, hands the rest to a thread
     assert worker.finished == []
     assert _received(client, len(big)) == big
