@@ -88,9 +88,12 @@ class PostgresCluster:
             os.chown(self.directory, user.pw_uid, user.pw_gid)
         data = self.directory / "data"
         if not data.exists():
-            subprocess.run([str(self.bin_dir / "initdb"), "-D", str(data), "-U", SERVER_USER, "--auth=trust",
-                            "--encoding=UTF8", "--no-instructions"],
-                           check=True, capture_output=True, timeout=120, cwd=self.directory, **self._as_server_user())
+            made = subprocess.run([str(self.bin_dir / "initdb"), "-D", str(data), "-U", SERVER_USER, "--auth=trust",
+                                   "--encoding=UTF8", "--no-instructions"],
+                                  capture_output=True, text=True, timeout=120, cwd=self.directory,
+                                  **self._as_server_user())
+            if made.returncode != 0:  # e.g. a parent directory the server's user cannot enter
+                raise RuntimeError(f"initdb failed in {self.directory}: {made.stderr.strip()[-1000:]}")
         command = [str(self.bin_dir / "postgres"), "-D", str(data), "-p", str(self.port),
                    "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.directory}",
                    "-c", f"max_connections={self.max_connections}", "-c", "synchronous_commit=on", "-c", "fsync=on"]
@@ -129,8 +132,9 @@ class PostgresCluster:
 @contextlib.contextmanager
 def running_postgres(parent: Path | None = None, max_connections: int = 100):
     """A started :class:`PostgresCluster` in a fresh directory under ``parent`` (default: the
-    system temp directory), stopped and removed afterwards. Raises RuntimeError when PostgreSQL
-    cannot be had."""
+    system temp directory; as root, the ``postgres`` user must be able to enter every directory
+    above it), stopped and removed afterwards. Raises RuntimeError when PostgreSQL cannot be had
+    or will not start."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         raise RuntimeError("PostgreSQL is not installed (Debian's postgresql package) and cannot be installed here")
