@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http
+import io
 import json
 import logging
 import re
 from datetime import datetime, timezone
+from urllib.parse import parse_qsl
 
 from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug import urls as _werkzeug_urls  # noqa: F401  registers the "werkzeug.url_quote" codec error handler
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -37,6 +41,7 @@ from collector.events import EventPrivacy, parse_clicks, parse_replies
 from collector.parsing import BadBody, LabelPolicy, ReceiptLimits, checked_url_labels, parse_request, url_labels
 from dlrlens.store.rejected import RejectedBodies
 from collector.security import FailureLimiter, address_allowed, redact_secrets_in_logs, token_matches
+from collector.held_answers import hold_function
 from collector.settings import Settings, load_settings
 from dlrlens.store.auth_failures import auth_failures_path
 from dlrlens.store.backends import publisher
@@ -66,7 +71,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "label_policy": label_policy(settings),
         "parsers": table_parsers(receipt_limits(settings), event_privacy(settings)),
     }
-    app.wsgi_app = announce_receipts(app.wsgi_app, app.extensions["dlrlens"]["storage"])
+    app.wsgi_app = announce_receipts(app.wsgi_app, app.extensions["dlrlens"])
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
 
@@ -128,21 +133,114 @@ def is_receipt_path(path: str) -> bool:
     return any(path == base or path.startswith(base + "/") for base in WEBHOOK_TABLES)
 
 
-def announce_receipts(wsgi_app, storage: ReceiptStorage):
+def announce_receipts(wsgi_app, parts: dict):
     """WSGI middleware: makes ``PATH_INFO`` canonical (:func:`canonical_path`), so routing and
     this middleware see the same path; then every ``POST`` to a receipt path is announced to
     the write-ahead log as soon as it enters the app, so the log's next fsync waits (a
-    millisecond or two at most) for the requests Flask is still dispatching and they share
-    one fsync. The view appends through ``environ[ARRIVAL_KEY]``; leaving the app without
-    appending withdraws the announcement."""
+    millisecond or two at most) for the requests still being parsed and they share one fsync.
+    A clean post is then stored and answered here (:func:`store_clean_post`); anything else goes
+    to Flask, whose view appends through ``environ[ARRIVAL_KEY]``; leaving the app without
+    appending withdraws the announcement. ``parts`` is the app's ``extensions["dlrlens"]``."""
+    storage: ReceiptStorage = parts["storage"]
+
     def app(environ, start_response):
         environ["PATH_INFO"] = path = canonical_path(environ.get("PATH_INFO", ""))
         if environ.get("REQUEST_METHOD") != "POST" or not is_receipt_path(path):
             return wsgi_app(environ, start_response)
         with storage.arrival() as arrival:
             environ[ARRIVAL_KEY] = arrival
-            return wsgi_app(environ, start_response)
+            answer = store_clean_post(parts, environ, path, arrival, start_response)
+            return answer if answer is not None else wsgi_app(environ, start_response)
     return app
+
+
+# -- the clean post, without Flask -----------------------------------------------------------
+# Most posts are clean: allowed source, right secret, a body with a Content-Length within the
+# limit, labels and every element accepted. For them Flask's request machinery was most of the
+# collector's own CPU per request (measured in process: 188 us a post through Flask, 51 us for
+# the same checks, parse, log append and answer as plain WSGI; a bare Flask endpoint that only
+# parses JSON costs 62 us). So a clean post is stored and answered here, by the same checks and
+# helpers as the view; anything else (a refusal, a 207, a body without Content-Length, a query
+# string that is not plain ASCII) goes to the Flask view unchanged, which decides, counts and
+# answers as before. The checks here have no side effect, so the view starts from scratch.
+
+_STORED_ANSWER_HEADERS = [("Content-Type", "application/json")]
+
+
+def store_clean_post(parts: dict, environ: dict, path: str, arrival, start_response) -> list[bytes] | None:
+    """Store and answer a clean webhook post (see above); ``None``: the Flask view takes it,
+    with the body put back into ``wsgi.input`` when it was read here."""
+    try:
+        clean = _clean_post(parts, environ, path)
+    except Exception:  # a bug meeting odd input: the view meets it too, and answers a JSON 500
+        return None
+    if clean is None:
+        return None
+    table, route, parsed = clean
+    storage: ReceiptStorage = parts["storage"]
+    requests_name, received_name, _ = storage.counters.TABLE_NAMES[table]
+    storage.counters.add(requests_name)
+    storage.counters.add(received_name, len(parsed.records))
+    status, headers, answer, outcome = 200, _STORED_ANSWER_HEADERS, stored_answer(len(parsed.records)), "stored"
+    hold = hold_function(environ)
+    try:
+        if hold is None:
+            arrival.append(parsed.records, table)
+        else:
+            durability = arrival.append_nowait(parsed.records, table)
+            hold(durability, storage_unavailable(table))
+            durability.add_done_callback(_log_if_failed)
+    except StorageError as exc:
+        log_storage_unavailable(exc)
+        status, headers, answer = storage_unavailable(table)
+        outcome = "storage_unavailable"
+    log_request_line(logging.DEBUG if outcome == "stored" else logging.INFO, "POST", route, status, outcome,
+                     environ.get("REMOTE_ADDR"))
+    start_response(f"{status} {http.HTTPStatus(status).phrase}", [*headers, ("Content-Length", str(len(answer)))])
+    return [answer]
+
+
+def _clean_post(parts: dict, environ: dict, path: str):
+    """``(table, route, parsed body)`` of a clean post, else ``None``; no side effect but
+    reading the body (put back into ``wsgi.input``). The same checks, in the same order, as
+    :func:`_receive`, which decides whatever is not clean."""
+    settings: Settings = parts["settings"]
+    base, _, secret = path[1:].partition("/")
+    table = WEBHOOK_TABLES.get("/" + base)
+    query = environ.get("QUERY_STRING", "")
+    if (table is None or (secret and not settings.tokens) or not query.isascii()
+            or not address_allowed(environ.get("REMOTE_ADDR") or "-", settings.allow_networks)):
+        return None
+    # As werkzeug parses request.args (an ASCII query string is its own UTF-8 decoding).
+    pairs = parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote")
+    if settings.tokens:
+        token = next((value for key, value in pairs if key == "token"), None)
+        if not token_matches([token, basic_password(environ.get("HTTP_AUTHORIZATION", "")), secret or None],
+                             settings.tokens):
+            return None
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None  # chunked, or no length: the view reads it and knows its answers
+    if not 0 < length <= settings.max_body_bytes:
+        return None
+    body = environ["wsgi.input"].read(length)
+    environ["wsgi.input"] = io.BytesIO(body)  # for the view, if it takes the post after all
+    if len(body) != length:
+        return None
+    try:
+        labels = checked_url_labels(pairs, parts["label_policy"])
+        parsed = parts["parsers"][table](body, environ.get("CONTENT_TYPE"), labels, datetime.now(timezone.utc))
+    except BadBody:
+        return None
+    if parsed.errors:
+        return None  # a 207: the view keeps the body and names what it refused
+    return table, f"/{base}/<path:secret>" if secret else "/" + base, parsed
+
+
+def stored_answer(stored: int) -> bytes:
+    """The ``200`` body for ``stored`` records, byte for byte what ``jsonify`` writes."""
+    return b'{"status":"stored","stored":%d}\n' % stored
 
 
 def _ctx() -> dict:
@@ -219,17 +317,23 @@ def log_request(response: Response) -> Response:
     if request.path == "/metrics":
         return response
     level = logging.DEBUG if g.get("outcome") == "stored" else logging.INFO
+    log_request_line(level, request.method, logged_path(), response.status_code, g.get("outcome", "-"),
+                     request.remote_addr)
+    return response
+
+
+def log_request_line(level: int, method: str, path: str, status: int, outcome: str, remote: str | None) -> None:
+    """The one line per request (``path`` is a route, never the path as sent)."""
     if log.isEnabledFor(level):
         log.log(level, "event=request method=%s path=%s status=%d outcome=%s remote=%s",
-                request.method, logged_path(), response.status_code, g.get("outcome", "-"), request.remote_addr)
-    return response
+                method, path, status, outcome, remote)
 
 
 # -- views ---------------------------------------------------------------------------------
 
 
-def _basic_password() -> str | None:
-    header = request.headers.get("Authorization", "")
+def basic_password(header: str) -> str | None:
+    """The password of an ``Authorization: Basic`` header (the secret may come that way)."""
     if not header[:6].lower() == "basic ":
         return None
     try:
@@ -282,7 +386,7 @@ def _receive(table: str, secret: str | None) -> Response:
     if settings.tokens:
         # The secret first: the right one is never refused, whatever its source did before (a
         # guesser behind Mobivate's NAT must not lock Mobivate out), and costs no limiter work.
-        if not token_matches([request.args.get("token"), _basic_password(), secret], settings.tokens):
+        if not token_matches([request.args.get("token"), basic_password(request.headers.get("Authorization", "")), secret], settings.tokens):
             storage.counters.add("auth_failures")
             if ctx["limiter"].record_failure(source):
                 return refuse(429, "too_many_auth_failures",
@@ -305,16 +409,22 @@ def _receive(table: str, secret: str | None) -> Response:
         return refuse(exc.status, exc.reason, exc.message, body)
 
     storage.counters.add(received_name, len(parsed.records) + parsed.error_total)
+    # Under the collector's gunicorn worker the answer is held until the log's fsync and no
+    # thread waits for it (collector.held_answers); elsewhere this thread waits.
+    hold = hold_function(request.environ) if arrival is not None else None
     try:
-        (storage.store if arrival is None else arrival.append)(parsed.records, table)
+        if hold is None:
+            (storage.store if arrival is None else arrival.append)(parsed.records, table)
+        else:
+            durability = arrival.append_nowait(parsed.records, table)
     except StorageError as exc:
         g.outcome = "storage_unavailable"
-        log.error("event=storage_unavailable error=%r", str(exc))
-        response = jsonify(error="storage_unavailable",
-                           message=f"{table} could not be stored durably; nothing was acknowledged, retry later")
-        response.status_code = 503
-        response.headers["Retry-After"] = "5"
-        return response
+        log_storage_unavailable(exc)
+        status, headers, unavailable = storage_unavailable(table)
+        return Response(unavailable, status=status, headers=headers)
+    if hold is not None:
+        hold(durability, storage_unavailable(table))
+        durability.add_done_callback(_log_if_failed)
 
     g.outcome = "stored"
     answer = {"status": "stored", "stored": len(parsed.records)}
@@ -329,6 +439,23 @@ def _receive(table: str, secret: str | None) -> Response:
         g.outcome = "partial"
         return Response(json.dumps(answer), status=207, mimetype="application/json")
     return jsonify(answer)
+
+
+def storage_unavailable(table: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The ``503`` (status, headers, JSON body) for records that could not be made durable."""
+    body = json.dumps({"error": "storage_unavailable",
+                       "message": f"{table} could not be stored durably; nothing was acknowledged, retry later"},
+                      separators=(",", ":"))  # as jsonify writes it
+    return 503, [("Content-Type", "application/json"), ("Retry-After", "5")], body.encode() + b"\n"
+
+
+def log_storage_unavailable(exc: BaseException) -> None:
+    log.error("event=storage_unavailable error=%r", str(exc))
+
+
+def _log_if_failed(durability) -> None:
+    if durability.error is not None:
+        log_storage_unavailable(durability.error)
 
 
 def healthz() -> Response:

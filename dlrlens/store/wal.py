@@ -12,6 +12,13 @@ with :meth:`WriteAheadLog.arrival` before they parse their body, and the writer 
 (up to ``gather_seconds``) until every announced request has appended: under load a batch then
 holds every request in flight, not just the two or three that arrived during the last fsync.
 
+Waiting is optional: :meth:`Arrival.append_nowait` returns the batch (a :class:`Durability`)
+at once, and whoever must not answer before the fsync registers a callback with
+:meth:`Durability.add_done_callback` instead of blocking a thread (the collector's gunicorn
+worker holds the response bytes and sends them from its event loop: see
+:mod:`collector.server`). Nothing may be acknowledged before the callback says the batch is
+durable.
+
 The writer also keeps, in memory, the documents it made durable in the open segment, so the
 flusher can build Parquet from them (:meth:`WriteAheadLog.take_documents`) instead of reading
 back and decoding what it has just written; the file is read only on recovery.
@@ -20,6 +27,7 @@ back and decoding what it has just written; the file is read only on recovery.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -105,10 +113,15 @@ class Arrival:
 
     def append(self, documents: list[dict]) -> None:
         """:meth:`WriteAheadLog.append` for the announced request."""
+        self.append_nowait(documents).wait()
+
+    def append_nowait(self, documents: list[dict]) -> "Durability":
+        """Hand the documents to the writer and return their batch without waiting for its
+        fsync. Raises :class:`StorageError` at once when the log is closed."""
         if not self._pending:
             raise RuntimeError("an arrival appends once")
         self._pending = False
-        self._log._append(documents, announced=True)
+        return self._log._append(documents, announced=True)
 
     def cancel(self) -> None:
         """Stop holding the writer for this request (it will not append). Idempotent."""
@@ -117,13 +130,61 @@ class Arrival:
             self._log._withdraw()
 
 
-@dataclass
-class _Batch:
+@dataclass(eq=False)
+class Durability:
+    """One batch of the log: the lines appended together and made durable by one fsync.
+
+    ``error`` is set when its write or fsync failed (then none of its lines counts as stored).
+    Hashable by identity, so callers can group what waits for the same batch.
+    """
+
     lines: list[bytes] = field(default_factory=list)
     documents: list[dict] = field(default_factory=list)
     count: int = 0
     written: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    _callbacks: list | None = field(default_factory=list)  # None once finished
+    _callbacks_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait(self) -> None:
+        """Block until the batch is written and fsynced (and its callbacks ran);
+        :class:`StorageError` when it failed."""
+        self.written.wait()
+        if self.error:
+            raise StorageError(str(self.error)) from self.error
+
+    def add_done_callback(self, callback) -> None:
+        """Call ``callback(self)`` once the batch is durable or failed: in the writer thread,
+        or at once in this one when that already happened. Keep it short: the writer waits.
+        Callbacks run before :meth:`wait` returns."""
+        with self._callbacks_lock:
+            if self._callbacks is not None:
+                self._callbacks.append(callback)
+                return
+        _run_callback(callback, self)
+
+    def _finish(self, error: BaseException | None) -> None:
+        self.error = error
+        with self._callbacks_lock:
+            callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks:
+            _run_callback(callback, self)
+        self.written.set()
+
+
+def _run_callback(callback, batch: Durability) -> None:
+    try:
+        callback(batch)
+    except Exception:  # one caller's bug must not strand the others' waiters
+        logging.getLogger("dlrlens.collector").exception("event=durability_callback_failed")
+
+
+def _durable_now() -> Durability:
+    """A batch with nothing in it: durable already."""
+    done = Durability()
+    done._finish(None)
+    return done
+
 
 
 class WriteAheadLog:
@@ -142,7 +203,7 @@ class WriteAheadLog:
         self._lock = threading.Lock()              # guards _gathering and _expected
         self._work = threading.Condition(self._lock)
         self._io = threading.Lock()                # held while the file is written or rotated
-        self._gathering = _Batch()
+        self._gathering = Durability()
         self._expected = 0                         # announced arrivals that have not appended yet
         self._file = None
         self._segment: Path | None = None
@@ -163,7 +224,11 @@ class WriteAheadLog:
         Raises :class:`StorageError` when the write or fsync fails; then none of them counts
         as stored (the segment is cut back to its last durable length).
         """
-        self._append(documents, announced=False)
+        self._append(documents, announced=False).wait()
+
+    def append_nowait(self, documents: list[dict]) -> Durability:
+        """:meth:`append` without the wait: the batch the documents joined (see :class:`Durability`)."""
+        return self._append(documents, announced=False)
 
     @contextmanager
     def arrival(self) -> Iterator[Arrival]:
@@ -191,7 +256,7 @@ class WriteAheadLog:
             if not self._expected:
                 self._work.notify()
 
-    def _append(self, documents: list[dict], announced: bool) -> None:
+    def _append(self, documents: list[dict], announced: bool) -> Durability:
         try:
             lines = [encode_document(doc) for doc in documents]
         except BaseException:
@@ -206,16 +271,14 @@ class WriteAheadLog:
             if not lines:
                 if announced and not self._expected:
                     self._work.notify()
-                return
+                return _durable_now()
             batch = self._gathering
             batch.lines.extend(lines)
             batch.documents.extend(documents)
             batch.count += len(lines)
             if batch.count == len(lines) or not self._expected:
                 self._work.notify()
-        batch.written.wait()
-        if batch.error:
-            raise StorageError(str(batch.error)) from batch.error
+        return batch
 
     def _write_loop(self) -> None:
         while True:
@@ -231,15 +294,16 @@ class WriteAheadLog:
                     if remaining <= 0:
                         break
                     self._work.wait(remaining)
-                batch, self._gathering = self._gathering, _Batch()
+                batch, self._gathering = self._gathering, Durability()
+            error = None
             with self._io:
                 try:
                     self._write(batch)
                 except BaseException as exc:  # OSError mostly; anything else must not strand waiters
-                    batch.error = exc
-            batch.written.set()
+                    error = exc
+            batch._finish(error)
 
-    def _write(self, batch: _Batch) -> None:
+    def _write(self, batch: Durability) -> None:
         if self._file is None:
             self._open_segment()
         good_length = self._file.tell()

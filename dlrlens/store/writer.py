@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from dlrlens.store import files, layout
 from dlrlens.store.faults import crash_point
-from dlrlens.store.wal import Arrival, StorageError, WriteAheadLog, list_segments, log_document, read_segment
+from dlrlens.store.wal import Arrival, Durability, StorageError, WriteAheadLog, list_segments, log_document, read_segment
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -196,7 +196,12 @@ class _StorageArrival:
         self.cancel = announced.cancel
 
     def append(self, records: list[dict], table: str = "receipts") -> None:
-        self._storage._store(records, self._announced.append, table)
+        self._storage._store(records, self._announced.append_nowait, table).wait()
+
+    def append_nowait(self, records: list[dict], table: str = "receipts") -> Durability:
+        """:meth:`append` without waiting for the fsync: the caller must not acknowledge the
+        records before the returned batch is done without error (see :class:`Durability`)."""
+        return self._storage._store(records, self._announced.append_nowait, table)
 
 
 class ReceiptStorage:
@@ -310,7 +315,7 @@ class ReceiptStorage:
 
         Raises :class:`StorageError` when they could not be: then none of them is acknowledged.
         """
-        self._store(records, self.wal.append, table)
+        self._store(records, self.wal.append_nowait, table).wait()
 
     @contextmanager
     def arrival(self) -> Iterator[Arrival]:
@@ -323,22 +328,32 @@ class ReceiptStorage:
         with self.wal.arrival() as announced:
             yield _StorageArrival(self, announced)
 
-    def _store(self, records: list[dict], append, table: str = "receipts") -> None:
+    def _store(self, records: list[dict], append_nowait, table: str = "receipts") -> Durability:
+        """Append through ``append_nowait`` (the log's or an arrival's) and return the batch;
+        its counters move once the batch is durable (or failed), in the log's writer thread."""
         documents = [log_document(r) for r in records]
         if table != "receipts":
             layout.TABLES[table]  # an unknown table is a bug: refuse before anything is written
             for doc in documents:
                 doc[layout.TABLE_KEY] = table
         try:
-            append(documents)
+            batch = append_nowait(documents)
         except StorageError:
             self.counters.add("storage_errors")
             raise
-        self.counters.add(Counters.TABLE_NAMES[table][2], len(records))
-        if table == "receipts":
-            self._count_duplicates(records)
-        if self.wal.pending_records >= self.flush_rows:
-            self._wake.set()
+
+        def settle(batch: Durability) -> None:
+            if batch.error:
+                self.counters.add("storage_errors")
+                return
+            self.counters.add(Counters.TABLE_NAMES[table][2], len(records))
+            if table == "receipts":
+                self._count_duplicates(records)
+            if self.wal.pending_records >= self.flush_rows:
+                self._wake.set()
+
+        batch.add_done_callback(settle)
+        return batch
 
     def _count_duplicates(self, records: list[dict]) -> None:
         duplicates = 0

@@ -1,20 +1,32 @@
-"""Ingest benchmark: collector receipts/s against a bare Flask endpoint on the same stack.
+"""Ingest benchmark: collector receipts/s against a bare Flask endpoint and two durable peers
+on the same stack.
 
     python3 -m tests.benchmarks.ingest [--seconds 20] [--connections 32] [--workers 2] [--threads 16]
-                                       [--mix receipts|mixed]
+                                       [--mix receipts|mixed] [--targets bare,postgres,sqlite,collector]
 
-Two targets, run one after the other on this machine with the same load client:
+Four targets, run one after the other on this machine with the same load client, each under
+the collector's own gunicorn settings (:func:`collector.server.gunicorn_options`):
 
 * ``bare``: :mod:`tests.benchmarks.bare_app`, a Flask endpoint that parses the JSON body
-  and answers 200, under the collector's own gunicorn settings;
+  and answers 200 (nothing stored: the ceiling of the HTTP stack);
+* ``postgres``: the same app storing each body in PostgreSQL before answering, one INSERT and
+  one COMMIT per request with ``synchronous_commit = on`` (:mod:`tests.benchmarks.durable_peers`),
+  on a cluster of its own that the benchmark makes with initdb on a free loopback port
+  (:mod:`tests.support.postgres`; Debian's postgresql is installed when missing and root);
+* ``sqlite``: the same app storing each body in SQLite, WAL mode, ``synchronous = FULL``, one
+  INSERT + COMMIT per request, a fresh database per round;
 * ``collector``: the real ``dlrlens collector`` with durable acks (every 200 is fsynced in
   the write-ahead log), a fresh data directory per round.
 
-Rounds alternate (bare, collector, bare, collector, ...) and the medians are compared, so
-a noisy neighbour hurts both sides. Every request POSTs one realistic Mobivate JSON receipt
+The two durable peers are what a user would build instead of the collector; their server CPU
+includes PostgreSQL's processes.
+
+Rounds alternate (bare, postgres, sqlite, collector, bare, ...) and the medians are compared,
+so a noisy neighbour hurts every side. Every request POSTs one realistic Mobivate JSON receipt
 (bodies planned by :func:`dlrlens.simulate.generate_traffic`) with its own
-``deliveryMessageId``, so one request is one stored receipt. The goal is
-``collector / bare >= 0.8``.
+``deliveryMessageId``, so one request is one stored receipt. The goals (issue 10):
+``collector / postgres >= 1.5`` (:data:`GOAL_POSTGRES_RATIO`) and ``collector / bare >= 0.7``
+(:data:`GOAL_RATIO`); ``collector / sqlite`` is printed too.
 
 ``--mix mixed`` makes the load Mobivate's three webhooks together (:data:`MIXED_SHARES`): per 100
 requests 80 receipts to ``/dlr``, 15 short-URL clicks to ``/click`` and 5 replies to ``/incoming``
@@ -23,18 +35,21 @@ receipts). Each request is one stored row of its table; the bare endpoint answer
 
 After each collector round the collector is stopped gracefully (it flushes its log) and
 the receipts in Parquet are counted: there must be at least as many distinct receipts as
-200 answers the client counted, and no log segment left behind.
+200 answers the client counted, and no log segment left behind. After each peer round the
+rows in its database are counted the same way.
 
 The client is ``wrk`` (installed with apt-get when missing and running as root), else a
 Python keep-alive client, which on a 2-core machine takes CPU from the server and so
 understates both rates. All traffic stays on 127.0.0.1; every run is bounded in time.
 
-Exit status: 0 when the goal is met and every collector round kept every 200, else 1.
+Exit status: 0 when both goals are met (each judged only when its peer ran) and every
+durable round kept every 200, else 1; 2 when wrk or PostgreSQL was asked for and cannot be had.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -58,10 +73,15 @@ from urllib.parse import urlsplit
 
 from dlrlens.store import layout
 from dlrlens.simulate import generate_traffic
+from tests.benchmarks.durable_peers import PostgresStore, SqliteStore
 from tests.support.debian import debian_binary
+from tests.support.postgres import running_postgres
 from tests.support.servers import REPO, Collector, free_port, wait_started
 
-GOAL_RATIO = 0.8
+GOAL_RATIO = 0.7  # collector / bare
+GOAL_POSTGRES_RATIO = 1.5  # collector / postgres
+TARGETS = ("bare", "postgres", "sqlite", "collector")
+DURABLE_PEERS = ("postgres", "sqlite")
 INGEST_PATH = "/dlr?campaign=bench"
 RESULT_MARKER = "DLRLENS_INGEST_RESULT "
 TEMPLATE_MESSAGES = 64
@@ -194,8 +214,10 @@ class CpuUse:
     machine: float
 
     @classmethod
-    def sample(cls, process_group: int) -> "CpuUse":
-        return cls(group_cpu_seconds(process_group), client_cpu_seconds(), machine_busy_seconds())
+    def sample(cls, process_group: int, *more_groups: int) -> "CpuUse":
+        """Now; the server is ``process_group`` and ``more_groups`` (a database server's)."""
+        server = sum(group_cpu_seconds(group) for group in (process_group, *more_groups))
+        return cls(server, client_cpu_seconds(), machine_busy_seconds())
 
     def __sub__(self, earlier: "CpuUse") -> "CpuUse":
         return CpuUse(self.server - earlier.server, self.client - earlier.client, self.machine - earlier.machine)
@@ -214,7 +236,7 @@ class Round:
     load: LoadResult
     cpu: CpuUse
     connections: str  # per worker, sampled mid-run
-    stored_check: str = ""  # collector rounds: what the Parquet count showed
+    stored_check: str = ""  # durable rounds: what the count of stored rows showed
     durable: bool = True
 
     @property
@@ -385,11 +407,23 @@ def start_server(name: str, command: list[str], port: int, data_dir: Path, log_d
     return wait_started(Collector(process, f"http://127.0.0.1:{port}", data_dir, log_path), _ready, 60, name)
 
 
-def server_command(target: str, port: int, data_dir: Path, workers: int, threads: int) -> list[str]:
+def sqlite_database(data_dir: Path) -> Path:
+    """The ``sqlite`` peer's database file in a round's data directory."""
+    return data_dir / "peer.sqlite"
+
+
+def server_command(target: str, port: int, data_dir: Path, workers: int, threads: int,
+                   dsn: str | None = None) -> list[str]:
+    """The command line of ``target`` (one of :data:`TARGETS`; ``postgres`` needs ``dsn``)."""
     common = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--threads", str(threads)]
     if target == "collector":
         return [sys.executable, "-m", "dlrlens", "collector", "--data", str(data_dir), *common]
-    return [sys.executable, "-m", "tests.benchmarks.bare_app", *common]
+    command = [sys.executable, "-m", "tests.benchmarks.bare_app", *common]
+    if target == "postgres":
+        return [*command, "--store", "postgres", "--dsn", dsn]
+    if target == "sqlite":
+        return [*command, "--store", "sqlite", "--database", str(sqlite_database(data_dir))]
+    return command
 
 
 # -- verification --------------------------------------------------------------------------
@@ -467,13 +501,15 @@ def fsync_latency_ms(directory: Path, count: int = 50) -> tuple[float, float]:
 
 @dataclass
 class Bench:
-    """One benchmark run: its options, its scratch directory, its client, its receipt bodies."""
+    """One benchmark run: its options, its scratch directory, its client, its receipt bodies,
+    and the PostgreSQL cluster of the ``postgres`` target (``None`` when it does not run)."""
 
     args: argparse.Namespace
     work_dir: Path
     wrk: str | None
     templates: list[tuple[str, str, str]] = field(default_factory=receipt_templates)
     nonce: int = field(default_factory=lambda: random.getrandbits(31))
+    postgres: object | None = None  # tests.support.postgres.PostgresCluster
 
     def load(self, url: str, seconds: float) -> LoadResult:
         """One client run against ``url``, with fresh message ids."""
@@ -485,31 +521,37 @@ class Bench:
         return run_python_client(url, seconds, self.args.connections, self.templates, self.nonce)
 
     def round(self, target: str, number: int) -> Round:
-        """Start ``target``, warm it up, measure, stop it; for the collector, check what it stored."""
+        """Start ``target``, warm it up, measure, stop it; for a durable target, check what it stored."""
         args = self.args
         data_dir = self.work_dir / f"{target}-{number}"
         data_dir.mkdir()
         port = free_port()
-        server = start_server(target, server_command(target, port, data_dir, args.workers, args.threads),
+        dsn = self.postgres.dsn if target == "postgres" else None
+        if target == "postgres":
+            PostgresStore.create_table(dsn)  # a fresh table per round
+        elif target == "sqlite":
+            SqliteStore.create_table(sqlite_database(data_dir))
+        database_group = [self.postgres.process.pid] if target == "postgres" else []
+        server = start_server(target, server_command(target, port, data_dir, args.workers, args.threads, dsn),
                               port, data_dir, self.work_dir)
         try:
             url = server.url + "/"  # each template names its path
             warm = self.load(url, args.warmup) if args.warmup > 0 else None
             split: list[str] = []
             sampler = threading.Timer(args.seconds / 2, lambda: split.append(connections_per_worker(port, args.workers)))
-            cpu_before = CpuUse.sample(server.process.pid)
+            cpu_before = CpuUse.sample(server.process.pid, *database_group)
             sampler.start()
             try:
                 load = self.load(url, args.seconds)
             finally:
                 sampler.cancel()
                 sampler.join()
-            cpu = CpuUse.sample(server.process.pid) - cpu_before
+            cpu = CpuUse.sample(server.process.pid, *database_group) - cpu_before
         finally:
             server.stop()
         result = Round(target, number, load, cpu, split[0] if split else "?")
+        acknowledged = load.acknowledged + (warm.acknowledged if warm else 0)
         if target == "collector":
-            acknowledged = load.acknowledged + (warm.acknowledged if warm else 0)
             stored = count_stored(data_dir)
             result.durable = (server.process.returncode == 0 and stored.distinct_receipts >= acknowledged
                               and stored.leftover_log_segments == 0)
@@ -519,17 +561,45 @@ class Bench:
                 f"rejected bodies {stored.rejected_bodies}, collector exit {server.process.returncode}"
                 f" -> {'OK' if result.durable else 'LOST RECEIPTS OR UNCLEAN STOP'}"
             )
+        elif target in DURABLE_PEERS:
+            rows, distinct = (PostgresStore.stored_rows(dsn) if target == "postgres"
+                              else SqliteStore.stored_rows(sqlite_database(data_dir)))
+            result.durable = distinct >= acknowledged
+            result.stored_check = (f"200s counted (warm-up included) {acknowledged}, rows in {target} {rows} "
+                                   f"({distinct} distinct) -> {'OK' if result.durable else 'LOST ROWS'}")
         if not args.keep:
             shutil.rmtree(data_dir, ignore_errors=True)
         return result
 
 
+@dataclass
+class Ratio:
+    """``collector / peer`` of the median receipts/s, and its goal (``None``: printed only)."""
+
+    peer: str
+    value: float
+    goal: float | None
+
+    @property
+    def passed(self) -> bool:
+        return self.goal is None or self.value >= self.goal
+
+
+def ratios(medians: dict[str, dict[str, float]]) -> list[Ratio]:
+    """The collector against each peer that ran: postgres (goal 1.5), sqlite, bare (goal 0.7)."""
+    goals = {"postgres": GOAL_POSTGRES_RATIO, "sqlite": None, "bare": GOAL_RATIO}
+    if "collector" not in medians:
+        return []
+    return [Ratio(peer, medians["collector"]["rate"] / medians[peer]["rate"] if medians[peer]["rate"] else 0.0, goal)
+            for peer, goal in goals.items() if peer in medians]
+
+
 def print_report(rounds: list[Round], args: argparse.Namespace, client: str, fs_kind: str) -> bool:
-    """Print the table, the medians, the ratio against the goal; True when the goal is met."""
+    """Print the table, the medians, the ratios against the goals; True when every goal is met."""
     print()
     print(f"ingest benchmark: {os.cpu_count()} cores, client {client}, {args.connections} connections, "
           f"{args.seconds:g}s per round (+{args.warmup:g}s warm-up), gunicorn {args.workers} workers x "
-          f"{args.threads} threads, data on {fs_kind}, load: {args.mix}")
+          f"{args.threads} threads, data on {fs_kind}, load: {args.mix}, load average before: {getattr(args, 'load_before', '?')}")
     header = (f"{'target':<10} {'round':>6} {'receipts/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'non-200':>7} "
               f"{'sockerr':>7} {'cpu ms/req':>10} {'others':>6} {'conns/worker':>12}")
     print(header)
@@ -544,39 +614,45 @@ def print_report(rounds: list[Round], args: argparse.Namespace, client: str, fs_
         row(r.target, str(r.number), r.load.rate, r.load.p50_ms, r.load.p99_ms, str(r.load.not_ok),
             str(r.load.socket_errors), r.server_cpu_ms_per_request, f"{r.other_load_cores:.2f}", r.connections)
     medians: dict[str, dict[str, float]] = {}
-    for target in ("bare", "collector"):
+    for target in TARGETS:
         mine = [r for r in rounds if r.target == target]
+        if not mine:
+            continue
         medians[target] = m = {
             "rate": statistics.median(r.load.rate for r in mine),
             "p50": statistics.median(r.load.p50_ms for r in mine),
             "p99": statistics.median(r.load.p99_ms for r in mine),
             "cpu": statistics.median(r.server_cpu_ms_per_request for r in mine),
+            "others": statistics.median(r.other_load_cores for r in mine),
         }
-        row(target, "median", m["rate"], m["p50"], m["p99"], "", "", m["cpu"])
-    print("receipts/s = requests/s (one receipt per request); cpu ms/req: server CPU per request;")
-    print("others: cores that other processes on this machine kept busy during the round;")
-    print("conns/worker: keep-alive connections each gunicorn worker held mid-run")
+        row(target, "median", m["rate"], m["p50"], m["p99"], "", "", m["cpu"], f"{m['others']:.2f}")
+    print("receipts/s = requests/s (one receipt per request); cpu ms/req: server CPU per request")
+    print("(postgres: the Flask workers and PostgreSQL's processes); others: cores that other processes")
+    print("on this machine kept busy during the round; conns/worker: keep-alive connections each")
+    print("gunicorn worker held mid-run")
     noisy = [f"{r.target} {r.number}" for r in rounds if r.other_load_cores > NOISY_NEIGHBOUR_CORES]
     if noisy:
         print(f"WARNING: other processes used over {NOISY_NEIGHBOUR_CORES} cores during {', '.join(noisy)}: "
               "rates are understated and noisy there; run again on a quiet machine")
 
-    ratio = medians["collector"]["rate"] / medians["bare"]["rate"] if medians["bare"]["rate"] else 0.0
-    passed = ratio >= GOAL_RATIO
-    print(f"\nratio collector/bare = {ratio:.2f}   goal >= {GOAL_RATIO}   {'PASS' if passed else 'FAIL'}")
-    print(f"server CPU per receipt: collector {medians['collector']['cpu']:.2f} ms, bare {medians['bare']['cpu']:.2f} ms")
+    print()
+    found = ratios(medians)
+    for ratio in found:
+        goal = f"goal >= {ratio.goal}   {'PASS' if ratio.passed else 'FAIL'}" if ratio.goal is not None else "(no goal)"
+        print(f"ratio collector/{ratio.peer:<8} = {ratio.value:.2f}   {goal}")
+    print("server CPU per receipt: " + ", ".join(f"{target} {m['cpu']:.2f} ms" for target, m in medians.items()))
     for r in rounds:
         if r.stored_check:
-            print(f"collector round {r.number}: {r.stored_check}")
-    return passed
+            print(f"{r.target} round {r.number}: {r.stored_check}")
+    return bool(found) and all(ratio.passed for ratio in found)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python3 -m tests.benchmarks.ingest",
-                                     description="Collector ingest rate against a bare Flask endpoint.")
+                                     description="Collector ingest rate against a bare Flask endpoint and durable peers.")
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per round (default 20)")
     parser.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of both servers (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of every server (default 2)")
     parser.add_argument("--threads", type=int, default=16, help="threads per worker (default 16)")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per target, alternating (default 2)")
     parser.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each round (default 2)")
@@ -584,18 +660,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="load client: wrk (installed if missing and root), python, or auto (default)")
     parser.add_argument("--wrk-threads", type=int, default=1,
                         help="wrk threads (default 1: one core's worth is plenty and leaves CPU to the server)")
-    parser.add_argument("--tmp-dir", default=None, help="where the data directories go (default: system temp)")
+    parser.add_argument("--tmp-dir", default=None,
+                        help="where the data directories and the PostgreSQL cluster go (default: system temp; "
+                             "as root, the postgres user must be able to enter it)")
     parser.add_argument("--keep", action="store_true", help="keep the data directories and server logs")
     parser.add_argument("--mix", choices=("receipts", "mixed"), default="receipts",
                         help="receipts only (default), or receipts + clicks + replies (see MIXED_SHARES)")
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help=f"comma-separated targets, run in this order each round (default {','.join(TARGETS)})")
     args = parser.parse_args(argv)
     if min(args.seconds, args.connections, args.workers, args.threads, args.rounds) <= 0 or args.warmup < 0:
         parser.error("seconds, connections, workers, threads and rounds must be positive")
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = sorted(set(args.targets) - set(TARGETS))
+    if unknown or not args.targets or len(set(args.targets)) != len(args.targets):
+        parser.error(f"--targets: each of {', '.join(TARGETS)} at most once (got {', '.join(args.targets) or 'none'})")
     return args
 
 
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
+
+
+def load_average() -> str:
+    """The 1, 5 and 15-minute load averages, as ``uptime`` prints them."""
+    return ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -614,18 +703,30 @@ def main(argv: list[str] | None = None) -> int:
     if fs_kind == "tmpfs":
         print("ingest: WARNING the data directory is on tmpfs, where fsync costs nothing", file=sys.stderr)
     rounds: list[Round] = []
+    args.load_before = load_average()
     try:
-        fsync_before = fsync_latency_ms(work_dir)
-        bench = Bench(args, work_dir, wrk)
-        if args.mix == "mixed":
-            bench.templates = mixed_templates(bench.templates)
-        for number in range(1, args.rounds + 1):
-            for target in ("bare", "collector"):
-                print(f"ingest: round {number}: {target} ...", flush=True)
-                rounds.append(bench.round(target, number))
-                print(f"ingest: round {number}: {target} {rounds[-1].load.rate:.0f} receipts/s", flush=True)
-        fsync_after = fsync_latency_ms(work_dir)
+        with contextlib.ExitStack() as stack:
+            bench = Bench(args, work_dir, wrk)
+            if "postgres" in args.targets:
+                try:
+                    # Every server thread holds a connection; headroom for the checks.
+                    bench.postgres = stack.enter_context(
+                        running_postgres(Path(args.tmp_dir) if args.tmp_dir else None,
+                                         max_connections=args.workers * args.threads + 20))
+                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                    print(f"ingest: PostgreSQL cannot be had here: {exc}", file=sys.stderr)
+                    return 2
+            fsync_before = fsync_latency_ms(work_dir)
+            if args.mix == "mixed":
+                bench.templates = mixed_templates(bench.templates)
+            for number in range(1, args.rounds + 1):
+                for target in args.targets:
+                    print(f"ingest: round {number}: {target} ...", flush=True)
+                    rounds.append(bench.round(target, number))
+                    print(f"ingest: round {number}: {target} {rounds[-1].load.rate:.0f} receipts/s", flush=True)
+            fsync_after = fsync_latency_ms(work_dir)
         passed = print_report(rounds, args, client, fs_kind)
+        print(f"load average after: {load_average()}")
         print(f"fsync latency in the data directory, p50/p99: before {fsync_before[0]:.2f}/{fsync_before[1]:.2f} ms, "
               f"after {fsync_after[0]:.2f}/{fsync_after[1]:.2f} ms")
     finally:

@@ -42,6 +42,33 @@ def test_json_receipt_is_stored_field_by_field(collector):
     assert partition, "receipt is filed under the UTC date of created"
 
 
+@pytest.mark.parametrize("path, content_type, body", [
+    ("/dlr?campaign=black-friday&team=retail&campaign=ignored", "application/json",
+     '{"deliveryMessageId": "%s", "created": "2026-11-20T10:11:12.345+0000", "status": "delivered", '
+     '"statusCode": "1", "parts": 2, "hlr": {"mcc": "234"}, "newField": "kept", "clientReference": " ref "}'),
+    ("/dlr?campaign=xml%%20form", "application/xml",
+     '<deliveryreceipt><deliveryMessageId>%s</deliveryMessageId><status>UNDELIVERABLE</status>'
+     '<statusCode>5</statusCode><created>2026-11-20 10:11:12</created></deliveryreceipt>'),
+])
+def test_a_clean_post_is_stored_alike_with_and_without_flask(collector, path, content_type, body):
+    """A clean post with a Content-Length is stored without Flask (collector.app.store_clean_post);
+    the same post sent chunked goes through the Flask view: same answer, same stored row."""
+    prefix = f"alike-{content_type.split('/')[1]}-"
+    answers = []
+    for how in ("length", "chunked"):
+        data = (body % (prefix + how)).encode()
+        sent = data if how == "length" else iter([data[:10], data[10:]])  # a generator: chunked
+        answers.append(requests.post(collector.url + path, data=sent, headers={"Content-Type": content_type},
+                                     timeout=10))
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].content == answers[1].content == b'{"status":"stored","stored":1}\n'
+    assert answers[0].headers["Content-Type"] == answers[1].headers["Content-Type"] == "application/json"
+    rows = {row["delivery_message_id"]: row for row in rows_of(collector.data_dir, prefix, 2)}
+    fast, viewed = rows[prefix + "length"], rows[prefix + "chunked"]
+    different = {"delivery_message_id", "receipt_id", "received_at"}
+    assert {k: v for k, v in fast.items() if k not in different} == {k: v for k, v in viewed.items() if k not in different}
+
+
 def test_documented_examples_and_xml_forms(collector):
     form = (MOBIVATE / "receipt-form.txt").read_bytes().strip()
     answer = requests.post(collector.dlr + "?campaign=xml-form", data=form,
@@ -185,6 +212,19 @@ def test_stored_requests_are_summarised_not_logged_one_by_one_by_default(tmp_pat
         assert "outcome=stored" not in log
         assert "outcome=invalid_json" in log, "refusals keep their line"
         assert "event=flushed receipts=5" in log
+
+
+def test_a_graceful_stop_flushes_what_the_workers_hold(tmp_path):
+    """SIGTERM: each worker flushes its log to Parquet before it exits (gunicorn's worker_exit
+    finds the app's storage), so nothing waits in the log for the next start."""
+    with running_collector(tmp_path / "data", workers=2, flush_seconds=3600) as running:
+        with requests.Session() as session:
+            for index in range(20):
+                assert session.post(running.dlr, json=receipt(f"held-{index}"), timeout=10).status_code == 200
+        running.stop()
+        assert running.process.returncode == 0
+    assert not list((tmp_path / "data" / "wal").glob("*/*.wal")), "log segments left unflushed"
+    assert {row["delivery_message_id"] for row in stored_rows(tmp_path / "data")} == {f"held-{i}" for i in range(20)}
 
 
 def test_allow_list_refuses_other_sources(tmp_path):

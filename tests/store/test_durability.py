@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -15,7 +16,7 @@ import requests
 
 from dlrlens.store import layout
 from dlrlens.store.writer import ReceiptStorage
-from dlrlens.store.wal import WriteAheadLog, encode_record, list_segments, read_segment
+from dlrlens.store.wal import StorageError, WriteAheadLog, encode_record, list_segments, read_segment
 from tests.support.reliability import kill_at_random
 from tests.support.receipts import receipt, stored_rows
 from tests.support.servers import running_collector, wait_until
@@ -129,6 +130,51 @@ def test_an_arrival_that_fails_to_encode_does_not_hold_later_batches(tmp_path):
     log.append([{"n": 1}])
     assert time.monotonic() - started < 10, "the failed arrival was withdrawn"
     log.close()
+
+
+def test_append_nowait_reports_durability_to_callbacks_after_the_fsync(tmp_path):
+    """The non-blocking append (the collector's held answers): the batch's callbacks run only
+    once its fsync returned, before a waiter wakes; a failed fsync reaches them as the error."""
+    log = WriteAheadLog(tmp_path / "wal")
+    fsync_started, release_fsync = threading.Event(), threading.Event()
+    real_fsync = log._fsync
+
+    def held_fsync(fd):
+        fsync_started.set()
+        release_fsync.wait(10)
+        real_fsync(fd)
+
+    log._fsync = held_fsync
+    seen = []
+    batch = log.append_nowait([{"n": 1}])
+    batch.add_done_callback(lambda done: seen.append(("first", done.error)))
+    assert fsync_started.wait(10)
+    batch.add_done_callback(lambda done: seen.append(("second", done.error)))
+    time.sleep(0.1)
+    assert seen == [], "no callback before the fsync returned"
+    release_fsync.set()
+    batch.wait()
+    assert seen == [("first", None), ("second", None)], "callbacks ran before wait() returned"
+    late = []
+    batch.add_done_callback(late.append)
+    assert late == [batch], "a callback added after the fact runs at once"
+
+    def failing_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    log._fsync = failing_fsync
+    failed = log.append_nowait([{"n": 2}])
+    errors = []
+    failed.add_done_callback(lambda done: errors.append(done.error))
+    with pytest.raises(StorageError):
+        failed.wait()
+    assert len(errors) == 1 and isinstance(errors[0], OSError)
+    log._fsync = real_fsync
+    log.close()
+    with pytest.raises(StorageError):
+        log.append_nowait([{"n": 3}])  # a closed log refuses at once, not through the batch
+    records, torn = read_segment(list_segments(log.log_dir)[0])
+    assert records == [{"n": 1}] and not torn, "the failed batch was cut off the segment"
 
 
 def test_the_flusher_gets_exactly_what_the_file_holds(tmp_path):

@@ -1,9 +1,12 @@
-"""Binaries from Debian packages that tests and benchmarks need (``wrk``, ``haproxy``).
+"""Debian packages that tests and benchmarks need on a clean machine (``wrk``, ``haproxy``,
+``postgresql``, ...).
 
-:func:`debian_binary` finds a binary on PATH (or in ``/usr/sbin``, where Debian puts daemons such
-as haproxy and which a non-login root shell may not have on PATH) and, when it is missing and
-this process runs as root on a machine with ``apt-get`` (CI runs a clean clone as root), installs
-the package first. It never raises: ``None`` means "not available", and the caller skips or
+:func:`ensure_installed` installs a package with ``apt-get`` when what it provides is missing,
+only when this process runs as root on a machine with ``apt-get`` (CI runs a clean clone as
+root); a first failed install is retried after ``apt-get update`` (a fresh machine's package
+lists may be empty or stale). :func:`debian_binary` is that for one binary, found on PATH or in
+``/usr/sbin`` (where Debian puts daemons such as haproxy, and which a non-login root shell may
+not have on PATH). Neither raises: a falsy answer means "not available", and the caller skips or
 falls back with its own reason.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 
 SYSTEM_BIN_DIRS = ("/usr/sbin", "/sbin")
 
@@ -21,16 +25,14 @@ def find_binary(binary: str) -> str | None:
                                          if os.access(path, os.X_OK)), None)
 
 
-def debian_binary(binary: str, package: str | None = None, *, who: str = "tests") -> str | None:
-    """Path of ``binary``; installs Debian's ``package`` (default: the binary's name) when it is
-    missing and running as root. A first failed install is retried after ``apt-get update``
-    (a fresh machine's package lists may be empty or stale). ``who`` names the caller in the
-    one line printed before installing."""
-    found = find_binary(binary)
+def ensure_installed(package: str, present: Callable[[], object], *, who: str = "tests") -> object:
+    """``present()`` (a path, or a falsy value when missing); when missing and allowed, install
+    Debian's ``package`` and ask again. ``who`` names the caller in the one line printed before
+    installing."""
+    found = present()
     if found or os.geteuid() != 0 or not shutil.which("apt-get"):
         return found
-    package = package or binary
-    print(f"{who}: {binary} is missing; installing Debian's {package} package", flush=True)
+    print(f"{who}: installing Debian's {package} package", flush=True)
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600,
                  env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
     try:
@@ -39,4 +41,10 @@ def debian_binary(binary: str, package: str | None = None, *, who: str = "tests"
             subprocess.call(["apt-get", "install", "-y", "--no-install-recommends", package], **quiet)
     except (OSError, subprocess.SubprocessError):
         return None
-    return find_binary(binary)
+    return present()
+
+
+def debian_binary(binary: str, package: str | None = None, *, who: str = "tests") -> str | None:
+    """Path of ``binary``; installs Debian's ``package`` (default: the binary's name) when it is
+    missing and running as root."""
+    return ensure_installed(package or binary, lambda: find_binary(binary), who=who)
