@@ -1,5 +1,6 @@
 """The Iceberg store (issue #10, step 1) in-process, against a real object store: SeaweedFS's
-``weed mini`` on loopback (tests/support/seaweed.py) and pyiceberg's SQL catalog (a SQLite file).
+``weed mini`` on loopback (the ``lake`` fixture, tests/store/conftest.py) and pyiceberg's SQL
+catalog (a SQLite file). The table's maintenance is tested in test_iceberg_maintenance.py.
 
 The collector-process drills (SIGKILL, object store outage, two collectors) are in
 tests/system/test_iceberg_collectors.py.
@@ -23,25 +24,9 @@ from dlrlens.store.iceberg.table import SEGMENT_KEY, SOURCE_KEY, committed_keys,
 from dlrlens.store.wal import StorageError, list_segments
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
-from tests.support.seaweed import object_store
+from tests.support.seaweed import table_ids
 
 ICEBERG = parse_store("iceberg:lake")
-
-
-@pytest.fixture
-def lake(tmp_path, monkeypatch):
-    """A running object store and the catalog ``lake`` configured by environment variables."""
-    with object_store(tmp_path / "s3") as store:
-        for name, value in store.catalog_env("lake", tmp_path / "catalog.db").items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("DLRLENS_STORE", raising=False)
-        yield store
-
-
-def table_ids() -> list[str]:
-    """Every stored row's receipt id, read back through pyiceberg."""
-    table = receipts_table(open_catalog("lake"), create=False)
-    return table.scan(selected_fields=("receipt_id",)).to_arrow()["receipt_id"].to_pylist()
 
 
 def report_json(data_dir: Path, store: str, output: Path) -> dict:

@@ -29,7 +29,8 @@ BUCKET = "lake"
 # weed mini's flags for each port it opens (``weed mini -h``): all free, so that tests in parallel
 # never collide, and the admin UI and WebDAV off.
 PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-              "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "admin.port", "admin.port.grpc",
+              "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port",
+              "admin.port.grpc",
               "debug.port", "metricsPort")
 
 
@@ -121,3 +122,12 @@ def object_store(directory: Path):
         yield store
     finally:
         store.stop()
+
+
+def table_ids(catalog: str = "lake") -> list[str]:
+    """Every row's receipt id in catalog ``catalog``'s receipts table, read back through pyiceberg
+    (every data file the current snapshot holds is read: a missing one fails)."""
+    from dlrlens.store.iceberg.table import open_catalog, receipts_table
+
+    table = receipts_table(open_catalog(catalog), create=False)
+    return table.scan(selected_fields=("receipt_id",)).to_arrow()["receipt_id"].to_pylist()
