@@ -142,6 +142,8 @@ def _maintenance_lines(status: dict) -> list[str]:
 
 
 ICEBERG_TOTALS = {
+    "files_compacted": ("dlrlens_iceberg_files_compacted_total", "Data files of the Iceberg table this collector's "
+                                                                 "maintenance merged into compaction outputs."),
     "expired_snapshots": ("dlrlens_iceberg_expired_snapshots_total", "Snapshots of the Iceberg table this "
                                                                      "collector's maintenance expired."),
     "orphans_deleted": ("dlrlens_iceberg_orphan_files_deleted_total", "Unreferenced files under the table's "
@@ -156,6 +158,7 @@ ICEBERG_GAUGES = {
     "metadata_bytes": ("dlrlens_iceberg_metadata_bytes", "Size of its current metadata file (every commit rewrites "
                                                          "it, every reader reads it)."),
     "orphans_waiting": ("dlrlens_iceberg_orphans_waiting", "Unreferenced files younger than the grace."),
+    "data_files": ("dlrlens_iceberg_data_files", "Data files the table's current snapshot holds."),
 }
 
 

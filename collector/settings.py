@@ -57,12 +57,16 @@ def _duration_or_off(text: str) -> timedelta | None:
     return _duration(text) or None
 
 
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
+
+
 def _at_least(seconds: float, why: str):
     """A :func:`_duration` parser refusing less than ``seconds`` (``why`` says what would break)."""
     def parse(text: str) -> timedelta:
         duration = _duration(text)
         if duration.total_seconds() < seconds:
-            raise ValueError(f"must be at least {seconds / 60:g}m: {why}")
+            raise ValueError(f"must be at least {_seconds_text(seconds)}: {why}")
         return duration
     return parse
 
@@ -167,8 +171,8 @@ SETTINGS_TABLE = (
             "With the Iceberg store: seconds between the maintenance process's runs of snapshot expiry and "
             "orphan-file cleanup on the table (0 turns them off). Every collector runs them; concurrent runs are safe."),
     Setting("iceberg_snapshot_retention", "DLRLENS_ICEBERG_SNAPSHOT_RETENTION", "10m",
-            _at_least(MIN_SNAPSHOT_RETENTION_SECONDS, "a commit in flight may still need the snapshot it started from"),
-            "With the Iceberg store: snapshots superseded longer ago than this are expired (at least 1m; time travel "
+            _at_least(MIN_SNAPSHOT_RETENTION_SECONDS, "a commit in flight retries from the snapshot it started from"),
+            "With the Iceberg store: snapshots superseded longer ago than this are expired (at least 10s; time travel "
             "reaches back this far; exactly-once does not depend on it). Each retained snapshot adds about 1 KB to the "
             "metadata file every commit rewrites: 10m at 4 workers flushing every 2 s keeps ~1,200."),
     Setting("iceberg_orphan_grace", "DLRLENS_ICEBERG_ORPHAN_GRACE", "1h",

@@ -1,5 +1,5 @@
 """Background maintenance of the collector: derived per-message state, compaction, and (with the
-Iceberg store) the table's snapshot expiry and orphan-file cleanup.
+Iceberg store) the table's compaction, snapshot expiry and orphan-file cleanup.
 
 The collector's master process runs one maintenance process (:class:`MaintenanceProcess`,
 ``python3 -m dlrlens.store.maintenance``) at a lower CPU priority, so that under load the webhook
@@ -44,14 +44,16 @@ LOCK_RETRY_SECONDS = 60.0
 PROCESS_LOCK_RETRY_SECONDS = 2.0  # a restarted collector's new process waits for the old one's lock
 NICENESS = 10  # CFS weight ~1/10 of the webhook's when both want the CPU
 RESTART_DELAY_SECONDS = 1.0
-# The least DLRLENS_ICEBERG_ORPHAN_GRACE and DLRLENS_ICEBERG_SNAPSHOT_RETENTION: a shorter grace
-# could take the files of a commit in flight (written, not committed yet) for orphans; a shorter
-# retention could expire the snapshot a commit in flight started from, which pyiceberg needs to
-# retry it after a lost race. A commit takes seconds, retries included, but may wait on the
-# timeouts of a slow object store.
+# The least DLRLENS_ICEBERG_ORPHAN_GRACE: a shorter grace could take the files of a commit in
+# flight (written, not committed yet) for orphans and corrupt the table. A commit takes seconds,
+# retries included, but may wait on the timeouts of a slow object store.
 MIN_ORPHAN_GRACE_SECONDS = 600.0
-MIN_SNAPSHOT_RETENTION_SECONDS = 60.0
-ICEBERG_TOTALS = ("expired_snapshots", "orphans_deleted", "orphan_bytes_deleted", "conflicts")
+# The least DLRLENS_ICEBERG_SNAPSHOT_RETENTION: a commit that lost a race is retried by pyiceberg
+# from the snapshot it started from; expired under it, the commit starts over (its data files
+# written again). Harmless now and then, wasteful if a retention of a few seconds made it common.
+MIN_SNAPSHOT_RETENTION_SECONDS = 10.0
+ICEBERG_SCRATCH = Path("tmp") / "iceberg-compaction"  # under the data directory: compaction's copies
+ICEBERG_TOTALS = ("files_compacted", "expired_snapshots", "orphans_deleted", "orphan_bytes_deleted", "conflicts")
 
 
 @dataclass(frozen=True)
@@ -210,15 +212,16 @@ class Maintainer:
 
             self._table_maintenance = TableMaintenance(self.iceberg.catalog,
                                                        retention_seconds=self.iceberg.retention_seconds,
-                                                       orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
+                                                       orphan_grace_seconds=self.iceberg.orphan_grace_seconds,
+                                                       work_dir=self.data_dir / ICEBERG_SCRATCH)
         result = self._table_maintenance.run()
         for name in ICEBERG_TOTALS:
             self.iceberg_totals[name] += result.get(name, 0)
-        if result.get("expired_snapshots") or result.get("orphans_deleted"):
-            log.info("event=iceberg_maintained expired=%d snapshots=%d orphans_deleted=%d objects=%d "
-                     "metadata_bytes=%d conflicts=%d seconds=%.2f", result["expired_snapshots"], result["snapshots"],
-                     result["orphans_deleted"], result["objects"], result["metadata_bytes"], result["conflicts"],
-                     result["seconds"])
+        if result.get("files_compacted") or result.get("expired_snapshots") or result.get("orphans_deleted"):
+            log.info("event=iceberg_maintained compacted=%d expired=%d snapshots=%d data_files=%d orphans_deleted=%d "
+                     "objects=%d metadata_bytes=%d conflicts=%d seconds=%.2f", result["files_compacted"],
+                     result["expired_snapshots"], result["snapshots"], result["data_files"], result["orphans_deleted"],
+                     result["objects"], result["metadata_bytes"], result["conflicts"], result["seconds"])
         return result
 
     def _compact(self) -> dict:

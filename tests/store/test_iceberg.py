@@ -8,7 +8,6 @@ tests/system/test_iceberg_collectors.py.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -24,18 +23,9 @@ from dlrlens.store.iceberg.table import SEGMENT_KEY, SOURCE_KEY, committed_keys,
 from dlrlens.store.wal import StorageError, list_segments
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
-from tests.support.seaweed import table_ids
+from tests.support.iceberg import commit_keeping_a_copy, report_json, table_ids
 
 ICEBERG = parse_store("iceberg:lake")
-
-
-def report_json(data_dir: Path, store: str, output: Path) -> dict:
-    """``dlrlens report --format json`` of ``store``, without its generation time."""
-    assert cli.main(["report", "--data", str(data_dir), "--store", store, "--format", "json",
-                     "--output", str(output)]) == 0
-    doc = json.loads(output.read_text())
-    doc["Summary"] = [row for row in doc["Summary"] if row["key"] != "generated_at"]
-    return doc
 
 
 def test_the_store_setting_is_parsed_strictly(monkeypatch, tmp_path, capsys):
@@ -86,12 +76,7 @@ def test_a_replayed_segment_is_committed_once(lake, tmp_path):
     data = tmp_path / "collector"
     rows = factory.demo_rows(20, seed=3)
     storage = ReceiptStorage(data, flush_seconds=3600, publish=publisher(ICEBERG, data))
-    storage.store(rows)
-    storage.wal.rotate()
-    segment = list_segments(storage.log_dir)[0]
-    kept = segment.read_bytes()
-    storage.flush()
-    storage.close()
+    segment, kept = commit_keeping_a_copy(storage, rows)
     # A crash between the commit and the segment's deletion: the segment is back at the restart.
     segment.write_bytes(kept)
     again = publisher(ICEBERG, data)  # a new process: the same collector id from the data directory

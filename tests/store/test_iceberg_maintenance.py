@@ -1,8 +1,9 @@
 """The Iceberg table's maintenance (dlrlens.store.iceberg.maintain) and the publisher's batches,
 against a real object store (``weed mini``) and pyiceberg's SQL catalog: snapshot expiry keeps
 exactly-once across a replay, maintainers racing each other and the collectors lose and double
-nothing, orphan cleanup deletes only unreferenced files older than the grace, a catch-up
-commits its segments in batches, and the collector's maintenance thread runs and reports it.
+nothing, orphan cleanup deletes only unreferenced files older than the grace, compaction keeps
+every row once and readers follow it without a rebuild, a catch-up commits its segments in
+batches, and the collector's maintenance thread runs and reports it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from pyarrow import fs as pafs
 
 from collector import metrics
 from collector.settings import load_settings
-from dlrlens.store import maintenance, writer
+from dlrlens.store import derive, maintenance, writer
 from dlrlens.store.backends import parse_store, publisher
-from dlrlens.store.iceberg.maintain import MaintenanceResult, TableMaintenance, object_kind
+from dlrlens.store.iceberg.maintain import MaintenanceResult, TableMaintenance, count_by_kind, table_files
 from dlrlens.store.iceberg.migrate import migrate
 from dlrlens.store.iceberg.table import (SEGMENT_KEY, committed_keys, committed_property, open_catalog,
                                          parse_segment_value, receipts_table)
@@ -27,7 +27,7 @@ from dlrlens.store.status import maintenance_status
 from dlrlens.store.wal import encode_document, list_segments, log_document
 from dlrlens.store.writer import ReceiptStorage, records_to_table
 from tests.support import factory
-from tests.support.seaweed import table_ids
+from tests.support.iceberg import commit_keeping_a_copy, report_json, table_ids
 from tests.support.servers import wait_until
 
 ICEBERG = parse_store("iceberg:lake")
@@ -66,11 +66,13 @@ def maintainer(**options) -> TableMaintenance:
     return TableMaintenance("lake", **({"retention_seconds": 0, "orphan_grace_seconds": 3600} | options))
 
 
-def listed_files(tbl) -> dict[str, pafs.FileInfo]:
-    io = tbl.io
-    scheme, netloc, root = io.parse_location(tbl.metadata.location, io.properties)
-    found = io.fs_by_scheme(scheme, netloc).get_file_info(pafs.FileSelector(root, recursive=True))
-    return {info.path: info for info in found if info.type == pafs.FileType.File}
+def later(hours: float):
+    """A clock ``hours`` ahead: every file and snapshot is then old (settled, past retention and grace)."""
+    return lambda: time.time() + hours * 3600
+
+
+def listed_files(tbl) -> set[str]:
+    return {info.path for info in table_files(tbl)[1]}
 
 
 def assert_every_snapshot_readable(tbl) -> None:
@@ -87,12 +89,7 @@ def test_a_segment_replayed_after_its_snapshot_expired_is_not_committed_again(la
     data = tmp_path / "collector"
     first = rows("a", 20)
     storage = collector(data)
-    storage.store(first)
-    storage.wal.rotate()
-    segment = list_segments(storage.log_dir)[0]
-    kept = segment.read_bytes()
-    storage.flush()
-    storage.close()
+    segment, kept = commit_keeping_a_copy(storage, first)
     later = rows("b", 10)
     commit(tmp_path / "other", later)  # another collector: the first one's snapshot is no longer current
     assert maintainer().run()["expired_snapshots"] >= 1
@@ -158,14 +155,9 @@ def test_an_expiry_refused_because_another_maintainer_expired_first_is_retried(l
 
 def test_two_maintainers_racing_two_collectors_lose_and_double_nothing(lake, tmp_path):
     written = {name: [rows(f"{name}{n}", 4) for n in range(12)] for name in ("a", "b")}
-    clock_offset = [0.0]
-    # A retention of seconds (a deployment's is minutes): snapshots expire while the collectors commit.
-    maintainers = [maintainer(retention_seconds=3, orphan_grace_seconds=60, clock=lambda: time.time() + clock_offset[0])
-                   for _ in range(2)]
     results: list[dict] = []
     errors: list[BaseException] = []
     writing = threading.Event()
-    writing.set()
 
     def write(name: str) -> None:
         commit(tmp_path / name, *written[name])
@@ -180,56 +172,57 @@ def test_two_maintainers_racing_two_collectors_lose_and_double_nothing(lake, tmp
         except BaseException as exc:  # reported below
             errors.append(exc)
 
+    def race(pair: list[TableMaintenance], *writers: threading.Thread) -> None:
+        start = threading.Barrier(len(pair))
+        racers = [threading.Thread(target=maintain, args=(m, start)) for m in pair]
+        writing.set()
+        for thread in [*writers, *racers]:
+            thread.start()
+        for thread in writers:
+            thread.join(120)
+        writing.clear()
+        for thread in racers:
+            thread.join(120)
+
     commit(tmp_path / "first", rows("first", 2))  # the table exists before the race starts
-    start = threading.Barrier(2)
-    writers = [threading.Thread(target=write, args=(name,)) for name in written]
-    racers = [threading.Thread(target=maintain, args=(m, start)) for m in maintainers]
-    for thread in writers + racers:
-        thread.start()
-    for thread in writers:
-        thread.join(120)
-    writing.clear()
-    for thread in racers:
-        thread.join(120)
-    # Then both at once again with every leftover past its grace (no commit in flight now).
-    clock_offset[0] = 3600
-    writing.clear()
-    start = threading.Barrier(2)
-    racers = [threading.Thread(target=maintain, args=(m, start)) for m in maintainers]
-    for thread in racers:
-        thread.start()
-    for thread in racers:
-        thread.join(120)
+    # While both collectors commit, with a retention of seconds (a deployment's is minutes), so
+    # that snapshots expire under the commits.
+    race([maintainer(retention_seconds=3, orphan_grace_seconds=60) for _ in range(2)],
+         *(threading.Thread(target=write, args=(name,)) for name in written))
+    # Once everything has settled, an hour later: both compact the same partitions and expire at
+    # once (what either writes in flight is younger than the grace, as a commit's files are)...
+    race([maintainer(retention_seconds=3, orphan_grace_seconds=7200, clock=later(1)) for _ in range(2)])
+    # ... and both delete the leftovers of it all at once, later still.
+    race([maintainer(compact=False, clock=later(3)) for _ in range(2)])
     assert not errors, errors
     assert sorted(table_ids()) == ids_of(rows("first", 2), *written["a"], *written["b"])
     tbl = table()
     assert_every_snapshot_readable(tbl)
     assert sum(r["expired_snapshots"] for r in results) >= 20
+    assert sum(r["compaction_outputs"] for r in results) >= 1 and results[-1]["data_files"] == 1
     assert sum(r["orphans_deleted"] for r in results) > 0
-    kinds = {}
-    for path in listed_files(tbl):
-        kinds[object_kind(path)] = kinds.get(object_kind(path), 0) + 1
+    kinds = count_by_kind(table_files(tbl)[1])
     assert kinds["manifest_list"] == len(tbl.metadata.snapshots) == 1, kinds
     assert kinds["metadata"] <= 21, kinds  # the current one and the 20 of the metadata log
+    assert kinds["data"] == 1, kinds  # one day, one compacted file: the inputs are gone
 
 
 def test_orphan_cleanup_deletes_only_unreferenced_files_older_than_the_grace(lake, tmp_path):
     batches = [rows(f"o{n}", 3) for n in range(5)]
     commit(tmp_path / "collector", *batches)
     tbl = table()
-    io = tbl.io
-    scheme, netloc, root = io.parse_location(tbl.metadata.location, io.properties)
-    filesystem = io.fs_by_scheme(scheme, netloc)
+    filesystem, _ = table_files(tbl)
+    root = tbl.io.parse_location(tbl.metadata.location, tbl.io.properties)[2]
     strays = [f"{root}/data/created_day=2026-11-03/stray.parquet", f"{root}/metadata/stray-m0.avro"]
     outside = f"{root}-elsewhere/keep.txt"  # beside the table's location: not the table's
     for path in strays + [outside]:
         with filesystem.open_output_stream(path) as out:
             out.write(b"not referenced")
-    young = maintainer().run()
+    young = maintainer(compact=False).run()
     assert young["expired_snapshots"] == 4 and young["orphans_deleted"] == 0
     # The strays and the expired snapshots' manifest lists wait for the grace; maybe manifests too.
     assert young["orphans_waiting"] >= len(strays) + 4
-    old = maintainer(clock=lambda: time.time() + 7200).run()
+    old = maintainer(compact=False, clock=lambda: time.time() + 7200).run()
     assert old["orphans_deleted"] == young["orphans_waiting"] and old["orphans_waiting"] == 0
     remaining = listed_files(table())
     assert not set(strays) & set(remaining)
@@ -238,7 +231,7 @@ def test_orphan_cleanup_deletes_only_unreferenced_files_older_than_the_grace(lak
     assert len(remaining) == old["objects"] - old["orphans_deleted"]
     assert_every_snapshot_readable(table())
     assert sorted(table_ids()) == ids_of(*batches)
-    assert maintainer(clock=lambda: time.time() + 7200).run()["orphans_deleted"] == 0
+    assert maintainer(compact=False, clock=lambda: time.time() + 7200).run()["orphans_deleted"] == 0
 
 
 def test_expiry_keeps_what_migrate_and_step_1_slots_still_need(lake, tmp_path):
@@ -299,8 +292,8 @@ def test_the_settings_schedule_the_table_maintenance(monkeypatch, tmp_path):
     monkeypatch.setenv("DLRLENS_ICEBERG_ORPHAN_GRACE", "5m")
     with pytest.raises(ValueError, match="DLRLENS_ICEBERG_ORPHAN_GRACE='5m' is not valid: must be at least 10m"):
         load_settings()
-    monkeypatch.setenv("DLRLENS_ICEBERG_SNAPSHOT_RETENTION", "30s")
-    with pytest.raises(ValueError, match="DLRLENS_ICEBERG_SNAPSHOT_RETENTION='30s' is not valid: must be at least 1m"):
+    monkeypatch.setenv("DLRLENS_ICEBERG_SNAPSHOT_RETENTION", "5s")
+    with pytest.raises(ValueError, match="DLRLENS_ICEBERG_SNAPSHOT_RETENTION='5s' is not valid: must be at least 10s"):
         load_settings(iceberg_orphan_grace=timedelta(hours=1))
     monkeypatch.setenv("DLRLENS_ICEBERG_ORPHAN_GRACE", "2h")
     monkeypatch.setenv("DLRLENS_ICEBERG_SNAPSHOT_RETENTION", "30m")
@@ -310,3 +303,47 @@ def test_the_settings_schedule_the_table_maintenance(monkeypatch, tmp_path):
     assert schedule == maintenance.IcebergSchedule("lake", 300.0, 1800.0, 7200.0)
     monkeypatch.setenv("DLRLENS_ICEBERG_MAINTENANCE_SECONDS", "0")
     assert maintenance.iceberg_schedule(load_settings(data_dir=tmp_path)) is None
+
+
+def test_compaction_keeps_every_row_and_readers_follow_it_without_a_rebuild(lake, tmp_path, monkeypatch):
+    demo = factory.demo_rows(120, seed=21)
+    local = ReceiptStorage(tmp_path / "local", flush_seconds=3600)
+    remote = collector(tmp_path / "collector")
+    for start in range(0, len(demo), 40):  # several flushes: several small files per day
+        for storage in (local, remote):
+            storage.store(demo[start:start + 40])
+            storage.flush()
+    local.close()
+    remote.close()
+    before = report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "before.json")  # the reader's cache
+    days = len({r["created"].date() for r in demo})
+    assert len(table().inspect.files()) > days
+    rebuilds = []
+    rebuild = derive.rebuild_derived
+    monkeypatch.setattr(derive, "rebuild_derived", lambda *args, **kw: rebuilds.append(args) or rebuild(*args, **kw))
+    result = maintainer(clock=later(2)).run()
+    assert result["compaction_outputs"] == days == result["data_files"] and result["files_compacted"] > days
+    assert len(table().inspect.files()) == days
+    after = report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "after.json")
+    assert after == before == report_json(tmp_path / "local", "local", tmp_path / "local.json")
+    assert not rebuilds, "the reader absorbed the compaction through its lineage"
+    cached = sorted(p.name[:2] for p in (tmp_path / "reader").glob("cache/iceberg/lake/receipts/*/*.parquet"))
+    assert cached == ["c-"] * days
+    assert sorted(table_ids()) == sorted(r["receipt_id"] for r in demo)
+
+
+def test_two_maintainers_merging_the_same_files_commit_one_merge(lake, tmp_path):
+    batches = [rows(f"k{n}", 3) for n in range(4)]
+    commit(tmp_path / "collector", *batches)
+    stale = table()  # what the second maintainer planned from, before the first committed
+    first, late = MaintenanceResult(), MaintenanceResult()
+    maintainer(clock=later(2)).compact(first)
+    racing = maintainer(clock=later(2))
+    racing._table = stale
+    racing._fresh_table = lambda: stale
+    racing.compact(late)
+    assert (first.compaction_outputs, first.files_compacted) == (1, 4)
+    assert (late.compaction_outputs, late.conflicts) == (0, 1)
+    assert sorted(table_ids()) == ids_of(*batches)
+    outputs = [path for path in listed_files(table()) if path.rsplit("/", 1)[-1].startswith("c-")]
+    assert len(outputs) == 1, "the refused merge's output was deleted"

@@ -123,11 +123,3 @@ def object_store(directory: Path):
     finally:
         store.stop()
 
-
-def table_ids(catalog: str = "lake") -> list[str]:
-    """Every row's receipt id in catalog ``catalog``'s receipts table, read back through pyiceberg
-    (every data file the current snapshot holds is read: a missing one fails)."""
-    from dlrlens.store.iceberg.table import open_catalog, receipts_table
-
-    table = receipts_table(open_catalog(catalog), create=False)
-    return table.scan(selected_fields=("receipt_id",)).to_arrow()["receipt_id"].to_pylist()

@@ -5,7 +5,8 @@ holds exactly the local contract's columns (:data:`dlrlens.store.layout.RECEIPT_
 ids 1..n in that order, required where the contract says not null), partitioned by the UTC day
 of ``created`` (Iceberg's ``day`` transform: the same days as the local ``date=`` folders).
 It is created on first use by whichever process gets there first (a second creator finds it),
-with :data:`TABLE_PROPERTIES` (kept bounded: manifests merged, old metadata files deleted).
+with :data:`TABLE_PROPERTIES` (kept bounded: manifests merged, old metadata files deleted;
+compaction conflicts only with what removes its inputs).
 
 Idempotent commits: every commit dlrlens makes records what it holds in its snapshot summary,
 under :data:`SEGMENT_KEY` (log segments of one collector slot: ``<collector>/<slot>/<id>[,<id>...]``)
@@ -28,6 +29,7 @@ summaries: expiry keeps the snapshots that carry them (one per migrated file, ma
 
 from __future__ import annotations
 
+import logging
 import os
 import pyarrow as pa
 from pyiceberg.catalog import Catalog, load_catalog
@@ -58,7 +60,28 @@ TABLE_PROPERTIES = {
     "commit.manifest.min-count-to-merge": "20",
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "20",
+    # The maintenance's compaction replaces files by one holding the same rows: it conflicts only
+    # with a commit that removed those files, not with the collectors' appends meanwhile (under
+    # the default, serializable, every append would make it start over).
+    "write.delete.isolation-level": "snapshot",
 }
+
+
+
+class _RaceLostMetadataDeletes(logging.Filter):
+    """With ``write.metadata.delete-after-commit.enabled`` each committer deletes the metadata
+    files that fell out of the metadata log; with several committers the one that retried on
+    fresh metadata also tries those the other already deleted, and pyiceberg warns for each
+    (several lines a commit with busy collectors). Demoted to debug: a file that really could
+    not be deleted is unreferenced, and the orphan-file cleanup deletes it (visibly) later."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.getMessage().startswith("Failed to delete metadata file"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger("pyiceberg.catalog").addFilter(_RaceLostMetadataDeletes())
 
 _TYPES = {pa.string(): StringType(), layout.UTC_TIMESTAMP: TimestamptzType(), pa.int32(): IntegerType()}
 
@@ -169,6 +192,14 @@ def committed_segments(table: Table, slot_key: str, seen: dict[int, str | None] 
         if owner == slot_key:
             found.update(ids)
     return found
+
+
+def arrow_schema_with_field_ids() -> pa.Schema:
+    """The contract schema with each column's Iceberg field id (:func:`receipt_schema`) in the
+    field metadata, which Parquet writers turn into field ids: how Iceberg readers (pyiceberg,
+    Spark, Trino) match a data file's columns when the file was not written by pyiceberg."""
+    return pa.schema([f.with_metadata({b"PARQUET:field_id": str(number).encode()})
+                      for number, f in enumerate(layout.RECEIPT_SCHEMA, start=1)])
 
 
 def arrow_receipts(table: pa.Table) -> pa.Table:
