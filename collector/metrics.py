@@ -77,7 +77,9 @@ def render(storage) -> str:
 
 
 PUBLISHER_COUNTERS = {
-    "commits": ("dlrlens_store_commits_total", "Commits to the store's table (one per flushed log segment)."),
+    "commits": ("dlrlens_store_commits_total", "Commits to the store's table (one per flush; a catch-up commits "
+                                               "several log segments at once)."),
+    "committed_segments": ("dlrlens_store_committed_segments_total", "Log segments committed to the store's table."),
     "committed_receipts": ("dlrlens_store_committed_receipts_total", "Receipts committed to the store's table."),
     "already_committed": ("dlrlens_store_already_committed_total",
                           "Segments found already committed (a replay after a crash) and not committed again."),
@@ -121,7 +123,7 @@ def maintenance_lines(data_dir: Path) -> list[str]:
 
 
 def _maintenance_lines(status: dict) -> list[str]:
-    lines = ["# HELP dlrlens_maintenance_runs_total Maintenance tasks that succeeded (derive, compact).",
+    lines = ["# HELP dlrlens_maintenance_runs_total Maintenance tasks that succeeded (derive, compact, sync, iceberg).",
              "# TYPE dlrlens_maintenance_runs_total counter"]
     lines += [f'dlrlens_maintenance_runs_total{{task="{task}"}} {int(n)}' for task, n in sorted(status["runs"].items())]
     lines += ["# HELP dlrlens_maintenance_errors_total Maintenance tasks that failed (retried at the next tick).",
@@ -134,6 +136,45 @@ def _maintenance_lines(status: dict) -> list[str]:
         if at:
             stamp = datetime.fromisoformat(at).timestamp()
             lines.append(f'dlrlens_maintenance_last_success_timestamp_seconds{{task="{task}"}} {stamp:.3f}')
+    if status.get("iceberg"):
+        lines += _iceberg_maintenance_lines(status["iceberg"])
+    return lines
+
+
+ICEBERG_TOTALS = {
+    "files_compacted": ("dlrlens_iceberg_files_compacted_total", "Data files of the Iceberg table this collector's "
+                                                                 "maintenance merged into compaction outputs."),
+    "expired_snapshots": ("dlrlens_iceberg_expired_snapshots_total", "Snapshots of the Iceberg table this "
+                                                                     "collector's maintenance expired."),
+    "orphans_deleted": ("dlrlens_iceberg_orphan_files_deleted_total", "Unreferenced files under the table's "
+                                                                      "location it deleted."),
+    "orphan_bytes_deleted": ("dlrlens_iceberg_orphan_bytes_deleted_total", "Their bytes."),
+    "conflicts": ("dlrlens_iceberg_maintenance_conflicts_total", "Its commits refused because another writer "
+                                                                 "(say another collector's maintenance) committed "
+                                                                 "first (retried on fresh metadata)."),
+}
+ICEBERG_GAUGES = {
+    "snapshots": ("dlrlens_iceberg_snapshots", "Snapshots the Iceberg table holds (after the last maintenance run)."),
+    "metadata_bytes": ("dlrlens_iceberg_metadata_bytes", "Size of its current metadata file (every commit rewrites "
+                                                         "it, every reader reads it)."),
+    "orphans_waiting": ("dlrlens_iceberg_orphans_waiting", "Unreferenced files younger than the grace."),
+    "data_files": ("dlrlens_iceberg_data_files", "Data files the table's current snapshot holds."),
+}
+
+
+def _iceberg_maintenance_lines(iceberg: dict) -> list[str]:
+    """The Iceberg table's maintenance: this process's totals, the table's size after the last run."""
+    lines: list[str] = []
+    for name, (metric, text) in ICEBERG_TOTALS.items():
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} counter", f"{metric} {int(iceberg['totals'][name])}"]
+    last = iceberg.get("last_run") or {}
+    if "snapshots" not in last:
+        return lines  # no run yet (or no table yet)
+    for name, (metric, text) in ICEBERG_GAUGES.items():
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge", f"{metric} {int(last[name])}"]
+    lines += ["# HELP dlrlens_iceberg_objects Files under the table's location by kind, before the last cleanup.",
+              "# TYPE dlrlens_iceberg_objects gauge"]
+    lines += [f'dlrlens_iceberg_objects{{kind="{kind}"}} {int(n)}' for kind, n in sorted(last["by_kind"].items())]
     return lines
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from collector.parsing import MAX_LABELS
 from dlrlens.store.backends import StoreChoice, parse_store
 from dlrlens.store.events import DEFAULT_OPT_OUT_KEYWORDS, parse_keywords
+from dlrlens.store.maintenance import MIN_ORPHAN_GRACE_SECONDS, MIN_SNAPSHOT_RETENTION_SECONDS
 from dlrlens.mobivate import SETTINGS as MOBIVATE_SETTINGS
 from dlrlens.mobivate import parse_duration, parse_flag
 
@@ -40,16 +41,34 @@ _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _duration_or_off(text: str) -> timedelta | None:
-    """Seconds, or a number with a unit (``90s``, ``15m``, ``12h``, ``400d``); 0 means no bound (None)."""
+def _duration(text: str) -> timedelta:
+    """Seconds, or a number with a unit (``90s``, ``15m``, ``12h``, ``400d``)."""
     match = _DURATION.fullmatch(text.lower())
     if not match:
         raise ValueError("expected seconds or a duration such as 90s, 15m, 12h, 400d")
-    seconds = float(match[1]) * _DURATION_UNITS[match[2]]
     try:
-        return timedelta(seconds=seconds) if seconds else None
+        return timedelta(seconds=float(match[1]) * _DURATION_UNITS[match[2]])
     except OverflowError:
         raise ValueError("duration is too large") from None
+
+
+def _duration_or_off(text: str) -> timedelta | None:
+    """:func:`_duration`; 0 means no bound (None)."""
+    return _duration(text) or None
+
+
+def _seconds_text(seconds: float) -> str:
+    return f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"
+
+
+def _at_least(seconds: float, why: str):
+    """A :func:`_duration` parser refusing less than ``seconds`` (``why`` says what would break)."""
+    def parse(text: str) -> timedelta:
+        duration = _duration(text)
+        if duration.total_seconds() < seconds:
+            raise ValueError(f"must be at least {_seconds_text(seconds)}: {why}")
+        return duration
+    return parse
 
 
 def _count_or_off(text: str) -> int | None:
@@ -148,6 +167,18 @@ SETTINGS_TABLE = (
             "Where flushed receipts go: local (Parquet files under the data directory) or iceberg:<catalog>, "
             "the receipts table of that pyiceberg catalog (configured in .pyiceberg.yaml or "
             "PYICEBERG_CATALOG__<NAME>__* variables); the write-ahead log stays in the data directory."),
+    Setting("iceberg_maintenance_seconds", "DLRLENS_ICEBERG_MAINTENANCE_SECONDS", "300", float,
+            "With the Iceberg store: seconds between the maintenance process's runs of snapshot expiry and "
+            "orphan-file cleanup on the table (0 turns them off). Every collector runs them; concurrent runs are safe."),
+    Setting("iceberg_snapshot_retention", "DLRLENS_ICEBERG_SNAPSHOT_RETENTION", "10m",
+            _at_least(MIN_SNAPSHOT_RETENTION_SECONDS, "a commit in flight retries from the snapshot it started from"),
+            "With the Iceberg store: snapshots superseded longer ago than this are expired (at least 10s; time travel "
+            "reaches back this far; exactly-once does not depend on it). Each retained snapshot adds about 1 KB to the "
+            "metadata file every commit rewrites: 10m at 4 workers flushing every 2 s keeps ~1,200."),
+    Setting("iceberg_orphan_grace", "DLRLENS_ICEBERG_ORPHAN_GRACE", "1h",
+            _at_least(MIN_ORPHAN_GRACE_SECONDS, "a shorter grace could delete the files of a commit still in flight"),
+            "With the Iceberg store: files under the table's location that no retained snapshot references are "
+            "deleted once older than this (at least 10m, so that a commit in flight keeps its files)."),
     Setting("alerts_file", "DLRLENS_ALERTS_FILE", "", _optional_path,
             "The alert rules and notify channels (alerts.toml, see alerts.example.toml); when set, the collector "
             "evaluates them in a separate process beside maintenance. Empty: no alerts."),
@@ -190,6 +221,9 @@ class Settings:
     opt_out_keywords: tuple[str, ...]
     log_level: str
     store: StoreChoice
+    iceberg_maintenance_seconds: float
+    iceberg_snapshot_retention: timedelta
+    iceberg_orphan_grace: timedelta
     alerts_file: Path | None
     alerts_seconds: float
     dashboard_url: str

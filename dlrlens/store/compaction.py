@@ -197,6 +197,31 @@ def remove_superseded(data_dir: Path, *, delete_grace_seconds: float = DELETE_GR
     return _for_each_partition(Path(data_dir), step, now)
 
 
+def choose_merge(files: dict[str, tuple[int, float]], *, now: float, min_age_seconds: float,
+                 settle_seconds: float) -> list[str]:
+    """Which of one partition's files (name -> (bytes, epoch seconds its data arrived)) a run
+    merges, by the policy of the module docstring (settled: all; active: size tiers; never
+    files younger than ``min_age_seconds``). For stores whose files live elsewhere (the
+    Iceberg store's table maintenance); :func:`compact` applies the same policy."""
+    candidates = [_File(Path(name), size, int(arrived * 1e9)) for name, (size, arrived) in files.items()]
+    settled = bool(files) and max(arrived for _, arrived in files.values()) <= now - settle_seconds
+    return [f.name for f in _choose_inputs(candidates, now=now, min_age=min_age_seconds, settled=settled)]
+
+
+def merge_files(paths: list[Path], spill_dir: Path, schema: pa.Schema = layout.RECEIPT_SCHEMA) -> tuple[Path, int]:
+    """Merge the receipt files ``paths`` (of one directory) into one new sorted file beside them,
+    written exactly as :func:`compact` writes its outputs (``c-<time_ns>.parquet``, the lineage of
+    its inputs' names and rows in its metadata) with ``schema`` (the contract's, maybe with field
+    metadata); the inputs stay. Returns its path and rows."""
+    inputs = []
+    for path in paths:
+        stat = path.stat()
+        inputs.append(_File(path, stat.st_size, stat.st_mtime_ns))
+    with _Sorter(spill_dir) as sorter:
+        output = _merge(paths[0].parent, inputs, sorter, schema)
+    return output.path, output.rows
+
+
 def lineage(path: Path) -> dict[str, int]:
     """The inputs a compacted file was made from, as {file name: rows}; {} for a flush file."""
     metadata = pq.read_metadata(path).metadata or {}
@@ -378,10 +403,10 @@ class _Output:
     size: int
 
 
-def _merge(partition: Path, inputs: list[_File], sorter: _Sorter) -> _Output:
+def _merge(partition: Path, inputs: list[_File], sorter: _Sorter, schema: pa.Schema = layout.RECEIPT_SCHEMA) -> _Output:
     """Write the rows of ``inputs`` as one new sorted file, visible only when complete."""
     input_rows = {f.name: pq.read_metadata(f.path).num_rows for f in inputs}
-    schema = layout.RECEIPT_SCHEMA.with_metadata({
+    schema = schema.with_metadata({
         LINEAGE_KEY: json.dumps(sorted(input_rows)),
         LINEAGE_ROWS_KEY: json.dumps(input_rows, sort_keys=True),
     })

@@ -1,4 +1,5 @@
-"""Background maintenance of the collector: derived per-message state and compaction.
+"""Background maintenance of the collector: derived per-message state, compaction, and (with the
+Iceberg store) the table's compaction, snapshot expiry and orphan-file cleanup.
 
 The collector's master process runs one maintenance process (:class:`MaintenanceProcess`,
 ``python3 -m dlrlens.store.maintenance``) at a lower CPU priority, so that under load the webhook
@@ -11,7 +12,11 @@ non-blocking ``flock`` on ``data/maintenance.lock`` does the work (one per data 
 however many collectors share it), the others retry the lock every ``lock_retry_seconds``,
 so when the holder dies (the kernel drops its lock) another takes over within that time. The active maintainer runs ``dlrlens.store.derive.update_derived``
 every ``interval`` seconds (when that module exists) and :func:`dlrlens.store.compaction.compact`
-every ``compact_every`` seconds. A failing task is logged on one line
+every ``compact_every`` seconds. With the Iceberg store (an :class:`IcebergSchedule`), it also
+runs :class:`dlrlens.store.iceberg.maintain.TableMaintenance` every ``IcebergSchedule.every``
+seconds: that task needs no lock (the ``flock`` above is per data directory, i.e. per machine),
+because every change it makes to the shared table is a catalog commit that any number of
+collectors' maintainers may race safely. A failing task is logged on one line
 (``event=maintenance_failed``) and retried at its next tick: nothing stops the thread but
 :meth:`Maintainer.stop`.
 """
@@ -26,10 +31,9 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
-
+from dataclasses import dataclass
 from datetime import datetime, timezone
-
+from pathlib import Path
 
 from dlrlens.store import compaction, derive, files, layout, sends
 
@@ -40,13 +44,40 @@ LOCK_RETRY_SECONDS = 60.0
 PROCESS_LOCK_RETRY_SECONDS = 2.0  # a restarted collector's new process waits for the old one's lock
 NICENESS = 10  # CFS weight ~1/10 of the webhook's when both want the CPU
 RESTART_DELAY_SECONDS = 1.0
+# The least DLRLENS_ICEBERG_ORPHAN_GRACE: a shorter grace could take the files of a commit in
+# flight (written, not committed yet) for orphans and corrupt the table. A commit takes seconds,
+# retries included, but may wait on the timeouts of a slow object store.
+MIN_ORPHAN_GRACE_SECONDS = 600.0
+# The least DLRLENS_ICEBERG_SNAPSHOT_RETENTION: a commit that lost a race is retried by pyiceberg
+# from the snapshot it started from; expired under it, the commit starts over (its data files
+# written again). Harmless now and then, wasteful if a retention of a few seconds made it common.
+MIN_SNAPSHOT_RETENTION_SECONDS = 10.0
+ICEBERG_SCRATCH = Path("tmp") / "iceberg-compaction"  # under the data directory: compaction's copies
+ICEBERG_TOTALS = ("files_compacted", "expired_snapshots", "orphans_deleted", "orphan_bytes_deleted", "conflicts")
+
+
+@dataclass(frozen=True)
+class IcebergSchedule:
+    """The Iceberg table's maintenance (``DLRLENS_ICEBERG_*`` settings): catalog, seconds between
+    runs, snapshot retention and orphan-file grace in seconds."""
+
+    catalog: str
+    every: float
+    retention_seconds: float
+    orphan_grace_seconds: float
+
+    def arguments(self) -> list[str]:
+        """The same as ``python3 -m dlrlens.store.maintenance`` arguments."""
+        return ["--iceberg-catalog", self.catalog, "--iceberg-every", str(self.every),
+                "--snapshot-retention", str(self.retention_seconds), "--orphan-grace", str(self.orphan_grace_seconds)]
 
 
 class Maintainer:
     """The maintenance thread of one process (see the module docstring)."""
 
     def __init__(self, data_dir: Path, *, interval: float = 5.0, compact_every: float = 60.0,
-                 lock_retry_seconds: float = LOCK_RETRY_SECONDS, compact_options: dict | None = None):
+                 lock_retry_seconds: float = LOCK_RETRY_SECONDS, compact_options: dict | None = None,
+                 iceberg: IcebergSchedule | None = None):
         self.data_dir = Path(data_dir)
         self.interval = interval
         self.compact_every = compact_every
@@ -60,6 +91,11 @@ class Maintainer:
         self.sync_settings = sends.periodic_settings()
         if self.sync_settings is not None:
             self.runs["sync"] = self.errors["sync"] = 0
+        self.iceberg = iceberg if iceberg is not None and iceberg.every > 0 else None
+        self._table_maintenance = None  # made at the first run (imports pyiceberg)
+        self.iceberg_totals = dict.fromkeys(ICEBERG_TOTALS, 0)
+        if self.iceberg is not None:
+            self.runs["iceberg"] = self.errors["iceberg"] = 0
         self.last_results: dict[str, dict] = {}
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
@@ -96,12 +132,15 @@ class Maintainer:
     # -- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_due = {"derive": 0.0, "compact": 0.0, "sync": 0.0}
+        next_due = {"derive": 0.0, "compact": 0.0, "sync": 0.0, "iceberg": 0.0}
         every = {"derive": self.interval, "compact": self.compact_every}
         tasks = {"derive": self._update_derived, "compact": self._compact}
         if self.sync_settings is not None:
             every["sync"] = self.sync_settings.sync_seconds
             tasks["sync"] = self._sync
+        if self.iceberg is not None:
+            every["iceberg"] = self.iceberg.every
+            tasks["iceberg"] = self._maintain_table
         while not self._stop.is_set():
             if not self.active and not self._take_lock():
                 self._stop.wait(self.lock_retry_seconds)
@@ -142,12 +181,18 @@ class Maintainer:
         def iso(moment: datetime | None) -> str | None:
             return moment.isoformat() if moment else None
 
-        return {"pid": os.getpid(), "updated_at": iso(datetime.now(timezone.utc)),
-                "interval_seconds": {"derive": self.interval, "compact": self.compact_every,
-                                     **({"sync": self.sync_settings.sync_seconds} if self.sync_settings else {})},
-                "runs": dict(self.runs), "errors": dict(self.errors),
-                "last_success_at": {name: iso(at) for name, at in self.last_success_at.items()},
-                "last_error": self.last_error, "last_error_at": iso(self.last_error_at)}
+        document = {"pid": os.getpid(), "updated_at": iso(datetime.now(timezone.utc)),
+                    "interval_seconds": {"derive": self.interval, "compact": self.compact_every,
+                                         **({"sync": self.sync_settings.sync_seconds} if self.sync_settings else {}),
+                                         **({"iceberg": self.iceberg.every} if self.iceberg else {})},
+                    "runs": dict(self.runs), "errors": dict(self.errors),
+                    "last_success_at": {name: iso(at) for name, at in self.last_success_at.items()},
+                    "last_error": self.last_error, "last_error_at": iso(self.last_error_at)}
+        if self.iceberg is not None:
+            # The table's figures after the last run, and this process's totals (for /metrics).
+            document["iceberg"] = {"catalog": self.iceberg.catalog, "last_run": self.last_results.get("iceberg"),
+                                   "totals": dict(self.iceberg_totals)}
+        return document
 
     def _write_status(self) -> None:
         try:
@@ -161,6 +206,24 @@ class Maintainer:
     def _sync(self) -> dict:
         return sends.periodic_sync(self.data_dir, self.sync_settings)
 
+    def _maintain_table(self) -> dict:
+        if self._table_maintenance is None:
+            from dlrlens.store.iceberg.maintain import TableMaintenance
+
+            self._table_maintenance = TableMaintenance(self.iceberg.catalog,
+                                                       retention_seconds=self.iceberg.retention_seconds,
+                                                       orphan_grace_seconds=self.iceberg.orphan_grace_seconds,
+                                                       work_dir=self.data_dir / ICEBERG_SCRATCH)
+        result = self._table_maintenance.run()
+        for name in ICEBERG_TOTALS:
+            self.iceberg_totals[name] += result.get(name, 0)
+        if result.get("files_compacted") or result.get("expired_snapshots") or result.get("orphans_deleted"):
+            log.info("event=iceberg_maintained compacted=%d expired=%d snapshots=%d data_files=%d orphans_deleted=%d "
+                     "objects=%d metadata_bytes=%d conflicts=%d seconds=%.2f", result["files_compacted"],
+                     result["expired_snapshots"], result["snapshots"], result["data_files"], result["orphans_deleted"],
+                     result["objects"], result["metadata_bytes"], result["conflicts"], result["seconds"])
+        return result
+
     def _compact(self) -> dict:
         stats = compaction.compact(self.data_dir, **self.compact_options)
         if stats.files_written or stats.files_removed or stats.errors:
@@ -172,16 +235,17 @@ class Maintainer:
 
 
 def start(data_dir: Path, *, interval: float = 5.0, compact_every: float = 60.0,
-          lock_retry_seconds: float = LOCK_RETRY_SECONDS, compact_options: dict | None = None) -> Maintainer | None:
-    """Start this process's maintenance thread; ``None`` when both tasks are disabled (<= 0).
+          lock_retry_seconds: float = LOCK_RETRY_SECONDS, compact_options: dict | None = None,
+          iceberg: IcebergSchedule | None = None) -> Maintainer | None:
+    """Start this process's maintenance thread; ``None`` when every task is disabled (<= 0).
 
     The returned maintainer works only while it holds the lock (``.active``); call
     :meth:`Maintainer.stop` at shutdown.
     """
-    if interval <= 0 and compact_every <= 0:
+    if interval <= 0 and compact_every <= 0 and (iceberg is None or iceberg.every <= 0):
         return None
     return Maintainer(data_dir, interval=interval, compact_every=compact_every,
-                      lock_retry_seconds=lock_retry_seconds, compact_options=compact_options).start()
+                      lock_retry_seconds=lock_retry_seconds, compact_options=compact_options, iceberg=iceberg).start()
 
 
 # -- the maintenance process -------------------------------------------------------------------
@@ -201,10 +265,11 @@ class MaintenanceProcess:
     status is not always known.
     """
 
-    def __init__(self, data_dir: Path, *, interval: float, compact_every: float, log_level: str = "info"):
+    def __init__(self, data_dir: Path, *, interval: float, compact_every: float, log_level: str = "info",
+                 iceberg: IcebergSchedule | None = None):
         self.command = [sys.executable, "-m", "dlrlens.store.maintenance", "--data", str(data_dir),
                         "--interval", str(interval), "--compact-every", str(compact_every),
-                        "--log-level", log_level]
+                        "--log-level", log_level, *(iceberg.arguments() if iceberg else [])]
         self.restarts = 0
         self.pid: int | None = None
         self._stopping = threading.Event()
@@ -273,13 +338,24 @@ def _signal(pid: int, signum: int) -> bool:
     return True
 
 
+def iceberg_schedule(settings) -> IcebergSchedule | None:
+    """The Iceberg table's maintenance for the collector's ``settings`` (None: local store, or off)."""
+    if settings.store.is_local or settings.iceberg_maintenance_seconds <= 0:
+        return None
+    return IcebergSchedule(settings.store.catalog, settings.iceberg_maintenance_seconds,
+                           settings.iceberg_snapshot_retention.total_seconds(),
+                           settings.iceberg_orphan_grace.total_seconds())
+
+
 def start_process(settings) -> MaintenanceProcess | None:
     """Start the supervised maintenance process for the collector's ``settings``; ``None``
-    when both tasks are disabled."""
-    if settings.maintenance_seconds <= 0 and settings.compact_seconds <= 0:
+    when every task is disabled."""
+    iceberg = iceberg_schedule(settings)
+    if settings.maintenance_seconds <= 0 and settings.compact_seconds <= 0 and iceberg is None:
         return None
     return MaintenanceProcess(settings.data_dir, interval=settings.maintenance_seconds,
-                              compact_every=settings.compact_seconds, log_level=settings.log_level).start()
+                              compact_every=settings.compact_seconds, log_level=settings.log_level,
+                              iceberg=iceberg).start()
 
 
 def supervised_child(log_level: str, niceness: int, parent: int | None) -> tuple[int, threading.Event]:
@@ -302,14 +378,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between derived-state updates")
     parser.add_argument("--compact-every", type=float, default=60.0, help="seconds between compactions")
+    parser.add_argument("--iceberg-catalog", default=None, help="the Iceberg store's catalog: maintain its table")
+    parser.add_argument("--iceberg-every", type=float, default=0.0, help="seconds between runs of the table's maintenance")
+    parser.add_argument("--snapshot-retention", type=float, help="seconds a snapshot is kept (with --iceberg-catalog)")
+    parser.add_argument("--orphan-grace", type=float,
+                        help="seconds an unreferenced file is kept before it counts as an orphan (with --iceberg-catalog)")
     parser.add_argument("--niceness", type=int, default=NICENESS)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--parent", type=int, default=None,
                         help="pid of the supervising process: exit when it is gone (default: the parent at start)")
     args = parser.parse_args(argv)
+    if args.iceberg_catalog and (args.snapshot_retention is None or args.orphan_grace is None):
+        parser.error("--iceberg-catalog needs --snapshot-retention and --orphan-grace")
     parent, stop = supervised_child(args.log_level, args.niceness, args.parent)
+    iceberg = (IcebergSchedule(args.iceberg_catalog, args.iceberg_every, args.snapshot_retention, args.orphan_grace)
+               if args.iceberg_catalog else None)
     maintainer = start(Path(args.data), interval=args.interval, compact_every=args.compact_every,
-                       lock_retry_seconds=PROCESS_LOCK_RETRY_SECONDS)
+                       lock_retry_seconds=PROCESS_LOCK_RETRY_SECONDS, iceberg=iceberg)
     if maintainer is None:
         return 0
     # Without a supervisor nobody would stop us: leave when the parent is gone (re-parented).

@@ -15,12 +15,22 @@ deterministic, so replaying a segment whose files were already renamed into plac
 replaces them with identical files rather than adding copies. The segment is deleted only
 after every file it produced is durable.
 
-A *publisher* (``publish``, optional) replaces the local Parquet files as a flush's destination:
-it is called with each closed segment's records and must return only once they are durable
-there (and never store a segment twice: a replay calls it again). The Iceberg backend's
-:class:`dlrlens.store.iceberg.publisher.IcebergPublisher` is one. When it raises
-:class:`PublishError` the segment stays in the log and the next flush tries again; the
-collector goes on acknowledging from its log meanwhile.
+A *publisher* (``publish``, optional) replaces the local Parquet files as the receipts' destination
+(clicks and replies stay local): the Iceberg backend's
+:class:`dlrlens.store.iceberg.publisher.IcebergPublisher` is one. It offers two calls:
+
+* ``publish.already_committed(slot, segments)``: those of ``segments`` its store already holds
+  (committed before a crash, not yet deleted from the log);
+* ``publish(slot, batch)``: commit ``batch``, a list of ``(segment, receipts as an Arrow table)``
+  of one slot, oldest first, as one commit; return only once it is durable there.
+
+The flush takes the closed segments of a slot oldest first, up to :data:`PUBLISH_BATCH_SEGMENTS`
+segments and :data:`PUBLISH_BATCH_RECEIPTS` receipts at a time (one segment in steady state;
+many after an outage of the store, when the catch-up then costs a commit per batch, not per
+segment). It deletes the segments ``already_committed`` names **before** committing the others:
+that is what the publisher's exactly-once relies on (see :mod:`dlrlens.store.iceberg.table`).
+When either call raises :class:`PublishError` the segments stay in the log and the next flush
+tries again; the collector goes on acknowledging from its log meanwhile.
 """
 
 from __future__ import annotations
@@ -47,6 +57,10 @@ log = logging.getLogger("dlrlens.collector")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
 RECENT_IDS = 200_000  # receipt ids remembered per process to count duplicates as they arrive
+# One publisher commit takes at most this many segments / receipts (a catch-up after an outage:
+# the receipts bound the memory a batch takes).
+PUBLISH_BATCH_SEGMENTS = 64
+PUBLISH_BATCH_RECEIPTS = 50_000
 
 
 # The crash points of publishing one flushed Parquet file (tests kill the writer at each).
@@ -90,31 +104,31 @@ def utc_day(micros: int) -> str:
     return f"{day.year:04d}-{day.month:02d}-{day.day:02d}"
 
 
-def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict] | None = None,
-                  publish=None) -> int:
-    """Turn one closed log segment into Parquet files and delete it. Returns receipts written.
-
-    ``documents`` are the segment's records as the writer kept them in memory (exactly what
-    reading the file gives); without them the file is read. Idempotent: running it again on
-    the same segment (after a crash) writes the same files. With ``publish`` (see the module
-    docstring), ``publish(slot, segment, records)`` takes the records instead of local files.
-    """
+def segment_records(segment: Path, documents: list[dict] | None = None) -> list[dict]:
+    """A closed segment's records: ``documents`` (as the writer kept them in memory, exactly what
+    reading the file gives) or, without them, the file's."""
     if documents is not None:
-        records = documents
-    else:
-        records, torn = read_segment(segment)
-        if torn:
-            log.warning("event=torn_log_tail segment=%s kept=%d", segment.name, len(records))
+        return documents
+    records, torn = read_segment(segment)
+    if torn:
+        log.warning("event=torn_log_tail segment=%s kept=%d", segment.name, len(records))
+    return records
+
+
+def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict] | None = None,
+                  published: bool = False) -> int:
+    """Turn one closed log segment into Parquet files and delete it. Returns records written.
+
+    ``documents``: see :func:`segment_records`. Idempotent: running it again on the same
+    segment (after a crash) writes the same files. ``published``: the segment's receipts are in
+    the publisher's store already, only its other tables (clicks, replies) go to local files.
+    """
+    records = segment_records(segment, documents)
     by_day: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    receipts: list[dict] = []
     for record in records:
         table_name = record.get(layout.TABLE_KEY, "receipts")
-        if publish is not None and table_name == "receipts":
-            receipts.append(record)  # to the publisher's store (Iceberg); clicks and replies stay local
-            continue
-        by_day[table_name, utc_day(record[layout.TABLES[table_name].day_column])].append(record)
-    if publish is not None:
-        publish(slot, segment, receipts)
+        if not (published and table_name == "receipts"):
+            by_day[table_name, utc_day(record[layout.TABLES[table_name].day_column])].append(record)
     for (table_name, day), rows in sorted(by_day.items()):
         target = layout.table_partition_dir(data_dir, table_name, day) / f"{slot}-{segment.stem}.parquet"
         write_parquet_atomically(records_to_table(rows, table_name), target)
@@ -123,6 +137,11 @@ def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict
     segment.unlink()
     files.fsync_dir(segment.parent)
     return len(records)
+
+
+def receipts_of(records: list[dict]) -> pa.Table:
+    """The receipts among a segment's records, as a contract-schema table (what a publisher takes)."""
+    return records_to_table([r for r in records if r.get(layout.TABLE_KEY, "receipts") == "receipts"])
 
 
 def error_kind(exc: BaseException) -> str:
@@ -276,36 +295,76 @@ class ReceiptStorage:
         return recovered
 
     def _flush_dir(self, slot: str, log_dir: Path, up_to: int | None = None) -> int:
-        """Flush the segments of ``log_dir`` (those with id <= ``up_to``, when given)."""
-        written = 0
-        for segment in list_segments(log_dir):
-            if up_to is not None and int(segment.stem) > up_to:
-                continue
-            written += self._flush_or_quarantine(slot, segment)
-        return written
+        """Flush the segments of ``log_dir`` (those with id <= ``up_to``, when given), oldest first."""
+        segments = [segment for segment in list_segments(log_dir) if up_to is None or int(segment.stem) <= up_to]
+        if self.publish is not None:
+            return self._publish_segments(slot, segments)
+        return sum(self._flush_or_quarantine(slot, segment, self._documents(slot, segment)) for segment in segments)
 
-    def _flush_or_quarantine(self, slot: str, segment: Path) -> int:
-        """Flush one segment. OSError (storage trouble) propagates: the segment stays for a retry.
+    def _documents(self, slot: str, segment: Path) -> list[dict] | None:
+        return self.wal.take_documents(segment) if self.wal is not None and slot == self.slot else None
+
+    def _flush_or_quarantine(self, slot: str, segment: Path, documents: list[dict] | None,
+                             published: bool = False) -> int:
+        """:func:`flush_segment`. OSError (storage trouble) propagates: the segment stays for a retry.
 
         Any other error means the segment's content cannot be converted (a bug meeting
         unexpected data). Retrying would fail forever and block the segments behind it, so
         the segment is moved, intact, to ``wal/quarantine/`` for a person to look at, and
         counted; the collector goes on.
         """
-        documents = self.wal.take_documents(segment) if self.wal is not None and slot == self.slot else None
         try:
-            return flush_segment(self.data_dir, slot, segment, documents, self.publish)
+            return flush_segment(self.data_dir, slot, segment, documents, published)
         except OSError:
             raise
         except Exception as exc:
-            quarantine = self.wal_root / "quarantine"
-            quarantine.mkdir(exist_ok=True)
-            target = quarantine / f"{slot}-{segment.name}"
-            os.replace(segment, target)
-            files.fsync_dir(quarantine)
-            self.counters.add("quarantined_segments")
-            log.error("event=segment_quarantined segment=%s error=%r", target, str(exc))
+            self._quarantine(slot, segment, exc)
             return 0
+
+    def _quarantine(self, slot: str, segment: Path, exc: Exception) -> None:
+        quarantine = self.wal_root / "quarantine"
+        quarantine.mkdir(exist_ok=True)
+        target = quarantine / f"{slot}-{segment.name}"
+        os.replace(segment, target)
+        files.fsync_dir(quarantine)
+        self.counters.add("quarantined_segments")
+        log.error("event=segment_quarantined segment=%s error=%r", target, str(exc))
+
+    def _publish_segments(self, slot: str, segments: list[Path]) -> int:
+        """Hand ``segments`` (one slot's, oldest first) to the publisher in batches (see the
+        module docstring). PublishError and OSError propagate (the rest waits in the log)."""
+        written = 0
+        batch: list[tuple[Path, list[dict]]] = []
+        receipts = 0
+        for segment in segments:
+            records = segment_records(segment, self._documents(slot, segment))
+            batch.append((segment, records))
+            receipts += len(records)
+            if len(batch) >= PUBLISH_BATCH_SEGMENTS or receipts >= PUBLISH_BATCH_RECEIPTS:
+                written += self._publish_batch(slot, batch)
+                batch, receipts = [], 0
+        if batch:
+            written += self._publish_batch(slot, batch)
+        return written
+
+    def _publish_batch(self, slot: str, batch: list[tuple[Path, list[dict]]]) -> int:
+        done = self.publish.already_committed(slot, [segment for segment, _ in batch])
+        # A replay (committed before a crash): deleted before anything newer is committed.
+        written = sum(self._flush_or_quarantine(slot, segment, records, published=True)
+                      for segment, records in batch if segment in done)
+        pending: list[tuple[Path, list[dict], pa.Table]] = []
+        for segment, records in batch:
+            if segment in done:
+                continue
+            try:
+                pending.append((segment, records, receipts_of(records)))
+            except Exception as exc:  # cannot be converted: set aside (see _flush_or_quarantine)
+                self._quarantine(slot, segment, exc)
+        commit = [(segment, receipts) for segment, _, receipts in pending if receipts.num_rows]
+        if commit:
+            self.publish(slot, commit)
+        return written + sum(self._flush_or_quarantine(slot, segment, records, published=True)
+                             for segment, records, _ in pending)
 
     # -- writing -------------------------------------------------------------------------
 

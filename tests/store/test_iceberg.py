@@ -1,5 +1,6 @@
 """The Iceberg store (issue #10, step 1) in-process, against a real object store: SeaweedFS's
-``weed mini`` on loopback (tests/support/seaweed.py) and pyiceberg's SQL catalog (a SQLite file).
+``weed mini`` on loopback (the ``lake`` fixture, tests/store/conftest.py) and pyiceberg's SQL
+catalog (a SQLite file). The table's maintenance is tested in test_iceberg_maintenance.py.
 
 The collector-process drills (SIGKILL, object store outage, two collectors) are in
 tests/system/test_iceberg_collectors.py.
@@ -7,7 +8,6 @@ tests/system/test_iceberg_collectors.py.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -26,41 +26,9 @@ from dlrlens.store.iceberg.table import SEGMENT_KEY, SOURCE_KEY, committed_keys,
 from dlrlens.store.wal import StorageError, list_segments
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
-from tests.support.lake import report_json, table_column
-from tests.support.seaweed import object_store
+from tests.support.lake import commit_keeping_a_copy, report_json, table_ids
 
 ICEBERG = parse_store("iceberg:lake")
-
-
-@contextlib.contextmanager
-def running_lake(tmp_path: Path, monkeypatch, catalog: str):
-    """A running object store and the catalog ``lake`` configured by environment variables:
-    pyiceberg's SQL catalog on a SQLite file (``sql``) or the store's own Iceberg REST catalog
-    (``rest``, requests signed with SigV4)."""
-    with object_store(tmp_path / "s3") as store:
-        env = store.catalog_env("lake", tmp_path / "catalog.db") if catalog == "sql" else store.rest_catalog_env("lake")
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.delenv("DLRLENS_STORE", raising=False)
-        yield store
-
-
-@pytest.fixture
-def lake(tmp_path, monkeypatch):
-    with running_lake(tmp_path, monkeypatch, "sql") as store:
-        yield store
-
-
-@pytest.fixture(params=["sql", "rest"])
-def each_lake(request, tmp_path, monkeypatch):
-    """:func:`running_lake` with each kind of catalog."""
-    with running_lake(tmp_path, monkeypatch, request.param) as store:
-        yield store
-
-
-def table_ids() -> list[str]:
-    """Every stored row's receipt id, read back through pyiceberg."""
-    return table_column("receipt_id")
 
 
 def test_the_store_setting_is_parsed_strictly(monkeypatch, tmp_path, capsys):
@@ -111,12 +79,7 @@ def test_a_replayed_segment_is_committed_once(each_lake, tmp_path):
     data = tmp_path / "collector"
     rows = factory.demo_rows(20, seed=3)
     storage = ReceiptStorage(data, flush_seconds=3600, publish=publisher(ICEBERG, data))
-    storage.store(rows)
-    storage.wal.rotate()
-    segment = list_segments(storage.log_dir)[0]
-    kept = segment.read_bytes()
-    storage.flush()
-    storage.close()
+    segment, kept = commit_keeping_a_copy(storage, rows)
     # A crash between the commit and the segment's deletion: the segment is back at the restart.
     segment.write_bytes(kept)
     again = publisher(ICEBERG, data)  # a new process: the same collector id from the data directory

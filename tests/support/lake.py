@@ -4,6 +4,8 @@
   (the catalog configured by ``PYICEBERG_CATALOG__<NAME>__*`` variables in this process).
 * :func:`report_json`: ``dlrlens report --format json`` of a store (local or ``iceberg:NAME``),
   in this process, without the one entry that always differs (its generation time).
+* :func:`commit_keeping_a_copy`: a flushed (committed) segment's path and content, to put back
+  as a crash between the commit and the segment's deletion leaves it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,30 @@ from pathlib import Path
 
 from dlrlens import cli
 from dlrlens.store.iceberg.table import open_catalog, receipts_table
+from dlrlens.store.wal import list_segments
 
 
 def table_column(column: str, catalog: str = "lake") -> list:
     """``column`` of every row of catalog ``catalog``'s receipts table (the table must exist)."""
     table = receipts_table(open_catalog(catalog), create=False)
     return table.scan(selected_fields=(column,)).to_arrow()[column].to_pylist()
+
+
+def table_ids(catalog: str = "lake") -> list[str]:
+    """Every row's receipt id (every data file of the current snapshot is read: a missing one fails)."""
+    return table_column("receipt_id", catalog)
+
+
+def commit_keeping_a_copy(storage, rows: list[dict]) -> tuple[Path, bytes]:
+    """Store ``rows`` in a segment of their own, flush it (a commit) and stop ``storage``; the
+    segment's path and content."""
+    storage.store(rows)
+    storage.wal.rotate()
+    segment = list_segments(storage.log_dir)[0]
+    kept = segment.read_bytes()
+    storage.flush()
+    storage.close()
+    return segment, kept
 
 
 def report_json(data_dir: Path, store: str, output: Path) -> dict:

@@ -158,3 +158,4 @@ def object_store(directory: Path):
         yield store
     finally:
         store.stop()
+

@@ -1,6 +1,7 @@
 """Real collectors (gunicorn, 2 workers) writing to the Iceberg store on a real object store
 (``weed mini`` on loopback) through pyiceberg's SQL catalog: a SIGKILL mid-stream, the object
-store stopped mid-stream, two collectors on one table. Each posted receipt is its own message
+store stopped mid-stream, two collectors on one table (their maintenance processes expiring the
+table's snapshots meanwhile). Each posted receipt is its own message
 (tests/support/reliability.Poster), so "exactly once" means: every id that got a 200 is in
 the table once, and the dashboard's KPIs count each once.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from dlrlens.store.status import maintenance_status
 from tests.support.lake import table_column
 from tests.support.reliability import Poster, kpi_messages
 from tests.support.seaweed import object_store
@@ -91,12 +93,21 @@ def test_the_object_store_down_for_ten_seconds_mid_stream(lake, tmp_path):
 
 
 def test_two_collectors_on_one_table(lake, tmp_path):
-    with running_collector(tmp_path / "one", workers=2, flush_seconds=0.3, env=lake.collector_env) as one, \
-            running_collector(tmp_path / "two", workers=2, flush_seconds=0.3, env=lake.collector_env) as two:
+    # Both collectors' maintenance processes expire the table's snapshots while both commit: no leader.
+    env = dict(lake.collector_env, DLRLENS_ICEBERG_MAINTENANCE_SECONDS="1", DLRLENS_ICEBERG_SNAPSHOT_RETENTION="10s")
+    data = (tmp_path / "one", tmp_path / "two")
+
+    def expired() -> int:
+        return sum(((maintenance_status(d) or {}).get("iceberg") or {}).get("totals", {}).get("expired_snapshots", 0)
+                   for d in data)
+
+    with running_collector(data[0], workers=2, flush_seconds=0.3, env=env) as one, \
+            running_collector(data[1], workers=2, flush_seconds=0.3, env=env) as two:
         with Poster(one.dlr, "one", threads=2) as first, Poster(two.dlr, "two", threads=2) as second:
-            wait_until(lambda: len(first.acked) >= 300 and len(second.acked) >= 300, 90,
-                       what="acknowledged receipts on both")
+            wait_until(lambda: len(first.acked) >= 300 and len(second.acked) >= 300 and expired(), 90,
+                       what="acknowledged receipts on both, and snapshots expired")
     acked = first.acked | second.acked
     assert_exactly_once(acked, tmp_path / "reader")
-    for data in (tmp_path / "one", tmp_path / "two"):
-        assert not list(data.glob("wal/w*/*.wal"))
+    for directory in data:
+        assert not list(directory.glob("wal/w*/*.wal"))
+        assert maintenance_status(directory)["runs"]["iceberg"] >= 1

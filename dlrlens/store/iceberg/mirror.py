@@ -11,8 +11,9 @@ without internet cannot do; pyiceberg's FileIO (pyarrow's S3 client) is already 
   has a new path), so a cached file is never fetched again; a file the snapshot no longer holds
   is removed from the cache.
 * The derived per-message state is computed locally from the cached receipts
-  (:func:`dlrlens.store.derive.update_derived` after each sync that added files, a rebuild after
-  one that removed files). A derived table committed to the catalog is step 2.
+  (:func:`dlrlens.store.derive.update_derived` after each sync that added files, or that removed
+  files whose rows a compaction output of the table's maintenance now holds: its lineage names
+  them; a rebuild after any other removal). A derived table committed to the catalog is step 2.
 * :class:`IcebergStore` is a :class:`~dlrlens.store.reader.Store` over the cache that syncs before
   it looks at the data (at most every ``sync_seconds``). Every figure is computed by the same
   code as for a local data directory, so it is the same on the same receipts.
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from pyiceberg.exceptions import NoSuchTableError
 
-from dlrlens.store import derive, files, layout
+from dlrlens.store import compaction, derive, files, layout
 from dlrlens.store.iceberg.table import open_catalog, receipts_table
 from dlrlens.store.reader import Store
 
@@ -54,8 +55,12 @@ def cache_dir(data_dir: Path, catalog_name: str) -> Path:
 
 
 def cached_name(file_path: str) -> str:
-    """The cache's name for the data file at ``file_path`` (an object-store URI)."""
-    return f"{CACHED_PREFIX}{hashlib.sha256(file_path.encode()).hexdigest()[:32]}.parquet"
+    """The cache's name for the data file at ``file_path`` (an object-store URI). A compaction
+    output of the table's maintenance (``c-*.parquet``) keeps the prefix of the local store's
+    compaction outputs, whose lineage (its inputs' cached names) the derived state reads."""
+    prefix = compaction.OUTPUT_PREFIX if file_path.rsplit("/", 1)[-1].startswith(compaction.OUTPUT_PREFIX) \
+        else CACHED_PREFIX
+    return f"{prefix}{hashlib.sha256(file_path.encode()).hexdigest()[:32]}.parquet"
 
 
 def partition_day(days_since_epoch: int) -> str:
@@ -100,9 +105,9 @@ class Mirror:
             removed = [relative for relative in cached if relative not in wanted]
             for relative in removed:
                 (self.root / relative).unlink(missing_ok=True)
-            if removed:
-                derive.rebuild_derived(self.root)
-            elif fetched:
+            if removed and not self._compacted(removed, wanted):
+                derive.rebuild_derived(self.root)  # rows left the table: the state must forget them
+            elif fetched or removed:
                 derive.update_derived(self.root, wait=True)
             self._synced = snapshot_id
             self.last_sync_at = time.time()
@@ -132,7 +137,18 @@ class Mirror:
         return wanted
 
     def _cached(self) -> set[str]:
-        return {path for path in derive.receipt_files(self.root) if Path(path).name.startswith(CACHED_PREFIX)}
+        return {path for path in derive.receipt_files(self.root)
+                if Path(path).name.startswith((CACHED_PREFIX, compaction.OUTPUT_PREFIX))}
+
+    def _compacted(self, removed: list[str], wanted: dict[str, str]) -> bool:
+        """Whether every ``removed`` file's rows are in a compaction output the table holds (its
+        lineage names it): then the derived state, duplicate-insensitive, needs no rebuild."""
+        merged: set[str] = set()
+        for relative in wanted:
+            if Path(relative).name.startswith(compaction.OUTPUT_PREFIX):
+                merged.update(f"{Path(relative).parent.as_posix()}/{name}"
+                              for name in compaction.lineage(self.root / relative))
+        return all(relative in merged for relative in removed)
 
     def _fetch(self, table, source: str, target: Path) -> None:
         with files.publishing(target) as publication:

@@ -4,15 +4,29 @@ The table ``<namespace>.receipts`` (namespace ``DLRLENS_ICEBERG_NAMESPACE``, def
 holds exactly the local contract's columns (:data:`dlrlens.store.layout.RECEIPT_SCHEMA`, field
 ids 1..n in that order, required where the contract says not null), partitioned by the UTC day
 of ``created`` (Iceberg's ``day`` transform: the same days as the local ``date=`` folders).
-It is created on first use by whichever process gets there first (a second creator finds it).
+It is created on first use by whichever process gets there first (a second creator finds it),
+with :data:`TABLE_PROPERTIES` (kept bounded: manifests merged, old metadata files deleted;
+compaction conflicts only with what removes its inputs).
 
 Idempotent commits: every commit dlrlens makes records what it holds in its snapshot summary,
-under :data:`SEGMENT_KEY` (a collector's log segment) or :data:`SOURCE_KEY` (a file copied by
-``dlrlens migrate``). Before committing, a writer reads the keys of every snapshot of the
-table (:func:`committed_keys`) and skips what is already there. This relies on snapshots
-being kept: snapshot expiry (not part of step 1) must keep them longer than the oldest
-segment a collector can still replay. ``dlrlens migrate`` records the files of a batch in one
-value, one per line (:data:`SOURCE_SEPARATOR`).
+under :data:`SEGMENT_KEY` (log segments of one collector slot: ``<collector>/<slot>/<id>[,<id>...]``)
+or :data:`SOURCE_KEY` (a file copied by ``dlrlens migrate``).
+
+The contract that lets snapshots expire without breaking exactly-once (see
+:mod:`dlrlens.store.iceberg.maintain`): a collector's log slot (``<collector id>/<slot>``) is
+written by one process at a time (the slot's lock), which commits its segments oldest first,
+and before committing new segments it deletes from its log every segment the table already
+holds. So at any time the only segments of a slot that are both in the table and still in a
+log are those of the slot's **last** commit. That commit records their ids in a table property,
+``dlrlens.committed.<collector>/<slot> = <id>,<id>,...`` (:func:`committed_property`), set in the
+same catalog commit as the append: it survives snapshot expiry, and it is what
+:func:`committed_segments` reads (one dictionary lookup, not a walk over the snapshots). Only a
+slot without that property (committed by step 1, before it existed) falls back to the
+summaries of the snapshots, which expiry therefore keeps
+(:func:`dlrlens.store.iceberg.maintain.expirable_snapshots`). Migration keys live only in
+summaries: expiry keeps the snapshots that carry them (one per migrated file, made once).
+``dlrlens migrate`` records the files of a batch in one value, one per line
+(:data:`SOURCE_SEPARATOR`).
 
 REST catalogs are opened as :class:`RestCatalog`: pyiceberg's, with a timeout on every request
 and, when requests are signed (SigV4), the payload hash that SeaweedFS's catalog needs.
@@ -21,6 +35,7 @@ and, when requests are signed (SigV4), the payload hash that SeaweedFS's catalog
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 
 import pyarrow as pa
@@ -43,10 +58,43 @@ from dlrlens.store import layout
 NAMESPACE_ENV = "DLRLENS_ICEBERG_NAMESPACE"
 DEFAULT_NAMESPACE = "dlrlens"
 RECEIPTS_TABLE = "receipts"
-SEGMENT_KEY = "dlrlens.segment"   # <collector id>/<slot>/<segment id>: one flushed log segment
+SEGMENT_KEY = "dlrlens.segment"   # <collector id>/<slot>/<segment id>[,<segment id>...]: flushed log segments
 SOURCE_KEY = "dlrlens.source"     # migrate: <source id>/<receipt file relative to its data directory>, per line
 SOURCE_SEPARATOR = "\n"          # a summary value may list several keys, one per line (no key holds one)
+COMMITTED_PREFIX = "dlrlens.committed."  # table property: + <collector id>/<slot> = the slot's last commit
 PARTITION_NAME = "created_day"
+# Set when the table is created (and on older tables by the maintenance): what keeps its metadata
+# bounded without a job of its own. Fast appends would add one manifest per commit to every later
+# snapshot's manifest list (tens of thousands a day); merge appends fold them once 20 have piled
+# up. Every commit writes a whole new metadata file: the committer deletes those older than the
+# 20 the metadata log keeps (a reader loads the newest, so 20 commits are ample).
+TABLE_PROPERTIES = {
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "20",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+    # The maintenance's compaction replaces files by one holding the same rows: it conflicts only
+    # with a commit that removed those files, not with the collectors' appends meanwhile (under
+    # the default, serializable, every append would make it start over).
+    "write.delete.isolation-level": "snapshot",
+}
+
+
+
+class _RaceLostMetadataDeletes(logging.Filter):
+    """With ``write.metadata.delete-after-commit.enabled`` each committer deletes the metadata
+    files that fell out of the metadata log; with several committers the one that retried on
+    fresh metadata also tries those the other already deleted, and pyiceberg warns for each
+    (several lines a commit with busy collectors). Demoted to debug: a file that really could
+    not be deleted is unreferenced, and the orphan-file cleanup deletes it (visibly) later."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.getMessage().startswith("Failed to delete metadata file"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+logging.getLogger("pyiceberg.catalog").addFilter(_RaceLostMetadataDeletes())
 # (connect, read) seconds of each request to a REST catalog: a commit answers in well under a
 # second on a healthy catalog; the collector retries a failed commit with back-off.
 REST_TIMEOUT = (5, 60)
@@ -149,7 +197,8 @@ def receipts_table(catalog: Catalog, create: bool = True) -> Table:
             raise
     schema = receipt_schema()
     try:
-        return catalog.create_table(identifier, schema=schema, partition_spec=receipt_partitioning(schema))
+        return catalog.create_table(identifier, schema=schema, partition_spec=receipt_partitioning(schema),
+                                    properties=TABLE_PROPERTIES)
     except Exception as exc:
         try:
             return catalog.load_table(identifier)
@@ -169,6 +218,48 @@ def committed_keys(table: Table, key: str, seen: dict[int, str | None] | None = 
             summary = snapshot.summary
             seen[snapshot.snapshot_id] = summary.additional_properties.get(key) if summary is not None else None
     return {each for value in seen.values() if value is not None for each in value.split(SOURCE_SEPARATOR)}
+
+
+def segment_value(slot_key: str, segment_ids: list[str]) -> str:
+    """The :data:`SEGMENT_KEY` summary value of a commit of ``segment_ids`` of ``slot_key``
+    (``<collector>/<slot>``)."""
+    return f"{slot_key}/{','.join(segment_ids)}"
+
+
+def parse_segment_value(value: str) -> tuple[str, list[str]]:
+    """(``<collector>/<slot>``, segment ids) of a :data:`SEGMENT_KEY` summary value."""
+    slot_key, _, ids = value.rpartition("/")
+    return slot_key, ids.split(",")
+
+
+def committed_property(slot_key: str) -> str:
+    """The table property holding the ids of slot ``slot_key``'s last commit."""
+    return COMMITTED_PREFIX + slot_key
+
+
+def committed_segments(table: Table, slot_key: str, seen: dict[int, str | None] | None = None) -> set[str]:
+    """Ids of the segments of slot ``slot_key`` (``<collector>/<slot>``) that the table holds
+    and that a log may still hold (see the module docstring): the slot's
+    :func:`committed_property`; without it (a slot committed only before the property
+    existed, or never), the ids in the summaries of the table's snapshots (``seen`` as for
+    :func:`committed_keys`)."""
+    recorded = table.metadata.properties.get(committed_property(slot_key))
+    if recorded is not None:
+        return set(recorded.split(",")) if recorded else set()
+    found: set[str] = set()
+    for value in committed_keys(table, SEGMENT_KEY, seen):
+        owner, ids = parse_segment_value(value)
+        if owner == slot_key:
+            found.update(ids)
+    return found
+
+
+def arrow_schema_with_field_ids() -> pa.Schema:
+    """The contract schema with each column's Iceberg field id (:func:`receipt_schema`) in the
+    field metadata, which Parquet writers turn into field ids: how Iceberg readers (pyiceberg,
+    Spark, Trino) match a data file's columns when the file was not written by pyiceberg."""
+    return pa.schema([f.with_metadata({b"PARQUET:field_id": str(number).encode()})
+                      for number, f in enumerate(layout.RECEIPT_SCHEMA, start=1)])
 
 
 def arrow_receipts(table: pa.Table) -> pa.Table:
