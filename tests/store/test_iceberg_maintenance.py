@@ -248,7 +248,8 @@ def test_expiry_keeps_what_migrate_and_step_1_slots_still_need(lake, tmp_path):
     documents = [log_document(r) for r in legacy]
     segment = old / "wal" / "w000" / "00000000000000000123.wal"
     segment.write_bytes(b"".join(encode_document(d) for d in documents))
-    table().append(records_to_table(documents), snapshot_properties={SEGMENT_KEY: "0ld0c0llect0r000/w000/00000000000000000123"})
+    table().append(records_to_table(documents),
+                   snapshot_properties={SEGMENT_KEY: f"0ld0c0llect0r000/w000/{segment.stem}"})
     current = rows("new", 2)
     commit(tmp_path / "collector", current)
     first = maintainer().run()

@@ -261,8 +261,8 @@ class TableMaintenance:
         now = self.clock()
         for files in self._live_data_files(table).values():
             names = {cached_name(f.file_path): (f, added) for f, added in files}
-            chosen = compaction.choose_merge({name: (f.file_size_in_bytes, added) for name, (f, added) in names.items()},
-                                             now=now, min_age_seconds=COMPACT_MIN_AGE_SECONDS,
+            sizes = {name: (f.file_size_in_bytes, added) for name, (f, added) in names.items()}
+            chosen = compaction.choose_merge(sizes, now=now, min_age_seconds=COMPACT_MIN_AGE_SECONDS,
                                              settle_seconds=compaction.SETTLE_SECONDS)
             if len(chosen) < 2:
                 continue
