@@ -40,9 +40,11 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
 With the Iceberg store (``DLRLENS_STORE=iceberg:<catalog>``, :mod:`dlrlens.store.backends`) the
 receipts live in the Iceberg table ``<namespace>.receipts`` of that catalog (namespace
 ``DLRLENS_ICEBERG_NAMESPACE``, default ``dlrlens``): the columns of :data:`RECEIPT_SCHEMA`,
-partitioned by the UTC day of ``created``, one append commit per flushed log segment (snapshot
-summary ``dlrlens.segment = <collector id>/<slot>/<segment>``) or per file copied by ``dlrlens
-migrate`` (``dlrlens.source = <source id>/<relative path>``); see :mod:`dlrlens.store.iceberg`.
+partitioned by the UTC day of ``created``, one append commit per flush of a log slot's segments
+(snapshot summary ``dlrlens.segment = <collector id>/<slot>/<segment>[,<segment>...]``, table
+property ``dlrlens.committed.<collector id>/<slot>``: the slot's last commit) or per file copied
+by ``dlrlens migrate`` (``dlrlens.source = <source id>/<relative path>``), compacted by the
+collectors' maintenance; see :mod:`dlrlens.store.iceberg`.
 The data directory then keeps what is local to one machine::
 
     data/
@@ -50,9 +52,11 @@ The data directory then keeps what is local to one machine::
                                                           a 200 still means fsynced on this machine
       collector-id, collector-id.lock                     this directory's id in segment keys (made once)
       cache/iceberg/<catalog>/                            the dashboard's and report's copy of the table:
-        receipts/date=YYYY-MM-DD/i-<hash>.parquet         one cached data file (hash of its object URI)
+        receipts/date=YYYY-MM-DD/i-<hash>.parquet         one cached data file (hash of its object URI;
+                                                          c-<hash>: a compaction output, lineage inside)
         derived/..., derived.lock                         per-message state computed from the cache
         mirror.lock                                       flock: one sync of the cache at a time
+      tmp/iceberg-compaction/                             the table compaction's copies while it merges
 
 No ``receipts/`` is written under ``data/`` itself then. The cache follows the contract for
 readers below (it is a data-directory layout); it is disposable: deleting it costs one download.
@@ -109,6 +113,7 @@ RECEIPTS_DIR = "receipts"
 # With the Iceberg store (see the module docstring; the names are used by dlrlens.store.iceberg).
 COLLECTOR_ID = "collector-id"
 ICEBERG_CACHE_DIR = "cache/iceberg"
+ICEBERG_COMPACTION_DIR = "tmp/iceberg-compaction"  # the table compaction's copies while it merges
 WAL_DIR = "wal"
 REJECTED_DIR = "rejected"
 STATS_DIR = "stats"

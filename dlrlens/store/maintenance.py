@@ -52,7 +52,6 @@ MIN_ORPHAN_GRACE_SECONDS = 600.0
 # from the snapshot it started from; expired under it, the commit starts over (its data files
 # written again). Harmless now and then, wasteful if a retention of a few seconds made it common.
 MIN_SNAPSHOT_RETENTION_SECONDS = 10.0
-ICEBERG_SCRATCH = Path("tmp") / "iceberg-compaction"  # under the data directory: compaction's copies
 ICEBERG_TOTALS = ("files_compacted", "expired_snapshots", "orphans_deleted", "orphan_bytes_deleted", "conflicts")
 
 
@@ -213,7 +212,7 @@ class Maintainer:
             self._table_maintenance = TableMaintenance(self.iceberg.catalog,
                                                        retention_seconds=self.iceberg.retention_seconds,
                                                        orphan_grace_seconds=self.iceberg.orphan_grace_seconds,
-                                                       work_dir=self.data_dir / ICEBERG_SCRATCH)
+                                                       work_dir=self.data_dir / layout.ICEBERG_COMPACTION_DIR)
         result = self._table_maintenance.run()
         for name in ICEBERG_TOTALS:
             self.iceberg_totals[name] += result.get(name, 0)
@@ -379,10 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between derived-state updates")
     parser.add_argument("--compact-every", type=float, default=60.0, help="seconds between compactions")
     parser.add_argument("--iceberg-catalog", default=None, help="the Iceberg store's catalog: maintain its table")
-    parser.add_argument("--iceberg-every", type=float, default=0.0, help="seconds between runs of the table's maintenance")
-    parser.add_argument("--snapshot-retention", type=float, help="seconds a snapshot is kept (with --iceberg-catalog)")
+    parser.add_argument("--iceberg-every", type=float, default=0.0,
+                        help="seconds between runs of the table's maintenance")
+    parser.add_argument("--snapshot-retention", type=float,
+                        help="seconds a superseded snapshot is kept (with --iceberg-catalog)")
     parser.add_argument("--orphan-grace", type=float,
-                        help="seconds an unreferenced file is kept before it counts as an orphan (with --iceberg-catalog)")
+                        help="seconds an unreferenced file is kept before it is deleted (with --iceberg-catalog)")
     parser.add_argument("--niceness", type=int, default=NICENESS)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--parent", type=int, default=None,

@@ -6,7 +6,9 @@ then flushes the same log segments (``--segments`` of ``--rows`` receipts each, 
 :class:`~dlrlens.store.writer.ReceiptStorage` writers: the local one (Parquet files under a data
 directory) and one with the :class:`~dlrlens.store.iceberg.publisher.IcebergPublisher`. Prints
 the median and p95 flush time of each and their ratio, the snapshots the table holds and the size
-of its metadata file.
+of its metadata file. Then a catch-up: the same segments piled up in the log (as during an outage
+of the store) flushed at once, in batches (one commit for up to
+:data:`~dlrlens.store.writer.PUBLISH_BATCH_SEGMENTS`) and one commit per segment (batches of 1).
 
     python3 -m tests.benchmarks.iceberg_commits [--segments 30] [--rows 1000] [--days 1]
 """
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from dlrlens.store.backends import parse_store, publisher
 from dlrlens.store.iceberg.table import open_catalog, receipts_table
+from dlrlens.store import writer
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
 from tests.support.seaweed import object_store
@@ -43,6 +46,24 @@ def flush_times(storage: ReceiptStorage, segments: list[list[dict]]) -> list[flo
         storage.flush()
         times.append(time.perf_counter() - started)
     return times
+
+
+def catch_up_seconds(root: Path, name: str, segments: list[list[dict]], batch: int) -> tuple[float, int]:
+    """Seconds to flush ``segments`` piled up in a fresh collector's log, ``batch`` per commit, and the commits."""
+    storage = ReceiptStorage(root / name, flush_seconds=3600,
+                             publish=publisher(parse_store("iceberg:bench"), root / name))
+    kept = writer.PUBLISH_BATCH_SEGMENTS
+    writer.PUBLISH_BATCH_SEGMENTS = batch
+    try:
+        for rows in segments:
+            storage.store([dict(row, receipt_id=f"{name}-{row['receipt_id']}") for row in rows])
+            storage.wal.rotate()
+        started = time.perf_counter()
+        storage.flush()
+        return time.perf_counter() - started, storage.publish.counts["commits"]
+    finally:
+        writer.PUBLISH_BATCH_SEGMENTS = kept
+        storage.close()
 
 
 def describe(name: str, times: list[float]) -> str:
@@ -76,12 +97,16 @@ def main(argv: list[str] | None = None) -> int:
             snapshots = len(table.metadata.snapshots)
             with table.io.new_input(table.metadata_location).open() as metadata:
                 metadata_bytes = len(metadata.read())
+            batched = catch_up_seconds(root, "batched", segments[1:], writer.PUBLISH_BATCH_SEGMENTS)
+            one_each = catch_up_seconds(root, "one-each", segments[1:], 1)
     print(f"{args.segments - 1} flushes of {args.rows} receipts over {args.days} UTC day(s) each")
     print(describe("local", local_times))
     print(describe("iceberg", iceberg_times))
     print(f"ratio (iceberg / local, medians): {statistics.median(iceberg_times) / statistics.median(local_times):.1f}x; "
           f"table snapshots: {snapshots}, metadata file {metadata_bytes:,} bytes "
           f"({metadata_bytes / snapshots:,.0f} per snapshot: every commit and reader sync reads it)")
+    print(f"catch-up of {args.segments - 1} segments piled up in the log: {batched[0]:.2f} s in {batched[1]} commit(s) "
+          f"against {one_each[0]:.2f} s in {one_each[1]} (one per segment): {one_each[0] / batched[0]:.1f}x")
     return 0
 
 

@@ -66,6 +66,8 @@ class Run:
         self.errors: list[str] = []
         self.commits = self.conflicts = 0
         self.seconds = self.retention_wall = self.grace_wall = 0.0
+        self.measured_data_files = 0
+        self.during: dict | None = None
         self._writing = threading.Event()
 
     def go(self) -> None:
@@ -75,10 +77,12 @@ class Run:
         else:  # as step 1 made it: no properties
             catalog.create_namespace(namespace())
             schema = receipt_schema()
-            catalog.create_table((namespace(), RECEIPTS_TABLE), schema=schema, partition_spec=receipt_partitioning(schema))
-        storages = [ReceiptStorage(self.root / self.catalog / f"c{n}", flush_seconds=3600,
-                                   publish=publisher(parse_store(f"iceberg:{self.catalog}"), self.root / self.catalog / f"c{n}"))
-                    for n in range(self.args.writers)]
+            catalog.create_table((namespace(), RECEIPTS_TABLE), schema=schema,
+                                 partition_spec=receipt_partitioning(schema))
+        directories = [self.root / self.catalog / f"c{n}" for n in range(self.args.writers)]
+        storages = [ReceiptStorage(directory, flush_seconds=3600,
+                                   publish=publisher(parse_store(f"iceberg:{self.catalog}"), directory))
+                    for directory in directories]
         self._writing.set()
         writers = [threading.Thread(target=self._write, args=(n, storage)) for n, storage in enumerate(storages)]
         maintainers = [threading.Thread(target=self._maintain) for _ in range(2 if self.maintained else 0)]
@@ -89,6 +93,11 @@ class Run:
         self._writing.clear()
         for thread in maintainers:
             thread.join()
+        if self.maintained:  # the writes stopped: figures as they were, then after one last run
+            self.during = self.figures()
+            time.sleep(max(self.retention_wall, self.grace_wall))
+            self.results.append(TableMaintenance(self.catalog, retention_seconds=self.retention_wall,
+                                                 orphan_grace_seconds=self.grace_wall).run())
         for storage in storages:
             storage.close()
             self.commits += storage.publish.counts["commits"]
@@ -134,6 +143,7 @@ class Run:
         with table.io.new_input(table.metadata_location).open() as metadata:
             metadata_bytes = len(metadata.read())
         tail = [t for times in self.latencies for t in times[len(times) * 3 // 4:]]
+        self.measured_data_files = len(table.inspect.files())
         return {"snapshots": len(table.metadata.snapshots), "metadata_bytes": metadata_bytes,
                 "kinds": count_by_kind(files), "tail": tail, "objects": len(files)}
 
@@ -171,15 +181,20 @@ def main(argv: list[str] | None = None) -> int:
           f"grace {args.grace:g} s (simulated); {len(now.results)} runs, "
           f"{sum(r['expired_snapshots'] for r in now.results)} snapshots expired, "
           f"{sum(r['orphans_deleted'] for r in now.results)} orphans deleted, "
+          f"{sum(r['files_compacted'] for r in now.results)} data files compacted into "
+          f"{sum(r['compaction_outputs'] for r in now.results)}, "
           f"{sum(r['conflicts'] for r in now.results)} maintenance conflicts")
     for name, run in runs.items():
         f = run.measured
-        kinds = ", ".join(f"{kind} {f['kinds'].get(kind, 0)}" for kind in KINDS)
         print(f"{name:7s} {run.commits} commits ({run.conflicts} after a conflict), {run.seconds:.0f} s wall; "
-              f"{describe('last quarter', f['tail'])}")
-        print(f"        snapshots {f['snapshots']}, metadata file {f['metadata_bytes']:,} B; objects {f['objects']}: {kinds}"
+              f"{describe('last quarter', f['tail'])}"
               + (f"; errors {len(run.errors)}: {run.errors[:2]}" if run.errors else ""))
-    before, after = runs["before"].measured, now.measured
+        stages = [("at the end", run.during), ("after one more run", f)] if run.during else [("at the end", f)]
+        for when, figures in stages:
+            kinds = ", ".join(f"{kind} {figures['kinds'].get(kind, 0)}" for kind in KINDS)
+            print(f"        {when}: snapshots {figures['snapshots']}, metadata file {figures['metadata_bytes']:,} B; "
+                  f"objects {figures['objects']}: {kinds}")
+    before = runs["before"].measured
     scale = commits_per_day / (runs["before"].commits or 1)
     per_snapshot = before["metadata_bytes"] / before["snapshots"]
     metadata_objects = sum(before["kinds"].get(kind, 0) for kind in KINDS[:3])
@@ -195,12 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     def kept(retention: float, grace: float, commits_per_second: float = rate) -> float:
         return 21 + commits_per_second * (retention + grace) * 2
 
-    measured_kept = sum(after["kinds"].get(kind, 0) for kind in KINDS[:3])
+    # While the writes went on (after the last run, everything past the retention and grace is gone).
+    measured_kept = sum(now.during["kinds"].get(kind, 0) for kind in KINDS[:3])
     wall_rate = now.commits / now.seconds
     model = kept(now.retention_wall, now.grace_wall, wall_rate)
-    print(f"now, measured: {measured_kept:,} metadata objects kept; the model below gives {model:,.0f} at this run's "
-          f"wall-clock pace ({wall_rate:.2f} commits/s, retention {now.retention_wall:.0f} s, grace {now.grace_wall:.0f} s)")
-    print(f"per day at {commits_per_day:,.0f} commits ({written:.2f} metadata objects and {before['kinds'].get('data', 0) / commits:.2f} "
+    print(f"now, measured: {measured_kept:,} metadata objects at the end of the writes; the model below gives "
+          f"{model:,.0f} at this run's "
+          f"wall-clock pace ({wall_rate:.2f} commits/s, retention {now.retention_wall:.0f} s, "
+          f"grace {now.grace_wall:.0f} s)")
+    print(f"per day at {commits_per_day:,.0f} commits ({written:.2f} metadata objects and "
+          f"{before['kinds'].get('data', 0) / commits:.2f} "
           f"data files per commit; {per_snapshot:,.0f} B of metadata file per snapshot):")
     print(f"  step 1: {written * commits_per_day:,.0f} metadata objects a day, all kept; metadata file "
           f"{per_snapshot * commits_per_day / 1e6:,.0f} MB after a day, read and rewritten by every commit")
@@ -208,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  now (retention {retention / 60:g} min, grace {grace / 60:g} min): the same written, "
               f"~{kept(retention, grace):,.0f} kept whatever the age of the table; metadata file "
               f"~{per_snapshot * rate * retention / 1e6:,.1f} MB")
-    print(f"  data files: {before['kinds'].get('data', 0) / commits * commits_per_day:,.0f} a day either way "
-          f"(all live: not compacted)")
+    print(f"  data files: step 1 {before['kinds'].get('data', 0) / commits * commits_per_day:,.0f} a day, all live; "
+          f"now {now.measured_data_files} live at the end of the run (compaction: one per settled UTC day, a few "
+          f"size tiers per active one)")
     return 0
 
 

@@ -240,6 +240,7 @@ def test_expiry_keeps_what_migrate_and_step_1_slots_still_need(lake, tmp_path):
     factory.write_receipts(source, migrated[:3])
     factory.write_receipts(source, migrated[3:])
     assert migrate(source, "lake").copied == 2
+    migrated_files = set(table().inspect.files()["file_path"].to_pylist())
     # A step-1 collector ("old") committed a segment (no property) and crashed before deleting it.
     old = tmp_path / "old"
     (old / "wal" / "w000").mkdir(parents=True)
@@ -248,7 +249,8 @@ def test_expiry_keeps_what_migrate_and_step_1_slots_still_need(lake, tmp_path):
     documents = [log_document(r) for r in legacy]
     segment = old / "wal" / "w000" / "00000000000000000123.wal"
     segment.write_bytes(b"".join(encode_document(d) for d in documents))
-    table().append(records_to_table(documents), snapshot_properties={SEGMENT_KEY: "0ld0c0llect0r000/w000/00000000000000000123"})
+    table().append(records_to_table(documents),
+                   snapshot_properties={SEGMENT_KEY: f"0ld0c0llect0r000/w000/{segment.stem}"})
     current = rows("new", 2)
     commit(tmp_path / "collector", current)
     first = maintainer().run()
@@ -256,14 +258,19 @@ def test_expiry_keeps_what_migrate_and_step_1_slots_still_need(lake, tmp_path):
     again = migrate(source, "lake")
     assert again.copied == 0 and again.already == 2
     # The old collector, upgraded, starts: the summary still says its segment is in; then it commits anew.
-    later = rows("later", 3)
+    afterwards = rows("afterwards", 3)
     storage = collector(old)
     assert storage.publish.counts["already_committed"] == 1 and not segment.exists()
-    storage.store(later)
+    storage.store(afterwards)
     storage.close()
     second = maintainer().run()
     assert second["kept_for_step1_slots"] == 0 and second["kept_for_migration"] == 2
-    assert sorted(table_ids()) == ids_of(migrated, legacy, current, later)
+    assert sorted(table_ids()) == ids_of(migrated, legacy, current, afterwards)
+    # Compaction, all settled, merges the day's collector files but leaves the migrated ones.
+    merged = maintainer(clock=later(2)).run()
+    live = set(table().inspect.files()["file_path"].to_pylist())
+    assert merged["files_compacted"] == 3 and merged["data_files"] == len(live) == 3 and migrated_files <= live
+    assert sorted(table_ids()) == ids_of(migrated, legacy, current, afterwards)
 
 
 def test_the_maintainer_runs_the_table_maintenance_and_reports_it(lake, tmp_path):

@@ -8,10 +8,14 @@ or ``PYICEBERG_CATALOG__<NAME>__*`` variables). pyiceberg is an optional depende
 - :mod:`~dlrlens.store.iceberg.table`: the catalog, the receipts table (the contract schema,
   partitioned by UTC day of ``created``) and the snapshot-summary keys that make commits
   idempotent.
-- :mod:`~dlrlens.store.iceberg.publisher`: the collector's side. Each flushed log segment
-  becomes one append commit recording ``dlrlens.segment = <collector>/<slot>/<segment>``;
-  a segment already committed (a replay after a crash) is never committed twice; a failed
-  commit leaves the segment in the local log and is retried with back-off.
+- :mod:`~dlrlens.store.iceberg.publisher`: the collector's side. Each flush of a log slot's
+  closed segments becomes one append commit recording ``dlrlens.segment =
+  <collector>/<slot>/<segment>[,...]`` and the slot's last commit in a table property; a
+  segment already committed (a replay after a crash, however late) is never committed twice; a
+  failed commit leaves the segments in the local log and is retried with back-off.
+- :mod:`~dlrlens.store.iceberg.maintain`: the table's compaction, snapshot expiry and
+  orphan-file cleanup, run by every collector's maintenance process, all as catalog commits (no
+  leader).
 - :mod:`~dlrlens.store.iceberg.mirror`: the read side. pyiceberg plans the table's data
   files, which are copied once into a local cache laid out like a data directory; the
   ordinary :class:`~dlrlens.store.reader.Store` (DuckDB) reads that, with the derived

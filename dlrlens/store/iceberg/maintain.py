@@ -256,13 +256,19 @@ class TableMaintenance:
         by size tiers), each merge one catalog commit that replaces its inputs by one sorted file
         with the same rows (written like the local compaction's outputs, lineage included).
         A merge whose inputs another maintainer replaced first is refused (pyiceberg validates
-        that the files it removes are still there) and dropped: no row is ever doubled."""
+        that the files it removes are still there) and dropped: no row is ever doubled.
+
+        Files that ``dlrlens migrate`` added are left as they are: they are the local store's
+        compacted files already, and the migration's snapshots, which expiry keeps, would keep
+        a replaced one alive beside its replacement for ever."""
         table = self._fresh_table()
         now = self.clock()
+        migrated = {snapshot.snapshot_id for snapshot in table.metadata.snapshots
+                    if snapshot.summary is not None and SOURCE_KEY in snapshot.summary.additional_properties}
         for files in self._live_data_files(table).values():
-            names = {cached_name(f.file_path): (f, added) for f, added in files}
-            chosen = compaction.choose_merge({name: (f.file_size_in_bytes, added) for name, (f, added) in names.items()},
-                                             now=now, min_age_seconds=COMPACT_MIN_AGE_SECONDS,
+            names = {cached_name(f.file_path): (f, added) for f, added, by in files if by not in migrated}
+            sizes = {name: (f.file_size_in_bytes, added) for name, (f, added) in names.items()}
+            chosen = compaction.choose_merge(sizes, now=now, min_age_seconds=COMPACT_MIN_AGE_SECONDS,
                                              settle_seconds=compaction.SETTLE_SECONDS)
             if len(chosen) < 2:
                 continue
@@ -273,19 +279,19 @@ class TableMaintenance:
                 result.conflicts += 1
             table = self._fresh_table()
 
-    def _live_data_files(self, table: Table) -> dict[object, list[tuple[DataFile, float]]]:
+    def _live_data_files(self, table: Table) -> dict[object, list[tuple[DataFile, float, int]]]:
         """The current snapshot's data files by partition, each with when it was committed (epoch
-        seconds; 0 when the snapshot that added it has expired: long ago)."""
+        seconds; 0 when the snapshot that added it has expired: long ago) and by which snapshot."""
         snapshot = table.current_snapshot()
         if snapshot is None:
             return {}
         committed = {s.snapshot_id: s.timestamp_ms / 1000 for s in table.metadata.snapshots}
-        by_partition: dict[object, list[tuple[DataFile, float]]] = {}
+        by_partition: dict[object, list[tuple[DataFile, float, int]]] = {}
         for manifest in snapshot.manifests(table.io):
             for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
                 if entry.data_file.content == DataFileContent.DATA:
                     by_partition.setdefault(tuple(entry.data_file.partition), []).append(
-                        (entry.data_file, committed.get(entry.snapshot_id, 0.0)))
+                        (entry.data_file, committed.get(entry.snapshot_id, 0.0), entry.snapshot_id))
         return by_partition
 
     def _rewrite(self, table: Table, inputs: list[DataFile]) -> bool:

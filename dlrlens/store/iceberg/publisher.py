@@ -21,11 +21,11 @@ Parquet, and deletes the segments only when it returned. The contract:
 * A commit that loses a race with another writer is retried on fresh metadata by pyiceberg
   itself (``commit.retry.num-retries``, 4; the data files are written once), then a few more
   times here (also when pyiceberg cannot retry because the snapshot the commit started from
-  was expired meanwhile: a ``ValidationException``). Any other failure (catalog or object store down, a timeout) raises
-  :class:`~dlrlens.store.writer.PublishError`: the segments stay in the log, the collector
-  keeps acknowledging from its log, and the publisher waits (exponential back-off, 1 s
-  doubling to 60 s, with jitter) before trying again; later segments wait behind the oldest,
-  so the table receives them in order once the store is back.
+  was expired meanwhile: a ``ValidationException``). Any other failure (catalog or object
+  store down, a timeout) raises :class:`~dlrlens.store.writer.PublishError`: the segments stay
+  in the log, the collector keeps acknowledging from its log, and the publisher waits
+  (exponential back-off, 1 s doubling to 60 s, with jitter) before trying again; later
+  segments wait behind the oldest, so the table receives them in order once the store is back.
 """
 
 from __future__ import annotations

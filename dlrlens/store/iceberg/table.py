@@ -213,10 +213,14 @@ def committed_keys(table: Table, key: str, seen: dict[int, str | None] | None = 
     ``seen`` (snapshot id -> value), kept by the caller between calls, saves re-reading the
     summaries of snapshots already looked at."""
     seen = {} if seen is None else seen
+    current = set()
     for snapshot in table.metadata.snapshots:
+        current.add(snapshot.snapshot_id)
         if snapshot.snapshot_id not in seen:
             summary = snapshot.summary
             seen[snapshot.snapshot_id] = summary.additional_properties.get(key) if summary is not None else None
+    for expired in [snapshot_id for snapshot_id in seen if snapshot_id not in current]:
+        del seen[expired]  # a long-lived caller's memory follows the table's, not its history
     return {each for value in seen.values() if value is not None for each in value.split(SOURCE_SEPARATOR)}
 
 
