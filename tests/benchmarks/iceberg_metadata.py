@@ -195,9 +195,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"        {when}: snapshots {figures['snapshots']}, metadata file {figures['metadata_bytes']:,} B; "
                   f"objects {figures['objects']}: {kinds}")
     before = runs["before"].measured
-    scale = commits_per_day / (runs["before"].commits or 1)
-    per_snapshot = before["metadata_bytes"] / before["snapshots"]
-    metadata_objects = sum(before["kinds"].get(kind, 0) for kind in KINDS[:3])
     # Per commit, step 1 writes a metadata file, a manifest list and a manifest (plus a data file
     # per UTC day it holds) and deletes nothing. Now the same are written, and what stays is the
     # last 20 metadata files and, per commit, its manifest list and manifest until the snapshot is
