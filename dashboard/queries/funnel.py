@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dlrlens.store import events
 from dlrlens.store.reader import Store
 from dlrlens.store.selection import Filters
 from dlrlens.store.sql import filtered_messages_sql, time_conditions
@@ -43,57 +42,23 @@ UNLINKED_COLUMNS = ["clicks", "unlinked_clicks", "replies", "unlinked_replies", 
 _COUNTS = ["messages", "delivered", "clicked", "clicks", "replied", "opted_out"]
 
 
-# The message columns a linked event carries, so that the sidebar's filters apply to events
-# without joining the messages again (dlrlens.store.sql.filtered_messages_sql over the frames).
-_MESSAGE_COLUMNS = "delivery_message_id, campaign, sent_at, outcome, last_status, label_sets, delivered_at"
-LINKED = ("funnel_clicks", "funnel_replies")  # the table names every funnel query reads them by
-# The stored event columns the funnel reads (Parquet reads no other).
-_READ_CLICK = "click_id, received_at, message_id, batch_id, client_ref, url, browser, os, country"
-_READ_REPLY = "reply_id, created, received_at, in_reply_to, logical_message_id, body, originator_hash, originator_masked"
-
-
-def _linked(store: Store, keywords: tuple[str, ...]) -> dict[str, pd.DataFrame]:
-    """The distinct clicks and replies of the store's snapshot linked to every stored message,
-    each with its message's columns (:data:`_MESSAGE_COLUMNS`; a batch-linked reply: its batch's
-    first message's), under the :data:`LINKED` names (pass as ``tables`` to :meth:`Store.query`).
-
-    Linked once per data version and kept: clicks and replies are a few percent of receipts, and
-    every funnel question is then a filter over these frames, with no other pass over the messages
-    but the pre-aggregated counts (messages, delivered)."""
-    def compute():
-        every = f"(SELECT {_MESSAGE_COLUMNS}, batch_id, client_reference FROM {store.messages_sql()})"
-        columns = ", ".join(f"m.{c}" for c in _MESSAGE_COLUMNS.split(", "))
-        clicks = store.query(f"""
-            WITH m AS MATERIALIZED {every},
-            lc AS ({events.linked_clicks_sql(store.clicks_sql(_READ_CLICK), 'm')})
-            SELECT lc.click_id, lc.received_at, lc.url, lc.browser, lc.os, lc.country, lc.linked_id, {columns}
-            FROM lc LEFT JOIN m ON m.delivery_message_id = lc.linked_id""")
-        replies = store.query(f"""
-            WITH m AS MATERIALIZED {every},
-            firsts AS (SELECT batch_id, arg_min(delivery_message_id, (sent_at, delivery_message_id)) AS first_id
-                       FROM m WHERE batch_id IS NOT NULL GROUP BY ALL),
-            lr AS ({events.linked_replies_sql(store.replies_sql(_READ_REPLY), 'm', keywords)})
-            SELECT lr.reply_id, lr.created, lr.received_at, lr.originator_masked, lr.body, lr.linked_id,
-                   lr.linked_batch, lr.linked_by, lr.opt_out,
-                   CASE WHEN lr.linked_id IS NOT NULL THEN lr.linked_id
-                        ELSE lr.linked_batch || chr(31) || coalesce(lr.originator_hash, lr.reply_id) END AS replier,
-                   {columns}
-            FROM lr LEFT JOIN firsts b ON b.batch_id = lr.linked_batch
-                    LEFT JOIN m ON m.delivery_message_id = coalesce(lr.linked_id, b.first_id)""")
-        return {LINKED[0]: clicks, LINKED[1]: replies}
-    return store.cached("funnel_linked", (keywords,), compute)
+def _linked(store: Store, table: str) -> str:
+    """Every distinct click or reply (``table``) with its message's columns, unlinked ones
+    included (:meth:`dlrlens.store.reader.Store.linked_clicks_sql` / ``linked_replies_sql``:
+    the derived state keeps them joined, so no question links them again)."""
+    return store.linked_clicks_sql() if table == "clicks" else store.linked_replies_sql()
 
 
 def _filtered_events(store: Store, f: Filters, table: str, params: dict) -> str:
-    """SQL of the linked events of ``table`` (a :data:`LINKED` name) whose message matches ``f``."""
-    source = f"(SELECT * FROM {table} WHERE delivery_message_id IS NOT NULL)"
+    """SQL of the linked events of ``table`` (clicks, replies) whose message matches ``f``."""
+    source = f"(SELECT * FROM {_linked(store, table)} WHERE sent_at IS NOT NULL)"
     return filtered_messages_sql(f, params, source, store.label_condition(f))
 
 
 def _funnel_sql(store: Store, f: Filters, by_campaign: bool) -> tuple[str, dict]:
     counts, params = store.filtered_counts_sql(f)
-    clicks = _filtered_events(store, f, LINKED[0], params)
-    replies = _filtered_events(store, f, LINKED[1], params)
+    clicks = _filtered_events(store, f, "clicks", params)
+    replies = _filtered_events(store, f, "replies", params)
     key = "campaign" if by_campaign else "NULL::VARCHAR"
     delay = "(epoch_us(first_click) - epoch_us(delivered_at)) / 1e6"
     sql = f"""
@@ -102,7 +67,7 @@ def _funnel_sql(store: Store, f: Filters, by_campaign: bool) -> tuple[str, dict]
                    coalesce(sum(messages) FILTER (WHERE outcome = 'delivered'), 0)::BIGINT AS delivered
             FROM ({counts}) GROUP BY ALL HAVING sum(messages) > 0),
         per_message AS (
-            SELECT {key} AS grp, delivery_message_id, any_value(outcome) AS outcome,
+            SELECT {key} AS grp, message_key, any_value(outcome) AS outcome,
                    any_value(delivered_at) AS delivered_at, count(*) AS clicks, min(received_at) AS first_click
             FROM ({clicks}) GROUP BY ALL),
         by_click AS (
@@ -122,16 +87,13 @@ def _funnel_sql(store: Store, f: Filters, by_campaign: bool) -> tuple[str, dict]
     return sql, params
 
 
-def funnel(store: Store, f: Filters, by_campaign: bool = False,
-           keywords: tuple[str, ...] | None = None) -> pd.DataFrame:
+def funnel(store: Store, f: Filters, by_campaign: bool = False) -> pd.DataFrame:
     """The funnel figures (:data:`FUNNEL_TABLE_COLUMNS`) of the messages matching ``f``: one row,
-    or one row per campaign (``campaign`` first, most messages first). ``keywords``: the opt-out
-    keywords (default :func:`dlrlens.store.events.opt_out_keywords`, from the environment)."""
-    keywords = keywords or events.opt_out_keywords()
-
+    or one row per campaign (``campaign`` first, most messages first). Opt-outs by the keywords
+    the store's replies were matched with (:meth:`dlrlens.store.reader.Store.opt_out_keywords`)."""
     def compute():
         sql, params = _funnel_sql(store, f, by_campaign)
-        df = store.query(sql, params, tables=_linked(store, keywords))
+        df = store.query(sql, params)
         if df.empty and not by_campaign:
             df = pd.DataFrame([{"grp": None, **dict.fromkeys(_COUNTS, 0)}])
         if df.empty:
@@ -146,7 +108,7 @@ def funnel(store: Store, f: Filters, by_campaign: bool = False,
             return df[FUNNEL_TABLE_COLUMNS].reset_index(drop=True)
         df = df.rename(columns={"grp": "campaign"}).sort_values(["messages", "campaign"], ascending=[False, True])
         return df[["campaign"] + FUNNEL_TABLE_COLUMNS].reset_index(drop=True)
-    return store.cached("funnel", (f, by_campaign, keywords), compute)
+    return store.cached("funnel", (f, by_campaign), compute)
 
 
 def campaigns_with_funnel(store: Store, f: Filters, *, receipt_figures: bool = False) -> pd.DataFrame:
@@ -161,11 +123,10 @@ def campaigns_with_funnel(store: Store, f: Filters, *, receipt_figures: bool = F
     return counts_as_int(merged, ["clicked", "clicks", "replied", "opted_out"])
 
 
-def _clicks_of(store: Store, f: Filters) -> tuple[str, dict, dict[str, pd.DataFrame]]:
-    """SQL of the (linked) clicks of the messages matching ``f``, its parameters and tables."""
+def _clicks_of(store: Store, f: Filters) -> tuple[str, dict]:
+    """SQL of the (linked) clicks of the messages matching ``f`` and its parameters."""
     params: dict = {}
-    return (_filtered_events(store, f, LINKED[0], params), params,
-            _linked(store, events.DEFAULT_OPT_OUT_KEYWORDS))
+    return _filtered_events(store, f, "clicks", params), params
 
 
 def unlinked_events(store: Store, f: Filters) -> pd.DataFrame:
@@ -174,17 +135,17 @@ def unlinked_events(store: Store, f: Filters) -> pd.DataFrame:
     (``unlinked_*``) or only a batch (``batch_linked_replies``). Only the date range applies:
     an unlinked event has no campaign, outcome or labels of a message."""
     def compute():
-        clicks, replies = LINKED
+        clicks, replies = _linked(store, "clicks"), _linked(store, "replies")
         params: dict = {}
         click_time = " AND ".join(["TRUE"] + time_conditions(f, params, "received_at"))
         reply_time = " AND ".join(["TRUE"] + time_conditions(f, params, "created"))
         df = store.query(f"""
             SELECT (SELECT count(*) FROM {clicks} WHERE {click_time}) AS clicks,
-                   (SELECT count(*) FROM {clicks} WHERE {click_time} AND linked_id IS NULL) AS unlinked_clicks,
+                   (SELECT count(*) FROM {clicks} WHERE {click_time} AND linked_by IS NULL) AS unlinked_clicks,
                    (SELECT count(*) FROM {replies} WHERE {reply_time}) AS replies,
                    (SELECT count(*) FROM {replies} WHERE {reply_time} AND linked_by IS NULL) AS unlinked_replies,
                    (SELECT count(*) FROM {replies} WHERE {reply_time} AND linked_by = 'batch')
-                       AS batch_linked_replies""", params, tables=_linked(store, events.DEFAULT_OPT_OUT_KEYWORDS))
+                       AS batch_linked_replies""", params)
         return counts_as_int(df, UNLINKED_COLUMNS)[UNLINKED_COLUMNS]
     return store.cached("unlinked_events", (f,), compute)
 
@@ -195,11 +156,11 @@ def clicks_over_time(store: Store, f: Filters, bucket: str | None = None) -> tup
     chosen = choose_bucket(store, f, bucket)
 
     def compute():
-        sql, params, tables = _clicks_of(store, f)
+        sql, params = _clicks_of(store, f)
         params["tz"] = f.tz
         df = store.query(f"""SELECT {_sql.bucket_sql(chosen, 'received_at')} AS bucket_start, count(*) AS clicks,
-                                    count(DISTINCT linked_id) AS clicked
-                             FROM ({sql}) GROUP BY ALL ORDER BY bucket_start""", params, tables)
+                                    count(DISTINCT message_key) AS clicked
+                             FROM ({sql}) GROUP BY ALL ORDER BY bucket_start""", params)
         return in_zone(counts_as_int(df, ["clicks", "clicked"]), ["bucket_start"], f.tz)[TIME_COLUMNS]
     return store.cached("clicks_over_time", (f, chosen), compute), chosen
 
@@ -211,10 +172,10 @@ def click_breakdown(store: Store, f: Filters, by: str) -> pd.DataFrame:
         raise ValueError(f"by must be one of {BREAKDOWNS}, not {by!r}")
 
     def compute():
-        sql, params, tables = _clicks_of(store, f)
+        sql, params = _clicks_of(store, f)
         df = store.query(f"""SELECT coalesce(NULLIF(trim({by}), ''), '(unknown)') AS value, count(*) AS clicks,
-                                    count(DISTINCT linked_id) AS clicked
-                             FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, value""", params, tables)
+                                    count(DISTINCT message_key) AS clicked
+                             FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, value""", params)
         df = counts_as_int(df, ["clicks", "clicked"])
         total = int(df["clicks"].sum()) if len(df) else 0
         df["share"] = (df["clicks"] / total).astype("float64") if total else pd.Series(dtype="float64")
@@ -225,30 +186,31 @@ def click_breakdown(store: Store, f: Filters, by: str) -> pd.DataFrame:
 def top_links(store: Store, f: Filters, limit: int = 20) -> pd.DataFrame:
     """:data:`TOP_LINK_COLUMNS`: the ``limit`` most clicked URLs (ties: by URL)."""
     def compute():
-        sql, params, tables = _clicks_of(store, f)
+        sql, params = _clicks_of(store, f)
         params["limit"] = int(limit)
         df = store.query(f"""SELECT coalesce(url, '(none)') AS url, count(*) AS clicks,
-                                    count(DISTINCT linked_id) AS clicked
-                             FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, url LIMIT $limit""", params, tables)
+                                    count(DISTINCT message_key) AS clicked
+                             FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, url LIMIT $limit""", params)
         return counts_as_int(df, ["clicks", "clicked"])[TOP_LINK_COLUMNS]
     return store.cached("top_links", (f, limit), compute)
 
 
-def message_replies(store: Store, message_ids: list[str], tz: str = "UTC",
-                    keywords: tuple[str, ...] | None = None) -> pd.DataFrame:
+def message_replies(store: Store, message_ids: list[str], tz: str = "UTC") -> pd.DataFrame:
     """:data:`REPLY_COLUMNS`: the distinct replies to the messages ``message_ids`` (linked by
-    inReplyTo), by message and created. ``body`` is the reply text: personal data, the page
-    masks it unless asked."""
-    keywords = keywords or events.opt_out_keywords()
+    inReplyTo, or a batch-only reply of a number that replied to one of them), by message and
+    created. ``body`` is the reply text: personal data, the page masks it unless asked."""
     ids = tuple(sorted(set(message_ids)))
     if not ids:
         return empty_frame(REPLY_COLUMNS)
 
     def compute():
-        df = store.query(f"""SELECT linked_id AS delivery_message_id, created, received_at, originator_masked, body,
-                                    opt_out, linked_by
-                             FROM {LINKED[1]} WHERE list_contains($ids, linked_id)
-                             ORDER BY delivery_message_id, created, reply_id""", {"ids": list(ids)},
-                         _linked(store, keywords))
+        texts = store.replies_sql("reply_id, received_at, created, originator_masked, body")
+        df = store.query(f"""
+            WITH linked AS (SELECT * FROM {_linked(store, "replies")} WHERE list_contains($ids, linked_id))
+            SELECT l.linked_id AS delivery_message_id, l.created, l.received_at, t.originator_masked, t.body,
+                   l.opt_out, l.linked_by
+            FROM linked l LEFT JOIN (SELECT * FROM {texts} WHERE reply_id IN (SELECT reply_id FROM linked)) t
+                 ON t.reply_id = l.reply_id
+            ORDER BY delivery_message_id, l.created, l.reply_id""", {"ids": list(ids)})
         return in_zone(df, ["created", "received_at"], tz)[REPLY_COLUMNS]
-    return store.cached("message_replies", (ids, tz, keywords), compute)
+    return store.cached("message_replies", (ids, tz), compute)

@@ -78,7 +78,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from dlrlens.store import layout
+from dlrlens.store import events, layout
+from dlrlens.store.sql import LATENCY_THRESHOLDS
 from dlrlens.store.compaction import OUTPUT_PREFIX, lineage
 from dlrlens.store.files import locked, publishing
 
@@ -91,7 +92,8 @@ MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "derived.lock"
 SPILL_DIR = Path("tmp") / "derive"
 SENT_PREFIX = "sent="
-FORMAT = 1
+UNPLACED_KEY = f"{SENT_PREFIX}none/u"  # the file of rows with events but no receipt (no sent time)
+FORMAT = 2  # 2: clicks and replies absorbed (click_list, reply_list; companions clicks, replies)
 
 GRACE_SECONDS = 600.0  # retired derived files outlive the manifest that dropped them this long
 HOT_DAYS = 1  # the current UTC day is kept as one file per sent hour (fresh receipts rewrite small files)
@@ -118,7 +120,21 @@ STORED_COLUMNS = (
     "first_received", "campaign_label", "campaign_created", "campaign_received", "batch_created",
     "batch_received", "cref_created", "cref_received", "final_received", "final_status", "final_category",
     "latest_created", "latest_received", "latest_status", "max_pending_created",
+    # the message's clicks and replies (see "Clicks and replies" in the module docstring)
+    "click_list", "reply_list",
 )
+
+# One click / reply as a list element of the state. Struct order is sort order: a click list
+# sorted by (click_id, received_at, ...) puts a click's copies together, in arrival order; a
+# reply list by (reply_id, received_at, created), the first received copy first.
+CLICK_ITEM = ("STRUCT(i VARCHAR, r TIMESTAMPTZ, b VARCHAR, f VARCHAR, u VARCHAR, w VARCHAR, o VARCHAR, "
+              "n VARCHAR)")  # click_id, received_at, batch_id, client_ref, url, browser, os, country
+REPLY_ITEM = ("STRUCT(i VARCHAR, r TIMESTAMPTZ, c TIMESTAMPTZ, l VARCHAR, h VARCHAR, x BOOLEAN)")
+# reply_id, received_at, created, logical_message_id, originator_hash, opt_out
+NO_CLICKS = f"[]::{CLICK_ITEM}[]"
+NO_REPLIES = f"[]::{REPLY_ITEM}[]"
+# The delivered time of a delivered message, from stored columns (NULL otherwise).
+DELIVERED_AT_SQL = "CASE WHEN outcome = 'delivered' THEN coalesce(first_delivered_at, final_created) END"
 
 
 def receipt_units_sql(source: str) -> str:
@@ -136,16 +152,48 @@ def receipt_units_sql(source: str) -> str:
                {{'c': created, 'r': received_at, 's': status}} AS latest_key,
                CASE WHEN category = 'delivered' THEN created END AS first_delivered,
                CASE WHEN category = 'pending' THEN created END AS max_pending,
-               [coalesce(labels, '{{}}')] AS label_sets
+               [coalesce(labels, '{{}}')] AS label_sets,
+               {NO_CLICKS} AS click_list, {NO_REPLIES} AS reply_list
         FROM {source}
     """
+
+
+def _event_unit_sql(message_id: str, click_list: str, reply_list: str, source: str, where: str = "TRUE") -> str:
+    """Units of event rows of ``source``: a message id and its click / reply list, nothing else."""
+    return f"""
+        SELECT {message_id} AS delivery_message_id,
+               NULL::STRUCT(c TIMESTAMPTZ, r TIMESTAMPTZ) AS first_key,
+               NULL::STRUCT(c TIMESTAMPTZ, r TIMESTAMPTZ, v VARCHAR) AS campaign_key,
+               NULL::STRUCT(c TIMESTAMPTZ, r TIMESTAMPTZ, v VARCHAR) AS batch_key,
+               NULL::STRUCT(c TIMESTAMPTZ, r TIMESTAMPTZ, v VARCHAR) AS cref_key,
+               NULL::STRUCT(c TIMESTAMPTZ, r TIMESTAMPTZ, s VARCHAR, k VARCHAR) AS final_key,
+               NULL::STRUCT(c TIMESTAMPTZ, r TIMESTAMPTZ, s VARCHAR) AS latest_key,
+               NULL::TIMESTAMPTZ AS first_delivered, NULL::TIMESTAMPTZ AS max_pending,
+               []::VARCHAR[] AS label_sets, {click_list} AS click_list, {reply_list} AS reply_list
+        FROM {source} WHERE {where}
+    """
+
+
+def click_units_sql(source: str) -> str:
+    """Units from stored click rows of ``source``: each belongs to its ``message_id`` (NULL:
+    to the one row of clicks without one)."""
+    item = "{'i': click_id, 'r': received_at, 'b': batch_id, 'f': client_ref, 'u': url, 'w': browser, 'o': os, 'n': country}"
+    return _event_unit_sql("message_id", f"[{item}]::{CLICK_ITEM}[]", NO_REPLIES, source)
+
+
+def reply_units_sql(source: str, keywords: tuple[str, ...]) -> str:
+    """Units from stored reply rows of ``source``: each belongs to its ``in_reply_to`` (NULL: to
+    the one row of replies without one); ``x``: whether its text is one of ``keywords``."""
+    item = (f"{{'i': reply_id, 'r': received_at, 'c': created, 'l': logical_message_id, 'h': originator_hash, "
+            f"'x': {events.opt_out_sql('body', keywords)}}}")
+    return _event_unit_sql("in_reply_to", NO_CLICKS, f"[{item}]::{REPLY_ITEM}[]", source)
 
 
 def state_units_sql(source: str) -> str:
     """Units from stored derived rows of ``source`` (expands the flat, NULL-when-implied columns)."""
     return f"""
         SELECT delivery_message_id,
-               {{'c': sent_at, 'r': first_received}} AS first_key,
+               CASE WHEN sent_at IS NOT NULL THEN {{'c': sent_at, 'r': first_received}} END AS first_key,
                CASE WHEN campaign_label IS NOT NULL
                     THEN {{'c': coalesce(campaign_created, sent_at), 'r': coalesce(campaign_received, first_received),
                           'v': campaign_label}} END AS campaign_key,
@@ -163,14 +211,16 @@ def state_units_sql(source: str) -> str:
                coalesce(first_delivered_at, CASE WHEN final_category = 'delivered' THEN final_created END)
                    AS first_delivered,
                max_pending_created AS max_pending,
-               from_json(label_sets, '["VARCHAR"]') AS label_sets
+               from_json(label_sets, '["VARCHAR"]') AS label_sets,
+               coalesce(click_list, {NO_CLICKS}) AS click_list,
+               coalesce(reply_list, {NO_REPLIES}) AS reply_list
         FROM {source}
     """
 
 
 def combine_sql(units: str) -> str:
     """Merge the units of ``units`` (a query) into one unit per message."""
-    return f"""
+    grouped = f"""
         SELECT delivery_message_id,
                min(first_key) AS first_key,
                min(campaign_key) AS campaign_key,
@@ -180,8 +230,16 @@ def combine_sql(units: str) -> str:
                max(latest_key) AS latest_key,
                min(first_delivered) AS first_delivered,
                max(max_pending) AS max_pending,
-               list_sort(list_distinct(flatten(list(label_sets)))) AS label_sets
+               list_sort(list_distinct(flatten(list(label_sets)))) AS label_sets,
+               list_sort(list_distinct(flatten(list(click_list)))) AS click_list,
+               list_sort(list_distinct(flatten(list(reply_list)))) AS reply_list
         FROM ({units}) GROUP BY delivery_message_id
+    """
+    # Of each reply only its first received copy is kept (the list is sorted by reply_id, then
+    # received_at): still mergeable, a later copy never replaces it.
+    return f"""
+        SELECT * REPLACE (list_filter(reply_list, lambda x, i: i = 1 OR x.i <> reply_list[i - 1].i) AS reply_list)
+        FROM ({grouped})
     """
 
 
@@ -221,7 +279,9 @@ def finish_sql(units: str, extra: str = "") -> str:
                CASE WHEN final_key IS NULL THEN latest_key.c END AS latest_created,
                CASE WHEN final_key IS NULL THEN latest_key.r END AS latest_received,
                CASE WHEN final_key IS NULL THEN latest_key.s END AS latest_status,
-               CASE WHEN max_pending <= final_key.c THEN NULL ELSE max_pending END AS max_pending_created
+               CASE WHEN max_pending <= final_key.c THEN NULL ELSE max_pending END AS max_pending_created,
+               CASE WHEN len(click_list) > 0 THEN click_list END AS click_list,
+               CASE WHEN len(reply_list) > 0 THEN reply_list END AS reply_list
                {extra}
         FROM ({units})
     """
@@ -238,21 +298,17 @@ def messages_view_sql(source: str) -> str:
         SELECT delivery_message_id, campaign, batch_id, client_reference, sent_at, outcome,
                CASE WHEN outcome = 'failed' THEN last_status END AS reason,
                last_status, final_created,
-               CASE WHEN outcome = 'delivered' THEN coalesce(first_delivered_at, final_created) END AS delivered_at,
+               {DELIVERED_AT_SQL} AS delivered_at,
                latency_us, latency_us / 1e6 AS latency_s, regression::INTEGER AS regressions, label_sets
-        FROM {source}
+        FROM {source} WHERE sent_at IS NOT NULL
     """
 
 
 # Companions of each messages file: pre-aggregates the dashboard reads instead of the messages
 # when a file lies wholly inside a query's range (same name under derived/<kind>/).
-COMPANIONS = ("rollup", "hist", "latency")
+COMPANIONS = ("rollup", "hist", "latency", "clicks", "replies")
 SLOT_MICROS = 15 * 60 * 1_000_000  # rollup time slots: every zone's hours and days are unions of them
 LATENCY_BUCKET_BITS = 5  # latency buckets: 2**5 per octave of microseconds
-# "Delivered within" figures: (column, seconds). A delivered message counts in a column when its
-# latency is at most that many seconds. The rollups store these columns; the dashboard's
-# straightforward definition (dashboard/_sql.py) uses the same thresholds.
-LATENCY_THRESHOLDS = (("within_10s", 10), ("within_1m", 60), ("within_5m", 300), ("within_1h", 3600))
 
 
 def within_sql(latency_s: str = "latency_s") -> str:
@@ -310,6 +366,54 @@ def latency_values_sql(view: str) -> str:
         SELECT {latency_bucket_sql()} AS b, latency_us, campaign, label_sets, last_status
         FROM ({view}) WHERE latency_us IS NOT NULL
     """
+
+
+# The columns of a message that filters and funnel figures use, beside each of its events.
+EVENT_MESSAGE_COLUMNS = "m_row, id_hash, sent_at, campaign, outcome, last_status, label_sets"
+CLICK_FIELDS = {"click_id": "i", "received_at": "r", "batch_id": "b", "client_ref": "f", "url": "u", "browser": "w",
+                "os": "o", "country": "n"}
+REPLY_FIELDS = {"reply_id": "i", "received_at": "r", "created": "c", "logical_message_id": "l",
+                "originator_hash": "h", "opt_out": "x"}
+
+
+def click_rows_sql(rows: str, columns: str, fields: tuple[str, ...], placed: bool) -> str:
+    """The distinct clicks (:mod:`dlrlens.store.events`: copies of a click within
+    CLICK_RETRY_SECONDS of the previous copy are that click; its first copy counts) of the
+    stored rows ``rows``, one row each: ``columns`` of the row, then ``fields`` of the click (names
+    of :data:`CLICK_FIELDS`). ``placed``: rows of messages (with receipts), else rows without."""
+    retry = events.CLICK_RETRY_SECONDS * 1_000_000
+    distinct = (f"list_filter(click_list, lambda x, i: i = 1 OR x.i <> click_list[i - 1].i "
+                f"OR epoch_us(x.r) - epoch_us(click_list[i - 1].r) > {retry})")
+    return _event_rows_sql(rows, columns, "click_list", distinct, CLICK_FIELDS, fields, placed)
+
+
+def reply_rows_sql(rows: str, columns: str, fields: tuple[str, ...], placed: bool) -> str:
+    """:func:`click_rows_sql` for the distinct replies (names of :data:`REPLY_FIELDS`)."""
+    return _event_rows_sql(rows, columns, "reply_list", "reply_list", REPLY_FIELDS, fields, placed)
+
+
+def _event_rows_sql(rows: str, columns: str, column: str, items: str, names: dict, fields, placed: bool) -> str:
+    picked = ", ".join(f"e.{names[f]} AS {f}" for f in fields)
+    where = "sent_at IS NOT NULL" if placed else "sent_at IS NULL"
+    return f"""
+        SELECT * EXCLUDE (e), {picked}
+        FROM (SELECT {columns}, unnest({items}) AS e FROM {rows} WHERE {column} IS NOT NULL AND {where})
+    """
+
+
+def clicks_companion_sql(rows: str) -> str:
+    """The ``clicks`` companion of the stored rows ``rows`` (with ``m_row``): every distinct
+    click of its messages with the message's columns, what the Funnel page filters and counts."""
+    return click_rows_sql(rows, f"{EVENT_MESSAGE_COLUMNS}, {DELIVERED_AT_SQL} AS delivered_at",
+                          ("received_at", "url", "browser", "os", "country"), placed=True)
+
+
+def replies_companion_sql(rows: str) -> str:
+    """The ``replies`` companion: every distinct reply to the messages of ``rows`` (by
+    inReplyTo) with the message's columns (and id and batch: batch-linked replies of the same
+    number are matched against these, see :func:`dlrlens.store.events.linked_replies_sql`)."""
+    return reply_rows_sql(rows, f"{EVENT_MESSAGE_COLUMNS}, delivery_message_id, batch_id",
+                          ("reply_id", "created", "received_at", "originator_hash", "opt_out"), placed=True)
 
 
 def companion_path(path: str, kind: str) -> str:
@@ -379,8 +483,16 @@ class DerivedFile:
         return Path(self.path).name.split("-", 1)[0]
 
     @cached_property
+    def placed(self) -> bool:
+        """False for the file of rows with events but no receipt (:data:`UNPLACED_KEY`): not
+        messages, no sent time; only the funnel's unlinked events read it."""
+        return self.kind != "u"
+
+    @cached_property
     def range_us(self) -> tuple[int, int]:
         """[start, end) of the sent times this file's key covers, in epoch microseconds."""
+        if not self.placed:
+            return -1, -1
         day = int(datetime.strptime(self.day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()) * 1_000_000
         if self.kind == "d":
             return day, day + 86_400_000_000
@@ -403,6 +515,7 @@ class Manifest:
     retired: dict[str, float] = field(default_factory=dict)
     hash_probe: int | None = None
     updated_at: str = ""
+    opt_out_keywords: tuple[str, ...] = ()  # the keywords replies were matched with (reply_list's x)
 
     @staticmethod
     def path(data_dir: Path) -> Path:
@@ -422,13 +535,14 @@ class Manifest:
                    absorbed=set(raw["absorbed"]),
                    retired={str(k): float(v) for k, v in raw.get("retired", {}).items()},
                    hash_probe=raw.get("hash_probe"),
-                   updated_at=raw.get("updated_at", ""))
+                   updated_at=raw.get("updated_at", ""),
+                   opt_out_keywords=tuple(raw.get("opt_out_keywords", ())))
 
     def save(self, data_dir: Path) -> None:
         """Replace the manifest atomically (readers see the old one or this one)."""
         self.updated_at = datetime.now(UTC).isoformat()
         body = {"format": FORMAT, "version": self.version, "updated_at": self.updated_at,
-                "hash_probe": self.hash_probe,
+                "hash_probe": self.hash_probe, "opt_out_keywords": list(self.opt_out_keywords),
                 "files": [{"path": f.path, "rows": f.rows, "sent_min_us": f.sent_min_us, "sent_max_us": f.sent_max_us}
                           for f in sorted(self.files, key=lambda f: f.path)],
                 "absorbed": sorted(self.absorbed),
@@ -600,13 +714,20 @@ def file_kind_sql() -> str:
     the days in ``$day_files`` (hot days already held in one day file: a day is never split
     both ways), else ``d``."""
     day = "strftime(sent_at, '%Y-%m-%d')"
-    return (f"CASE WHEN sent_at >= $hot_from AND NOT list_contains($day_files::VARCHAR[], {day}) "
+    return (f"CASE WHEN sent_at IS NULL THEN 'u' "
+            f"WHEN sent_at >= $hot_from AND NOT list_contains($day_files::VARCHAR[], {day}) "
             f"THEN 'h' || strftime(sent_at, '%H') ELSE 'd' END")
 
 
+def sent_day_sql() -> str:
+    """SQL: the sent day of a stored row, ``none`` for a row without receipts."""
+    return "coalesce(strftime(sent_at, '%Y-%m-%d'), 'none')"
+
+
 def file_key_sql() -> str:
-    """SQL: the file a stored row belongs in, ``sent=YYYY-MM-DD/<kind>`` (:func:`file_kind_sql`)."""
-    return f"'{SENT_PREFIX}' || strftime(sent_at, '%Y-%m-%d') || '/' || {file_kind_sql()}"
+    """SQL: the file a stored row belongs in, ``sent=YYYY-MM-DD/<kind>`` (:func:`file_kind_sql`),
+    :data:`UNPLACED_KEY` for a row without receipts."""
+    return f"'{SENT_PREFIX}' || {sent_day_sql()} || '/' || {file_kind_sql()}"
 
 
 def day_files(files: list["DerivedFile"], hot_start: datetime) -> list[str]:
@@ -617,6 +738,8 @@ def day_files(files: list["DerivedFile"], hot_start: datetime) -> list[str]:
 
 def file_key(f: DerivedFile, hot_start: datetime) -> str:
     """The key an existing file's rows belong to now: a cold day's hour files join its day file."""
+    if not f.placed:
+        return UNPLACED_KEY
     day = datetime.strptime(f.day, "%Y-%m-%d").replace(tzinfo=UTC)
     if day < hot_start:
         return f"{SENT_PREFIX}{f.day}/d"
@@ -652,10 +775,16 @@ def _write_derived(con, data_dir: Path, key: str, select_sql: str) -> DerivedFil
         # Sorted by bucket: a query fetching a few buckets reads a few row groups.
         con.execute(f"COPY ({latency_values_sql(view)} ORDER BY b, latency_us) TO '{tmps['latency']}' "
                     f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 16384)")
+        # Events by sent time: a query over a range of sent times reads its row groups.
+        numbered = f"(SELECT *, file_row_number AS m_row FROM read_parquet('{messages.temp}', file_row_number = true))"
+        con.execute(f"COPY ({clicks_companion_sql(numbered)} ORDER BY sent_at) TO '{tmps['clicks']}' ({options})")
+        con.execute(f"COPY ({replies_companion_sql(numbered)} ORDER BY sent_at) TO '{tmps['replies']}' ({options})")
         sent = metadata.schema.to_arrow_schema().get_field_index("sent_at")
         stats = [metadata.row_group(i).column(sent).statistics for i in range(metadata.num_row_groups)]
+        stats = [s for s in stats if s is not None and s.has_min_max]  # none in the unplaced file
     return DerivedFile(path=relative, rows=metadata.num_rows,
-                       sent_min_us=min(_micros(s.min) for s in stats), sent_max_us=max(_micros(s.max) for s in stats))
+                       sent_min_us=min((_micros(s.min) for s in stats), default=-1),
+                       sent_max_us=max((_micros(s.max) for s in stats), default=-1))
 
 
 
@@ -757,7 +886,8 @@ def update_derived(data_dir: Path, *, now: datetime | None = None, grace_seconds
             return {"skipped": "busy"}
         updater = _updater(data_dir)
         manifest = Manifest.load(data_dir)
-        if manifest is None or manifest.hash_probe != updater.probe:
+        # Replies were matched with other opt-out keywords: every reply list is recomputed.
+        if manifest is None or manifest.hash_probe != updater.probe or manifest.opt_out_keywords != events.opt_out_keywords():
             return _rebuild_locked(data_dir, now=now, grace_seconds=grace_seconds, started=started,
                                    settings=UPDATE_SETTINGS)
         return _update_locked(updater, manifest, now=now, grace=grace_seconds, max_rows=max_batch_rows,
@@ -773,8 +903,12 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
     to_read, _ = unabsorbed(data_dir, listing, manifest.absorbed)
     batch = _take_batch(data_dir, to_read, max_rows)
     _, covered = unabsorbed(data_dir, listing, manifest.absorbed, reading=set(batch))
-    result = {"absorbed_files": len(batch), "covered_files": len(covered), "receipts": 0, "messages": 0,
-              "rewritten_files": 0, "backlog_files": len(to_read) - len(batch)}
+    # Event files are never compacted and small next to receipts: every new one, each update.
+    event_listing = {table: events.event_files(data_dir, table) for table in events.EVENT_TABLES}
+    new_events = {table: [p for p in found if p not in manifest.absorbed] for table, found in event_listing.items()}
+    event_batch = [p for found in new_events.values() for p in found]
+    result = {"absorbed_files": len(batch), "covered_files": len(covered), "event_files": len(event_batch),
+              "receipts": 0, "messages": 0, "rewritten_files": 0, "backlog_files": len(to_read) - len(batch)}
     by_key: dict[str, list[DerivedFile]] = {}
     for f in manifest.files:
         by_key.setdefault(file_key(f, hot_start), []).append(f)
@@ -783,9 +917,11 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
     for table in ("merged_partial", "old", "merged", "superseded"):
         con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute("CREATE TEMP TABLE superseded (file_no INTEGER, row BIGINT)")
-    if batch:
+    absorbing = bool(batch or event_batch)
+    if absorbing:
         absorb(con, data_dir, batch, numbers, updater.index, extra=f", {file_key_sql()} AS file_key",
-               params={"hot_from": hot_start, "day_files": day_files(manifest.files, hot_start)})
+               params={"hot_from": hot_start, "day_files": day_files(manifest.files, hot_start)},
+               event_files=new_events, keywords=manifest.opt_out_keywords)
         result["receipts"] = sum(_rows(data_dir / p) for p in batch)
         result["messages"] = con.execute("SELECT count(*) FROM merged").fetchone()[0]
         rewrite |= {k for (k,) in con.execute("SELECT DISTINCT file_key FROM merged").fetchall()}
@@ -800,7 +936,7 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
         parts = [f"""SELECT {', '.join(STORED_COLUMNS)} FROM read_parquet('{data_dir / f.path}', file_row_number = true)
                      WHERE file_row_number NOT IN (SELECT row FROM superseded WHERE file_no = {numbers[f.path]})"""
                  for f in by_key.get(key, [])]
-        if batch:
+        if absorbing:
             parts.append(f"SELECT {', '.join(STORED_COLUMNS)} FROM merged WHERE file_key = '{key}'")
         if not parts:
             continue
@@ -808,11 +944,11 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
         if written is not None:
             new_files.append(written)
     replaced = {f.path for key in rewrite for f in by_key.get(key, [])}
-    pruned = {p for p in manifest.absorbed if p not in listing}
-    changed = bool(rewrite or batch or covered or pruned)
+    pruned = {p for p in manifest.absorbed if p not in listing and not any(p in found for found in event_listing.values())}
+    changed = bool(rewrite or absorbing or covered or pruned)
     if changed:
         manifest.files = [f for f in manifest.files if f.path not in replaced] + new_files
-        manifest.absorbed = (manifest.absorbed - pruned) | set(batch) | set(covered)
+        manifest.absorbed = (manifest.absorbed - pruned) | set(batch) | set(covered) | set(event_batch)
         _retire(manifest, replaced, wall)
     deleted = _delete_expired(data_dir, manifest, wall, grace)
     if changed or deleted:
@@ -826,10 +962,30 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
     return result
 
 
+def units_sql(data_dir: Path, receipts: str | None, event_files: dict[str, list[str]], keywords: tuple[str, ...],
+              where: str = "TRUE") -> str:
+    """The units of the receipt rows of ``receipts`` (a source, None: none) and of the event
+    files ``event_files`` ({table: relative paths}), rows restricted by ``where`` (on
+    ``delivery_message_id``)."""
+    parts = [f"SELECT * FROM ({receipt_units_sql(receipts)}) WHERE {where}"] if receipts else []
+    clicks = [str(Path(data_dir) / p) for p in event_files.get("clicks", ())]
+    replies = [str(Path(data_dir) / p) for p in event_files.get("replies", ())]
+    if clicks:
+        source = events.rows_sql(clicks, "clicks", "click_id, received_at, message_id, batch_id, client_ref, url, browser, os, country")
+        parts.append(f"SELECT * FROM ({click_units_sql(source)}) WHERE {where}")
+    if replies:
+        source = events.rows_sql(replies, "replies", "reply_id, received_at, created, in_reply_to, logical_message_id, "
+                                              "originator_hash, body")
+        parts.append(f"SELECT * FROM ({reply_units_sql(source, keywords)}) WHERE {where}")
+    return " UNION ALL ".join(f"({p})" for p in parts) or receipt_units_sql(f"({empty_receipts_sql()})")
+
+
 def absorb(con, data_dir: Path, files: list[str], numbers: dict[str, int], index: IdIndex, *,
            merged: str = "merged", old: str = "old", trust_stored: bool = True, extra: str = "",
-           params: dict | None = None) -> None:
-    """Merge the receipt ``files`` (relative paths) with the stored state of their messages, on
+           params: dict | None = None, event_files: dict[str, list[str]] | None = None,
+           keywords: tuple[str, ...] | None = None) -> None:
+    """Merge the receipt ``files`` and the ``event_files`` ({clicks|replies: relative paths};
+    replies matched against ``keywords``) with the stored state of their messages, on
     ``con``: the one way to absorb receipts into per-message state, for the maintenance
     (:func:`update_derived`) and for the reader's fresh tail (:class:`dlrlens.store.reader.Store`).
 
@@ -843,8 +999,10 @@ def absorb(con, data_dir: Path, files: list[str], numbers: dict[str, int], index
     """
     data_dir = Path(data_dir)
     partial = f"{merged}_partial"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {partial} AS {combine_sql(receipt_units_sql(parquet_source()))}",
-                {"files": [str(data_dir / p) for p in files]})
+    units = units_sql(data_dir, parquet_source() if files else None, event_files or {},
+                      keywords or events.DEFAULT_OPT_OUT_KEYWORDS)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {partial} AS {combine_sql(units)}",
+                {"files": [str(data_dir / p) for p in files]} if files else {})
     located: dict[str, np.ndarray] = {}
     if numbers:
         hashes = con.execute(f"SELECT hash(delivery_message_id) AS h FROM {partial}").fetchnumpy()["h"]
@@ -868,8 +1026,10 @@ def stored_rows_at_sql(data_dir: Path, located: dict[str, np.ndarray], numbers: 
     if not parts:
         empty = merge_sql(receipt_units_sql(f"({empty_receipts_sql()})"))
         return f"SELECT NULL::INTEGER AS file_no, NULL::BIGINT AS file_row_number, {columns} FROM ({empty})"
+    # The one row of events without a message id (delivery_message_id NULL) merges like any other.
     return (f"SELECT * FROM ({' UNION ALL '.join(parts)}) "
-            f"WHERE delivery_message_id IN (SELECT delivery_message_id FROM {messages})")
+            f"WHERE delivery_message_id IN (SELECT delivery_message_id FROM {messages}) "
+            f"OR (delivery_message_id IS NULL AND EXISTS (SELECT 1 FROM {messages} WHERE delivery_message_id IS NULL))")
 
 
 def _int_list(values: np.ndarray) -> str:
@@ -918,6 +1078,7 @@ def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float
 
     old = Manifest.load(data_dir)
     hot_start = hot_from(now)
+    keywords = events.opt_out_keywords()
     spill = data_dir / SPILL_DIR / f"rebuild-{os.getpid()}"
     shutil.rmtree(spill, ignore_errors=True)
     con = connect(settings or REBUILD_SETTINGS, spill / "duckdb")
@@ -925,8 +1086,9 @@ def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float
     try:
         for attempt in (1, 2, 3):
             listing = receipt_files(data_dir)
+            event_listing = {table: list(events.event_files(data_dir, table)) for table in events.EVENT_TABLES}
             try:
-                files = _rebuild_files(con, data_dir, listing, hot_start, spill)
+                files = _rebuild_files(con, data_dir, listing, event_listing, keywords, hot_start, spill)
                 break
             except duckdb.IOException:
                 # A file vanished under us (compaction): list again. Nothing is in force yet.
@@ -935,8 +1097,10 @@ def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float
                     raise
         messages = sum(f.rows for f in files)
         receipts = sum(_rows(data_dir / p) for p in listing)
-        manifest = Manifest(version=(old.version + 1) if old else 1, files=files, absorbed=set(listing),
-                            retired=dict(old.retired) if old else {}, hash_probe=hash_probe(con))
+        absorbed = set(listing) | {p for found in event_listing.values() for p in found}
+        manifest = Manifest(version=(old.version + 1) if old else 1, files=files, absorbed=absorbed,
+                            retired=dict(old.retired) if old else {}, hash_probe=hash_probe(con),
+                            opt_out_keywords=keywords)
         if old:
             _retire(manifest, [f.path for f in old.files], time.time())
         manifest.save(data_dir)
@@ -952,26 +1116,28 @@ def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float
             "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _rebuild_files(con, data_dir: Path, listing: dict, hot_start: datetime, spill: Path) -> list[DerivedFile]:
-    """Every message's state from the receipt files in ``listing``, written as derived files.
+def _rebuild_files(con, data_dir: Path, listing: dict, event_listing: dict[str, list[str]],
+                   keywords: tuple[str, ...], hot_start: datetime, spill: Path) -> list[DerivedFile]:
+    """Every message's state from the receipt files in ``listing`` and the event files in
+    ``event_listing``, written as derived files.
 
     Large data is split by hash(delivery_message_id) into buckets of about
     :data:`REBUILD_BUCKET_ROWS` receipts (one pass writes them to ``spill``), so that each
     bucket's GROUP BY fits in memory; each bucket's states go to per-file staging parts,
     which are then sorted into the derived files.
     """
-    if not listing:
+    if not listing and not any(event_listing.values()):
         return []
     paths = [str(data_dir / p) for p in listing]
     rows = sum(_rows(Path(p)) for p in paths)
     buckets = max(1, -(-rows // REBUILD_BUCKET_ROWS))
-    keys = f"strftime(sent_at, '%Y-%m-%d') AS sent_day, {file_kind_sql()} AS kind"
+    keys = f"{sent_day_sql()} AS sent_day, {file_kind_sql()} AS kind"
     params = {"hot_from": hot_start, "day_files": []}
     state = spill / "state"
     state.mkdir(parents=True, exist_ok=True)
     if buckets == 1:
-        sources = [parquet_source()]
-        bucket_params = [{"files": paths}]
+        sources = [parquet_source() if paths else None]
+        bucket_params = [{"files": paths} if paths else {}]
     else:
         needed = ("delivery_message_id, created, received_at, campaign, batch_id, client_reference, status, "
                   "category, labels")
@@ -981,7 +1147,10 @@ def _rebuild_files(con, data_dir: Path, listing: dict, hot_start: datetime, spil
         sources = [f"read_parquet('{spill / 'receipts' / f'bucket={k}' / '*.parquet'}')" for k in range(buckets)]
         bucket_params = [{} for _ in range(buckets)]
     for k, (source, extra_params) in enumerate(zip(sources, bucket_params)):
-        con.execute(f"COPY ({merge_sql(receipt_units_sql(source), extra=', ' + keys)}) TO '{state / f'part={k}'}' "
+        # Events are few next to receipts: each bucket reads them all and keeps its own.
+        units = units_sql(data_dir, source, event_listing, keywords,
+                          where="TRUE" if buckets == 1 else f"hash(delivery_message_id) % {buckets} = {k}")
+        con.execute(f"COPY ({merge_sql(units, extra=', ' + keys)}) TO '{state / f'part={k}'}' "
                     f"(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (sent_day, kind))", {**params, **extra_params})
         if buckets > 1:
             shutil.rmtree(spill / "receipts" / f"bucket={k}", ignore_errors=True)

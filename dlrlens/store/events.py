@@ -63,6 +63,12 @@ def opt_out_keywords(environ=os.environ) -> tuple[str, ...]:
     return parse_keywords(text) if text.strip() else DEFAULT_OPT_OUT_KEYWORDS
 
 
+def opt_out_sql(body: str, keywords: tuple[str, ...]) -> str:
+    """SQL: whether the reply text ``body`` (a column) is one of ``keywords`` (FALSE for no text)."""
+    listed = "[" + ", ".join(string_literal(k) for k in keywords) + "]::VARCHAR[]"
+    return f"coalesce(list_contains({listed}, upper(regexp_replace({body}, '{_SPACE_CLASS}', '', 'g'))), FALSE)"
+
+
 def event_files(data_dir: Path, table: str) -> dict[str, tuple[int, int]]:
     """{path relative to the data directory: (size, mtime_ns)} of every visible file of
     ``table`` (``clicks`` or ``replies``)."""
@@ -137,12 +143,13 @@ def linked_clicks_sql(clicks: str, messages: str) -> str:
     """
 
 
-def linked_replies_sql(replies: str, messages: str, keywords: tuple[str, ...]) -> str:
+def linked_replies_sql(replies: str, messages: str, keywords: tuple[str, ...] = (), opt_out: str | None = None) -> str:
     """Distinct ``replies`` (:func:`distinct_replies_sql`) with ``linked_id`` (the message
     replied to, or of a batch-linked reply the message of its batch its number replied to by
     ``in_reply_to``), ``linked_batch`` (a reply linked to its batch only), ``linked_by``
-    (message, batch or NULL: unlinked) and ``opt_out`` (its text is one of ``keywords``)."""
-    listed = "[" + ", ".join(string_literal(k) for k in keywords) + "]::VARCHAR[]"
+    (message, batch or NULL: unlinked) and ``opt_out`` (its ``body`` is one of ``keywords``;
+    or ``opt_out``, an expression over the reply ``d``, when given)."""
+    opt_out = opt_out or opt_out_sql("d.body", keywords)
     return f"""
         WITH r AS ({replies}),
         direct AS (
@@ -159,8 +166,7 @@ def linked_replies_sql(replies: str, messages: str, keywords: tuple[str, ...]) -
                CASE WHEN d.direct_id IS NULL AND n.message_id IS NULL THEN b.batch_id END AS linked_batch,
                CASE WHEN d.direct_id IS NOT NULL THEN 'message'
                     WHEN b.batch_id IS NOT NULL THEN 'batch' END AS linked_by,
-               coalesce(list_contains({listed}, upper(regexp_replace(d.body, '{_SPACE_CLASS}', '', 'g'))), FALSE)
-                   AS opt_out
+               {opt_out} AS opt_out
         FROM direct d
         LEFT JOIN (SELECT DISTINCT batch_id FROM {messages} WHERE batch_id IS NOT NULL) b
                ON d.direct_id IS NULL AND b.batch_id = d.logical_message_id

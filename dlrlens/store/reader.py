@@ -97,6 +97,8 @@ class _Snapshot:
     receipt_files: dict[str, tuple[int, int]]  # every visible receipt file (absolute) -> (size, mtime_ns)
     raw_files: list[str] | None = None  # the same without compaction inputs already merged (lazy)
     event_files: dict[str, list[str]] = field(default_factory=dict)  # clicks/replies files (absolute)
+    unplaced: list[derive.DerivedFile] = field(default_factory=list)  # rows of events without receipts
+    pooled: bool = False  # whether tables pool_clicks / pool_replies are this snapshot's (Store.linked_clicks_sql)
 
 
 @dataclass
@@ -287,21 +289,32 @@ class Store:
         self._snapshot = None
         derived = list(manifest.files) if manifest else []
         numbers = {f.path: i for i, f in enumerate(derived)}
-        tail, _ = derive.unabsorbed(self.data_dir, files, manifest.absorbed if manifest else set())
+        absorbed = manifest.absorbed if manifest else set()
+        tail, _ = derive.unabsorbed(self.data_dir, files, absorbed)
+        # Listed after the version: event files are only ever added, so a listing newer than
+        # the version's is harmless.
+        event_listing = {table: events.event_files(self.data_dir, table) for table in events.EVENT_TABLES}
+        tail_events = {table: [p for p in found if p not in absorbed] for table, found in event_listing.items()}
         self._load_names()
         self._empty_tables()
-        if tail:
+        if tail or any(tail_events.values()):
             derive.absorb(self._con, self.data_dir, tail, numbers, self._index, merged="tail_messages", old="tail_old",
-                          trust_stored=manifest is not None and manifest.hash_probe == self._probe)
+                          trust_stored=manifest is not None and manifest.hash_probe == self._probe,
+                          event_files=tail_events, keywords=self.opt_out_keywords(manifest))
         self._tail_corrections()
         touched = {derived[n].path: n
                    for (n,) in self._con.execute("SELECT DISTINCT file_no FROM superseded").fetchall()}
-        self._snapshot = _Snapshot(version=version, manifest=manifest, files=derived, tail=tail, touched=touched,
-                                   numbers=numbers, receipt_files=self._absolute(files),
-                                   # Listed again: event files are only ever added, so a
-                                   # listing newer than the version's is harmless.
-                                   event_files={table: list(self._absolute(events.event_files(self.data_dir, table)))
-                                                for table in events.EVENT_TABLES})
+        self._snapshot = _Snapshot(version=version, manifest=manifest, files=[f for f in derived if f.placed],
+                                   tail=tail, touched=touched, numbers=numbers, receipt_files=self._absolute(files),
+                                   event_files={table: list(self._absolute(found))
+                                                for table, found in event_listing.items()},
+                                   unplaced=[f for f in derived if not f.placed])
+
+    @staticmethod
+    def opt_out_keywords(manifest: derive.Manifest | None) -> tuple[str, ...]:
+        """The opt-out keywords of the figures: those the derived state matched replies with
+        (the maintenance's ``DLRLENS_OPT_OUT_KEYWORDS``), else this process's setting."""
+        return manifest.opt_out_keywords if manifest and manifest.opt_out_keywords else events.opt_out_keywords()
 
     def _load_names(self) -> None:
         """Table ``campaign_names`` (campaign_id, name): the campaign names in force
@@ -989,6 +1002,124 @@ class Store:
     def replies_sql(self, columns: str = "*") -> str:
         """Distinct replies of this snapshot (:func:`dlrlens.store.events.distinct_replies_sql`)."""
         return f"({events.distinct_replies_sql(self.event_rows_sql('replies', columns))})"
+
+    # -- clicks and replies, linked to their messages (see dlrlens.store.events)
+
+    def _companion_rows_sql(self, kind: str, columns: str, make, named: bool = True) -> str:
+        """``columns`` of the ``kind`` companions (clicks, replies) of every derived file, but
+        the rows of messages the fresh tail supersedes, plus ``make`` over the tail's merged
+        messages (``make``: :func:`dlrlens.store.derive.clicks_companion_sql` or its replies twin)."""
+        snap = self._snapshot
+        paths = lambda x: string_literal(self.data_dir / derive.companion_path(x.path, kind))  # noqa: E731
+        parts = []
+        untouched = [x for x in snap.files if x.path not in snap.touched]
+        if untouched:
+            parts.append(f"SELECT {columns} FROM read_parquet([{', '.join(paths(x) for x in untouched)}])")
+        for x in snap.files:
+            if x.path in snap.touched:
+                parts.append(f"SELECT {columns} FROM read_parquet({paths(x)}) WHERE m_row NOT IN "
+                             f"(SELECT row FROM superseded WHERE file_no = {snap.touched[x.path]})")
+        parts.append(f"SELECT {columns} FROM ({make('(SELECT *, NULL::BIGINT AS m_row FROM tail_messages)')})")
+        relation = "(" + " UNION ALL ".join(parts) + ")"
+        return self._named(relation) if named else relation
+
+    def _unplaced_rows_sql(self) -> str:
+        """Stored rows of events whose message has no receipt (yet): those of the unplaced
+        derived file but the ones the tail supersedes, and the tail's own."""
+        snap = self._snapshot
+        columns = ", ".join(derive.STORED_COLUMNS)
+        parts = [f"SELECT {columns} FROM read_parquet({string_literal(self.data_dir / x.path)}, file_row_number = true) "
+                 f"WHERE file_row_number NOT IN (SELECT row FROM superseded WHERE file_no = {snap.numbers[x.path]})"
+                 for x in snap.unplaced]
+        parts.append(f"SELECT {columns} FROM tail_messages WHERE sent_at IS NULL")
+        return "(" + " UNION ALL ".join(parts) + ")"
+
+    def _pool(self) -> None:
+        """Tables ``pool_clicks`` and ``pool_replies``: the events no message of this snapshot
+        has by id (clicks without ``message_id`` or with an unknown one, replies likewise by
+        ``in_reply_to``), linked by reference / batch (:func:`dlrlens.store.events.linked_clicks_sql`,
+        :func:`~dlrlens.store.events.linked_replies_sql`) in the columns of
+        :meth:`linked_clicks_sql` / :meth:`linked_replies_sql`. Few by design (Mobivate sends
+        both ids), made once per snapshot when first asked. Only when some carry a batch id are
+        the messages of those batches looked up (a scan of the derived files' batch_id)."""
+        with self._lock:
+            if not self._snapshot.pooled:
+                self._make_pool()
+
+    def _make_pool(self) -> None:
+        snap = self._snapshot
+        rows = self._unplaced_rows_sql()
+        clicks = derive.click_rows_sql(rows, "delivery_message_id AS message_id", tuple(derive.CLICK_FIELDS), placed=False)
+        replies = derive.reply_rows_sql(rows, "delivery_message_id AS in_reply_to", tuple(derive.REPLY_FIELDS),
+                                        placed=False)
+        self._con.execute(f"CREATE OR REPLACE TEMP TABLE pool_raw_clicks AS {clicks}")
+        self._con.execute(f"CREATE OR REPLACE TEMP TABLE pool_raw_replies AS {replies}")
+        batches = """SELECT batch_id FROM pool_raw_clicks WHERE batch_id IS NOT NULL AND client_ref IS NOT NULL
+                     UNION SELECT logical_message_id FROM pool_raw_replies WHERE logical_message_id IS NOT NULL"""
+        message_columns = "delivery_message_id, batch_id, client_reference, campaign, sent_at, outcome, last_status, label_sets, delivered_at"
+        if self._con.execute(f"SELECT count(*) FROM ({batches})").fetchone()[0]:
+            self._con.execute(f"CREATE OR REPLACE TEMP TABLE pool_messages AS SELECT {message_columns} "
+                              f"FROM {self.messages_sql()} WHERE batch_id IN ({batches})")
+        else:
+            self._con.execute(f"CREATE OR REPLACE TEMP TABLE pool_messages AS SELECT {message_columns} "
+                              f"FROM {self.messages_sql()} WHERE FALSE")
+        message = "m.campaign, m.sent_at, m.outcome, m.last_status, m.label_sets"
+        self._con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE pool_clicks AS
+            SELECT CASE WHEN lc.linked_id IS NOT NULL THEN hash(lc.linked_id) END AS message_key, lc.linked_by, {message}, m.delivered_at,
+                   lc.received_at, lc.url, lc.browser, lc.os, lc.country
+            FROM ({events.linked_clicks_sql('SELECT * FROM pool_raw_clicks', 'pool_messages')}) lc
+            LEFT JOIN pool_messages m ON m.delivery_message_id = lc.linked_id""")
+        # The same number's replies by inReplyTo to messages of those batches decide a
+        # batch-only reply's message: they go in with the pool (and out again after linking).
+        direct = self._companion_rows_sql(
+            "replies", "reply_id, received_at, created, delivery_message_id AS in_reply_to, "
+            "NULL::VARCHAR AS logical_message_id, originator_hash, opt_out, batch_id", derive.replies_companion_sql,
+            named=False)
+        self._con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE pool_replies AS
+            WITH firsts AS (SELECT batch_id, arg_min(delivery_message_id, (sent_at, delivery_message_id)) AS first_id
+                            FROM pool_messages WHERE batch_id IS NOT NULL GROUP BY ALL),
+            candidates AS (SELECT * EXCLUDE (opt_out), opt_out AS stored_opt_out, TRUE AS pooled FROM pool_raw_replies
+                           UNION ALL BY NAME
+                           SELECT * EXCLUDE (batch_id, opt_out), opt_out AS stored_opt_out, FALSE AS pooled FROM {direct}
+                           WHERE batch_id IN (SELECT batch_id FROM firsts)),
+            lr AS ({events.linked_replies_sql('SELECT * FROM candidates', 'pool_messages',
+                                              opt_out='d.stored_opt_out')})
+            SELECT CASE WHEN coalesce(lr.linked_id, b.first_id) IS NOT NULL
+                        THEN hash(coalesce(lr.linked_id, b.first_id)) END AS message_key, lr.linked_id, lr.linked_by,
+                   CASE WHEN lr.linked_id IS NOT NULL THEN lr.linked_id
+                        ELSE lr.linked_batch || chr(31) || coalesce(lr.originator_hash, lr.reply_id) END AS replier,
+                   {message}, lr.reply_id, lr.created, lr.received_at, lr.opt_out
+            FROM lr LEFT JOIN firsts b ON b.batch_id = lr.linked_batch
+                    LEFT JOIN pool_messages m ON m.delivery_message_id = coalesce(lr.linked_id, b.first_id)
+            WHERE lr.pooled""")
+        snap.pooled = True
+
+    def linked_clicks_sql(self) -> str:
+        """Every distinct click of this snapshot (:mod:`dlrlens.store.events`) with its message's
+        columns: message_key (``hash(delivery_message_id)`` of its message, NULL: unlinked),
+        linked_by (message, reference, NULL), campaign, sent_at, outcome, last_status, label_sets,
+        delivered_at (NULL when unlinked), received_at, url, browser, os, country. Clicks by
+        message id come pre-joined from the derived state's ``clicks`` companions."""
+        self._pool()
+        stored = self._companion_rows_sql(
+            "clicks", "id_hash AS message_key, 'message' AS linked_by, campaign, sent_at, outcome, last_status, "
+            "label_sets, delivered_at, received_at, url, browser, os, country", derive.clicks_companion_sql)
+        return f"(SELECT * FROM {stored} UNION ALL SELECT * FROM pool_clicks)"
+
+    def linked_replies_sql(self) -> str:
+        """Every distinct reply of this snapshot with its message's columns: message_key,
+        linked_id (the message, NULL: batch-linked or unlinked), linked_by (message, batch,
+        NULL), replier (one per message, or per batch and number for a batch-linked reply),
+        campaign, sent_at, outcome, last_status, label_sets (of a batch-linked reply: its batch's
+        first message's), reply_id, created, received_at, opt_out."""
+        self._pool()
+        stored = self._companion_rows_sql(
+            "replies", "id_hash AS message_key, delivery_message_id AS linked_id, 'message' AS linked_by, "
+            "delivery_message_id AS replier, campaign, sent_at, outcome, last_status, label_sets, reply_id, created, "
+            "received_at, opt_out", derive.replies_companion_sql)
+        return f"(SELECT * FROM {stored} UNION ALL SELECT * FROM pool_replies)"
 
     def messages_for_ids(self, ids_table: str) -> str:
         """The ``messages`` rows of the ids in table ``ids_table`` (column delivery_message_id),

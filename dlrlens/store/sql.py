@@ -20,7 +20,11 @@ Every builder returns SQL text with named ``$parameters``; user values are alway
 
 from __future__ import annotations
 
-from dlrlens.store.derive import LATENCY_THRESHOLDS  # defined once, with the rollups that store them
+# "Delivered within" figures: (column, seconds). A delivered message counts in a column when its
+# latency is at most that many seconds. The rollups store these columns
+# (dlrlens.store.derive.within_sql); the dashboard's straightforward definition
+# (dashboard/_sql.py) and counts_select use the same thresholds.
+LATENCY_THRESHOLDS = (("within_10s", 10), ("within_1m", 60), ("within_5m", 300), ("within_1h", 3600))
 
 
 def seconds_between(earlier: str, later: str) -> str:

@@ -17,7 +17,7 @@ from dlrlens.store import derive
 from dlrlens.store.reader import Store
 from tests.support.baseline import BaselineStore
 from tests.support.factory import demo_rows, message, utc, write_receipts
-from tests.support.funnel import (KEYWORDS, click_row, demo_events, oracle_funnel, reply_row, write_events)
+from tests.support.funnel import (click_row, demo_events, oracle_funnel, reply_row, write_events)
 
 FILTERS = [
     queries.Filters(),
@@ -28,18 +28,27 @@ FILTERS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
+@pytest.fixture(scope="module", params=["tail", "absorbed", "rebuilt"])
+def data(request, tmp_path_factory):
+    """tail: the events are all fresh tail (derived state for half the receipts); absorbed: the
+    maintenance absorbed the events when half the receipts were stored (events of the other
+    half wait in rows without receipts, which the fresh tail's receipts supersede); rebuilt:
+    everything in a rebuilt derived state."""
     root = tmp_path_factory.mktemp("funnel") / "data"
     rows = demo_rows(900, seed=11)
     clicks, replies = demo_events(rows, seed=4)
     half = len(rows) // 2
     write_receipts(root, rows[:half])
-    derive.update_derived(root, now=utc(2026, 12, 1))  # derived state for the first half...
-    write_receipts(root, rows[half:])  # ... a fresh tail for the rest
+    if request.param == "tail":
+        derive.update_derived(root, now=utc(2026, 12, 1))  # derived state for the first half...
     write_events(root, "clicks", clicks[: len(clicks) // 2], "c1")
-    write_events(root, "clicks", clicks[len(clicks) // 2:], "c2")
     write_events(root, "replies", replies, "r1")
+    if request.param == "absorbed":
+        derive.update_derived(root, now=utc(2026, 12, 1))
+    write_receipts(root, rows[half:])  # ... a fresh tail for the rest
+    write_events(root, "clicks", clicks[len(clicks) // 2:], "c2")
+    if request.param == "rebuilt":
+        derive.rebuild_derived(root, now=utc(2026, 12, 1))
     return root
 
 
@@ -58,16 +67,16 @@ def test_funnel_equals_the_oracle(data, f):
             every = baseline.query(f"SELECT * FROM {baseline.messages_sql()}")
             sql, params = baseline.filtered_messages_sql(f)
             filtered = baseline.query(sql, params)
-        total = queries.funnel(store, f, keywords=KEYWORDS)
+        total = queries.funnel(store, f)
         expected_total = oracle_funnel(filtered, every, data, by_campaign=False)
         assert total["clicks"].iloc[0] > 0 and total["opted_out"].iloc[0] > 0 or f.outcomes or f.campaigns
         _compare(total, expected_total)
-        per_campaign = queries.funnel(store, f, by_campaign=True, keywords=KEYWORDS)
+        per_campaign = queries.funnel(store, f, by_campaign=True)
         expected = oracle_funnel(filtered, every, data, by_campaign=True).set_index("grp").loc[
             per_campaign["campaign"]].reset_index()
         _compare(per_campaign, expected)
         # Both read paths of the store agree (the baseline's messages, same funnel SQL).
-        _compare(queries.funnel(baseline, f, by_campaign=True, keywords=KEYWORDS), per_campaign)
+        _compare(queries.funnel(baseline, f, by_campaign=True), per_campaign)
         # The campaigns add up to the total.
         for column in ("messages", "delivered", "clicked", "clicks", "replied", "opted_out"):
             assert per_campaign[column].sum() == total[column].iloc[0], column
@@ -81,7 +90,10 @@ def test_unlinked_events_are_counted(data):
     assert unlinked["clicks"] > unlinked["unlinked_clicks"]
 
 
-def test_events_before_their_receipts_link_up_when_the_receipts_arrive(tmp_path):
+@pytest.mark.parametrize("maintained", [False, True], ids=["tail", "maintained"])
+def test_events_before_their_receipts_link_up_when_the_receipts_arrive(tmp_path, maintained):
+    """maintained: the maintenance absorbs the events before the receipts exist, and the
+    receipts after they arrive (first read as fresh tail)."""
     root = tmp_path / "data"
     sent = utc(2026, 11, 10, 9)
     write_events(root, "clicks", [click_row("early", sent + timedelta(minutes=5), message_id="M-late"),
@@ -89,6 +101,8 @@ def test_events_before_their_receipts_link_up_when_the_receipts_arrive(tmp_path)
                                             client_ref="ref-2")], "c")
     write_events(root, "replies", [reply_row("r-early", sent + timedelta(minutes=7), " Stop ",
                                              in_reply_to="M-late")], "r")
+    if maintained:
+        derive.update_derived(root)
     with Store(root) as store:
         before = queries.unlinked_events(store, queries.Filters()).iloc[0]
         assert (before["unlinked_clicks"], before["unlinked_replies"]) == (2, 1)
@@ -108,6 +122,10 @@ def test_events_before_their_receipts_link_up_when_the_receipts_arrive(tmp_path)
         assert row["click_delay_p50_s"] == pytest.approx((270 + 300) / 2)
         replies = queries.message_replies(store, ["M-late"])
         assert replies[["body", "opt_out", "linked_by"]].values.tolist() == [[" Stop ", True, "message"]]
+        if maintained:
+            derive.update_derived(root)
+            assert queries.funnel(store, queries.Filters(), by_campaign=True).iloc[0].equals(row)
+            assert queries.unlinked_events(store, queries.Filters()).iloc[0].equals(after)
 
 
 def test_one_number_replying_by_message_and_by_batch_counts_one_replied_message(tmp_path):
