@@ -32,6 +32,7 @@ from dashboard import queries as q
 from dashboard.queries import Filters, Store
 from tests.support.baseline import BaselineStore
 from tests.support.factory import parquet_bytes, receipt, utc
+from tests.support.funnel import demo_events, write_events
 
 UTC = timezone.utc
 END = utc(2026, 11, 20, 12, 0)  # the generated data ends here
@@ -133,6 +134,19 @@ def staged(tmp_path_factory) -> list[pa.Table]:
     return tables
 
 
+@pytest.fixture(scope="module")
+def staged_events(staged) -> list[tuple[list[dict], list[dict]]]:
+    """(clicks, replies) per stage: the funnel's events for every message (by id, by reference,
+    batch-only, unlinked, retried; tests/support/funnel.py), dealt to the stages at random, so
+    that many arrive before their message's receipts and wait unplaced."""
+    rows = [row for table in staged for row in table.to_pylist()]
+    clicks, replies = demo_events(rows, seed=8, click_share=0.2, reply_share=0.05)
+    rng = np.random.default_rng(8)
+    click_stage, reply_stage = rng.integers(1, STAGES + 1, len(clicks)), rng.integers(1, STAGES + 1, len(replies))
+    return [([c for c, k in zip(clicks, click_stage) if k == stage], [r for r, k in zip(replies, reply_stage) if k == stage])
+            for stage in range(1, STAGES + 1)]
+
+
 def write_stage(data_dir: Path, table: pa.Table, stage: int, files_per_day: int = 3) -> list[Path]:
     """The stage's rows as flush files: per UTC day of created, a few files (duplicates of one
     receipt may land in different files)."""
@@ -189,6 +203,12 @@ def figures(store: Store, full: bool = True) -> dict[str, object]:
         out[f"reasons{i}"] = q.failure_reasons(store, f)
         out[f"latency{i}"] = q.latency_by_campaign(store, f)
         out[f"pending{i}"] = q.pending_ages(store, f, now=NOW)
+        out[f"funnel{i}"] = q.funnel(store, f, by_campaign=True)
+        out[f"funnel_total{i}"] = q.funnel(store, f)
+        out[f"unlinked{i}"] = q.unlinked_events(store, f)
+        out[f"clicks_over_time{i}"] = q.clicks_over_time(store, f)[0]
+        out[f"clicks_by_country{i}"] = q.click_breakdown(store, f, "country")
+        out[f"top_links{i}"] = q.top_links(store, f)
     out["hourly"] = q.trend(store, FILTERS[1], bucket="hour")
     out["reasons_by_campaign"] = q.failure_reasons_by_campaign(store, FILTERS[0])
     out["reasons_over_time"] = q.failure_reasons_over_time(store, FILTERS[0], bucket="day")
@@ -242,13 +262,17 @@ def derived_rows(data_dir: Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------- tests
 
 
-def test_fast_path_equals_baseline_through_staged_updates(tmp_path, staged):
-    """Each stage: new files arrive (the tail), the reader is exact; the state absorbs them
-    (in small batches, across hot hour files and cold day files), the reader is exact again.
-    Finally the incremental state is row for row the state a rebuild computes."""
+def test_fast_path_equals_baseline_through_staged_updates(tmp_path, staged, staged_events):
+    """Each stage: new files arrive (the tail; receipts, clicks and replies), the reader is
+    exact; the state absorbs them (in small batches, across hot hour files and cold day files),
+    the reader is exact again. Finally the incremental state is row for row the state a rebuild
+    computes."""
     data = tmp_path / "data"
     for stage, table in enumerate(staged, start=1):
         write_stage(data, table, stage)
+        clicks, replies = staged_events[stage - 1]
+        write_events(data, "clicks", clicks, f"c{stage}")
+        write_events(data, "replies", replies, f"r{stage}")
         full = stage in (1, STAGES)
         want = baseline(data, full)
         assert_same(fast(data, full), want)  # stage 1: no derived data at all, everything is tail
@@ -260,11 +284,16 @@ def test_fast_path_equals_baseline_through_staged_updates(tmp_path, staged):
         assert_same(fast(data, full), want)
     manifest = derive.Manifest.load(data)
     assert {f.kind for f in manifest.files} >= {"d", "h00", "h11"}  # cold day files and hot hour files
-    assert manifest.absorbed == set(derive.receipt_files(data))
+    event_files = {p for table in ("clicks", "replies") for p in derive.events.event_files(data, table)}
+    assert manifest.absorbed == set(derive.receipt_files(data)) | event_files
+    assert [f.path for f in manifest.files if not f.placed]  # events of no stored message wait unplaced
     incremental = derived_rows(data)
     derive.rebuild_derived(data, now=NOW)
     pd.testing.assert_frame_equal(derived_rows(data), incremental, check_exact=True)
     assert_same(fast(data), want)
+    unlinked = want["unlinked0"].iloc[0]  # every kind of event was there
+    assert want["funnel_total0"].iloc[0]["opted_out"] > 0 and unlinked["batch_linked_replies"] > 0
+    assert 0 < unlinked["unlinked_clicks"] < unlinked["clicks"] and unlinked["unlinked_replies"] > 0
     # The edge cases came out as the definitions say.
     detail = q.message_detail(Store(data), Filters(campaigns=("edge", "late", "first", "(none)", "B-ONLY",
                                                               "B-BLANK"))).set_index("delivery_message_id")
