@@ -158,8 +158,10 @@ SETTINGS_TABLE = (
     Setting("keep_click_ip", "DLRLENS_KEEP_CLICK_IP", "0", parse_flag,
             "1 keeps the clicker's IP address; by default it is dropped (the click keeps Mobivate's country)."),
     Setting("opt_out_keywords", "DLRLENS_OPT_OUT_KEYWORDS", ",".join(DEFAULT_OPT_OUT_KEYWORDS), parse_keywords,
-            "Comma-separated replies that count as an opt-out, matched ignoring case and whitespace (read by the "
-            "dashboard and dlrlens report)."),
+            "Comma-separated replies that count as an opt-out, matched ignoring case and whitespace. The "
+            "collector's maintenance matches replies with it when it absorbs them into the derived state (a change "
+            "recomputes that state: dlrlens rebuild's time); the dashboard and dlrlens report count by the keywords "
+            "that state was made with."),
     Setting("log_level", "DLRLENS_LOG_LEVEL", "info", _log_level,
             "info: one line per refused request, storage error, flush summary and compaction; debug: also one "
             "line per stored request (costs throughput under load)."),

@@ -29,6 +29,21 @@ Duplicate-insensitive state
     Not here: counts of distinct receipts, stored copies and webhook lag (per receipt, not
     mergeable per message): the dashboard computes them from the raw receipts (Data health).
 
+Clicks and replies
+    The click and reply tables (:mod:`dlrlens.store.events`) are absorbed too, each event a unit
+    of the message it names: a click of its ``message_id`` (``click_list``: its distinct stored
+    copies, :data:`CLICK_ITEM`), a reply of its ``in_reply_to`` (``reply_list``: each reply's
+    first received copy, with whether its text is an opt-out keyword, :data:`REPLY_ITEM`); both
+    lists are sets, so they merge like the rest. An event whose message has no receipt (yet),
+    or that names none (NULL id: all of them in one row), has a row without receipt state (no
+    ``sent_at``): such rows live in one *unplaced* file (``sent=none/u-<ns>.parquet``), are no
+    messages, and move to their message's file when its receipts are absorbed (the id index
+    finds them like any stored row). The keywords replies were matched with are the
+    manifest's ``opt_out_keywords``; another ``DLRLENS_OPT_OUT_KEYWORDS`` rebuilds the state.
+    Linking by reference (a click's batch and clientRef) or by batch (a reply without a known
+    inReplyTo) stays with the reader, over the few unplaced events
+    (:meth:`dlrlens.store.reader.Store.linked_clicks_sql`).
+
     Each key is stored flat, and only where it carries information (``*_created``/``*_received``
     of a label are NULL when they equal the first row's; the latest status is NULL once a final
     receipt exists; ...), which keeps the files small; :func:`state_units_sql` expands them.
@@ -38,7 +53,8 @@ On disk (``data/derived/``)::
     derived/manifest.json                                the state in force (atomically replaced)
     derived/messages/sent=YYYY-MM-DD/d-<ns>.parquet      messages sent that UTC day
     derived/messages/sent=YYYY-MM-DD/hHH-<ns>.parquet    ... that hour, on the current UTC day
-    derived/{rollup,hist,latency}/<same name>            companions of each messages file
+    derived/messages/sent=none/u-<ns>.parquet            events of no stored message (see above)
+    derived/{rollup,hist,latency,clicks,replies}/<same name>   companions of each messages file
     derived.lock                                         flock: one updater at a time
 
 Messages files are immutable, sorted by ``id_hash`` (DuckDB's ``hash(delivery_message_id)``:
@@ -48,7 +64,11 @@ a day that turns cold is coalesced into one file. Each messages file has three c
 written with it, that the dashboard reads instead of the messages when the file lies inside a
 query's range: ``rollup`` (message counts per 15-minute sent slot, campaign, outcome, last
 status and label set, :func:`rollup_sql`), ``hist`` (latency counts per bucket,
-:func:`hist_sql`) and ``latency`` (every latency, sorted by bucket, :func:`latency_values_sql`).
+:func:`hist_sql`) and ``latency`` (every latency, sorted by bucket, :func:`latency_values_sql`);
+``clicks`` and ``replies`` hold every distinct event of the file's messages with the message's
+columns and row number (:func:`clicks_companion_sql`, :func:`replies_companion_sql`), sorted by
+sent time: the funnel's questions filter and count them, and skip the rows of messages the
+reader's fresh tail supersedes.
 
 The manifest (:class:`Manifest`) lists the files in force, the receipt files absorbed, and
 files retired by a rewrite: those are deleted only after :data:`GRACE_SECONDS`, so that a
