@@ -379,9 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         goal = GOAL_FILTER_S if case["kind"] == "filter" else GOAL_WARM_S
         base = baseline.get(name)
         ratio = base / ours[name] if base else None
-        # The funnel's own work (linking clicks and replies to every message) is the same on both
-        # paths: only its time is a goal; the ratio shows what the derived state saves.
-        timed_only = case["kind"] in ("filter", "funnel")
+        # A filter change is a goal of time only. The funnel's baseline links every click and reply
+        # to every message when asked; ours reads the link the derived state keeps: both goals.
+        timed_only = case["kind"] == "filter"
         ok = ours[name] <= goal and (timed_only or ratio is None or ratio >= GOAL_RATIO)
         goal_text = f"<= {goal:g} s" + ("" if timed_only else f", >= {GOAL_RATIO:g}x")
         rows.append((name, f"{ours[name]:.3f}", f"{base:.1f}" if base else "-", f"{ratio:.0f}x" if ratio else "-",
