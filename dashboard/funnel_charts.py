@@ -49,7 +49,7 @@ def clicks_over_time_figure(over_time: pd.DataFrame, bucket: str, title: str = "
     fig = go.Figure(go.Bar(x=over_time["bucket_start"], y=over_time["clicks"], marker_color=RATE_COLOR,
                            name="Clicks", hovertemplate="%{x}: %{y:,} clicks<extra></extra>"))
     fig.update_layout(yaxis_title=f"clicks per {bucket}")
-    return style(fig, title)
+    return style(fig, title, legend=None)  # one series: no legend
 
 
 def breakdown_figure(breakdown: pd.DataFrame, title: str) -> go.Figure:
@@ -59,4 +59,5 @@ def breakdown_figure(breakdown: pd.DataFrame, title: str) -> go.Figure:
                            marker_color=RATE_COLOR,
                            text=[f"{format_count(c)} ({s:.0%})" for c, s in zip(shown["clicks"], shown["share"])],
                            hovertemplate="%{y}: %{x:,} clicks<extra></extra>"))
-    return style(fig, title, height=320)
+    fig.update_layout(xaxis_title="clicks")
+    return style(fig, title, legend=None, height=320)  # one series: no legend
