@@ -463,7 +463,9 @@ def healthz() -> Response:
 
     With a publisher (the Iceberg store) that cannot publish now, the status is "degraded" but
     the code stays 200: receipts are still acknowledged from the local log (a load balancer
-    must keep sending), and ``store`` says what fails and how much waits in the log."""
+    must keep sending), and ``store`` says what fails and how much waits in the log. Likewise
+    while the worker replays what a previous run left in the logs (``catching_up``: a restart
+    answers at once and catches up in the background, see :mod:`dlrlens.store.writer`)."""
     storage: ReceiptStorage = _ctx()["storage"]
     writable, problem = True, None
     try:
@@ -472,7 +474,8 @@ def healthz() -> Response:
         writable, problem = False, error_kind(exc)  # str(exc) would name the data directory
     local_ok = writable and not storage.last_flush_error
     doc = {
-        "status": "ok" if local_ok else "degraded",
+        "status": "ok" if local_ok and not storage.catching_up else "degraded",
+        "catching_up": storage.catching_up,
         "storage_writable": writable,
         "storage_error": problem,
         "last_flush_error": storage.last_flush_error,

@@ -21,6 +21,8 @@ import io
 import ipaddress
 import json
 import logging
+import threading
+import time
 import types
 from datetime import datetime, timedelta, timezone
 
@@ -30,9 +32,10 @@ from flask import Flask
 
 import collector.app as app_module
 from collector import metrics, openapi
-from collector.parsing import MAX_REPORTED_ERRORS
+from collector.parsing import MAX_REPORTED_ERRORS, parse_request
 from collector.security import AUTH_FAILURE_LIMIT
-from dlrlens.store import layout
+from dlrlens.store import layout, writer
+from dlrlens.store.wal import encode_record
 from tests.support.receipts import metric_value, receipt, stored_rows
 
 UTC = timezone.utc
@@ -416,6 +419,44 @@ def test_healthz_answers_ok_with_the_backlog(app, client):
     assert doc["slot"] == app.extensions["dlrlens"]["storage"].slot
     assert doc["backlog"]["segments"] == 1 and doc["backlog"]["bytes"] > 0 and doc["quarantined_segments"] == 0
     assert not list(app.extensions["dlrlens"]["settings"].data_dir.glob(".healthz-*")), "the probe is removed"
+
+
+def test_a_restart_answers_at_once_and_replays_its_log_in_the_background(make_app, tmp_path, monkeypatch):
+    # A log left by a previous run (a minute old); its replay is held (a slow disk, a big log):
+    # the app answers meanwhile, says "degraded" with a 200, and shows the backlog and its age.
+    data = tmp_path / "restarted"
+    left = [fresh(f"left-{n}") for n in range(3)]
+    leftover = parse_request(body_of(left), JSON, {}, datetime.now(UTC)).records
+    segment = data / layout.WAL_DIR / "w000" / f"{time.time_ns() - 60 * 10**9:020d}.wal"
+    segment.parent.mkdir(parents=True)
+    segment.write_bytes(b"".join(encode_record(record) for record in leftover))
+    replay = threading.Event()
+    flush_segment = writer.flush_segment
+
+    def held_flush(*args, **kwargs):
+        assert replay.wait(30), "the replay was never let go"
+        return flush_segment(*args, **kwargs)
+    monkeypatch.setattr(writer, "flush_segment", held_flush)
+    app = make_app(data_dir=data)
+    storage = app_module.storage_of(app)
+    client = app.test_client()
+    try:
+        assert client.post("/dlr", json=fresh("while-replaying")).status_code == 200
+        health = client.get("/healthz")
+        doc = assert_documented(health, "/healthz", "get")
+        assert health.status_code == 200 and doc["status"] == "degraded" and doc["catching_up"], doc
+        assert doc["backlog"]["segments"] == 2 and doc["backlog"]["oldest_age_seconds"] >= 60
+        text = metrics_text(client)
+        assert metric_value(text, "dlrlens_catching_up") == 1
+        assert metric_value(text, "dlrlens_log_backlog_age_seconds") >= 60
+    finally:
+        replay.set()
+    assert storage.wait_caught_up(30)
+    doc = client.get("/healthz").json
+    assert doc["status"] == "ok" and not doc["catching_up"]
+    storage.flush()
+    assert sorted(row["delivery_message_id"] for row in stored_rows(data)) == [
+        "left-0", "left-1", "left-2", "while-replaying"]
 
 
 def test_metrics_count_requests_receipts_duplicates_refusals_and_flushes(app, client):

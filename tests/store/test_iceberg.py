@@ -27,6 +27,7 @@ from dlrlens.store.wal import StorageError, list_segments
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
 from tests.support.lake import commit_keeping_a_copy, report_json, table_ids
+from tests.support.servers import wait_until
 
 ICEBERG = parse_store("iceberg:lake")
 
@@ -134,7 +135,7 @@ def test_a_collector_starting_while_the_store_is_down_recovers_later(lake, tmp_p
     restarted = ReceiptStorage(data, flush_seconds=0.2, publish=publish)  # starts and acknowledges anyway
     try:
         restarted.store(factory.demo_rows(5, seed=5))
-        assert restarted.last_publish_error
+        wait_until(lambda: restarted.last_publish_error, 30, what="the replay's failed attempt (in the background)")
         lake.start()
         expected = {r["receipt_id"] for r in rows + factory.demo_rows(5, seed=5)}
         deadline = time.monotonic() + 30
@@ -143,6 +144,48 @@ def test_a_collector_starting_while_the_store_is_down_recovers_later(lake, tmp_p
     finally:
         restarted.close()
     assert sorted(table_ids()) == sorted(expected)
+
+
+class HangingStore:
+    """A publisher whose store hangs (every catalog call waits for ``answering``), then works."""
+
+    def __init__(self, publish, answering: threading.Event):
+        self.publish, self.answering = publish, answering
+
+    def already_committed(self, slot, segments):
+        assert self.answering.wait(30), "the store was never let answer"
+        return self.publish.already_committed(slot, segments)
+
+    def __call__(self, slot, batch):
+        assert self.answering.wait(30), "the store was never let answer"
+        return self.publish(slot, batch)
+
+    def __getattr__(self, name):  # status, health, backlog: never wait
+        return getattr(self.publish, name)
+
+
+def test_a_restart_acknowledges_before_its_backlog_is_committed(lake, tmp_path):
+    data = tmp_path / "collector"
+    storage = ReceiptStorage(data, flush_seconds=3600, publish=publisher(ICEBERG, data))
+    left = factory.demo_rows(10, seed=6)
+    storage.store(left)
+    storage.wal.rotate()
+    storage.wal.close()  # a crash: the segment stays in the log
+    storage._slot_lock.release()
+    answering = threading.Event()
+    restarted = ReceiptStorage(data, flush_seconds=3600, publish=HangingStore(publisher(ICEBERG, data), answering))
+    try:
+        later = factory.demo_rows(5, seed=7)
+        restarted.store(later)  # acknowledged (fsynced) while the replay waits for the store
+        assert restarted.catching_up and list_segments(restarted.log_dir)
+        answering.set()
+        assert restarted.wait_caught_up(30)
+        restarted.flush()
+    finally:
+        answering.set()
+        restarted.close()
+    assert sorted(table_ids()) == sorted(r["receipt_id"] for r in left + later)
+    assert not list_segments(restarted.log_dir)
 
 
 def _ids_or_empty() -> list[str]:
