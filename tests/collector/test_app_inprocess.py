@@ -498,3 +498,15 @@ def test_debug_level_logs_stored_requests_too(make_app, caplog):
     with caplog.at_level(logging.DEBUG, logger="dlrlens.collector"):
         assert client.post("/dlr", json=fresh("loud")).status_code == 200
     assert "event=request method=POST path=/dlr status=200 outcome=stored" in caplog.text
+
+
+def test_a_secret_only_flasks_router_decides_gets_the_same_answers(make_app):
+    # A line break in the path's secret: Flask's router matches "/dlr/\n" (its view answers with
+    # collector.app.answer_webhook, as the middleware does) but not "/dlr/a\nb" (a 404).
+    app = make_app(tokens=(SECRET,))
+    client = app.test_client()
+    wrong = client.post("/dlr/%0A", json=fresh("line-break"))
+    assert wrong.status_code == 401 and assert_documented(wrong)["error"] == "unauthorized"
+    assert client.post(f"/dlr/{SECRET}%0Ax", json=fresh("line-break")).status_code == 404
+    assert client.post(f"/dlr/{SECRET}", json=fresh("line-break")).status_code == 200
+    assert (counters(app)["auth_failures"], counters(app)["stored"]) == (1, 1)
