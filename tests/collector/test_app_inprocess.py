@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import jsonschema
@@ -419,6 +420,16 @@ def test_healthz_answers_ok_with_the_backlog(app, client):
     assert doc["slot"] == app.extensions["dlrlens"]["storage"].slot
     assert doc["backlog"]["segments"] == 1 and doc["backlog"]["bytes"] > 0 and doc["quarantined_segments"] == 0
     assert not list(app.extensions["dlrlens"]["settings"].data_dir.glob(".healthz-*")), "the probe is removed"
+
+
+def test_health_checks_at_once_in_one_worker_all_answer_200(app):
+    # Each check writes its own probe: two at once used to remove each other's and answer 503.
+    def checks(_):
+        client = app.test_client()
+        return [client.get("/healthz").status_code for _ in range(25)]
+    with ThreadPoolExecutor(6) as pool:
+        statuses = [status for answers in pool.map(checks, range(6)) for status in answers]
+    assert statuses == [200] * 150
 
 
 def test_a_restart_answers_at_once_and_replays_its_log_in_the_background(make_app, tmp_path, monkeypatch):

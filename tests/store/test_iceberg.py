@@ -121,14 +121,19 @@ def test_while_the_object_store_is_down_segments_wait_in_the_log(lake, tmp_path)
     assert sorted(table_ids()) == sorted(r["receipt_id"] for r in first + later)
 
 
-def test_a_collector_starting_while_the_store_is_down_recovers_later(lake, tmp_path):
-    data = tmp_path / "collector"
+def crash_leaving_a_segment(data: Path, rows: list[dict]) -> None:
+    """A collector on ``data`` stores ``rows`` and crashes: their segment stays in its log."""
     storage = ReceiptStorage(data, flush_seconds=3600, publish=publisher(ICEBERG, data))
-    rows = factory.demo_rows(10, seed=4)
     storage.store(rows)
     storage.wal.rotate()
-    storage.wal.close()  # a crash: the segment stays in the log
+    storage.wal.close()
     storage._slot_lock.release()
+
+
+def test_a_collector_starting_while_the_store_is_down_recovers_later(lake, tmp_path):
+    data = tmp_path / "collector"
+    rows = factory.demo_rows(10, seed=4)
+    crash_leaving_a_segment(data, rows)
     lake.stop()
     publish = publisher(ICEBERG, data)
     publish.backoff_start = 0.1
@@ -166,12 +171,8 @@ class HangingStore:
 
 def test_a_restart_acknowledges_before_its_backlog_is_committed(lake, tmp_path):
     data = tmp_path / "collector"
-    storage = ReceiptStorage(data, flush_seconds=3600, publish=publisher(ICEBERG, data))
     left = factory.demo_rows(10, seed=6)
-    storage.store(left)
-    storage.wal.rotate()
-    storage.wal.close()  # a crash: the segment stays in the log
-    storage._slot_lock.release()
+    crash_leaving_a_segment(data, left)
     answering = threading.Event()
     restarted = ReceiptStorage(data, flush_seconds=3600, publish=HangingStore(publisher(ICEBERG, data), answering))
     try:

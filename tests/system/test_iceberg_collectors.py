@@ -46,16 +46,25 @@ def metric(url: str, name: str) -> float:
     return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE)[1])
 
 
-def test_a_sigkill_mid_stream_loses_and_doubles_nothing(lake, tmp_path):
-    data = tmp_path / "collector"
+def killed_mid_stream(lake, data: Path, prefix: str, acked: int, threads: int, before_kill=None) -> set[str]:
+    """A collector on ``data`` takes posts until ``acked`` of them got a 200, then (after
+    ``before_kill(collector)``, when given) is SIGKILLed, master and workers, posts still coming:
+    the acknowledged message ids."""
     collector = start_collector(data, workers=2, flush_seconds=0.3, env=lake.collector_env)
     try:
-        with Poster(collector.dlr, "kill", threads=3) as poster:
-            wait_until(lambda: len(poster.acked) >= 300, 60, what="acknowledged receipts")
-            collector.kill()  # master and workers: commits in flight, segments not yet committed
+        with Poster(collector.dlr, prefix, threads=threads) as poster:
+            wait_until(lambda: len(poster.acked) >= acked, 60, what="acknowledged receipts")
+            if before_kill is not None:
+                before_kill(collector)
+            collector.kill()  # commits in flight, segments not yet committed
     finally:
         collector.stop()
-    acked = set(poster.acked)
+    return set(poster.acked)
+
+
+def test_a_sigkill_mid_stream_loses_and_doubles_nothing(lake, tmp_path):
+    data = tmp_path / "collector"
+    acked = killed_mid_stream(lake, data, "kill", 300, threads=3)
     with running_collector(data, workers=2, flush_seconds=0.3, env=lake.collector_env):
         pass  # the restart replays every log (skipping segments already committed); the stop flushes
     assert not list(data.glob("wal/w*/*.wal")), "every segment committed and removed"
@@ -117,16 +126,13 @@ def test_a_collector_restarted_while_the_store_is_down_answers_then_catches_up(l
     # A backlog the collector could not publish (the store down), a SIGKILL, a restart while the
     # store is still down: it answers from its local log at once and replays in the background.
     data = tmp_path / "collector"
-    collector = start_collector(data, workers=2, flush_seconds=0.3, env=lake.collector_env)
-    try:
-        with Poster(collector.dlr, "backlog", threads=2) as before:
-            wait_until(lambda: len(before.acked) >= 50, 60, what="acknowledged receipts")
-            lake.stop()
-            wait_until(lambda: metric(collector.url, "dlrlens_store_backlog_segments") >= 6, 60,
-                       interval=0.3, what="segments waiting in the logs")
-            collector.kill()
-    finally:
-        collector.stop()
+
+    def store_down_for_a_while(collector):
+        lake.stop()
+        wait_until(lambda: metric(collector.url, "dlrlens_store_backlog_segments") >= 6, 60,
+                   interval=0.3, what="segments waiting in the logs")
+
+    before = killed_mid_stream(lake, data, "backlog", 50, threads=2, before_kill=store_down_for_a_while)
     left_behind = len(list(data.glob("wal/w*/*.wal")))
     assert left_behind >= 6
     restarting = time.monotonic()
@@ -155,4 +161,4 @@ def test_a_collector_restarted_while_the_store_is_down_answers_then_catches_up(l
     finally:
         collector.stop()
     assert not list(data.glob("wal/w*/*.wal"))
-    assert_exactly_once(before.acked | after.acked | {"after-restart"}, tmp_path / "reader")
+    assert_exactly_once(before | after.acked | {"after-restart"}, tmp_path / "reader")
