@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http
-import io
 import json
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl
 
 from flask import Flask, Response, current_app, g, jsonify, request
 from werkzeug import urls as _werkzeug_urls  # noqa: F401  registers the "werkzeug.url_quote" codec error handler
+from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from collector import metrics, openapi
 from collector.events import EventPrivacy, parse_clicks, parse_replies
@@ -135,12 +137,13 @@ def is_receipt_path(path: str) -> bool:
 
 def announce_receipts(wsgi_app, parts: dict):
     """WSGI middleware: makes ``PATH_INFO`` canonical (:func:`canonical_path`), so routing and
-    this middleware see the same path; then every ``POST`` to a receipt path is announced to
+    this middleware see the same path; then every ``POST`` to a webhook path is announced to
     the write-ahead log as soon as it enters the app, so the log's next fsync waits (a
-    millisecond or two at most) for the requests still being parsed and they share one fsync.
-    A clean post is then stored and answered here (:func:`store_clean_post`); anything else goes
-    to Flask, whose view appends through ``environ[ARRIVAL_KEY]``; leaving the app without
-    appending withdraws the announcement. ``parts`` is the app's ``extensions["dlrlens"]``."""
+    millisecond or two at most) for the requests still being parsed and they share one fsync,
+    and is answered here by :func:`answer_webhook`; leaving the app without appending withdraws
+    the announcement. Anything else goes to Flask, and so does a webhook path that only Flask's
+    router can decide (:func:`webhook_route`), whose view calls :func:`answer_webhook` in turn.
+    ``parts`` is the app's ``extensions["dlrlens"]``."""
     storage: ReceiptStorage = parts["storage"]
 
     def app(environ, start_response):
@@ -149,93 +152,198 @@ def announce_receipts(wsgi_app, parts: dict):
             return wsgi_app(environ, start_response)
         with storage.arrival() as arrival:
             environ[ARRIVAL_KEY] = arrival
-            answer = store_clean_post(parts, environ, path, arrival, start_response)
-            return answer if answer is not None else wsgi_app(environ, start_response)
+            route = webhook_route(path)
+            if route is None:
+                return wsgi_app(environ, start_response)
+            table, rule, secret = route
+            answer = answer_webhook(parts, environ, table, rule, secret, arrival)
+            log_request_line(logging.DEBUG if answer.outcome == "stored" else logging.INFO, "POST", rule,
+                             answer.status, answer.outcome, environ.get("REMOTE_ADDR"))
+            start_response(answer.status_line, [*answer.headers, ("Content-Length", str(len(answer.body)))])
+            return [answer.body]
     return app
 
 
-# -- the clean post, without Flask -----------------------------------------------------------
-# Most posts are clean: allowed source, right secret, a body with a Content-Length within the
-# limit, labels and every element accepted. For them Flask's request machinery was most of the
-# collector's own CPU per request (measured in process: 188 us a post through Flask, 51 us for
-# the same checks, parse, log append and answer as plain WSGI; a bare Flask endpoint that only
-# parses JSON costs 62 us). So a clean post is stored and answered here, by the same checks and
-# helpers as the view; anything else (a refusal, a 207, a body without Content-Length, a query
-# string that is not plain ASCII) goes to the Flask view unchanged, which decides, counts and
-# answers as before. The checks here have no side effect, so the view starts from scratch.
+# -- the webhook, written once --------------------------------------------------------------
+# Every check, count, refusal (with its kept body), store and answer of a webhook post is
+# :func:`answer_webhook`, a plain function over the WSGI environ: the middleware above calls it
+# without Flask's request machinery, which was most of the collector's own CPU per request
+# (measured in process: 188 us a post through Flask, 51 us for the same checks, parse, log
+# append and answer as plain WSGI; a bare Flask endpoint that only parses JSON costs 62 us).
+# It reads the request as werkzeug does (query arguments, Content-Length, the input stream, the
+# path's secret), so its answers are Flask's byte for byte; the Flask views only call it.
 
-_STORED_ANSWER_HEADERS = [("Content-Type", "application/json")]
+JSON_HEADERS = [("Content-Type", "application/json")]
+INTERNAL_ERROR = {"error": "internal_error", "message": "the collector failed; the receipt was not stored"}
 
 
-def store_clean_post(parts: dict, environ: dict, path: str, arrival, start_response) -> list[bytes] | None:
-    """Store and answer a clean webhook post (see above); ``None``: the Flask view takes it,
-    with the body put back into ``wsgi.input`` when it was read here."""
+@dataclass(frozen=True)
+class WebhookAnswer:
+    """What :func:`answer_webhook` answers: status, headers (Content-Length aside), body, and the
+    outcome the request's log line names (``stored``, ``partial``, a refusal's reason...)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    outcome: str
+
+    @property
+    def status_line(self) -> str:
+        """As werkzeug writes it (``404 NOT FOUND``)."""
+        return f"{self.status} {HTTP_STATUS_CODES.get(self.status, 'UNKNOWN').upper()}"
+
+
+def json_body(doc: dict) -> bytes:
+    """``doc`` as Flask's ``jsonify`` writes it (sorted keys, compact, ASCII, a final newline)."""
+    return (json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def webhook_route(path: str) -> tuple[str, str, str | None] | None:
+    """``(table, route, secret)`` of a canonical webhook ``path``, as Flask's router matches it
+    (the secret decoded as werkzeug decodes a path). ``None`` for a secret with a line break,
+    which the router matches only in part (``/dlr/a\\nb`` is a 404): Flask decides those."""
+    base, _, raw_secret = path[1:].partition("/")
+    table = WEBHOOK_TABLES.get("/" + base)
+    if table is None or "\n" in raw_secret:
+        return None
+    if not raw_secret:
+        return table, "/" + base, None
     try:
-        clean = _clean_post(parts, environ, path)
-    except Exception:  # a bug meeting odd input: the view meets it too, and answers a JSON 500
+        secret = raw_secret.encode("latin1").decode(errors="replace")
+    except UnicodeEncodeError:  # not a WSGI string: Flask decides
         return None
-    if clean is None:
-        return None
-    table, route, parsed = clean
+    return table, f"/{base}/<path:secret>", secret
+
+
+class QueryArgs:
+    """The query string's arguments as werkzeug's ``request.args`` (a MultiDict), parsed on first use."""
+
+    def __init__(self, environ: dict):
+        self._environ = environ
+        self._args: MultiDict | None = None
+
+    def __call__(self) -> MultiDict:
+        if self._args is None:
+            query = self._environ.get("QUERY_STRING", "").encode("latin1").decode()
+            self._args = MultiDict(parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote"))
+        return self._args
+
+
+def answer_webhook(parts: dict, environ: dict, table: str, route: str, secret: str | None,
+                   arrival) -> WebhookAnswer:
+    """Check, parse, store and answer one webhook post to ``table`` (``route``: the route it
+    matched, ``secret``: the path's last segment, if any). ``arrival``: its announcement to the
+    log (:func:`announce_receipts`), or ``None`` to store directly. A ``200`` only once the
+    records are durable (under the collector's gunicorn worker the answer is held until the
+    log's fsync, :mod:`collector.held_answers`, and no thread waits for it); every refusal is
+    counted by reason and its body kept (:func:`refusal`); a bug answers a JSON ``500``."""
+    try:
+        return _answer_webhook(parts, environ, table, route, secret, arrival)
+    except Exception:  # last resort, as unexpected_error for Flask: JSON, and not 200
+        log.exception("event=unexpected_error path=%s", route)
+        return WebhookAnswer(500, JSON_HEADERS, json_body(INTERNAL_ERROR), "internal_error")
+
+
+def _answer_webhook(parts: dict, environ: dict, table: str, route: str, secret: str | None,
+                    arrival) -> WebhookAnswer:
+    settings: Settings = parts["settings"]
     storage: ReceiptStorage = parts["storage"]
     requests_name, received_name, _ = storage.counters.TABLE_NAMES[table]
     storage.counters.add(requests_name)
-    storage.counters.add(received_name, len(parsed.records))
-    status, headers, answer, outcome = 200, _STORED_ANSWER_HEADERS, stored_answer(len(parsed.records)), "stored"
-    hold = hold_function(environ)
+    args = QueryArgs(environ)
+    source = environ.get("REMOTE_ADDR") or "-"
+
+    def refused(status: int, reason: str, message: str, body: bytes = b"") -> WebhookAnswer:
+        return refusal(parts, environ, route, args(), status, reason, message, body)
+
+    if not address_allowed(source, settings.allow_networks):
+        storage.counters.add("forbidden")
+        return refused(403, "forbidden_source", f"source address {source} is not in the allow-list")
+    if settings.tokens:
+        # The secret first: the right one is never refused, whatever its source did before (a
+        # guesser behind Mobivate's NAT must not lock Mobivate out), and costs no limiter work.
+        if not token_matches([args().get("token"), basic_password(environ.get("HTTP_AUTHORIZATION", "")), secret],
+                             settings.tokens):
+            storage.counters.add("auth_failures")
+            if parts["limiter"].record_failure(source):
+                return refused(429, "too_many_auth_failures",
+                               "too many failed attempts from this source; try again in a minute")
+            return refused(401, "unauthorized", "missing or wrong webhook secret (token)")
+    elif secret is not None:
+        return refused(404, "not_found", "no such endpoint (no webhook secret is configured)")
+
+    try:
+        body = read_body(environ, settings.max_body_bytes)
+    except RequestEntityTooLarge:
+        return refused(413, "body_too_large", body_too_large(settings.max_body_bytes))
+    except Exception as exc:  # a broken chunked encoding, a client that went away mid-body
+        return refused(400, "unreadable_body", f"the request body could not be read: {type(exc).__name__}")
+    received_at = datetime.now(timezone.utc)
+    try:
+        labels = checked_url_labels(args().items(multi=True), parts["label_policy"])
+        parsed = parts["parsers"][table](body, environ.get("CONTENT_TYPE"), labels, received_at)
+    except BadBody as exc:
+        return refused(exc.status, exc.reason, exc.message, body)
+
+    storage.counters.add(received_name, len(parsed.records) + parsed.error_total)
+    hold = hold_function(environ) if arrival is not None else None
     try:
         if hold is None:
-            arrival.append(parsed.records, table)
+            (storage.store if arrival is None else arrival.append)(parsed.records, table)
         else:
             durability = arrival.append_nowait(parsed.records, table)
-            hold(durability, storage_unavailable(table))
-            durability.add_done_callback(_log_if_failed)
     except StorageError as exc:
         log_storage_unavailable(exc)
-        status, headers, answer = storage_unavailable(table)
-        outcome = "storage_unavailable"
-    log_request_line(logging.DEBUG if outcome == "stored" else logging.INFO, "POST", route, status, outcome,
-                     environ.get("REMOTE_ADDR"))
-    start_response(f"{status} {http.HTTPStatus(status).phrase}", [*headers, ("Content-Length", str(len(answer)))])
-    return [answer]
+        status, headers, unavailable = storage_unavailable(table)
+        return WebhookAnswer(status, headers, unavailable, "storage_unavailable")
+    if hold is not None:
+        hold(durability, storage_unavailable(table))
+        durability.add_done_callback(_log_if_failed)
+    if not parsed.errors:
+        return WebhookAnswer(200, JSON_HEADERS, stored_answer(len(parsed.records)), "stored")
+
+    for reason, count in parsed.error_counts.items():
+        storage.counters.reject(reason, count)
+    rejected = parsed.rejected_summary()
+    parts["rejected"].keep_body("partial", body, {
+        "status": 207, "stored": len(parsed.records), **rejected, "labels": labels, "received_at": received_at,
+    })
+    answer = {"status": "partial", "stored": len(parsed.records), **rejected}
+    return WebhookAnswer(207, JSON_HEADERS, json.dumps(answer).encode(), "partial")
 
 
-def _clean_post(parts: dict, environ: dict, path: str):
-    """``(table, route, parsed body)`` of a clean post, else ``None``; no side effect but
-    reading the body (put back into ``wsgi.input``). The same checks, in the same order, as
-    :func:`_receive`, which decides whatever is not clean."""
-    settings: Settings = parts["settings"]
-    base, _, secret = path[1:].partition("/")
-    table = WEBHOOK_TABLES.get("/" + base)
-    query = environ.get("QUERY_STRING", "")
-    if (table is None or (secret and not settings.tokens) or not query.isascii()
-            or not address_allowed(environ.get("REMOTE_ADDR") or "-", settings.allow_networks)):
-        return None
-    # As werkzeug parses request.args (an ASCII query string is its own UTF-8 decoding).
-    pairs = parse_qsl(query, keep_blank_values=True, errors="werkzeug.url_quote")
-    if settings.tokens:
-        token = next((value for key, value in pairs if key == "token"), None)
-        if not token_matches([token, basic_password(environ.get("HTTP_AUTHORIZATION", "")), secret or None],
-                             settings.tokens):
-            return None
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or "")
-    except ValueError:
-        return None  # chunked, or no length: the view reads it and knows its answers
-    if not 0 < length <= settings.max_body_bytes:
-        return None
-    body = environ["wsgi.input"].read(length)
-    environ["wsgi.input"] = io.BytesIO(body)  # for the view, if it takes the post after all
-    if len(body) != length:
-        return None
-    try:
-        labels = checked_url_labels(pairs, parts["label_policy"])
-        parsed = parts["parsers"][table](body, environ.get("CONTENT_TYPE"), labels, datetime.now(timezone.utc))
-    except BadBody:
-        return None
-    if parsed.errors:
-        return None  # a 207: the view keeps the body and names what it refused
-    return table, f"/{base}/<path:secret>" if secret else "/" + base, parsed
+def read_body(environ: dict, limit: int) -> bytes:
+    """The request body as werkzeug's ``request.stream`` gives it, refusing (413) one over
+    ``limit`` bytes, with or without a Content-Length: a chunked body is read up to one byte
+    past the limit, never truncated."""
+    length = get_content_length(environ)
+    if length is not None and length > limit:
+        raise RequestEntityTooLarge()
+    body = get_input_stream(environ).read(limit + 1)
+    if len(body) > limit:
+        raise RequestEntityTooLarge()
+    return body
+
+
+def body_too_large(limit: int) -> str:
+    return f"body is larger than the limit of {limit} bytes"
+
+
+def refusal(parts: dict, environ: dict, route: str, args: MultiDict, status: int, reason: str, message: str,
+            body: bytes = b"") -> WebhookAnswer:
+    """A 4xx JSON error, counted by reason, the body kept for audit (``route``: the route the
+    request matched, :func:`logged_path`; ``args``: its query arguments)."""
+    arrival = environ.get(ARRIVAL_KEY)
+    if arrival is not None:
+        arrival.cancel()  # nothing to append: do not hold other requests' fsync while the body is kept
+    parts["storage"].counters.reject(reason)
+    parts["rejected"].keep_body(reason, body, {
+        "status": status, "message": message, "content_type": environ.get("CONTENT_TYPE"),
+        "method": environ.get("REQUEST_METHOD", "GET").upper(), "endpoint": route,
+        "labels": url_labels(args.items(multi=True)), "remote_addr": environ.get("REMOTE_ADDR"),
+        "received_at": datetime.now(timezone.utc),
+    })
+    return WebhookAnswer(status, JSON_HEADERS, json_body({"error": reason, "message": message}), reason)
 
 
 def stored_answer(stored: int) -> bytes:
@@ -254,22 +362,14 @@ def storage_of(app: Flask) -> ReceiptStorage:
 # -- answers -------------------------------------------------------------------------------
 
 
-def refuse(status: int, reason: str, message: str, body: bytes = b"", **extra) -> Response:
-    """Answer a 4xx JSON error, count it by reason and keep the body for audit."""
-    arrival = request.environ.get(ARRIVAL_KEY)
-    if arrival is not None:
-        arrival.cancel()  # nothing to append: do not hold other requests' fsync while the body is kept
-    ctx = _ctx()
-    ctx["storage"].counters.reject(reason)
-    ctx["rejected"].keep_body(reason, body, {
-        "status": status, "message": message, "content_type": request.content_type,
-        "method": request.method, "endpoint": logged_path(), "labels": url_labels(request.args.items(multi=True)),
-        "remote_addr": request.remote_addr, "received_at": datetime.now(timezone.utc),
-    })
-    g.outcome = reason
-    response = jsonify(error=reason, message=message, **extra)
-    response.status_code = status
-    return response
+def refuse(status: int, reason: str, message: str, body: bytes = b"") -> Response:
+    """:func:`refusal` for the request Flask is handling."""
+    return flask_response(refusal(_ctx(), request.environ, logged_path(), request.args, status, reason, message, body))
+
+
+def flask_response(answer: WebhookAnswer) -> Response:
+    g.outcome = answer.outcome
+    return Response(answer.body, status=answer.status, headers=answer.headers)
 
 
 def http_error(exc: HTTPException) -> Response:
@@ -281,7 +381,7 @@ def http_error(exc: HTTPException) -> Response:
     elif exc.code == 405:
         message = f"{request.method} is not allowed here; use {', '.join(sorted(exc.valid_methods or []))}"
     elif exc.code == 413:
-        message = f"body is larger than the limit of {current_app.config['MAX_BODY_BYTES']} bytes"
+        message = body_too_large(current_app.config["MAX_BODY_BYTES"])
     else:
         message = exc.description or exc.name
     response = refuse(exc.code or 400, reason, message)
@@ -293,10 +393,7 @@ def http_error(exc: HTTPException) -> Response:
 def unexpected_error(exc: Exception) -> Response:
     """Last resort: a bug must still answer JSON, and not 200. 500 means 'not stored, retry'."""
     log.exception("event=unexpected_error path=%s", logged_path())
-    g.outcome = "internal_error"
-    response = jsonify(error="internal_error", message="the collector failed; the receipt was not stored")
-    response.status_code = 500
-    return response
+    return flask_response(WebhookAnswer(500, JSON_HEADERS, json_body(INTERNAL_ERROR), "internal_error"))
 
 
 def logged_path() -> str:
@@ -343,17 +440,6 @@ def basic_password(header: str) -> str | None:
     return decoded.partition(":")[2]
 
 
-def read_body(limit: int) -> bytes:
-    """The request body, refusing (413) one over ``limit`` bytes, with or without a
-    Content-Length: a chunked body is read up to one byte past the limit, never truncated."""
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestEntityTooLarge()
-    body = request.stream.read(limit + 1)
-    if len(body) > limit:
-        raise RequestEntityTooLarge()
-    return body
-
-
 def receive(secret: str | None = None) -> Response:
     """Store the receipts in the body; 200 only once they are durable."""
     return _receive("receipts", secret)
@@ -370,75 +456,10 @@ def receive_replies(secret: str | None = None) -> Response:
 
 
 def _receive(table: str, secret: str | None) -> Response:
-    """The webhook path shared by every table: checks, parse (the table's parser of
-    :func:`table_parsers`), durable store, answer."""
-    ctx = _ctx()
-    settings: Settings = ctx["settings"]
-    storage: ReceiptStorage = ctx["storage"]
-    requests_name, received_name, _ = storage.counters.TABLE_NAMES[table]
-    storage.counters.add(requests_name)
-    source = request.remote_addr or "-"
-    # Set by announce_receipts; without it (an app not built by create_app) store directly.
-    arrival = request.environ.get(ARRIVAL_KEY)
-    if not address_allowed(source, settings.allow_networks):
-        storage.counters.add("forbidden")
-        return refuse(403, "forbidden_source", f"source address {source} is not in the allow-list")
-    if settings.tokens:
-        # The secret first: the right one is never refused, whatever its source did before (a
-        # guesser behind Mobivate's NAT must not lock Mobivate out), and costs no limiter work.
-        if not token_matches([request.args.get("token"), basic_password(request.headers.get("Authorization", "")), secret], settings.tokens):
-            storage.counters.add("auth_failures")
-            if ctx["limiter"].record_failure(source):
-                return refuse(429, "too_many_auth_failures",
-                              "too many failed attempts from this source; try again in a minute")
-            return refuse(401, "unauthorized", "missing or wrong webhook secret (token)")
-    elif secret is not None:
-        return refuse(404, "not_found", "no such endpoint (no webhook secret is configured)")
-
-    try:
-        body = read_body(settings.max_body_bytes)
-    except RequestEntityTooLarge:
-        raise
-    except Exception as exc:  # a broken chunked encoding, a client that went away mid-body
-        return refuse(400, "unreadable_body", f"the request body could not be read: {type(exc).__name__}")
-    received_at = datetime.now(timezone.utc)
-    try:
-        labels = checked_url_labels(request.args.items(multi=True), ctx["label_policy"])
-        parsed = ctx["parsers"][table](body, request.content_type, labels, received_at)
-    except BadBody as exc:
-        return refuse(exc.status, exc.reason, exc.message, body)
-
-    storage.counters.add(received_name, len(parsed.records) + parsed.error_total)
-    # Under the collector's gunicorn worker the answer is held until the log's fsync and no
-    # thread waits for it (collector.held_answers); elsewhere this thread waits.
-    hold = hold_function(request.environ) if arrival is not None else None
-    try:
-        if hold is None:
-            (storage.store if arrival is None else arrival.append)(parsed.records, table)
-        else:
-            durability = arrival.append_nowait(parsed.records, table)
-    except StorageError as exc:
-        g.outcome = "storage_unavailable"
-        log_storage_unavailable(exc)
-        status, headers, unavailable = storage_unavailable(table)
-        return Response(unavailable, status=status, headers=headers)
-    if hold is not None:
-        hold(durability, storage_unavailable(table))
-        durability.add_done_callback(_log_if_failed)
-
-    g.outcome = "stored"
-    answer = {"status": "stored", "stored": len(parsed.records)}
-    if parsed.errors:
-        for reason, count in parsed.error_counts.items():
-            storage.counters.reject(reason, count)
-        rejected = parsed.rejected_summary()
-        ctx["rejected"].keep_body("partial", body, {
-            "status": 207, "stored": len(parsed.records), **rejected, "labels": labels, "received_at": received_at,
-        })
-        answer.update(status="partial", **rejected)
-        g.outcome = "partial"
-        return Response(json.dumps(answer), status=207, mimetype="application/json")
-    return jsonify(answer)
+    """The Flask view of every webhook: :func:`answer_webhook`. Reached only for the paths
+    :func:`webhook_route` leaves to Flask's router, or in an app without :func:`announce_receipts`."""
+    arrival = request.environ.get(ARRIVAL_KEY)  # set by announce_receipts; without it, store directly
+    return flask_response(answer_webhook(_ctx(), request.environ, table, request.url_rule.rule, secret, arrival))
 
 
 def storage_unavailable(table: str) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -463,7 +484,9 @@ def healthz() -> Response:
 
     With a publisher (the Iceberg store) that cannot publish now, the status is "degraded" but
     the code stays 200: receipts are still acknowledged from the local log (a load balancer
-    must keep sending), and ``store`` says what fails and how much waits in the log."""
+    must keep sending), and ``store`` says what fails and how much waits in the log. Likewise
+    while the worker replays what a previous run left in the logs (``catching_up``: a restart
+    answers at once and catches up in the background, see :mod:`dlrlens.store.writer`)."""
     storage: ReceiptStorage = _ctx()["storage"]
     writable, problem = True, None
     try:
@@ -472,7 +495,8 @@ def healthz() -> Response:
         writable, problem = False, error_kind(exc)  # str(exc) would name the data directory
     local_ok = writable and not storage.last_flush_error
     doc = {
-        "status": "ok" if local_ok else "degraded",
+        "status": "ok" if local_ok and not storage.catching_up else "degraded",
+        "catching_up": storage.catching_up,
         "storage_writable": writable,
         "storage_error": problem,
         "last_flush_error": storage.last_flush_error,

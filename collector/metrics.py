@@ -68,7 +68,14 @@ def render(storage) -> str:
               f"dlrlens_log_backlog_bytes {backlog['bytes']}",
               "# HELP dlrlens_log_backlog_segments Log segments of this worker waiting for a flush.",
               "# TYPE dlrlens_log_backlog_segments gauge",
-              f"dlrlens_log_backlog_segments {backlog['segments']}"]
+              f"dlrlens_log_backlog_segments {backlog['segments']}",
+              "# HELP dlrlens_log_backlog_age_seconds Age of the oldest of them (0 when none).",
+              "# TYPE dlrlens_log_backlog_age_seconds gauge",
+              f"dlrlens_log_backlog_age_seconds {backlog['oldest_age_seconds']}",
+              "# HELP dlrlens_catching_up 1 while this worker replays what a previous run left in the logs "
+              "(it acknowledges meanwhile).",
+              "# TYPE dlrlens_catching_up gauge",
+              f"dlrlens_catching_up {int(storage.catching_up)}"]
     if storage.publish is not None:
         lines += publisher_lines(storage)
     lines += maintenance_lines(Path(storage.data_dir))

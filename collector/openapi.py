@@ -257,9 +257,14 @@ def _components() -> dict:
         "InternalError": _error_schema(("internal_error",)),
         "Health": {
             "type": "object",
-            "required": ["status", "storage_writable", "storage_error", "last_flush_error", "slot", "backlog"],
+            "required": ["status", "catching_up", "storage_writable", "storage_error", "last_flush_error", "slot",
+                         "backlog"],
             "properties": {
                 "status": {"enum": ["ok", "degraded"]},
+                "catching_up": {"type": "boolean",
+                                "description": "This worker is replaying what a previous run left in the logs "
+                                               "(after a restart; it acknowledges meanwhile, status is degraded, "
+                                               "the code stays 200)."},
                 "storage_writable": {"type": "boolean"},
                 "storage_error": {"type": ["string", "null"],
                                   "description": "The kind of error of the write probe (ENOSPC, EACCES, EROFS...)."},
@@ -267,10 +272,11 @@ def _components() -> dict:
                                      "description": "The kind of error of the last flush, null once one succeeds."},
                 "slot": {"type": "string", "description": "This worker's writer slot."},
                 "backlog": {"type": "object", "description": "This worker's write-ahead log not yet in Parquet.",
-                            "required": ["bytes", "segments", "records_open_segment"],
+                            "required": ["bytes", "segments", "records_open_segment", "oldest_age_seconds"],
                             "properties": {"bytes": {"type": "integer", "minimum": 0},
                                            "segments": {"type": "integer", "minimum": 0},
-                                           "records_open_segment": {"type": "integer", "minimum": 0}}},
+                                           "records_open_segment": {"type": "integer", "minimum": 0},
+                                           "oldest_age_seconds": {"type": "number", "minimum": 0}}},
                 "store": {"type": "object",
                           "description": "Only with an Iceberg store (DLRLENS_STORE=iceberg:<catalog>): this worker's "
                                          "commits and last commit error, what the collector's logs hold that the "
@@ -398,7 +404,8 @@ def openapi_document(max_body_bytes: int | None = None, settings: Settings | Non
                 "summary": "Storage health",
                 "description": "200 when this worker's storage takes a real fsynced write and the last flush "
                                "succeeded, else 503, with the log backlog. With an Iceberg store that cannot "
-                               "be reached: 200 and status degraded (receipts are still acknowledged).",
+                               "be reached, or while a restarted worker replays its logs: 200 and status degraded "
+                               "(receipts are still acknowledged).",
                 "responses": {
                     "200": _json_response("Storage works.", {"$ref": "#/components/schemas/Health"}),
                     "503": _json_response("Storage is degraded.", {"$ref": "#/components/schemas/Health"}),

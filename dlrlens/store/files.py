@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -223,8 +224,10 @@ PROBE_PREFIX = ".healthz-"
 
 def probe_writable(data_dir: Path) -> None:
     """Make one real durable write in ``data_dir`` (a small file, written, fsynced, removed).
-    Raises ``OSError`` when storage cannot take it (full, read-only, gone)."""
-    probe = Path(data_dir) / f"{PROBE_PREFIX}{os.getpid()}"
+    Raises ``OSError`` when storage cannot take it (full, read-only, gone). The file is the
+    calling thread's own: two health checks at once in one worker (the load balancer's and a
+    monitor's) each removed the other's probe and answered 503 (seen in the load-balanced soak)."""
+    probe = Path(data_dir) / f"{PROBE_PREFIX}{os.getpid()}-{threading.get_ident()}"
     with open(probe, "wb") as fh:
         fh.write(b"ok")
         fh.flush()

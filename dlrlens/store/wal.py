@@ -210,7 +210,10 @@ class WriteAheadLog:
         self._segment_records = 0
         self._segment_documents: list[dict] = []   # durable in the open segment, in order
         self._closed_documents: dict[int, list[dict]] = {}
-        self._last_id = 0
+        # Segments a previous process left (replayed by the flusher while this one appends):
+        # every new segment gets a larger id, so a flush takes them oldest first and
+        # :meth:`rotate` covers them even before this log opened a segment of its own.
+        self._last_id = max((int(segment.stem) for segment in list_segments(self.log_dir)), default=0)
         self._closed = False
         self.fsyncs = 0
         self._writer = threading.Thread(target=self._write_loop, name="dlrlens-wal-writer", daemon=True)

@@ -21,7 +21,10 @@ import io
 import ipaddress
 import json
 import logging
+import threading
+import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
 import jsonschema
@@ -30,9 +33,10 @@ from flask import Flask
 
 import collector.app as app_module
 from collector import metrics, openapi
-from collector.parsing import MAX_REPORTED_ERRORS
+from collector.parsing import MAX_REPORTED_ERRORS, parse_request
 from collector.security import AUTH_FAILURE_LIMIT
-from dlrlens.store import layout
+from dlrlens.store import layout, writer
+from dlrlens.store.wal import encode_record
 from tests.support.receipts import metric_value, receipt, stored_rows
 
 UTC = timezone.utc
@@ -418,6 +422,54 @@ def test_healthz_answers_ok_with_the_backlog(app, client):
     assert not list(app.extensions["dlrlens"]["settings"].data_dir.glob(".healthz-*")), "the probe is removed"
 
 
+def test_health_checks_at_once_in_one_worker_all_answer_200(app):
+    # Each check writes its own probe: two at once used to remove each other's and answer 503.
+    def checks(_):
+        client = app.test_client()
+        return [client.get("/healthz").status_code for _ in range(25)]
+    with ThreadPoolExecutor(6) as pool:
+        statuses = [status for answers in pool.map(checks, range(6)) for status in answers]
+    assert statuses == [200] * 150
+
+
+def test_a_restart_answers_at_once_and_replays_its_log_in_the_background(make_app, tmp_path, monkeypatch):
+    # A log left by a previous run (a minute old); its replay is held (a slow disk, a big log):
+    # the app answers meanwhile, says "degraded" with a 200, and shows the backlog and its age.
+    data = tmp_path / "restarted"
+    left = [fresh(f"left-{n}") for n in range(3)]
+    leftover = parse_request(body_of(left), JSON, {}, datetime.now(UTC)).records
+    segment = data / layout.WAL_DIR / "w000" / f"{time.time_ns() - 60 * 10**9:020d}.wal"
+    segment.parent.mkdir(parents=True)
+    segment.write_bytes(b"".join(encode_record(record) for record in leftover))
+    replay = threading.Event()
+    flush_segment = writer.flush_segment
+
+    def held_flush(*args, **kwargs):
+        assert replay.wait(30), "the replay was never let go"
+        return flush_segment(*args, **kwargs)
+    monkeypatch.setattr(writer, "flush_segment", held_flush)
+    app = make_app(data_dir=data)
+    storage = app_module.storage_of(app)
+    client = app.test_client()
+    try:
+        assert client.post("/dlr", json=fresh("while-replaying")).status_code == 200
+        health = client.get("/healthz")
+        doc = assert_documented(health, "/healthz", "get")
+        assert health.status_code == 200 and doc["status"] == "degraded" and doc["catching_up"], doc
+        assert doc["backlog"]["segments"] == 2 and doc["backlog"]["oldest_age_seconds"] >= 60
+        text = metrics_text(client)
+        assert metric_value(text, "dlrlens_catching_up") == 1
+        assert metric_value(text, "dlrlens_log_backlog_age_seconds") >= 60
+    finally:
+        replay.set()
+    assert storage.wait_caught_up(30)
+    doc = client.get("/healthz").json
+    assert doc["status"] == "ok" and not doc["catching_up"]
+    storage.flush()
+    assert sorted(row["delivery_message_id"] for row in stored_rows(data)) == [
+        "left-0", "left-1", "left-2", "while-replaying"]
+
+
 def test_metrics_count_requests_receipts_duplicates_refusals_and_flushes(app, client):
     first = fresh("m-1")
     assert client.post("/dlr", json=first).status_code == 200
@@ -457,3 +509,15 @@ def test_debug_level_logs_stored_requests_too(make_app, caplog):
     with caplog.at_level(logging.DEBUG, logger="dlrlens.collector"):
         assert client.post("/dlr", json=fresh("loud")).status_code == 200
     assert "event=request method=POST path=/dlr status=200 outcome=stored" in caplog.text
+
+
+def test_a_secret_only_flasks_router_decides_gets_the_same_answers(make_app):
+    # A line break in the path's secret: Flask's router matches "/dlr/\n" (its view answers with
+    # collector.app.answer_webhook, as the middleware does) but not "/dlr/a\nb" (a 404).
+    app = make_app(tokens=(SECRET,))
+    client = app.test_client()
+    wrong = client.post("/dlr/%0A", json=fresh("line-break"))
+    assert wrong.status_code == 401 and assert_documented(wrong)["error"] == "unauthorized"
+    assert client.post(f"/dlr/{SECRET}%0Ax", json=fresh("line-break")).status_code == 404
+    assert client.post(f"/dlr/{SECRET}", json=fresh("line-break")).status_code == 200
+    assert (counters(app)["auth_failures"], counters(app)["stored"]) == (1, 1)

@@ -50,9 +50,9 @@ def test_json_receipt_is_stored_field_by_field(collector):
      '<deliveryreceipt><deliveryMessageId>%s</deliveryMessageId><status>UNDELIVERABLE</status>'
      '<statusCode>5</statusCode><created>2026-11-20 10:11:12</created></deliveryreceipt>'),
 ])
-def test_a_clean_post_is_stored_alike_with_and_without_flask(collector, path, content_type, body):
-    """A clean post with a Content-Length is stored without Flask (collector.app.store_clean_post);
-    the same post sent chunked goes through the Flask view: same answer, same stored row."""
+def test_a_clean_post_is_stored_alike_with_a_length_and_chunked(collector, path, content_type, body):
+    """A clean post with a Content-Length and the same post sent chunked (read as werkzeug reads
+    a body, collector.app.read_body): same answer, same stored row."""
     prefix = f"alike-{content_type.split('/')[1]}-"
     answers = []
     for how in ("length", "chunked"):

@@ -175,7 +175,7 @@ def _reasons_in_code() -> set[str]:
     app = (REPO / "collector" / "app.py").read_text()
     reasons = set(re.findall(r'BadBody\(\s*\d{3},\s*"([a-z_]+)"', parsing))
     reasons |= set(re.findall(r'_BadElement\(\s*"([a-z_]+)"', parsing))
-    reasons |= set(re.findall(r'refuse\(\s*\d{3},\s*"([a-z_]+)"', app))
+    reasons |= set(re.findall(r'refused?\(\s*\d{3},\s*"([a-z_]+)"', app))  # refuse() for Flask, refused() in answer_webhook
     reasons |= set(re.findall(r'\d{3}: "([a-z_]+)"', app))  # http_error's reasons by status
     return reasons
 

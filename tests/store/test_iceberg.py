@@ -27,6 +27,7 @@ from dlrlens.store.wal import StorageError, list_segments
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
 from tests.support.lake import commit_keeping_a_copy, report_json, table_ids
+from tests.support.servers import wait_until
 
 ICEBERG = parse_store("iceberg:lake")
 
@@ -120,21 +121,26 @@ def test_while_the_object_store_is_down_segments_wait_in_the_log(lake, tmp_path)
     assert sorted(table_ids()) == sorted(r["receipt_id"] for r in first + later)
 
 
-def test_a_collector_starting_while_the_store_is_down_recovers_later(lake, tmp_path):
-    data = tmp_path / "collector"
+def crash_leaving_a_segment(data: Path, rows: list[dict]) -> None:
+    """A collector on ``data`` stores ``rows`` and crashes: their segment stays in its log."""
     storage = ReceiptStorage(data, flush_seconds=3600, publish=publisher(ICEBERG, data))
-    rows = factory.demo_rows(10, seed=4)
     storage.store(rows)
     storage.wal.rotate()
-    storage.wal.close()  # a crash: the segment stays in the log
+    storage.wal.close()
     storage._slot_lock.release()
+
+
+def test_a_collector_starting_while_the_store_is_down_recovers_later(lake, tmp_path):
+    data = tmp_path / "collector"
+    rows = factory.demo_rows(10, seed=4)
+    crash_leaving_a_segment(data, rows)
     lake.stop()
     publish = publisher(ICEBERG, data)
     publish.backoff_start = 0.1
     restarted = ReceiptStorage(data, flush_seconds=0.2, publish=publish)  # starts and acknowledges anyway
     try:
         restarted.store(factory.demo_rows(5, seed=5))
-        assert restarted.last_publish_error
+        wait_until(lambda: restarted.last_publish_error, 30, what="the replay's failed attempt (in the background)")
         lake.start()
         expected = {r["receipt_id"] for r in rows + factory.demo_rows(5, seed=5)}
         deadline = time.monotonic() + 30
@@ -143,6 +149,44 @@ def test_a_collector_starting_while_the_store_is_down_recovers_later(lake, tmp_p
     finally:
         restarted.close()
     assert sorted(table_ids()) == sorted(expected)
+
+
+class HangingStore:
+    """A publisher whose store hangs (every catalog call waits for ``answering``), then works."""
+
+    def __init__(self, publish, answering: threading.Event):
+        self.publish, self.answering = publish, answering
+
+    def already_committed(self, slot, segments):
+        assert self.answering.wait(30), "the store was never let answer"
+        return self.publish.already_committed(slot, segments)
+
+    def __call__(self, slot, batch):
+        assert self.answering.wait(30), "the store was never let answer"
+        return self.publish(slot, batch)
+
+    def __getattr__(self, name):  # status, health, backlog: never wait
+        return getattr(self.publish, name)
+
+
+def test_a_restart_acknowledges_before_its_backlog_is_committed(lake, tmp_path):
+    data = tmp_path / "collector"
+    left = factory.demo_rows(10, seed=6)
+    crash_leaving_a_segment(data, left)
+    answering = threading.Event()
+    restarted = ReceiptStorage(data, flush_seconds=3600, publish=HangingStore(publisher(ICEBERG, data), answering))
+    try:
+        later = factory.demo_rows(5, seed=7)
+        restarted.store(later)  # acknowledged (fsynced) while the replay waits for the store
+        assert restarted.catching_up and list_segments(restarted.log_dir)
+        answering.set()
+        assert restarted.wait_caught_up(30)
+        restarted.flush()
+    finally:
+        answering.set()
+        restarted.close()
+    assert sorted(table_ids()) == sorted(r["receipt_id"] for r in left + later)
+    assert not list_segments(restarted.log_dir)
 
 
 def _ids_or_empty() -> list[str]:

@@ -12,13 +12,15 @@ re-posted duplicates, pending receipts posted after their message's final, poste
 haproxy by several client threads at a steady pace over ``--seconds`` (:class:`StreamPoster`;
 a post is retried until it gets a 200). Meanwhile:
 
-1. at 20 % of the posts the object store is stopped for ``--outage-seconds``, then started
-   again (the collectors keep acknowledging from their logs, say "degraded" with a 200, and
-   haproxy keeps them all in rotation);
-2. the other 30 % of the posts follow once the store is back and the first 70 % are done; at
-   a fifth of them one collector is SIGKILLed (master and workers), most likely while it is
-   still committing its backlog, and restarted on the same port a second later (haproxy sends
-   its requests to the others meanwhile, and again to it once its health check passes).
+1. at 20 % of the posts the object store is stopped for ``--outage-seconds`` (the collectors
+   keep acknowledging from their logs, say "degraded" with a 200, and haproxy keeps them all in
+   rotation);
+2. at the end of the outage one collector is SIGKILLed (master and workers), its logs holding
+   the whole outage's backlog, the store is started again, and the collector restarted on the
+   same port: it must answer at once (``restart_seconds``: from the restart to its first
+   answer; haproxy sends its requests to the others meanwhile, and again to it once its health
+   check passes) and commit its backlog in the background, while the rest of the posts go on
+   (the other 30 % follow once the first 70 % are done).
 
 Then the collectors catch up and stop cleanly, and the acknowledged posts are posted again, in
 the same order per message, to one collector on the local backend: the reference. The verdict
@@ -64,15 +66,12 @@ from tests.support.seaweed import object_store
 from tests.support.servers import Collector, free_port, running_collector, start_collector, wait_until
 
 CATALOG = "lake"
-# When the faults start, as a share of the posts done: the outage first, then the SIGKILL, while
-# the collectors are still catching up on their backlogs (a segment committed and not yet
-# deleted must not be committed again).
+# When the outage starts, as a share of the posts done (the SIGKILL comes at its end).
 OUTAGE_AT = 0.2     # of all the posts
-FIRST_PART = 0.7    # the posts of the first part (the outage), then the second (the SIGKILL)
-KILL_AT = 0.2       # of the second part's posts
-# A restarted collector answers only once its workers have committed what their logs hold: after
-# a long outage that is many commits, each racing the other collectors' (measured: DrillResult.restart_seconds).
-RESTART_TIMEOUT = 600
+FIRST_PART = 0.7    # the posts of the first part (the outage), then the second
+# A restarted collector answers before it replays its logs (dlrlens.store.writer); the bound is
+# for a loaded machine (measured: DrillResult.restart_seconds).
+RESTART_TIMEOUT = 120
 POSTS_PER_MESSAGE = 2.3  # the simulator's average (ACCEPTED, interims, a final; some pending)
 # Report figures that differ between two ingestions of the same posts (see the module docstring).
 WEBHOOK_LAG_FIGURES = ("webhook_lag_p50_s", "webhook_lag_p95_s")
@@ -109,8 +108,8 @@ class Fleet:
         return self.directory / f"collector-{number}"
 
     def start(self, number: int, timeout: float = 60) -> Collector:
-        """Start collector ``number``; it answers once each worker has replayed its log (with
-        the Iceberg store: committed every segment left in it), so allow for that in ``timeout``."""
+        """Start collector ``number`` and wait until it answers (its workers replay their logs
+        in the background)."""
         self.collectors[number] = start_collector(self.data_dir(number), workers=self.workers,
                                                   flush_seconds=self.flush_seconds, env=self.env,
                                                   port=self.ports[number], log_dir=self.directory, timeout=timeout)
@@ -291,7 +290,7 @@ class DrillResult:
     balancer_retries: int            # haproxy's retries + redispatches (a retry on another collector may count in both)
     requests_per_collector: dict     # haproxy's count of requests sent to each collector
     acked_during_outage: int
-    restart_seconds: float           # from the restart to the first answer (its log replayed)
+    restart_seconds: float           # from the restart (with the outage's backlog in its log) to its first answer
     restarted_at_share: float        # share of the posts done by then
     degraded_with_200: int           # collectors that said "degraded" with a 200 during the outage
     up_during_outage: int            # collectors haproxy kept in rotation during the outage
@@ -341,24 +340,24 @@ def run_drill(directory: Path, settings: DrillSettings, say=print) -> DrillResul
                     step(f"{len(posts)} posts over {settings.seconds:g} s through haproxy to "
                          f"{settings.collectors} collectors")
                     # Two parts, one after the other (so each message's posts stay in order): the
-                    # outage during the first, the SIGKILL early in the second, which is then sure
-                    # to meet traffic however long the outage and the store's restart took.
+                    # outage and the SIGKILL during the first; the second goes on while the
+                    # restarted collector catches up.
                     split = round(len(posts) * FIRST_PART)
                     with StreamPoster(posts[:split], balancer.dlr, threads=settings.threads,
                                       seconds=settings.seconds * FIRST_PART) as first:
                         first.wait_for(OUTAGE_AT / FIRST_PART, settings.seconds * 3 + 60)
-                        step(f"object store down for {settings.outage_seconds:g} s")
-                        outage = object_store_outage(lake, fleet, balancer, first, settings.outage_seconds)
+                        step(f"object store down for {settings.outage_seconds:g} s; then SIGKILL collector 1 "
+                             "(its log holding the outage's backlog), start the store, restart collector 1")
+                        outage = object_store_outage(lake, fleet, balancer, first, settings.outage_seconds,
+                                                     kill_at_end=0)
+                        restarting = time.monotonic()
+                        fleet.start(0, timeout=RESTART_TIMEOUT)
+                        restart_seconds = time.monotonic() - restarting
+                        restarted_at = first.done / len(posts)
+                        step(f"collector 1 answering {restart_seconds:.1f} s after its restart")
                     with StreamPoster(posts[split:], balancer.dlr, threads=settings.threads,
                                       seconds=settings.seconds * (1 - FIRST_PART)) as second:
-                        second.wait_for(KILL_AT, settings.seconds * 3 + 60)
-                        step("SIGKILL collector 1 (its backlog half committed, most likely), restart it a second later")
-                        fleet.kill(0)
-                        time.sleep(1.0)
-                        restarting = time.monotonic()
-                        fleet.start(0, timeout=RESTART_TIMEOUT)  # answers once its logs are replayed (committed)
-                        restart_seconds = time.monotonic() - restarting
-                        restarted_at = (split + second.done) / len(posts)
+                        pass
                     streams = (first, second)
                     acked = first.acked + second.acked
                     step(f"stream done ({sum(acked)} acknowledged); waiting for the collectors to catch up")
@@ -397,8 +396,10 @@ def run_drill(directory: Path, settings: DrillSettings, say=print) -> DrillResul
         restart_seconds=round(restart_seconds, 1), restarted_at_share=round(restarted_at, 2), seconds=round(time.monotonic() - started, 1), **outage)
 
 
-def object_store_outage(lake, fleet: Fleet, balancer, stream: StreamPoster, seconds: float) -> dict:
-    """Stop the object store for ``seconds`` while the stream goes on; what was seen meanwhile."""
+def object_store_outage(lake, fleet: Fleet, balancer, stream: StreamPoster, seconds: float,
+                        kill_at_end: int | None = None) -> dict:
+    """Stop the object store for ``seconds`` while the stream goes on, and SIGKILL collector
+    ``kill_at_end`` (when given) just before starting the store again; what was seen meanwhile."""
     lake.stop()
     down_at, acked_before = time.monotonic(), stream.acked_count
     degraded: set[int] = set()
@@ -409,6 +410,8 @@ def object_store_outage(lake, fleet: Fleet, balancer, stream: StreamPoster, seco
         time.sleep(0.5)
     up = len(balancer.collectors_up())
     acked = stream.acked_count - acked_before
+    if kill_at_end is not None:
+        fleet.kill(kill_at_end)
     lake.start()
     return {"acked_during_outage": acked, "degraded_with_200": len(degraded), "up_during_outage": up}
 

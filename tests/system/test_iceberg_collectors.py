@@ -46,16 +46,25 @@ def metric(url: str, name: str) -> float:
     return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE)[1])
 
 
-def test_a_sigkill_mid_stream_loses_and_doubles_nothing(lake, tmp_path):
-    data = tmp_path / "collector"
+def killed_mid_stream(lake, data: Path, prefix: str, acked: int, threads: int, before_kill=None) -> set[str]:
+    """A collector on ``data`` takes posts until ``acked`` of them got a 200, then (after
+    ``before_kill(collector)``, when given) is SIGKILLed, master and workers, posts still coming:
+    the acknowledged message ids."""
     collector = start_collector(data, workers=2, flush_seconds=0.3, env=lake.collector_env)
     try:
-        with Poster(collector.dlr, "kill", threads=3) as poster:
-            wait_until(lambda: len(poster.acked) >= 300, 60, what="acknowledged receipts")
-            collector.kill()  # master and workers: commits in flight, segments not yet committed
+        with Poster(collector.dlr, prefix, threads=threads) as poster:
+            wait_until(lambda: len(poster.acked) >= acked, 60, what="acknowledged receipts")
+            if before_kill is not None:
+                before_kill(collector)
+            collector.kill()  # commits in flight, segments not yet committed
     finally:
         collector.stop()
-    acked = set(poster.acked)
+    return set(poster.acked)
+
+
+def test_a_sigkill_mid_stream_loses_and_doubles_nothing(lake, tmp_path):
+    data = tmp_path / "collector"
+    acked = killed_mid_stream(lake, data, "kill", 300, threads=3)
     with running_collector(data, workers=2, flush_seconds=0.3, env=lake.collector_env):
         pass  # the restart replays every log (skipping segments already committed); the stop flushes
     assert not list(data.glob("wal/w*/*.wal")), "every segment committed and removed"
@@ -111,3 +120,45 @@ def test_two_collectors_on_one_table(lake, tmp_path):
     for directory in data:
         assert not list(directory.glob("wal/w*/*.wal"))
         assert maintenance_status(directory)["runs"]["iceberg"] >= 1
+
+
+def test_a_collector_restarted_while_the_store_is_down_answers_then_catches_up(lake, tmp_path):
+    # A backlog the collector could not publish (the store down), a SIGKILL, a restart while the
+    # store is still down: it answers from its local log at once and replays in the background.
+    data = tmp_path / "collector"
+
+    def store_down_for_a_while(collector):
+        lake.stop()
+        wait_until(lambda: metric(collector.url, "dlrlens_store_backlog_segments") >= 6, 60,
+                   interval=0.3, what="segments waiting in the logs")
+
+    before = killed_mid_stream(lake, data, "backlog", 50, threads=2, before_kill=store_down_for_a_while)
+    left_behind = len(list(data.glob("wal/w*/*.wal")))
+    assert left_behind >= 6
+    restarting = time.monotonic()
+    collector = start_collector(data, workers=2, flush_seconds=0.3, env=lake.collector_env)
+    try:
+        answer = requests.post(collector.dlr, json={"deliveryMessageId": "after-restart", "created":
+                                                    "2026-11-20T10:00:00.000+00:00", "status": "DELIVERED",
+                                                    "statusCode": 1}, timeout=10)
+        answered_after = time.monotonic() - restarting
+        assert answer.status_code == 200, answer.text
+        health = requests.get(collector.url + "/healthz", timeout=5)
+        doc = health.json()
+        assert health.status_code == 200 and doc["status"] == "degraded" and doc["catching_up"], doc
+        assert doc["store"]["unpublished"]["segments"] >= left_behind, "the backlog is still in the logs"
+        assert metric(collector.url, "dlrlens_catching_up") == 1
+        assert metric(collector.url, "dlrlens_store_backlog_age_seconds") > 0
+        print(f"first 200 {answered_after:.1f} s after the restart, {left_behind} segments waiting")
+        with Poster(collector.dlr, "after", threads=2) as after:
+            wait_until(lambda: len(after.acked) >= 30, 60, what="acknowledged while the store is down")
+            lake.start()
+
+            def caught_up():
+                doc = requests.get(collector.url + "/healthz", timeout=5).json()
+                return doc["status"] == "ok" and not doc["catching_up"]
+            wait_until(caught_up, 90, interval=0.5, what="the collector catching up")
+    finally:
+        collector.stop()
+    assert not list(data.glob("wal/w*/*.wal"))
+    assert_exactly_once(before | after.acked | {"after-restart"}, tmp_path / "reader")
