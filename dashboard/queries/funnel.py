@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from dlrlens.store import derive
 from dlrlens.store.reader import Store
 from dlrlens.store.selection import Filters
 from dlrlens.store.sql import filtered_messages_sql, time_conditions
@@ -55,34 +56,35 @@ def _filtered_events(store: Store, f: Filters, table: str, params: dict) -> str:
     return filtered_messages_sql(f, params, source, store.label_condition(f))
 
 
-def _funnel_sql(store: Store, f: Filters, by_campaign: bool) -> tuple[str, dict]:
+def _funnel_sql(store: Store, f: Filters) -> tuple[str, dict]:
+    """The funnel figures in total (``total`` true, ``grp`` NULL) and per campaign (``grp``), in
+    one pass over the clicks and replies (GROUPING SETS)."""
     counts, params = store.filtered_counts_sql(f)
     clicks = _filtered_events(store, f, "clicks", params)
     replies = _filtered_events(store, f, "replies", params)
-    key = "campaign" if by_campaign else "NULL::VARCHAR"
-    delay = "(epoch_us(first_click) - epoch_us(delivered_at)) / 1e6"
+    levels = "GROUP BY GROUPING SETS ((), (campaign))"
+    first = "first_click AND outcome = 'delivered'"
     sql = f"""
         WITH counts AS (
-            SELECT {key} AS grp, sum(messages)::BIGINT AS messages,
+            SELECT grouping(campaign) = 1 AS total, campaign AS grp, sum(messages)::BIGINT AS messages,
                    coalesce(sum(messages) FILTER (WHERE outcome = 'delivered'), 0)::BIGINT AS delivered
-            FROM ({counts}) GROUP BY ALL HAVING sum(messages) > 0),
-        per_message AS (
-            SELECT {key} AS grp, message_key, any_value(outcome) AS outcome,
-                   any_value(delivered_at) AS delivered_at, count(*) AS clicks, min(received_at) AS first_click
-            FROM ({clicks}) GROUP BY ALL),
+            FROM ({counts}) {levels} HAVING sum(messages) > 0),
         by_click AS (
-            SELECT grp, count(*) FILTER (WHERE outcome = 'delivered') AS clicked, sum(clicks) AS clicks,
-                   quantile_cont({delay}, 0.50) FILTER (WHERE outcome = 'delivered') AS click_delay_p50_s,
-                   quantile_cont({delay}, 0.95) FILTER (WHERE outcome = 'delivered') AS click_delay_p95_s
-            FROM per_message GROUP BY ALL),
-        per_replier AS (SELECT {key} AS grp, replier, bool_or(opt_out) AS opt_out FROM ({replies}) GROUP BY ALL),
-        by_reply AS (SELECT grp, count(*) AS replied, count(*) FILTER (WHERE opt_out) AS opted_out
-                     FROM per_replier GROUP BY ALL)
-        SELECT c.grp, c.messages, c.delivered, coalesce(k.clicked, 0) AS clicked, coalesce(k.clicks, 0) AS clicks,
-               coalesce(r.replied, 0) AS replied, coalesce(r.opted_out, 0) AS opted_out,
-               k.click_delay_p50_s, k.click_delay_p95_s
-        FROM counts c LEFT JOIN by_click k ON k.grp IS NOT DISTINCT FROM c.grp
-                      LEFT JOIN by_reply r ON r.grp IS NOT DISTINCT FROM c.grp
+            SELECT grouping(campaign) = 1 AS total, campaign AS grp, count(*) FILTER (WHERE {first}) AS clicked,
+                   count(*) AS clicks,
+                   -- both quantiles in one pass over the values
+                   quantile_cont(first_click_delay_us / 1e6, [0.50, 0.95]) AS click_delays
+            FROM ({clicks}) {levels}),
+        per_replier AS (SELECT campaign, replier, bool_or(opt_out) AS opt_out FROM ({replies}) GROUP BY ALL),
+        by_reply AS (SELECT grouping(campaign) = 1 AS total, campaign AS grp, count(*) AS replied,
+                            count(*) FILTER (WHERE opt_out) AS opted_out
+                     FROM per_replier {levels})
+        SELECT c.total, c.grp, c.messages, c.delivered, coalesce(k.clicked, 0) AS clicked,
+               coalesce(k.clicks, 0) AS clicks, coalesce(r.replied, 0) AS replied,
+               coalesce(r.opted_out, 0) AS opted_out,
+               k.click_delays[1] AS click_delay_p50_s, k.click_delays[2] AS click_delay_p95_s
+        FROM counts c LEFT JOIN by_click k ON k.total = c.total AND k.grp IS NOT DISTINCT FROM c.grp
+                      LEFT JOIN by_reply r ON r.total = c.total AND r.grp IS NOT DISTINCT FROM c.grp
     """
     return sql, params
 
@@ -90,25 +92,32 @@ def _funnel_sql(store: Store, f: Filters, by_campaign: bool) -> tuple[str, dict]
 def funnel(store: Store, f: Filters, by_campaign: bool = False) -> pd.DataFrame:
     """The funnel figures (:data:`FUNNEL_TABLE_COLUMNS`) of the messages matching ``f``: one row,
     or one row per campaign (``campaign`` first, most messages first). Opt-outs by the keywords
-    the store's replies were matched with (:meth:`dlrlens.store.reader.Store.opt_out_keywords`)."""
+    the store's replies were matched with (:meth:`dlrlens.store.reader.Store.opt_out_keywords`).
+    Both are computed (and cached) together: the page shows both."""
     def compute():
-        sql, params = _funnel_sql(store, f, by_campaign)
+        sql, params = _funnel_sql(store, f)
         df = store.query(sql, params)
-        if df.empty and not by_campaign:
-            df = pd.DataFrame([{"grp": None, **dict.fromkeys(_COUNTS, 0)}])
-        if df.empty:
-            return empty_frame(["campaign"] + FUNNEL_TABLE_COLUMNS)
         df = counts_as_int(df, _COUNTS)
         delivered = df["delivered"].where(df["delivered"] > 0)
         df["click_rate"] = (df["clicked"] / delivered).astype("float64")
         df["opt_out_rate"] = (df["opted_out"] / delivered).astype("float64")
         for column in ("click_delay_p50_s", "click_delay_p95_s"):
-            df[column] = df.get(column, pd.Series(dtype="float64")).astype("float64")
-        if not by_campaign:
-            return df[FUNNEL_TABLE_COLUMNS].reset_index(drop=True)
-        df = df.rename(columns={"grp": "campaign"}).sort_values(["messages", "campaign"], ascending=[False, True])
-        return df[["campaign"] + FUNNEL_TABLE_COLUMNS].reset_index(drop=True)
-    return store.cached("funnel", (f, by_campaign), compute)
+            df[column] = df[column].astype("float64")
+        return df
+
+    df = store.cached("funnel", (f,), compute)
+    if not by_campaign:
+        total = df[df["total"]]
+        if total.empty:
+            total = pd.DataFrame([dict.fromkeys(_COUNTS, 0)]).astype("int64").assign(
+                click_rate=float("nan"), opt_out_rate=float("nan"), click_delay_p50_s=float("nan"),
+                click_delay_p95_s=float("nan"))
+        return total[FUNNEL_TABLE_COLUMNS].reset_index(drop=True)
+    df = df[~df["total"]]
+    if df.empty:
+        return empty_frame(["campaign"] + FUNNEL_TABLE_COLUMNS)
+    df = df.rename(columns={"grp": "campaign"}).sort_values(["messages", "campaign"], ascending=[False, True])
+    return df[["campaign"] + FUNNEL_TABLE_COLUMNS].reset_index(drop=True)
 
 
 def campaigns_with_funnel(store: Store, f: Filters, *, receipt_figures: bool = False) -> pd.DataFrame:
@@ -152,15 +161,24 @@ def unlinked_events(store: Store, f: Filters) -> pd.DataFrame:
 
 def clicks_over_time(store: Store, f: Filters, bucket: str | None = None) -> tuple[pd.DataFrame, str]:
     """(:data:`TIME_COLUMNS` per local bucket of the click's arrival time, in f.tz; only buckets
-    with clicks), and the bucket size (``hour`` up to 3 days of range, else ``day``)."""
+    with clicks), and the bucket size (``hour`` up to 3 days of range, else ``day``).
+    ``clicked``: messages whose first click came in the bucket (so the buckets add up to the
+    clicked messages)."""
     chosen = choose_bucket(store, f, bucket)
 
     def compute():
         sql, params = _clicks_of(store, f)
         params["tz"] = f.tz
-        df = store.query(f"""SELECT {_sql.bucket_sql(chosen, 'received_at')} AS bucket_start, count(*) AS clicks,
-                                    count(DISTINCT message_key) AS clicked
-                             FROM ({sql}) GROUP BY ALL ORDER BY bucket_start""", params)
+        # Per 15-minute slot first (every zone's hours and days are unions of them): the zone's
+        # buckets are then computed for a few thousand slots, not for every click.
+        df = store.query(f"""SELECT {_sql.bucket_sql(chosen, 'slot')} AS bucket_start, sum(clicks)::BIGINT AS clicks,
+                                    sum(clicked)::BIGINT AS clicked
+                             FROM (SELECT to_timestamp(click_slot * {derive.SLOT_MICROS // 1_000_000}) AS slot,
+                                          clicks, clicked
+                                   FROM (SELECT click_slot, count(*) AS clicks,
+                                                count(*) FILTER (WHERE first_click) AS clicked
+                                         FROM ({sql}) GROUP BY ALL))
+                             GROUP BY ALL ORDER BY bucket_start""", params)
         return in_zone(counts_as_int(df, ["clicks", "clicked"]), ["bucket_start"], f.tz)[TIME_COLUMNS]
     return store.cached("clicks_over_time", (f, chosen), compute), chosen
 
@@ -173,8 +191,8 @@ def click_breakdown(store: Store, f: Filters, by: str) -> pd.DataFrame:
 
     def compute():
         sql, params = _clicks_of(store, f)
-        df = store.query(f"""SELECT coalesce(NULLIF(trim({by}), ''), '(unknown)') AS value, count(*) AS clicks,
-                                    count(DISTINCT message_key) AS clicked
+        df = store.query(f"""SELECT {derive.CLICK_DIMENSIONS[by]} AS value, count(*) AS clicks,
+                                    count(*) FILTER (WHERE first_{by}) AS clicked
                              FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, value""", params)
         df = counts_as_int(df, ["clicks", "clicked"])
         total = int(df["clicks"].sum()) if len(df) else 0
@@ -188,8 +206,8 @@ def top_links(store: Store, f: Filters, limit: int = 20) -> pd.DataFrame:
     def compute():
         sql, params = _clicks_of(store, f)
         params["limit"] = int(limit)
-        df = store.query(f"""SELECT coalesce(url, '(none)') AS url, count(*) AS clicks,
-                                    count(DISTINCT message_key) AS clicked
+        df = store.query(f"""SELECT {derive.CLICK_DIMENSIONS['url']} AS url, count(*) AS clicks,
+                                    count(*) FILTER (WHERE first_url) AS clicked
                              FROM ({sql}) GROUP BY ALL ORDER BY clicks DESC, url LIMIT $limit""", params)
         return counts_as_int(df, ["clicks", "clicked"])[TOP_LINK_COLUMNS]
     return store.cached("top_links", (f, limit), compute)

@@ -421,11 +421,48 @@ def _event_rows_sql(rows: str, columns: str, column: str, items: str, names: dic
     """
 
 
+# The values the funnel counts clicks by (the breakdowns' groups and the first_* flags).
+CLICK_DIMENSIONS = {
+    "url": "coalesce(url, '(none)')",
+    "country": "coalesce(NULLIF(trim(country), ''), '(unknown)')",
+    "os": "coalesce(NULLIF(trim(os), ''), '(unknown)')",
+    "browser": "coalesce(NULLIF(trim(browser), ''), '(unknown)')",
+}
+# Columns computed per click from its message's clicks (click_flags_sql), with their types.
+CLICK_FLAGS = {"first_click": "BOOLEAN", **{f"first_{name}": "BOOLEAN" for name in CLICK_DIMENSIONS},
+               "first_click_delay_us": "BIGINT", "click_slot": "BIGINT"}
+
+
+def click_flags_sql(rows: str, message: str) -> str:
+    """``rows`` (clicks with received_at, url, browser, os, country and their message's outcome
+    and delivered_at) with :data:`CLICK_FLAGS`: ``first_click`` marks the earliest click of its
+    message (``message``: a column naming it), ``first_<dimension>`` its earliest click of each
+    value of :data:`CLICK_DIMENSIONS`; ``first_click_delay_us``: delivery to that first click of
+    a delivered message (else NULL); ``click_slot``: the click's 15-minute slot number (epoch
+    microseconds // :data:`SLOT_MICROS`). Counting flagged rows counts distinct messages, so per
+    value and per time slot the counts add up: a distinct count over 5 M clicks cost 1-2.5 s of
+    CPU per question at 100 M receipts, a flag count 0.2 s; the delay and slot columns spare
+    decoding two timestamp columns per question (0.3 -> 0.15 s)."""
+    order = "received_at, url, browser, os, country"
+    flags = ", ".join(f"row_number() OVER (PARTITION BY {message}, {expr} ORDER BY {order}) = 1 AS first_{name}"
+                      for name, expr in CLICK_DIMENSIONS.items())
+    return f"""
+        SELECT *, CASE WHEN first_click AND outcome = 'delivered'
+                       THEN epoch_us(received_at) - epoch_us(delivered_at) END AS first_click_delay_us,
+               epoch_us(received_at) // {SLOT_MICROS} AS click_slot
+        FROM (SELECT *, row_number() OVER (PARTITION BY {message} ORDER BY {order}) = 1 AS first_click, {flags}
+              FROM ({rows}))
+    """
+
+
 def clicks_companion_sql(rows: str) -> str:
     """The ``clicks`` companion of the stored rows ``rows`` (with ``m_row``): every distinct
-    click of its messages with the message's columns, what the Funnel page filters and counts."""
-    return click_rows_sql(rows, f"{EVENT_MESSAGE_COLUMNS}, {DELIVERED_AT_SQL} AS delivered_at",
-                          ("received_at", "url", "browser", "os", "country"), placed=True)
+    click of its messages with the message's columns and :data:`CLICK_FLAGS`, what the Funnel
+    page filters and counts."""
+    clicks = click_rows_sql(rows, f"{EVENT_MESSAGE_COLUMNS}, {DELIVERED_AT_SQL} AS delivered_at, "
+                                  f"delivery_message_id AS flag_message",
+                            ("received_at", "url", "browser", "os", "country"), placed=True)
+    return f"SELECT * EXCLUDE (flag_message) FROM ({click_flags_sql(clicks, 'flag_message')})"
 
 
 def replies_companion_sql(rows: str) -> str:

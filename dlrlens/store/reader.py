@@ -99,6 +99,7 @@ class _Snapshot:
     event_files: dict[str, list[str]] = field(default_factory=dict)  # clicks/replies files (absolute)
     unplaced: list[derive.DerivedFile] = field(default_factory=list)  # rows of events without receipts
     pooled: bool = False  # whether tables pool_clicks / pool_replies are this snapshot's (Store.linked_clicks_sql)
+    pool_linked_clicks: bool = False  # whether pool_clicks holds clicks linked by reference
 
 
 @dataclass
@@ -1064,12 +1065,15 @@ class Store:
             self._con.execute(f"CREATE OR REPLACE TEMP TABLE pool_messages AS SELECT {message_columns} "
                               f"FROM {self.messages_sql()} WHERE FALSE")
         message = "m.campaign, m.sent_at, m.outcome, m.last_status, m.label_sets"
+        no_flags = ", ".join(f"NULL::{kind} AS {flag}" for flag, kind in derive.CLICK_FLAGS.items())
         self._con.execute(f"""
             CREATE OR REPLACE TEMP TABLE pool_clicks AS
-            SELECT CASE WHEN lc.linked_id IS NOT NULL THEN hash(lc.linked_id) END AS message_key, lc.linked_by, {message}, m.delivered_at,
-                   lc.received_at, lc.url, lc.browser, lc.os, lc.country
+            SELECT CASE WHEN lc.linked_id IS NOT NULL THEN hash(lc.linked_id) END AS message_key, lc.linked_by,
+                   {message}, m.delivered_at, lc.received_at, lc.url, lc.browser, lc.os, lc.country, {no_flags}
             FROM ({events.linked_clicks_sql('SELECT * FROM pool_raw_clicks', 'pool_messages')}) lc
             LEFT JOIN pool_messages m ON m.delivery_message_id = lc.linked_id""")
+        snap.pool_linked_clicks = self._con.execute(
+            "SELECT count(*) FROM pool_clicks WHERE message_key IS NOT NULL").fetchone()[0] > 0
         # The same number's replies by inReplyTo to messages of those batches decide a
         # batch-only reply's message: they go in with the pool (and out again after linking).
         direct = self._companion_rows_sql(
@@ -1100,13 +1104,23 @@ class Store:
         """Every distinct click of this snapshot (:mod:`dlrlens.store.events`) with its message's
         columns: message_key (``hash(delivery_message_id)`` of its message, NULL: unlinked),
         linked_by (message, reference, NULL), campaign, sent_at, outcome, last_status, label_sets,
-        delivered_at (NULL when unlinked), received_at, url, browser, os, country. Clicks by
-        message id come pre-joined from the derived state's ``clicks`` companions."""
+        delivered_at (NULL when unlinked), received_at, url, browser, os, country and
+        :data:`dlrlens.store.derive.CLICK_FLAGS` (NULL when unlinked). Clicks by message id come
+        pre-joined from the derived state's ``clicks`` companions."""
         self._pool()
+        flags = ", ".join(derive.CLICK_FLAGS)
         stored = self._companion_rows_sql(
             "clicks", "id_hash AS message_key, 'message' AS linked_by, campaign, sent_at, outcome, last_status, "
-            "label_sets, delivered_at, received_at, url, browser, os, country", derive.clicks_companion_sql)
-        return f"(SELECT * FROM {stored} UNION ALL SELECT * FROM pool_clicks)"
+            f"label_sets, delivered_at, received_at, url, browser, os, country, {flags}", derive.clicks_companion_sql)
+        every = f"(SELECT * FROM {stored} UNION ALL SELECT * FROM pool_clicks)"
+        if not self._snapshot.pool_linked_clicks:
+            return every
+        # Messages with clicks linked by reference too: their flags over all their clicks.
+        pooled = "(SELECT DISTINCT message_key FROM pool_clicks WHERE message_key IS NOT NULL)"
+        recomputed = derive.click_flags_sql(f"SELECT * EXCLUDE ({flags}) FROM {every} WHERE message_key IN {pooled}",
+                                            "message_key")
+        return (f"(SELECT * FROM {every} WHERE message_key IS NULL OR message_key NOT IN {pooled} "
+                f"UNION ALL SELECT * FROM ({recomputed}))")
 
     def linked_replies_sql(self) -> str:
         """Every distinct reply of this snapshot with its message's columns: message_key,

@@ -17,7 +17,7 @@ from dlrlens.store import derive
 from dlrlens.store.reader import Store
 from tests.support.baseline import BaselineStore
 from tests.support.factory import demo_rows, message, utc, write_receipts
-from tests.support.funnel import (click_row, demo_events, oracle_funnel, reply_row, write_events)
+from tests.support.funnel import (click_row, demo_events, oracle_events, oracle_funnel, reply_row, write_events)
 
 FILTERS = [
     queries.Filters(),
@@ -80,6 +80,29 @@ def test_funnel_equals_the_oracle(data, f):
         # The campaigns add up to the total.
         for column in ("messages", "delivered", "clicked", "clicks", "replied", "opted_out"):
             assert per_campaign[column].sum() == total[column].iloc[0], column
+
+
+def test_clicks_by_value_and_over_time_count_distinct_messages(data):
+    """Breakdowns, top links and clicks over time against pandas over the oracle's linked clicks:
+    clicks, and clicked = distinct messages (per value; over time, by the first click's bucket)."""
+    with Store(data) as store, BaselineStore(data) as baseline:
+        with baseline.pinned():
+            every = baseline.query(f"SELECT * FROM {baseline.messages_sql()}")
+        clicks, _ = oracle_events(data, every)
+        linked = clicks[clicks["linked_id"].notna()].copy()
+        for by in ("country", "os", "browser", "url"):
+            blank = "(none)" if by == "url" else "(unknown)"
+            linked["value"] = [blank if pd.isna(v) or (by != "url" and not str(v).strip()) else v for v in linked[by]]
+            expected = linked.groupby("value").agg(clicks=("click_id", "size"), clicked=("linked_id", "nunique"))
+            got = (queries.top_links(store, queries.Filters(), limit=1000).rename(columns={"url": "value"})
+                   if by == "url" else queries.click_breakdown(store, queries.Filters(), by))
+            assert got.set_index("value")[["clicks", "clicked"]].sort_index().to_dict() == expected.sort_index().to_dict()
+        over_time, bucket = queries.clicks_over_time(store, queries.Filters(tz="Asia/Kolkata"), bucket="hour")
+        firsts = linked.groupby("linked_id")["received_at"].min().dt.tz_convert("Asia/Kolkata").dt.floor("h")
+        expected = pd.DataFrame({"clicks": linked["received_at"].dt.tz_convert("Asia/Kolkata").dt.floor("h")
+                                 .value_counts(), "clicked": firsts.value_counts()}).fillna(0).astype("int64")
+        got = over_time.set_index("bucket_start")[["clicks", "clicked"]]
+        assert got.to_dict() == expected.sort_index().to_dict()
 
 
 def test_unlinked_events_are_counted(data):

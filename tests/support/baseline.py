@@ -149,12 +149,13 @@ class BaselineStore(Store):
 
     def linked_clicks_sql(self) -> str:
         clicks = self.clicks_sql("click_id, received_at, message_id, batch_id, client_ref, url, browser, os, country")
-        return f"""(
+        linked = f"""
             WITH m AS MATERIALIZED {self._every_message()},
             lc AS ({events.linked_clicks_sql(clicks, 'm')})
             SELECT CASE WHEN lc.linked_id IS NOT NULL THEN hash(lc.linked_id) END AS message_key, lc.linked_by,
                    {self._MESSAGE}, m.delivered_at, lc.received_at, lc.url, lc.browser, lc.os, lc.country
-            FROM lc LEFT JOIN m ON m.delivery_message_id = lc.linked_id)"""
+            FROM lc LEFT JOIN m ON m.delivery_message_id = lc.linked_id"""
+        return f"({derive.click_flags_sql(linked, 'message_key')})"
 
     def linked_replies_sql(self) -> str:
         replies = self.replies_sql("reply_id, created, received_at, in_reply_to, logical_message_id, body, "
