@@ -22,7 +22,7 @@ from dlrlens.store.iceberg.mirror import cache_dir
 from dlrlens.store.iceberg.table import live_data_entries, open_catalog
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
-from tests.support.lake import report_json
+from tests.support.lake import derived_message_ids, report_json
 
 ICEBERG = parse_store("iceberg:lake")
 
@@ -57,15 +57,18 @@ def derived_table():
     return derived.derived_table(open_catalog("lake"))
 
 
-def table_message_ids() -> list[str]:
-    """Every row's message id in the derived table, read by pyiceberg (by name: the files carry
-    no field ids) from every data file of its current snapshot."""
-    return derived_table().scan(selected_fields=("delivery_message_id",)).to_arrow()["delivery_message_id"].to_pylist()
-
-
 def stored_data_files() -> set[str]:
     """The data files under the derived table's location (as the object store lists them)."""
     return {info.path for info in table_files(derived_table())[1] if "/data/" in info.path}
+
+
+def stored_companions() -> set[str]:
+    """The companions under the derived table's location."""
+    return {info.path for info in table_files(derived_table())[1] if derived.companion_of(info.path)}
+
+
+def companions_of(data_files: set[str]) -> set[str]:
+    return {derived.companion_uri(path, kind) for path in data_files for kind in derive.COMPANIONS}
 
 
 def snapshot_data_files(current_only: bool = False) -> set[str]:
@@ -104,10 +107,11 @@ def test_a_reader_on_an_empty_cache_adopts_the_committed_state(feed, tmp_path, m
 
     assert not rebuilds, "the committed state was adopted, not rebuilt"
     assert len(adopted) == 1 and adopted[0]["downloaded"] == adopted[0]["files"] == result["added"]
+    assert adopted[0]["rewritten"] == 0, "the companions were downloaded with their messages files"
     assert reader == report_json(tmp_path / "local", "local", tmp_path / "local.json")
     manifest = derive.Manifest.load(cache_dir(tmp_path / "reader", "lake"))
     assert manifest.absorbed == set(derive.receipt_files(cache_dir(tmp_path / "reader", "lake")))
-    assert Counter(table_message_ids()) == Counter(message_ids(first))  # each once, every message
+    assert Counter(derived_message_ids()) == Counter(message_ids(first))  # each once, every message
 
 
 def test_two_maintainers_committing_at_once_commit_once_and_the_loser_adopts(feed, tmp_path, monkeypatch):
@@ -147,9 +151,10 @@ def test_two_maintainers_committing_at_once_commit_once_and_the_loser_adopts(fee
         assert a["refused"] != b["refused"]
     assert sum(1 for r in results[0] + results[1] if r["adopted"]) >= len(batches) - 1
     everything = [r for batch in batches for r in batch]
-    assert Counter(table_message_ids()) == Counter(message_ids(everything))
+    assert Counter(derived_message_ids()) == Counter(message_ids(everything))
     # What the refused commits uploaded was deleted: every data file under the table's location is a snapshot's.
     assert stored_data_files() == snapshot_data_files()
+    assert stored_companions() == companions_of(snapshot_data_files())
     reader = report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "iceberg.json")
     assert reader == report_json(tmp_path / "local", "local", tmp_path / "local.json")
 
@@ -175,7 +180,7 @@ def test_a_refused_commit_is_retried_on_the_winners_state(feed, tmp_path, monkey
     assert stored_data_files() == snapshot_data_files(), "the refused commit's uploads were deleted"
     retried = loser.run()
     assert retried["adopted"] and not retried["refused"]
-    assert Counter(table_message_ids()) == Counter(message_ids(first + second))
+    assert Counter(derived_message_ids()) == Counter(message_ids(first + second))
     assert report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "iceberg.json") == \
         report_json(tmp_path / "local", "local", tmp_path / "local.json")
 
@@ -190,7 +195,7 @@ def test_a_state_hashed_by_another_duckdb_is_replaced_whole_not_adopted(feed, tm
         patch.setattr(derive, "hash_probe", lambda con: first.mirror.probe + 1)
         result = other.run()
     assert not result["adopted"] and result["replaced_whole"] and result["committed"]
-    assert Counter(table_message_ids()) == Counter(message_ids(rows))
+    assert Counter(derived_message_ids()) == Counter(message_ids(rows))
     # A reader whose DuckDB hashes like the first maintainer's rebuilds instead of adopting.
     rebuilds = count_rebuilds(monkeypatch)
     assert report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "iceberg.json") == \
@@ -210,3 +215,23 @@ def test_the_derived_table_keeps_itself_bounded(feed, tmp_path):
                            clock=lambda: time.time() + 7200).run()
     assert run["expired_snapshots"] == 2 and run["orphans_deleted"] > 0 and run["files_compacted"] == 0
     assert stored_data_files() == snapshot_data_files(current_only=True)
+    assert stored_companions() == companions_of(snapshot_data_files(current_only=True))
+
+
+def test_a_companion_the_writer_did_not_store_is_computed_by_the_reader(feed, tmp_path, monkeypatch):
+    rows = factory.demo_rows(400, seed=81)
+    feed.send(rows)
+    assert DerivedPublisher("lake", tmp_path / "m1").run()["committed"]
+    # As if written by a dlrlens that knew one companion kind fewer.
+    table = derived_table()
+    for data_file in derived.committed_state(table).files.values():
+        table.io.delete(derived.companion_uri(data_file.file_path, derive.COMPANIONS[-1]))
+    adopted = []
+    adopt = derived.adopt
+    monkeypatch.setattr(derived, "adopt", lambda *a, **kw: adopted.append(adopt(*a, **kw)) or adopted[-1])
+    assert report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "iceberg.json") == \
+        report_json(tmp_path / "local", "local", tmp_path / "local.json")
+    assert adopted[0]["rewritten"] == adopted[0]["files"] > 0
+    manifest = derive.Manifest.load(cache_dir(tmp_path / "reader", "lake"))
+    root = cache_dir(tmp_path / "reader", "lake")
+    assert all((root / path).exists() for f in manifest.files for path in derive._all_paths(f.path))

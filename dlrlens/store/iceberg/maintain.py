@@ -152,7 +152,8 @@ def expirable_snapshots(metadata: TableMetadata, superseded_before_ms: int) -> t
 
 def object_kind(path: str) -> str:
     """What a file under a table's location is: metadata (``*.metadata.json``), manifest_list
-    (``snap-*.avro``), manifest (other ``*.avro`` under ``metadata/``), data, or other."""
+    (``snap-*.avro``), manifest (other ``*.avro`` under ``metadata/``), data, companion (of a
+    derived data file), or other."""
     name = path.rsplit("/", 1)[-1]
     if "/metadata/" in path:
         if name.endswith(".metadata.json"):
@@ -163,6 +164,8 @@ def object_kind(path: str) -> str:
             return "manifest"
     elif "/data/" in path:
         return "data"
+    elif derived.companion_of(path) is not None:
+        return "companion"
     return "other"
 
 
@@ -382,8 +385,8 @@ class TableMaintenance:
         referenced = self._referenced(table)
         cutoff = started - self.orphan_grace_seconds
         for info in listed:
-            if info.path in referenced:
-                continue
+            if info.path in referenced or derived.companion_of(info.path) in referenced:
+                continue  # a derived data file's companion lives as long as it does
             if info.mtime is None or info.mtime.timestamp() >= cutoff:
                 result.orphans_waiting += 1
                 continue
