@@ -61,6 +61,7 @@ import json
 import logging
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,9 @@ DERIVED_TABLE_PROPERTIES = {
 }
 METRICS_PREFIX = "write.metadata.metrics.column."
 COPY_CHUNK = 8 << 20
+# Objects are small (a day's messages file and its companions): an adoption waits on requests
+# more than on bandwidth, so it fetches several files at once.
+FETCH_THREADS = 4
 
 
 class AdoptionError(Exception):
@@ -319,6 +323,24 @@ def _fetch_as_committed(root: Path, table: Table, uri: str, relative: str) -> de
                               sent_max_us=max(derive._micros(s.max) for s in stats))
 
 
+def _fetch_all(root: Path, table: Table, uris: list[str]) -> dict[str, derive.DerivedFile]:
+    """:func:`_fetch_as_committed` of each of ``uris`` under its own name, :data:`FETCH_THREADS`
+    at a time; those that cannot be (a companion not stored, the name taken here) are left out."""
+    def fetch(uri: str) -> derive.DerivedFile | None:
+        sent, name = _local_name(uri)
+        relative = f"{derive.MESSAGES_DIR}/{sent}/{name}"
+        if any((root / path).exists() for path in derive._all_paths(relative)):
+            return None
+        try:
+            return _fetch_as_committed(root, table, uri, relative)
+        except _MissingCompanion:
+            return None
+
+    with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="dlrlens-adopt") as pool:
+        found = dict(zip(uris, pool.map(fetch, uris)))
+    return {uri: written for uri, written in found.items() if written is not None}
+
+
 def _rewritten(root: Path, table: Table, con, uri: str, scratch: Path) -> derive.DerivedFile | None:
     """Download the data file ``uri`` and write it again through :mod:`dlrlens.store.derive`'s
     writer, which computes every companion this dlrlens knows (a new name)."""
@@ -360,19 +382,14 @@ def adopt(root: Path, table: Table, committed: Committed, receipt_sequences: dic
         kept: list[derive.DerivedFile] = []
         downloaded = rewritten = 0
         try:
-            for uri in sorted(committed.files):
+            for uri in committed.files:
                 if uri in reusable:
                     kept.append(reusable[uri])
                     adopted[reusable[uri].path] = uri
-                    continue
-                sent, name = _local_name(uri)
-                relative = f"{derive.MESSAGES_DIR}/{sent}/{name}"
-                written = None
-                if not any((root / path).exists() for path in derive._all_paths(relative)):
-                    try:
-                        written = _fetch_as_committed(root, table, uri, relative)
-                    except _MissingCompanion:
-                        written = None
+            wanted = sorted(uri for uri in committed.files if uri not in reusable)
+            fetched = _fetch_all(root, table, wanted)
+            for uri in wanted:
+                written = fetched.get(uri)
                 if written is None:  # a companion kind its writer did not store (or a name taken here)
                     con = con or derive.connect(ADOPT_SETTINGS, scratch / "duckdb")
                     written = _rewritten(root, table, con, uri, scratch)
