@@ -114,6 +114,25 @@ def test_a_reader_on_an_empty_cache_adopts_the_committed_state(feed, tmp_path, m
     assert Counter(derived_message_ids()) == Counter(message_ids(first))  # each once, every message
 
 
+def test_a_stale_reader_adopts_only_the_files_that_changed(feed, tmp_path, monkeypatch):
+    maintainer = DerivedPublisher("lake", tmp_path / "m1")
+    feed.send(factory.demo_rows(300, seed=35))
+    first = maintainer.run()
+    report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "before.json")  # adopts that state
+    feed.send(factory.demo_rows(300, seed=36, start=factory.utc(2026, 11, 10)))  # other days: other files
+    second = maintainer.run()
+    assert second["committed"] and second["removed"] == 0 and second["added"] > 0
+    monkeypatch.setattr(derived, "ADOPT_MIN_ROWS", 10)  # the new receipts count as a long way behind
+    adopted = []
+    adopt = derived.adopt
+    monkeypatch.setattr(derived, "adopt", lambda *a, **kw: adopted.append(adopt(*a, **kw)) or adopted[-1])
+    rebuilds = count_rebuilds(monkeypatch)
+    assert report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "after.json") == \
+        report_json(tmp_path / "local", "local", tmp_path / "local.json")
+    assert not rebuilds and len(adopted) == 1
+    assert adopted[0]["files"] == first["added"] + second["added"] and adopted[0]["downloaded"] == second["added"]
+
+
 def test_two_maintainers_committing_at_once_commit_once_and_the_loser_adopts(feed, tmp_path, monkeypatch):
     batches = [factory.demo_rows(400, seed=40 + n, start=factory.utc(2026, 11, 1 + n)) for n in range(3)]
     maintainers = [DerivedPublisher("lake", tmp_path / name) for name in ("m1", "m2")]

@@ -61,6 +61,7 @@ import json
 import logging
 import shutil
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -487,6 +488,8 @@ def commit(catalog: Catalog, root: Path, committer: str, *, receipts_snapshot: i
             table = _widen(table, schemas)
             for path in added:
                 uri = f"{location}/data/{committer}/{path[len(derive.MESSAGES_DIR) + 1:]}"
+                if uri in existing:  # never overwrite (nor, refused, delete) an object the table holds
+                    uri = f"{location}/data/{committer}/{uuid.uuid4().hex[:8]}/{path[len(derive.MESSAGES_DIR) + 1:]}"
                 # The companions first: a data file is never without them once committed.
                 for kind in derive.COMPANIONS:
                     _upload(table, root / derive.companion_path(path, kind), companion_uri(uri, kind))
