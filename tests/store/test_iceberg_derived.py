@@ -134,7 +134,7 @@ def test_a_stale_reader_adopts_only_the_files_that_changed(feed, tmp_path, monke
 
 
 def test_two_maintainers_committing_at_once_commit_once_and_the_loser_adopts(feed, tmp_path, monkeypatch):
-    batches = [factory.demo_rows(400, seed=40 + n, start=factory.utc(2026, 11, 1 + n)) for n in range(3)]
+    batches = [factory.demo_rows(200, seed=40 + n, start=factory.utc(2026, 11, 1 + n)) for n in range(3)]
     maintainers = [DerivedPublisher("lake", tmp_path / name) for name in ("m1", "m2")]
     gate = threading.Barrier(2, timeout=60)
     commit = derived.commit
@@ -179,7 +179,7 @@ def test_two_maintainers_committing_at_once_commit_once_and_the_loser_adopts(fee
 
 
 def test_a_refused_commit_is_retried_on_the_winners_state(feed, tmp_path, monkeypatch):
-    first, second = factory.demo_rows(300, seed=51), factory.demo_rows(300, seed=52, start=factory.utc(2026, 11, 3))
+    first, second = factory.demo_rows(200, seed=51), factory.demo_rows(200, seed=52, start=factory.utc(2026, 11, 3))
     feed.send(first)
     winner, loser = DerivedPublisher("lake", tmp_path / "m1"), DerivedPublisher("lake", tmp_path / "m2")
     assert winner.run()["committed"]
@@ -200,8 +200,6 @@ def test_a_refused_commit_is_retried_on_the_winners_state(feed, tmp_path, monkey
     retried = loser.run()
     assert retried["adopted"] and not retried["refused"]
     assert Counter(derived_message_ids()) == Counter(message_ids(first + second))
-    assert report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "iceberg.json") == \
-        report_json(tmp_path / "local", "local", tmp_path / "local.json")
 
 
 def test_a_state_hashed_by_another_duckdb_is_replaced_whole_not_adopted(feed, tmp_path, monkeypatch):
