@@ -13,9 +13,8 @@ without internet cannot do; pyiceberg's FileIO (pyarrow's S3 client) is already 
 * The derived per-message state: on an empty cache (or one whose state would have more than
   :data:`~dlrlens.store.iceberg.derived.ADOPT_MIN_ROWS` receipt rows to absorb that the
   committed state holds already), the state the collectors' maintenance committed to the
-  derived table is adopted (:func:`dlrlens.store.iceberg.derived.adopt`: downloaded, its
-  companions recomputed, a local manifest written from it) instead of rebuilt from every
-  receipt. Then it is kept up to date locally from the cached receipts
+  derived table is adopted (:func:`dlrlens.store.iceberg.derived.adopt`: downloaded with its
+  companions, a local manifest written from it) instead of rebuilt from every receipt. Then it is kept up to date locally from the cached receipts
   (:func:`dlrlens.store.derive.update_derived` after each sync that added files, or that removed
   files whose rows a compaction output of the table's maintenance now holds: its lineage names
   them; a rebuild after any other removal). When the derived table cannot be read or adopted,
@@ -150,7 +149,7 @@ class Mirror:
         manifest = derive.Manifest.load(self.root)
         usable = manifest is not None and manifest.hash_probe == self.probe
         if usable:
-            to_read, _ = derive.unabsorbed(self.root, {p: (0, 0) for p in self._files}, manifest.absorbed)
+            to_read = set(derive.unabsorbed(self.root, {p: (0, 0) for p in self._files}, manifest.absorbed)[0])
             if sum(self._files[p][2] for p in to_read if p in self._files) < derived.ADOPT_MIN_ROWS:
                 return None  # the common case: no catalog call beyond the receipts table's
         if receipts.metadata.format_version < 2:
@@ -165,7 +164,7 @@ class Mirror:
                               if path in to_read and sequence <= committed.receipts_sequence)
                 if covered < derived.ADOPT_MIN_ROWS:
                     return None
-            return self.adopt(table, committed)
+            return self._adopt(table, committed)
         except Exception as exc:  # the local state is always a correct fallback
             log.warning("event=derived_adoption_failed error=%r",
                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
@@ -173,7 +172,11 @@ class Mirror:
 
     def adopt(self, table, committed) -> dict:
         """:func:`derived.adopt` of ``committed`` (the derived ``table``'s state) into this cache,
-        as of its last :meth:`sync`."""
+        as of its last :meth:`sync` (a process sharing the cache does not sync meanwhile)."""
+        with files.locked(self.root / "mirror.lock", wait=True):
+            return self._adopt(table, committed)
+
+    def _adopt(self, table, committed) -> dict:
         sequences = {relative: sequence for relative, (_, sequence, _) in self._files.items()}
         return derived.adopt(self.root, table, committed, sequences, self.probe)
 
