@@ -2,16 +2,20 @@
 real object store (``weed mini``) and pyiceberg's SQL catalog: a reader on an empty cache adopts
 the committed state instead of rebuilding it and shows every figure of the local backend; two
 maintainers committing at once, and a refused commit retried on the winner's state, leave each
-message once in the table and lose none; a state that cannot be adopted is replaced whole.
+message once in the table and lose none; a state that cannot be adopted is replaced whole; a
+newer writer's column widens the table's schema.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from dlrlens.store import derive
@@ -252,3 +256,31 @@ def test_a_companion_the_writer_did_not_store_is_computed_by_the_reader(feed, tm
     manifest = derive.Manifest.load(cache_dir(tmp_path / "reader", "lake"))
     root = cache_dir(tmp_path / "reader", "lake")
     assert all((root / path).exists() for f in manifest.files for path in derive._all_paths(f.path))
+
+
+def test_a_newer_writers_column_widens_the_table_schema(feed, tmp_path):
+    rows = factory.demo_rows(200, seed=91)
+    feed.send(rows)
+    maintainer = DerivedPublisher("lake", tmp_path / "m1")
+    assert maintainer.run()["committed"]
+    # As a newer dlrlens would write it: one messages file with a column this one does not know.
+    root = maintainer.mirror.root
+    manifest = derive.Manifest.load(root)
+    old = manifest.files[0]
+    new_path = str(Path(old.path).with_name(f"{old.kind}-{time.time_ns()}.parquet"))
+    messages = pq.read_table(root / old.path)
+    pq.write_table(messages.append_column("clicks", pa.array(range(messages.num_rows), pa.int64())), root / new_path)
+    for kind in derive.COMPANIONS:
+        shutil.copy(root / derive.companion_path(old.path, kind), root / derive.companion_path(new_path, kind))
+    manifest.files = [f for f in manifest.files if f.path != old.path] + [
+        derive.DerivedFile(new_path, old.rows, old.sent_min_us, old.sent_max_us)]
+    manifest.save(root)
+    result = derived.commit(open_catalog("lake"), root, maintainer.committer,
+                            receipts_snapshot=maintainer.mirror.receipts_snapshot,
+                            receipts_sequence=maintainer.mirror.receipts_sequence, probe=maintainer.mirror.probe)
+    assert result.committed and (result.added, result.removed) == (1, 1)
+    table = derived_table()
+    assert table.schema().column_names[-1] == "clicks" and not table.schema().find_field("clicks").required
+    assert Counter(derived_message_ids()) == Counter(message_ids(rows))
+    assert report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "iceberg.json") == \
+        report_json(tmp_path / "local", "local", tmp_path / "local.json")  # this dlrlens adopts it all the same
