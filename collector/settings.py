@@ -170,8 +170,9 @@ SETTINGS_TABLE = (
             "the receipts table of that pyiceberg catalog (configured in .pyiceberg.yaml or "
             "PYICEBERG_CATALOG__<NAME>__* variables); the write-ahead log stays in the data directory."),
     Setting("iceberg_maintenance_seconds", "DLRLENS_ICEBERG_MAINTENANCE_SECONDS", "300", float,
-            "With the Iceberg store: seconds between the maintenance process's runs of snapshot expiry and "
-            "orphan-file cleanup on the table (0 turns them off). Every collector runs them; runs at once are safe."),
+            "With the Iceberg store: seconds between the maintenance process's runs of compaction, snapshot "
+            "expiry and orphan-file cleanup on the tables, and of its commit of the derived per-message state "
+            "(0 turns them off). Every collector runs them; runs at once are safe."),
     Setting("iceberg_snapshot_retention", "DLRLENS_ICEBERG_SNAPSHOT_RETENTION", "10m",
             _at_least(MIN_SNAPSHOT_RETENTION_SECONDS, "a commit in flight retries from the snapshot it started from"),
             "With the Iceberg store: snapshots superseded longer ago than this are expired (at least 10s; time travel "

@@ -13,8 +13,10 @@ however many collectors share it), the others retry the lock every ``lock_retry_
 so when the holder dies (the kernel drops its lock) another takes over within that time. The active maintainer runs ``dlrlens.store.derive.update_derived``
 every ``interval`` seconds (when that module exists) and :func:`dlrlens.store.compaction.compact`
 every ``compact_every`` seconds. With the Iceberg store (an :class:`IcebergSchedule`), it also
-runs :class:`dlrlens.store.iceberg.maintain.TableMaintenance` every ``IcebergSchedule.every``
-seconds: that task needs no lock (the ``flock`` above is per data directory, i.e. per machine),
+runs :class:`dlrlens.store.iceberg.maintain.TableMaintenance` (of the receipts table and of the
+derived table) and :class:`dlrlens.store.iceberg.maintain.DerivedPublisher` (its derived state,
+from its own mirror of the table under ``cache/iceberg/``, committed to the derived table)
+every ``IcebergSchedule.every`` seconds: those tasks need no lock (the ``flock`` above is per data directory, i.e. per machine),
 because every change it makes to the shared table is a catalog commit that any number of
 collectors' maintainers may race safely. A failing task is logged on one line
 (``event=maintenance_failed``) and retried at its next tick: nothing stops the thread but
@@ -92,9 +94,12 @@ class Maintainer:
             self.runs["sync"] = self.errors["sync"] = 0
         self.iceberg = iceberg if iceberg is not None and iceberg.every > 0 else None
         self._table_maintenance = None  # made at the first run (imports pyiceberg)
+        self._derived_maintenance = None
+        self._derived_publisher = None
         self.iceberg_totals = dict.fromkeys(ICEBERG_TOTALS, 0)
         if self.iceberg is not None:
             self.runs["iceberg"] = self.errors["iceberg"] = 0
+            self.runs["iceberg_derived"] = self.errors["iceberg_derived"] = 0
         self.last_results: dict[str, dict] = {}
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
@@ -131,15 +136,16 @@ class Maintainer:
     # -- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_due = {"derive": 0.0, "compact": 0.0, "sync": 0.0, "iceberg": 0.0}
+        next_due = {"derive": 0.0, "compact": 0.0, "sync": 0.0, "iceberg": 0.0, "iceberg_derived": 0.0}
         every = {"derive": self.interval, "compact": self.compact_every}
         tasks = {"derive": self._update_derived, "compact": self._compact}
         if self.sync_settings is not None:
             every["sync"] = self.sync_settings.sync_seconds
             tasks["sync"] = self._sync
         if self.iceberg is not None:
-            every["iceberg"] = self.iceberg.every
+            every["iceberg"] = every["iceberg_derived"] = self.iceberg.every
             tasks["iceberg"] = self._maintain_table
+            tasks["iceberg_derived"] = self._commit_derived
         while not self._stop.is_set():
             if not self.active and not self._take_lock():
                 self._stop.wait(self.lock_retry_seconds)
@@ -183,7 +189,8 @@ class Maintainer:
         document = {"pid": os.getpid(), "updated_at": iso(datetime.now(timezone.utc)),
                     "interval_seconds": {"derive": self.interval, "compact": self.compact_every,
                                          **({"sync": self.sync_settings.sync_seconds} if self.sync_settings else {}),
-                                         **({"iceberg": self.iceberg.every} if self.iceberg else {})},
+                                         **({"iceberg": self.iceberg.every, "iceberg_derived": self.iceberg.every}
+                                   if self.iceberg else {})},
                     "runs": dict(self.runs), "errors": dict(self.errors),
                     "last_success_at": {name: iso(at) for name, at in self.last_success_at.items()},
                     "last_error": self.last_error, "last_error_at": iso(self.last_error_at)}
@@ -207,13 +214,18 @@ class Maintainer:
 
     def _maintain_table(self) -> dict:
         if self._table_maintenance is None:
+            from dlrlens.store.iceberg.derived import DERIVED_TABLE
             from dlrlens.store.iceberg.maintain import TableMaintenance
 
             self._table_maintenance = TableMaintenance(self.iceberg.catalog,
                                                        retention_seconds=self.iceberg.retention_seconds,
                                                        orphan_grace_seconds=self.iceberg.orphan_grace_seconds,
                                                        work_dir=self.data_dir / layout.ICEBERG_COMPACTION_DIR)
+            self._derived_maintenance = TableMaintenance(self.iceberg.catalog, table=DERIVED_TABLE,
+                                                         retention_seconds=self.iceberg.retention_seconds,
+                                                         orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
         result = self._table_maintenance.run()
+        result["derived_table"] = self._derived_maintenance.run()
         for name in ICEBERG_TOTALS:
             self.iceberg_totals[name] += result.get(name, 0)
         if result.get("files_compacted") or result.get("expired_snapshots") or result.get("orphans_deleted"):
@@ -221,6 +233,20 @@ class Maintainer:
                      "objects=%d metadata_bytes=%d conflicts=%d seconds=%.2f", result["files_compacted"],
                      result["expired_snapshots"], result["snapshots"], result["data_files"], result["orphans_deleted"],
                      result["objects"], result["metadata_bytes"], result["conflicts"], result["seconds"])
+        return result
+
+    def _commit_derived(self) -> dict:
+        """This collector's derived state committed to the Iceberg derived table (or the
+        committed one adopted): :class:`dlrlens.store.iceberg.maintain.DerivedPublisher`."""
+        if self._derived_publisher is None:
+            from dlrlens.store.iceberg.maintain import DerivedPublisher
+
+            self._derived_publisher = DerivedPublisher(self.iceberg.catalog, self.data_dir)
+        result = self._derived_publisher.run()
+        if result.get("committed") or result.get("refused") or result.get("adopted"):
+            log.info("event=iceberg_derived committed=%s refused=%s added=%s removed=%s adopted=%s seconds=%s",
+                     result.get("committed"), result.get("refused"), result.get("added"), result.get("removed"),
+                     bool(result.get("adopted")), result.get("seconds"))
         return result
 
     def _compact(self) -> dict:

@@ -1,7 +1,8 @@
 """What tests read back from an Iceberg store, and the report they compare with the local one.
 
 * :func:`table_column`: one column of every row of the receipts table, read through pyiceberg
-  (the catalog configured by ``PYICEBERG_CATALOG__<NAME>__*`` variables in this process).
+  (the catalog configured by ``PYICEBERG_CATALOG__<NAME>__*`` variables in this process);
+  :func:`derived_message_ids`: the message ids of the derived table.
 * :func:`report_json`: ``dlrlens report --format json`` of a store (local or ``iceberg:NAME``),
   in this process, without the one entry that always differs (its generation time).
 * :func:`commit_keeping_a_copy`: a flushed (committed) segment's path and content, to put back
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 
 from dlrlens import cli
+from dlrlens.store.iceberg.derived import derived_table
 from dlrlens.store.iceberg.table import open_catalog, receipts_table
 from dlrlens.store.wal import list_segments
 
@@ -22,6 +24,13 @@ def table_column(column: str, catalog: str = "lake") -> list:
     """``column`` of every row of catalog ``catalog``'s receipts table (the table must exist)."""
     table = receipts_table(open_catalog(catalog), create=False)
     return table.scan(selected_fields=(column,)).to_arrow()[column].to_pylist()
+
+
+def derived_message_ids(catalog: str = "lake") -> list[str]:
+    """Every row's message id in the derived table (``receipts_messages``), read by pyiceberg
+    (by name: its files carry no field ids) from every data file of its current snapshot."""
+    table = derived_table(open_catalog(catalog))
+    return table.scan(selected_fields=("delivery_message_id",)).to_arrow()["delivery_message_id"].to_pylist()
 
 
 def table_ids(catalog: str = "lake") -> list[str]:

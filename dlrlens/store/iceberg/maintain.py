@@ -61,15 +61,17 @@ from pathlib import Path
 from pyarrow import fs as pafs
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
 from pyiceberg.io.pyarrow import PyArrowFileIO, parquet_file_to_data_file
-from pyiceberg.manifest import DataFile, DataFileContent
+from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 
-from dlrlens.store import compaction
-from dlrlens.store.iceberg.mirror import COPY_CHUNK, cached_name
-from dlrlens.store.iceberg.table import (COMMITTED_PREFIX, SEGMENT_KEY, SOURCE_KEY, TABLE_PROPERTIES,
-                                         arrow_schema_with_field_ids, open_catalog, parse_segment_value,
-                                         receipts_table)
+from dlrlens.store import compaction, derive
+from dlrlens.store.iceberg import derived
+from dlrlens.store.iceberg.mirror import COPY_CHUNK, Mirror, cache_dir, cached_name
+from dlrlens.store.iceberg.publisher import collector_id
+from dlrlens.store.iceberg.table import (COMMITTED_PREFIX, RECEIPTS_TABLE, SEGMENT_KEY, SOURCE_KEY, TABLE_PROPERTIES,
+                                         arrow_schema_with_field_ids, live_data_entries, open_catalog,
+                                         parse_segment_value, receipts_table)
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -150,7 +152,8 @@ def expirable_snapshots(metadata: TableMetadata, superseded_before_ms: int) -> t
 
 def object_kind(path: str) -> str:
     """What a file under a table's location is: metadata (``*.metadata.json``), manifest_list
-    (``snap-*.avro``), manifest (other ``*.avro`` under ``metadata/``), data, or other."""
+    (``snap-*.avro``), manifest (other ``*.avro`` under ``metadata/``), data, companion (of a
+    derived data file), or other."""
     name = path.rsplit("/", 1)[-1]
     if "/metadata/" in path:
         if name.endswith(".metadata.json"):
@@ -161,6 +164,8 @@ def object_kind(path: str) -> str:
             return "manifest"
     elif "/data/" in path:
         return "data"
+    elif derived.companion_of(path) is not None:
+        return "companion"
     return "other"
 
 
@@ -187,11 +192,18 @@ def count_by_kind(files: list[pafs.FileInfo]) -> dict[str, int]:
 
 
 class TableMaintenance:
-    """Expiry and orphan-file cleanup of catalog ``catalog_name``'s receipts table (see the module
-    docstring). Keeps, between runs, what it read of immutable manifest lists and manifests."""
+    """Compaction, expiry and orphan-file cleanup of catalog ``catalog_name``'s receipts table, or
+    expiry and orphan-file cleanup of its derived table (``table`` =
+    :data:`~dlrlens.store.iceberg.derived.DERIVED_TABLE`: its files are replaced by the
+    :class:`DerivedPublisher`'s commits, never compacted); see the module docstring. Keeps,
+    between runs, what it read of immutable manifest lists and manifests."""
 
     def __init__(self, catalog_name: str, *, retention_seconds: float, orphan_grace_seconds: float,
-                 compact: bool = True, work_dir: Path | None = None, clock=time.time):
+                 compact: bool = True, work_dir: Path | None = None, clock=time.time, table: str = RECEIPTS_TABLE):
+        if table not in (RECEIPTS_TABLE, derived.DERIVED_TABLE):
+            raise ValueError(f"dlrlens maintains the tables {RECEIPTS_TABLE} and {derived.DERIVED_TABLE}, not {table!r}")
+        self.table_name = table
+        self.properties = TABLE_PROPERTIES if table == RECEIPTS_TABLE else derived.DERIVED_TABLE_PROPERTIES
         if retention_seconds < 0:
             raise ValueError("the snapshot retention cannot be negative")
         if orphan_grace_seconds <= 0:
@@ -199,7 +211,7 @@ class TableMaintenance:
         self.catalog_name = catalog_name
         self.retention_seconds = retention_seconds
         self.orphan_grace_seconds = orphan_grace_seconds
-        self.compact_files = compact
+        self.compact_files = compact and table == RECEIPTS_TABLE
         self.work_dir = Path(work_dir) if work_dir is not None else None  # compaction's scratch (default: /tmp)
         if self.work_dir is not None:  # one maintainer per data directory: what is there was a crashed run's
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -232,17 +244,22 @@ class TableMaintenance:
     def _fresh_table(self) -> Table | None:
         if self._table is None:
             try:
-                self._table = receipts_table(open_catalog(self.catalog_name), create=False)
+                catalog = open_catalog(self.catalog_name)
+                self._table = (receipts_table(catalog, create=False) if self.table_name == RECEIPTS_TABLE
+                               else derived.derived_table(catalog))
             except NoSuchTableError:
+                return None
+            if self._table is None:
                 return None
         else:
             self._table = self._table.refresh()
         return self._table
 
     def ensure_properties(self) -> int:
-        """Set :data:`~dlrlens.store.iceberg.table.TABLE_PROPERTIES` the table lacks (a table made
+        """Set the table's properties (:data:`~dlrlens.store.iceberg.table.TABLE_PROPERTIES`,
+        :data:`~dlrlens.store.iceberg.derived.DERIVED_TABLE_PROPERTIES`) it lacks (a table made
         before them); how many. Setting them twice at once is harmless (same values)."""
-        missing = {name: value for name, value in TABLE_PROPERTIES.items()
+        missing = {name: value for name, value in self.properties.items()
                    if self._table.metadata.properties.get(name) != value}
         if missing:
             with self._table.transaction() as transaction:
@@ -287,11 +304,9 @@ class TableMaintenance:
             return {}
         committed = {s.snapshot_id: s.timestamp_ms / 1000 for s in table.metadata.snapshots}
         by_partition: dict[object, list[tuple[DataFile, float, int]]] = {}
-        for manifest in snapshot.manifests(table.io):
-            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
-                if entry.data_file.content == DataFileContent.DATA:
-                    by_partition.setdefault(tuple(entry.data_file.partition), []).append(
-                        (entry.data_file, committed.get(entry.snapshot_id, 0.0), entry.snapshot_id))
+        for entry in live_data_entries(table, snapshot):
+            by_partition.setdefault(tuple(entry.data_file.partition), []).append(
+                (entry.data_file, committed.get(entry.snapshot_id, 0.0), entry.snapshot_id))
         return by_partition
 
     def _rewrite(self, table: Table, inputs: list[DataFile]) -> bool:
@@ -370,8 +385,8 @@ class TableMaintenance:
         referenced = self._referenced(table)
         cutoff = started - self.orphan_grace_seconds
         for info in listed:
-            if info.path in referenced:
-                continue
+            if info.path in referenced or derived.companion_of(info.path) in referenced:
+                continue  # a derived data file's companion lives as long as it does
             if info.mtime is None or info.mtime.timestamp() >= cutoff:
                 result.orphans_waiting += 1
                 continue
@@ -417,3 +432,60 @@ class TableMaintenance:
         self._manifest_lists = {path: value for path, value in self._manifest_lists.items() if path in lists}
         self._manifests = {path: value for path, value in self._manifests.items() if path in manifests}
         return {self._path(table, uri) for uri in uris}
+
+
+class DerivedPublisher:
+    """One collector's share of the derived table (:mod:`dlrlens.store.iceberg.derived`): its own
+    mirror of the receipts table under ``data_dir`` (the cache a reader on that directory
+    uses), whose derived state each :meth:`run` brings up to date and commits, or adopts from
+    the table when another maintainer committed first."""
+
+    MAX_UPDATES = 100  # update_derived rounds per run (each at most derive.MAX_BATCH_ROWS receipts)
+
+    def __init__(self, catalog_name: str, data_dir: Path):
+        self.catalog_name = catalog_name
+        self.committer = collector_id(data_dir)
+        self.mirror = Mirror(catalog_name, cache_dir(Path(data_dir), catalog_name))
+
+    def run(self) -> dict:
+        """Sync the mirror, absorb every receipt file of it, adopt the table's state if it does
+        not build on it, commit. What was done, as a dict (``refused``: another maintainer
+        committed first; the next run adopts its state)."""
+        started = time.perf_counter()
+        sync = self.mirror.sync()
+        if sync["snapshot"] is None:
+            return {"skipped": "no receipts table"}
+        backlog = self._absorb()
+        if backlog:
+            return {"skipped": "backlog", "backlog_files": backlog}
+        root = self.mirror.root
+        catalog = open_catalog(self.catalog_name)
+        table = derived.derived_table(catalog)
+        committed = derived.committed_state(table) if table is not None else None
+        state = derived.CommitState.load(root)
+        adopted = sync["adopted"]  # a mirror on an empty cache adopts as any reader's does
+        replacing = None
+        if committed is not None and (state is None or not state.builds_on(committed)):
+            try:
+                adopted = self.mirror.adopt(table, committed)
+            except derived.AdoptionError as exc:
+                log.warning("event=derived_state_not_adopted error=%r", str(exc))
+                replacing = committed.snapshot_id  # the commit replaces that state whole
+            else:
+                backlog = self._absorb()
+                if backlog:
+                    return {"adopted": adopted, "skipped": "backlog", "backlog_files": backlog}
+        outcome = derived.commit(catalog, root, self.committer, receipts_snapshot=self.mirror.receipts_snapshot,
+                                 receipts_sequence=self.mirror.receipts_sequence, probe=self.mirror.probe,
+                                 replacing=replacing)
+        return {**asdict(outcome), "adopted": adopted, "receipts_snapshot": self.mirror.receipts_snapshot,
+                "seconds": round(time.perf_counter() - started, 3)}
+
+    def _absorb(self) -> int:
+        """Absorb the mirror's receipt files; how many are left (0 unless there were too many)."""
+        left = 0
+        for _ in range(self.MAX_UPDATES):
+            left = derive.update_derived(self.mirror.root, wait=True).get("backlog_files", 0)
+            if not left:
+                break
+        return left

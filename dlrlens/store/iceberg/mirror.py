@@ -10,10 +10,15 @@ without internet cannot do; pyiceberg's FileIO (pyarrow's S3 client) is already 
   day of ``created``, exactly the local layout). Data files never change in Iceberg (a rewrite
   has a new path), so a cached file is never fetched again; a file the snapshot no longer holds
   is removed from the cache.
-* The derived per-message state is computed locally from the cached receipts
+* The derived per-message state: on an empty cache (or one whose state would have more than
+  :data:`~dlrlens.store.iceberg.derived.ADOPT_MIN_ROWS` receipt rows to absorb that the
+  committed state holds already), the state the collectors' maintenance committed to the
+  derived table is adopted (:func:`dlrlens.store.iceberg.derived.adopt`: downloaded with its
+  companions, a local manifest written from it) instead of rebuilt from every receipt. Then it is kept up to date locally from the cached receipts
   (:func:`dlrlens.store.derive.update_derived` after each sync that added files, or that removed
   files whose rows a compaction output of the table's maintenance now holds: its lineage names
-  them; a rebuild after any other removal). A derived table committed to the catalog is step 2.
+  them; a rebuild after any other removal). When the derived table cannot be read or adopted,
+  the state is computed locally as if it did not exist (a warning is logged).
 * :class:`IcebergStore` is a :class:`~dlrlens.store.reader.Store` over the cache that syncs before
   it looks at the data (at most every ``sync_seconds``). Every figure is computed by the same
   code as for a local data directory, so it is the same on the same receipts.
@@ -36,7 +41,8 @@ from pathlib import Path
 from pyiceberg.exceptions import NoSuchTableError
 
 from dlrlens.store import compaction, derive, files, layout
-from dlrlens.store.iceberg.table import open_catalog, receipts_table
+from dlrlens.store.iceberg import derived
+from dlrlens.store.iceberg.table import live_data_entries, open_catalog, receipts_table
 from dlrlens.store.reader import Store
 
 log = logging.getLogger("dlrlens.store")
@@ -84,18 +90,23 @@ class Mirror:
         self.last_error: str | None = None
         self.last_sync_at: float | None = None
         self._last_attempt: float | None = None  # monotonic
+        self._files: dict[str, tuple[str, int, int]] = {}  # what _planned said at the last sync
+        self._probe: int | None = None
+        self.receipts_snapshot: int | None = None   # the receipts snapshot of the last sync
+        self.receipts_sequence: int | None = None   # ... and its sequence number
 
     def sync(self) -> dict:
         """Make the cache match the table's current snapshot. Returns what was done:
-        ``{"snapshot", "files", "fetched", "removed"}``. Raises when the catalog, the object
-        store or the cache fails (the cache then still holds a consistent earlier state)."""
+        ``{"snapshot", "files", "fetched", "removed", "adopted"}``. Raises when the catalog, the
+        object store or the cache fails (the cache then still holds a consistent earlier state)."""
         with files.locked(self.root / "mirror.lock", wait=True):
             table = self._fresh_table()
             snapshot = table.current_snapshot() if table is not None else None
             snapshot_id = snapshot.snapshot_id if snapshot is not None else None
             if snapshot_id is not None and snapshot_id == self._synced:
-                return {"snapshot": snapshot_id, "files": None, "fetched": 0, "removed": 0}
-            wanted = self._planned(table, snapshot_id) if snapshot_id is not None else {}
+                return {"snapshot": snapshot_id, "files": None, "fetched": 0, "removed": 0, "adopted": None}
+            planned = self._planned(table, snapshot) if snapshot is not None else {}
+            wanted = {relative: uri for relative, (uri, _, _) in planned.items()}
             cached = self._cached()
             fetched = 0
             for relative, source in sorted(wanted.items()):
@@ -105,13 +116,69 @@ class Mirror:
             removed = [relative for relative in cached if relative not in wanted]
             for relative in removed:
                 (self.root / relative).unlink(missing_ok=True)
+            self._files = planned
+            self.receipts_snapshot = snapshot_id
+            self.receipts_sequence = snapshot.sequence_number if snapshot is not None else None
+            adopted = None
             if removed and not self._compacted(removed, wanted):
                 derive.rebuild_derived(self.root)  # rows left the table: the state must forget them
             elif fetched or removed:
+                adopted = self._adopt_if_behind(table)
                 derive.update_derived(self.root, wait=True)
             self._synced = snapshot_id
             self.last_sync_at = time.time()
-            return {"snapshot": snapshot_id, "files": len(wanted), "fetched": fetched, "removed": len(removed)}
+            return {"snapshot": snapshot_id, "files": len(wanted), "fetched": fetched, "removed": len(removed),
+                    "adopted": adopted}
+
+    @property
+    def probe(self) -> int:
+        """This process's :func:`dlrlens.store.derive.hash_probe`."""
+        if self._probe is None:
+            con = derive.connect({"threads": 1})
+            try:
+                self._probe = derive.hash_probe(con)
+            finally:
+                con.close()
+        return self._probe
+
+    def _adopt_if_behind(self, receipts) -> dict | None:
+        """Adopt the committed derived state when the cache has none of its own (or one hashed
+        by another DuckDB), or when it would absorb at least ``ADOPT_MIN_ROWS`` receipt rows the
+        committed state holds already. What :func:`derived.adopt` did, or None. Never raises:
+        the local state is the fallback."""
+        manifest = derive.Manifest.load(self.root)
+        usable = manifest is not None and manifest.hash_probe == self.probe
+        if usable:
+            to_read = set(derive.unabsorbed(self.root, {p: (0, 0) for p in self._files}, manifest.absorbed)[0])
+            if sum(self._files[p][2] for p in to_read if p in self._files) < derived.ADOPT_MIN_ROWS:
+                return None  # the common case: no catalog call beyond the receipts table's
+        if receipts.metadata.format_version < 2:
+            return None  # no sequence numbers: what the committed state absorbed cannot be told
+        try:
+            table = derived.derived_table(open_catalog(self.catalog_name))
+            committed = derived.committed_state(table) if table is not None else None
+            if committed is None or committed.receipts_sequence is None:
+                return None
+            if usable:
+                covered = sum(rows for path, (_, sequence, rows) in self._files.items()
+                              if path in to_read and sequence <= committed.receipts_sequence)
+                if covered < derived.ADOPT_MIN_ROWS:
+                    return None
+            return self._adopt(table, committed)
+        except Exception as exc:  # the local state is always a correct fallback
+            log.warning("event=derived_adoption_failed error=%r",
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+            return None
+
+    def adopt(self, table, committed) -> dict:
+        """:func:`derived.adopt` of ``committed`` (the derived ``table``'s state) into this cache,
+        as of its last :meth:`sync` (a process sharing the cache does not sync meanwhile)."""
+        with files.locked(self.root / "mirror.lock", wait=True):
+            return self._adopt(table, committed)
+
+    def _adopt(self, table, committed) -> dict:
+        sequences = {relative: sequence for relative, (_, sequence, _) in self._files.items()}
+        return derived.adopt(self.root, table, committed, sequences, self.probe)
 
     def _fresh_table(self):
         if self._table is None:
@@ -123,17 +190,22 @@ class Mirror:
             self._table = self._table.refresh()
         return self._table
 
-    def _planned(self, table, snapshot_id: int) -> dict[str, str]:
-        """{cache path relative to the root: data file URI} of the snapshot's data files."""
+    def _planned(self, table, snapshot) -> dict[str, tuple[str, int, int]]:
+        """{cache path relative to the root: (data file URI, data sequence number, rows)} of the
+        snapshot's data files."""
         wanted = {}
-        for task in table.scan(snapshot_id=snapshot_id).plan_files():
-            if task.delete_files:
-                raise MirrorError("the receipts table has row-level deletes, which dlrlens does not read")
-            day = task.file.partition[0]
+        try:
+            entries = live_data_entries(table, snapshot)
+        except ValueError as exc:
+            raise MirrorError(str(exc)) from None
+        for entry in entries:
+            data_file = entry.data_file
+            day = data_file.partition[0]
             if day is None:
-                raise MirrorError(f"a data file of the receipts table has no day partition: {task.file.file_path}")
+                raise MirrorError(f"a data file of the receipts table has no day partition: {data_file.file_path}")
             partition = f"{layout.RECEIPTS_DIR}/{layout.PARTITION_PREFIX}{partition_day(day)}"
-            wanted[f"{partition}/{cached_name(task.file.file_path)}"] = task.file.file_path
+            wanted[f"{partition}/{cached_name(data_file.file_path)}"] = (data_file.file_path, entry.sequence_number,
+                                                                         data_file.record_count)
         return wanted
 
     def _cached(self) -> set[str]:

@@ -43,6 +43,7 @@ from pyiceberg.catalog import PY_CATALOG_IMPL, Catalog, CatalogType, infer_catal
 from pyiceberg.catalog.rest import SIGV4
 from pyiceberg.catalog.rest import RestCatalog as PyIcebergRestCatalog
 from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.manifest import DataFileContent, ManifestEntry
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -256,6 +257,24 @@ def committed_segments(table: Table, slot_key: str, seen: dict[int, str | None] 
         if owner == slot_key:
             found.update(ids)
     return found
+
+
+def live_data_entries(table: Table, snapshot=None) -> list[ManifestEntry]:
+    """The manifest entries of the data files ``snapshot`` (default: the current one) holds,
+    each with the snapshot that added its file and its data sequence number (the commit's
+    place in the table's history: a file with a sequence number at most a snapshot's was in
+    that snapshot, if it is still live). Raises ValueError on row-level delete files, which
+    dlrlens neither writes nor reads."""
+    snapshot = snapshot if snapshot is not None else table.current_snapshot()
+    if snapshot is None:
+        return []
+    entries = []
+    for manifest in snapshot.manifests(table.io):
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            if entry.data_file.content != DataFileContent.DATA:
+                raise ValueError(f"the table {'.'.join(table.name())} has row-level deletes, which dlrlens does not read")
+            entries.append(entry)
+    return entries
 
 
 def arrow_schema_with_field_ids() -> pa.Schema:

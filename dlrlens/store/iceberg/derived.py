@@ -1,0 +1,522 @@
+"""The derived per-message state as an Iceberg table, so that a reader with an empty cache does
+not rebuild it (issue #10, step 2).
+
+The table ``<namespace>.receipts_messages`` (:data:`DERIVED_TABLE`) holds the messages files of
+:mod:`dlrlens.store.derive` as its data files, byte for byte as the derived state wrote them
+(``<table location>/data/<committer>/sent=YYYY-MM-DD/<kind>-<ns>.parquet``). Its schema is
+taken from the files, every column optional, and widened (``union_by_name``) when a newer
+dlrlens writes files with more columns; files carry no field ids, so the table has a name
+mapping (``schema.name-mapping.default``) and any Iceberg reader finds the columns by name.
+Each data file's companions (``derived/<kind>/...`` for each kind of
+:data:`dlrlens.store.derive.COMPANIONS`) are stored beside it, at
+``<table location>/companions/<kind>/<committer>/sent=.../<name>`` (:func:`companion_uri`):
+not Iceberg data (they are pre-aggregates of the data file, each kind with its own columns),
+uploaded before the commit that adds their data file and kept by the orphan-file cleanup as
+long as it (:func:`companion_of`). A reader downloads them rather than computing them:
+measured at 1 M receipts, recomputing them (through ``derive``'s writer, which also rewrites
+the messages file) took 8.3 of a 9.2-s cold open; see the README for the figures. A companion
+kind the writer did not store (an older dlrlens) makes the reader compute that file's
+companions itself, with ``derive``'s writer.
+
+**What a snapshot means.** Every commit's summary records :data:`RECEIPTS_SEQUENCE_KEY`: the
+sequence number of the receipts table's snapshot whose data files the state has absorbed,
+all of them (and :data:`RECEIPTS_SNAPSHOT_KEY`, its id, for people). Iceberg gives each data
+file the sequence number of the commit that added it and never changes it (merging manifests
+keeps it), and the receipts table only ever loses files to compaction, which keeps their rows
+in its output. So the receipt files absorbed are exactly the live files with a sequence number
+at most that one: one number, however many files (a list would add 100 KB a snapshot at 1 M
+receipts). A compaction output committed later is read again by whoever adopts the state:
+the state is duplicate-insensitive (``derive``'s docstring), so the figures do not change.
+Also recorded: the writer's :func:`dlrlens.store.derive.hash_probe` (``id_hash`` is DuckDB's
+``hash``: a reader whose DuckDB hashes differently does not adopt, it rebuilds) and
+:data:`dlrlens.store.derive.FORMAT`.
+
+**Who commits** (:func:`commit`, driven by :class:`dlrlens.store.iceberg.maintain.DerivedPublisher`
+in each collector's maintenance process): a maintainer keeps its own mirror of the receipts
+table with its own derived state, and remembers in ``derived-commit.json`` beside it
+(:class:`CommitState`) which snapshot of this table its state builds on and which of its
+messages files is which data file. Each round it absorbs every receipt file of its mirror, then
+commits one overwrite: the data files its updates replaced go, its new files come, based on that
+snapshot. The table's ``commit.retry.num-retries`` is 0, so when another maintainer committed
+first the catalog refuses the commit (the snapshot it builds on is no longer the table's) and
+pyiceberg does not re-apply it on top of the winner's (which would hold both maintainers'
+rewrites of the same messages): the loser deletes what it uploaded and adopts the winner's
+state, then commits what it absorbed beyond it. No leader, no lock: the catalog's
+compare-and-swap decides. A state that cannot be adopted (written by a DuckDB that hashes
+differently, another derived format, or missing columns this dlrlens stores) is replaced
+whole by the next commit.
+
+**Who adopts** (:func:`adopt`): a reader (:class:`dlrlens.store.iceberg.mirror.Mirror`) with no
+derived state, or with more than :data:`ADOPT_MIN_ROWS` receipt rows to absorb that the
+committed state already holds, and a maintainer that lost a race. It downloads the committed
+messages files it does not hold already, with their companions, and writes a local manifest whose absorbed files are its cached receipt
+files with a sequence number at most the recorded one; :func:`dlrlens.store.derive.update_derived`
+then absorbs the rest as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
+from pyiceberg.io.pyarrow import parquet_file_to_data_file
+from pyiceberg.manifest import DataFile
+from pyiceberg.table import Table, TableProperties
+
+from dlrlens.store import derive, files, layout
+from dlrlens.store.iceberg.table import RECEIPTS_TABLE, live_data_entries, namespace
+
+log = logging.getLogger("dlrlens.store")
+
+DERIVED_TABLE = f"{RECEIPTS_TABLE}_messages"
+RECEIPTS_SEQUENCE_KEY = "dlrlens.receipts-sequence"  # the receipts snapshot's sequence number absorbed
+RECEIPTS_SNAPSHOT_KEY = "dlrlens.receipts-snapshot"  # ... and its id
+HASH_PROBE_KEY = "dlrlens.hash-probe"                # derive.hash_probe of the writer
+FORMAT_KEY = "dlrlens.derived-format"                # derive.FORMAT of the writer
+COMMITTER_KEY = "dlrlens.committer"                  # the collector whose maintenance committed
+STATE_NAME = "derived-commit.json"
+COMPANIONS_DIR = "companions"  # beside data/ under the table's location: each data file's companions
+ADOPT_DIR = "tmp/adopt"  # under the mirror's root: downloads whose companions are computed here
+# Adopting costs a download of every committed file the reader lacks (1.6 s for the 110 files of
+# 1 M receipts); absorbing costs ~15 s per million receipt rows (a rebuild of 1 M took 16 s):
+# a reader with fewer rows than this to absorb absorbs them.
+ADOPT_MIN_ROWS = 1_000_000
+# A file whose companions were not all stored is written again with them: DuckDB with all cores
+# (a reader on an empty cache has nothing else to do), little memory (one messages file at a time).
+ADOPT_SETTINGS = {"memory_limit": "1GB"}
+DERIVED_TABLE_PROPERTIES = {
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": "20",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+    # A refused commit must stay refused (see the module docstring): no retry by pyiceberg.
+    TableProperties.COMMIT_NUM_RETRIES: "0",
+}
+METRICS_PREFIX = "write.metadata.metrics.column."
+COPY_CHUNK = 8 << 20
+# Objects are small (a day's messages file and its companions): an adoption waits on requests
+# more than on bandwidth, so it fetches several files at once.
+FETCH_THREADS = 4
+
+
+class AdoptionError(Exception):
+    """The committed state cannot become this process's (another derived format or hash, or a
+    column this dlrlens stores is missing): the caller keeps or rebuilds its own."""
+
+
+def derived_table(catalog: Catalog) -> Table | None:
+    """The derived table, or None before the first commit made it."""
+    try:
+        return catalog.load_table((namespace(), DERIVED_TABLE))
+    except NoSuchTableError:
+        return None
+
+
+def _table_schema(schema: pa.Schema) -> pa.Schema:
+    """A messages file's schema as the table's: every column optional (a column without nulls in
+    one file may have some in the next), without the file's metadata."""
+    return pa.schema([pa.field(f.name, f.type, nullable=True) for f in schema])
+
+
+def _unstatted(schema: pa.Schema) -> dict[str, str]:
+    """Table properties turning off the column statistics Iceberg cannot hold: an unsigned 64-bit
+    column (``id_hash``) maps to Iceberg's signed ``long``, whose bounds cannot hold its values."""
+    return {METRICS_PREFIX + f.name: "none" for f in schema if pa.types.is_uint64(f.type)}
+
+
+def _create(catalog: Catalog, schema: pa.Schema) -> Table:
+    """Create the table from a messages file's schema; the loser of a race finds the winner's."""
+    identifier = (namespace(), DERIVED_TABLE)
+    try:
+        catalog.create_namespace(identifier[0])
+    except Exception:
+        if not catalog.namespace_exists(identifier[0]):
+            raise
+    try:
+        table = catalog.create_table(identifier, schema=_table_schema(schema),
+                                     properties={**DERIVED_TABLE_PROPERTIES, **_unstatted(schema)})
+    except Exception as exc:
+        found = derived_table(catalog)
+        if found is None:
+            raise exc from None
+        return found
+    with table.transaction() as transaction:  # the files carry no field ids: readers map by name
+        transaction.set_properties({TableProperties.DEFAULT_NAME_MAPPING:
+                                    table.schema().name_mapping.model_dump_json()})
+    return table
+
+
+def _widen(table: Table, schemas: list[pa.Schema]) -> Table:
+    """Add to the table's schema the columns of ``schemas`` it lacks (a newer dlrlens's), as
+    one catalog commit; a race with another maintainer doing the same is refused and raises."""
+    known = set(table.schema().column_names)
+    wanted: dict[str, pa.Field] = {}
+    for schema in schemas:
+        for f in _table_schema(schema):
+            if f.name not in known:
+                wanted.setdefault(f.name, f)
+    if not wanted:
+        return table
+    new = pa.schema(list(wanted.values()))
+    with table.transaction() as transaction:
+        with transaction.update_schema() as update:
+            update.union_by_name(new)
+        if _unstatted(new):
+            transaction.set_properties(_unstatted(new))
+    log.info("event=derived_table_widened columns=%s", ",".join(sorted(wanted)))
+    return table
+
+
+@dataclass
+class Committed:
+    """The derived table's current snapshot, as a reader or maintainer needs it."""
+
+    table_uuid: str
+    snapshot_id: int
+    receipts_sequence: int | None
+    receipts_snapshot: int | None
+    hash_probe: int | None
+    format: int | None
+    files: dict[str, DataFile]  # data file URI -> its DataFile
+    columns: list[str]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.record_count for f in self.files.values())
+
+
+def committed_state(table: Table) -> Committed | None:
+    """The state the derived table holds now (None before its first commit)."""
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return None
+    summary = snapshot.summary.additional_properties if snapshot.summary is not None else {}
+
+    def number(key: str) -> int | None:
+        value = summary.get(key)
+        return int(value) if value not in (None, "") else None
+
+    return Committed(table_uuid=str(table.metadata.table_uuid), snapshot_id=snapshot.snapshot_id,
+                     receipts_sequence=number(RECEIPTS_SEQUENCE_KEY), receipts_snapshot=number(RECEIPTS_SNAPSHOT_KEY),
+                     hash_probe=number(HASH_PROBE_KEY), format=number(FORMAT_KEY),
+                     files={e.data_file.file_path: e.data_file for e in live_data_entries(table, snapshot)},
+                     columns=list(table.schema().column_names))
+
+
+def unadoptable(committed: Committed, probe: int) -> str | None:
+    """Why ``committed`` cannot become the state of a process whose :func:`derive.hash_probe`
+    is ``probe`` (None when it can)."""
+    if committed.receipts_sequence is None:
+        return "it records no receipts snapshot (not written by dlrlens)"
+    if committed.format != derive.FORMAT:
+        return f"derived format {committed.format}, this dlrlens reads {derive.FORMAT}"
+    if committed.hash_probe != probe:
+        return "written by a DuckDB that hashes message ids differently"
+    missing = [c for c in derive.STORED_COLUMNS if c not in committed.columns]
+    if missing:
+        return f"its files lack columns this dlrlens stores: {', '.join(missing)}"
+    return None
+
+
+@dataclass
+class CommitState:
+    """``derived-commit.json`` beside a local derived state adopted from or committed to the
+    table: the table snapshot the local state builds on, the receipts sequence number it holds
+    at least, and which local messages file (path relative to the root) is which data file."""
+
+    table_uuid: str
+    snapshot_id: int
+    receipts_sequence: int
+    files: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def path(root: Path) -> Path:
+        return Path(root) / STATE_NAME
+
+    @classmethod
+    def load(cls, root: Path) -> "CommitState | None":
+        try:
+            raw = json.loads(cls.path(root).read_bytes())
+            return cls(table_uuid=str(raw["table_uuid"]), snapshot_id=int(raw["snapshot_id"]),
+                       receipts_sequence=int(raw["receipts_sequence"]), files=dict(raw["files"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save(self, root: Path) -> None:
+        body = {"table_uuid": self.table_uuid, "snapshot_id": self.snapshot_id,
+                "receipts_sequence": self.receipts_sequence, "files": dict(sorted(self.files.items()))}
+        layout.atomic_write_bytes(self.path(root), json.dumps(body).encode())
+
+    def builds_on(self, committed: Committed | None) -> bool:
+        return committed is not None and (self.table_uuid, self.snapshot_id) == (committed.table_uuid,
+                                                                                 committed.snapshot_id)
+
+
+def _local_name(uri: str) -> tuple[str, str]:
+    """(``sent=YYYY-MM-DD``, ``<kind>-<ns>.parquet``) of a data file of the table."""
+    parts = uri.rsplit("/", 2)
+    if len(parts) != 3 or not parts[1].startswith(derive.SENT_PREFIX) or not parts[2].endswith(".parquet"):
+        raise AdoptionError(f"a data file of the derived table is not named like a messages file: {uri}")
+    return parts[1], parts[2]
+
+
+def companion_uri(data_uri: str, kind: str) -> str:
+    """Where the ``kind`` companion of the data file ``data_uri`` is stored:
+    ``<location>/companions/<kind>/<committer>/sent=.../<name>`` for ``<location>/data/<committer>/sent=.../<name>``."""
+    head, found, rest = data_uri.rpartition("/data/")
+    if not found:
+        raise ValueError(f"not a data file of the derived table: {data_uri}")
+    return f"{head}/{COMPANIONS_DIR}/{kind}/{rest}"
+
+
+def companion_of(path: str) -> str | None:
+    """The data file whose companion ``path`` (as :func:`companion_uri` names them, with or
+    without a scheme) is, or None for another file: the orphan-file cleanup keeps a companion
+    exactly as long as its data file, whatever its kind (a newer dlrlens may store more)."""
+    head, found, tail = path.rpartition(f"/{COMPANIONS_DIR}/")
+    kind, slash, rest = tail.partition("/")
+    return f"{head}/data/{rest}" if found and slash and kind else None
+
+
+class _MissingCompanion(Exception):
+    """A committed messages file without one of the companions this dlrlens writes (its writer
+    knew fewer kinds): the reader writes them itself."""
+
+
+def _download(table: Table, uri: str, target: Path) -> None:
+    try:
+        remote = table.io.new_input(uri).open()
+    except FileNotFoundError:
+        raise _MissingCompanion(uri) from None
+    with remote, open(target, "wb") as local:
+        shutil.copyfileobj(remote, local, COPY_CHUNK)
+
+
+def _fetch_as_committed(root: Path, table: Table, uri: str, relative: str) -> derive.DerivedFile:
+    """Download the data file ``uri`` and its stored companions to ``relative`` (a messages
+    path under ``root``) and theirs, published as :mod:`dlrlens.store.derive` publishes (the
+    companions first, the messages file last). Raises :class:`_MissingCompanion` (nothing
+    published) when a companion is not stored."""
+    with contextlib.ExitStack() as stack:
+        messages = stack.enter_context(files.publishing(root / relative))  # published last
+        _download(table, uri, messages.temp)
+        metadata = pq.read_metadata(messages.temp)
+        missing = [c for c in derive.STORED_COLUMNS if c not in metadata.schema.names]
+        if missing:
+            raise AdoptionError(f"the committed file {uri} lacks columns {', '.join(missing)}")
+        for kind in derive.COMPANIONS:
+            companion = stack.enter_context(files.publishing(root / derive.companion_path(relative, kind)))
+            _download(table, companion_uri(uri, kind), companion.temp)
+        sent = metadata.schema.to_arrow_schema().get_field_index("sent_at")
+        stats = [metadata.row_group(i).column(sent).statistics for i in range(metadata.num_row_groups)]
+    return derive.DerivedFile(path=relative, rows=metadata.num_rows,
+                              sent_min_us=min(derive._micros(s.min) for s in stats),
+                              sent_max_us=max(derive._micros(s.max) for s in stats))
+
+
+def _fetch_all(root: Path, table: Table, uris: list[str]) -> dict[str, derive.DerivedFile]:
+    """:func:`_fetch_as_committed` of each of ``uris`` under its own name, :data:`FETCH_THREADS`
+    at a time; those that cannot be (a companion not stored, the name taken here) are left out."""
+    def fetch(uri: str) -> derive.DerivedFile | None:
+        sent, name = _local_name(uri)
+        relative = f"{derive.MESSAGES_DIR}/{sent}/{name}"
+        if any((root / path).exists() for path in derive._all_paths(relative)):
+            return None
+        try:
+            return _fetch_as_committed(root, table, uri, relative)
+        except _MissingCompanion:
+            return None
+
+    with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="dlrlens-adopt") as pool:
+        found = dict(zip(uris, pool.map(fetch, uris)))
+    return {uri: written for uri, written in found.items() if written is not None}
+
+
+def _rewritten(root: Path, table: Table, con, uri: str, scratch: Path) -> derive.DerivedFile | None:
+    """Download the data file ``uri`` and write it again through :mod:`dlrlens.store.derive`'s
+    writer, which computes every companion this dlrlens knows (a new name)."""
+    sent, name = _local_name(uri)
+    local = scratch / name
+    _download(table, uri, local)
+    missing = [c for c in derive.STORED_COLUMNS if c not in pq.read_schema(local).names]
+    if missing:
+        raise AdoptionError(f"the committed file {uri} lacks columns {', '.join(missing)}")
+    shape = derive.DerivedFile(path=f"{derive.MESSAGES_DIR}/{sent}/{name}", rows=0, sent_min_us=0, sent_max_us=0)
+    try:
+        return derive._write_derived(con, root, f"{derive.SENT_PREFIX}{shape.day}/{shape.kind}",
+                                     f"SELECT * FROM read_parquet('{local}')")
+    finally:
+        local.unlink()
+
+
+def adopt(root: Path, table: Table, committed: Committed, receipt_sequences: dict[str, int], probe: int) -> dict:
+    """Make ``committed`` the derived state under ``root`` (a mirror's cache: see the module
+    docstring). ``receipt_sequences``: {cached receipt file (relative path): its data sequence
+    number} of every receipt file under ``root``. Raises :class:`AdoptionError` (nothing
+    changed) when the state cannot be adopted."""
+    reason = unadoptable(committed, probe)
+    if reason is not None:
+        raise AdoptionError(f"the committed derived state cannot be adopted: {reason}")
+    started = time.perf_counter()
+    root = Path(root)
+    scratch = root / ADOPT_DIR
+    with files.locked(root / derive.LOCK_NAME, wait=True):
+        old = derive.Manifest.load(root)
+        state = CommitState.load(root)
+        in_force = {f.path: f for f in old.files} if old is not None else {}
+        reusable = ({uri: in_force[path] for path, uri in state.files.items() if path in in_force}
+                    if state is not None and state.table_uuid == committed.table_uuid else {})
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        con = None
+        adopted: dict[str, str] = {}
+        kept: list[derive.DerivedFile] = []
+        downloaded = rewritten = 0
+        try:
+            for uri in committed.files:
+                if uri in reusable:
+                    kept.append(reusable[uri])
+                    adopted[reusable[uri].path] = uri
+            wanted = sorted(uri for uri in committed.files if uri not in reusable)
+            fetched = _fetch_all(root, table, wanted)
+            for uri in wanted:
+                written = fetched.get(uri)
+                if written is None:  # a companion kind its writer did not store (or a name taken here)
+                    con = con or derive.connect(ADOPT_SETTINGS, scratch / "duckdb")
+                    written = _rewritten(root, table, con, uri, scratch)
+                    rewritten += 1
+                downloaded += 1
+                if written is not None:
+                    kept.append(written)
+                    adopted[written.path] = uri
+        finally:
+            if con is not None:
+                con.close()
+            shutil.rmtree(scratch, ignore_errors=True)
+        now = time.time()
+        manifest = derive.Manifest(version=(old.version + 1) if old is not None else 1, files=kept,
+                                   absorbed={path for path, sequence in receipt_sequences.items()
+                                             if sequence <= committed.receipts_sequence},
+                                   retired=dict(old.retired) if old is not None else {}, hash_probe=probe)
+        for f in in_force.values():
+            if f.path not in adopted:
+                manifest.retired.setdefault(f.path, now)
+        manifest.save(root)
+        CommitState(committed.table_uuid, committed.snapshot_id, committed.receipts_sequence, adopted).save(root)
+    seconds = round(time.perf_counter() - started, 3)
+    log.info("event=derived_state_adopted snapshot=%d files=%d downloaded=%d rewritten=%d absorbed=%d seconds=%.2f",
+             committed.snapshot_id, len(kept), downloaded, rewritten, len(manifest.absorbed), seconds)
+    return {"adopted": committed.snapshot_id, "files": len(kept), "downloaded": downloaded, "rewritten": rewritten,
+            "absorbed_files": len(manifest.absorbed), "seconds": seconds}
+
+
+@dataclass
+class CommitResult:
+    """What one :func:`commit` did."""
+
+    committed: int | None = None   # the new snapshot's id
+    added: int = 0
+    removed: int = 0
+    refused: bool = False          # another maintainer committed first: adopt its state next
+    replaced_whole: bool = False   # the table's state could not be built on (see unadoptable)
+    unchanged: bool = False
+
+
+def _upload(table: Table, source: Path, uri: str) -> None:
+    with open(source, "rb") as local, table.io.new_output(uri).create(overwrite=True) as remote:
+        shutil.copyfileobj(local, remote, COPY_CHUNK)
+
+
+def commit(catalog: Catalog, root: Path, committer: str, *, receipts_snapshot: int, receipts_sequence: int,
+           probe: int, replacing: int | None = None) -> CommitResult:
+    """Commit the derived state under ``root`` (every receipt file of the mirror absorbed, the
+    mirror at ``receipts_snapshot``) as one overwrite of the derived table, based on the snapshot
+    its :class:`CommitState` builds on (none: the table has no state yet): refused when that is
+    not the table's current snapshot, by this function or, when another commit lands meanwhile,
+    by the catalog. ``replacing``: the id of a snapshot whose state could not be adopted
+    (:func:`unadoptable`), which the commit replaces whole (refused likewise when the table
+    moved on from it). Creates the table at the first commit."""
+    root = Path(root)
+    result = CommitResult()
+    with files.locked(root / derive.LOCK_NAME, wait=True):  # the manifest stays put while it is uploaded
+        manifest = derive.Manifest.load(root)
+        if manifest is None:
+            raise RuntimeError(f"no derived state to commit under {root}")
+        table = derived_table(catalog)
+        committed = committed_state(table) if table is not None else None
+        current = committed.snapshot_id if committed is not None else None
+        state = CommitState.load(root)
+        if state is not None and (committed is None or state.table_uuid != committed.table_uuid):
+            state = None  # a state of a table dropped since
+        base = replacing if replacing is not None else state.snapshot_id if state is not None else None
+        if base != current:
+            log.info("event=derived_commit_refused reason=%r", "another maintainer committed first")
+            result.refused = True
+            return result
+        local = {f.path: f for f in manifest.files}
+        existing = committed.files if committed is not None else {}
+        kept = ({path: uri for path, uri in state.files.items() if path in local and uri in existing}
+                if state is not None and replacing is None else {})
+        removed = [existing[uri] for uri in sorted(set(existing) - set(kept.values()))]
+        added = sorted(path for path in local if path not in kept)
+        result.replaced_whole = replacing is not None
+        builds_on = state is not None and replacing is None
+        if not removed and not added:
+            result.unchanged = True
+            return result
+        sequence = max(receipts_sequence, state.receipts_sequence if builds_on else receipts_sequence)
+        schemas = [pq.read_schema(root / path) for path in added]
+        if table is None:
+            table = _create(catalog, schemas[0])
+            if table.current_snapshot() is not None:  # another maintainer created it and committed first
+                result.refused = True
+                return result
+        uploads: dict[str, str] = {}   # local messages path -> its data file
+        uploaded: list[str] = []       # every object written, companions included
+        location = table.metadata.location.rstrip("/")
+        try:
+            table = _widen(table, schemas)
+            for path in added:
+                uri = f"{location}/data/{committer}/{path[len(derive.MESSAGES_DIR) + 1:]}"
+                if uri in existing:  # never overwrite (nor, refused, delete) an object the table holds
+                    uri = f"{location}/data/{committer}/{uuid.uuid4().hex[:8]}/{path[len(derive.MESSAGES_DIR) + 1:]}"
+                # The companions first: a data file is never without them once committed.
+                for kind in derive.COMPANIONS:
+                    _upload(table, root / derive.companion_path(path, kind), companion_uri(uri, kind))
+                    uploaded.append(companion_uri(uri, kind))
+                _upload(table, root / path, uri)
+                uploaded.append(uri)
+                uploads[path] = uri
+            data_files = [parquet_file_to_data_file(table.io, table.metadata, uri) for uri in uploads.values()]
+            summary = {RECEIPTS_SEQUENCE_KEY: str(sequence), RECEIPTS_SNAPSHOT_KEY: str(receipts_snapshot),
+                       HASH_PROBE_KEY: str(probe), FORMAT_KEY: str(derive.FORMAT), COMMITTER_KEY: committer}
+            with table.transaction() as transaction:
+                with transaction.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
+                    for data_file in removed:
+                        overwrite.delete_data_file(data_file)
+                    for data_file in data_files:
+                        overwrite.append_data_file(data_file)
+        except (CommitFailedException, ValidationException) as exc:
+            # Certainly not committed (pyiceberg says so of these two): what was uploaded is no one's.
+            log.info("event=derived_commit_refused error=%r", str(exc).splitlines()[0][:200])
+            for uri in uploaded:
+                table.io.delete(uri)
+            result.refused = True
+            return result
+        snapshot = table.current_snapshot()
+        CommitState(str(table.metadata.table_uuid), snapshot.snapshot_id, sequence, {**kept, **uploads}).save(root)
+    result.committed, result.added, result.removed = snapshot.snapshot_id, len(added), len(removed)
+    log.info("event=derived_state_committed snapshot=%d added=%d removed=%d receipts_sequence=%d replaced_whole=%s",
+             snapshot.snapshot_id, len(added), len(removed), sequence, result.replaced_whole)
+    return result
