@@ -157,8 +157,10 @@ NO_REPLIES = f"[]::{REPLY_ITEM}[]"
 DELIVERED_AT_SQL = "CASE WHEN outcome = 'delivered' THEN coalesce(first_delivered_at, final_created) END"
 
 
-def receipt_units_sql(source: str) -> str:
-    """Units from stored receipt rows of ``source`` (a table, view or ``read_parquet(...)``)."""
+def receipt_units_sql(source: str, events: bool = True) -> str:
+    """Units from stored receipt rows of ``source`` (a table, view or ``read_parquet(...)``);
+    without the event lists when not ``events`` (receipts only, e.g. for other engines:
+    :mod:`dashboard.engine_sql`)."""
     return f"""
         SELECT delivery_message_id,
                {{'c': created, 'r': received_at}} AS first_key,
@@ -172,8 +174,8 @@ def receipt_units_sql(source: str) -> str:
                {{'c': created, 'r': received_at, 's': status}} AS latest_key,
                CASE WHEN category = 'delivered' THEN created END AS first_delivered,
                CASE WHEN category = 'pending' THEN created END AS max_pending,
-               [coalesce(labels, '{{}}')] AS label_sets,
-               {NO_CLICKS} AS click_list, {NO_REPLIES} AS reply_list
+               [coalesce(labels, '{{}}')] AS label_sets
+               {f", {NO_CLICKS} AS click_list, {NO_REPLIES} AS reply_list" if events else ""}
         FROM {source}
     """
 
@@ -238,8 +240,15 @@ def state_units_sql(source: str) -> str:
     """
 
 
-def combine_sql(units: str) -> str:
-    """Merge the units of ``units`` (a query) into one unit per message."""
+_COMBINE_EVENTS = """, list_sort(list_distinct(flatten(list(click_list)))) AS click_list,
+               list_sort(list_distinct(flatten(list(reply_list)))) AS reply_list"""
+_FINISH_EVENTS = """, CASE WHEN len(click_list) > 0 THEN click_list END AS click_list,
+               CASE WHEN len(reply_list) > 0 THEN reply_list END AS reply_list"""
+
+
+def combine_sql(units: str, events: bool = True) -> str:
+    """Merge the units of ``units`` (a query) into one unit per message (``events``: as
+    :func:`receipt_units_sql`)."""
     grouped = f"""
         SELECT delivery_message_id,
                min(first_key) AS first_key,
@@ -250,11 +259,12 @@ def combine_sql(units: str) -> str:
                max(latest_key) AS latest_key,
                min(first_delivered) AS first_delivered,
                max(max_pending) AS max_pending,
-               list_sort(list_distinct(flatten(list(label_sets)))) AS label_sets,
-               list_sort(list_distinct(flatten(list(click_list)))) AS click_list,
-               list_sort(list_distinct(flatten(list(reply_list)))) AS reply_list
+               list_sort(list_distinct(flatten(list(label_sets)))) AS label_sets
+               {_COMBINE_EVENTS if events else ""}
         FROM ({units}) GROUP BY delivery_message_id
     """
+    if not events:
+        return grouped
     # Of each reply only its first received copy is kept (the list is sorted by reply_id, then
     # received_at): still mergeable, a later copy never replaces it.
     return f"""
@@ -270,8 +280,9 @@ def _label_key(name: str, key: str) -> str:
             f"CASE WHEN {differs} THEN {key}.r END AS {name}_received")
 
 
-def finish_sql(units: str, extra: str = "") -> str:
-    """Stored derived rows (:data:`STORED_COLUMNS`, then ``extra`` expressions) from combined units."""
+def finish_sql(units: str, extra: str = "", events: bool = True) -> str:
+    """Stored derived rows (:data:`STORED_COLUMNS`, then ``extra`` expressions) from combined
+    units (``events``: as :func:`receipt_units_sql`; without, no event lists)."""
     return f"""
         SELECT hash(delivery_message_id) AS id_hash,
                delivery_message_id,
@@ -299,17 +310,16 @@ def finish_sql(units: str, extra: str = "") -> str:
                CASE WHEN final_key IS NULL THEN latest_key.c END AS latest_created,
                CASE WHEN final_key IS NULL THEN latest_key.r END AS latest_received,
                CASE WHEN final_key IS NULL THEN latest_key.s END AS latest_status,
-               CASE WHEN max_pending <= final_key.c THEN NULL ELSE max_pending END AS max_pending_created,
-               CASE WHEN len(click_list) > 0 THEN click_list END AS click_list,
-               CASE WHEN len(reply_list) > 0 THEN reply_list END AS reply_list
+               CASE WHEN max_pending <= final_key.c THEN NULL ELSE max_pending END AS max_pending_created
+               {_FINISH_EVENTS if events else ""}
                {extra}
         FROM ({units})
     """
 
 
-def merge_sql(*unit_queries: str, extra: str = "") -> str:
+def merge_sql(*unit_queries: str, extra: str = "", events: bool = True) -> str:
     """Stored derived rows merging every message's units from all ``unit_queries``."""
-    return finish_sql(combine_sql(" UNION ALL ".join(f"({q})" for q in unit_queries)), extra)
+    return finish_sql(combine_sql(" UNION ALL ".join(f"({q})" for q in unit_queries), events), extra, events)
 
 
 def messages_view_sql(source: str) -> str:

@@ -29,7 +29,8 @@ receipts). A compaction output committed later is read again by whoever adopts t
 the state is duplicate-insensitive (``derive``'s docstring), so the figures do not change.
 Also recorded: the writer's :func:`dlrlens.store.derive.hash_probe` (``id_hash`` is DuckDB's
 ``hash``: a reader whose DuckDB hashes differently does not adopt, it rebuilds) and
-:data:`dlrlens.store.derive.FORMAT`.
+:data:`dlrlens.store.derive.FORMAT` and the opt-out keywords replies were matched with (a
+reader with other keywords rebuilds).
 
 **Who commits** (:func:`commit`, driven by :class:`dlrlens.store.iceberg.maintain.DerivedPublisher`
 in each collector's maintenance process): a maintainer keeps its own mirror of the receipts
@@ -74,7 +75,7 @@ from pyiceberg.io.pyarrow import parquet_file_to_data_file
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table, TableProperties
 
-from dlrlens.store import derive, files, layout
+from dlrlens.store import derive, events, files, layout
 from dlrlens.store.iceberg.table import RECEIPTS_TABLE, live_data_entries, namespace
 
 log = logging.getLogger("dlrlens.store")
@@ -84,6 +85,7 @@ RECEIPTS_SEQUENCE_KEY = "dlrlens.receipts-sequence"  # the receipts snapshot's s
 RECEIPTS_SNAPSHOT_KEY = "dlrlens.receipts-snapshot"  # ... and its id
 HASH_PROBE_KEY = "dlrlens.hash-probe"                # derive.hash_probe of the writer
 FORMAT_KEY = "dlrlens.derived-format"                # derive.FORMAT of the writer
+KEYWORDS_KEY = "dlrlens.opt-out-keywords"            # the opt-out keywords its replies were matched with
 COMMITTER_KEY = "dlrlens.committer"                  # the collector whose maintenance committed
 STATE_NAME = "derived-commit.json"
 COMPANIONS_DIR = "companions"  # beside data/ under the table's location: each data file's companions
@@ -188,6 +190,7 @@ class Committed:
     receipts_snapshot: int | None
     hash_probe: int | None
     format: int | None
+    opt_out_keywords: tuple[str, ...]
     files: dict[str, DataFile]  # data file URI -> its DataFile
     columns: list[str]
 
@@ -210,6 +213,7 @@ def committed_state(table: Table) -> Committed | None:
     return Committed(table_uuid=str(table.metadata.table_uuid), snapshot_id=snapshot.snapshot_id,
                      receipts_sequence=number(RECEIPTS_SEQUENCE_KEY), receipts_snapshot=number(RECEIPTS_SNAPSHOT_KEY),
                      hash_probe=number(HASH_PROBE_KEY), format=number(FORMAT_KEY),
+                     opt_out_keywords=tuple(k for k in summary.get(KEYWORDS_KEY, "").split(",") if k),
                      files={e.data_file.file_path: e.data_file for e in live_data_entries(table, snapshot)},
                      columns=list(table.schema().column_names))
 
@@ -223,6 +227,8 @@ def unadoptable(committed: Committed, probe: int) -> str | None:
         return f"derived format {committed.format}, this dlrlens reads {derive.FORMAT}"
     if committed.hash_probe != probe:
         return "written by a DuckDB that hashes message ids differently"
+    if committed.opt_out_keywords != events.opt_out_keywords():
+        return "its replies were matched with other opt-out keywords (DLRLENS_OPT_OUT_KEYWORDS)"
     missing = [c for c in derive.STORED_COLUMNS if c not in committed.columns]
     if missing:
         return f"its files lack columns this dlrlens stores: {', '.join(missing)}"
@@ -312,7 +318,8 @@ def _fetch_as_committed(root: Path, table: Table, uri: str, relative: str) -> de
         messages = stack.enter_context(files.publishing(root / relative))  # published last
         _download(table, uri, messages.temp)
         metadata = pq.read_metadata(messages.temp)
-        missing = [c for c in derive.STORED_COLUMNS if c not in metadata.schema.names]
+        # The Arrow schema's names: the Parquet schema's are leaf columns (a list's are its fields').
+        missing = [c for c in derive.STORED_COLUMNS if c not in metadata.schema.to_arrow_schema().names]
         if missing:
             raise AdoptionError(f"the committed file {uri} lacks columns {', '.join(missing)}")
         for kind in derive.COMPANIONS:
@@ -408,7 +415,8 @@ def adopt(root: Path, table: Table, committed: Committed, receipt_sequences: dic
         manifest = derive.Manifest(version=(old.version + 1) if old is not None else 1, files=kept,
                                    absorbed={path for path, sequence in receipt_sequences.items()
                                              if sequence <= committed.receipts_sequence},
-                                   retired=dict(old.retired) if old is not None else {}, hash_probe=probe)
+                                   retired=dict(old.retired) if old is not None else {}, hash_probe=probe,
+                                   opt_out_keywords=committed.opt_out_keywords)
         for f in in_force.values():
             if f.path not in adopted:
                 manifest.retired.setdefault(f.path, now)
@@ -500,7 +508,8 @@ def commit(catalog: Catalog, root: Path, committer: str, *, receipts_snapshot: i
                 uploads[path] = uri
             data_files = [parquet_file_to_data_file(table.io, table.metadata, uri) for uri in uploads.values()]
             summary = {RECEIPTS_SEQUENCE_KEY: str(sequence), RECEIPTS_SNAPSHOT_KEY: str(receipts_snapshot),
-                       HASH_PROBE_KEY: str(probe), FORMAT_KEY: str(derive.FORMAT), COMMITTER_KEY: committer}
+                       HASH_PROBE_KEY: str(probe), FORMAT_KEY: str(derive.FORMAT), COMMITTER_KEY: committer,
+                       KEYWORDS_KEY: ",".join(manifest.opt_out_keywords)}
             with table.transaction() as transaction:
                 with transaction.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
                     for data_file in removed:
