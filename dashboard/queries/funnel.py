@@ -52,7 +52,10 @@ def _linked(store: Store, table: str) -> str:
 
 def _filtered_events(store: Store, f: Filters, table: str, params: dict) -> str:
     """SQL of the linked events of ``table`` (clicks, replies) whose message matches ``f``."""
-    source = f"(SELECT * FROM {_linked(store, table)} WHERE sent_at IS NOT NULL)"
+    # Linked (so with its message's columns). Not "sent_at IS NOT NULL": that reads a timestamp
+    # per click, where the stored events' constant linked_by costs nothing (0.22 -> 0.10 s of a
+    # scan of 5 M clicks).
+    source = f"(SELECT * FROM {_linked(store, table)} WHERE linked_by IS NOT NULL)"
     return filtered_messages_sql(f, params, source, store.label_condition(f))
 
 
@@ -73,7 +76,8 @@ def _funnel_sql(store: Store, f: Filters) -> tuple[str, dict]:
             SELECT grouping(campaign) = 1 AS total, campaign AS grp, count(*) FILTER (WHERE {first}) AS clicked,
                    count(*) AS clicks,
                    -- both quantiles in one pass over the values
-                   quantile_cont(first_click_delay_us / 1e6, [0.50, 0.95]) AS click_delays
+                   -- (on the stored microseconds: a division per value first cost 0.1 s at 5 M clicks)
+                   quantile_cont(first_click_delay_us, [0.50, 0.95]) AS click_delays
             FROM ({clicks}) {levels}),
         per_replier AS (SELECT campaign, replier, bool_or(opt_out) AS opt_out FROM ({replies}) GROUP BY ALL),
         by_reply AS (SELECT grouping(campaign) = 1 AS total, campaign AS grp, count(*) AS replied,
@@ -82,7 +86,7 @@ def _funnel_sql(store: Store, f: Filters) -> tuple[str, dict]:
         SELECT c.total, c.grp, c.messages, c.delivered, coalesce(k.clicked, 0) AS clicked,
                coalesce(k.clicks, 0) AS clicks, coalesce(r.replied, 0) AS replied,
                coalesce(r.opted_out, 0) AS opted_out,
-               k.click_delays[1] AS click_delay_p50_s, k.click_delays[2] AS click_delay_p95_s
+               k.click_delays[1] / 1e6 AS click_delay_p50_s, k.click_delays[2] / 1e6 AS click_delay_p95_s
         FROM counts c LEFT JOIN by_click k ON k.total = c.total AND k.grp IS NOT DISTINCT FROM c.grp
                       LEFT JOIN by_reply r ON r.total = c.total AND r.grp IS NOT DISTINCT FROM c.grp
     """
