@@ -261,6 +261,7 @@ def test_expiry_keeps_what_migrate_and_step_1_slots_still_need(lake, tmp_path):
     # The old collector, upgraded, starts: the summary still says its segment is in; then it commits anew.
     afterwards = rows("afterwards", 3)
     storage = collector(old)
+    assert storage.wait_caught_up(60)  # the replay is the flusher's first pass, after the start
     assert storage.publish.counts["already_committed"] == 1 and not segment.exists()
     storage.store(afterwards)
     storage.close()
