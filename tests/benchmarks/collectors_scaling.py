@@ -2,6 +2,7 @@
 
     python3 -m tests.benchmarks.collectors_scaling [--counts 1,2,3] [--seconds 15] [--rounds 1]
                                                    [--connections 32] [--workers 2] [--flush-seconds 2]
+                                                   [--cpu-per-collector CORES]
 
 Each round starts ``N`` real collectors (``dlrlens collector --store iceberg:lake``, each with its
 own fresh ``--data`` and ``--workers`` gunicorn workers; tests/support/load_balanced.Fleet) writing
@@ -13,12 +14,33 @@ table of its own (its own namespace), so the snapshots of earlier rounds do not 
 The counts run in the given order, then (with ``--rounds 2``) in reverse, and so on; the medians
 per count are compared with one collector's, all in the same run.
 
+Each round waits until the collectors' start-up is done (their CPU use falls under a tenth of
+their budgets, or of a core each: :func:`settle`) before the warm-up.
+
 Reported per count: receipts/s, latency, the collectors' CPU per receipt (every process of every
-collector: workers, masters and their maintenance processes, commits included), haproxy's CPU per
-receipt, and how many cores the machine was busy. On a machine with few cores the collectors,
-haproxy, the object store and wrk share the same cores: once they are all busy, another collector
-process adds no CPU to share, so the rate cannot grow with the count (the report says how busy the
-machine was). Linear scaling needs a core per collector, as on separate machines.
+collector and all their descendants: master, workers, the alerts process and the maintenance
+process, which runs in a session of its own; commits included), haproxy's CPU per receipt, and
+how many cores the machine was busy. On a machine with few cores the collectors, haproxy, the
+object store and wrk share the same cores: once they are all busy, another collector process adds
+no CPU to share, so the rate cannot grow with the count (the report says how busy the machine
+was). Linear scaling needs CPU of its own per collector, as on separate machines.
+
+``--cpu-per-collector CORES`` gives each collector that: a small machine of its own, on loopback
+(tests/support/cpu_budget.py; needs root and cgroups: v1's ``cpu`` controller, or v2's
+``cpu.max``; without them the run stops with exit status 2 and says what is missing). Collector
+``n`` is started through a launcher that puts itself into cgroup ``n`` (quota CORES x 100 ms per
+100 ms period) before it becomes the collector, so every process the collector starts inherits
+the budget; the benchmark's own process, and so wrk, haproxy and weed, runs in one more cgroup
+with the same high weight and no quota, so that a neighbour's load starves neither; every cgroup
+is removed afterwards, on error too. Two more columns then: ``budget`` (the collectors' CPU as a
+share of their budgets: 1.00 means each collector used all of its CPU) and ``thr %`` (periods in
+which a collector used its whole quota and waited). Pick the cap so that every collector's budget
+plus the rest (wrk, haproxy, weed: about 0.3 cores at 800 receipts/s) fits in the cores with room
+for the neighbours: 0.25 on 2 cores (3 x 0.25 + 0.3 ~ 1.05 cores). Give it enough connections
+(``--connections 96``): a capped collector runs in bursts (at 0.25 it waits 75 ms of every 100),
+so each request takes longer, and with 32 connections the client, not the collectors, set the
+rate at 2 and 3 collectors (Little's law; measured at 0.3 cores: 1.33x / 1.83x at 2 / 3
+collectors with 32 connections, 84-89 % of periods throttled, against 1.86x / 2.36x with 96).
 
 After each round the collectors are stopped (each flushes its log into the table) and the table
 is read back: it must hold at least as many distinct receipts as the 200 answers counted (warm-up
@@ -51,10 +73,14 @@ from tests.support.load_balanced import CATALOG, Fleet
 from tests.support.seaweed import object_store
 
 
-def tree_cpu_seconds(roots: list[int]) -> float:
-    """User + system CPU seconds of the live processes ``roots`` and all their descendants: a
-    collector's master, workers, alerts process and its maintenance process (which runs in a
-    session of its own, so its process group is not the collector's)."""
+MAINTENANCE_MODULE = b"dlrlens.store.maintenance"
+
+
+def tree_cpu_seconds(roots: list[int]) -> tuple[float, float]:
+    """User + system CPU seconds of the live processes ``roots`` and all their descendants (a
+    collector's master, workers, alerts process and its maintenance process, which runs in a
+    session of its own, so its process group is not the collector's), and of the maintenance
+    processes among them."""
     parents, cpu = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -73,15 +99,25 @@ def tree_cpu_seconds(roots: list[int]) -> float:
             if parent in inside and pid not in inside:
                 inside.add(pid)
                 grew = True
-    return sum(cpu.get(pid, 0) for pid in inside) / CLK_TCK
+    maintenance = [pid for pid in inside if MAINTENANCE_MODULE in _command_line(pid)]
+    return (sum(cpu.get(pid, 0) for pid in inside) / CLK_TCK, sum(cpu.get(pid, 0) for pid in maintenance) / CLK_TCK)
+
+
+def _command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @dataclass
 class CpuSample:
-    """CPU seconds so far: the collectors' processes, haproxy's, the object store's, this client's
-    (wrk included once it exited), and the whole machine's busy time."""
+    """CPU seconds so far: the collectors' processes (and their maintenance processes' share),
+    haproxy's, the object store's, this client's (wrk included once it exited), and the whole
+    machine's busy time."""
 
     collectors: float
+    maintenance: float
     balancer: float
     store: float
     client: float
@@ -89,12 +125,12 @@ class CpuSample:
 
     @classmethod
     def take(cls, collector_pids: list[int], balancer_group: int, store_group: int) -> "CpuSample":
-        return cls(tree_cpu_seconds(collector_pids), group_cpu_seconds(balancer_group),
+        return cls(*tree_cpu_seconds(collector_pids), group_cpu_seconds(balancer_group),
                    group_cpu_seconds(store_group), client_cpu_seconds(), machine_busy_seconds())
 
     def __sub__(self, earlier: "CpuSample") -> "CpuSample":
         return CpuSample(*(getattr(self, name) - getattr(earlier, name)
-                           for name in ("collectors", "balancer", "store", "client", "machine")))
+                           for name in ("collectors", "maintenance", "balancer", "store", "client", "machine")))
 
 
 @dataclass
@@ -140,10 +176,10 @@ def settle(collector_pids: list[int], quiet_cores: float, timeout: float = 60) -
     maintenance and alerts processes' start-up are done: under a CPU budget they take many
     seconds, which the warm-up alone would not cover); the seconds waited."""
     started = time.monotonic()
-    used = tree_cpu_seconds(collector_pids)
+    used = tree_cpu_seconds(collector_pids)[0]
     while time.monotonic() - started < timeout:
         time.sleep(1)
-        now = tree_cpu_seconds(collector_pids)
+        now = tree_cpu_seconds(collector_pids)[0]
         if now - used < quiet_cores:
             break
         used = now
@@ -203,16 +239,17 @@ def print_report(rounds: list[ScalingRound], args: argparse.Namespace, client: s
     if capped:
         print(f"each collector (every process it starts) held to {args.cpu_per_collector:g} cores by a cgroup of its own")
     header = (f"{'collectors':>10} {'round':>6} {'receipts/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'non-200':>7} "
-              f"{'sockerr':>7} {'coll ms/r':>9} {'lb ms/r':>7} {'s3 ms/r':>7} {'busy':>5} {'others':>6} "
+              f"{'sockerr':>7} {'coll ms/r':>9} {'maint':>5} {'lb ms/r':>7} {'s3 ms/r':>7} {'busy':>5} {'others':>6} "
               + (f"{'budget':>6} {'thr %':>5} " if capped else "") + f"{'commits':>7} {'split':>14}")
     print(header)
     print("-" * len(header))
     for r in rounds:
         print(f"{r.collectors:>10} {r.number:>6} {r.load.rate:>10.0f} {r.load.p50_ms:>7.1f} {r.load.p99_ms:>7.1f} "
               f"{r.load.not_ok:>7} {r.load.socket_errors:>7} {r.per_receipt_ms(r.cpu.collectors):>9.2f} "
-              f"{r.per_receipt_ms(r.cpu.balancer):>7.2f} {r.per_receipt_ms(r.cpu.store):>7.2f} {r.busy_cores:>5.2f} {r.other_cores:>6.2f} "
+              f"{r.per_receipt_ms(r.cpu.maintenance):>5.2f} {r.per_receipt_ms(r.cpu.balancer):>7.2f} {r.per_receipt_ms(r.cpu.store):>7.2f} {r.busy_cores:>5.2f} {r.other_cores:>6.2f} "
               + (f"{r.budget_used:>6.2f} {r.throttled * 100:>5.0f} " if capped else "") + f"{r.commits:>7} {r.split:>14}")
-    print("coll ms/r: CPU of every collector process per receipt; lb ms/r: haproxy's; s3 ms/r: the object store's;")
+    print("coll ms/r: CPU of every collector process per receipt; maint: the part of it spent by their maintenance "
+          "processes;\nlb ms/r: haproxy's; s3 ms/r: the object store's;")
     print("busy: cores the whole machine kept busy; others: busy cores of processes outside the set-up and wrk;")
     if capped:
         print("budget: the collectors' CPU as a share of their budgets; thr %: scheduling periods (100 ms) in which "
@@ -223,6 +260,7 @@ def print_report(rounds: list[ScalingRound], args: argparse.Namespace, client: s
         mine = [r for r in rounds if r.collectors == count]
         medians[count] = {"rate": statistics.median(r.load.rate for r in mine),
                           "cpu": statistics.median(r.per_receipt_ms(r.cpu.collectors) for r in mine),
+                          "maintenance": statistics.median(r.per_receipt_ms(r.cpu.maintenance) for r in mine),
                           "lb": statistics.median(r.per_receipt_ms(r.cpu.balancer) for r in mine),
                           "busy": statistics.median(r.busy_cores for r in mine),
                           "budget": statistics.median(r.budget_used for r in mine),
@@ -231,7 +269,8 @@ def print_report(rounds: list[ScalingRound], args: argparse.Namespace, client: s
     print(f"\nmedians (ratio against {min(medians)} collector(s), same run):")
     for count, m in medians.items():
         ratio = m["rate"] / base["rate"] if base["rate"] else 0.0
-        print(f"  {count} collector(s): {m['rate']:.0f} receipts/s = {ratio:.2f}x, collectors {m['cpu']:.2f} ms CPU "
+        print(f"  {count} collector(s): {m['rate']:.0f} receipts/s = {ratio:.2f}x ({m['rate'] / count:.0f} per "
+              f"collector), collectors {m['cpu']:.2f} ms CPU (maintenance {m['maintenance']:.2f}) "
               f"per receipt, haproxy {m['lb']:.2f} ms, machine busy {m['busy']:.2f} of {os.cpu_count()} cores"
               + (f", {m['budget']:.0%} of the budgets used, {m['throttled']:.0%} of periods throttled" if capped else ""))
     noisy = [f"{r.collectors}/{r.number}" for r in rounds if r.other_cores > NOISY_NEIGHBOUR_CORES]

@@ -86,8 +86,10 @@ def cpu_controller(mounts: Path = MOUNTS) -> tuple[int, Path]:
 
 
 @contextlib.contextmanager
-def cpu_budgets(count: int, cores: float, name: str = "dlrlens-budget", mounts: Path = MOUNTS):
-    """``count`` :class:`CpuBudget` of ``cores`` each, named ``<name>-<pid>-<n>``; removed on exit."""
+def cpu_budgets(count: int, cores: float, name: str = "dlrlens-budget", mounts: Path = MOUNTS,
+                leftover_seconds: float = 10):
+    """``count`` :class:`CpuBudget` of ``cores`` each, named ``<name>-<pid>-<n>``; removed on exit
+    (processes still inside ``leftover_seconds`` after the block are SIGKILLed)."""
     if not cores >= MIN_CORES:
         raise CpuBudgetError(f"a CPU budget must be at least {MIN_CORES} cores, not {cores!r}")
     version, root = cpu_controller(mounts)
@@ -102,7 +104,7 @@ def cpu_budgets(count: int, cores: float, name: str = "dlrlens-budget", mounts: 
             _check_launcher(budgets[0])
         yield budgets
     finally:
-        problems = [problem for budget in budgets if (problem := _remove(budget))]
+        problems = [problem for budget in budgets if (problem := _remove(budget, leftover_seconds))]
         if enabled_cpu:
             with contextlib.suppress(OSError):  # refused while another child uses cpu: harmless
                 (root / "cgroup.subtree_control").write_text("-cpu")
