@@ -36,7 +36,10 @@ is removed afterwards, on error too. Two more columns then: ``budget`` (the coll
 share of their budgets: 1.00 means each collector used all of its CPU) and ``thr %`` (periods in
 which a collector used its whole quota and waited). Pick the cap so that every collector's budget
 plus the rest (wrk, haproxy, weed: about 0.3 cores at 800 receipts/s) fits in the cores with room
-for the neighbours: 0.25 on 2 cores (3 x 0.25 + 0.3 ~ 1.05 cores). Give it enough connections
+for the neighbours: 0.25 on 2 cores (3 x 0.25 + 0.3 ~ 1.05 cores), with one worker per collector
+(``--workers 1``, as on a quarter-core machine: measured 2.21x / 2.40x at 2 / 3 collectors, against
+1.39-1.48x / 1.92-2.09x with two workers each, whose six processes cost 1.34-1.43 ms of CPU per
+receipt instead of 0.93-0.96 ms; README, "What more collectors buy"). Give it enough connections
 (``--connections 96``): a capped collector runs in bursts (at 0.25 it waits 75 ms of every 100),
 so each request takes longer, and with 32 connections the client, not the collectors, set the
 rate at 2 and 3 collectors (Little's law; measured at 0.3 cores: 1.33x / 1.83x at 2 / 3
