@@ -92,6 +92,7 @@ class Fleet:
     env: dict
     workers: int = 2
     flush_seconds: float = 0.5
+    launchers: list[list[str]] = field(default_factory=list)  # per collector, a start_collector launcher
     ports: list[int] = field(default_factory=list)
     collectors: list[Collector | None] = field(default_factory=list)
 
@@ -112,7 +113,8 @@ class Fleet:
         in the background)."""
         self.collectors[number] = start_collector(self.data_dir(number), workers=self.workers,
                                                   flush_seconds=self.flush_seconds, env=self.env,
-                                                  port=self.ports[number], log_dir=self.directory, timeout=timeout)
+                                                  port=self.ports[number], log_dir=self.directory, timeout=timeout,
+                                                  launcher=self.launchers[number] if self.launchers else ())
         return self.collectors[number]
 
     def start_all(self) -> None:

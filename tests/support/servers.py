@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import requests
 
@@ -102,9 +103,10 @@ def _healthy(url: str) -> bool:
 
 def start_collector(data_dir: Path, *, workers: int = 2, flush_seconds: float = 0.5,
                     env: dict | None = None, port: int | None = None, log_dir: Path | None = None,
-                    timeout: float = 60) -> Collector:
+                    timeout: float = 60, launcher: Sequence[str] = ()) -> Collector:
     """Run ``dlrlens collector`` in its own process group and wait (up to ``timeout`` seconds)
-    until it answers.
+    until it answers. ``launcher`` prefixes the command and must ``exec`` it, keeping the pid
+    (e.g. :attr:`tests.support.cpu_budget.CpuBudget.launcher`).
 
     Its output goes to ``collector-<port>.log`` in ``log_dir`` (default: beside ``data_dir``).
     """
@@ -115,7 +117,7 @@ def start_collector(data_dir: Path, *, workers: int = 2, flush_seconds: float = 
     full_env.update(env or {})
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dlrlens", "collector", "--data", str(data_dir), "--host", "127.0.0.1",
+            [*launcher, sys.executable, "-m", "dlrlens", "collector", "--data", str(data_dir), "--host", "127.0.0.1",
              "--port", str(port), "--workers", str(workers), "--flush-seconds", str(flush_seconds)],
             cwd=REPO, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
