@@ -20,6 +20,21 @@ from collector.settings import load_settings
 from tests.support.browser import CHROMIUM, MISSING, launched_chromium
 from tests.support.servers import start_collector
 
+# -- the order of the test files ---------------------------------------------------------------
+
+
+LONG_FILE_MARKERS = ("slow", "browser")
+
+
+def pytest_collection_modifyitems(items):
+    """Files with a test marked ``slow`` or ``browser`` first, the others after them, each file's
+    tests in their order: scripts/test.sh hands whole files to two pytest-xdist workers in this
+    order (``--dist loadfile --no-loadscope-reorder``), so the short files fill in at the end
+    instead of one worker running a long drill alone while the other idles."""
+    long_files = {item.path for item in items if any(item.get_closest_marker(m) for m in LONG_FILE_MARKERS)}
+    items.sort(key=lambda item: item.path not in long_files)
+
+
 # -- the Flask app in-process ----------------------------------------------------------------
 
 

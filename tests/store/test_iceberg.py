@@ -28,6 +28,8 @@ from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
 from tests.support.lake import commit_keeping_a_copy, report_json, table_ids
 
+pytestmark = pytest.mark.slow  # a real object store (weed mini) per test
+
 ICEBERG = parse_store("iceberg:lake")
 
 
