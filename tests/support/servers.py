@@ -51,7 +51,7 @@ def free_ports(count: int) -> list[int]:
     """``count`` distinct ports of 127.0.0.1 that are free now and were never returned before
     by this process (see the module's docstring)."""
     ports = _worker_ports()
-    if len(_handed_out) > len(ports) // 2:  # a very long run: forget the oldest choices
+    if len(_handed_out) > len(ports) // 2:  # a very long run (thousands of servers): start over
         _handed_out.clear()
     chosen: list[int] = []
     with contextlib.ExitStack() as held:  # every chosen port stays bound until all are chosen
@@ -59,11 +59,13 @@ def free_ports(count: int) -> list[int]:
             port = random.choice(ports)
             if port in _handed_out:
                 continue
-            sock = held.enter_context(socket.socket())
+            sock = socket.socket()
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:  # in use (a server, another process's test, a connection in TIME_WAIT)
+                sock.close()
                 continue
+            held.enter_context(sock)
             _handed_out.add(port)
             chosen.append(port)
             if len(chosen) == count:
