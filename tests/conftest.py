@@ -6,6 +6,8 @@
 * The real collector (gunicorn on a loopback port), for what only a real server shows:
   ``collectors`` starts some for a module, ``collector`` is a module's default one.
 * ``chromium``: one headless browser per module, for the tests that open the real dashboard.
+* The order of the files: those with ``slow`` or ``browser`` tests first (for scripts/test.sh's
+  two pytest-xdist workers, see :func:`pytest_collection_modifyitems`).
 """
 
 from __future__ import annotations
