@@ -6,6 +6,8 @@
 * The real collector (gunicorn on a loopback port), for what only a real server shows:
   ``collectors`` starts some for a module, ``collector`` is a module's default one.
 * ``chromium``: one headless browser per module, for the tests that open the real dashboard.
+* The order of the files: those with ``slow`` or ``browser`` tests first (for scripts/test.sh's
+  two pytest-xdist workers, see :func:`pytest_collection_modifyitems`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,21 @@ from collector.app import create_app
 from collector.settings import load_settings
 from tests.support.browser import CHROMIUM, MISSING, launched_chromium
 from tests.support.servers import start_collector
+
+# -- the order of the test files ---------------------------------------------------------------
+
+
+LONG_FILE_MARKERS = ("slow", "browser")
+
+
+def pytest_collection_modifyitems(items):
+    """Files with a test marked ``slow`` or ``browser`` first, the others after them, each file's
+    tests in their order: scripts/test.sh hands whole files to two pytest-xdist workers in this
+    order (``--dist loadfile --no-loadscope-reorder``), so the short files fill in at the end
+    instead of one worker running a long drill alone while the other idles."""
+    long_files = {item.path for item in items if any(item.get_closest_marker(m) for m in LONG_FILE_MARKERS)}
+    items.sort(key=lambda item: item.path not in long_files)
+
 
 # -- the Flask app in-process ----------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import datetime, timezone
 
 import pytest
@@ -211,7 +212,9 @@ def test_stored_requests_are_summarised_not_logged_one_by_one_by_default(tmp_pat
         log = running.log()
         assert "outcome=stored" not in log
         assert "outcome=invalid_json" in log, "refusals keep their line"
-        assert "event=flushed receipts=5" in log
+        # One summary line per flush: usually one for all 5, two when the posts straddle a flush
+        # (a busy machine).
+        assert sum(int(n) for n in re.findall(r"event=flushed receipts=(\d+)", log)) == 5, log
 
 
 def test_a_graceful_stop_flushes_what_the_workers_hold(tmp_path):

@@ -98,6 +98,7 @@ def valid_receipts_are_stored(ctx, response, case):
             f"schema-valid {case.media_type} body refused with {response.status_code}: {response.text[:300]}")
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(deadline=None)
 def test_every_generated_request_gets_a_documented_answer(case):

@@ -29,6 +29,8 @@ from tests.support import factory
 from tests.support.lake import commit_keeping_a_copy, report_json, table_ids
 from tests.support.servers import wait_until
 
+pytestmark = pytest.mark.slow  # a real object store (weed mini) per test
+
 ICEBERG = parse_store("iceberg:lake")
 
 

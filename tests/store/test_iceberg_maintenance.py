@@ -30,6 +30,8 @@ from tests.support import factory
 from tests.support.lake import commit_keeping_a_copy, report_json, table_ids
 from tests.support.servers import wait_until
 
+pytestmark = pytest.mark.slow  # a real object store (weed mini) per test
+
 ICEBERG = parse_store("iceberg:lake")
 DAY = factory.utc(2026, 11, 3, 9)
 

@@ -1,9 +1,19 @@
-"""Start and stop real dlrlens processes for tests: free loopback ports, always stopped."""
+"""Start and stop real dlrlens processes for tests: free loopback ports, always stopped.
+
+Free ports (:func:`free_port`, :func:`free_ports`) are chosen at random from
+:data:`PORT_RANGE`, below Linux's default range of ephemeral ports (32768-60999, where the
+kernel picks the local port of every outgoing connection and of ``bind(port 0)``), and checked
+free by binding them. Each pytest-xdist worker draws from its own slice of the range and a
+process never hands the same port out twice, so two tests that choose a port and start a server
+on it a moment later never get the same one, whether they run one after the other or in two
+workers at once (``scripts/test.sh`` runs two).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,20 +28,50 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 
 
+PORT_RANGE = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
+def _worker_ports() -> range:
+    """This process's slice of :data:`PORT_RANGE`: all of it, or the n-th of k equal slices in
+    pytest-xdist's worker ``gw<n>`` of k."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if not worker.startswith("gw") or workers < 2:
+        return PORT_RANGE
+    index = int(worker[2:]) % workers
+    size = len(PORT_RANGE) // workers
+    return PORT_RANGE[index * size:(index + 1) * size]
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports: each socket stays bound until all are chosen (calls of
-    :func:`free_port` one after another may return the same port twice)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+    """``count`` distinct ports of 127.0.0.1 that are free now and were never returned before
+    by this process (see the module's docstring)."""
+    ports = _worker_ports()
+    if len(_handed_out) > len(ports) // 2:  # a very long run (thousands of servers): start over
+        _handed_out.clear()
+    chosen: list[int] = []
+    with contextlib.ExitStack() as held:  # every chosen port stays bound until all are chosen
+        for _ in range(len(ports)):
+            port = random.choice(ports)
+            if port in _handed_out:
+                continue
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use (a server, another process's test, a connection in TIME_WAIT)
+                sock.close()
+                continue
+            held.enter_context(sock)
+            _handed_out.add(port)
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError(f"no {count} free ports in {ports} on 127.0.0.1")
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
