@@ -846,9 +846,16 @@ def _write_derived(con, data_dir: Path, key: str, select_sql: str) -> DerivedFil
         numbered = f"(SELECT *, file_row_number AS m_row FROM read_parquet('{messages.temp}', file_row_number = true))"
         con.execute(f"COPY ({clicks_companion_sql(numbered)} ORDER BY sent_at) TO '{tmps['clicks']}' ({options})")
         con.execute(f"COPY ({replies_companion_sql(numbered)} ORDER BY sent_at) TO '{tmps['replies']}' ({options})")
-        sent = metadata.schema.to_arrow_schema().get_field_index("sent_at")
-        stats = [metadata.row_group(i).column(sent).statistics for i in range(metadata.num_row_groups)]
-        stats = [s for s in stats if s is not None and s.has_min_max]  # none in the unplaced file
+    return described_file(relative, metadata)
+
+
+def described_file(relative: str, metadata) -> DerivedFile:
+    """The :class:`DerivedFile` of the messages file ``relative`` from its Parquet ``metadata``
+    (rows; sent-time range from the row groups' statistics, -1 when it has none: the unplaced
+    file)."""
+    sent = metadata.schema.to_arrow_schema().get_field_index("sent_at")
+    stats = [metadata.row_group(i).column(sent).statistics for i in range(metadata.num_row_groups)]
+    stats = [s for s in stats if s is not None and s.has_min_max]
     return DerivedFile(path=relative, rows=metadata.num_rows,
                        sent_min_us=min((_micros(s.min) for s in stats), default=-1),
                        sent_max_us=max((_micros(s.max) for s in stats), default=-1))

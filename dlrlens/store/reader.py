@@ -429,7 +429,7 @@ class Store:
             parts.append(f"SELECT {columns} FROM read_parquet({self._paths(untouched)})")
         for x in wanted:
             if x.path in snap.touched:
-                parts.append(self._touched_sql(x, columns))
+                parts.append(self._unsuperseded_sql(x, columns))
         parts.append(f"SELECT {columns} FROM tail_messages")
         return self._named("(" + derive.messages_view_sql("(" + " UNION ALL ".join(parts) + ")") + ")")
 
@@ -798,10 +798,16 @@ class Store:
             if partials:
                 self._latency_partials.clear()
 
-    def _touched_sql(self, x: derive.DerivedFile, columns: str) -> str:
-        return (f"SELECT {columns} FROM read_parquet({string_literal(self.data_dir / x.path)}, file_row_number = true) "
-                f"WHERE file_row_number NOT IN "
-                f"(SELECT row FROM superseded WHERE file_no = {self._snapshot.touched[x.path]})")
+    def _unsuperseded_sql(self, x: derive.DerivedFile, columns: str, kind: str | None = None) -> str:
+        """``columns`` of the derived file ``x`` (or of its ``kind`` companion, whose rows name
+        their message's row in ``m_row``) but the rows of messages the fresh tail supersedes."""
+        if kind is None:
+            source = f"read_parquet({string_literal(self.data_dir / x.path)}, file_row_number = true)"
+            row = "file_row_number"
+        else:
+            source, row = f"read_parquet({string_literal(self.data_dir / derive.companion_path(x.path, kind))})", "m_row"
+        return (f"SELECT {columns} FROM {source} WHERE {row} NOT IN "
+                f"(SELECT row FROM superseded WHERE file_no = {self._snapshot.numbers[x.path]})")
 
     def _paths(self, files) -> str:
         return "[" + ", ".join(string_literal(self.data_dir / x.path) for x in files) + "]"
@@ -1011,15 +1017,12 @@ class Store:
         the rows of messages the fresh tail supersedes, plus ``make`` over the tail's merged
         messages (``make``: :func:`dlrlens.store.derive.clicks_companion_sql` or its replies twin)."""
         snap = self._snapshot
-        paths = lambda x: string_literal(self.data_dir / derive.companion_path(x.path, kind))  # noqa: E731
         parts = []
         untouched = [x for x in snap.files if x.path not in snap.touched]
         if untouched:
-            parts.append(f"SELECT {columns} FROM read_parquet([{', '.join(paths(x) for x in untouched)}])")
-        for x in snap.files:
-            if x.path in snap.touched:
-                parts.append(f"SELECT {columns} FROM read_parquet({paths(x)}) WHERE m_row NOT IN "
-                             f"(SELECT row FROM superseded WHERE file_no = {snap.touched[x.path]})")
+            listed = ", ".join(string_literal(self.data_dir / derive.companion_path(x.path, kind)) for x in untouched)
+            parts.append(f"SELECT {columns} FROM read_parquet([{listed}])")
+        parts += [self._unsuperseded_sql(x, columns, kind) for x in snap.files if x.path in snap.touched]
         parts.append(f"SELECT {columns} FROM ({make('(SELECT *, NULL::BIGINT AS m_row FROM tail_messages)')})")
         relation = "(" + " UNION ALL ".join(parts) + ")"
         return self._named(relation) if named else relation
@@ -1029,9 +1032,7 @@ class Store:
         derived file but the ones the tail supersedes, and the tail's own."""
         snap = self._snapshot
         columns = ", ".join(derive.STORED_COLUMNS)
-        parts = [f"SELECT {columns} FROM read_parquet({string_literal(self.data_dir / x.path)}, file_row_number = true) "
-                 f"WHERE file_row_number NOT IN (SELECT row FROM superseded WHERE file_no = {snap.numbers[x.path]})"
-                 for x in snap.unplaced]
+        parts = [self._unsuperseded_sql(x, columns) for x in snap.unplaced]
         parts.append(f"SELECT {columns} FROM tail_messages WHERE sent_at IS NULL")
         return "(" + " UNION ALL ".join(parts) + ")"
 
@@ -1058,12 +1059,9 @@ class Store:
         batches = """SELECT batch_id FROM pool_raw_clicks WHERE batch_id IS NOT NULL AND client_ref IS NOT NULL
                      UNION SELECT logical_message_id FROM pool_raw_replies WHERE logical_message_id IS NOT NULL"""
         message_columns = "delivery_message_id, batch_id, client_reference, campaign, sent_at, outcome, last_status, label_sets, delivered_at"
-        if self._con.execute(f"SELECT count(*) FROM ({batches})").fetchone()[0]:
-            self._con.execute(f"CREATE OR REPLACE TEMP TABLE pool_messages AS SELECT {message_columns} "
-                              f"FROM {self.messages_sql()} WHERE batch_id IN ({batches})")
-        else:
-            self._con.execute(f"CREATE OR REPLACE TEMP TABLE pool_messages AS SELECT {message_columns} "
-                              f"FROM {self.messages_sql()} WHERE FALSE")
+        any_batch = self._con.execute(f"SELECT count(*) FROM ({batches})").fetchone()[0] > 0
+        self._con.execute(f"CREATE OR REPLACE TEMP TABLE pool_messages AS SELECT {message_columns} "
+                          f"FROM {self.messages_sql()} WHERE {f'batch_id IN ({batches})' if any_batch else 'FALSE'}")
         message = "m.campaign, m.sent_at, m.outcome, m.last_status, m.label_sets"
         no_flags = ", ".join(f"NULL::{kind} AS {flag}" for flag, kind in derive.CLICK_FLAGS.items())
         self._con.execute(f"""
@@ -1169,7 +1167,7 @@ class Store:
                   and x.sent_max_us < high]
         lows, highs = [x.sent_min_us for x in inside], [x.sent_max_us for x in inside]
         kept = {x.path for x in inside}
-        rest = [self._touched_sql(x, "sent_at") if x.path in snap.touched
+        rest = [self._unsuperseded_sql(x, "sent_at") if x.path in snap.touched
                 else f"SELECT sent_at FROM read_parquet({string_literal(self.data_dir / x.path)})"
                 for x in snap.files if x.path not in kept]
         rest.append("SELECT sent_at FROM tail_messages")

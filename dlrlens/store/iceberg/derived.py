@@ -319,17 +319,19 @@ def _fetch_as_committed(root: Path, table: Table, uri: str, relative: str) -> de
         _download(table, uri, messages.temp)
         metadata = pq.read_metadata(messages.temp)
         # The Arrow schema's names: the Parquet schema's are leaf columns (a list's are its fields').
-        missing = [c for c in derive.STORED_COLUMNS if c not in metadata.schema.to_arrow_schema().names]
-        if missing:
-            raise AdoptionError(f"the committed file {uri} lacks columns {', '.join(missing)}")
+        _check_columns(uri, metadata.schema.to_arrow_schema())
         for kind in derive.COMPANIONS:
             companion = stack.enter_context(files.publishing(root / derive.companion_path(relative, kind)))
             _download(table, companion_uri(uri, kind), companion.temp)
-        sent = metadata.schema.to_arrow_schema().get_field_index("sent_at")
-        stats = [metadata.row_group(i).column(sent).statistics for i in range(metadata.num_row_groups)]
-    return derive.DerivedFile(path=relative, rows=metadata.num_rows,
-                              sent_min_us=min(derive._micros(s.min) for s in stats),
-                              sent_max_us=max(derive._micros(s.max) for s in stats))
+    return derive.described_file(relative, metadata)
+
+
+def _check_columns(uri: str, schema: pa.Schema) -> None:
+    """Raise :class:`AdoptionError` when the committed file ``uri`` (its Arrow ``schema``) lacks
+    a column this dlrlens stores."""
+    missing = [c for c in derive.STORED_COLUMNS if c not in schema.names]
+    if missing:
+        raise AdoptionError(f"the committed file {uri} lacks columns {', '.join(missing)}")
 
 
 def _fetch_all(root: Path, table: Table, uris: list[str]) -> dict[str, derive.DerivedFile]:
@@ -356,9 +358,7 @@ def _rewritten(root: Path, table: Table, con, uri: str, scratch: Path) -> derive
     sent, name = _local_name(uri)
     local = scratch / name
     _download(table, uri, local)
-    missing = [c for c in derive.STORED_COLUMNS if c not in pq.read_schema(local).names]
-    if missing:
-        raise AdoptionError(f"the committed file {uri} lacks columns {', '.join(missing)}")
+    _check_columns(uri, pq.read_schema(local))
     shape = derive.DerivedFile(path=f"{derive.MESSAGES_DIR}/{sent}/{name}", rows=0, sent_min_us=0, sent_max_us=0)
     try:
         return derive._write_derived(con, root, f"{derive.SENT_PREFIX}{shape.day}/{shape.kind}",
