@@ -152,16 +152,19 @@ FUNNEL_KPIS: tuple[Kpi, ...] = (
 FUNNEL_COLUMNS: list[str] = [k.column for k in FUNNEL_KPIS]
 
 
-# Cost and send-record KPIs (dashboard/queries/cost.py), from Mobivate's message log joined to the
-# receipts (`dlrlens sync`). One row per campaign and currency: two currencies are never added.
+# Cost and send-record KPIs (dashboard/queries/cost.py), from Mobivate's message log (`dlrlens
+# sync`), which the derived state keeps with each message. One row per campaign and currency: two currencies are never added.
 _SENT_IN_PERIOD = ("messages sent in the period (sent time: the earliest receipt, else the log's created time), "
                    "messages whose receipts never arrived included (they were billed)")
 _FROM_SUBMISSION = ("{} of the time from submission: created time of the message's first DELIVERED receipt minus its "
-                    "created time in Mobivate's log, over delivered messages with a log record (linear "
-                    "interpolation). The time to deliver, beside it, starts at the first receipt instead: a proxy "
-                    "for when the message reached Mobivate's network when no log record is synced.")
+                    "created time in Mobivate's log, over delivered messages whose log record was created before "
+                    "that receipt (linear interpolation). The time to deliver, beside it, starts at the first "
+                    "receipt instead: a proxy for when the message reached Mobivate's network when no log record "
+                    "is synced.")
 COST_KPIS: tuple[Kpi, ...] = (
-    Kpi("cost", "Cost", "amount", f"Sum of Mobivate's log cost over the {_SENT_IN_PERIOD}, in `currency`."),
+    Kpi("cost", "Cost", "amount", f"Sum of Mobivate's log cost over the {_SENT_IN_PERIOD}, in `currency`. A "
+        "message's record is its MT record in the message log, else in the newer API's history (the latest "
+        "modified)."),
     Kpi("currency", "Currency", "text",
         "The currency of `cost` as Mobivate's log gives it; a campaign billed in two currencies has one row per "
         "currency. Empty when none of its messages has a log record."),

@@ -41,7 +41,7 @@ def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb") -> st
     if dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {dialect!r}")
     receipts_only = derive.merge_sql(derive.receipt_units_sql(receipts, events=False), events=False)
-    messages = derive.messages_view_sql(f"({receipts_only})")
+    messages = derive.messages_view_sql(f"({receipts_only})", sends=False)
     counts = (f"SELECT {counts_select('campaign')} "
               f"FROM ({derive.rollup_sql(messages, t='sent_at')}) GROUP BY ALL")
     quantiles = quantiles_by_group_sql(messages, "campaign", [f"latency_{name}_s" for name, _ in QUANTILES])

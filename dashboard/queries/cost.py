@@ -1,5 +1,10 @@
 """Cost, receipts missing and time from submission: the questions over Mobivate's send records
-joined to the receipts (:meth:`dlrlens.store.reader.Store.joined_messages_sql`).
+joined to the receipts. The derived state keeps each message's send record
+(:mod:`dlrlens.store.derive`), so no question joins: the cost figures add up the per-file
+pre-aggregates (:meth:`dlrlens.store.reader.Store.cost_counts_sql`) and the messages the log
+knows without a receipt (:meth:`~dlrlens.store.reader.Store.log_only_sql`); the percentiles
+of the time from submission are exact, from per-file partials
+(:meth:`~dlrlens.store.reader.Store.latency_quantiles` with ``SUBMISSION``).
 
 Definitions (the wording users see: ``dashboard.catalog.COST_KPIS``):
 
@@ -21,16 +26,18 @@ Every function returns the documented columns, empty without data.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
 from dlrlens.store import sends
-from dlrlens.store.reader import Store
+from dlrlens.store.reader import QUANTILES, SUBMISSION, Store
 from dlrlens.store.selection import Filters
+from dlrlens.store.sql import dimension_conditions, send_conditions
 from dashboard.catalog import COST_COLUMNS
 from dashboard.queries._common import counts_as_int, empty_frame, in_zone
-from dashboard.queries.geography import UNKNOWN
+from dashboard.queries.geography import UNKNOWN, message_rows_sql
 
 DEFAULT_MISSING_AFTER = timedelta(hours=24)
 MISSING_LIST_LIMIT = 1000
@@ -55,14 +62,22 @@ def _missing_before(now: datetime | None, missing_after: timedelta | None) -> da
     return now - (missing_after_setting() if missing_after is None else missing_after)
 
 
-def _submission_select() -> str:
-    """p50 and p95 of the time from submission (Mobivate's log created time) to the first
-    DELIVERED receipt's created time, over delivered messages with a log record."""
-    seconds = ("CASE WHEN outcome = 'delivered' AND delivered_at > log_created "
-               "THEN (epoch_us(delivered_at) - epoch_us(log_created)) / 1e6 END")
-    return (f"quantile_cont({seconds}, 0.5) AS latency_from_submission_p50_s, "
-            f"quantile_cont({seconds}, 0.95) AS latency_from_submission_p95_s, "
-            f"count({seconds}) AS latency_from_submission_messages")
+_NO_CURRENCY = "\x1e"  # stands for a NULL currency in a percentile group key
+_KEY_SEPARATOR = "\x1f"
+
+
+def _submission_quantiles(store: Store, f: Filters, group: str) -> pd.DataFrame:
+    """Columns key (``group`` value and currency joined by :data:`_KEY_SEPARATOR`),
+    :data:`SUBMISSION_COLUMNS` and ``latency_from_submission_messages``: the p50 / p95 of the
+    time from submission (Mobivate's log created time to the first DELIVERED receipt) over
+    the delivered messages with a log record created before it, per ``group`` (an SQL text
+    expression) and currency; exact (:meth:`Store.latency_quantiles`)."""
+    names = [f"q{i}" for i in range(len(QUANTILES))]
+    key = f"{group} || '{_KEY_SEPARATOR}' || coalesce(currency, '{_NO_CURRENCY}')"
+    df = store.latency_quantiles(f, key, names, kind=SUBMISSION, count="latency_from_submission_messages")
+    picked = {f"q{i}": f"latency_from_submission_{name}_s" for i, (name, _) in enumerate(QUANTILES)
+              if f"latency_from_submission_{name}_s" in SUBMISSION_COLUMNS}
+    return df.rename(columns={"grp": "key", **picked})[["key", *SUBMISSION_COLUMNS, "latency_from_submission_messages"]]
 
 
 def submission_latency(store: Store, f: Filters) -> pd.DataFrame:
@@ -71,32 +86,39 @@ def submission_latency(store: Store, f: Filters) -> pd.DataFrame:
     submission (:data:`SUBMISSION_COLUMNS`), whatever the currency: the Latency page shows
     them beside the time to deliver, which starts at the first receipt."""
     def compute():
-        sql, params = store.joined_messages_sql(f)
-        return store.query(f"SELECT {_submission_select()} FROM ({sql})", params)
+        names = [f"q{i}" for i in range(len(QUANTILES))]
+        df = store.latency_quantiles(f, None, names, kind=SUBMISSION, count="latency_from_submission_messages")
+        row = {name: math.nan for name in SUBMISSION_COLUMNS} | {"latency_from_submission_messages": 0}
+        if len(df):
+            for i, (name, _) in enumerate(QUANTILES):
+                if f"latency_from_submission_{name}_s" in SUBMISSION_COLUMNS:
+                    row[f"latency_from_submission_{name}_s"] = float(df[f"q{i}"].iloc[0])
+            row["latency_from_submission_messages"] = int(df["latency_from_submission_messages"].iloc[0])
+        return pd.DataFrame([row])
     df = store.cached("submission_latency", (f,), compute)
     df["latency_from_submission_messages"] = df["latency_from_submission_messages"].astype("int64")
     return df
 
 
-def _cost_sql(joined: str, group: str) -> str:
-    """Cost figures per (``group`` column, currency) over the joined relation ``joined``."""
+def _cost_sql(rows: str) -> str:
+    """Cost figures per (``grp``, currency) over the cost rows ``rows`` (see
+    :func:`dashboard.queries.geography.message_rows_sql`)."""
     return f"""
-        WITH j AS (SELECT * FROM ({joined})),
+        WITH j AS (SELECT * FROM ({rows})),
         per_currency AS (
-            SELECT {group}, currency,
-                   count(*) FILTER (WHERE has_receipt) AS messages,
-                   count(*) FILTER (WHERE outcome = 'delivered') AS delivered,
+            SELECT grp, currency,
+                   coalesce(sum(messages) FILTER (WHERE has_receipt), 0) AS messages,
+                   coalesce(sum(messages) FILTER (WHERE outcome = 'delivered'), 0) AS delivered,
                    sum(cost) AS cost,
                    sum(cost) FILTER (WHERE outcome IN ('failed', 'unknown')) AS failed_cost,
-                   count(*) FILTER (WHERE NOT has_receipt AND log_created < $missing_before) AS receipts_missing,
-                   {_submission_select()}
+                   count(*) FILTER (WHERE NOT has_receipt AND log_created < $missing_before) AS receipts_missing
             FROM j GROUP BY ALL),
         per_group AS (
-            SELECT {group}, count(*) FILTER (WHERE has_receipt AND NOT in_log) AS messages_without_cost,
+            SELECT grp, coalesce(sum(messages) FILTER (WHERE has_receipt AND NOT in_log), 0) AS messages_without_cost,
                    count(DISTINCT currency) AS currencies
             FROM j GROUP BY ALL)
         SELECT p.*, g.messages_without_cost
-        FROM per_currency p JOIN per_group g USING ({group})
+        FROM per_currency p JOIN per_group g USING (grp)
         -- the rows without a currency (messages without a log record) join the campaign's
         -- currency rows, unless it has none
         WHERE p.currency IS NOT NULL OR g.currencies = 0
@@ -116,16 +138,18 @@ def cost_by(store: Store, f: Filters, group: str | None, now: datetime | None = 
     before = _missing_before(now, missing_after)
     columns = [column] + [c for c in COST_TABLE_COLUMNS if c != "campaign"]
 
+    # a message without the value (no send record, a number that did not parse) is (unknown)
+    expression = {None: "'all'", "campaign": "campaign"}.get(group, f"coalesce({group}, '{UNKNOWN}')")
+
     def compute():
-        sql, params = store.joined_messages_sql(f)
-        if group is None:
-            source = f"SELECT *, 'all' AS total FROM ({sql})"
-        elif group == "campaign":
-            source = sql
-        else:  # a message without the value (no send record, a number that did not parse)
-            source = f"SELECT * REPLACE (coalesce({group}, '{UNKNOWN}') AS {group}) FROM ({sql})"
-        params["missing_before"] = before
-        return store.query(f"SELECT * FROM ({_cost_sql(source, column)})", params)
+        with store.pinned():
+            rows, params = message_rows_sql(store, f, expression, with_log_only=True)
+            params["missing_before"] = before
+            figures = store.query(f"SELECT * FROM ({_cost_sql(rows)})", params)
+            quantiles = _submission_quantiles(store, f, expression)
+        figures["key"] = figures["grp"] + _KEY_SEPARATOR + figures["currency"].fillna(_NO_CURRENCY)
+        return figures.merge(quantiles.drop(columns="latency_from_submission_messages"), on="key", how="left") \
+            .drop(columns="key").rename(columns={"grp": column})
 
     df = store.cached("cost_by", (f, group, before.replace(second=0, microsecond=0)), compute)
     if df.empty:
@@ -149,11 +173,13 @@ def receipts_missing(store: Store, f: Filters, now: datetime | None = None,
     before = _missing_before(now, missing_after)
 
     def compute():
-        sql, params = store.joined_messages_sql(f)
-        params["missing_before"] = before
-        return store.query(f"SELECT {', '.join(MISSING_COLUMNS)} FROM ({sql}) "
-                           f"WHERE NOT has_receipt AND log_created < $missing_before "
-                           f"ORDER BY log_created DESC, delivery_message_id LIMIT {int(limit)}", params)
+        params: dict = {"missing_before": before}
+        with store.pinned():
+            log_only = store.log_only_sql(f, params)
+            conditions = dimension_conditions(f, params, store.label_condition(f)) + send_conditions(f, params)
+            return store.query(f"SELECT {', '.join(MISSING_COLUMNS)} FROM {log_only} "
+                               f"WHERE log_created < $missing_before AND {' AND '.join(conditions)} "
+                               f"ORDER BY log_created DESC, delivery_message_id LIMIT {int(limit)}", params)
 
     df = store.cached("receipts_missing", (f, before.replace(second=0, microsecond=0), limit), compute)
     if df.empty:

@@ -1,7 +1,7 @@
 """Where messages fail: delivery figures by the recipient's country and original network, the
-sender ID and the route, from Mobivate's send records joined to the receipts
-(:meth:`dlrlens.store.reader.Store.joined_messages_sql`). Cost by the same dimensions is
-:func:`dashboard.queries.cost.cost_by`.
+sender ID and the route, from Mobivate's send records joined to the receipts (the derived
+state keeps each message's record: :meth:`dlrlens.store.reader.Store.cost_counts_sql`). Cost
+by the same dimensions is :func:`dashboard.queries.cost.cost_by`.
 
 Only messages with receipts count here (the receipt-based KPIs); a message without a send
 record (not synced, or outside the synced days) is in ``(unknown)``, as is a number that did
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from dlrlens.store import derive
 from dlrlens.store.reader import Store
 from dlrlens.store.selection import SEND_DIMENSIONS, Filters
+from dlrlens.store.sql import dimension_conditions, send_conditions
 from dashboard.queries._common import counts_as_int, empty_frame
 
 UNKNOWN = "(unknown)"
@@ -23,6 +25,30 @@ DELIVERY_COLUMNS = ["messages", "delivered", "failed", "unknown", "pending", "de
 VALUE_LIMIT = 200
 
 
+def message_rows_sql(store: Store, f: Filters, group: str, with_log_only: bool = False) -> tuple[str, dict]:
+    """SQL of the messages matching ``f`` (every filter, the send filters too) by ``group`` (an
+    SQL expression over :data:`dlrlens.store.derive.COST_GROUPS`), as rows: grp, currency,
+    outcome, last_status, in_log, has_receipt, messages (how many), cost (their sum),
+    log_created; and its parameters. Messages with receipts come pre-aggregated (one row a
+    group of equal values, log_created NULL); ``with_log_only`` adds the messages the log
+    knows without any receipt, one row each (has_receipt false, outcome NULL). Call it
+    inside ``store.pinned()``."""
+    params: dict = {}
+    conditions = " AND ".join(dimension_conditions(f, params, store.label_condition(f)) + send_conditions(f, params))
+    counts = store.cost_counts_sql(f, params)
+    rows = f"""
+        SELECT {group} AS grp, currency, outcome, last_status, in_log, TRUE AS has_receipt, messages, cost,
+               NULL::TIMESTAMPTZ AS log_created
+        FROM (SELECT {derive.COST_GROUPS}, sum(messages) AS messages, sum(cost) AS cost
+              FROM {counts} WHERE {conditions} GROUP BY ALL HAVING sum(messages) <> 0)"""
+    if with_log_only:
+        rows += f"""
+        UNION ALL
+        SELECT {group}, currency, outcome, last_status, TRUE, FALSE, 1, cost, log_created
+        FROM {store.log_only_sql(f, params)} WHERE {conditions}"""
+    return rows, params
+
+
 def delivery_by(store: Store, f: Filters, dimension: str, limit: int = VALUE_LIMIT) -> pd.DataFrame:
     """Per value of ``dimension`` (a key of :data:`DIMENSIONS`): :data:`DELIVERY_COLUMNS`
     (``top_failure``: the most frequent failure reason), the busiest ``limit`` values first."""
@@ -30,17 +56,20 @@ def delivery_by(store: Store, f: Filters, dimension: str, limit: int = VALUE_LIM
         raise ValueError(f"unknown dimension {dimension!r}; choose from {', '.join(DIMENSIONS)}")
 
     def compute():
-        sql, params = store.joined_messages_sql(f)
-        return store.query(f"""
-            SELECT coalesce({dimension}, '{UNKNOWN}') AS {dimension},
-                   count(*) AS messages,
-                   count(*) FILTER (WHERE outcome = 'delivered') AS delivered,
-                   count(*) FILTER (WHERE outcome = 'failed') AS failed,
-                   count(*) FILTER (WHERE outcome = 'unknown') AS unknown,
-                   count(*) FILTER (WHERE outcome = 'pending') AS pending,
-                   mode(last_status) FILTER (WHERE outcome = 'failed') AS top_failure
-            FROM ({sql}) WHERE has_receipt
-            GROUP BY ALL ORDER BY messages DESC, {dimension} LIMIT {int(limit)}""", params)
+        with store.pinned():
+            rows, params = message_rows_sql(store, f, f"coalesce({dimension}, '{UNKNOWN}')")
+            return store.query(f"""
+                WITH r AS (SELECT grp, outcome, last_status, sum(messages) AS n FROM ({rows}) GROUP BY ALL)
+                SELECT grp AS {dimension},
+                       sum(n) AS messages,
+                       coalesce(sum(n) FILTER (WHERE outcome = 'delivered'), 0) AS delivered,
+                       coalesce(sum(n) FILTER (WHERE outcome = 'failed'), 0) AS failed,
+                       coalesce(sum(n) FILTER (WHERE outcome = 'unknown'), 0) AS unknown,
+                       coalesce(sum(n) FILTER (WHERE outcome = 'pending'), 0) AS pending,
+                       -- the most frequent failure reason; a tie goes to the first by name
+                       arg_max(last_status, (n, -rank_by_name)) FILTER (WHERE outcome = 'failed') AS top_failure
+                FROM (SELECT *, dense_rank() OVER (PARTITION BY grp ORDER BY last_status) AS rank_by_name FROM r)
+                GROUP BY ALL ORDER BY messages DESC, {dimension} LIMIT {int(limit)}""", params)
 
     df = store.cached("delivery_by", (f, dimension, limit), compute)
     if df.empty:

@@ -44,6 +44,20 @@ Clicks and replies
     inReplyTo) stays with the reader, over the few unplaced events
     (:meth:`dlrlens.store.reader.Store.linked_clicks_sql`).
 
+Send records
+    Mobivate's send records (:mod:`dlrlens.store.sends`: the message log and history a sync
+    stores) are absorbed too: a record is a unit of its ``message_id`` (``send_key``,
+    :data:`SEND_ITEM`: of a message's MT records the max keeps the log's over the history's,
+    then the latest ``modified``, then the latest ``created``; MO records are no messages of
+    ours), stored flat as :data:`SEND_COLUMNS` (``log_created``, ``cost``, ``currency``,
+    ``country``, ...). So the cost and "where" figures never join at query time. A message
+    the log knows without any receipt has a row without receipt state in the unplaced file
+    (like an event's): it is no message for the receipt-based figures, and the cost figures
+    read those rows by their ``log_created``. A sync replaces a day's file when a record of
+    it changes: the manifest's ``absorbed`` names a send file with its size and mtime
+    (:func:`send_files`), so a replaced file is absorbed again, whole (a record absorbed
+    twice changes nothing), and its old name pruned.
+
     Each key is stored flat, and only where it carries information (``*_created``/``*_received``
     of a label are NULL when they equal the first row's; the latest status is NULL once a final
     receipt exists; ...), which keeps the files small; :func:`state_units_sql` expands them.
@@ -53,14 +67,14 @@ On disk (``data/derived/``)::
     derived/manifest.json                                the state in force (atomically replaced)
     derived/messages/sent=YYYY-MM-DD/d-<ns>.parquet      messages sent that UTC day
     derived/messages/sent=YYYY-MM-DD/hHH-<ns>.parquet    ... that hour, on the current UTC day
-    derived/messages/sent=none/u-<ns>.parquet            events of no stored message (see above)
-    derived/{rollup,hist,latency,clicks,replies}/<same name>   companions of each messages file
+    derived/messages/sent=none/u-<ns>.parquet            events and send records of no stored message (above)
+    derived/{rollup,hist,latency,clicks,replies,cost,subhist,sublatency}/<same name>   companions of each messages file
     derived.lock                                         flock: one updater at a time
 
 Messages files are immutable, sorted by ``id_hash`` (DuckDB's ``hash(delivery_message_id)``:
 :class:`IdIndex` finds a message's row from it), and replaced by new files with new names.
 The current day is split by sent hour so that absorbing fresh receipts rewrites small files;
-a day that turns cold is coalesced into one file. Each messages file has three companions,
+a day that turns cold is coalesced into one file. Each messages file has companions,
 written with it, that the dashboard reads instead of the messages when the file lies inside a
 query's range: ``rollup`` (message counts per 15-minute sent slot, campaign, outcome, last
 status and label set, :func:`rollup_sql`), ``hist`` (latency counts per bucket,
@@ -68,7 +82,11 @@ status and label set, :func:`rollup_sql`), ``hist`` (latency counts per bucket,
 ``clicks`` and ``replies`` hold every distinct event of the file's messages with the message's
 columns and row number (:func:`clicks_companion_sql`, :func:`replies_companion_sql`), sorted by
 sent time: the funnel's questions filter and count them, and skip the rows of messages the
-reader's fresh tail supersedes.
+reader's fresh tail supersedes. ``cost`` holds message counts and summed cost per campaign,
+outcome, last status, label set, currency, country, network, sender ID, route and whether the
+message has a send record (:func:`cost_rollup_sql`); ``subhist`` and ``sublatency`` are
+``hist`` and ``latency`` for the time from submission (:func:`submission_view_sql`), by those
+dimensions too.
 
 The manifest (:class:`Manifest`) lists the files in force, the receipt files absorbed, and
 files retired by a rewrite: those are deleted only after :data:`GRACE_SECONDS`, so that a
@@ -108,12 +126,13 @@ log = logging.getLogger("dlrlens.collector")
 UTC = timezone.utc
 DERIVED_DIR = "derived"
 MESSAGES_DIR = f"{DERIVED_DIR}/messages"
+SENDS_DIR = "sends"  # dlrlens.store.sends.SENDS_DIR (that module imports this one)
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "derived.lock"
 SPILL_DIR = Path("tmp") / "derive"
 SENT_PREFIX = "sent="
 UNPLACED_KEY = f"{SENT_PREFIX}none/u"  # the file of rows with events but no receipt (no sent time)
-FORMAT = 2  # 2: clicks and replies absorbed (click_list, reply_list; companions clicks, replies)
+FORMAT = 3  # 2: clicks and replies absorbed; 3: send records absorbed (log_* columns; companions cost, sub*)
 
 GRACE_SECONDS = 600.0  # retired derived files outlive the manifest that dropped them this long
 HOT_DAYS = 1  # the current UTC day is kept as one file per sent hour (fresh receipts rewrite small files)
@@ -132,6 +151,11 @@ REBUILD_SETTINGS = {"memory_limit": "4GB"}
 # A "unit" is a partial state of one message: delivery_message_id, first_key, campaign_key,
 # batch_key, cref_key, final_key, latest_key (lexicographic struct keys), first_delivered,
 # max_pending, label_sets. A receipt row is a unit; units merge with combine_sql.
+# The stored columns of a message's send record, with their field in SEND_ITEM.
+SEND_FIELDS = {"log_from_log": "p", "log_modified": "m", "log_created": "c", "log_status": "s", "originator": "o",
+               "route_id": "rt", "cost": "co", "currency": "cu", "log_campaign_id": "ci", "country": "n",
+               "network": "w", "recipient_masked": "k"}
+SEND_COLUMNS = tuple(SEND_FIELDS)
 STORED_COLUMNS = (
     # what queries read
     "id_hash", "delivery_message_id", "sent_at", "campaign", "outcome", "last_status", "latency_us",
@@ -142,6 +166,8 @@ STORED_COLUMNS = (
     "latest_created", "latest_received", "latest_status", "max_pending_created",
     # the message's clicks and replies (see "Clicks and replies" in the module docstring)
     "click_list", "reply_list",
+    # the message's send record (see "Send records" in the module docstring)
+    *SEND_COLUMNS,
 )
 
 # One click / reply as a list element of the state. Struct order is sort order: a click list
@@ -151,6 +177,12 @@ CLICK_ITEM = ("STRUCT(i VARCHAR, r TIMESTAMPTZ, b VARCHAR, f VARCHAR, u VARCHAR,
               "n VARCHAR)")  # click_id, received_at, batch_id, client_ref, url, browser, os, country
 REPLY_ITEM = ("STRUCT(i VARCHAR, r TIMESTAMPTZ, c TIMESTAMPTZ, l VARCHAR, h VARCHAR, x BOOLEAN)")
 # reply_id, received_at, created, logical_message_id, originator_hash, opt_out
+# A message's MT send record as a mergeable key: the max picks the message log's record over
+# the history's (p), then one with a modified time (hm) and the latest (m), then the latest
+# created (c); the other fields only break ties, deterministically.
+SEND_ITEM = ("STRUCT(p BOOLEAN, hm BOOLEAN, m TIMESTAMPTZ, c TIMESTAMPTZ, s VARCHAR, o VARCHAR, rt VARCHAR, "
+             "co DOUBLE, cu VARCHAR, ci VARCHAR, n VARCHAR, w VARCHAR, k VARCHAR)")
+NO_SEND = f"NULL::{SEND_ITEM}"
 NO_CLICKS = f"[]::{CLICK_ITEM}[]"
 NO_REPLIES = f"[]::{REPLY_ITEM}[]"
 # The delivered time of a delivered message, from stored columns (NULL otherwise).
@@ -159,8 +191,8 @@ DELIVERED_AT_SQL = "CASE WHEN outcome = 'delivered' THEN coalesce(first_delivere
 
 def receipt_units_sql(source: str, events: bool = True) -> str:
     """Units from stored receipt rows of ``source`` (a table, view or ``read_parquet(...)``);
-    without the event lists when not ``events`` (receipts only, e.g. for other engines:
-    :mod:`dashboard.engine_sql`)."""
+    without the event lists and send record when not ``events`` (receipts only, e.g. for other
+    engines: :mod:`dashboard.engine_sql`)."""
     return f"""
         SELECT delivery_message_id,
                {{'c': created, 'r': received_at}} AS first_key,
@@ -175,13 +207,15 @@ def receipt_units_sql(source: str, events: bool = True) -> str:
                CASE WHEN category = 'delivered' THEN created END AS first_delivered,
                CASE WHEN category = 'pending' THEN created END AS max_pending,
                [coalesce(labels, '{{}}')] AS label_sets
-               {f", {NO_CLICKS} AS click_list, {NO_REPLIES} AS reply_list" if events else ""}
+               {f", {NO_CLICKS} AS click_list, {NO_REPLIES} AS reply_list, {NO_SEND} AS send_key" if events else ""}
         FROM {source}
     """
 
 
-def _event_unit_sql(message_id: str, click_list: str, reply_list: str, source: str, where: str = "TRUE") -> str:
-    """Units of event rows of ``source``: a message id and its click / reply list, nothing else."""
+def _event_unit_sql(message_id: str, click_list: str, reply_list: str, source: str, where: str = "TRUE",
+                    send_key: str = NO_SEND) -> str:
+    """Units of event (or send record) rows of ``source``: a message id and its click / reply
+    list (send key), nothing else."""
     return f"""
         SELECT {message_id} AS delivery_message_id,
                NULL::STRUCT(c TIMESTAMPTZ, r TIMESTAMPTZ) AS first_key,
@@ -191,7 +225,8 @@ def _event_unit_sql(message_id: str, click_list: str, reply_list: str, source: s
                NULL::STRUCT(c TIMESTAMPTZ, r TIMESTAMPTZ, s VARCHAR, k VARCHAR) AS final_key,
                NULL::STRUCT(c TIMESTAMPTZ, r TIMESTAMPTZ, s VARCHAR) AS latest_key,
                NULL::TIMESTAMPTZ AS first_delivered, NULL::TIMESTAMPTZ AS max_pending,
-               []::VARCHAR[] AS label_sets, {click_list} AS click_list, {reply_list} AS reply_list
+               []::VARCHAR[] AS label_sets, {click_list} AS click_list, {reply_list} AS reply_list,
+               {send_key} AS send_key
         FROM {source} WHERE {where}
     """
 
@@ -209,6 +244,21 @@ def reply_units_sql(source: str, keywords: tuple[str, ...]) -> str:
     item = (f"{{'i': reply_id, 'r': received_at, 'c': created, 'l': logical_message_id, 'h': originator_hash, "
             f"'x': {events.opt_out_sql('body', keywords)}}}")
     return _event_unit_sql("in_reply_to", NO_CLICKS, f"[{item}]::{REPLY_ITEM}[]", source)
+
+
+def send_units_sql(source: str) -> str:
+    """Units from stored send records of ``source`` (:data:`dlrlens.store.sends.SEND_SCHEMA`
+    rows): each MT record belongs to its ``message_id`` (an MO record is no message of ours)."""
+    key = _send_key_sql({"p": "source = 'log'", "hm": "modified IS NOT NULL", "m": "modified", "c": "created",
+                         "s": "status", "o": "originator", "rt": "route_id", "co": "cost", "cu": "currency",
+                         "ci": "campaign_id", "n": "country", "w": "network", "k": "recipient_masked"})
+    return _event_unit_sql("message_id", NO_CLICKS, NO_REPLIES, source, "coalesce(direction, 'MT') = 'MT'", key)
+
+
+def _send_key_sql(fields: dict[str, str]) -> str:
+    """A :data:`SEND_ITEM` from {field: SQL expression} (fields in the item's order)."""
+    order = ("p", "hm", "m", "c", "s", "o", "rt", "co", "cu", "ci", "n", "w", "k")
+    return "{" + ", ".join(f"'{k}': {fields[k]}" for k in order) + f"}}::{SEND_ITEM}"
 
 
 def state_units_sql(source: str) -> str:
@@ -235,15 +285,20 @@ def state_units_sql(source: str) -> str:
                max_pending_created AS max_pending,
                from_json(label_sets, '["VARCHAR"]') AS label_sets,
                coalesce(click_list, {NO_CLICKS}) AS click_list,
-               coalesce(reply_list, {NO_REPLIES}) AS reply_list
+               coalesce(reply_list, {NO_REPLIES}) AS reply_list,
+               CASE WHEN log_created IS NOT NULL THEN {_send_key_sql({
+                   **{key: column for column, key in SEND_FIELDS.items()}, "hm": "log_modified IS NOT NULL"})}
+                    END AS send_key
         FROM {source}
     """
 
 
 _COMBINE_EVENTS = """, list_sort(list_distinct(flatten(list(click_list)))) AS click_list,
-               list_sort(list_distinct(flatten(list(reply_list)))) AS reply_list"""
+               list_sort(list_distinct(flatten(list(reply_list)))) AS reply_list,
+               max(send_key) AS send_key"""
 _FINISH_EVENTS = """, CASE WHEN len(click_list) > 0 THEN click_list END AS click_list,
-               CASE WHEN len(reply_list) > 0 THEN reply_list END AS reply_list"""
+               CASE WHEN len(reply_list) > 0 THEN reply_list END AS reply_list, """ + ", ".join(
+    f"send_key.{key} AS {column}" for column, key in SEND_FIELDS.items())
 
 
 def combine_sql(units: str, events: bool = True) -> str:
@@ -322,21 +377,28 @@ def merge_sql(*unit_queries: str, extra: str = "", events: bool = True) -> str:
     return finish_sql(combine_sql(" UNION ALL ".join(f"({q})" for q in unit_queries), events), extra, events)
 
 
-def messages_view_sql(source: str) -> str:
-    """The per-message columns queries use, from stored derived rows of ``source``."""
+# The send record columns of a message the queries use (NULL: no MT send record).
+SEND_VIEW_COLUMNS = ("log_created", "log_status", "cost", "currency", "country", "network", "originator", "route_id",
+                     "log_campaign_id", "recipient_masked")
+
+
+def messages_view_sql(source: str, sends: bool = True) -> str:
+    """The per-message columns queries use, from stored derived rows of ``source`` (with the
+    send record's :data:`SEND_VIEW_COLUMNS` unless not ``sends``: rows merged without them)."""
     return f"""
         SELECT delivery_message_id, campaign, batch_id, client_reference, sent_at, outcome,
                CASE WHEN outcome = 'failed' THEN last_status END AS reason,
                last_status, final_created,
                {DELIVERED_AT_SQL} AS delivered_at,
                latency_us, latency_us / 1e6 AS latency_s, regression::INTEGER AS regressions, label_sets
+               {"".join(", " + c for c in SEND_VIEW_COLUMNS) if sends else ""}
         FROM {source} WHERE sent_at IS NOT NULL
     """
 
 
 # Companions of each messages file: pre-aggregates the dashboard reads instead of the messages
 # when a file lies wholly inside a query's range (same name under derived/<kind>/).
-COMPANIONS = ("rollup", "hist", "latency", "clicks", "replies")
+COMPANIONS = ("rollup", "hist", "latency", "clicks", "replies", "cost", "subhist", "sublatency")
 SLOT_MICROS = 15 * 60 * 1_000_000  # rollup time slots: every zone's hours and days are unions of them
 LATENCY_BUCKET_BITS = 5  # latency buckets: 2**5 per octave of microseconds
 
@@ -381,20 +443,51 @@ def rollup_sql(view: str, t: str | None = None) -> str:
     """
 
 
-def hist_sql(view: str) -> str:
-    """Latencies of the messages ``view`` counted per campaign, label set, last status and
-    latency bucket."""
+LATENCY_GROUPS = "campaign, label_sets, last_status"  # the columns latencies are counted by
+# ... and the times from submission (submission_view_sql): also by the send record's dimensions.
+SUBMISSION_GROUPS = "campaign, label_sets, last_status, currency, country, network, originator, route_id"
+
+
+def hist_sql(view: str, groups: str = LATENCY_GROUPS) -> str:
+    """Latencies (``latency_us``) of the messages ``view`` counted per ``groups`` and latency
+    bucket."""
     return f"""
-        SELECT campaign, label_sets, last_status, {latency_bucket_sql()} AS b, count(*) AS n
+        SELECT {groups}, {latency_bucket_sql()} AS b, count(*) AS n
         FROM ({view}) WHERE latency_us IS NOT NULL GROUP BY ALL
     """
 
 
-def latency_values_sql(view: str) -> str:
-    """Every latency of the messages ``view`` with its bucket and group columns."""
+def latency_values_sql(view: str, groups: str = LATENCY_GROUPS) -> str:
+    """Every latency of the messages ``view`` with its bucket and ``groups`` columns."""
     return f"""
-        SELECT {latency_bucket_sql()} AS b, latency_us, campaign, label_sets, last_status
+        SELECT {latency_bucket_sql()} AS b, latency_us, {groups}
         FROM ({view}) WHERE latency_us IS NOT NULL
+    """
+
+
+def submission_view_sql(view: str, extra: str = "") -> str:
+    """The time from submission of the messages ``view`` as ``latency_us``: first DELIVERED
+    receipt minus the send record's created time, of delivered messages whose send record was
+    created before (the rest have none); with :data:`SUBMISSION_GROUPS` (and ``extra``, e.g.
+    ``sent_at, ``)."""
+    return f"""
+        SELECT {extra}{SUBMISSION_GROUPS}, epoch_us(delivered_at) - epoch_us(log_created) AS latency_us
+        FROM ({view}) WHERE outcome = 'delivered' AND delivered_at > log_created
+    """
+
+
+# What the cost figures are counted by (cost_rollup_sql).
+COST_GROUPS = "campaign, outcome, last_status, label_sets, currency, country, network, originator, route_id, in_log"
+
+
+def cost_rollup_sql(view: str, extra: str = "") -> str:
+    """Messages and the sum of their cost per :data:`COST_GROUPS` (``in_log``: whether the
+    message has an MT send record; and ``extra``, e.g. ``sent_at, ``) of the messages ``view``:
+    the additive pieces of the cost and "where" figures (``dashboard/queries/cost.py``)."""
+    return f"""
+        SELECT {extra}{COST_GROUPS.replace("in_log", "log_created IS NOT NULL AS in_log")},
+               count(*) AS messages, sum(cost) AS cost
+        FROM ({view}) GROUP BY ALL
     """
 
 
@@ -662,6 +755,24 @@ def receipt_files(data_dir: Path, listings: dict | None = None) -> dict[str, tup
     return found
 
 
+SENDS_KEY = "sends"  # the send record files among the absorbed tables (units_sql, update_derived)
+
+
+def send_files(data_dir: Path) -> dict[str, str]:
+    """{path relative to the data directory: its key in the manifest's ``absorbed``} of every
+    send record file (:mod:`dlrlens.store.sends`). A sync replaces a day's file when its records
+    change, so the key holds the file's size and mtime: a replaced file is absorbed again
+    (whole: absorbing a record twice changes nothing) and its old key pruned."""
+    root = Path(data_dir) / SENDS_DIR
+    found = {}
+    for source in sorted(os.listdir(root)) if root.is_dir() else ():
+        for name, (_, size, mtime_ns) in sorted(layout.visible_files(root / source).items()):
+            if name.endswith(".parquet"):
+                relative = f"{SENDS_DIR}/{source}/{name}"
+                found[relative] = f"{relative}@{size}:{mtime_ns}"
+    return found
+
+
 def partition_files(data_dir: Path, partition: str) -> dict[str, tuple[int, int]]:
     """:func:`receipt_files` of one partition directory (``date=YYYY-MM-DD``), sorted."""
     listed = layout.visible_files(layout.receipts_dir(Path(data_dir)) / partition)
@@ -846,6 +957,12 @@ def _write_derived(con, data_dir: Path, key: str, select_sql: str) -> DerivedFil
         numbered = f"(SELECT *, file_row_number AS m_row FROM read_parquet('{messages.temp}', file_row_number = true))"
         con.execute(f"COPY ({clicks_companion_sql(numbered)} ORDER BY sent_at) TO '{tmps['clicks']}' ({options})")
         con.execute(f"COPY ({replies_companion_sql(numbered)} ORDER BY sent_at) TO '{tmps['replies']}' ({options})")
+        con.execute(f"COPY ({cost_rollup_sql(view)} ORDER BY campaign) TO '{tmps['cost']}' ({options})")
+        submission = submission_view_sql(view)
+        con.execute(f"COPY ({hist_sql(submission, SUBMISSION_GROUPS)} ORDER BY campaign, b) "
+                    f"TO '{tmps['subhist']}' ({options})")
+        con.execute(f"COPY ({latency_values_sql(submission, SUBMISSION_GROUPS)} ORDER BY b, latency_us) "
+                    f"TO '{tmps['sublatency']}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 16384)")
     return described_file(relative, metadata)
 
 
@@ -980,9 +1097,14 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
     # Event files are never compacted and small next to receipts: every new one, each update.
     event_listing = {table: events.event_files(data_dir, table) for table in events.EVENT_TABLES}
     new_events = {table: [p for p in found if p not in manifest.absorbed] for table, found in event_listing.items()}
+    # Send record files are bounded like receipts: a backfill sync may bring millions of records.
+    send_listing = send_files(data_dir)
+    new_sends = [p for p, key in send_listing.items() if key not in manifest.absorbed]
+    new_events[SENDS_KEY] = _take_batch(data_dir, new_sends, max_rows) if new_sends else []
     event_batch = [p for found in new_events.values() for p in found]
     result = {"absorbed_files": len(batch), "covered_files": len(covered), "event_files": len(event_batch),
-              "receipts": 0, "messages": 0, "rewritten_files": 0, "backlog_files": len(to_read) - len(batch)}
+              "receipts": 0, "messages": 0, "rewritten_files": 0,
+              "backlog_files": len(to_read) - len(batch) + len(new_sends) - len(new_events[SENDS_KEY])}
     by_key: dict[str, list[DerivedFile]] = {}
     for f in manifest.files:
         by_key.setdefault(file_key(f, hot_start), []).append(f)
@@ -1018,11 +1140,14 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
         if written is not None:
             new_files.append(written)
     replaced = {f.path for key in rewrite for f in by_key.get(key, [])}
-    pruned = {p for p in manifest.absorbed if p not in listing and not any(p in found for found in event_listing.values())}
+    send_keys = set(send_listing.values())
+    pruned = {p for p in manifest.absorbed if p not in listing and p not in send_keys
+              and not any(p in found for found in event_listing.values())}
     changed = bool(rewrite or absorbing or covered or pruned)
     if changed:
         manifest.files = [f for f in manifest.files if f.path not in replaced] + new_files
-        manifest.absorbed = (manifest.absorbed - pruned) | set(batch) | set(covered) | set(event_batch)
+        manifest.absorbed = ((manifest.absorbed - pruned) | set(batch) | set(covered) | set(event_batch)
+                             | {send_listing[p] for p in new_events[SENDS_KEY]}) - set(new_events[SENDS_KEY])
         _retire(manifest, replaced, wall)
     deleted = _delete_expired(data_dir, manifest, wall, grace)
     if changed or deleted:
@@ -1039,8 +1164,8 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
 def units_sql(data_dir: Path, receipts: str | None, event_files: dict[str, list[str]], keywords: tuple[str, ...],
               where: str = "TRUE") -> str:
     """The units of the receipt rows of ``receipts`` (a source, None: none) and of the event
-    files ``event_files`` ({table: relative paths}), rows restricted by ``where`` (on
-    ``delivery_message_id``)."""
+    files ``event_files`` ({table: relative paths}; :data:`SENDS_KEY`: send record files),
+    rows restricted by ``where`` (on ``delivery_message_id``)."""
     parts = [f"SELECT * FROM ({receipt_units_sql(receipts)}) WHERE {where}"] if receipts else []
     clicks = [str(Path(data_dir) / p) for p in event_files.get("clicks", ())]
     replies = [str(Path(data_dir) / p) for p in event_files.get("replies", ())]
@@ -1051,6 +1176,11 @@ def units_sql(data_dir: Path, receipts: str | None, event_files: dict[str, list[
         source = events.rows_sql(replies, "replies", "reply_id, received_at, created, in_reply_to, logical_message_id, "
                                               "originator_hash, body")
         parts.append(f"SELECT * FROM ({reply_units_sql(source, keywords)}) WHERE {where}")
+    records = [str(Path(data_dir) / p) for p in event_files.get(SENDS_KEY, ())]
+    if records:
+        listed = ", ".join(f"'{p}'" for p in records)
+        source = f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
+        parts.append(f"SELECT * FROM ({send_units_sql(source)}) WHERE {where}")
     return " UNION ALL ".join(f"({p})" for p in parts) or receipt_units_sql(f"({empty_receipts_sql()})")
 
 
@@ -1118,8 +1248,8 @@ def _rows(path: Path) -> int:
 
 
 def _take_batch(data_dir: Path, to_read: list[str], max_rows: int) -> list[str]:
-    """The files of this update: oldest partitions first, at most ``max_rows`` rows (and at
-    least one file)."""
+    """The files of this update: the first of ``to_read`` (sorted: oldest partitions or days
+    first), at most ``max_rows`` rows (and at least one file)."""
     batch, rows = [], 0
     for path in to_read:  # sorted: receipts/date=YYYY-MM-DD/name
         n = _rows(data_dir / path)
@@ -1161,6 +1291,8 @@ def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float
         for attempt in (1, 2, 3):
             listing = receipt_files(data_dir)
             event_listing = {table: list(events.event_files(data_dir, table)) for table in events.EVENT_TABLES}
+            send_listing = send_files(data_dir)
+            event_listing[SENDS_KEY] = list(send_listing)
             try:
                 files = _rebuild_files(con, data_dir, listing, event_listing, keywords, hot_start, spill)
                 break
@@ -1171,7 +1303,8 @@ def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float
                     raise
         messages = sum(f.rows for f in files)
         receipts = sum(_rows(data_dir / p) for p in listing)
-        absorbed = set(listing) | {p for found in event_listing.values() for p in found}
+        absorbed = (set(listing) | {p for table, found in event_listing.items() if table != SENDS_KEY for p in found}
+                    | set(send_listing.values()))
         manifest = Manifest(version=(old.version + 1) if old else 1, files=files, absorbed=absorbed,
                             retired=dict(old.retired) if old else {}, hash_probe=hash_probe(con),
                             opt_out_keywords=keywords)

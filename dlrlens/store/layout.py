@@ -20,7 +20,7 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
       maintenance.lock                                    flock: the active maintainer
       compaction.lock                                     flock: one compaction at a time
       derived/manifest.json                               the per-message state in force
-      derived/{messages,rollup,hist,latency}/sent=YYYY-MM-DD/*.parquet   that state's files
+      derived/{messages,<companions>}/sent=YYYY-MM-DD/*.parquet   that state's files (dlrlens.store.derive)
       derived.lock                                        flock: one derived-state updater at a time
       tmp/compaction/, tmp/derive/                        DuckDB spill files (removed after use)
       .auth-failures.sqlite (-wal, -shm)                  wrong-secret counts per source, shared

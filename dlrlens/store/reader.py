@@ -72,7 +72,6 @@ QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99))
 STORE_SETTINGS = {"threads": 2, "memory_limit": "2GB"}
 MAX_BUCKET_RUNS = 2  # latency value reads: at most this many bucket ranges
 RESULT_CACHE_ENTRIES = 256
-JOINED_TABLES = 4  # materialised joins with the send records kept (Store.joined_messages_sql)
 # Latency partials kept per derived file (Store.latency_counts): groupings (group, filters) and
 # latency values (8 bytes each, plus an 8-byte key) at most. Campaigns over all time at 100 M
 # receipts keeps ~0.6 M counts and ~0.4 M values.
@@ -98,6 +97,7 @@ class _Snapshot:
     raw_files: list[str] | None = None  # the same without compaction inputs already merged (lazy)
     event_files: dict[str, list[str]] = field(default_factory=dict)  # clicks/replies files (absolute)
     unplaced: list[derive.DerivedFile] = field(default_factory=list)  # rows of events without receipts
+    merged_tail: bool = False  # whether the tail tables hold anything (receipts, events or send records)
     pooled: bool = False  # whether tables pool_clicks / pool_replies are this snapshot's (Store.linked_clicks_sql)
     pool_linked_clicks: bool = False  # whether pool_clicks holds clicks linked by reference
 
@@ -163,6 +163,7 @@ class _LatencyCounts:
     files: dict[str, _FileLatency]
     keys: np.ndarray
     counts: np.ndarray
+    kind: "_LatencyKind"
 
 
 MEASURES = ("messages", "latency_messages", "within_10s", "within_1m", "within_5m", "within_1h",
@@ -171,7 +172,27 @@ MEASURES = ("messages", "latency_messages", "within_10s", "within_1m", "within_5
 
 # Stored derived columns a query can use (the rest only matters for merging).
 _QUERY_COLUMNS = ("delivery_message_id", "campaign", "batch_id", "client_reference", "sent_at", "outcome",
-                  "last_status", "final_created", "first_delivered_at", "latency_us", "regression", "label_sets")
+                  "last_status", "final_created", "first_delivered_at", "latency_us", "regression", "label_sets",
+                  *derive.SEND_VIEW_COLUMNS)
+
+
+@dataclass(frozen=True)
+class _LatencyKind:
+    """A latency the exact percentiles are taken of: its companions (counts per bucket,
+    values sorted by bucket), the fresh tail's corrections table, the columns it is counted
+    by, and how its rows (``latency_us``) come from a messages view."""
+
+    hist: str
+    values: str
+    tail: str
+    groups: str
+    view: object  # messages view SQL -> latency rows SQL
+
+
+DELIVERY = _LatencyKind("hist", "latency", "tail_latency", derive.LATENCY_GROUPS, lambda view, extra="": view)
+SUBMISSION = _LatencyKind("subhist", "sublatency", "tail_submission", derive.SUBMISSION_GROUPS,
+                          derive.submission_view_sql)
+COST_MEASURES = ("messages", "cost")
 
 
 class Store:
@@ -203,8 +224,6 @@ class Store:
         self._latency_partials: OrderedDict[tuple, dict[str, _FileLatency]] = OrderedDict()
         self._group_codes: dict = {}
         self._group_names: list = []
-        self._joined: OrderedDict[tuple, str] = OrderedDict()  # (filters, version) -> temp table (joined_messages_sql)
-        self._joined_names: list[str] = []
         self._has_names = False  # whether campaign_names holds a row (see _named)
         self._names_version = ""
         self._con.execute("CREATE OR REPLACE TEMP TABLE campaign_names (campaign_id VARCHAR, name VARCHAR)")
@@ -296,9 +315,11 @@ class Store:
         # the version's is harmless.
         event_listing = {table: events.event_files(self.data_dir, table) for table in events.EVENT_TABLES}
         tail_events = {table: [p for p in found if p not in absorbed] for table, found in event_listing.items()}
+        tail_events[derive.SENDS_KEY] = [p for p, key in derive.send_files(self.data_dir).items() if key not in absorbed]
         self._load_names()
         self._empty_tables()
-        if tail or any(tail_events.values()):
+        merged_tail = bool(tail or any(tail_events.values()))
+        if merged_tail:
             derive.absorb(self._con, self.data_dir, tail, numbers, self._index, merged="tail_messages", old="tail_old",
                           trust_stored=manifest is not None and manifest.hash_probe == self._probe,
                           event_files=tail_events, keywords=self.opt_out_keywords(manifest))
@@ -309,7 +330,7 @@ class Store:
                                    tail=tail, touched=touched, numbers=numbers, receipt_files=self._absolute(files),
                                    event_files={table: list(self._absolute(found))
                                                 for table, found in event_listing.items()},
-                                   unplaced=[f for f in derived if not f.placed])
+                                   unplaced=[f for f in derived if not f.placed], merged_tail=merged_tail)
 
     @staticmethod
     def opt_out_keywords(manifest: derive.Manifest | None) -> tuple[str, ...]:
@@ -439,32 +460,32 @@ class Store:
         params: dict = {}
         return filtered_messages_sql(f, params, self.messages_sql(f), self.label_condition(f)), params
 
-    def joined_messages_sql(self, f: Filters) -> tuple[str, dict]:
-        """SQL of the messages matching ``f`` joined to Mobivate's MT send records
-        (:func:`dlrlens.store.sends.joined_sql`: messages with receipts sent in f's range, and
-        log records created in it whose message has no receipt at all), restricted by every
-        filter (countries, networks, senders, routes included); and its parameters."""
-        with self._lock:
-            self.refresh()
-            key = (f, self._snapshot.version)
-            if key not in self._joined:
-                # Materialised once per (filters, data version): a page asks several questions
-                # of the same join (cost by campaign, by country, receipts missing, ...).
-                params: dict = {}
-                window = " AND ".join(["TRUE"] + time_conditions(f, params, column="created"))
-                relation = sends.joined_sql(self.messages_sql(f), self.messages_sql(), self.data_dir, window)
-                conditions = (time_conditions(f, params) + dimension_conditions(f, params, self.label_condition(f))
-                              + send_conditions(f, params))
-                name = f"joined_{len(self._joined_names)}"
-                self._joined_names.append(name)
-                self._con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS "
-                                  f"SELECT * FROM {relation} WHERE {' AND '.join(conditions)}", params)
-                self._joined[key] = name
-                while len(self._joined) > JOINED_TABLES:
-                    _, old = self._joined.popitem(last=False)
-                    self._con.execute(f"DROP TABLE IF EXISTS {old}")
-            self._joined.move_to_end(key)
-            return f"SELECT * FROM {self._joined[key]}", {}
+    def cost_counts_sql(self, f: Filters, params: dict) -> str:
+        """The cost relation of the messages (with receipts) sent in f's range: rows of
+        :func:`dlrlens.store.derive.cost_rollup_sql` (:data:`dlrlens.store.derive.COST_GROUPS`,
+        messages, cost), signed: sum them (a group may net to zero). From the derived files'
+        ``cost`` companions, the fresh tail's corrections and the messages outside the files;
+        every dimension filter is the caller's."""
+        columns = f"{derive.COST_GROUPS}, messages, cost"
+        pieces = self._pieces(f, params, "cost", derive.cost_rollup_sql, f"SELECT {columns} FROM tail_cost WHERE {{inside}}")
+        return "(" + " UNION ALL ".join(f"SELECT {columns} FROM ({sql})" for sql in pieces) + ")"
+
+    def log_only_sql(self, f: Filters, params: dict) -> str:
+        """The messages Mobivate's log knows (an MT send record) created in f's range that
+        have no receipt at all, one row each: delivery_message_id, campaign (the name of the
+        record's campaignId, else the id, else ``(none)``: see
+        :func:`dlrlens.store.sends.campaign_sql`), outcome, last_status and label_sets (NULL),
+        and :data:`dlrlens.store.derive.SEND_VIEW_COLUMNS`. They live in the unplaced derived
+        file (no sent time from a receipt); adds the bound times to ``params``."""
+        snap = self._snapshot
+        columns = ", ".join(("delivery_message_id", *derive.SEND_VIEW_COLUMNS))
+        parts = [self._unsuperseded_sql(x, columns) for x in snap.unplaced]
+        parts.append(f"SELECT {columns} FROM tail_messages WHERE sent_at IS NULL")
+        where = " AND ".join(["log_created IS NOT NULL"] + time_conditions(f, params, column="log_created"))
+        return self._named(f"""(
+            SELECT *, coalesce(log_campaign_id, '{sends.NO_CAMPAIGN}') AS campaign, NULL::VARCHAR AS outcome,
+                   NULL::VARCHAR AS last_status, NULL::VARCHAR AS label_sets
+            FROM ({" UNION ALL ".join(parts)}) WHERE {where})""")
 
     def label_condition(self, f: Filters):
         """The label-pair condition builder for :func:`dlrlens.store.sql.dimension_conditions`."""
@@ -548,7 +569,7 @@ class Store:
         """The pieces of :meth:`_pieces` computed at query time: the fresh tail's corrections
         inside the companions used, ``make`` over the messages outside them."""
         pieces = []
-        if regions.used and self._snapshot.tail:
+        if regions.used and self._snapshot.merged_tail:
             pieces.append(tail.format(inside=regions.inside("t" if kind == "rollup" else "sent_at")))
         if regions.raw is not None:
             pieces.append(make(f"SELECT * FROM {regions.raw} WHERE {regions.outside}"))
@@ -568,10 +589,17 @@ class Store:
             SELECT t, campaign, outcome, last_status, label_sets, {negated}
             FROM ({derive.rollup_sql(old, t="sent_at")})""")
 
-        def latency(view: str, sign: int) -> str:
-            return (f"SELECT sent_at, {derive.latency_bucket_sql()} AS b, latency_us, campaign, label_sets, "
-                    f"last_status, {sign} AS n FROM ({view}) WHERE latency_us IS NOT NULL")
-        self._con.execute(f"CREATE OR REPLACE TEMP TABLE tail_latency AS {latency(new, 1)} UNION ALL {latency(old, -1)}")
+        for kind in (DELIVERY, SUBMISSION):
+            def latency(view: str, sign: int) -> str:
+                return (f"SELECT sent_at, {derive.latency_bucket_sql()} AS b, latency_us, {kind.groups}, {sign} AS n "
+                        f"FROM ({kind.view(view, 'sent_at, ')}) WHERE latency_us IS NOT NULL")
+            self._con.execute(f"CREATE OR REPLACE TEMP TABLE {kind.tail} AS {latency(new, 1)} UNION ALL {latency(old, -1)}")
+        negated = ", ".join(f"-{m} AS {m}" for m in COST_MEASURES)
+        self._con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE tail_cost AS
+            SELECT * FROM ({derive.cost_rollup_sql(new, 'sent_at, ')})
+            UNION ALL
+            SELECT * REPLACE ({negated}) FROM ({derive.cost_rollup_sql(old, 'sent_at, ')})""")
 
     def counts_sql(self, f: "Filters", params: dict, cuts: tuple[int, ...] = ()) -> str:
         """The counts relation of the messages sent in f's range (every dimension filter is
@@ -609,44 +637,51 @@ class Store:
 
     # -- exact percentiles, from latency partials per derived file
 
-    def latency_quantiles(self, f: Filters, group: str | None, names) -> pd.DataFrame:
+    def latency_quantiles(self, f: Filters, group: str | None, names, kind: _LatencyKind = DELIVERY,
+                          count: str | None = None) -> pd.DataFrame:
         """Exact ``quantile_cont(latency_s, q)`` for each q of :data:`QUANTILES` over the
-        messages matching ``f``, overall or per ``group`` (a column: campaign): columns grp and
-        ``names`` (one per quantile), one row per group with latencies. Empty (with those
-        columns) when f's outcomes leave out delivered messages: only they have a latency."""
+        messages matching ``f``, overall or per ``group`` (a text expression over the kind's
+        group columns, e.g. campaign): columns grp and ``names`` (one per quantile), one row
+        per group with latencies. Empty (with those columns) when f's outcomes leave out
+        delivered messages: only they have a latency. ``kind``: :data:`DELIVERY` (time to
+        deliver, from the first receipt) or :data:`SUBMISSION` (from the send record's
+        created time; f's send filters apply). ``count``: also a column of that name, how many
+        latencies each group has."""
         if f.outcomes and "delivered" not in f.outcomes:
-            return _quantile_frame(names)
-        return self._quantiles(f, group, names)
+            return _quantile_frame(names, count)
+        return self._quantiles(f, group, names, kind, count)
 
-    def _quantiles(self, f: Filters, group: str | None, names) -> pd.DataFrame:
+    def _quantiles(self, f: Filters, group: str | None, names, kind: _LatencyKind = DELIVERY,
+                   count: str | None = None) -> pd.DataFrame:
         """:meth:`latency_quantiles` by the exact two-pass method (:func:`_exact_quantiles`)."""
-        return _exact_quantiles(self, f, group, names)
+        return _exact_quantiles(self, f, group, names, kind, count)
 
-    def latency_counts(self, f: "Filters", group: str, conditions: str, params: dict) -> "_LatencyCounts":
+    def latency_counts(self, f: "Filters", group: str, conditions: str, params: dict,
+                       kind: _LatencyKind = DELIVERY) -> "_LatencyCounts":
         """Pass 1 of :meth:`latency_quantiles`: the latency counts of the messages matching
-        ``f`` per (``group``, bucket), for the rows meeting ``conditions`` (SQL on campaign,
-        label_sets, last_status with ``params``). ``group``: a text expression.
+        ``f`` per (``group``, bucket), for the rows meeting ``conditions`` (SQL on the
+        ``kind``'s group columns with ``params``). ``group``: a text expression.
 
         Each used derived file's counts are computed once and kept (:class:`_FileLatency`, by
         the companion's path, size and mtime: derived files are immutable), so a query reads
         only new files, the fresh tail's corrections and the messages outside the files."""
         with self._lock:
             regions = self._regions(f, params)
-            spec = (group, conditions, json.dumps(params, sort_keys=True, default=str), self._names_version)
-            files = self._file_latency(spec, regions.used, group, conditions, params)
+            spec = (kind.hist, group, conditions, json.dumps(params, sort_keys=True, default=str), self._names_version)
+            files = self._file_latency(spec, regions.used, group, conditions, params, kind)
             keys = [x.count_keys for x in files.values()]
             counts = [x.counts for x in files.values()]
-            tail = "SELECT campaign, label_sets, last_status, b, n FROM tail_latency WHERE {inside}"
-            computed = self._computed_pieces(regions, "hist", derive.hist_sql, tail)
+            tail = f"SELECT {kind.groups}, b, n FROM {kind.tail} WHERE {{inside}}"
+            computed = self._computed_pieces(regions, kind.hist, lambda view: derive.hist_sql(kind.view(view), kind.groups),
+                                             tail)
             if computed:
-                union = " UNION ALL ".join(f"SELECT campaign, label_sets, last_status, b, n FROM ({sql})"
-                                           for sql in computed)
+                union = " UNION ALL ".join(f"SELECT {kind.groups}, b, n FROM ({sql})" for sql in computed)
                 fresh = self.query_arrays(f"SELECT {group} AS grp, b, sum(n)::BIGINT AS n FROM ({union}) "
                                           f"WHERE {conditions} GROUP BY ALL", params)
                 keys.append(_keys(fresh))
                 counts.append(fresh["n"].astype(np.int64))
             key, count = _net(np.concatenate(keys or [_NO_KEYS]), np.concatenate(counts or [_NO_KEYS]))
-            return _LatencyCounts(spec=spec, regions=regions, files=files, keys=key, counts=count)
+            return _LatencyCounts(spec=spec, regions=regions, files=files, keys=key, counts=count, kind=kind)
 
     def latency_values(self, counts: "_LatencyCounts", group: str, conditions: str, params: dict,
                        wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -663,20 +698,21 @@ class Store:
                 missing = present[~_members(present, partial.fetched)]
                 if len(missing):
                     need[path] = missing
+            kind = counts.kind
             if need:
-                self._fetch_latency_values(counts.files, need, group, conditions, params)
+                self._fetch_latency_values(counts.files, need, group, conditions, params, kind)
             keys, values, signs = [], [], []
             for partial in counts.files.values():
                 hit = _members(partial.value_keys, wanted)
                 keys.append(partial.value_keys[hit])
                 values.append(partial.values[hit])
                 signs.append(np.ones(len(keys[-1]), np.int64))
-            tail = "SELECT b, latency_us, campaign, label_sets, last_status, n FROM tail_latency WHERE {inside}"
-            computed = lambda view: f"SELECT *, 1 AS n FROM ({derive.latency_values_sql(view)})"  # noqa: E731
-            pieces = self._computed_pieces(counts.regions, "latency", computed, tail)
+            tail = f"SELECT b, latency_us, {kind.groups}, n FROM {kind.tail} WHERE {{inside}}"
+            computed = lambda view: f"SELECT *, 1 AS n FROM ({derive.latency_values_sql(kind.view(view), kind.groups)})"  # noqa: E731
+            pieces = self._computed_pieces(counts.regions, kind.values, computed, tail)
             if pieces:
                 wanted_frame = self._key_frame(wanted)
-                union = " UNION ALL ".join(f"SELECT b, latency_us, campaign, label_sets, last_status, n FROM ({sql}) "
+                union = " UNION ALL ".join(f"SELECT b, latency_us, {kind.groups}, n FROM ({sql}) "
                                            f"WHERE {_bucket_runs(wanted_frame['b'])}" for sql in pieces)
                 fresh = self.query_arrays(f"SELECT * FROM (SELECT {group} AS grp, b, latency_us, n FROM ({union}) "
                                           f"WHERE {conditions}) SEMI JOIN wanted USING (grp, b)",
@@ -688,13 +724,13 @@ class Store:
             return tuple(np.concatenate(part or [_NO_KEYS]) for part in (keys, values, signs))
 
     def _file_latency(self, spec: tuple, used: list[derive.DerivedFile], group: str, conditions: str,
-                      params: dict) -> dict[str, "_FileLatency"]:
+                      params: dict, kind: _LatencyKind) -> dict[str, "_FileLatency"]:
         """{hist companion path: its partial} for ``used``, reading the counts of files not kept yet."""
         kept = self._latency_partials.pop(spec, {})
         self._latency_partials[spec] = kept  # most recently used last
         identities = {}
         for x in used:
-            path = str(self.data_dir / derive.companion_path(x.path, "hist"))
+            path = str(self.data_dir / derive.companion_path(x.path, kind.hist))
             try:
                 st = os.stat(path)
             except FileNotFoundError as exc:  # retired and deleted: Store.cached starts over
@@ -716,11 +752,12 @@ class Store:
         return {p: kept[p] for p in identities}
 
     def _fetch_latency_values(self, files: dict[str, "_FileLatency"], need: dict[str, np.ndarray], group: str,
-                              conditions: str, params: dict) -> None:
+                              conditions: str, params: dict, kind: _LatencyKind) -> None:
         """Read the latency values of the keys ``need`` ({hist companion path: keys}) from the
         latency companions into the files' partials."""
         paths = list(need)
-        latency = [p.replace(f"/{derive.DERIVED_DIR}/hist/", f"/{derive.DERIVED_DIR}/latency/", 1) for p in paths]
+        latency = [p.replace(f"/{derive.DERIVED_DIR}/{kind.hist}/", f"/{derive.DERIVED_DIR}/{kind.values}/", 1)
+                   for p in paths]
         # One scan for every key missing somewhere (a semi-join on two columns, as cheap as the
         # plain read); each file then keeps only the keys it was asked for.
         wanted = self._key_frame(np.unique(np.concatenate(list(need.values()))))
@@ -1312,7 +1349,8 @@ def _label_catalog(store: Store) -> pd.DataFrame:
 # --------------------------------------------------------------------------- exact percentiles
 
 
-def _exact_quantiles(store: Store, f: Filters, group: str | None, names) -> pd.DataFrame:
+def _exact_quantiles(store: Store, f: Filters, group: str | None, names, kind: _LatencyKind = DELIVERY,
+                     count: str | None = None) -> pd.DataFrame:
     """:meth:`Store.latency_quantiles` (columns grp and ``names``, one per :data:`QUANTILES`).
 
     Two passes instead of DuckDB's sort of every value: (1) the latency counts per (group,
@@ -1325,14 +1363,17 @@ def _exact_quantiles(store: Store, f: Filters, group: str | None, names) -> pd.D
     """
     interpolate = _interpolation()
     if interpolate is None:
-        return _quantiles_by_duckdb(store, f, group, names)
+        return _quantiles_by_duckdb(store, f, group, names, kind, count)
     grp = group or "'all'"  # a text: the keys code group values (Store.query_arrays)
     params: dict = {}
-    conditions = " AND ".join(dimension_conditions(replace(f, outcomes=()), params, store.label_condition(f)))
+    conditions = dimension_conditions(replace(f, outcomes=()), params, store.label_condition(f))
+    if kind is SUBMISSION:
+        conditions += send_conditions(f, params)
+    conditions = " AND ".join(conditions)
     with store.pinned():
-        counts = store.latency_counts(f, grp, conditions, params)
+        counts = store.latency_counts(f, grp, conditions, params, kind)
         if not len(counts.keys):
-            return _quantile_frame(names)
+            return _quantile_frame(names, count)
         # Pass 1 -> per group and quantile the ranks floor(rn) and ceil(rn) (0-based, over the
         # group's latencies in bucket order), and the bucket (key) and position in it of each.
         keys, n = counts.keys, counts.counts
@@ -1357,10 +1398,10 @@ def _exact_quantiles(store: Store, f: Filters, group: str | None, names) -> pd.D
     found = starts < len(value_keys)
     found[found] = value_keys[starts[found]] == wanted_keys[found]
     if not found.all():  # the histograms and the values disagree: never seen
-        return _quantiles_by_duckdb(store, f, group, names)
+        return _quantiles_by_duckdb(store, f, group, names, kind, count)
     at = np.searchsorted(value_upto, value_upto[starts] - signs[starts] + wanted_pos, side="right")
     if not (at < len(value_keys)).all() or not (value_keys[np.minimum(at, len(value_keys) - 1)] == wanted_keys).all():
-        return _quantiles_by_duckdb(store, f, group, names)
+        return _quantiles_by_duckdb(store, f, group, names, kind, count)
     picked = values[at]
     low_values, high_values = picked[:len(group_no)], picked[len(group_no):]
     groups = store.group_name(keys[first])
@@ -1369,26 +1410,35 @@ def _exact_quantiles(store: Store, f: Filters, group: str | None, names) -> pd.D
         d = r - math.floor(r)
         lo = int(lo_us) / 1e6
         out[g][k] = lo if d == 0 else interpolate(lo, int(hi_us) / 1e6, d)
-    return pd.DataFrame([[g, *v] for g, v in out.items()], columns=["grp"] + names)
+    frame = pd.DataFrame([[g, *v] for g, v in out.items()], columns=["grp"] + names)
+    if count:
+        frame[count] = totals
+    return frame
 
 
-def _quantiles_by_duckdb(store: Store, f: Filters, group: str | None, names) -> pd.DataFrame:
+def _quantiles_by_duckdb(store: Store, f: Filters, group: str | None, names, kind: _LatencyKind = DELIVERY,
+                         count: str | None = None) -> pd.DataFrame:
     """:meth:`Store.latency_quantiles` by DuckDB's ``quantile_cont`` over the messages."""
     sql, params = store.filtered_messages_sql(f)
-    return store.query(quantiles_by_group_sql(sql, group, names), params)
+    if kind is SUBMISSION:
+        sql = (f"SELECT *, latency_us / 1e6 AS latency_s FROM ({derive.submission_view_sql(sql)}) "
+               f"WHERE {' AND '.join(['TRUE'] + send_conditions(f, params))}")
+    return store.query(quantiles_by_group_sql(sql, group, names, count), params)
 
 
-def quantiles_by_group_sql(messages: str, group: str | None, names) -> str:
+def quantiles_by_group_sql(messages: str, group: str | None, names, count: str | None = None) -> str:
     """``quantile_cont(latency_s, q)`` for each q of :data:`QUANTILES` (columns ``names``) over
     the messages with a latency in ``messages`` (a query), overall or per ``group`` (column
     ``grp``): the straightforward percentiles, which the fast path reproduces bit for bit."""
     columns = ", ".join(f"quantile_cont(latency_s, {q}) AS {name}" for name, (_, q) in zip(names, QUANTILES))
+    columns += f", count(latency_s) AS {count}" if count else ""
     return f"SELECT {group or '0'} AS grp, {columns} FROM ({messages}) WHERE latency_s IS NOT NULL GROUP BY ALL"
 
 
-def _quantile_frame(names) -> pd.DataFrame:
-    """No percentiles: the columns grp and ``names``, no rows."""
-    return pd.DataFrame({"grp": pd.Series([], dtype=object), **{n: pd.Series([], dtype="float64") for n in names}})
+def _quantile_frame(names, count: str | None = None) -> pd.DataFrame:
+    """No percentiles: the columns grp and ``names`` (and ``count``), no rows."""
+    return pd.DataFrame({"grp": pd.Series([], dtype=object), **{n: pd.Series([], dtype="float64") for n in names},
+                         **({count: pd.Series([], dtype="int64")} if count else {})})
 
 
 def _fused_interpolation(lo: float, hi: float, d: float) -> float:

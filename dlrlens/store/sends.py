@@ -23,9 +23,11 @@ Contract:
   knows for the prefix: numbers get ported), a keyed hash (:func:`dlrlens.store.pseudonym.number_hash`)
   and a masked form. Message text (``body``, ``text``) is never stored; no number is logged.
 * Readers: :func:`sends_sql` (one row per message id over every source), :func:`names_sql`
-  (one name per campaign id: imported first, then Mobivate's), :func:`campaign_sql` (THE
-  definition of a message's campaign) and :func:`joined_sql` (receipt messages and log
-  records, one row per message).
+  (one name per campaign id: imported first, then Mobivate's) and :func:`campaign_sql` (THE
+  definition of a message's campaign). The dashboard's cost figures read the send records
+  the derived state absorbed (:mod:`dlrlens.store.derive`: each message keeps its MT record),
+  never joining at query time; the straightforward join is the test oracle's
+  (``tests/support/baseline.py``).
 """
 
 from __future__ import annotations
@@ -591,44 +593,8 @@ def campaign_sql(label: str = "label", batch_id: str = "batch_id", campaign_id: 
     its log campaignId, else its batchId, else its campaignId, else ``(none)``. Arguments: the
     SQL expressions of those columns.
 
-    The log's campaignId is used only for messages without any receipt (:func:`joined_sql`):
+    The log's campaignId is used only for messages without any receipt:
     the receipt-based relations of the reader see a message's batchId only
     (:meth:`dlrlens.store.reader.Store._named`), and a message must have the same campaign on
     every page. Mobivate's receipts of a campaign send carry its id as batchId."""
     return f"coalesce({label}, {batch_name}, {campaign_name}, {batch_id}, {campaign_id}, '{NO_CAMPAIGN}')"
-
-
-def joined_sql(messages: str, all_messages: str, data_dir: Path, log_window: str = "TRUE") -> str:
-    """One row per message: the receipts' messages ``messages`` (a ``messages`` relation, SQL)
-    with their MT send record when there is one (``in_log`` false: cost unknown), and the MT
-    send records meeting ``log_window`` (SQL on ``created``) whose message has no receipt at
-    all in ``all_messages`` (``has_receipt`` false, ``outcome`` NULL).
-
-    Columns: delivery_message_id, campaign (:func:`campaign_sql`), batch_id, campaign_id,
-    sent_at (the earliest receipt, else the log's created), outcome, last_status, latency_s,
-    label_sets, delivered_at (the first DELIVERED receipt's created), has_receipt, in_log, log_created, log_status,
-    cost, currency, country, network, originator, route_id, recipient_hash, recipient_masked.
-    """
-    send_columns = ("s.created AS log_created, s.status AS log_status, s.cost, s.currency, s.country, s.network, "
-                    "s.originator, s.route_id, s.recipient_hash, s.recipient_masked, s.campaign_id")
-    return f"""(
-        WITH s AS (SELECT * FROM {sends_sql(data_dir)} WHERE coalesce(direction, 'MT') = 'MT'),
-             n AS (SELECT * FROM {names_sql(data_dir)}),
-             j AS (
-                SELECT m.delivery_message_id,
-                       CASE WHEN m.campaign IS DISTINCT FROM coalesce(m.batch_id, '{NO_CAMPAIGN}')
-                            THEN m.campaign END AS label,
-                       m.batch_id, coalesce(m.sent_at, s.created) AS sent_at, m.outcome, m.last_status,
-                       m.latency_s, m.label_sets, m.delivered_at,
-                       TRUE AS has_receipt, s.message_id IS NOT NULL AS in_log, {send_columns}
-                FROM {messages} m LEFT JOIN s ON s.message_id = m.delivery_message_id
-                UNION ALL
-                SELECT s.message_id, NULL, NULL, s.created, NULL, NULL, NULL, NULL, NULL,
-                       FALSE, TRUE, {send_columns}
-                FROM s WHERE {log_window}
-                  AND s.message_id NOT IN (SELECT delivery_message_id FROM {all_messages}))
-        SELECT j.* EXCLUDE (label),
-               {campaign_sql("j.label", "j.batch_id", "CASE WHEN NOT j.has_receipt THEN j.campaign_id END",
-                             "nb.name", "CASE WHEN NOT j.has_receipt THEN nc.name END")} AS campaign
-        FROM j LEFT JOIN n nb ON nb.campaign_id = j.batch_id
-               LEFT JOIN n nc ON nc.campaign_id = j.campaign_id)"""

@@ -164,7 +164,7 @@ def label_values_sql(path_param: str) -> str:
 
 def send_conditions(f, params: dict) -> list[str]:
     """Filters ``f``'s countries, networks, senders and routes as SQL conditions on the joined
-    relation (:func:`dlrlens.store.sends.joined_sql`); adds the bound values to ``params``.
+    relations (columns country, network, originator, route_id); adds the bound values to ``params``.
     ``(unknown)`` matches a message without the value (no send record, or a number that did
     not parse)."""
     from dlrlens.store.selection import SEND_DIMENSIONS

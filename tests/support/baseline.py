@@ -13,13 +13,15 @@ The per-message definitions here are the ones ``dlrlens/store/derive.py`` keeps 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from dlrlens.store import derive, events, reader
-from dlrlens.store.reader import CHARTED_FROM, CHARTED_TO, Store, _instant, _Snapshot
-from dlrlens.store.sql import json_pointer, raw_rows_sql, seconds_between, time_conditions
+from dlrlens.store import derive, events, reader, sends
+from dlrlens.store.reader import CHARTED_FROM, CHARTED_TO, DELIVERY, SUBMISSION, Store, _instant, _Snapshot
+from dlrlens.store.sql import (dimension_conditions, json_pointer, raw_rows_sql, seconds_between, send_conditions,
+                               time_conditions)
 
 FINAL = "category <> 'pending'"
 
@@ -80,6 +82,55 @@ def messages_sql(rows: str) -> str:
     """
 
 
+def send_records_sql(data_dir: Path) -> str:
+    """A message's send record, straightforwardly: of its MT records (log and history), the
+    log's, then the latest modified, then the latest created."""
+    paths = sorted(str(p) for p in Path(data_dir).glob(f"{sends.SENDS_DIR}/*/*.parquet") if not p.name.startswith("."))
+    source = sends._parquet([Path(p) for p in paths], sends.SEND_SCHEMA)
+    return f"""(
+        SELECT * EXCLUDE (pick) FROM (
+            SELECT *, row_number() OVER (PARTITION BY message_id
+                ORDER BY source = 'log' DESC, modified DESC NULLS LAST, created DESC) AS pick
+            FROM {source} WHERE coalesce(direction, 'MT') = 'MT')
+        WHERE pick = 1)"""
+
+
+def joined_sql(messages: str, all_messages: str, data_dir: Path, log_window: str = "TRUE") -> str:
+    """One row per message: the receipts' messages ``messages`` (a ``messages`` relation, SQL)
+    with their MT send record when there is one (``in_log`` false: cost unknown), and the MT
+    send records meeting ``log_window`` (SQL on ``created``) whose message has no receipt at
+    all in ``all_messages`` (``has_receipt`` false, ``outcome`` NULL).
+
+    Columns: delivery_message_id, campaign (:func:`campaign_sql`), batch_id, campaign_id,
+    sent_at (the earliest receipt, else the log's created), outcome, last_status, latency_s,
+    label_sets, delivered_at (the first DELIVERED receipt's created), has_receipt, in_log, log_created, log_status,
+    cost, currency, country, network, originator, route_id, recipient_hash, recipient_masked.
+    """
+    send_columns = ("s.created AS log_created, s.status AS log_status, s.cost, s.currency, s.country, s.network, "
+                    "s.originator, s.route_id, s.recipient_hash, s.recipient_masked, s.campaign_id")
+    return f"""(
+        WITH s AS (SELECT * FROM {send_records_sql(data_dir)}),
+             n AS (SELECT * FROM {sends.names_sql(data_dir)}),
+             j AS (
+                SELECT m.delivery_message_id,
+                       CASE WHEN m.campaign IS DISTINCT FROM coalesce(m.batch_id, '{sends.NO_CAMPAIGN}')
+                            THEN m.campaign END AS label,
+                       m.batch_id, coalesce(m.sent_at, s.created) AS sent_at, m.outcome, m.last_status,
+                       m.latency_s, m.label_sets, m.delivered_at,
+                       TRUE AS has_receipt, s.message_id IS NOT NULL AS in_log, {send_columns}
+                FROM {messages} m LEFT JOIN s ON s.message_id = m.delivery_message_id
+                UNION ALL
+                SELECT s.message_id, NULL, NULL, s.created, NULL, NULL, NULL, NULL, NULL,
+                       FALSE, TRUE, {send_columns}
+                FROM s WHERE {log_window}
+                  AND s.message_id NOT IN (SELECT delivery_message_id FROM {all_messages}))
+        SELECT j.* EXCLUDE (label),
+               {sends.campaign_sql("j.label", "j.batch_id", "CASE WHEN NOT j.has_receipt THEN j.campaign_id END",
+                             "nb.name", "CASE WHEN NOT j.has_receipt THEN nc.name END")} AS campaign
+        FROM j LEFT JOIN n nb ON nb.campaign_id = j.batch_id
+               LEFT JOIN n nc ON nc.campaign_id = j.campaign_id)"""
+
+
 def raw_label_condition(rows: str):
     """Label filter of the baseline: some stored row of the message carries the label."""
     def condition(i: int, key: str, value: str, params: dict) -> str:
@@ -135,8 +186,29 @@ class BaselineStore(Store):
                           f"count(*) AS n FROM ({sql}) WHERE latency_us IS NOT NULL GROUP BY ALL "
                           f"ORDER BY grp, b", params)
 
-    def _quantiles(self, f, group, names) -> pd.DataFrame:
-        return reader._quantiles_by_duckdb(self, f, group, names)
+    def _quantiles(self, f, group, names, kind=DELIVERY, count=None) -> pd.DataFrame:
+        if kind is SUBMISSION:
+            params: dict = {}
+            conditions = (time_conditions(f, params) + send_conditions(f, params)
+                          + dimension_conditions(replace(f, outcomes=()), params, self.label_condition(f)))
+            rows = f"SELECT * FROM {self._joined(f, params)} WHERE has_receipt AND {' AND '.join(conditions)}"
+            sql = f"SELECT *, latency_us / 1e6 AS latency_s FROM ({derive.submission_view_sql(rows)})"
+            return self.query(reader.quantiles_by_group_sql(sql, group, names, count), params)
+        return reader._quantiles_by_duckdb(self, f, group, names, kind, count)
+
+    # Mobivate's send records: joined to the messages at query time (the store keeps each
+    # message's record in its derived state instead).
+    def _joined(self, f, params: dict) -> str:
+        window = " AND ".join(["TRUE"] + time_conditions(f, params, column="created"))
+        return joined_sql(self.messages_sql(), self.messages_sql(), self.data_dir, window)
+
+    def cost_counts_sql(self, f, params: dict) -> str:
+        time = " AND ".join(["TRUE"] + time_conditions(f, params))
+        return f"({derive.cost_rollup_sql(f'SELECT * FROM {self._joined(f, params)} WHERE has_receipt AND {time}')})"
+
+    def log_only_sql(self, f, params: dict) -> str:
+        time = " AND ".join(["TRUE"] + time_conditions(f, params))
+        return f"(SELECT * FROM {self._joined(f, params)} WHERE NOT has_receipt AND {time})"
 
     # Clicks and replies: linked at query time against every message (the store keeps the link
     # in its derived state instead).
