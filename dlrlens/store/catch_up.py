@@ -102,13 +102,17 @@ def held_lock_inodes() -> set[int] | None:
     return inodes
 
 
+def slot_held(wal_root: Path, slot: str, held: set[int]) -> bool:
+    """Whether ``slot``'s lock is held by some process (``held``: :func:`held_lock_inodes`)."""
+    try:
+        return Path(wal_root, f"{slot}.lock").stat().st_ino in held
+    except OSError:
+        return False  # no lock file: no writer there
+
+
 def _live(data_dir: Path, doc: dict, held: set[int] | None) -> bool:
     if held is not None:
-        try:
-            inode = Path(data_dir, layout.WAL_DIR, f"{doc['slot']}.lock").stat().st_ino
-        except OSError:
-            return False  # no lock file: no writer there
-        return inode in held
+        return slot_held(Path(data_dir, layout.WAL_DIR), doc["slot"], held)
     try:
         pid = int(doc.get("pid", 0))
         if pid <= 0:

@@ -283,7 +283,7 @@ class ReceiptStorage:
         self._caught_up = threading.Event()
         self._recovery_pending = True
         self._started = time.time()
-        if not any(list_segments(log_dir) for log_dir in self.wal_root.glob("w*")):
+        if not self._left_behind():
             self.recover()  # nothing to replay: only the temporary files of writers that died, at once
             self._caught_up.set()
         catch_up.record(self.data_dir, self.slot, self.catching_up, self._started)
@@ -300,6 +300,17 @@ class ReceiptStorage:
             if held is not None:
                 return slot, held
         raise RuntimeError("no free writer slot")
+
+    def _left_behind(self) -> bool:
+        """Whether a previous life left segments to replay: in this slot's log, or in a slot no
+        live process holds. Another live worker's open segment is its own, not a backlog: counting
+        it made every worker started after the first say "catching up" for its first pass (the
+        whole collector's state since :mod:`dlrlens.store.catch_up`). Without the kernel's lock
+        list every slot's segments count, as before."""
+        held = catch_up.held_lock_inodes()
+        return any(list_segments(log_dir) and (log_dir.name == self.slot or held is None
+                                               or not catch_up.slot_held(self.wal_root, log_dir.name, held))
+                   for log_dir in self.wal_root.glob("w*") if log_dir.is_dir())
 
     def recover(self) -> int:
         """Flush what every unheld slot's log still holds (this slot's own log is the flush's:

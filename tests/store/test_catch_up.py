@@ -17,13 +17,18 @@ from dlrlens.store.wal import encode_record
 from dlrlens.store.writer import ReceiptStorage
 
 
+def stored_receipt(index: int, message_id: str) -> dict:
+    """A receipt as the collector hands it to the storage."""
+    now = datetime.now(timezone.utc)
+    return {"receipt_id": f"{index:032x}", "delivery_message_id": message_id, "batch_id": None,
+            "client_reference": None, "created": now, "received_at": now, "status": "DELIVERED",
+            "status_code": 1, "category": "delivered", "part": None, "parts": 1, "hlr": None, "extra": None,
+            "campaign": None, "labels": "{}", "source_format": "json"}
+
+
 def leave_a_log(data, slot: str, count: int = 3) -> None:
     """A segment of ``count`` receipts in ``slot``'s log, a minute old: what a previous life left."""
-    now = datetime.now(timezone.utc)
-    records = [{"receipt_id": f"{index:032x}", "delivery_message_id": f"left-{index}", "batch_id": None,
-                "client_reference": None, "created": now, "received_at": now, "status": "DELIVERED",
-                "status_code": 1, "category": "delivered", "part": None, "parts": 1, "hlr": None, "extra": None,
-                "campaign": None, "labels": "{}", "source_format": "json"} for index in range(count)]
+    records = [stored_receipt(index, f"left-{index}") for index in range(count)]
     segment = data / layout.WAL_DIR / slot / f"{time.time_ns() - 60 * 10**9:020d}.wal"
     segment.parent.mkdir(parents=True)
     segment.write_bytes(b"".join(encode_record(record) for record in records))
@@ -119,3 +124,20 @@ def test_a_storage_closed_mid_replay_clears_its_record(tmp_path, monkeypatch):
     assert storage.collector_catching_up()["slots"] == ["w000"]
     storage.close()  # flushes what is left (the log keeps it otherwise)
     assert catch_up.collector_state(data)["catching_up"] is False
+
+
+def test_a_worker_started_next_to_a_live_one_has_nothing_to_replay(tmp_path):
+    # The first worker's open segment is its own, not a backlog: the second starts caught up (it
+    # said "catching up" for its first pass, and so did the whole collector).
+    data = tmp_path / "data"
+    first = ReceiptStorage(data, flush_seconds=60)
+    try:
+        first.store([stored_receipt(0, "live")])
+        assert first.backlog()["segments"] == 1
+        second = ReceiptStorage(data, flush_seconds=60)
+        try:
+            assert not second.catching_up and not second.collector_catching_up()["catching_up"]
+        finally:
+            second.close()
+    finally:
+        first.close()
