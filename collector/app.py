@@ -485,8 +485,10 @@ def healthz() -> Response:
     With a publisher (the Iceberg store) that cannot publish now, the status is "degraded" but
     the code stays 200: receipts are still acknowledged from the local log (a load balancer
     must keep sending), and ``store`` says what fails and how much waits in the log. Likewise
-    while the worker replays what a previous run left in the logs (``catching_up``: a restart
-    answers at once and catches up in the background, see :mod:`dlrlens.store.writer`)."""
+    while the collector replays what a previous run left in the logs (``catching_up``: a restart
+    answers at once and catches up in the background, see :mod:`dlrlens.store.writer`). That
+    state is the whole collector's (any worker still replaying, :mod:`dlrlens.store.catch_up`),
+    whichever worker answers; ``this_worker`` says this worker's own."""
     storage: ReceiptStorage = _ctx()["storage"]
     writable, problem = True, None
     try:
@@ -494,9 +496,13 @@ def healthz() -> Response:
     except OSError as exc:
         writable, problem = False, error_kind(exc)  # str(exc) would name the data directory
     local_ok = writable and not storage.last_flush_error
+    replay = storage.collector_catching_up()
     doc = {
-        "status": "ok" if local_ok and not storage.catching_up else "degraded",
-        "catching_up": storage.catching_up,
+        "status": "ok" if local_ok and not replay["catching_up"] else "degraded",
+        "catching_up": replay["catching_up"],
+        "catching_up_slots": replay["slots"],
+        "catching_up_since": replay["since"],
+        "this_worker": {"slot": storage.slot, "catching_up": storage.catching_up},
         "storage_writable": writable,
         "storage_error": problem,
         "last_flush_error": storage.last_flush_error,

@@ -62,20 +62,28 @@ def render(storage) -> str:
               "# HELP dlrlens_last_flush_seconds Duration of this worker's last flush.",
               "# TYPE dlrlens_last_flush_seconds gauge",
               f"dlrlens_last_flush_seconds {storage.counters.last_flush_seconds:.6f}"]
-    backlog = storage.backlog()
-    lines += ["# HELP dlrlens_log_backlog_bytes Bytes acknowledged in this worker's log, not yet in Parquet.",
+    backlog = storage.collector_backlog()
+    replay = storage.collector_catching_up()
+    lines += ["# HELP dlrlens_log_backlog_bytes Bytes acknowledged in the collector's logs (every worker's), "
+              "not yet in Parquet.",
               "# TYPE dlrlens_log_backlog_bytes gauge",
               f"dlrlens_log_backlog_bytes {backlog['bytes']}",
-              "# HELP dlrlens_log_backlog_segments Log segments of this worker waiting for a flush.",
+              "# HELP dlrlens_log_backlog_segments Log segments of the collector (every worker) waiting for a flush.",
               "# TYPE dlrlens_log_backlog_segments gauge",
               f"dlrlens_log_backlog_segments {backlog['segments']}",
               "# HELP dlrlens_log_backlog_age_seconds Age of the oldest of them (0 when none).",
               "# TYPE dlrlens_log_backlog_age_seconds gauge",
               f"dlrlens_log_backlog_age_seconds {backlog['oldest_age_seconds']}",
-              "# HELP dlrlens_catching_up 1 while this worker replays what a previous run left in the logs "
-              "(it acknowledges meanwhile).",
+              "# HELP dlrlens_catching_up 1 while the collector (any of its workers) replays what a previous run "
+              "left in the logs (it acknowledges meanwhile).",
               "# TYPE dlrlens_catching_up gauge",
-              f"dlrlens_catching_up {int(storage.catching_up)}"]
+              f"dlrlens_catching_up {int(replay['catching_up'])}",
+              "# HELP dlrlens_catching_up_seconds How long the oldest replay still going has been (0 when none).",
+              "# TYPE dlrlens_catching_up_seconds gauge",
+              f"dlrlens_catching_up_seconds {replay['seconds']}",
+              "# HELP dlrlens_worker_catching_up 1 while this worker replays what a previous run left.",
+              "# TYPE dlrlens_worker_catching_up gauge",
+              f"dlrlens_worker_catching_up {int(storage.catching_up)}"]
     if storage.publish is not None:
         lines += publisher_lines(storage)
     lines += maintenance_lines(Path(storage.data_dir))

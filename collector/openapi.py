@@ -257,14 +257,26 @@ def _components() -> dict:
         "InternalError": _error_schema(("internal_error",)),
         "Health": {
             "type": "object",
-            "required": ["status", "catching_up", "storage_writable", "storage_error", "last_flush_error", "slot",
-                         "backlog"],
+            "required": ["status", "catching_up", "catching_up_slots", "catching_up_since", "this_worker",
+                         "storage_writable", "storage_error", "last_flush_error", "slot", "backlog"],
             "properties": {
                 "status": {"enum": ["ok", "degraded"]},
                 "catching_up": {"type": "boolean",
-                                "description": "This worker is replaying what a previous run left in the logs "
-                                               "(after a restart; it acknowledges meanwhile, status is degraded, "
-                                               "the code stays 200)."},
+                                "description": "The collector (any of its workers, whichever answers) is replaying "
+                                               "what a previous run left in the logs (after a restart; it "
+                                               "acknowledges meanwhile, status is degraded, the code stays 200). "
+                                               "A worker that died mid-replay does not count: its slot's log is "
+                                               "adopted by a live worker, which then counts."},
+                "catching_up_slots": {"type": "array", "items": {"type": "string"},
+                                      "description": "The writer slots still replaying (empty when none)."},
+                "catching_up_since": {"type": ["string", "null"], "format": "date-time",
+                                      "description": "When the oldest replay still going started (null when none)."},
+                "this_worker": {"type": "object", "description": "The answering worker's own state.",
+                                "required": ["slot", "catching_up"],
+                                "properties": {"slot": {"type": "string"},
+                                               "catching_up": {"type": "boolean",
+                                                               "description": "This worker replays what a "
+                                                                              "previous run left."}}},
                 "storage_writable": {"type": "boolean"},
                 "storage_error": {"type": ["string", "null"],
                                   "description": "The kind of error of the write probe (ENOSPC, EACCES, EROFS...)."},

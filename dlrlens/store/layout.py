@@ -15,6 +15,7 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
       wal/quarantine/<slot>-<segment>.wal                 log segments that could not be converted
       rejected/<reason>/<time>-<id>.body|.json            raw bodies of rejected requests, and why
       stats/<slot>.json                                   each writer's counters (metrics)
+      stats/replay/<slot>.json                            each writer's catching-up state (dlrlens.store.catch_up)
       maintenance.json                                    the maintenance process's status
       demo.json                                           `dlrlens up`'s demo traffic: still posting?
       maintenance.lock                                    flock: the active maintainer
@@ -117,6 +118,8 @@ ICEBERG_COMPACTION_DIR = "tmp/iceberg-compaction"  # the table compaction's copi
 WAL_DIR = "wal"
 REJECTED_DIR = "rejected"
 STATS_DIR = "stats"
+# Each writer slot's catching-up state (dlrlens.store.catch_up); not stats/*.json: those are counters.
+REPLAY_STATE_DIR = "stats/replay"
 # Written (atomically) by the active maintainer after each task: runs, errors, the last error,
 # the last success of each task, its intervals. See dlrlens.store.maintenance.Maintainer.status_document.
 MAINTENANCE_STATUS = "maintenance.json"

@@ -14,7 +14,9 @@ after its restart, 3.1 s now, on a loaded 2-core machine; 37 s before catch-ups 
 New segments get larger ids than those left behind (:class:`~dlrlens.store.wal.WriteAheadLog`),
 so the flusher still takes a slot's segments oldest first, and the exactly-once rules below
 hold unchanged. Until that first pass has gone through, :attr:`ReceiptStorage.catching_up` is
-true when something was left behind (the collector's ``/healthz`` then says "degraded").
+true when something was left behind (the collector's ``/healthz`` then says "degraded"). Each slot
+records that state in the data directory (:mod:`dlrlens.store.catch_up`), so that
+:meth:`ReceiptStorage.collector_catching_up` answers for every worker of the collector.
 
 Flushing turns a closed log segment into one Parquet file per table and UTC day (of
 ``created`` for receipts and replies, of arrival for clicks: :data:`dlrlens.store.layout.TABLES`),
@@ -58,7 +60,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from dlrlens.store import files, layout
+from dlrlens.store import catch_up, files, layout
 from dlrlens.store.faults import crash_point
 from dlrlens.store.wal import Arrival, Durability, StorageError, WriteAheadLog, list_segments, log_document, read_segment
 
@@ -161,6 +163,29 @@ def error_kind(exc: BaseException) -> str:
     return name or type(exc).__name__
 
 
+def collector_segments(wal_root: Path) -> list[Path]:
+    """The segments of every slot's log under ``wal_root`` (the whole collector's), oldest first."""
+    return sorted((segment for slot in sorted(Path(wal_root).glob("w*")) if slot.is_dir()
+                   for segment in list_segments(slot)), key=lambda segment: segment.name)
+
+
+def segments_backlog(segments: list[Path]) -> dict:
+    """``segments`` (oldest first): how many, their bytes, and the age of the oldest (a segment's
+    id is the time it was opened; 0 when none)."""
+    size = 0
+    for segment in segments:
+        try:
+            size += segment.stat().st_size
+        except OSError:
+            pass  # flushed meanwhile
+    return {"segments": len(segments), "bytes": size, "oldest_age_seconds": oldest_age_seconds(segments)}
+
+
+def oldest_age_seconds(segments: list[Path]) -> float:
+    oldest = (time.time() - int(segments[0].stem) / 1e9) if segments else 0.0
+    return round(max(oldest, 0.0), 3)
+
+
 class Counters:
     """Monotonic counters of one writer slot, persisted to ``stats/<slot>.json`` at each flush."""
 
@@ -257,9 +282,11 @@ class ReceiptStorage:
         # flusher's first pass (the module docstring), which sets the event once it went through.
         self._caught_up = threading.Event()
         self._recovery_pending = True
-        if not any(list_segments(log_dir) for log_dir in self.wal_root.glob("w*")):
+        self._started = time.time()
+        if not self._left_behind():
             self.recover()  # nothing to replay: only the temporary files of writers that died, at once
             self._caught_up.set()
+        catch_up.record(self.data_dir, self.slot, self.catching_up, self._started)
         self.wal = WriteAheadLog(self.log_dir)
         self._thread = threading.Thread(target=self._flush_loop, name="dlrlens-flusher", daemon=True)
         self._thread.start()
@@ -273,6 +300,17 @@ class ReceiptStorage:
             if held is not None:
                 return slot, held
         raise RuntimeError("no free writer slot")
+
+    def _left_behind(self) -> bool:
+        """Whether a previous life left segments to replay: in this slot's log, or in a slot no
+        live process holds. Another live worker's open segment is its own, not a backlog: counting
+        it made every worker started after the first say "catching up" for its first pass (the
+        whole collector's state since :mod:`dlrlens.store.catch_up`). Without the kernel's lock
+        list every slot's segments count, as before."""
+        held = catch_up.held_lock_inodes()
+        return any(list_segments(log_dir) and (log_dir.name == self.slot or held is None
+                                               or not catch_up.slot_held(self.wal_root, log_dir.name, held))
+                   for log_dir in self.wal_root.glob("w*") if log_dir.is_dir())
 
     def recover(self) -> int:
         """Flush what every unheld slot's log still holds (this slot's own log is the flush's:
@@ -490,8 +528,9 @@ class ReceiptStorage:
                     self.recover()
                 self.flush()
                 if not self._recovery_pending and not self._caught_up.is_set():
+                    catch_up.record(self.data_dir, self.slot, False, self._started)  # first: see wait_caught_up
                     self._caught_up.set()
-                    log.info("event=caught_up")
+                    log.info("event=caught_up seconds=%.3f", time.time() - self._started)
             except StorageError:
                 pass  # counted and logged; retried next tick
             except Exception:  # never let the flusher die: the log keeps the receipts
@@ -504,24 +543,27 @@ class ReceiptStorage:
         slot's own, or an unheld slot's that this process adopts)."""
         return not self._caught_up.is_set()
 
+    def collector_catching_up(self) -> dict:
+        """Whether the whole collector (any worker of this data directory) is catching up:
+        :func:`dlrlens.store.catch_up.collector_state`, with this worker's own state added in
+        case its record could not be written."""
+        return catch_up.collector_state(self.data_dir, also=(self.slot, self._started) if self.catching_up else None)
+
     def wait_caught_up(self, timeout: float | None = None) -> bool:
-        """Wait until :attr:`catching_up` is false (or ``timeout`` seconds); whether it is."""
+        """Wait until :attr:`catching_up` is false (or ``timeout`` seconds); whether it is. Once
+        it is, this slot's record (:mod:`dlrlens.store.catch_up`) says so too."""
         return self._caught_up.wait(timeout)
 
     def backlog(self) -> dict:
         """This slot's log: segments and bytes acknowledged but not yet flushed, the records of
         the open segment, and the age of the oldest segment (its id is the time it was opened;
         0 when none)."""
-        segments = list_segments(self.log_dir)
-        size = 0
-        for segment in segments:
-            try:
-                size += segment.stat().st_size
-            except OSError:
-                pass
-        oldest = (time.time() - int(segments[0].stem) / 1e9) if segments else 0.0
-        return {"segments": len(segments), "bytes": size, "records_open_segment": self.wal.pending_records,
-                "oldest_age_seconds": round(max(oldest, 0.0), 3)}
+        return segments_backlog(list_segments(self.log_dir)) | {"records_open_segment": self.wal.pending_records}
+
+    def collector_backlog(self) -> dict:
+        """:meth:`backlog` of the whole collector: every slot's log under ``wal/`` (all the
+        workers', and those waiting for adoption), without ``records_open_segment``."""
+        return segments_backlog(collector_segments(self.wal_root))
 
     def quarantined_segments(self) -> int:
         """Log segments set aside because they could not be converted (see _flush_or_quarantine)."""
@@ -541,4 +583,7 @@ class ReceiptStorage:
         except (StorageError, OSError):
             pass  # logged; the logs keep the receipts for the next start
         self.counters.save()
+        if self.catching_up:  # closed before its replay went through: the log keeps the rest
+            catch_up.record(self.data_dir, self.slot, False, self._started)
+            self._caught_up.set()
         self._slot_lock.release()

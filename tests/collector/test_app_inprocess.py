@@ -435,6 +435,8 @@ def test_health_checks_at_once_in_one_worker_all_answer_200(app):
 def test_a_restart_answers_at_once_and_replays_its_log_in_the_background(make_app, tmp_path, monkeypatch):
     # A log left by a previous run (a minute old); its replay is held (a slow disk, a big log):
     # the app answers meanwhile, says "degraded" with a 200, and shows the backlog and its age.
+    # A second worker on the same data directory (nothing of its own to replay) says the same:
+    # the state is the collector's, whichever worker answers.
     data = tmp_path / "restarted"
     left = [fresh(f"left-{n}") for n in range(3)]
     leftover = parse_request(body_of(left), JSON, {}, datetime.now(UTC)).records
@@ -444,27 +446,38 @@ def test_a_restart_answers_at_once_and_replays_its_log_in_the_background(make_ap
     replay = threading.Event()
     flush_segment = writer.flush_segment
 
-    def held_flush(*args, **kwargs):
-        assert replay.wait(30), "the replay was never let go"
-        return flush_segment(*args, **kwargs)
+    def held_flush(data_dir, slot, *args, **kwargs):
+        if slot == "w000":
+            assert replay.wait(30), "the replay was never let go"
+        return flush_segment(data_dir, slot, *args, **kwargs)
     monkeypatch.setattr(writer, "flush_segment", held_flush)
     app = make_app(data_dir=data)
     storage = app_module.storage_of(app)
     client = app.test_client()
+    other = make_app(data_dir=data)
+    assert app_module.storage_of(other).wait_caught_up(10), "its own first pass (w000 is held by its owner)"
     try:
         assert client.post("/dlr", json=fresh("while-replaying")).status_code == 200
-        health = client.get("/healthz")
-        doc = assert_documented(health, "/healthz", "get")
-        assert health.status_code == 200 and doc["status"] == "degraded" and doc["catching_up"], doc
+        for answering, slot, replaying in ((client, "w000", True), (other.test_client(), "w001", False)):
+            health = answering.get("/healthz")
+            doc = assert_documented(health, "/healthz", "get")
+            assert health.status_code == 200 and doc["status"] == "degraded" and doc["catching_up"], doc
+            assert doc["catching_up_slots"] == ["w000"] and doc["catching_up_since"], doc
+            assert doc["this_worker"] == {"slot": slot, "catching_up": replaying}, doc
+            text = metrics_text(answering)
+            assert metric_value(text, "dlrlens_catching_up") == 1
+            assert metric_value(text, "dlrlens_worker_catching_up") == int(replaying)
+            assert metric_value(text, "dlrlens_catching_up_seconds") >= 0
+            assert metric_value(text, "dlrlens_log_backlog_age_seconds") >= 60  # the collector's oldest segment
+        assert doc["backlog"]["segments"] == 0  # w001's own log: nothing closed
+        doc = client.get("/healthz").json
         assert doc["backlog"]["segments"] == 2 and doc["backlog"]["oldest_age_seconds"] >= 60
-        text = metrics_text(client)
-        assert metric_value(text, "dlrlens_catching_up") == 1
-        assert metric_value(text, "dlrlens_log_backlog_age_seconds") >= 60
     finally:
         replay.set()
     assert storage.wait_caught_up(30)
-    doc = client.get("/healthz").json
-    assert doc["status"] == "ok" and not doc["catching_up"]
+    for answering in (client, other.test_client()):
+        doc = answering.get("/healthz").json
+        assert doc["status"] == "ok" and not doc["catching_up"] and doc["catching_up_since"] is None, doc
     storage.flush()
     assert sorted(row["delivery_message_id"] for row in stored_rows(data)) == [
         "left-0", "left-1", "left-2", "while-replaying"]

@@ -44,8 +44,7 @@ from pyiceberg.exceptions import CommitFailedException, ValidationException
 from dlrlens.store import files, layout
 from dlrlens.store.iceberg.table import (SEGMENT_KEY, committed_property, committed_segments, open_catalog,
                                          receipts_table, segment_value)
-from dlrlens.store.wal import list_segments
-from dlrlens.store.writer import PublishError
+from dlrlens.store.writer import PublishError, collector_segments, oldest_age_seconds
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -200,8 +199,7 @@ class IcebergPublisher:
         waiting for adoption) hold that the table does not yet: segments, receipts (their lines,
         counted again only when a segment grew) and the age of the oldest (its id is the time it
         was opened)."""
-        segments = sorted((segment for slot in sorted(Path(wal_root).glob("w*")) if slot.is_dir()
-                           for segment in list_segments(slot)), key=lambda segment: segment.name)
+        segments = collector_segments(wal_root)
         counts: dict[tuple[str, int], int] = {}
         for segment in segments:
             try:
@@ -217,8 +215,7 @@ class IcebergPublisher:
             counts[cache_key] = self._line_counts[cache_key]
         self._line_counts = counts
         receipts = sum(counts.values())
-        oldest = (time.time() - int(segments[0].stem) / 1e9) if segments else 0.0
-        return {"segments": len(segments), "receipts": receipts, "oldest_age_seconds": round(max(oldest, 0.0), 3)}
+        return {"segments": len(segments), "receipts": receipts, "oldest_age_seconds": oldest_age_seconds(segments)}
 
     def health(self, wal_root: Path, flush_seconds: float) -> dict:
         """:meth:`status` with the collector's :meth:`backlog` (``unpublished``) and ``degraded``:
