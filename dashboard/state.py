@@ -92,7 +92,7 @@ KEY_LIVE = "filter_live"
 KEY_CAMPAIGN_SEARCH = "filter_campaign_search"
 KEY_LABEL_SEARCH = "filter_label_search"
 # Filters over Mobivate's send records (dlrlens sync): URL parameter -> (Filters field,
-# session-state key, sidebar label, column of the joined relation).
+# session-state key, sidebar label, column of the send record in the derived state).
 SEND_FILTERS = {
     "country": ("countries", "filter_countries", "Country", "country"),
     "network": ("networks", "filter_networks", "Original network", "network"),

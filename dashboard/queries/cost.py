@@ -37,7 +37,7 @@ from dlrlens.store.selection import Filters
 from dlrlens.store.sql import dimension_conditions, send_conditions
 from dashboard.catalog import COST_COLUMNS
 from dashboard.queries._common import counts_as_int, empty_frame, in_zone
-from dashboard.queries.geography import UNKNOWN, message_rows_sql
+from dashboard.queries.geography import UNKNOWN, log_only_cube, receipts_cube
 
 DEFAULT_MISSING_AFTER = timedelta(hours=24)
 MISSING_LIST_LIMIT = 1000
@@ -100,18 +100,24 @@ def submission_latency(store: Store, f: Filters) -> pd.DataFrame:
     return df
 
 
-def _cost_sql(rows: str) -> str:
-    """Cost figures per (``grp``, currency) over the cost rows ``rows`` (see
-    :func:`dashboard.queries.geography.message_rows_sql`)."""
+def _cost_sql(receipts: str, log_only: str, group: str) -> str:
+    """Cost figures per (``grp``: the expression ``group``, currency) over the cubes
+    ``receipts`` and ``log_only`` (:func:`dashboard.queries.geography.receipts_cube`,
+    :func:`~dashboard.queries.geography.log_only_cube`). A sum of costs over messages none of
+    which has one is empty, as SQL's sum is."""
+    failed = "outcome IN ('failed', 'unknown')"
     return f"""
-        WITH j AS (SELECT * FROM ({rows})),
+        WITH j AS (SELECT {group} AS grp, *, TRUE AS has_receipt, FALSE AS missing FROM {receipts}
+                   UNION ALL BY NAME
+                   SELECT {group} AS grp, *, FALSE AS has_receipt FROM {log_only}),
         per_currency AS (
             SELECT grp, currency,
                    coalesce(sum(messages) FILTER (WHERE has_receipt), 0) AS messages,
                    coalesce(sum(messages) FILTER (WHERE outcome = 'delivered'), 0) AS delivered,
-                   sum(cost) AS cost,
-                   sum(cost) FILTER (WHERE outcome IN ('failed', 'unknown')) AS failed_cost,
-                   count(*) FILTER (WHERE NOT has_receipt AND log_created < $missing_before) AS receipts_missing
+                   CASE WHEN sum(priced) > 0 THEN sum(cost) END AS cost,
+                   CASE WHEN sum(priced) FILTER (WHERE {failed}) > 0 THEN sum(cost) FILTER (WHERE {failed}) END
+                       AS failed_cost,
+                   coalesce(sum(messages) FILTER (WHERE NOT has_receipt AND missing), 0) AS receipts_missing
             FROM j GROUP BY ALL),
         per_group AS (
             SELECT grp, coalesce(sum(messages) FILTER (WHERE has_receipt AND NOT in_log), 0) AS messages_without_cost,
@@ -127,25 +133,28 @@ def _cost_sql(rows: str) -> str:
 
 def cost_by(store: Store, f: Filters, group: str | None, now: datetime | None = None,
             missing_after: timedelta | None = None) -> pd.DataFrame:
-    """Cost figures per ``group`` (a column of the joined relation: campaign, country, network,
+    """Cost figures per ``group`` (a column of the messages: campaign, or of their send record: country, network,
     originator, route_id; None: column ``total``, one value) and currency, sorted by group
-    then currency: the group column, then :data:`COST_TABLE_COLUMNS` but campaign.
-    ``messages``/``delivered``: messages with receipts billed in that currency (of a group
-    without any priced message: all of its messages, currency empty)."""
+    then currency: the group column, then :data:`COST_TABLE_COLUMNS` but campaign (the time
+    from submission only per campaign and in total: the pages show it there, beside the time
+    to deliver). ``messages``/``delivered``: messages with receipts billed in that currency
+    (of a group without any priced message: all of its messages, currency empty)."""
     if group not in (None, "campaign", "country", "network", "originator", "route_id"):
         raise ValueError(f"cannot group cost by {group!r}")
     column = group or "total"
     before = _missing_before(now, missing_after)
-    columns = [column] + [c for c in COST_TABLE_COLUMNS if c != "campaign"]
+    with_submission = group in (None, "campaign")
+    columns = [column] + [c for c in COST_TABLE_COLUMNS if c != "campaign"
+                          and (with_submission or c not in SUBMISSION_COLUMNS)]
 
     # a message without the value (no send record, a number that did not parse) is (unknown)
     expression = {None: "'all'", "campaign": "campaign"}.get(group, f"coalesce({group}, '{UNKNOWN}')")
 
     def compute():
         with store.pinned():
-            rows, params = message_rows_sql(store, f, expression, with_log_only=True)
-            params["missing_before"] = before
-            figures = store.query(f"SELECT * FROM ({_cost_sql(rows)})", params)
+            figures = store.query(_cost_sql(receipts_cube(store, f), log_only_cube(store, f, before), expression))
+            if not with_submission:
+                return figures.rename(columns={"grp": column})
             quantiles = _submission_quantiles(store, f, expression)
         figures["key"] = figures["grp"] + _KEY_SEPARATOR + figures["currency"].fillna(_NO_CURRENCY)
         return figures.merge(quantiles.drop(columns="latency_from_submission_messages"), on="key", how="left") \
@@ -156,7 +165,7 @@ def cost_by(store: Store, f: Filters, group: str | None, now: datetime | None = 
         return empty_frame(columns)
     df["cost_per_delivered"] = df["cost"] / df["delivered"].where(df["delivered"] > 0)
     df = counts_as_int(df, ["messages", "delivered", "messages_without_cost", "receipts_missing"])
-    for name in ("cost", "failed_cost", "cost_per_delivered", *SUBMISSION_COLUMNS):
+    for name in ("cost", "failed_cost", "cost_per_delivered", *(SUBMISSION_COLUMNS if with_submission else ())):
         df[name] = df[name].astype("float64")
     return df.sort_values([column, "currency"], na_position="last").reset_index(drop=True)[columns]
 

@@ -12,41 +12,50 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dlrlens.store import derive
 from dlrlens.store.reader import Store
 from dlrlens.store.selection import SEND_DIMENSIONS, Filters
 from dlrlens.store.sql import dimension_conditions, send_conditions
 from dashboard.queries._common import counts_as_int, empty_frame
 
 UNKNOWN = "(unknown)"
-# The dimensions, as a page names them: column of the joined relation -> label.
+# The dimensions, as a page names them: column of the send record -> label.
 DIMENSIONS = {"country": "Country", "network": "Original network", "originator": "Sender ID", "route_id": "Route"}
 DELIVERY_COLUMNS = ["messages", "delivered", "failed", "unknown", "pending", "delivery_rate", "top_failure"]
 VALUE_LIMIT = 200
 
 
-def message_rows_sql(store: Store, f: Filters, group: str, with_log_only: bool = False) -> tuple[str, dict]:
-    """SQL of the messages matching ``f`` (every filter, the send filters too) by ``group`` (an
-    SQL expression over :data:`dlrlens.store.derive.COST_GROUPS`), as rows: grp, currency,
-    outcome, last_status, in_log, has_receipt, messages (how many), cost (their sum),
-    log_created; and its parameters. Messages with receipts come pre-aggregated (one row a
-    group of equal values, log_created NULL); ``with_log_only`` adds the messages the log
-    knows without any receipt, one row each (has_receipt false, outcome NULL). Call it
-    inside ``store.pinned()``."""
+# The columns of the cost cubes: a message's campaign and send record dimensions.
+CUBE_COLUMNS = "campaign, outcome, last_status, currency, country, network, originator, route_id, in_log"
+
+
+def receipts_cube(store: Store, f: Filters) -> str:
+    """A temp table of the messages with receipts matching ``f`` (every filter, the send
+    filters too): per :data:`CUBE_COLUMNS`, ``messages``, ``cost`` (their sum) and ``priced``
+    (how many have a cost). Made once per filters and data version (a page asks several
+    questions of it: cost by campaign, by country, delivery by route, ...) from the derived
+    files' pre-aggregated ``cost`` companions (:meth:`Store.cost_counts_sql`). Use it within
+    ``store.pinned()``."""
     params: dict = {}
     conditions = " AND ".join(dimension_conditions(f, params, store.label_condition(f)) + send_conditions(f, params))
-    counts = store.cost_counts_sql(f, params)
-    rows = f"""
-        SELECT {group} AS grp, currency, outcome, last_status, in_log, TRUE AS has_receipt, messages, cost,
-               NULL::TIMESTAMPTZ AS log_created
-        FROM (SELECT {derive.COST_GROUPS}, sum(messages) AS messages, sum(cost) AS cost
-              FROM {counts} WHERE {conditions} GROUP BY ALL HAVING sum(messages) <> 0)"""
-    if with_log_only:
-        rows += f"""
-        UNION ALL
-        SELECT {group}, currency, outcome, last_status, TRUE, FALSE, 1, cost, log_created
-        FROM {store.log_only_sql(f, params)} WHERE {conditions}"""
-    return rows, params
+    sql = f"""
+        SELECT {CUBE_COLUMNS}, sum(messages) AS messages, sum(cost) AS cost, sum(priced) AS priced
+        FROM {store.cost_counts_sql(f, params)} WHERE {conditions}
+        GROUP BY ALL HAVING sum(messages) <> 0"""
+    return store.materialized("receipts_cube", (f,), sql, params)
+
+
+def log_only_cube(store: Store, f: Filters, missing_before) -> str:
+    """:func:`receipts_cube` for the messages Mobivate's log knows without any receipt, created
+    in f's range (:meth:`Store.log_only_sql`; outcome and status NULL), with ``missing``:
+    whether created before ``missing_before``."""
+    params: dict = {"missing_before": missing_before}
+    log_only = store.log_only_sql(f, params)
+    conditions = " AND ".join(dimension_conditions(f, params, store.label_condition(f)) + send_conditions(f, params))
+    sql = f"""
+        SELECT {CUBE_COLUMNS.replace("in_log", "TRUE AS in_log")}, log_created < $missing_before AS missing,
+               count(*) AS messages, sum(cost) AS cost, count(cost) AS priced
+        FROM {log_only} WHERE {conditions} GROUP BY ALL"""
+    return store.materialized("log_only_cube", (f, missing_before), sql, params)
 
 
 def delivery_by(store: Store, f: Filters, dimension: str, limit: int = VALUE_LIMIT) -> pd.DataFrame:
@@ -57,9 +66,10 @@ def delivery_by(store: Store, f: Filters, dimension: str, limit: int = VALUE_LIM
 
     def compute():
         with store.pinned():
-            rows, params = message_rows_sql(store, f, f"coalesce({dimension}, '{UNKNOWN}')")
+            cube = receipts_cube(store, f)
             return store.query(f"""
-                WITH r AS (SELECT grp, outcome, last_status, sum(messages) AS n FROM ({rows}) GROUP BY ALL)
+                WITH r AS (SELECT coalesce({dimension}, '{UNKNOWN}') AS grp, outcome, last_status, sum(messages) AS n
+                           FROM {cube} GROUP BY ALL)
                 SELECT grp AS {dimension},
                        sum(n) AS messages,
                        coalesce(sum(n) FILTER (WHERE outcome = 'delivered'), 0) AS delivered,
@@ -69,7 +79,7 @@ def delivery_by(store: Store, f: Filters, dimension: str, limit: int = VALUE_LIM
                        -- the most frequent failure reason; a tie goes to the first by name
                        arg_max(last_status, (n, -rank_by_name)) FILTER (WHERE outcome = 'failed') AS top_failure
                 FROM (SELECT *, dense_rank() OVER (PARTITION BY grp ORDER BY last_status) AS rank_by_name FROM r)
-                GROUP BY ALL ORDER BY messages DESC, {dimension} LIMIT {int(limit)}""", params)
+                GROUP BY ALL ORDER BY messages DESC, {dimension} LIMIT {int(limit)}""")
 
     df = store.cached("delivery_by", (f, dimension, limit), compute)
     if df.empty:

@@ -72,6 +72,7 @@ QUANTILES = (("p50", 0.50), ("p90", 0.90), ("p95", 0.95), ("p99", 0.99))
 STORE_SETTINGS = {"threads": 2, "memory_limit": "2GB"}
 MAX_BUCKET_RUNS = 2  # latency value reads: at most this many bucket ranges
 RESULT_CACHE_ENTRIES = 256
+MATERIALIZED_TABLES = 8  # relations several questions of a page share, kept as temp tables (Store.materialized)
 # Latency partials kept per derived file (Store.latency_counts): groupings (group, filters) and
 # latency values (8 bytes each, plus an 8-byte key) at most. Campaigns over all time at 100 M
 # receipts keeps ~0.6 M counts and ~0.4 M values.
@@ -178,21 +179,28 @@ _QUERY_COLUMNS = ("delivery_message_id", "campaign", "batch_id", "client_referen
 
 @dataclass(frozen=True)
 class _LatencyKind:
-    """A latency the exact percentiles are taken of: its companions (counts per bucket,
-    values sorted by bucket), the fresh tail's corrections table, the columns it is counted
-    by, and how its rows (``latency_us``) come from a messages view."""
+    """A latency the exact percentiles are taken of: its companions (counts per bucket, and
+    values sorted by bucket), the fresh tail's corrections table, the columns its counts
+    companion has (``groups``; its values have :attr:`columns`), how its rows
+    (``latency_us``) come from a messages view, and how a counts row counts (``count``)."""
 
     hist: str
     values: str
     tail: str
     groups: str
+    columns: str
     view: object  # messages view SQL -> latency rows SQL
+    count: str = "sum(n)"
 
 
-DELIVERY = _LatencyKind("hist", "latency", "tail_latency", derive.LATENCY_GROUPS, lambda view, extra="": view)
-SUBMISSION = _LatencyKind("subhist", "sublatency", "tail_submission", derive.SUBMISSION_GROUPS,
-                          derive.submission_view_sql)
-COST_MEASURES = ("messages", "cost")
+DELIVERY = _LatencyKind("hist", "latency", "tail_latency", derive.LATENCY_GROUPS, derive.LATENCY_GROUPS,
+                        lambda view, extra="": view)
+SUBMISSION = _LatencyKind("subhist", "sublatency", "tail_submission", derive.SUBMISSION_HIST_GROUPS,
+                          derive.SUBMISSION_GROUPS, derive.submission_view_sql)
+# Under a country, network, sender or route filter the values are counted (see derive.SUBMISSION_HIST_GROUPS).
+SUBMISSION_BY_SEND = _LatencyKind("sublatency", "sublatency", "tail_submission", derive.SUBMISSION_GROUPS,
+                                  derive.SUBMISSION_GROUPS, derive.submission_view_sql, count="count(*)")
+COST_MEASURES = ("messages", "cost", "priced")
 
 
 class Store:
@@ -222,6 +230,8 @@ class Store:
         # {hist companion path: _FileLatency}}, least recently used first; they outlive data
         # versions (a file never changes), unlike the results.
         self._latency_partials: OrderedDict[tuple, dict[str, _FileLatency]] = OrderedDict()
+        self._materialized: OrderedDict[tuple, str] = OrderedDict()  # (name, args, version) -> temp table
+        self._materialized_count = 0
         self._group_codes: dict = {}
         self._group_names: list = []
         self._has_names = False  # whether campaign_names holds a row (see _named)
@@ -460,13 +470,32 @@ class Store:
         params: dict = {}
         return filtered_messages_sql(f, params, self.messages_sql(f), self.label_condition(f)), params
 
+    def materialized(self, name: str, args: tuple, sql: str, params: dict | None = None) -> str:
+        """The name of a temp table holding the rows of ``sql``, made once per (``name``,
+        ``args``, data version) and kept (the :data:`MATERIALIZED_TABLES` most recently used):
+        for a relation several questions of a page share (the cost pieces of one set of
+        filters). Ask within :meth:`pinned` and use the table there."""
+        with self._lock:
+            self.refresh()
+            key = (name, args, self._snapshot.version)
+            if key not in self._materialized:
+                self._materialized_count += 1
+                table = f"materialized_{self._materialized_count}"
+                self._con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}", params or {})
+                self._materialized[key] = table
+                while len(self._materialized) > MATERIALIZED_TABLES:
+                    _, old = self._materialized.popitem(last=False)
+                    self._con.execute(f"DROP TABLE IF EXISTS {old}")
+            self._materialized.move_to_end(key)
+            return self._materialized[key]
+
     def cost_counts_sql(self, f: Filters, params: dict) -> str:
         """The cost relation of the messages (with receipts) sent in f's range: rows of
         :func:`dlrlens.store.derive.cost_rollup_sql` (:data:`dlrlens.store.derive.COST_GROUPS`,
-        messages, cost), signed: sum them (a group may net to zero). From the derived files'
-        ``cost`` companions, the fresh tail's corrections and the messages outside the files;
-        every dimension filter is the caller's."""
-        columns = f"{derive.COST_GROUPS}, messages, cost"
+        messages, cost, priced), signed: sum them. From the derived files' ``cost`` companions,
+        the fresh tail's corrections and the messages outside the files; every dimension filter
+        is the caller's."""
+        columns = f"{derive.COST_GROUPS}, {', '.join(COST_MEASURES)}"
         pieces = self._pieces(f, params, "cost", derive.cost_rollup_sql, f"SELECT {columns} FROM tail_cost WHERE {{inside}}")
         return "(" + " UNION ALL ".join(f"SELECT {columns} FROM ({sql})" for sql in pieces) + ")"
 
@@ -591,7 +620,7 @@ class Store:
 
         for kind in (DELIVERY, SUBMISSION):
             def latency(view: str, sign: int) -> str:
-                return (f"SELECT sent_at, {derive.latency_bucket_sql()} AS b, latency_us, {kind.groups}, {sign} AS n "
+                return (f"SELECT sent_at, {derive.latency_bucket_sql()} AS b, latency_us, {kind.columns}, {sign} AS n "
                         f"FROM ({kind.view(view, 'sent_at, ')}) WHERE latency_us IS NOT NULL")
             self._con.execute(f"CREATE OR REPLACE TEMP TABLE {kind.tail} AS {latency(new, 1)} UNION ALL {latency(old, -1)}")
         negated = ", ".join(f"-{m} AS {m}" for m in COST_MEASURES)
@@ -707,12 +736,12 @@ class Store:
                 keys.append(partial.value_keys[hit])
                 values.append(partial.values[hit])
                 signs.append(np.ones(len(keys[-1]), np.int64))
-            tail = f"SELECT b, latency_us, {kind.groups}, n FROM {kind.tail} WHERE {{inside}}"
-            computed = lambda view: f"SELECT *, 1 AS n FROM ({derive.latency_values_sql(kind.view(view), kind.groups)})"  # noqa: E731
+            tail = f"SELECT b, latency_us, {kind.columns}, n FROM {kind.tail} WHERE {{inside}}"
+            computed = lambda view: f"SELECT *, 1 AS n FROM ({derive.latency_values_sql(kind.view(view), kind.columns)})"  # noqa: E731
             pieces = self._computed_pieces(counts.regions, kind.values, computed, tail)
             if pieces:
                 wanted_frame = self._key_frame(wanted)
-                union = " UNION ALL ".join(f"SELECT b, latency_us, {kind.groups}, n FROM ({sql}) "
+                union = " UNION ALL ".join(f"SELECT b, latency_us, {kind.columns}, n FROM ({sql}) "
                                            f"WHERE {_bucket_runs(wanted_frame['b'])}" for sql in pieces)
                 fresh = self.query_arrays(f"SELECT * FROM (SELECT {group} AS grp, b, latency_us, n FROM ({union}) "
                                           f"WHERE {conditions}) SEMI JOIN wanted USING (grp, b)",
@@ -742,7 +771,7 @@ class Store:
         if missing:
             # file_index: the file's position in the list read (DuckDB's virtual column).
             source = f"read_parquet([{', '.join(string_literal(p) for p in missing)}])"
-            found = self.query_arrays(f"SELECT file_index, {group} AS grp, b, sum(n)::BIGINT AS n "
+            found = self.query_arrays(f"SELECT file_index, {group} AS grp, b, {kind.count}::BIGINT AS n "
                                       f"FROM {self._named(source, 'file_index, *')} "
                                       f"WHERE {conditions} GROUP BY ALL", params)
             keys, n = _keys(found), found["n"].astype(np.int64)
@@ -1367,7 +1396,8 @@ def _exact_quantiles(store: Store, f: Filters, group: str | None, names, kind: _
     grp = group or "'all'"  # a text: the keys code group values (Store.query_arrays)
     params: dict = {}
     conditions = dimension_conditions(replace(f, outcomes=()), params, store.label_condition(f))
-    if kind is SUBMISSION:
+    if kind is SUBMISSION and f.has_send_filters():
+        kind = SUBMISSION_BY_SEND
         conditions += send_conditions(f, params)
     conditions = " AND ".join(conditions)
     with store.pinned():

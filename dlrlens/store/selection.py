@@ -20,7 +20,7 @@ import pandas as pd
 OUTCOMES = ("delivered", "failed", "unknown", "pending")
 
 
-# Filters over Mobivate's send records: column of the joined relation -> Filters field.
+# Filters over Mobivate's send records: column of the send record -> Filters field.
 SEND_DIMENSIONS = {"country": "countries", "network": "networks", "originator": "senders", "route_id": "routes"}
 
 
@@ -42,8 +42,8 @@ class Filters:
     labels: tuple[tuple[str, str], ...] = ()
     tz: str = "UTC"
     # From Mobivate's send records (dlrlens.store.sends): the recipient's country (ISO region)
-    # and original network, the sender ID (originator) and the route. Only the questions over
-    # the joined relation (Store.joined_messages_sql: cost, "Where") can honour them.
+    # and original network, the sender ID (originator) and the route. The questions over the
+    # send records (cost, "Where", time from submission: Store.cost_counts_sql) honour them.
     countries: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
     senders: tuple[str, ...] = ()
