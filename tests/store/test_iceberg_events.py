@@ -14,19 +14,20 @@ against a real object store (``weed mini`` on loopback) and pyiceberg's SQL cata
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from dashboard import queries as q
 from dashboard.queries import Filters
-from dlrlens.store import layout
+from dlrlens.store import derive, layout
+from dlrlens.store.iceberg import derived
 from dlrlens.store.backends import parse_store, publisher
 from dlrlens.store.iceberg.maintain import DerivedPublisher, TableMaintenance
 from dlrlens.store.iceberg.migrate import migrate
-from dlrlens.store.iceberg.mirror import IcebergStore
+from dlrlens.store.iceberg.mirror import IcebergStore, Mirror, cache_dir
 from dlrlens.store.iceberg.table import (CLICKS_TABLE, REPLIES_TABLE, committed_property, open_catalog,
                                          written_table)
 from dlrlens.store.reader import Store
@@ -165,14 +166,31 @@ def test_the_funnel_on_the_iceberg_store_matches_the_local_store(lake, tmp_path)
         list(reader.mirror.root.glob("replies/date=*/i-*.parquet")), "the events tables' files are cached"
     assert_same_figures(expected, funnel_figures(reader))
 
-    # The maintenance commits the derived state (its mirror absorbed the events); a reader on an
-    # empty cache adopts it, then absorbs the cached event files again: the same figures.
+    # The maintenance commits the derived state (its mirror absorbed the events, and the commit
+    # says up to which snapshot of each events table); a reader on an empty cache adopts it,
+    # absorbing none of those event files again: the same figures.
     committed = DerivedPublisher("lake", tmp_path / "collector").run()
     assert committed["committed"] is not None
-    adopter = IcebergStore("lake", tmp_path / "adopter")
-    assert adopter.mirror.last_error is None
-    assert (adopter.mirror.root / "derived-commit.json").exists(), "the committed state was adopted"
-    assert_same_figures(expected, funnel_figures(adopter))
+    summary = derived.derived_table(open_catalog("lake")).current_snapshot().summary.additional_properties
+    assert set(derived.parse_events_sequences(summary[derived.EVENTS_SEQUENCE_KEY])) == {"clicks", "replies"}
+    mirror = Mirror("lake", cache_dir(tmp_path / "adopter", "lake"))
+    adopted = mirror.sync()["adopted"]
+    cached = list(mirror.root.glob("*/date=*/*.parquet"))
+    event_files = [p for p in cached if p.relative_to(mirror.root).parts[0] != "receipts"]
+    assert adopted is not None and adopted["absorbed_files"] == len(cached), "receipt and event files absorbed"
+    assert {p.relative_to(mirror.root).parts[0] for p in event_files} == {"clicks", "replies"}
+    assert_same_figures(expected, funnel_figures(IcebergStore("lake", tmp_path / "adopter")))
+
+    # A state committed by a dlrlens that recorded no events: its adopter absorbs them again.
+    state = derived.committed_state(derived.derived_table(open_catalog("lake")))
+    state.events_sequences = {}
+    shutil.rmtree(mirror.root)
+    again = Mirror("lake", mirror.root)
+    again.sync()  # adopts (an empty cache) and absorbs; then adopt that state as an older dlrlens wrote it:
+    adopted = again.adopt(derived.derived_table(open_catalog("lake")), state)
+    assert adopted["absorbed_files"] == len(cached) - len(event_files)
+    assert derive.update_derived(again.root, wait=True)["event_files"] == len(event_files)
+    assert_same_figures(expected, funnel_figures(Store(again.root)))
 
 
 def test_migrate_copies_clicks_and_replies_once(lake, tmp_path):

@@ -484,7 +484,7 @@ class DerivedPublisher:
                     return {"adopted": adopted, "skipped": "backlog", "backlog_files": backlog}
         outcome = derived.commit(catalog, root, self.committer, receipts_snapshot=self.mirror.receipts_snapshot,
                                  receipts_sequence=self.mirror.receipts_sequence, probe=self.mirror.probe,
-                                 replacing=replacing)
+                                 replacing=replacing, events_sequences=self.mirror.events_sequences)
         return {**asdict(outcome), "adopted": adopted, "receipts_snapshot": self.mirror.receipts_snapshot,
                 "seconds": round(time.perf_counter() - started, 3)}
 

@@ -22,11 +22,13 @@ without internet cannot do; pyiceberg's FileIO (pyarrow's S3 client) is already 
   files whose rows a compaction output of the table's maintenance now holds: its lineage names
   them; a rebuild after any other removal). When the derived table cannot be read or adopted,
   the state is computed locally as if it did not exist (a warning is logged). The adopted
-  state's manifest names the receipt files it absorbed, not the event files: the local update
-  then absorbs every cached click and reply file again, which changes nothing for the events
-  the committed state held already (the derived state is duplicate-insensitive,
-  :mod:`dlrlens.store.derive`) and adds those it did not. An event file that leaves a table
-  (nothing removes one: events are not compacted) makes the state be rebuilt.
+  state's manifest names the cached receipt, click and reply files the committed state
+  absorbed (by each table's sequence number it recorded,
+  :data:`~dlrlens.store.iceberg.derived.EVENTS_SEQUENCE_KEY`); the local update absorbs the
+  rest. A committed state that recorded nothing for the events (an older dlrlens) makes it
+  absorb every cached event file again, which changes nothing for the events it held already
+  (the derived state is duplicate-insensitive, :mod:`dlrlens.store.derive`). An event file
+  that leaves a table (nothing removes one: events are not compacted) makes the state be rebuilt.
 * :class:`IcebergStore` is a :class:`~dlrlens.store.reader.Store` over the cache that syncs before
   it looks at the data (at most every ``sync_seconds``). Every figure is computed by the same
   code as for a local data directory, so it is the same on the same receipts.
@@ -103,6 +105,8 @@ class Mirror:
         self._probe: int | None = None
         self.receipts_snapshot: int | None = None   # the receipts snapshot of the last sync
         self.receipts_sequence: int | None = None   # ... and its sequence number
+        self.events_sequences: dict[str, int] = {}   # clicks/replies -> their snapshot's sequence number
+        self._event_files: dict[str, tuple[str, int, int]] = {}  # as _files, of the clicks and replies
 
     def sync(self) -> dict:
         """Make the cache match the tables' current snapshots. Returns what was done:
@@ -132,6 +136,10 @@ class Mirror:
             for relative in removed:
                 (self.root / relative).unlink(missing_ok=True)
             self._files = planned[RECEIPTS_TABLE]
+            self._event_files = {relative: found for name in events.EVENT_TABLES
+                                 for relative, found in planned[name].items()}
+            self.events_sequences = {name: snapshots[name].sequence_number for name in events.EVENT_TABLES
+                                     if snapshots[name] is not None}
             self.receipts_snapshot = snapshot_id
             self.receipts_sequence = snapshot.sequence_number if snapshot is not None else None
             adopted = None
@@ -192,7 +200,7 @@ class Mirror:
             return self._adopt(table, committed)
 
     def _adopt(self, table, committed) -> dict:
-        sequences = {relative: sequence for relative, (_, sequence, _) in self._files.items()}
+        sequences = {relative: sequence for relative, (_, sequence, _) in (self._files | self._event_files).items()}
         return derived.adopt(self.root, table, committed, sequences, self.probe)
 
     def _fresh_table(self, name: str):
