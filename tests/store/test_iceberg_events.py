@@ -123,6 +123,48 @@ def test_events_reach_their_tables_exactly_once_across_a_crash_between_the_commi
     assert Counter(table_column(CLICKS_TABLE, "click_id")) == Counter(c["click_id"] for c in clicks + later_click)
 
 
+def test_a_segment_waiting_for_its_events_commit_stays_named_while_newer_ones_commit(lake, tmp_path):
+    # The clicks commits keep failing while new segments arrive: each flush commits the newer
+    # segments' receipts, and the receipts table's committed property must still name the
+    # older segments (in the table, still in the log), or their replay would commit them again.
+    data = tmp_path / "collector"
+    failing = publisher(ICEBERG, data)
+    failing.backoff_start = 0.0  # try at every flush
+    committing = failing._commit
+
+    def clicks_refused(name, *rest):
+        if name == "clicks":
+            raise OSError("the clicks commit fails")
+        return committing(name, *rest)
+
+    failing._commit = clicks_refused
+    storage = ReceiptStorage(data, flush_seconds=3600, publish=failing)
+    batches = []
+    for seed in (51, 52, 53):
+        receipts = factory.demo_rows(10, seed=seed)
+        batches.append((receipts, demo_events(receipts, seed=seed, click_share=1.0, reply_share=1.0)))
+        post(storage, receipts, *batches[-1][1])
+        with pytest.raises(Exception, match="clicks commit fails"):
+            storage.flush()
+    storage.close()
+    segments = list_segments(storage.log_dir)
+    assert len(segments) == 3
+    receipts_table = written_table(open_catalog("lake"), "receipts", create=False)
+    named = receipts_table.metadata.properties[committed_property(failing.slot_key(storage.slot))]
+    assert named == ",".join(segment.stem for segment in segments)
+
+    healthy = publisher(ICEBERG, data)
+    ReceiptStorage(data, flush_seconds=3600, publish=healthy).close()
+    assert not list_segments(storage.log_dir)
+    assert healthy.counts["committed_receipts"] == 0 and healthy.counts["commits"] == 2  # clicks, replies
+    receipts = [r for batch, _ in batches for r in batch]
+    clicks = [c for _, (batch_clicks, _) in batches for c in batch_clicks]
+    replies = [r for _, (_, batch_replies) in batches for r in batch_replies]
+    assert sorted(table_ids()) == sorted(r["receipt_id"] for r in receipts)
+    assert Counter(table_column(CLICKS_TABLE, "click_id")) == Counter(c["click_id"] for c in clicks)
+    assert Counter(table_column(REPLIES_TABLE, "reply_id")) == Counter(r["reply_id"] for r in replies)
+
+
 def funnel_figures(store: Store) -> dict[str, pd.DataFrame]:
     """The Funnel page's questions."""
     out = {}
