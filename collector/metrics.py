@@ -92,10 +92,12 @@ def render(storage) -> str:
 
 
 PUBLISHER_COUNTERS = {
-    "commits": ("dlrlens_store_commits_total", "Commits to the store's table (one per flush; a catch-up commits "
-                                               "several log segments at once)."),
-    "committed_segments": ("dlrlens_store_committed_segments_total", "Log segments committed to the store's table."),
+    "commits": ("dlrlens_store_commits_total", "Commits to the store's tables (one per flush and table with rows; "
+                                               "a catch-up commits several log segments at once)."),
+    "committed_segments": ("dlrlens_store_committed_segments_total", "Log segments committed to the store's tables."),
     "committed_receipts": ("dlrlens_store_committed_receipts_total", "Receipts committed to the store's table."),
+    "committed_clicks": ("dlrlens_store_committed_clicks_total", "Clicks committed to the store's clicks table."),
+    "committed_replies": ("dlrlens_store_committed_replies_total", "Replies committed to the store's replies table."),
     "already_committed": ("dlrlens_store_already_committed_total",
                           "Segments found already committed (a replay after a crash) and not committed again."),
     "conflicts": ("dlrlens_store_commit_conflicts_total",

@@ -19,7 +19,9 @@ the same figures from the same definitions, never a second hand-written copy:
 Scope: every receipt of the relation (no date range, no filter), like ``dlrlens report`` without
 options. The campaign is the message's label, else its batch id, else ``(none)``: campaign names
 imported with ``dlrlens campaigns import`` or synced from Mobivate live in a data directory, not in
-the table, and the funnel and cost columns come from tables the Iceberg store does not hold yet.
+the table. The funnel columns are not generated here yet (the clicks and replies tables are in the
+catalog, :mod:`dlrlens.store.iceberg.table`), and the cost columns come from Mobivate's send
+records, which the Iceberg store does not hold yet.
 
 sqlglot is imported only by the Spark translation (the ``engines`` extra).
 """

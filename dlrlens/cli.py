@@ -528,7 +528,8 @@ def migrate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_migrate(args) -> int:
-    """Copy the data directory's receipt files into the Iceberg table (idempotent, resumable).
+    """Copy the data directory's receipt, click and reply files into the Iceberg tables
+    (idempotent, resumable).
     0 when done, 2 on a bad destination, 1 when it had to stop."""
     from dlrlens.store.backends import parse_store
 
@@ -551,7 +552,8 @@ def cmd_migrate(args) -> int:
     except MigrationError as exc:
         print(f"dlrlens migrate: error: {exc}", file=sys.stderr)
         return 1
-    print(f"{result.files} receipt files in {data_dir}: {result.copied} copied ({result.rows:,} rows), "
+    per_table = ", ".join(f"{count} {table}" for table, count in result.files_by_table.items())
+    print(f"{result.files} files in {data_dir} ({per_table}): {result.copied} copied ({result.rows:,} rows), "
           f"{result.already} copied before, {result.covered} covered by earlier copies, in {result.seconds:.1f} s")
     if result.log_segments:
         print(f"note: the write-ahead log still holds {result.log_segments} segments, not copied: start and stop "
@@ -740,7 +742,7 @@ SUBCOMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Ca
     ("compact", "merge small receipt files into large sorted ones (the collector also does it)",
      compact_arguments, cmd_compact),
     ("rebuild", "recompute the derived per-message state from the raw receipts", rebuild_arguments, cmd_rebuild),
-    ("migrate", "copy a data directory's receipts into an Iceberg table (idempotent, resumable)",
+    ("migrate", "copy a data directory's receipts, clicks and replies into Iceberg tables (idempotent, resumable)",
      migrate_arguments, cmd_migrate),
     ("alerts", "evaluate the alert rules once (check) or send a test notification (test)", alerts_arguments,
      cmd_alerts),

@@ -39,27 +39,31 @@ Everything dlrlens keeps lives under one data directory (``data/`` by default,
       sync.lock                                           flock: one sync at a time
 
 With the Iceberg store (``DLRLENS_STORE=iceberg:<catalog>``, :mod:`dlrlens.store.backends`) the
-receipts live in the Iceberg table ``<namespace>.receipts`` of that catalog (namespace
-``DLRLENS_ICEBERG_NAMESPACE``, default ``dlrlens``): the columns of :data:`RECEIPT_SCHEMA`,
-partitioned by the UTC day of ``created``, one append commit per flush of a log slot's segments
-(snapshot summary ``dlrlens.segment = <collector id>/<slot>/<segment>[,<segment>...]``, table
-property ``dlrlens.committed.<collector id>/<slot>``: the slot's last commit) or per file copied
-by ``dlrlens migrate`` (``dlrlens.source = <source id>/<relative path>``), compacted by the
-collectors' maintenance; see :mod:`dlrlens.store.iceberg`.
+receipts, clicks and replies live in the Iceberg tables ``<namespace>.receipts``,
+``<namespace>.clicks`` and ``<namespace>.replies`` of that catalog (namespace
+``DLRLENS_ICEBERG_NAMESPACE``, default ``dlrlens``): the columns of :data:`TABLES`,
+partitioned by the UTC day of each table's day column, one append commit per table with rows
+per flush of a log slot's segments (snapshot summary ``dlrlens.segment = <collector
+id>/<slot>/<segment>[,<segment>...]``, table property ``dlrlens.committed.<collector
+id>/<slot>``: the slot's segments the table holds that its log still holds) or per batch of
+files copied by ``dlrlens migrate`` (``dlrlens.source = <source id>/<relative path>``, one per
+line); the receipts compacted by the collectors' maintenance; see :mod:`dlrlens.store.iceberg`.
 The data directory then keeps what is local to one machine::
 
     data/
       wal/..., stats/..., rejected/..., .auth-failures.sqlite   as above: the collector's log is local,
                                                           a 200 still means fsynced on this machine
       collector-id, collector-id.lock                     this directory's id in segment keys (made once)
-      cache/iceberg/<catalog>/                            the dashboard's and report's copy of the table:
+      cache/iceberg/<catalog>/                            the dashboard's and report's copy of the tables:
         receipts/date=YYYY-MM-DD/i-<hash>.parquet         one cached data file (hash of its object URI;
                                                           c-<hash>: a compaction output, lineage inside)
+        clicks/date=YYYY-MM-DD/i-<hash>.parquet           ... of the clicks table
+        replies/date=YYYY-MM-DD/i-<hash>.parquet          ... of the replies table
         derived/..., derived.lock                         per-message state computed from the cache
         mirror.lock                                       flock: one sync of the cache at a time
       tmp/iceberg-compaction/                             the table compaction's copies while it merges
 
-No ``receipts/`` is written under ``data/`` itself then. The cache follows the contract for
+No ``receipts/``, ``clicks/`` or ``replies/`` is written under ``data/`` itself then. The cache follows the contract for
 readers below (it is a data-directory layout); it is disposable: deleting it costs one download.
 
 Files are published and locks taken only through :mod:`dlrlens.store.files`; the derived

@@ -13,8 +13,8 @@ however many collectors share it), the others retry the lock every ``lock_retry_
 so when the holder dies (the kernel drops its lock) another takes over within that time. The active maintainer runs ``dlrlens.store.derive.update_derived``
 every ``interval`` seconds (when that module exists) and :func:`dlrlens.store.compaction.compact`
 every ``compact_every`` seconds. With the Iceberg store (an :class:`IcebergSchedule`), it also
-runs :class:`dlrlens.store.iceberg.maintain.TableMaintenance` (of the receipts table and of the
-derived table) and :class:`dlrlens.store.iceberg.maintain.DerivedPublisher` (its derived state,
+runs :class:`dlrlens.store.iceberg.maintain.TableMaintenance` (of the receipts, clicks, replies
+and derived tables) and :class:`dlrlens.store.iceberg.maintain.DerivedPublisher` (its derived state,
 from its own mirror of the table under ``cache/iceberg/``, committed to the derived table)
 every ``IcebergSchedule.every`` seconds: those tasks need no lock (the ``flock`` above is per data directory, i.e. per machine),
 because every change it makes to the shared table is a catalog commit that any number of
@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dlrlens.store import compaction, derive, files, layout, sends
+from dlrlens.store.events import EVENT_TABLES
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -95,6 +96,7 @@ class Maintainer:
         self.iceberg = iceberg if iceberg is not None and iceberg.every > 0 else None
         self._table_maintenance = None  # made at the first run (imports pyiceberg)
         self._derived_maintenance = None
+        self._events_maintenance = {}  # table name -> its TableMaintenance (clicks, replies)
         self._derived_publisher = None
         self.iceberg_totals = dict.fromkeys(ICEBERG_TOTALS, 0)
         if self.iceberg is not None:
@@ -224,8 +226,14 @@ class Maintainer:
             self._derived_maintenance = TableMaintenance(self.iceberg.catalog, table=DERIVED_TABLE,
                                                          retention_seconds=self.iceberg.retention_seconds,
                                                          orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
+            self._events_maintenance = {name: TableMaintenance(self.iceberg.catalog, table=name,
+                                                               retention_seconds=self.iceberg.retention_seconds,
+                                                               orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
+                                        for name in EVENT_TABLES}
         result = self._table_maintenance.run()
         result["derived_table"] = self._derived_maintenance.run()
+        for name, events_maintenance in self._events_maintenance.items():  # expiry and orphans (not compacted)
+            result[f"{name}_table"] = events_maintenance.run()
         for name in ICEBERG_TOTALS:
             self.iceberg_totals[name] += result.get(name, 0)
         if result.get("files_compacted") or result.get("expired_snapshots") or result.get("orphans_deleted"):

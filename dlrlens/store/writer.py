@@ -27,22 +27,21 @@ deterministic, so replaying a segment whose files were already renamed into plac
 replaces them with identical files rather than adding copies. The segment is deleted only
 after every file it produced is durable.
 
-A *publisher* (``publish``, optional) replaces the local Parquet files as the receipts' destination
-(clicks and replies stay local): the Iceberg backend's
-:class:`dlrlens.store.iceberg.publisher.IcebergPublisher` is one. It offers two calls:
-
-* ``publish.already_committed(slot, segments)``: those of ``segments`` its store already holds
-  (committed before a crash, not yet deleted from the log);
-* ``publish(slot, batch)``: commit ``batch``, a list of ``(segment, receipts as an Arrow table)``
-  of one slot, oldest first, as one commit; return only once it is durable there.
+A *publisher* (``publish``, optional) replaces the local Parquet files as the destination of
+every table (receipts, clicks, replies): the Iceberg backend's
+:class:`dlrlens.store.iceberg.publisher.IcebergPublisher` is one. ``publish(slot, batch)``
+commits ``batch``, a list of ``(segment, {table name: its rows as an Arrow table})`` of one
+slot, oldest first (a table without rows in a segment is left out of its dict), and returns
+only once every row is durable there. It must be idempotent per table: a segment replayed
+after a crash (committed, entirely or to some tables only, before the crash; not yet deleted
+from the log) is handed again, and the publisher commits only what its store does not hold.
 
 The flush takes the closed segments of a slot oldest first, up to :data:`PUBLISH_BATCH_SEGMENTS`
-segments and :data:`PUBLISH_BATCH_RECEIPTS` receipts at a time (one segment in steady state;
+segments and :data:`PUBLISH_BATCH_RECEIPTS` records at a time (one segment in steady state;
 many after an outage of the store, when the catch-up then costs a commit per batch, not per
-segment). It deletes the segments ``already_committed`` names **before** committing the others:
-that is what the publisher's exactly-once relies on (see :mod:`dlrlens.store.iceberg.table`).
-When either call raises :class:`PublishError` the segments stay in the log and the next flush
-tries again; the collector goes on acknowledging from its log meanwhile.
+segment), and deletes them once ``publish`` returned. When it raises :class:`PublishError`
+the segments stay in the log and the next flush tries again; the collector goes on
+acknowledging from its log meanwhile.
 """
 
 from __future__ import annotations
@@ -132,15 +131,15 @@ def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict
     """Turn one closed log segment into Parquet files and delete it. Returns records written.
 
     ``documents``: see :func:`segment_records`. Idempotent: running it again on the same
-    segment (after a crash) writes the same files. ``published``: the segment's receipts are in
-    the publisher's store already, only its other tables (clicks, replies) go to local files.
+    segment (after a crash) writes the same files. ``published``: the segment's rows are in
+    the publisher's store already (every table's): no local file is written, the segment is
+    only deleted.
     """
     records = segment_records(segment, documents)
     by_day: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for record in records:
+    for record in records if not published else ():
         table_name = record.get(layout.TABLE_KEY, "receipts")
-        if not (published and table_name == "receipts"):
-            by_day[table_name, utc_day(record[layout.TABLES[table_name].day_column])].append(record)
+        by_day[table_name, utc_day(record[layout.TABLES[table_name].day_column])].append(record)
     for (table_name, day), rows in sorted(by_day.items()):
         target = layout.table_partition_dir(data_dir, table_name, day) / f"{slot}-{segment.stem}.parquet"
         write_parquet_atomically(records_to_table(rows, table_name), target)
@@ -151,9 +150,13 @@ def flush_segment(data_dir: Path, slot: str, segment: Path, documents: list[dict
     return len(records)
 
 
-def receipts_of(records: list[dict]) -> pa.Table:
-    """The receipts among a segment's records, as a contract-schema table (what a publisher takes)."""
-    return records_to_table([r for r in records if r.get(layout.TABLE_KEY, "receipts") == "receipts"])
+def tables_of(records: list[dict]) -> dict[str, pa.Table]:
+    """A segment's records by table, each as a contract-schema table (what a publisher takes);
+    only the tables with records."""
+    by_table: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_table[record.get(layout.TABLE_KEY, "receipts")].append(record)
+    return {name: records_to_table(rows, name) for name, rows in by_table.items()}
 
 
 def error_kind(exc: BaseException) -> str:
@@ -399,23 +402,17 @@ class ReceiptStorage:
         return written
 
     def _publish_batch(self, slot: str, batch: list[tuple[Path, list[dict]]]) -> int:
-        done = self.publish.already_committed(slot, [segment for segment, _ in batch])
-        # A replay (committed before a crash): deleted before anything newer is committed.
-        written = sum(self._flush_or_quarantine(slot, segment, records, published=True)
-                      for segment, records in batch if segment in done)
-        pending: list[tuple[Path, list[dict], pa.Table]] = []
+        pending: list[tuple[Path, list[dict], dict[str, pa.Table]]] = []
         for segment, records in batch:
-            if segment in done:
-                continue
             try:
-                pending.append((segment, records, receipts_of(records)))
+                pending.append((segment, records, tables_of(records)))
             except Exception as exc:  # cannot be converted: set aside (see _flush_or_quarantine)
                 self._quarantine(slot, segment, exc)
-        commit = [(segment, receipts) for segment, _, receipts in pending if receipts.num_rows]
-        if commit:
-            self.publish(slot, commit)
-        return written + sum(self._flush_or_quarantine(slot, segment, records, published=True)
-                             for segment, records, _ in pending)
+        if any(tables for _, _, tables in pending):
+            self.publish(slot, [(segment, tables) for segment, _, tables in pending])
+        # Deleted only now: every table holds every row of these segments.
+        return sum(self._flush_or_quarantine(slot, segment, records, published=True)
+                   for segment, records, _ in pending)
 
     # -- writing -------------------------------------------------------------------------
 

@@ -6,11 +6,13 @@ then flushes the same log segments (``--segments`` of ``--rows`` receipts each, 
 :class:`~dlrlens.store.writer.ReceiptStorage` writers: the local one (Parquet files under a data
 directory) and one with the :class:`~dlrlens.store.iceberg.publisher.IcebergPublisher`. Prints
 the median and p95 flush time of each and their ratio, the snapshots the table holds and the size
-of its metadata file. Then a catch-up: the same segments piled up in the log (as during an outage
+of its metadata file. With ``--events N`` (default 50) a third writer flushes the same receipts
+with N clicks and N/5 replies in each segment (one commit per table: receipts, clicks,
+replies), against the receipts alone through Iceberg in the same run. Then a catch-up: the same segments piled up in the log (as during an outage
 of the store) flushed at once, in batches (one commit for up to
 :data:`~dlrlens.store.writer.PUBLISH_BATCH_SEGMENTS`) and one commit per segment (batches of 1).
 
-    python3 -m tests.benchmarks.iceberg_commits [--segments 30] [--rows 1000] [--days 1]
+    python3 -m tests.benchmarks.iceberg_commits [--segments 30] [--rows 1000] [--days 1] [--events 50]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dlrlens.store.iceberg.table import open_catalog, receipts_table
 from dlrlens.store import writer
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
+from tests.support.funnel import click_row, reply_row
 from tests.support.seaweed import object_store
 
 
@@ -38,10 +41,23 @@ def segment_rows(number: int, rows: int, days: int) -> list[dict]:
                             campaign="bench") for i in range(rows)]
 
 
-def flush_times(storage: ReceiptStorage, segments: list[list[dict]]) -> list[float]:
+def segment_events(rows: list[dict], count: int) -> tuple[list[dict], list[dict]]:
+    """``count`` clicks and ``count // 5`` replies on the messages of ``rows``."""
+    clicks = [click_row(f"c-{row['receipt_id']}", row["created"] + timedelta(minutes=5),
+                        message_id=row["delivery_message_id"]) for row in rows[:count]]
+    replies = [reply_row(f"r-{row['receipt_id']}", row["created"] + timedelta(minutes=9), "STOP",
+                         in_reply_to=row["delivery_message_id"]) for row in rows[:count // 5]]
+    return clicks, replies
+
+
+def flush_times(storage: ReceiptStorage, segments: list[list[dict]], events: int = 0) -> list[float]:
     times = []
     for rows in segments:
         storage.store(rows)
+        if events:
+            clicks, replies = segment_events(rows, events)
+            storage.store(clicks, "clicks")
+            storage.store(replies, "replies")
         started = time.perf_counter()
         storage.flush()
         times.append(time.perf_counter() - started)
@@ -77,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segments", type=int, default=30)
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--days", type=int, default=1, help="UTC days each segment spans (files per commit)")
+    parser.add_argument("--events", type=int, default=50, help="clicks per segment of the third writer "
+                        "(and a fifth as many replies); 0: no third writer")
     args = parser.parse_args(argv)
     segments = [segment_rows(n, args.rows, args.days) for n in range(args.segments)]
     with tempfile.TemporaryDirectory(prefix="dlrlens-iceberg-bench-") as tmp:
@@ -86,13 +104,18 @@ def main(argv: list[str] | None = None) -> int:
             local = ReceiptStorage(root / "local", flush_seconds=3600)
             remote = ReceiptStorage(root / "remote", flush_seconds=3600,
                                     publish=publisher(parse_store("iceberg:bench"), root / "remote"))
+            with_events = ReceiptStorage(root / "events", flush_seconds=3600,
+                                         publish=publisher(parse_store("iceberg:bench"), root / "events"))
             try:
                 flush_times(remote, segments[:1])  # creates the namespace and the table: not measured
+                flush_times(with_events, segments[:1], max(args.events, 5))  # ... and the events tables
                 local_times = flush_times(local, segments[1:])
                 iceberg_times = flush_times(remote, segments[1:])
+                events_times = flush_times(with_events, segments[1:], args.events) if args.events else []
             finally:
                 local.close()
                 remote.close()
+                with_events.close()
             table = receipts_table(open_catalog("bench"), create=False)
             snapshots = len(table.metadata.snapshots)
             with table.io.new_input(table.metadata_location).open() as metadata:
@@ -105,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio (iceberg / local, medians): {statistics.median(iceberg_times) / statistics.median(local_times):.1f}x; "
           f"table snapshots: {snapshots}, metadata file {metadata_bytes:,} bytes "
           f"({metadata_bytes / snapshots:,.0f} per snapshot: every commit and reader sync reads it)")
+    if events_times:
+        print(describe("+events", events_times))
+        print(f"with {args.events} clicks and {args.events // 5} replies a segment (a commit to each table): "
+              f"{statistics.median(events_times) / statistics.median(iceberg_times):.1f}x the receipts alone (medians)")
     print(f"catch-up of {args.segments - 1} segments piled up in the log: {batched[0]:.2f} s in {batched[1]} commit(s) "
           f"against {one_each[0]:.2f} s in {one_each[1]} (one per segment): {one_each[0] / batched[0]:.1f}x")
     return 0

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from dlrlens.store.backends import parse_store, publisher
 from dlrlens.store.iceberg.maintain import TableMaintenance, count_by_kind, table_files
-from dlrlens.store.iceberg.table import (RECEIPTS_TABLE, namespace, open_catalog, receipt_partitioning,
+from dlrlens.store.iceberg.table import (RECEIPTS_TABLE, namespace, open_catalog, day_partitioning,
                                          receipt_schema, receipts_table)
 from dlrlens.store.writer import ReceiptStorage
 from tests.benchmarks.iceberg_commits import describe
@@ -78,7 +78,7 @@ class Run:
             catalog.create_namespace(namespace())
             schema = receipt_schema()
             catalog.create_table((namespace(), RECEIPTS_TABLE), schema=schema,
-                                 partition_spec=receipt_partitioning(schema))
+                                 partition_spec=day_partitioning(schema))
         directories = [self.root / self.catalog / f"c{n}" for n in range(self.args.writers)]
         storages = [ReceiptStorage(directory, flush_seconds=3600,
                                    publish=publisher(parse_store(f"iceberg:{self.catalog}"), directory))

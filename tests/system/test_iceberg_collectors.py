@@ -1,6 +1,7 @@
 """Real collectors (gunicorn, 2 workers) writing to the Iceberg store on a real object store
-(``weed mini`` on loopback) through pyiceberg's SQL catalog: a SIGKILL mid-stream, the object
-store stopped mid-stream, two collectors on one table (their maintenance processes expiring the
+(``weed mini`` on loopback) through pyiceberg's SQL catalog: a SIGKILL mid-stream (then clicks
+and replies posted to the restarted collector reach their tables once), the object store
+stopped mid-stream, two collectors on one table (their maintenance processes expiring the
 table's snapshots and committing the derived state meanwhile). Each posted receipt is its own message
 (tests/support/reliability.Poster), so "exactly once" means: every id that got a 200 is in
 the table once, and the dashboard's KPIs count each once.
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import requests
 
+from dlrlens.store.iceberg.table import open_catalog, written_table
 from dlrlens.store.status import maintenance_status
+from tests.support.events import click, reply
 from tests.support.lake import derived_message_ids, table_column
 from tests.support.reliability import Poster, kpi_messages
 from tests.support.seaweed import object_store
@@ -65,10 +69,23 @@ def killed_mid_stream(lake, data: Path, prefix: str, acked: int, threads: int, b
 def test_a_sigkill_mid_stream_loses_and_doubles_nothing(lake, tmp_path):
     data = tmp_path / "collector"
     acked = killed_mid_stream(lake, data, "kill", 300, threads=3)
-    with running_collector(data, workers=2, flush_seconds=0.3, env=lake.collector_env):
-        pass  # the restart replays every log (skipping segments already committed); the stop flushes
+    clicks = [click(f"kill-{n}", batch_id="kill") for n in range(20)]
+    replies = [reply(f"reply-{n}", f"kill-{n}", "STOP" if n % 2 else "Thanks") for n in range(10)]
+    # The restart replays every log (skipping segments already committed); the stop flushes.
+    with running_collector(data, workers=2, flush_seconds=0.3, env=lake.collector_env) as collector:
+        for start in range(0, 20, 5):  # several requests: either worker, several segments
+            assert requests.post(collector.url + "/click", json=clicks[start:start + 5], timeout=10).status_code == 200
+            assert requests.post(collector.url + "/incoming", json=replies[start // 2:start // 2 + 3],
+                                 timeout=10).status_code == 200
     assert not list(data.glob("wal/w*/*.wal")), "every segment committed and removed"
     assert_exactly_once(acked, tmp_path / "reader")
+    catalog = open_catalog("lake")
+    clicked = written_table(catalog, "clicks", create=False).scan().to_arrow()["message_id"].to_pylist()
+    assert Counter(clicked) == Counter(c["messageId"] for c in clicks), "each click once in the clicks table"
+    replied = written_table(catalog, "replies", create=False).scan().to_arrow()["reply_id"].to_pylist()
+    posted = [r["id"] for start in range(0, 20, 5) for r in replies[start // 2:start // 2 + 3]]
+    assert Counter(replied) == Counter(posted), "each posted reply once in the replies table"
+    assert not list(data.glob("clicks/*/*.parquet")) and not list(data.glob("replies/*/*.parquet"))
 
 
 def test_the_object_store_down_for_ten_seconds_mid_stream(lake, tmp_path):

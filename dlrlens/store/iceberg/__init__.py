@@ -5,29 +5,35 @@ Selected with ``DLRLENS_STORE=iceberg:<catalog name>`` (or ``--store``; see
 or ``PYICEBERG_CATALOG__<NAME>__*`` variables). pyiceberg is an optional dependency (the
 ``iceberg`` extra): only this package imports it, and only when the backend is chosen.
 
-- :mod:`~dlrlens.store.iceberg.table`: the catalog, the receipts table (the contract schema,
-  partitioned by UTC day of ``created``) and the snapshot-summary keys that make commits
-  idempotent.
+- :mod:`~dlrlens.store.iceberg.table`: the catalog, the tables the collectors write (receipts,
+  clicks, replies: the contract schemas of :data:`dlrlens.store.layout.TABLES`, partitioned by
+  UTC day like the local ``date=`` folders) and the snapshot-summary keys and table properties
+  that make commits idempotent.
 - :mod:`~dlrlens.store.iceberg.publisher`: the collector's side. Each flush of a log slot's
-  closed segments becomes one append commit recording ``dlrlens.segment =
-  <collector>/<slot>/<segment>[,...]`` and the slot's last commit in a table property; a
-  segment already committed (a replay after a crash, however late) is never committed twice; a
-  failed commit leaves the segments in the local log and is retried with back-off.
-- :mod:`~dlrlens.store.iceberg.maintain`: the table's compaction, snapshot expiry and
-  orphan-file cleanup, and the commits of the derived state, run by every collector's
-  maintenance process, all as catalog commits (no leader).
+  closed segments becomes one append commit per table it has rows for (receipts, then clicks,
+  then replies) recording ``dlrlens.segment = <collector>/<slot>/<segment>[,...]``, and in a
+  table property the slot's segments the table holds that the log still holds; a segment
+  already committed to a table (a replay after a crash, however late, also one between the
+  receipts commit and the events commits) is never committed to it twice; a segment leaves the
+  log once every table holds its rows; a failed commit leaves the segments in the local log and
+  is retried with back-off.
+- :mod:`~dlrlens.store.iceberg.maintain`: the receipts table's compaction, every table's
+  snapshot expiry and orphan-file cleanup (clicks and replies are not compacted), and the
+  commits of the derived state, run by every collector's maintenance process, all as catalog
+  commits (no leader).
 - :mod:`~dlrlens.store.iceberg.derived`: the derived per-message state as a second table,
   ``<namespace>.receipts_messages``: the derived messages files as its data files (their
-  companions beside them), each snapshot recording the receipts snapshot it absorbed;
+  companions beside them), each snapshot recording the receipts snapshot it absorbed (and
+  the clicks and replies tables' snapshots);
   committed by the maintenance processes (a commit based on a snapshot that is no longer the
   table's is refused, and its maintainer adopts the winner's state), adopted by readers.
-- :mod:`~dlrlens.store.iceberg.mirror`: the read side. pyiceberg plans the table's data
-  files, which are copied once into a local cache laid out like a data directory; the
-  ordinary :class:`~dlrlens.store.reader.Store` (DuckDB) reads that, with the derived
-  per-message state adopted from the derived table (an empty cache) and kept up to date
-  locally from the cached receipts.
-- :mod:`~dlrlens.store.iceberg.migrate`: copies a local data directory's receipt files into the
-  table, one commit per file, idempotent and resumable.
+- :mod:`~dlrlens.store.iceberg.mirror`: the read side. pyiceberg plans the data files of the
+  receipts, clicks and replies tables, which are copied once into a local cache laid out like a
+  data directory; the ordinary :class:`~dlrlens.store.reader.Store` (DuckDB) reads that (the
+  Funnel page included), with the derived per-message state adopted from the derived table
+  (an empty cache) and kept up to date locally from the cached receipts, clicks and replies.
+- :mod:`~dlrlens.store.iceberg.migrate`: copies a local data directory's receipt, click and
+  reply files into their tables, in batches, idempotent and resumable.
 
 Imports neither app nor the command line.
 """

@@ -27,6 +27,11 @@ in its output. So the receipt files absorbed are exactly the live files with a s
 at most that one: one number, however many files (a list would add 100 KB a snapshot at 1 M
 receipts). A compaction output committed later is read again by whoever adopts the state:
 the state is duplicate-insensitive (``derive``'s docstring), so the figures do not change.
+The clicks and replies tables likewise: :data:`EVENTS_SEQUENCE_KEY` records, per table, the
+sequence number of its snapshot whose data files the state has absorbed, all of them (those
+tables only ever gain files: nothing compacts them). A state committed without it (an older
+dlrlens) says nothing of events: its adopter absorbs every cached event file again, which
+changes nothing for those it held.
 Also recorded: the writer's :func:`dlrlens.store.derive.hash_probe` (``id_hash`` is DuckDB's
 ``hash``: a reader whose DuckDB hashes differently does not adopt, it rebuilds) and
 :data:`dlrlens.store.derive.FORMAT` and the opt-out keywords replies were matched with (a
@@ -51,7 +56,8 @@ whole by the next commit.
 derived state, or with more than :data:`ADOPT_MIN_ROWS` receipt rows to absorb that the
 committed state already holds, and a maintainer that lost a race. It downloads the committed
 messages files it does not hold already, with their companions, and writes a local manifest whose absorbed files are its cached receipt
-files with a sequence number at most the recorded one; :func:`dlrlens.store.derive.update_derived`
+files with a sequence number at most the recorded one (and its cached click and reply files at
+most their table's recorded one); :func:`dlrlens.store.derive.update_derived`
 then absorbs the rest as usual.
 """
 
@@ -83,6 +89,7 @@ log = logging.getLogger("dlrlens.store")
 DERIVED_TABLE = f"{RECEIPTS_TABLE}_messages"
 RECEIPTS_SEQUENCE_KEY = "dlrlens.receipts-sequence"  # the receipts snapshot's sequence number absorbed
 RECEIPTS_SNAPSHOT_KEY = "dlrlens.receipts-snapshot"  # ... and its id
+EVENTS_SEQUENCE_KEY = "dlrlens.events-sequences"     # clicks=<n>,replies=<n>: those tables' snapshots absorbed
 HASH_PROBE_KEY = "dlrlens.hash-probe"                # derive.hash_probe of the writer
 FORMAT_KEY = "dlrlens.derived-format"                # derive.FORMAT of the writer
 KEYWORDS_KEY = "dlrlens.opt-out-keywords"            # the opt-out keywords its replies were matched with
@@ -193,6 +200,12 @@ class Committed:
     opt_out_keywords: tuple[str, ...]
     files: dict[str, DataFile]  # data file URI -> its DataFile
     columns: list[str]
+    events_sequences: dict[str, int] = field(default_factory=dict)  # clicks/replies -> sequence absorbed
+
+    def absorbed_sequence(self, table: str) -> int | None:
+        """The sequence number of table ``table``'s snapshot whose files this state absorbed
+        (None: unknown, none counts as absorbed)."""
+        return self.receipts_sequence if table == RECEIPTS_TABLE else self.events_sequences.get(table)
 
     @property
     def rows(self) -> int:
@@ -215,7 +228,23 @@ def committed_state(table: Table) -> Committed | None:
                      hash_probe=number(HASH_PROBE_KEY), format=number(FORMAT_KEY),
                      opt_out_keywords=tuple(k for k in summary.get(KEYWORDS_KEY, "").split(",") if k),
                      files={e.data_file.file_path: e.data_file for e in live_data_entries(table, snapshot)},
-                     columns=list(table.schema().column_names))
+                     columns=list(table.schema().column_names),
+                     events_sequences=parse_events_sequences(summary.get(EVENTS_SEQUENCE_KEY, "")))
+
+
+def events_sequences_value(sequences: dict[str, int]) -> str:
+    """The :data:`EVENTS_SEQUENCE_KEY` summary value of ``sequences`` ({table: sequence number})."""
+    return ",".join(f"{name}={number}" for name, number in sorted(sequences.items()))
+
+
+def parse_events_sequences(value: str) -> dict[str, int]:
+    """{table: sequence number} of an :data:`EVENTS_SEQUENCE_KEY` summary value ({} for none)."""
+    found = {}
+    for part in value.split(","):
+        name, equals, number = part.partition("=")
+        if equals and number.strip().isdigit():
+            found[name.strip()] = int(number)
+    return found
 
 
 def unadoptable(committed: Committed, probe: int) -> str | None:
@@ -367,10 +396,11 @@ def _rewritten(root: Path, table: Table, con, uri: str, scratch: Path) -> derive
         local.unlink()
 
 
-def adopt(root: Path, table: Table, committed: Committed, receipt_sequences: dict[str, int], probe: int) -> dict:
+def adopt(root: Path, table: Table, committed: Committed, file_sequences: dict[str, int], probe: int) -> dict:
     """Make ``committed`` the derived state under ``root`` (a mirror's cache: see the module
-    docstring). ``receipt_sequences``: {cached receipt file (relative path): its data sequence
-    number} of every receipt file under ``root``. Raises :class:`AdoptionError` (nothing
+    docstring). ``file_sequences``: {cached file (relative path, under its table's directory:
+    ``receipts/``, ``clicks/``, ``replies/``): its data sequence number} of every receipt,
+    click and reply file under ``root``. Raises :class:`AdoptionError` (nothing
     changed) when the state cannot be adopted."""
     reason = unadoptable(committed, probe)
     if reason is not None:
@@ -413,8 +443,7 @@ def adopt(root: Path, table: Table, committed: Committed, receipt_sequences: dic
             shutil.rmtree(scratch, ignore_errors=True)
         now = time.time()
         manifest = derive.Manifest(version=(old.version + 1) if old is not None else 1, files=kept,
-                                   absorbed={path for path, sequence in receipt_sequences.items()
-                                             if sequence <= committed.receipts_sequence},
+                                   absorbed=absorbed_files(committed, file_sequences),
                                    retired=dict(old.retired) if old is not None else {}, hash_probe=probe,
                                    opt_out_keywords=committed.opt_out_keywords)
         for f in in_force.values():
@@ -427,6 +456,18 @@ def adopt(root: Path, table: Table, committed: Committed, receipt_sequences: dic
              committed.snapshot_id, len(kept), downloaded, rewritten, len(manifest.absorbed), seconds)
     return {"adopted": committed.snapshot_id, "files": len(kept), "downloaded": downloaded, "rewritten": rewritten,
             "absorbed_files": len(manifest.absorbed), "seconds": seconds}
+
+
+def absorbed_files(committed: Committed, file_sequences: dict[str, int]) -> set[str]:
+    """Those of the cached files ``file_sequences`` (as :func:`adopt` takes them) whose rows
+    ``committed`` holds: a sequence number at most the one it recorded for their table."""
+    absorbed = set()
+    for path, sequence in file_sequences.items():
+        table = next((name for name, spec in layout.TABLES.items() if path.startswith(spec.directory + "/")), None)
+        limit = committed.absorbed_sequence(table) if table is not None else None
+        if limit is not None and sequence <= limit:
+            absorbed.add(path)
+    return absorbed
 
 
 @dataclass
@@ -447,9 +488,10 @@ def _upload(table: Table, source: Path, uri: str) -> None:
 
 
 def commit(catalog: Catalog, root: Path, committer: str, *, receipts_snapshot: int, receipts_sequence: int,
-           probe: int, replacing: int | None = None) -> CommitResult:
-    """Commit the derived state under ``root`` (every receipt file of the mirror absorbed, the
-    mirror at ``receipts_snapshot``) as one overwrite of the derived table, based on the snapshot
+           probe: int, replacing: int | None = None, events_sequences: dict[str, int] | None = None) -> CommitResult:
+    """Commit the derived state under ``root`` (every receipt, click and reply file of the mirror
+    absorbed, the mirror at ``receipts_snapshot``; ``events_sequences``: {clicks|replies: the
+    sequence number of the mirror's snapshot of that table}) as one overwrite of the derived table, based on the snapshot
     its :class:`CommitState` builds on (none: the table has no state yet): refused when that is
     not the table's current snapshot, by this function or, when another commit lands meanwhile,
     by the catalog. ``replacing``: the id of a snapshot whose state could not be adopted
@@ -510,6 +552,8 @@ def commit(catalog: Catalog, root: Path, committer: str, *, receipts_snapshot: i
             summary = {RECEIPTS_SEQUENCE_KEY: str(sequence), RECEIPTS_SNAPSHOT_KEY: str(receipts_snapshot),
                        HASH_PROBE_KEY: str(probe), FORMAT_KEY: str(derive.FORMAT), COMMITTER_KEY: committer,
                        KEYWORDS_KEY: ",".join(manifest.opt_out_keywords)}
+            if events_sequences:
+                summary[EVENTS_SEQUENCE_KEY] = events_sequences_value(events_sequences)
             with table.transaction() as transaction:
                 with transaction.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
                     for data_file in removed:

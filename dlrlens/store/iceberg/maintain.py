@@ -1,4 +1,9 @@
-"""Keeping the receipts table bounded: compaction, snapshot expiry and orphan-file cleanup.
+"""Keeping the tables bounded: compaction, snapshot expiry and orphan-file cleanup.
+
+Of the receipts table: all three; of the clicks and replies tables and the derived table:
+expiry and orphan-file cleanup (clicks and replies are not compacted, as the local store does
+not compact their files: a few percent of the receipts; each flush with events still adds a
+small data file per day, which a reader caches and lists).
 
 Every flush of every collector worker is a commit, and every commit adds a snapshot (about 1 KB
 in the table's metadata file, which each commit and each reader rewrites or reads whole), a
@@ -70,8 +75,8 @@ from dlrlens.store.iceberg import derived
 from dlrlens.store.iceberg.mirror import COPY_CHUNK, Mirror, cache_dir, cached_name
 from dlrlens.store.iceberg.publisher import collector_id
 from dlrlens.store.iceberg.table import (COMMITTED_PREFIX, RECEIPTS_TABLE, SEGMENT_KEY, SOURCE_KEY, TABLE_PROPERTIES,
-                                         arrow_schema_with_field_ids, live_data_entries, open_catalog,
-                                         parse_segment_value, receipts_table)
+                                         WRITTEN_TABLES, arrow_schema_with_field_ids, live_data_entries,
+                                         open_catalog, parse_segment_value, written_table)
 
 log = logging.getLogger("dlrlens.collector")
 
@@ -193,17 +198,19 @@ def count_by_kind(files: list[pafs.FileInfo]) -> dict[str, int]:
 
 class TableMaintenance:
     """Compaction, expiry and orphan-file cleanup of catalog ``catalog_name``'s receipts table, or
-    expiry and orphan-file cleanup of its derived table (``table`` =
+    expiry and orphan-file cleanup of its clicks or replies table (``table`` = ``clicks``,
+    ``replies``: not compacted) or of its derived table (``table`` =
     :data:`~dlrlens.store.iceberg.derived.DERIVED_TABLE`: its files are replaced by the
     :class:`DerivedPublisher`'s commits, never compacted); see the module docstring. Keeps,
     between runs, what it read of immutable manifest lists and manifests."""
 
     def __init__(self, catalog_name: str, *, retention_seconds: float, orphan_grace_seconds: float,
                  compact: bool = True, work_dir: Path | None = None, clock=time.time, table: str = RECEIPTS_TABLE):
-        if table not in (RECEIPTS_TABLE, derived.DERIVED_TABLE):
-            raise ValueError(f"dlrlens maintains the tables {RECEIPTS_TABLE} and {derived.DERIVED_TABLE}, not {table!r}")
+        if table not in (*WRITTEN_TABLES, derived.DERIVED_TABLE):
+            raise ValueError(f"dlrlens maintains the tables {', '.join(WRITTEN_TABLES)} and {derived.DERIVED_TABLE}, "
+                             f"not {table!r}")
         self.table_name = table
-        self.properties = TABLE_PROPERTIES if table == RECEIPTS_TABLE else derived.DERIVED_TABLE_PROPERTIES
+        self.properties = TABLE_PROPERTIES if table in WRITTEN_TABLES else derived.DERIVED_TABLE_PROPERTIES
         if retention_seconds < 0:
             raise ValueError("the snapshot retention cannot be negative")
         if orphan_grace_seconds <= 0:
@@ -245,8 +252,8 @@ class TableMaintenance:
         if self._table is None:
             try:
                 catalog = open_catalog(self.catalog_name)
-                self._table = (receipts_table(catalog, create=False) if self.table_name == RECEIPTS_TABLE
-                               else derived.derived_table(catalog))
+                self._table = (written_table(catalog, self.table_name, create=False)
+                               if self.table_name in WRITTEN_TABLES else derived.derived_table(catalog))
             except NoSuchTableError:
                 return None
             if self._table is None:
@@ -477,7 +484,7 @@ class DerivedPublisher:
                     return {"adopted": adopted, "skipped": "backlog", "backlog_files": backlog}
         outcome = derived.commit(catalog, root, self.committer, receipts_snapshot=self.mirror.receipts_snapshot,
                                  receipts_sequence=self.mirror.receipts_sequence, probe=self.mirror.probe,
-                                 replacing=replacing)
+                                 replacing=replacing, events_sequences=self.mirror.events_sequences)
         return {**asdict(outcome), "adopted": adopted, "receipts_snapshot": self.mirror.receipts_snapshot,
                 "seconds": round(time.perf_counter() - started, 3)}
 

@@ -1,18 +1,20 @@
-"""``dlrlens migrate --to iceberg:<catalog>``: copy a local data directory's receipts into the
-Iceberg receipts table, idempotent and resumable.
+"""``dlrlens migrate --to iceberg:<catalog>``: copy a local data directory's receipts, clicks and
+replies into the Iceberg tables of the same names, idempotent and resumable.
 
-Unit of work: a batch of receipt files (up to :data:`BATCH_ROWS` rows or :data:`BATCH_FILES`
+The receipts first, then the clicks, then the replies, each into its own table (the same
+columns, :data:`dlrlens.store.layout.TABLES`). Unit of work: a batch of one table's files (up to :data:`BATCH_ROWS` rows or :data:`BATCH_FILES`
 files), one append commit, whose snapshot summary records every file of the batch,
 ``dlrlens.source = <source id>/<path relative to the data directory>``, one per line (the source
-id is the directory's ``collector-id``, made on first use). Before each batch the table's
-summaries are read again, so running the migration twice, or again after it was interrupted
+id is the directory's ``collector-id``, made on first use), in that table's snapshot summary.
+Before each batch the table's summaries are read again, so running the migration twice, or again after it was interrupted
 (even between a commit and the next batch), copies every receipt row exactly once. Batches: one
 commit per file took 0.5 s a file on a 2-core machine (each commit rewrites the table's metadata,
 which grows with every snapshot); a data directory holds thousands of small flush files.
 
 The files copied are :func:`dlrlens.store.compaction.stored_files` (every stored copy of a
 receipt once: compaction inputs still on disk are left out, their rows are in the compacted
-file). A compacted file whose inputs were all copied by an earlier run is *covered* and
+file; clicks and replies are never compacted: every visible file, :func:`dlrlens.store.events.event_files`).
+A compacted file whose inputs were all copied by an earlier run is *covered* and
 skipped. One made from some copied and some uncopied files cannot be copied without doubling
 rows: the migration stops and says so (stop the collector, or its compaction, while migrating:
 ``DLRLENS_COMPACT_SECONDS=0``). What the source's write-ahead log still holds is not in any
@@ -29,10 +31,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dlrlens.store import compaction, layout
+from dlrlens.store import compaction, events, layout
 from dlrlens.store.iceberg.publisher import collector_id
-from dlrlens.store.iceberg.table import (SOURCE_KEY, SOURCE_SEPARATOR, arrow_receipts, committed_keys, open_catalog,
-                                         receipts_table)
+from dlrlens.store.iceberg.table import (RECEIPTS_TABLE, SOURCE_KEY, SOURCE_SEPARATOR, WRITTEN_TABLES, arrow_rows,
+                                         committed_keys, open_catalog, written_table)
 from dlrlens.store.wal import list_segments
 
 
@@ -46,7 +48,7 @@ class MigrationError(Exception):
 
 @dataclass
 class MigrationResult:
-    files: int = 0             # receipt files in the source
+    files: int = 0             # receipt, click and reply files in the source
     copied: int = 0            # copied by this run
     rows: int = 0              # rows copied by this run
     already: int = 0           # copied by an earlier run
@@ -54,10 +56,19 @@ class MigrationResult:
     log_segments: int = 0      # write-ahead log segments not flushed into files (not copied)
     seconds: float = 0.0
     copied_paths: list[str] = field(default_factory=list)
+    files_by_table: dict[str, int] = field(default_factory=dict)  # files in the source, per table
+
+
+def source_files(data_dir: Path) -> dict[str, list[Path]]:
+    """{table: the files of it to copy} of the data directory ``data_dir`` (see the module docstring)."""
+    found = {RECEIPTS_TABLE: [Path(p) for p in compaction.stored_files(data_dir)]}
+    for table in events.EVENT_TABLES:
+        found[table] = [Path(data_dir) / relative for relative in events.event_files(data_dir, table)]
+    return found
 
 
 def migrate(data_dir: Path, catalog_name: str, progress=None) -> MigrationResult:
-    """Copy the receipt files of ``data_dir`` into catalog ``catalog_name``'s receipts table.
+    """Copy the receipt, click and reply files of ``data_dir`` into catalog ``catalog_name``'s tables.
 
     ``progress(relative_path, rows)`` is called for each file copied, once its batch is committed."""
     started = time.perf_counter()
@@ -66,13 +77,22 @@ def migrate(data_dir: Path, catalog_name: str, progress=None) -> MigrationResult
     wal_root = data_dir / layout.WAL_DIR
     if wal_root.is_dir():
         result.log_segments = sum(len(list_segments(d)) for d in wal_root.iterdir() if d.is_dir())
-    sources = [Path(p) for p in compaction.stored_files(data_dir)]
-    result.files = len(sources)
-    if not sources:
-        result.seconds = time.perf_counter() - started
-        return result
-    source_id = collector_id(data_dir)
-    table = receipts_table(open_catalog(catalog_name))
+    sources = source_files(data_dir)
+    result.files_by_table = {table: len(found) for table, found in sources.items()}
+    result.files = sum(result.files_by_table.values())
+    if result.files:
+        catalog = open_catalog(catalog_name)
+        source_id = collector_id(data_dir)
+        for table in WRITTEN_TABLES:
+            if sources[table]:
+                _copy(data_dir, written_table(catalog, table), table, sources[table], source_id, result, progress)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _copy(data_dir: Path, table, name: str, sources: list[Path], source_id: str, result: MigrationResult,
+          progress) -> None:
+    """Copy ``sources`` (files of table ``name`` under ``data_dir``) into ``table`` in batches."""
     seen: dict[int, str | None] = {}
     pending = deque(sorted(sources))
     while pending:
@@ -88,8 +108,9 @@ def migrate(data_dir: Path, catalog_name: str, progress=None) -> MigrationResult
             if key in committed:
                 result.already += 1
                 continue
-            inputs = [f"{source_id}/{Path(relative).parent.as_posix()}/{name}" for name in compaction.lineage(path)]
-            copied_inputs = [name for name in inputs if name in committed or name in batch_keys]
+            inputs = [f"{source_id}/{Path(relative).parent.as_posix()}/{input_name}"
+                      for input_name in compaction.lineage(path)]
+            copied_inputs = [input_key for input_key in inputs if input_key in committed or input_key in batch_keys]
             if inputs and len(copied_inputs) == len(inputs):
                 result.covered += 1
                 continue
@@ -98,7 +119,7 @@ def migrate(data_dir: Path, catalog_name: str, progress=None) -> MigrationResult
                     f"{relative} was compacted from files of which an earlier run copied {len(copied_inputs)} of "
                     f"{len(inputs)}: copying it would double those rows. Stop the collector (or set "
                     f"DLRLENS_COMPACT_SECONDS=0) while migrating; to start over, drop the table.")
-            rows = arrow_receipts(pq.read_table(path))
+            rows = arrow_rows(pq.read_table(path), name)
             batch.append((relative, rows))
             batch_keys.add(key)
             rows_in_batch += rows.num_rows
@@ -112,5 +133,3 @@ def migrate(data_dir: Path, catalog_name: str, progress=None) -> MigrationResult
             result.copied_paths.append(relative)
             if progress is not None:
                 progress(relative, rows.num_rows)
-    result.seconds = time.perf_counter() - started
-    return result

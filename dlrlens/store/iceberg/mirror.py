@@ -1,15 +1,18 @@
-"""The read side of the Iceberg backend: a local cache of the table's data files, read by the
+"""The read side of the Iceberg backend: a local cache of the tables' data files, read by the
 ordinary :class:`~dlrlens.store.reader.Store`.
 
 DuckDB's ``httpfs`` extension (to read S3 directly) is downloaded on first use, which a machine
 without internet cannot do; pyiceberg's FileIO (pyarrow's S3 client) is already here. So:
 
-* :meth:`Mirror.sync` asks the catalog for the table's current snapshot, lets pyiceberg plan its
-  data files, and copies each file not cached yet to ``cache/iceberg/<catalog>/receipts/
-  date=YYYY-MM-DD/i-<hash of its path>.parquet`` (the day is the file's partition value: the UTC
-  day of ``created``, exactly the local layout). Data files never change in Iceberg (a rewrite
-  has a new path), so a cached file is never fetched again; a file the snapshot no longer holds
-  is removed from the cache.
+* :meth:`Mirror.sync` asks the catalog for the current snapshot of each table the collectors
+  write (receipts, clicks, replies: :data:`~dlrlens.store.iceberg.table.WRITTEN_TABLES`), lets
+  pyiceberg plan its data files, and copies each file not cached yet to
+  ``cache/iceberg/<catalog>/<table>/date=YYYY-MM-DD/i-<hash of its path>.parquet`` (the day is
+  the file's partition value: the UTC day of the table's day column, exactly the local layout).
+  Data files never change in Iceberg (a rewrite has a new path), so a cached file is never
+  fetched again; a file the snapshot no longer holds is removed from the cache. The cached
+  clicks and replies are read and absorbed by the derived state exactly as a local data
+  directory's (:mod:`dlrlens.store.events`), so the Funnel page works on the Iceberg store.
 * The derived per-message state: on an empty cache (or one whose state would have more than
   :data:`~dlrlens.store.iceberg.derived.ADOPT_MIN_ROWS` receipt rows to absorb that the
   committed state holds already), the state the collectors' maintenance committed to the
@@ -18,7 +21,14 @@ without internet cannot do; pyiceberg's FileIO (pyarrow's S3 client) is already 
   (:func:`dlrlens.store.derive.update_derived` after each sync that added files, or that removed
   files whose rows a compaction output of the table's maintenance now holds: its lineage names
   them; a rebuild after any other removal). When the derived table cannot be read or adopted,
-  the state is computed locally as if it did not exist (a warning is logged).
+  the state is computed locally as if it did not exist (a warning is logged). The adopted
+  state's manifest names the cached receipt, click and reply files the committed state
+  absorbed (by each table's sequence number it recorded,
+  :data:`~dlrlens.store.iceberg.derived.EVENTS_SEQUENCE_KEY`); the local update absorbs the
+  rest. A committed state that recorded nothing for the events (an older dlrlens) makes it
+  absorb every cached event file again, which changes nothing for the events it held already
+  (the derived state is duplicate-insensitive, :mod:`dlrlens.store.derive`). An event file
+  that leaves a table (nothing removes one: events are not compacted) makes the state be rebuilt.
 * :class:`IcebergStore` is a :class:`~dlrlens.store.reader.Store` over the cache that syncs before
   it looks at the data (at most every ``sync_seconds``). Every figure is computed by the same
   code as for a local data directory, so it is the same on the same receipts.
@@ -40,9 +50,9 @@ from pathlib import Path
 
 from pyiceberg.exceptions import NoSuchTableError
 
-from dlrlens.store import compaction, derive, files, layout
+from dlrlens.store import compaction, derive, events, files, layout
 from dlrlens.store.iceberg import derived
-from dlrlens.store.iceberg.table import live_data_entries, open_catalog, receipts_table
+from dlrlens.store.iceberg.table import RECEIPTS_TABLE, WRITTEN_TABLES, live_data_entries, open_catalog, written_table
 from dlrlens.store.reader import Store
 
 log = logging.getLogger("dlrlens.store")
@@ -79,53 +89,66 @@ class MirrorError(Exception):
 
 
 class Mirror:
-    """The cache of one catalog's receipts table under ``root`` (a data-directory layout)."""
+    """The cache of one catalog's tables under ``root`` (a data-directory layout)."""
 
     def __init__(self, catalog_name: str, root: Path):
         self.catalog_name = catalog_name
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._table = None
-        self._synced: int | None = None  # the snapshot id the cache last matched
+        self._catalog = None
+        self._tables: dict[str, object] = {}  # table name -> its pyiceberg Table, as last loaded
+        self._synced: tuple | None = None  # the tables' snapshot ids the cache last matched
         self.last_error: str | None = None
         self.last_sync_at: float | None = None
         self._last_attempt: float | None = None  # monotonic
-        self._files: dict[str, tuple[str, int, int]] = {}  # what _planned said at the last sync
+        self._files: dict[str, tuple[str, int, int]] = {}  # what _planned said of the receipts at the last sync
         self._probe: int | None = None
         self.receipts_snapshot: int | None = None   # the receipts snapshot of the last sync
         self.receipts_sequence: int | None = None   # ... and its sequence number
+        self.events_sequences: dict[str, int] = {}   # clicks/replies -> their snapshot's sequence number
+        self._event_files: dict[str, tuple[str, int, int]] = {}  # as _files, of the clicks and replies
 
     def sync(self) -> dict:
-        """Make the cache match the table's current snapshot. Returns what was done:
-        ``{"snapshot", "files", "fetched", "removed", "adopted"}``. Raises when the catalog, the
-        object store or the cache fails (the cache then still holds a consistent earlier state)."""
+        """Make the cache match the tables' current snapshots. Returns what was done:
+        ``{"snapshot"`` (the receipts table's), ``"files", "fetched", "removed", "adopted"}``.
+        Raises when the catalog, the object store or the cache fails (the cache then still holds
+        a consistent earlier state)."""
         with files.locked(self.root / "mirror.lock", wait=True):
-            table = self._fresh_table()
-            snapshot = table.current_snapshot() if table is not None else None
+            tables = {name: self._fresh_table(name) for name in WRITTEN_TABLES}
+            snapshots = {name: table.current_snapshot() if table is not None else None
+                         for name, table in tables.items()}
+            synced = tuple(snapshot.snapshot_id if snapshot is not None else None for snapshot in snapshots.values())
+            snapshot = snapshots[RECEIPTS_TABLE]
             snapshot_id = snapshot.snapshot_id if snapshot is not None else None
-            if snapshot_id is not None and snapshot_id == self._synced:
+            if snapshot_id is not None and synced == self._synced:
                 return {"snapshot": snapshot_id, "files": None, "fetched": 0, "removed": 0, "adopted": None}
-            planned = self._planned(table, snapshot) if snapshot is not None else {}
-            wanted = {relative: uri for relative, (uri, _, _) in planned.items()}
+            planned = {name: self._planned(tables[name], snapshots[name], name) if snapshots[name] is not None else {}
+                       for name in WRITTEN_TABLES}
+            wanted = {relative: (name, uri) for name, found in planned.items()
+                      for relative, (uri, _, _) in found.items()}
             cached = self._cached()
             fetched = 0
-            for relative, source in sorted(wanted.items()):
+            for relative, (name, source) in sorted(wanted.items()):
                 if relative not in cached:
-                    self._fetch(table, source, self.root / relative)
+                    self._fetch(tables[name], source, self.root / relative)
                     fetched += 1
             removed = [relative for relative in cached if relative not in wanted]
             for relative in removed:
                 (self.root / relative).unlink(missing_ok=True)
-            self._files = planned
+            self._files = planned[RECEIPTS_TABLE]
+            self._event_files = {relative: found for name in events.EVENT_TABLES
+                                 for relative, found in planned[name].items()}
+            self.events_sequences = {name: snapshots[name].sequence_number for name in events.EVENT_TABLES
+                                     if snapshots[name] is not None}
             self.receipts_snapshot = snapshot_id
             self.receipts_sequence = snapshot.sequence_number if snapshot is not None else None
             adopted = None
-            if removed and not self._compacted(removed, wanted):
-                derive.rebuild_derived(self.root)  # rows left the table: the state must forget them
+            if removed and not self._compacted(removed, self._files):
+                derive.rebuild_derived(self.root)  # rows left a table: the state must forget them
             elif fetched or removed:
-                adopted = self._adopt_if_behind(table)
+                adopted = self._adopt_if_behind(tables[RECEIPTS_TABLE]) if tables[RECEIPTS_TABLE] is not None else None
                 derive.update_derived(self.root, wait=True)
-            self._synced = snapshot_id
+            self._synced = synced
             self.last_sync_at = time.time()
             return {"snapshot": snapshot_id, "files": len(wanted), "fetched": fetched, "removed": len(removed),
                     "adopted": adopted}
@@ -177,22 +200,27 @@ class Mirror:
             return self._adopt(table, committed)
 
     def _adopt(self, table, committed) -> dict:
-        sequences = {relative: sequence for relative, (_, sequence, _) in self._files.items()}
+        sequences = {relative: sequence for relative, (_, sequence, _) in (self._files | self._event_files).items()}
         return derived.adopt(self.root, table, committed, sequences, self.probe)
 
-    def _fresh_table(self):
-        if self._table is None:
+    def _fresh_table(self, name: str):
+        """Table ``name`` refreshed now, or None before anything made it."""
+        table = self._tables.get(name)
+        if table is not None:
+            table = table.refresh()
+        else:
+            if self._catalog is None:
+                self._catalog = open_catalog(self.catalog_name)
             try:
-                self._table = receipts_table(open_catalog(self.catalog_name), create=False)
+                table = written_table(self._catalog, name, create=False)
             except NoSuchTableError:
                 return None  # nothing written yet
-        else:
-            self._table = self._table.refresh()
-        return self._table
+        self._tables[name] = table
+        return table
 
-    def _planned(self, table, snapshot) -> dict[str, tuple[str, int, int]]:
+    def _planned(self, table, snapshot, name: str = RECEIPTS_TABLE) -> dict[str, tuple[str, int, int]]:
         """{cache path relative to the root: (data file URI, data sequence number, rows)} of the
-        snapshot's data files."""
+        data files of ``snapshot`` of table ``name``."""
         wanted = {}
         try:
             entries = live_data_entries(table, snapshot)
@@ -202,19 +230,22 @@ class Mirror:
             data_file = entry.data_file
             day = data_file.partition[0]
             if day is None:
-                raise MirrorError(f"a data file of the receipts table has no day partition: {data_file.file_path}")
-            partition = f"{layout.RECEIPTS_DIR}/{layout.PARTITION_PREFIX}{partition_day(day)}"
+                raise MirrorError(f"a data file of the {name} table has no day partition: {data_file.file_path}")
+            partition = f"{layout.TABLES[name].directory}/{layout.PARTITION_PREFIX}{partition_day(day)}"
             wanted[f"{partition}/{cached_name(data_file.file_path)}"] = (data_file.file_path, entry.sequence_number,
                                                                          data_file.record_count)
         return wanted
 
     def _cached(self) -> set[str]:
-        return {path for path in derive.receipt_files(self.root)
-                if Path(path).name.startswith((CACHED_PREFIX, compaction.OUTPUT_PREFIX))}
+        found = set(derive.receipt_files(self.root))
+        for table in events.EVENT_TABLES:
+            found.update(events.event_files(self.root, table))
+        return {path for path in found if Path(path).name.startswith((CACHED_PREFIX, compaction.OUTPUT_PREFIX))}
 
-    def _compacted(self, removed: list[str], wanted: dict[str, str]) -> bool:
-        """Whether every ``removed`` file's rows are in a compaction output the table holds (its
-        lineage names it): then the derived state, duplicate-insensitive, needs no rebuild."""
+    def _compacted(self, removed: list[str], wanted: dict) -> bool:
+        """Whether every ``removed`` file's rows are in a compaction output the receipts table
+        holds (its lineage names it; ``wanted``: the receipts table's files): then the derived
+        state, duplicate-insensitive, needs no rebuild."""
         merged: set[str] = set()
         for relative in wanted:
             if Path(relative).name.startswith(compaction.OUTPUT_PREFIX):
@@ -238,7 +269,8 @@ class Mirror:
         try:
             self.sync()
         except Exception as exc:  # a query must still answer from the cache
-            self._table = None
+            self._tables.clear()
+            self._catalog = None
             self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             log.warning("event=iceberg_sync_failed error=%r", self.last_error)
         else:
@@ -246,7 +278,7 @@ class Mirror:
 
 
 class IcebergStore(Store):
-    """A :class:`~dlrlens.store.reader.Store` over the Iceberg table of catalog ``catalog_name``,
+    """A :class:`~dlrlens.store.reader.Store` over the Iceberg tables of catalog ``catalog_name``,
     cached under ``data_dir`` (see the module docstring)."""
 
     def __init__(self, catalog_name: str, data_dir: str | Path, settings: dict | None = None,

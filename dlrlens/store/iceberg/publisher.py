@@ -1,23 +1,31 @@
-"""The collector's Iceberg side: flushed log segments committed to the receipts table, exactly once.
+"""The collector's Iceberg side: flushed log segments committed to the receipts, clicks and
+replies tables, exactly once.
 
 :class:`IcebergPublisher` is the ``publish`` hook of :class:`dlrlens.store.writer.ReceiptStorage`:
-a flush hands it a slot's closed segments (oldest first, in batches) instead of writing local
-Parquet, and deletes the segments only when it returned. The contract:
+a flush hands it a slot's closed segments (oldest first, in batches, each with its rows by
+table) instead of writing local Parquet, and deletes the segments only when it returned. The
+contract:
 
-* The ``200`` still means "fsynced in this machine's log" (``--data``). The table is updated
-  every flush; until then the receipts are in the local log only.
+* The ``200`` still means "fsynced in this machine's log" (``--data``). The tables are updated
+  every flush; until then the rows are in the local log only.
 * A batch of segments (one in steady state; up to
   :data:`~dlrlens.store.writer.PUBLISH_BATCH_SEGMENTS` when a catch-up after an outage finds
-  many waiting) is one append commit. Its snapshot summary records ``dlrlens.segment =
-  <collector id>/<slot>/<id>,<id>,...`` and, in the same catalog commit, the table property
-  ``dlrlens.committed.<collector id>/<slot>`` is set to those ids: the slot's last commit,
-  which snapshot expiry never removes (the contract is in :mod:`dlrlens.store.iceberg.table`).
-* Before committing, the writer asks :meth:`IcebergPublisher.already_committed` (on metadata
-  refreshed from the catalog): a segment already in the table (a crash between the commit and
-  the segment's deletion, or an answer lost after the catalog committed) is deleted from the
-  log, not committed again, and always before anything newer of its slot is committed. The
-  collector id (``collector-id`` in the data directory, made once, under a lock) ties the keys
-  to the log directory, so whichever worker replays a slot's log uses the same key.
+  many waiting) is one append commit **per table** it has rows for (receipts, then clicks, then
+  replies: :data:`~dlrlens.store.iceberg.table.WRITTEN_TABLES`; a batch without clicks makes no
+  commit to the clicks table). Each commit's snapshot summary records ``dlrlens.segment =
+  <collector id>/<slot>/<id>,<id>,...`` (the segments whose rows it holds) and, in the same
+  catalog commit, sets the table property ``dlrlens.committed.<collector id>/<slot>`` to the ids
+  of the slot's segments the table holds and the log still holds (that commit's, and the
+  earlier ones' a crash left in the log), which snapshot expiry never removes (the contract is
+  in :mod:`dlrlens.store.iceberg.table`).
+* Before committing to a table, the publisher reads that property on metadata refreshed from
+  the catalog and leaves out the segments the table already holds. So a replay after a crash
+  (between two tables' commits, or between the last commit and the segments' deletion, or an
+  answer lost after the catalog committed) commits each table's rows of a segment once: say
+  the receipts were committed and the process died before the clicks commit, the replay
+  commits only the clicks. A segment is deleted from the log only once all three tables hold
+  its rows. The collector id (``collector-id`` in the data directory, made once, under a lock)
+  ties the keys to the log directory, so whichever worker replays a slot's log uses the same key.
 * A commit that loses a race with another writer is retried on fresh metadata by pyiceberg
   itself (``commit.retry.num-retries``, 4; the data files are written once), then a few more
   times here (also when pyiceberg cannot retry because the snapshot the commit started from
@@ -25,7 +33,7 @@ Parquet, and deletes the segments only when it returned. The contract:
   store down, a timeout) raises :class:`~dlrlens.store.writer.PublishError`: the segments stay
   in the log, the collector keeps acknowledging from its log, and the publisher waits
   (exponential back-off, 1 s doubling to 60 s, with jitter) before trying again; later
-  segments wait behind the oldest, so the table receives them in order once the store is back.
+  segments wait behind the oldest, so the tables receive them in order once the store is back.
 """
 
 from __future__ import annotations
@@ -42,8 +50,9 @@ import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 
 from dlrlens.store import files, layout
-from dlrlens.store.iceberg.table import (SEGMENT_KEY, committed_property, committed_segments, open_catalog,
-                                         receipts_table, segment_value)
+from dlrlens.store.iceberg.table import (SEGMENT_KEY, WRITTEN_TABLES, committed_property, committed_segments,
+                                         open_catalog, segment_value, written_table)
+from dlrlens.store.wal import list_segments
 from dlrlens.store.writer import PublishError, collector_segments, oldest_age_seconds
 
 log = logging.getLogger("dlrlens.collector")
@@ -73,7 +82,7 @@ def collector_id(data_dir: Path) -> str:
 
 
 class IcebergPublisher:
-    """Commits flushed segments to the receipts table of catalog ``catalog_name``.
+    """Commits flushed segments to the tables of catalog ``catalog_name``.
 
     Thread-safe: catalog calls are serialised by a lock; :meth:`status` and :meth:`health`
     never wait for it (a commit may hang on the network for its timeouts, /healthz must not)."""
@@ -85,42 +94,28 @@ class IcebergPublisher:
         self.backoff_start = backoff_start
         self.backoff_max = backoff_max
         self._commit_lock = threading.Lock()
-        self._table = None
-        self._checked: str | None = None  # the slot already_committed just checked on self._table
-        self._seen: dict[int, str | None] = {}
-        self._committed_ids: set[str] = set()  # of the slot last checked
+        self._tables: dict[str, object] = {}  # table name -> its pyiceberg Table, as last loaded
+        self._seen: dict[str, dict[int, str | None]] = {name: {} for name in WRITTEN_TABLES}
         self._failures = 0          # consecutive failed attempts
         self._retry_at = 0.0        # monotonic time before which no attempt is made
         self._line_counts: dict[tuple[str, int], int] = {}
         self.last_error: str | None = None
         self.last_commit_at: datetime | None = None
-        self.counts = {"commits": 0, "committed_segments": 0, "committed_receipts": 0, "already_committed": 0,
-                       "conflicts": 0, "failures": 0}
+        self.counts = {"commits": 0, "committed_segments": 0, "committed_receipts": 0, "committed_clicks": 0,
+                       "committed_replies": 0, "already_committed": 0, "conflicts": 0, "failures": 0}
 
     def slot_key(self, slot: str) -> str:
         return f"{self.collector_id}/{slot}"
 
-    def already_committed(self, slot: str, segments: list[Path]) -> set[Path]:
-        """Those of ``segments`` (of ``slot``) the table holds, on metadata refreshed now.
-        Raises :class:`PublishError` when the catalog cannot tell now."""
-        with self._commit_lock:
-            self._catalog_call(lambda: self._refresh_and_check(slot))
-            ids = self._committed_ids
-        done = {segment for segment in segments if segment.stem in ids}
-        if done:
-            self.counts["already_committed"] += len(done)
-            log.info("event=segments_already_committed slot=%s segments=%d", self.slot_key(slot), len(done))
-        return done
-
-    def __call__(self, slot: str, batch: list[tuple[Path, pa.Table]]) -> None:
-        """Commit ``batch`` (``slot``'s segments, oldest first, with their receipts) as one commit.
+    def __call__(self, slot: str, batch: list[tuple[Path, dict[str, pa.Table]]]) -> None:
+        """Commit ``batch`` (``slot``'s segments, oldest first, each with its rows by table
+        name; a table without rows may be left out) to the tables: per table, the rows of the
+        segments it does not hold yet, as one commit (none when there are none).
 
         Raises :class:`PublishError` when it cannot now (nothing lost: the caller keeps the
-        segments)."""
-        ids = [segment.stem for segment, _ in batch]
-        rows = pa.concat_tables([receipts for _, receipts in batch])
+        segments; what was committed is not committed again)."""
         with self._commit_lock:
-            self._catalog_call(lambda: self._commit(slot, ids, rows))
+            self._catalog_call(lambda: self._commit_batch(slot, batch))
 
     def _catalog_call(self, call) -> None:
         waiting = self._retry_at - time.monotonic()
@@ -129,33 +124,62 @@ class IcebergPublisher:
         try:
             call()
         except Exception as exc:
-            self._checked = None
             self._failed(exc)
             raise PublishError(f"Iceberg commit failed: {self.last_error}") from exc
         self._failures = 0
         self._retry_at = 0.0
         self.last_error = None
 
-    def _refresh_and_check(self, slot: str) -> None:
-        table = self._fresh_table()
-        self._committed_ids = committed_segments(table, self.slot_key(slot), self._seen)
-        self._checked = slot
+    def _commit_batch(self, slot: str, batch: list[tuple[Path, dict[str, pa.Table]]]) -> None:
+        if not batch:
+            return
+        logged = {segment.stem for segment in list_segments(batch[0][0].parent)}
+        needed: set[str] = set()      # segments with rows some table did not hold
+        with_rows: set[str] = set()
+        for name in WRITTEN_TABLES:
+            parts = [(segment.stem, tables[name]) for segment, tables in batch
+                     if name in tables and tables[name].num_rows]
+            if not parts:
+                continue  # no empty commits
+            with_rows.update(segment_id for segment_id, _ in parts)
+            committed = self._refresh_and_check(name, slot)
+            missing = [(segment_id, rows) for segment_id, rows in parts if segment_id not in committed]
+            if missing:
+                needed.update(segment_id for segment_id, _ in missing)
+                self._commit(name, slot, missing, logged, committed)
+        committed_before = with_rows - needed
+        if committed_before:  # a replay: committed before a crash, deleted now
+            self.counts["already_committed"] += len(committed_before)
+            log.info("event=segments_already_committed slot=%s segments=%d", self.slot_key(slot),
+                     len(committed_before))
+        if needed:
+            self.counts["committed_segments"] += len(needed)
+            self.last_commit_at = datetime.now(timezone.utc)
 
-    def _commit(self, slot: str, ids: list[str], rows: pa.Table) -> None:
+    def _refresh_and_check(self, name: str, slot: str) -> set[str]:
+        """The ids of ``slot``'s segments table ``name`` holds (and a log may still hold), on
+        metadata refreshed now."""
+        return committed_segments(self._fresh_table(name), self.slot_key(slot), self._seen[name])
+
+    def _commit(self, name: str, slot: str, parts: list[tuple[str, pa.Table]], logged: set[str],
+                committed: set[str]) -> None:
+        """Append ``parts`` (segment id, rows) to table ``name`` as one commit, which also sets
+        the slot's committed property (see the module docstring); ``logged``: the ids still in
+        the slot's log; ``committed``: the slot's ids the table holds, as just read."""
         slot_key = self.slot_key(slot)
+        ids = [segment_id for segment_id, _ in parts]
+        rows = pa.concat_tables([part for _, part in parts])
         for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-            if self._checked != slot:
-                self._refresh_and_check(slot)
-                if set(ids) <= self._committed_ids:  # an earlier attempt landed, its answer was lost
-                    self.counts["already_committed"] += len(ids)
-                    return
-            self._checked = None
-            table = self._table
+            if attempt > 1 and set(ids) <= committed:  # an earlier attempt landed, its answer was lost
+                return
+            # The slot's segments this table holds that its log still holds, ours included.
+            named = sorted(set(ids) | (committed & logged), key=lambda segment_id: (len(segment_id), segment_id))
+            table = self._tables[name]
             head = table.current_snapshot()
             try:
                 with table.transaction() as transaction:
                     transaction.append(rows, snapshot_properties={SEGMENT_KEY: segment_value(slot_key, ids)})
-                    transaction.set_properties({committed_property(slot_key): ",".join(ids)})
+                    transaction.set_properties({committed_property(slot_key): ",".join(named)})
             except (CommitFailedException, ValidationException):
                 # pyiceberg retried on fresh metadata and gave up, or could not retry because the
                 # snapshot this commit started from was expired meanwhile: again, on fresh metadata.
@@ -163,22 +187,23 @@ class IcebergPublisher:
                 if attempt == CONFLICT_ATTEMPTS:
                     raise
                 time.sleep(random.uniform(0.01, 0.1) * attempt)
+                committed = self._refresh_and_check(name, slot)
                 continue
-            committed = table.current_snapshot()
-            if committed is not None and committed.parent_snapshot_id != (head.snapshot_id if head else None):
+            current = table.current_snapshot()
+            if current is not None and current.parent_snapshot_id != (head.snapshot_id if head else None):
                 self.counts["conflicts"] += 1  # another writer committed first: pyiceberg retried
             self.counts["commits"] += 1
-            self.counts["committed_segments"] += len(ids)
-            self.counts["committed_receipts"] += rows.num_rows
-            self.last_commit_at = datetime.now(timezone.utc)
+            self.counts[f"committed_{name}"] += rows.num_rows
             return
 
-    def _fresh_table(self):
-        if self._table is None:
-            self._table = receipts_table(open_catalog(self.catalog_name))
+    def _fresh_table(self, name: str):
+        table = self._tables.get(name)
+        if table is None:
+            table = written_table(open_catalog(self.catalog_name), name)
         else:
-            self._table = self._table.refresh()
-        return self._table
+            table = table.refresh()
+        self._tables[name] = table
+        return table
 
     def _failed(self, exc: Exception) -> None:
         self._failures += 1
@@ -188,7 +213,7 @@ class IcebergPublisher:
         delay = min(self.backoff_max, self.backoff_start * 2 ** (self._failures - 1))
         self._retry_at = time.monotonic() + delay * random.uniform(0.8, 1.0)
         if isinstance(exc, (OSError, TimeoutError)) or self._failures > 1:
-            self._table = None  # reconnect from scratch next time
+            self._tables.clear()  # reconnect from scratch next time
         log.error("event=iceberg_commit_failed attempt=%d retry_in=%.1f error=%r", self._failures, delay,
                   self.last_error)
 

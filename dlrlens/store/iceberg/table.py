@@ -1,26 +1,31 @@
-"""The Iceberg catalog and the receipts table.
+"""The Iceberg catalog and the collector's tables: receipts, clicks and replies.
 
-The table ``<namespace>.receipts`` (namespace ``DLRLENS_ICEBERG_NAMESPACE``, default ``dlrlens``)
-holds exactly the local contract's columns (:data:`dlrlens.store.layout.RECEIPT_SCHEMA`, field
-ids 1..n in that order, required where the contract says not null), partitioned by the UTC day
-of ``created`` (Iceberg's ``day`` transform: the same days as the local ``date=`` folders).
-It is created on first use by whichever process gets there first (a second creator finds it),
+The tables ``<namespace>.receipts``, ``<namespace>.clicks`` and ``<namespace>.replies``
+(:data:`WRITTEN_TABLES`; namespace ``DLRLENS_ICEBERG_NAMESPACE``, default ``dlrlens``) hold
+exactly the local contract's columns of that table (:data:`dlrlens.store.layout.TABLES`: the
+schema's field ids 1..n in its order, required where the contract says not null), partitioned
+by the UTC day of the table's day column (``created`` for receipts and replies, ``received_at``
+for clicks; Iceberg's ``day`` transform: the same days as the local ``date=`` folders).
+Each is created on first use by whichever process gets there first (a second creator finds it),
 with :data:`TABLE_PROPERTIES` (kept bounded: manifests merged, old metadata files deleted;
 compaction conflicts only with what removes its inputs).
 
-Idempotent commits: every commit dlrlens makes records what it holds in its snapshot summary,
+Idempotent commits (each table on its own): every commit dlrlens makes records what it holds in its snapshot summary,
 under :data:`SEGMENT_KEY` (log segments of one collector slot: ``<collector>/<slot>/<id>[,<id>...]``)
 or :data:`SOURCE_KEY` (a file copied by ``dlrlens migrate``).
 
 The contract that lets snapshots expire without breaking exactly-once (see
-:mod:`dlrlens.store.iceberg.maintain`): a collector's log slot (``<collector id>/<slot>``) is
-written by one process at a time (the slot's lock), which commits its segments oldest first,
-and before committing new segments it deletes from its log every segment the table already
-holds. So at any time the only segments of a slot that are both in the table and still in a
-log are those of the slot's **last** commit. That commit records their ids in a table property,
-``dlrlens.committed.<collector>/<slot> = <id>,<id>,...`` (:func:`committed_property`), set in the
-same catalog commit as the append: it survives snapshot expiry, and it is what
-:func:`committed_segments` reads (one dictionary lookup, not a walk over the snapshots). Only a
+:mod:`dlrlens.store.iceberg.maintain`), per table: a collector's log slot
+(``<collector id>/<slot>``) is written by one process at a time (the slot's lock), which commits
+its segments oldest first and deletes a segment from its log only once every table holds its
+rows. Each commit of a slot's segments to a table sets, in the same catalog commit as the
+append, the table property ``dlrlens.committed.<collector>/<slot> = <id>,<id>,...``
+(:func:`committed_property`) to the ids of the slot's segments that the table holds and its
+log may still hold: the segments of that commit, plus those of the slot's earlier commits to
+the table still in the log (a crash between a segment's commits to the three tables leaves it
+there until its replay is through: :mod:`dlrlens.store.iceberg.publisher`). So at any time
+every segment of a slot that is both in a table and still in a log is named by that table's
+property: it survives snapshot expiry, and it is what :func:`committed_segments` reads (one dictionary lookup, not a walk over the snapshots). Only a
 slot without that property (committed by step 1, before it existed) falls back to the
 summaries of the snapshots, which expiry therefore keeps
 (:func:`dlrlens.store.iceberg.maintain.expirable_snapshots`). Migration keys live only in
@@ -59,11 +64,14 @@ from dlrlens.store import layout
 NAMESPACE_ENV = "DLRLENS_ICEBERG_NAMESPACE"
 DEFAULT_NAMESPACE = "dlrlens"
 RECEIPTS_TABLE = "receipts"
+CLICKS_TABLE = "clicks"
+REPLIES_TABLE = "replies"
+# The tables the collectors append to, in the order a flush commits a segment's rows to them.
+WRITTEN_TABLES = (RECEIPTS_TABLE, CLICKS_TABLE, REPLIES_TABLE)
 SEGMENT_KEY = "dlrlens.segment"   # <collector id>/<slot>/<segment id>[,<segment id>...]: flushed log segments
 SOURCE_KEY = "dlrlens.source"     # migrate: <source id>/<receipt file relative to its data directory>, per line
 SOURCE_SEPARATOR = "\n"          # a summary value may list several keys, one per line (no key holds one)
 COMMITTED_PREFIX = "dlrlens.committed."  # table property: + <collector id>/<slot> = the slot's last commit
-PARTITION_NAME = "created_day"
 # Set when the table is created (and on older tables by the maintenance): what keeps its metadata
 # bounded without a job of its own. Fast appends would add one manifest per commit to every later
 # snapshot's manifest list (tens of thousands a day); merge appends fold them once 20 have piled
@@ -103,16 +111,23 @@ REST_TIMEOUT = (5, 60)
 _TYPES = {pa.string(): StringType(), layout.UTC_TIMESTAMP: TimestamptzType(), pa.int32(): IntegerType()}
 
 
+def table_schema(name: str = RECEIPTS_TABLE) -> Schema:
+    """The contract schema of table ``name`` (:data:`~dlrlens.store.layout.TABLES`) as an
+    Iceberg schema (field ids 1..n)."""
+    return Schema(*(NestedField(field_id=number, name=f.name, field_type=_TYPES[f.type], required=not f.nullable)
+                    for number, f in enumerate(layout.TABLES[name].schema, start=1)))
+
+
 def receipt_schema() -> Schema:
     """:data:`~dlrlens.store.layout.RECEIPT_SCHEMA` as an Iceberg schema (field ids 1..n)."""
-    return Schema(*(NestedField(field_id=number, name=f.name, field_type=_TYPES[f.type], required=not f.nullable)
-                    for number, f in enumerate(layout.RECEIPT_SCHEMA, start=1)))
+    return table_schema(RECEIPTS_TABLE)
 
 
-def receipt_partitioning(schema: Schema) -> PartitionSpec:
-    created = schema.find_field("created").field_id
-    return PartitionSpec(PartitionField(source_id=created, field_id=1000, transform=DayTransform(),
-                                        name=PARTITION_NAME))
+def day_partitioning(schema: Schema, name: str = RECEIPTS_TABLE) -> PartitionSpec:
+    """Table ``name``'s partitioning: the UTC day of its day column (``<column>_day``)."""
+    column = layout.TABLES[name].day_column
+    return PartitionSpec(PartitionField(source_id=schema.find_field(column).field_id, field_id=1000,
+                                        transform=DayTransform(), name=f"{column}_day"))
 
 
 def namespace() -> str:
@@ -183,7 +198,14 @@ class RestCatalog(PyIcebergRestCatalog):
 
 def receipts_table(catalog: Catalog, create: bool = True) -> Table:
     """The receipts table, created (with its namespace) when missing and ``create``."""
-    identifier = (namespace(), RECEIPTS_TABLE)
+    return written_table(catalog, RECEIPTS_TABLE, create)
+
+
+def written_table(catalog: Catalog, name: str, create: bool = True) -> Table:
+    """Table ``name`` of :data:`WRITTEN_TABLES`, created (with its namespace) when missing and ``create``."""
+    if name not in WRITTEN_TABLES:
+        raise ValueError(f"dlrlens writes the tables {', '.join(WRITTEN_TABLES)}, not {name!r}")
+    identifier = (namespace(), name)
     try:
         return catalog.load_table(identifier)
     except NoSuchTableError:
@@ -196,9 +218,9 @@ def receipts_table(catalog: Catalog, create: bool = True) -> Table:
     except Exception:
         if not catalog.namespace_exists(identifier[0]):
             raise
-    schema = receipt_schema()
+    schema = table_schema(name)
     try:
-        return catalog.create_table(identifier, schema=schema, partition_spec=receipt_partitioning(schema),
+        return catalog.create_table(identifier, schema=schema, partition_spec=day_partitioning(schema, name),
                                     properties=TABLE_PROPERTIES)
     except Exception as exc:
         try:
@@ -285,7 +307,13 @@ def arrow_schema_with_field_ids() -> pa.Schema:
                       for number, f in enumerate(layout.RECEIPT_SCHEMA, start=1)])
 
 
+def arrow_rows(table: pa.Table, name: str = RECEIPTS_TABLE) -> pa.Table:
+    """Rows of table ``name`` cast to its contract schema (what an append expects)."""
+    schema = layout.TABLES[name].schema
+    return table.select(schema.names).cast(schema)
+
+
 def arrow_receipts(table: pa.Table) -> pa.Table:
     """Receipt rows cast to the contract schema (what an append expects)."""
-    return table.select(layout.RECEIPT_SCHEMA.names).cast(layout.RECEIPT_SCHEMA)
+    return arrow_rows(table, RECEIPTS_TABLE)
 
