@@ -55,8 +55,11 @@ Send records
     (like an event's): it is no message for the receipt-based figures, and the cost figures
     read those rows by their ``log_created``. A sync replaces a day's file when a record of
     it changes: the manifest's ``absorbed`` names a send file with its size and mtime
-    (:func:`send_files`), so a replaced file is absorbed again, whole (a record absorbed
-    twice changes nothing), and its old name pruned.
+    (:func:`send_files`), so a replaced file is read again, and its old name pruned. Only its
+    records stamped (``changed_at``, see :mod:`dlrlens.store.sends`) after the latest stamp
+    absorbed from that path (the manifest's ``send_stamps``) are absorbed again, and those
+    without a stamp: at 100 M receipts, a day file of 447 k records with 100 changed took
+    71 s to absorb whole. (Absorbing a record twice would change nothing either way.)
 
     Each key is stored flat, and only where it carries information (``*_created``/``*_received``
     of a label are NULL when they equal the first row's; the latest status is NULL once a final
@@ -681,6 +684,7 @@ class Manifest:
     hash_probe: int | None = None
     updated_at: str = ""
     opt_out_keywords: tuple[str, ...] = ()  # the keywords replies were matched with (reply_list's x)
+    send_stamps: dict[str, int] = field(default_factory=dict)  # send file -> latest changed_at absorbed (epoch us)
 
     @staticmethod
     def path(data_dir: Path) -> Path:
@@ -701,7 +705,8 @@ class Manifest:
                    retired={str(k): float(v) for k, v in raw.get("retired", {}).items()},
                    hash_probe=raw.get("hash_probe"),
                    updated_at=raw.get("updated_at", ""),
-                   opt_out_keywords=tuple(raw.get("opt_out_keywords", ())))
+                   opt_out_keywords=tuple(raw.get("opt_out_keywords", ())),
+                   send_stamps={str(k): int(v) for k, v in raw.get("send_stamps", {}).items()})
 
     def save(self, data_dir: Path) -> None:
         """Replace the manifest atomically (readers see the old one or this one)."""
@@ -711,6 +716,7 @@ class Manifest:
                 "files": [{"path": f.path, "rows": f.rows, "sent_min_us": f.sent_min_us, "sent_max_us": f.sent_max_us}
                           for f in sorted(self.files, key=lambda f: f.path)],
                 "absorbed": sorted(self.absorbed),
+                "send_stamps": dict(sorted(self.send_stamps.items())),
                 "retired": dict(sorted(self.retired.items()))}
         layout.atomic_write_bytes(self.path(data_dir), json.dumps(body, separators=(",", ":")).encode())
 
@@ -776,6 +782,21 @@ def send_files(data_dir: Path) -> dict[str, str]:
                 relative = f"{SENDS_DIR}/{source}/{name}"
                 found[relative] = f"{relative}@{size}:{mtime_ns}"
     return found
+
+
+def latest_stamp(data_dir: Path, relative: str) -> int | None:
+    """The latest ``changed_at`` (epoch microseconds) of the send file ``relative``, from its
+    Parquet statistics; None without stamps."""
+    try:
+        metadata = pq.read_metadata(Path(data_dir) / relative)
+    except OSError:
+        return None
+    names = metadata.schema.to_arrow_schema().names
+    if "changed_at" not in names:
+        return None
+    column = names.index("changed_at")
+    stats = [metadata.row_group(i).column(column).statistics for i in range(metadata.num_row_groups)]
+    return max((_micros(s.max) for s in stats if s is not None and s.has_min_max), default=None)
 
 
 def partition_files(data_dir: Path, partition: str) -> dict[str, tuple[int, int]]:
@@ -1106,6 +1127,7 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
     send_listing = send_files(data_dir)
     new_sends = [p for p, key in send_listing.items() if key not in manifest.absorbed]
     new_events[SENDS_KEY] = _take_batch(data_dir, new_sends, max_rows) if new_sends else []
+    stamps_read = {p: latest_stamp(data_dir, p) for p in new_events[SENDS_KEY]}
     event_batch = [p for found in new_events.values() for p in found]
     result = {"absorbed_files": len(batch), "covered_files": len(covered), "event_files": len(event_batch),
               "receipts": 0, "messages": 0, "rewritten_files": 0,
@@ -1122,7 +1144,7 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
     if absorbing:
         absorb(con, data_dir, batch, numbers, updater.index, extra=f", {file_key_sql()} AS file_key",
                params={"hot_from": hot_start, "day_files": day_files(manifest.files, hot_start)},
-               event_files=new_events, keywords=manifest.opt_out_keywords)
+               event_files=new_events, keywords=manifest.opt_out_keywords, send_stamps=manifest.send_stamps)
         result["receipts"] = sum(_rows(data_dir / p) for p in batch)
         result["messages"] = con.execute("SELECT count(*) FROM merged").fetchone()[0]
         rewrite |= {k for (k,) in con.execute("SELECT DISTINCT file_key FROM merged").fetchall()}
@@ -1153,6 +1175,7 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
         manifest.files = [f for f in manifest.files if f.path not in replaced] + new_files
         manifest.absorbed = ((manifest.absorbed - pruned) | set(batch) | set(covered) | set(event_batch)
                              | {send_listing[p] for p in new_events[SENDS_KEY]}) - set(new_events[SENDS_KEY])
+        manifest.send_stamps = _send_stamps(manifest.send_stamps, stamps_read, send_listing)
         _retire(manifest, replaced, wall)
     deleted = _delete_expired(data_dir, manifest, wall, grace)
     if changed or deleted:
@@ -1167,10 +1190,11 @@ def _update_locked(updater: _Updater, manifest: Manifest, *, now, grace: float, 
 
 
 def units_sql(data_dir: Path, receipts: str | None, event_files: dict[str, list[str]], keywords: tuple[str, ...],
-              where: str = "TRUE") -> str:
+              where: str = "TRUE", send_stamps: dict[str, int] | None = None) -> str:
     """The units of the receipt rows of ``receipts`` (a source, None: none) and of the event
-    files ``event_files`` ({table: relative paths}; :data:`SENDS_KEY`: send record files),
-    rows restricted by ``where`` (on ``delivery_message_id``)."""
+    files ``event_files`` ({table: relative paths}; :data:`SENDS_KEY`: send record files, of
+    which only the records stamped after ``send_stamps[path]`` or without a stamp), rows
+    restricted by ``where`` (on ``delivery_message_id``)."""
     parts = [f"SELECT * FROM ({receipt_units_sql(receipts)}) WHERE {where}"] if receipts else []
     clicks = [str(Path(data_dir) / p) for p in event_files.get("clicks", ())]
     replies = [str(Path(data_dir) / p) for p in event_files.get("replies", ())]
@@ -1181,18 +1205,32 @@ def units_sql(data_dir: Path, receipts: str | None, event_files: dict[str, list[
         source = events.rows_sql(replies, "replies", "reply_id, received_at, created, in_reply_to, logical_message_id, "
                                               "originator_hash, body")
         parts.append(f"SELECT * FROM ({reply_units_sql(source, keywords)}) WHERE {where}")
-    records = [str(Path(data_dir) / p) for p in event_files.get(SENDS_KEY, ())]
+    records = list(event_files.get(SENDS_KEY, ()))
     if records:
-        listed = ", ".join(f"'{p}'" for p in records)
-        source = f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
-        parts.append(f"SELECT * FROM ({send_units_sql(source)}) WHERE {where}")
+        parts.append(f"SELECT * FROM ({send_units_sql(_send_records_sql(data_dir, records, send_stamps or {}))}) "
+                     f"WHERE {where}")
     return " UNION ALL ".join(f"({p})" for p in parts) or receipt_units_sql(f"({empty_receipts_sql()})")
+
+
+def _send_records_sql(data_dir: Path, records: list[str], send_stamps: dict[str, int]) -> str:
+    """The rows of the send files ``records`` (relative paths) not absorbed yet: of a file with
+    a stamp in ``send_stamps``, those stamped later or not at all."""
+    whole = [p for p in records if p not in send_stamps]
+    parts = []
+    if whole:
+        listed = ", ".join(f"'{Path(data_dir) / p}'" for p in whole)
+        parts.append(f"SELECT * FROM read_parquet([{listed}], hive_partitioning = false, union_by_name = true)")
+    for p in records:
+        if p in send_stamps:
+            parts.append(f"SELECT * FROM read_parquet('{Path(data_dir) / p}', hive_partitioning = false) "
+                         f"WHERE changed_at IS NULL OR epoch_us(changed_at) > {int(send_stamps[p])}")
+    return "(" + " UNION ALL BY NAME ".join(parts) + ")"
 
 
 def absorb(con, data_dir: Path, files: list[str], numbers: dict[str, int], index: IdIndex, *,
            merged: str = "merged", old: str = "old", trust_stored: bool = True, extra: str = "",
            params: dict | None = None, event_files: dict[str, list[str]] | None = None,
-           keywords: tuple[str, ...] | None = None) -> None:
+           keywords: tuple[str, ...] | None = None, send_stamps: dict[str, int] | None = None) -> None:
     """Merge the receipt ``files`` and the ``event_files`` ({clicks|replies: relative paths};
     replies matched against ``keywords``) with the stored state of their messages, on
     ``con``: the one way to absorb receipts into per-message state, for the maintenance
@@ -1204,12 +1242,12 @@ def absorb(con, data_dir: Path, files: list[str], numbers: dict[str, int], index
     hash match of another id stays out); adds their (file_no, row) to table ``superseded``
     (which must exist); and makes temp table ``merged``: the files' partial state merged with
     ``old``, stored columns plus ``extra`` (computed with ``params``). Duplicate-insensitive: a
-    row absorbed again changes nothing.
+    row absorbed again changes nothing. ``send_stamps``: see :func:`units_sql`.
     """
     data_dir = Path(data_dir)
     partial = f"{merged}_partial"
     units = units_sql(data_dir, parquet_source() if files else None, event_files or {},
-                      keywords or events.DEFAULT_OPT_OUT_KEYWORDS)
+                      keywords or events.DEFAULT_OPT_OUT_KEYWORDS, send_stamps=send_stamps)
     con.execute(f"CREATE OR REPLACE TEMP TABLE {partial} AS {combine_sql(units)}",
                 {"files": [str(data_dir / p) for p in files]} if files else {})
     located: dict[str, np.ndarray] = {}
@@ -1250,6 +1288,19 @@ def _rows(path: Path) -> int:
         return pq.read_metadata(path).num_rows
     except OSError:
         return 0
+
+
+def _send_stamps(stamps: dict[str, int], read: dict[str, int | None], listing: dict[str, str]) -> dict[str, int]:
+    """``stamps`` (send file -> latest changed_at absorbed) after absorbing the files of
+    ``read`` ({path: its latest stamp, read from the file before its rows were: a replacement
+    in between is then merely read again next time}), without the files no longer listed."""
+    out = {p: v for p, v in stamps.items() if p in listing}
+    for p, latest in read.items():
+        if latest is not None:
+            out[p] = max(latest, out.get(p, latest))
+        else:
+            out.pop(p, None)
+    return out
 
 
 def _take_batch(data_dir: Path, to_read: list[str], max_rows: int) -> list[str]:
@@ -1297,6 +1348,7 @@ def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float
             listing = receipt_files(data_dir)
             event_listing = {table: list(events.event_files(data_dir, table)) for table in events.EVENT_TABLES}
             send_listing = send_files(data_dir)
+            stamps_read = {p: latest_stamp(data_dir, p) for p in send_listing}
             event_listing[SENDS_KEY] = list(send_listing)
             try:
                 files = _rebuild_files(con, data_dir, listing, event_listing, keywords, hot_start, spill)
@@ -1312,7 +1364,8 @@ def _rebuild_locked(data_dir: Path, *, now, grace_seconds: float, started: float
                     | set(send_listing.values()))
         manifest = Manifest(version=(old.version + 1) if old else 1, files=files, absorbed=absorbed,
                             retired=dict(old.retired) if old else {}, hash_probe=hash_probe(con),
-                            opt_out_keywords=keywords)
+                            opt_out_keywords=keywords,
+                            send_stamps=_send_stamps({}, stamps_read, send_listing))
         if old:
             _retire(manifest, [f.path for f in old.files], time.time())
         manifest.save(data_dir)

@@ -332,7 +332,8 @@ class Store:
         if merged_tail:
             derive.absorb(self._con, self.data_dir, tail, numbers, self._index, merged="tail_messages", old="tail_old",
                           trust_stored=manifest is not None and manifest.hash_probe == self._probe,
-                          event_files=tail_events, keywords=self.opt_out_keywords(manifest))
+                          event_files=tail_events, keywords=self.opt_out_keywords(manifest),
+                          send_stamps=manifest.send_stamps if manifest else {})
         self._tail_corrections()
         touched = {derived[n].path: n
                    for (n,) in self._con.execute("SELECT DISTINCT file_no FROM superseded").fetchall()}

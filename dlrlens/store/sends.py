@@ -13,7 +13,9 @@ Contract:
 
 * Idempotent: a page's records are merged into the file of their UTC ``created`` day, one row
   per ``message_id`` (the latest ``modified`` wins; ties keep the stored row), rows sorted by id;
-  a file whose merged rows equal the stored ones is not rewritten. Syncing a window twice
+  a file whose merged rows equal the stored ones is not rewritten. A row taken is stamped
+  ``changed_at`` (later than every stamp in its file), so the derived state absorbs only what
+  changed (:mod:`dlrlens.store.derive`, "Send records"). Syncing a window twice
   changes no file. Files are published atomically (:func:`dlrlens.store.files.publish_table`).
 * Nothing half-stored: a page is converted whole before any of it is merged; a page that does
   not convert (a record without a usable ``id`` or ``created``, a non-numeric ``cost``) is
@@ -83,6 +85,7 @@ SEND_SCHEMA = pa.schema([
     pa.field("recipient_masked", pa.string()),
     pa.field("recipient", pa.string()),
     pa.field("source", pa.string(), nullable=False),
+    pa.field("changed_at", UTC_TIMESTAMP),
 ])
 
 SEND_COLUMN_DOCS = {
@@ -104,6 +107,8 @@ SEND_COLUMN_DOCS = {
     "recipient_masked": "The number with its middle digits hidden (44700****123).",
     "recipient": "The full number, only with DLRLENS_KEEP_RECIPIENT=1; else null.",
     "source": "log (older API message log) or history (newer API message history).",
+    "changed_at": "When a sync last stored a change of the record (UTC; grows within a file): the derived state "
+                  "absorbs a replaced file's records changed since it last read it.",
 }
 
 CAMPAIGN_SCHEMA = pa.schema([
@@ -246,15 +251,28 @@ def day_path(data_dir: Path, source: str, day: date) -> Path:
 
 
 def _merge(existing: pa.Table | None, rows: list[dict], schema: pa.Schema, key: str,
-           newer: Callable[[dict, dict], bool]) -> tuple[pa.Table, bool]:
+           newer: Callable[[dict, dict], bool], stamp: str | None = None) -> tuple[pa.Table, bool]:
     """``existing`` with ``rows`` merged in by ``key`` (a row replaces the stored one when
-    ``newer(row, stored)``), sorted by key; and whether anything changed."""
+    ``newer(row, stored)``), sorted by key; and whether anything changed. ``stamp``: a column
+    set on each row taken to a time later than every stored one (the clock, or 1 us past the
+    latest stored stamp should the clock step back), left out of the comparisons."""
     merged = {r[key]: r for r in (existing.to_pylist() if existing is not None else [])}
     changed = False
+    when = None
+    if stamp:
+        latest = max((r[stamp] for r in merged.values() if r.get(stamp) is not None), default=None)
+        when = datetime.now(UTC)
+        if latest is not None and when <= latest:
+            when = latest + timedelta(microseconds=1)
     for row in rows:
         stored = merged.get(row[key])
-        if stored is None or (stored != row and newer(row, stored)):
-            merged[row[key]] = row
+        if stamp:
+            row = {**row, stamp: None}
+            compared = None if stored is None else {**stored, stamp: None}
+        else:
+            compared = stored
+        if stored is None or (compared != row and newer(row, compared)):
+            merged[row[key]] = {**row, stamp: when} if stamp else row
             changed = True
     table = pa.Table.from_pylist([merged[k] for k in sorted(merged)], schema=schema)
     return table, changed
@@ -282,7 +300,8 @@ def store_rows(data_dir: Path, rows: list[dict]) -> int:
         by_file.setdefault(day_path(data_dir, row["source"], row["created"].date()), []).append(row)
     changed = 0
     for path, day_rows in sorted(by_file.items()):
-        table, dirty = _merge(_read(path, SEND_SCHEMA), day_rows, SEND_SCHEMA, "message_id", _later_modified)
+        table, dirty = _merge(_read(path, SEND_SCHEMA), day_rows, SEND_SCHEMA, "message_id", _later_modified,
+                              stamp="changed_at")
         if dirty:
             path.parent.mkdir(parents=True, exist_ok=True)
             files.publish_table(table, path, compression="zstd")

@@ -81,7 +81,7 @@ def add_send_records(data_dir: Path, log_share: float, missing: float) -> int:
                CASE WHEN hash(coalesce(batch_id, id)) % 10 = 0 THEN 'EUR' ELSE 'GBP' END AS currency,
                NULL AS sender_reference, batch_id AS campaign_id,
                pool.country, pool.network, pool.h AS recipient_hash, pool.masked AS recipient_masked,
-               NULL AS recipient, 'log' AS source
+               NULL AS recipient, 'log' AS source, now() AS changed_at
         FROM picked JOIN pool ON pool.i = (hash(id || 'n') % {len(NUMBERS)})::INTEGER""")
     days = [d for (d,) in con.execute("SELECT DISTINCT created::DATE FROM s ORDER BY 1").fetchall()]
     for day in days:

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from dlrlens.store import compaction, derive, files, layout, pseudonym, reader, sends
+from dlrlens.store import compaction, derive, layout, pseudonym, reader, sends
 from dashboard import queries as q
 from dashboard.queries import Filters, Store
 from tests.support.baseline import BaselineStore
@@ -211,18 +211,10 @@ def staged_sends(staged) -> list[list[dict]]:
 
 
 def write_sends(data_dir: Path, records: list[dict]) -> None:
-    """The records as the sync stores them: one file per source and created day, published
-    atomically; a file whose rows did not change is left alone."""
-    by_file: dict[Path, list[dict]] = {}
-    for r in records:
-        path = sends.day_path(data_dir, r["source"], r["created"].date())
-        by_file.setdefault(path, []).append({k: v for k, v in r.items() if k != "_stage"})
-    for path, rows in by_file.items():
-        table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["message_id"]), schema=sends.SEND_SCHEMA)
-        if path.exists() and pq.read_table(path).equals(table):
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        files.publish_table(table, path)
+    """The records as a sync stores them (:func:`dlrlens.store.sends.store_rows`: one file per
+    source and created day, merged by id, a changed record stamped, a file without changes left
+    alone)."""
+    sends.store_rows(data_dir, [{k: v for k, v in r.items() if k != "_stage"} for r in records])
 
 
 def write_stage(data_dir: Path, table: pa.Table, stage: int, files_per_day: int = 3) -> list[Path]:
@@ -397,6 +389,8 @@ def test_fast_path_equals_baseline_through_staged_updates(tmp_path, staged, stag
     assert {f.kind for f in manifest.files} >= {"d", "h00", "h11"}  # cold day files and hot hour files
     event_files = {p for table in ("clicks", "replies") for p in derive.events.event_files(data, table)}
     assert manifest.absorbed == set(derive.receipt_files(data)) | event_files | set(derive.send_files(data).values())
+    # Each send file's latest stamp is recorded: a replaced file's unchanged records are not read again.
+    assert manifest.send_stamps == {p: derive.latest_stamp(data, p) for p in derive.send_files(data)}
     assert [f.path for f in manifest.files if not f.placed]  # events of no stored message wait unplaced
     assert not want["missing0"].empty and want["cost_campaign0"]["currency"].nunique() == 2
     incremental = derived_rows(data)

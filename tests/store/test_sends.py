@@ -11,6 +11,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from dlrlens import fake_mobivate as fm
@@ -176,6 +178,25 @@ def test_a_later_modified_record_replaces_the_stored_one(tmp_path):
     older = dict(record, modified="2026-11-02T09:00:00+0000", status="FAILED")
     assert sends.store_rows(tmp_path, converter.page([newer, older], "log")) == 1
     assert stored(tmp_path, "SELECT status, cost, currency FROM {sends}") == [("DELIVERED", 0.02, "GBP")]
+
+
+def test_a_changed_record_is_stamped_after_every_stamp_of_its_file(tmp_path):
+    """changed_at grows within a file even when the clock steps back (the derived state absorbs
+    a replaced file's records stamped after the latest it read); unchanged records keep theirs."""
+    converter = sends.RecordConverter(pseudonym.installation_key(tmp_path))
+    base = {"created": "2026-11-02T10:00:00+0000", "modified": "2026-11-02T10:00:05+0000", "recipient": "447911123456",
+            "status": "SENT", "direction": "MT", "cost": 0.01, "currency": "GBP"}
+    sends.store_rows(tmp_path, converter.page([dict(base, id="A" * 32), dict(base, id="B" * 32)], "log"))
+    path = sends.day_path(tmp_path, "log", START.date())
+    table = pq.read_table(path)
+    future = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a stamp from a clock far ahead
+    table = table.set_column(table.schema.get_field_index("changed_at"), "changed_at",
+                             pa.array([future, future], sends.UTC_TIMESTAMP))
+    pq.write_table(table, path)
+    changed = dict(base, id="B" * 32, modified="2026-11-02T10:09:00+0000", status="DELIVERED")
+    assert sends.store_rows(tmp_path, converter.page([changed, dict(base, id="A" * 32)], "log")) == 1
+    stamps = dict(stored(tmp_path, "SELECT message_id, changed_at FROM {sends}"))
+    assert stamps["A" * 32] == future and stamps["B" * 32] == future + timedelta(microseconds=1)
 
 
 def test_sync_state_records_an_auth_failure(fake, tmp_path):
