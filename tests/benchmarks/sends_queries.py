@@ -48,7 +48,8 @@ NUMBERS = ["447911123456", "447700900123", "61412555123", "27825551234", "491511
 
 def add_send_records(data_dir: Path, log_share: float, missing: float) -> int:
     """Write send records for the data set's messages; returns how many."""
-    con = derive.connect({"threads": 2, "memory_limit": "3GB"})
+    # It spills (grouping 100 M receipts by message): under the data set's tmp/, not the working directory.
+    con = derive.connect({"threads": 2, "memory_limit": "3GB"}, data_dir / "tmp" / "bench-sends")
     key = pseudonym.installation_key(data_dir)
     pool = []
     for i, number in enumerate(NUMBERS):
