@@ -21,7 +21,6 @@ import io
 import ipaddress
 import json
 import logging
-import threading
 import time
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -35,9 +34,10 @@ import collector.app as app_module
 from collector import metrics, openapi
 from collector.parsing import MAX_REPORTED_ERRORS, parse_request
 from collector.security import AUTH_FAILURE_LIMIT
-from dlrlens.store import layout, writer
+from dlrlens.store import layout
 from dlrlens.store.wal import encode_record
 from tests.support.receipts import metric_value, receipt, stored_rows
+from tests.support.store_files import hold_replay
 
 UTC = timezone.utc
 DOCUMENT = openapi.openapi_document()
@@ -443,14 +443,7 @@ def test_a_restart_answers_at_once_and_replays_its_log_in_the_background(make_ap
     segment = data / layout.WAL_DIR / "w000" / f"{time.time_ns() - 60 * 10**9:020d}.wal"
     segment.parent.mkdir(parents=True)
     segment.write_bytes(b"".join(encode_record(record) for record in leftover))
-    replay = threading.Event()
-    flush_segment = writer.flush_segment
-
-    def held_flush(data_dir, slot, *args, **kwargs):
-        if slot == "w000":
-            assert replay.wait(30), "the replay was never let go"
-        return flush_segment(data_dir, slot, *args, **kwargs)
-    monkeypatch.setattr(writer, "flush_segment", held_flush)
+    replay = hold_replay(monkeypatch, "w000")
     app = make_app(data_dir=data)
     storage = app_module.storage_of(app)
     client = app.test_client()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 
@@ -15,6 +14,7 @@ import pytest
 from dlrlens.store import catch_up, files, layout, writer
 from dlrlens.store.wal import encode_record
 from dlrlens.store.writer import ReceiptStorage
+from tests.support.store_files import hold_replay
 
 
 def stored_receipt(index: int, message_id: str) -> dict:
@@ -39,14 +39,7 @@ def test_every_slot_says_the_collector_catches_up_until_the_last_replay_ends(tmp
     # had nothing left. Both answer "catching up" until w000's replay is done, then both "no".
     data = tmp_path / "data"
     leave_a_log(data, "w000")
-    replay = threading.Event()
-    flush_segment = writer.flush_segment
-
-    def held_flush(data_dir, slot, *args, **kwargs):
-        if slot == "w000":
-            assert replay.wait(30), "the replay was never let go"
-        return flush_segment(data_dir, slot, *args, **kwargs)
-    monkeypatch.setattr(writer, "flush_segment", held_flush)
+    replay = hold_replay(monkeypatch, "w000")
     replaying = ReceiptStorage(data, flush_seconds=0.2)
     idle = ReceiptStorage(data, flush_seconds=0.2)
     try:

@@ -4,6 +4,8 @@ storage tests (compaction, maintenance).
 * :func:`synthetic_receipts` makes a realistic day of receipts as an Arrow table (fast: numpy);
   :func:`write_flush_files` and :func:`write_row_files` write them as many small flush-like
   files, backdated so compaction takes them.
+* :func:`hold_replay` holds a writer slot's flushes (a replay on a slow disk, a big log)
+  until the test lets them go.
 * :func:`stored_rows` (every stored row, as a multiset of all columns), :func:`stored_rows_of`
   (the same for a table), :func:`visible_files`, :func:`temp_files` and
   :func:`assert_files_whole` read what is on disk.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dlrlens.store import layout
+from dlrlens.store import layout, writer
 from tests.support.factory import parquet_bytes
 
 HOUR = 3600.0
@@ -165,3 +168,17 @@ def stored_rows_of(table: pa.Table) -> Counter:
     with duckdb.connect() as con:
         con.register("t", table)
         return Counter(con.execute(f"SELECT {_columns()} FROM t").fetchall())
+
+
+def hold_replay(monkeypatch, slot: str = "w000") -> threading.Event:
+    """Hold every flush of writer slot ``slot`` (its replay of a log a previous run left) until
+    the returned event is set; the other slots flush as usual."""
+    released = threading.Event()
+    flush_segment = writer.flush_segment
+
+    def held_flush(data_dir, flushed_slot, *args, **kwargs):
+        if flushed_slot == slot:
+            assert released.wait(30), "the replay was never let go"
+        return flush_segment(data_dir, flushed_slot, *args, **kwargs)
+    monkeypatch.setattr(writer, "flush_segment", held_flush)
+    return released
