@@ -34,10 +34,9 @@ import pandas as pd
 from dlrlens.store import sends
 from dlrlens.store.reader import QUANTILES, SUBMISSION, Store
 from dlrlens.store.selection import Filters
-from dlrlens.store.sql import dimension_conditions, send_conditions
 from dashboard.catalog import COST_COLUMNS
 from dashboard.queries._common import counts_as_int, empty_frame, in_zone
-from dashboard.queries.geography import UNKNOWN, log_only_cube, receipts_cube
+from dashboard.queries.geography import UNKNOWN, log_only_cube, receipts_cube, send_record_conditions
 
 DEFAULT_MISSING_AFTER = timedelta(hours=24)
 MISSING_LIST_LIMIT = 1000
@@ -62,6 +61,8 @@ def _missing_before(now: datetime | None, missing_after: timedelta | None) -> da
     return now - (missing_after_setting() if missing_after is None else missing_after)
 
 
+# Every percentile the store computes, named; the pages show SUBMISSION_COLUMNS of them.
+_SUBMISSION_QUANTILES = [f"latency_from_submission_{name}_s" for name, _ in QUANTILES]
 _NO_CURRENCY = "\x1e"  # stands for a NULL currency in a percentile group key
 _KEY_SEPARATOR = "\x1f"
 
@@ -72,12 +73,9 @@ def _submission_quantiles(store: Store, f: Filters, group: str) -> pd.DataFrame:
     time from submission (Mobivate's log created time to the first DELIVERED receipt) over
     the delivered messages with a log record created before it, per ``group`` (an SQL text
     expression) and currency; exact (:meth:`Store.latency_quantiles`)."""
-    names = [f"q{i}" for i in range(len(QUANTILES))]
     key = f"{group} || '{_KEY_SEPARATOR}' || coalesce(currency, '{_NO_CURRENCY}')"
-    df = store.latency_quantiles(f, key, names, kind=SUBMISSION, count="latency_from_submission_messages")
-    picked = {f"q{i}": f"latency_from_submission_{name}_s" for i, (name, _) in enumerate(QUANTILES)
-              if f"latency_from_submission_{name}_s" in SUBMISSION_COLUMNS}
-    return df.rename(columns={"grp": "key", **picked})[["key", *SUBMISSION_COLUMNS, "latency_from_submission_messages"]]
+    df = store.latency_quantiles(f, key, _SUBMISSION_QUANTILES, kind=SUBMISSION, count="latency_from_submission_messages")
+    return df.rename(columns={"grp": "key"})[["key", *SUBMISSION_COLUMNS, "latency_from_submission_messages"]]
 
 
 def submission_latency(store: Store, f: Filters) -> pd.DataFrame:
@@ -86,15 +84,11 @@ def submission_latency(store: Store, f: Filters) -> pd.DataFrame:
     submission (:data:`SUBMISSION_COLUMNS`), whatever the currency: the Latency page shows
     them beside the time to deliver, which starts at the first receipt."""
     def compute():
-        names = [f"q{i}" for i in range(len(QUANTILES))]
-        df = store.latency_quantiles(f, None, names, kind=SUBMISSION, count="latency_from_submission_messages")
-        row = {name: math.nan for name in SUBMISSION_COLUMNS} | {"latency_from_submission_messages": 0}
-        if len(df):
-            for i, (name, _) in enumerate(QUANTILES):
-                if f"latency_from_submission_{name}_s" in SUBMISSION_COLUMNS:
-                    row[f"latency_from_submission_{name}_s"] = float(df[f"q{i}"].iloc[0])
-            row["latency_from_submission_messages"] = int(df["latency_from_submission_messages"].iloc[0])
-        return pd.DataFrame([row])
+        df = store.latency_quantiles(f, None, _SUBMISSION_QUANTILES, kind=SUBMISSION,
+                                     count="latency_from_submission_messages")
+        if df.empty:  # one row whatever: no percentiles, no messages
+            return pd.DataFrame([{name: math.nan for name in SUBMISSION_COLUMNS} | {"latency_from_submission_messages": 0}])
+        return df[[*SUBMISSION_COLUMNS, "latency_from_submission_messages"]].reset_index(drop=True)
     df = store.cached("submission_latency", (f,), compute)
     df["latency_from_submission_messages"] = df["latency_from_submission_messages"].astype("int64")
     return df
@@ -185,9 +179,8 @@ def receipts_missing(store: Store, f: Filters, now: datetime | None = None,
         params: dict = {"missing_before": before}
         with store.pinned():
             log_only = store.log_only_sql(f, params)
-            conditions = dimension_conditions(f, params, store.label_condition(f)) + send_conditions(f, params)
             return store.query(f"SELECT {', '.join(MISSING_COLUMNS)} FROM {log_only} "
-                               f"WHERE log_created < $missing_before AND {' AND '.join(conditions)} "
+                               f"WHERE log_created < $missing_before AND {send_record_conditions(store, f, params)} "
                                f"ORDER BY log_created DESC, delivery_message_id LIMIT {int(limit)}", params)
 
     df = store.cached("receipts_missing", (f, before.replace(second=0, microsecond=0), limit), compute)

@@ -28,6 +28,12 @@ VALUE_LIMIT = 200
 CUBE_COLUMNS = "campaign, outcome, last_status, currency, country, network, originator, route_id, in_log"
 
 
+def send_record_conditions(store: Store, f: Filters, params: dict) -> str:
+    """Every filter of ``f`` but the time range (campaigns, outcomes, statuses, labels, and the
+    send filters: country, network, sender, route) as one SQL condition; binds into ``params``."""
+    return " AND ".join(dimension_conditions(f, params, store.label_condition(f)) + send_conditions(f, params))
+
+
 def receipts_cube(store: Store, f: Filters) -> str:
     """A temp table of the messages with receipts matching ``f`` (every filter, the send
     filters too): per :data:`CUBE_COLUMNS`, ``messages``, ``cost`` (their sum) and ``priced``
@@ -36,7 +42,7 @@ def receipts_cube(store: Store, f: Filters) -> str:
     files' pre-aggregated ``cost`` companions (:meth:`Store.cost_counts_sql`). Use it within
     ``store.pinned()``."""
     params: dict = {}
-    conditions = " AND ".join(dimension_conditions(f, params, store.label_condition(f)) + send_conditions(f, params))
+    conditions = send_record_conditions(store, f, params)
     sql = f"""
         SELECT {CUBE_COLUMNS}, sum(messages) AS messages, sum(cost) AS cost, sum(priced) AS priced
         FROM {store.cost_counts_sql(f, params)} WHERE {conditions}
@@ -50,7 +56,7 @@ def log_only_cube(store: Store, f: Filters, missing_before) -> str:
     whether created before ``missing_before``."""
     params: dict = {"missing_before": missing_before}
     log_only = store.log_only_sql(f, params)
-    conditions = " AND ".join(dimension_conditions(f, params, store.label_condition(f)) + send_conditions(f, params))
+    conditions = send_record_conditions(store, f, params)
     sql = f"""
         SELECT {CUBE_COLUMNS.replace("in_log", "TRUE AS in_log")}, log_created < $missing_before AS missing,
                count(*) AS messages, sum(cost) AS cost, count(cost) AS priced

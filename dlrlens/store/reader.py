@@ -325,7 +325,7 @@ class Store:
         # the version's is harmless.
         event_listing = {table: events.event_files(self.data_dir, table) for table in events.EVENT_TABLES}
         tail_events = {table: [p for p in found if p not in absorbed] for table, found in event_listing.items()}
-        tail_events[derive.SENDS_KEY] = [p for p, key in derive.send_files(self.data_dir).items() if key not in absorbed]
+        tail_events[derive.SENDS_KEY] = derive.unabsorbed_send_files(derive.send_files(self.data_dir), absorbed)
         self._load_names()
         self._empty_tables()
         merged_tail = bool(tail or any(tail_events.values()))
@@ -507,15 +507,12 @@ class Store:
         :func:`dlrlens.store.sends.campaign_sql`), outcome, last_status and label_sets (NULL),
         and :data:`dlrlens.store.derive.SEND_VIEW_COLUMNS`. They live in the unplaced derived
         file (no sent time from a receipt); adds the bound times to ``params``."""
-        snap = self._snapshot
-        columns = ", ".join(("delivery_message_id", *derive.SEND_VIEW_COLUMNS))
-        parts = [self._unsuperseded_sql(x, columns) for x in snap.unplaced]
-        parts.append(f"SELECT {columns} FROM tail_messages WHERE sent_at IS NULL")
+        rows = self._unplaced_rows_sql(", ".join(("delivery_message_id", *derive.SEND_VIEW_COLUMNS)))
         where = " AND ".join(["log_created IS NOT NULL"] + time_conditions(f, params, column="log_created"))
         return self._named(f"""(
             SELECT *, coalesce(log_campaign_id, '{sends.NO_CAMPAIGN}') AS campaign, NULL::VARCHAR AS outcome,
                    NULL::VARCHAR AS last_status, NULL::VARCHAR AS label_sets
-            FROM ({" UNION ALL ".join(parts)}) WHERE {where})""")
+            FROM {rows} WHERE {where})""")
 
     def label_condition(self, f: Filters):
         """The label-pair condition builder for :func:`dlrlens.store.sql.dimension_conditions`."""
@@ -1094,11 +1091,11 @@ class Store:
         relation = "(" + " UNION ALL ".join(parts) + ")"
         return self._named(relation) if named else relation
 
-    def _unplaced_rows_sql(self) -> str:
-        """Stored rows of events whose message has no receipt (yet): those of the unplaced
-        derived file but the ones the tail supersedes, and the tail's own."""
+    def _unplaced_rows_sql(self, columns: str = ", ".join(derive.STORED_COLUMNS)) -> str:
+        """``columns`` of the stored rows without receipts (events, send records of messages
+        without any receipt yet): those of the unplaced derived file but the ones the tail
+        supersedes, and the tail's own."""
         snap = self._snapshot
-        columns = ", ".join(derive.STORED_COLUMNS)
         parts = [self._unsuperseded_sql(x, columns) for x in snap.unplaced]
         parts.append(f"SELECT {columns} FROM tail_messages WHERE sent_at IS NULL")
         return "(" + " UNION ALL ".join(parts) + ")"

@@ -580,15 +580,15 @@ def _parquet(paths: list[Path], schema: pa.Schema) -> str:
     return "read_parquet([" + ", ".join(string_literal(p) for p in paths) + "], union_by_name = true)"
 
 
-def sends_sql(data_dir: Path) -> str:
-    """One row per message id over every stored send record (of a message in both the log and
-    the history, the log's; else the latest modified)."""
+def sends_sql(data_dir: Path, where: str = "TRUE") -> str:
+    """One row per message id over every stored send record meeting ``where`` (of a message
+    in both the log and the history, the log's; else the latest modified)."""
     source = _parquet(_visible(data_dir, f"{SENDS_DIR}/*/*.parquet"), SEND_SCHEMA)
     return f"""(
         SELECT * EXCLUDE (pick) FROM (
             SELECT *, row_number() OVER (PARTITION BY message_id
                 ORDER BY source = 'log' DESC, modified DESC NULLS LAST, created DESC) AS pick
-            FROM {source})
+            FROM {source} WHERE {where})
         WHERE pick = 1)"""
 
 

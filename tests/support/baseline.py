@@ -84,15 +84,8 @@ def messages_sql(rows: str) -> str:
 
 def send_records_sql(data_dir: Path) -> str:
     """A message's send record, straightforwardly: of its MT records (log and history), the
-    log's, then the latest modified, then the latest created."""
-    paths = sorted(str(p) for p in Path(data_dir).glob(f"{sends.SENDS_DIR}/*/*.parquet") if not p.name.startswith("."))
-    source = sends._parquet([Path(p) for p in paths], sends.SEND_SCHEMA)
-    return f"""(
-        SELECT * EXCLUDE (pick) FROM (
-            SELECT *, row_number() OVER (PARTITION BY message_id
-                ORDER BY source = 'log' DESC, modified DESC NULLS LAST, created DESC) AS pick
-            FROM {source} WHERE coalesce(direction, 'MT') = 'MT')
-        WHERE pick = 1)"""
+    log's, then the latest modified (:func:`dlrlens.store.sends.sends_sql`)."""
+    return sends.sends_sql(data_dir, where="coalesce(direction, 'MT') = 'MT'")
 
 
 def joined_sql(messages: str, all_messages: str, data_dir: Path, log_window: str = "TRUE") -> str:
