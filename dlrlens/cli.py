@@ -653,6 +653,7 @@ def _day(text: str):
 
 def sync_arguments(parser: argparse.ArgumentParser) -> None:
     _data_argument(parser)
+    _store_argument(parser)
     parser.add_argument("--from", dest="date_from", metavar="DATE", type=_day, required=True,
                         help="first UTC day (YYYY-MM-DD) of Mobivate send records to fetch")
     parser.add_argument("--to", dest="date_to", metavar="DATE", type=_day, required=True,
@@ -679,18 +680,24 @@ def cmd_sync(args) -> int:
         print("dlrlens sync: error: no Mobivate API key: set MOBIVATE_API_KEY (nothing is fetched without one)",
               file=sys.stderr)
         return 2
+    destination = _send_destination(args, "sync")
     client = MobivateClient.from_settings(settings)
     data_dir = layout.data_dir(args.data)
     data_dir.mkdir(parents=True, exist_ok=True)
     progress = lambda text: print(f"dlrlens sync: {text}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         result = sends.sync(data_dir, client, args.date_from, args.date_to, keep_recipient=settings.keep_recipient,
-                            page_size=args.page_size, progress=progress)
+                            page_size=args.page_size, progress=progress, destination=destination)
     except MobivateAuthError as exc:
         print(f"dlrlens sync: error: {exc}", file=sys.stderr)
         return 3
     except MobivateError as exc:
         print(f"dlrlens sync: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the Iceberg store's catalog or object store: named, not a trace
+        print(f"dlrlens sync: error: the store could not take the records ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); the days merged before it are kept",
+              file=sys.stderr)
         return 1
     finally:
         client.close()
@@ -701,8 +708,21 @@ def cmd_sync(args) -> int:
     return 0
 
 
+def _send_destination(args, command: str):
+    """Where ``command`` stores send records or names (``--store``); exits with status 2 naming
+    the problem (an unconfigured catalog)."""
+    from dlrlens.store.backends import send_destination
+
+    try:
+        return send_destination(layout.data_dir(args.data), _store_choice(args, command))
+    except ValueError as exc:
+        print(f"dlrlens {command}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def campaigns_arguments(parser: argparse.ArgumentParser) -> None:
     _data_argument(parser)
+    _store_argument(parser)
     parser.add_argument("action", choices=["import"], help="import: campaign names from a CSV")
     parser.add_argument("file", metavar="FILE.csv", help="CSV with the header batch_id,name")
 
@@ -716,9 +736,15 @@ def cmd_campaigns(args) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         print(f"dlrlens campaigns import: error: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
+    destination = _send_destination(args, "campaigns import")
     data_dir = layout.data_dir(args.data)
     data_dir.mkdir(parents=True, exist_ok=True)
-    result = sends.import_names(data_dir, text)
+    try:
+        result = sends.import_names(data_dir, text, destination)
+    except Exception as exc:  # noqa: BLE001 - the Iceberg store's catalog or object store
+        print(f"dlrlens campaigns import: error: the store could not take the names ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); nothing imported", file=sys.stderr)
+        return 1
     if result.errors:
         for error in result.errors[:50]:
             print(f"dlrlens campaigns import: {args.file}: {error}", file=sys.stderr)

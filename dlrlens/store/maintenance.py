@@ -94,6 +94,10 @@ class Maintainer:
         if self.sync_settings is not None:
             self.runs["sync"] = self.errors["sync"] = 0
         self.iceberg = iceberg if iceberg is not None and iceberg.every > 0 else None
+        # The periodic sync stores into the store's own send tables (also with the table's
+        # maintenance turned off): the data directory is only the collector's log on Iceberg.
+        self._send_catalog = iceberg.catalog if iceberg is not None else None
+        self._send_destination = None
         self._table_maintenance = None  # made at the first run (imports pyiceberg)
         self._derived_maintenance = None
         self._events_maintenance = {}  # table name -> its TableMaintenance (clicks, replies)
@@ -212,12 +216,17 @@ class Maintainer:
         return derive.update_derived(self.data_dir)
 
     def _sync(self) -> dict:
-        return sends.periodic_sync(self.data_dir, self.sync_settings)
+        if self._send_destination is None and self._send_catalog is not None:
+            from dlrlens.store.iceberg.send_tables import IcebergSends
+
+            self._send_destination = IcebergSends(self._send_catalog)
+        return sends.periodic_sync(self.data_dir, self.sync_settings, destination=self._send_destination)
 
     def _maintain_table(self) -> dict:
         if self._table_maintenance is None:
             from dlrlens.store.iceberg.derived import DERIVED_TABLE
             from dlrlens.store.iceberg.maintain import TableMaintenance
+            from dlrlens.store.iceberg.send_tables import KEYED_TABLES
 
             self._table_maintenance = TableMaintenance(self.iceberg.catalog,
                                                        retention_seconds=self.iceberg.retention_seconds,
@@ -226,10 +235,12 @@ class Maintainer:
             self._derived_maintenance = TableMaintenance(self.iceberg.catalog, table=DERIVED_TABLE,
                                                          retention_seconds=self.iceberg.retention_seconds,
                                                          orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
+            # Expiry and orphans only: the events are not compacted, and a send table's partitions
+            # are replaced whole by each sync that changes them (dlrlens.store.iceberg.send_tables).
             self._events_maintenance = {name: TableMaintenance(self.iceberg.catalog, table=name,
                                                                retention_seconds=self.iceberg.retention_seconds,
                                                                orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
-                                        for name in EVENT_TABLES}
+                                        for name in (*EVENT_TABLES, *KEYED_TABLES)}
         result = self._table_maintenance.run()
         result["derived_table"] = self._derived_maintenance.run()
         for name, events_maintenance in self._events_maintenance.items():  # expiry and orphans (not compacted)
@@ -372,10 +383,11 @@ def _signal(pid: int, signum: int) -> bool:
 
 
 def iceberg_schedule(settings) -> IcebergSchedule | None:
-    """The Iceberg table's maintenance for the collector's ``settings`` (None: local store, or off)."""
-    if settings.store.is_local or settings.iceberg_maintenance_seconds <= 0:
+    """The Iceberg table's maintenance for the collector's ``settings`` (None: the local store;
+    ``every`` 0: turned off, the catalog still naming where the periodic sync stores)."""
+    if settings.store.is_local:
         return None
-    return IcebergSchedule(settings.store.catalog, settings.iceberg_maintenance_seconds,
+    return IcebergSchedule(settings.store.catalog, max(0.0, settings.iceberg_maintenance_seconds),
                            settings.iceberg_snapshot_retention.total_seconds(),
                            settings.iceberg_orphan_grace.total_seconds())
 
@@ -384,7 +396,7 @@ def start_process(settings) -> MaintenanceProcess | None:
     """Start the supervised maintenance process for the collector's ``settings``; ``None``
     when every task is disabled."""
     iceberg = iceberg_schedule(settings)
-    if settings.maintenance_seconds <= 0 and settings.compact_seconds <= 0 and iceberg is None:
+    if settings.maintenance_seconds <= 0 and settings.compact_seconds <= 0 and (iceberg is None or iceberg.every <= 0):
         return None
     return MaintenanceProcess(settings.data_dir, interval=settings.maintenance_seconds,
                               compact_every=settings.compact_seconds, log_level=settings.log_level,

@@ -314,8 +314,9 @@ def test_the_settings_schedule_the_table_maintenance(monkeypatch, tmp_path):
     monkeypatch.setenv("DLRLENS_STORE", "iceberg:lake")
     schedule = maintenance.iceberg_schedule(load_settings(data_dir=tmp_path))
     assert schedule == maintenance.IcebergSchedule("lake", 300.0, 1800.0, 7200.0)
-    monkeypatch.setenv("DLRLENS_ICEBERG_MAINTENANCE_SECONDS", "0")
-    assert maintenance.iceberg_schedule(load_settings(data_dir=tmp_path)) is None
+    monkeypatch.setenv("DLRLENS_ICEBERG_MAINTENANCE_SECONDS", "0")  # off; the sync still stores in the catalog
+    assert maintenance.iceberg_schedule(load_settings(data_dir=tmp_path)) == maintenance.IcebergSchedule(
+        "lake", 0.0, 1800.0, 7200.0)
 
 
 def test_compaction_keeps_every_row_and_readers_follow_it_without_a_rebuild(lake, tmp_path, monkeypatch):

@@ -71,7 +71,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 
 from dlrlens.store import compaction, derive
-from dlrlens.store.iceberg import derived
+from dlrlens.store.iceberg import derived, send_tables
 from dlrlens.store.iceberg.mirror import COPY_CHUNK, Mirror, cache_dir, cached_name
 from dlrlens.store.iceberg.publisher import collector_id
 from dlrlens.store.iceberg.table import (COMMITTED_PREFIX, RECEIPTS_TABLE, SEGMENT_KEY, SOURCE_KEY, TABLE_PROPERTIES,
@@ -206,11 +206,12 @@ class TableMaintenance:
 
     def __init__(self, catalog_name: str, *, retention_seconds: float, orphan_grace_seconds: float,
                  compact: bool = True, work_dir: Path | None = None, clock=time.time, table: str = RECEIPTS_TABLE):
-        if table not in (*WRITTEN_TABLES, derived.DERIVED_TABLE):
-            raise ValueError(f"dlrlens maintains the tables {', '.join(WRITTEN_TABLES)} and {derived.DERIVED_TABLE}, "
-                             f"not {table!r}")
+        maintained = (*WRITTEN_TABLES, derived.DERIVED_TABLE, *send_tables.KEYED_TABLES)
+        if table not in maintained:
+            raise ValueError(f"dlrlens maintains the tables {', '.join(maintained)}, not {table!r}")
         self.table_name = table
-        self.properties = TABLE_PROPERTIES if table in WRITTEN_TABLES else derived.DERIVED_TABLE_PROPERTIES
+        self.properties = (TABLE_PROPERTIES if table in WRITTEN_TABLES else send_tables.TABLE_PROPERTIES
+                           if table in send_tables.KEYED_TABLES else derived.DERIVED_TABLE_PROPERTIES)
         if retention_seconds < 0:
             raise ValueError("the snapshot retention cannot be negative")
         if orphan_grace_seconds <= 0:
@@ -253,7 +254,9 @@ class TableMaintenance:
             try:
                 catalog = open_catalog(self.catalog_name)
                 self._table = (written_table(catalog, self.table_name, create=False)
-                               if self.table_name in WRITTEN_TABLES else derived.derived_table(catalog))
+                               if self.table_name in WRITTEN_TABLES
+                               else send_tables.keyed_table(catalog, self.table_name, create=False)
+                               if self.table_name in send_tables.KEYED_TABLES else derived.derived_table(catalog))
             except NoSuchTableError:
                 return None
             if self._table is None:
