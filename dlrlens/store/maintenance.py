@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dlrlens.store import compaction, derive, files, layout, sends
+from dlrlens.store import compaction, derive, files, layout, pseudonym, sends
 from dlrlens.store.events import EVENT_TABLES
 
 log = logging.getLogger("dlrlens.collector")
@@ -252,6 +252,11 @@ class Maintainer:
                      "objects=%d metadata_bytes=%d conflicts=%d seconds=%.2f", result["files_compacted"],
                      result["expired_snapshots"], result["snapshots"], result["data_files"], result["orphans_deleted"],
                      result["objects"], result["metadata_bytes"], result["conflicts"], result["seconds"])
+        if self._table_maintenance.table is not None:  # last: a mismatch raises, the work above is done
+            from dlrlens.store.iceberg.maintain import check_number_key
+
+            result["number_key"] = check_number_key(self._table_maintenance.table,
+                                                    pseudonym.key_fingerprint(pseudonym.installation_key(self.data_dir)))
         return result
 
     def _commit_derived(self) -> dict:

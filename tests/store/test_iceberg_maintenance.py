@@ -8,6 +8,7 @@ batches, and the collector's maintenance thread runs and reports it.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from datetime import timedelta
@@ -17,9 +18,11 @@ import pytest
 
 from collector import metrics
 from collector.settings import load_settings
-from dlrlens.store import derive, maintenance, writer
+from dlrlens.store import derive, layout, maintenance, writer
 from dlrlens.store.backends import parse_store, publisher
-from dlrlens.store.iceberg.maintain import MaintenanceResult, TableMaintenance, count_by_kind, table_files
+from dlrlens.store.iceberg.maintain import (NUMBER_KEY_PROPERTY, MaintenanceResult, TableMaintenance, count_by_kind,
+                                           table_files)
+from dlrlens.store.pseudonym import installation_key, key_fingerprint
 from dlrlens.store.iceberg.migrate import migrate
 from dlrlens.store.iceberg.table import (SEGMENT_KEY, committed_keys, committed_property, open_catalog,
                                          parse_segment_value, receipts_table)
@@ -361,3 +364,20 @@ def test_two_maintainers_merging_the_same_files_commit_one_merge(lake, tmp_path)
     assert sorted(table_ids()) == ids_of(*batches)
     outputs = [path for path in listed_files(table()) if path.rsplit("/", 1)[-1].startswith("c-")]
     assert len(outputs) == 1, "the refused merge's output was deleted"
+
+
+def test_a_collector_whose_number_key_differs_from_the_others_is_told_so(lake, tmp_path):
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    commit(first, rows("k", 2))
+    schedule = maintenance.IcebergSchedule("lake", every=60, retention_seconds=600, orphan_grace_seconds=3600)
+    assert maintenance.Maintainer(first, iceberg=schedule)._maintain_table()["number_key"] == "recorded"
+    assert maintenance.Maintainer(first, iceberg=schedule)._maintain_table()["number_key"] == "same"
+    (third / layout.KEYS_DIR).mkdir(parents=True)
+    shutil.copy(first / layout.MSISDN_KEY, third / layout.MSISDN_KEY)  # as the README says to
+    assert maintenance.Maintainer(third, iceberg=schedule)._maintain_table()["number_key"] == "same"
+    other = maintenance.Maintainer(second, iceberg=schedule)  # a key of its own, made at first use
+    other._run_task("iceberg", other._maintain_table)
+    assert other.errors["iceberg"] == 1 and "keys/msisdn.key" in other.last_error and "differs" in other.last_error
+    assert other.last_results.get("iceberg") is None
+    table = receipts_table(open_catalog("lake"), create=False)
+    assert table.metadata.properties[NUMBER_KEY_PROPERTY] == key_fingerprint(installation_key(first))

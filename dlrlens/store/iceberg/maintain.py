@@ -196,6 +196,39 @@ def count_by_kind(files: list[pafs.FileInfo]) -> dict[str, int]:
     return kinds
 
 
+NUMBER_KEY_PROPERTY = "dlrlens.number-key"  # the receipts table's: the fingerprint of the deployment's number key
+
+
+class NumberKeyMismatch(RuntimeError):
+    """This collector's number key is not the one the other collectors hash numbers with."""
+
+
+def check_number_key(table: Table, fingerprint: str) -> str:
+    """Compare ``fingerprint`` (:func:`dlrlens.store.pseudonym.key_fingerprint` of this
+    collector's ``keys/msisdn.key``) with the one the receipts ``table`` records, recording it
+    when none is (the first maintainer's): ``"recorded"``, ``"same"``, or ``"unknown"`` when
+    another maintainer's commit came first (compared at the next run). Raises
+    :class:`NumberKeyMismatch` when they differ: the hashes of numbers this collector writes
+    (clickers, repliers, synced recipients) then match no other collector's, so lookups by
+    number and counts of distinct numbers go wrong. Nothing is refused: the receipts and
+    events flow as before; the error says what to copy where."""
+    recorded = table.metadata.properties.get(NUMBER_KEY_PROPERTY)
+    if recorded is None:
+        try:
+            with table.transaction() as transaction:
+                transaction.set_properties({NUMBER_KEY_PROPERTY: fingerprint})
+        except CommitFailedException:  # a properties-only commit is not retried by pyiceberg
+            return "unknown"
+        log.info("event=number_key_recorded fingerprint=%s", fingerprint)
+        return "recorded"
+    if recorded != fingerprint:
+        raise NumberKeyMismatch(
+            f"this collector's number key (keys/msisdn.key, fingerprint {fingerprint}) differs from the one the "
+            f"table's other writers use (fingerprint {recorded}): hashes of phone numbers will not match across "
+            f"collectors. Copy keys/msisdn.key from a collector whose key matches into this one's --data and restart it")
+    return "same"
+
+
 class TableMaintenance:
     """Compaction, expiry and orphan-file cleanup of catalog ``catalog_name``'s receipts table, or
     expiry and orphan-file cleanup of its clicks or replies table (``table`` = ``clicks``,
@@ -263,6 +296,11 @@ class TableMaintenance:
                 return None
         else:
             self._table = self._table.refresh()
+        return self._table
+
+    @property
+    def table(self) -> Table | None:
+        """The table as the last run saw it (None before a run found it)."""
         return self._table
 
     def ensure_properties(self) -> int:
