@@ -61,17 +61,20 @@ ICEBERG_TOTALS = ("files_compacted", "expired_snapshots", "orphans_deleted", "or
 @dataclass(frozen=True)
 class IcebergSchedule:
     """The Iceberg table's maintenance (``DLRLENS_ICEBERG_*`` settings): catalog, seconds between
-    runs, snapshot retention and orphan-file grace in seconds."""
+    runs, snapshot retention and orphan-file grace in seconds, and whether this process keeps a
+    copy of the tables and commits the derived state from it (``DLRLENS_ICEBERG_DERIVED``)."""
 
     catalog: str
     every: float
     retention_seconds: float
     orphan_grace_seconds: float
+    derived: bool = True
 
     def arguments(self) -> list[str]:
         """The same as ``python3 -m dlrlens.store.maintenance`` arguments."""
         return ["--iceberg-catalog", self.catalog, "--iceberg-every", str(self.every),
-                "--snapshot-retention", str(self.retention_seconds), "--orphan-grace", str(self.orphan_grace_seconds)]
+                "--snapshot-retention", str(self.retention_seconds), "--orphan-grace", str(self.orphan_grace_seconds),
+                *(() if self.derived else ("--no-iceberg-derived",))]
 
 
 class Maintainer:
@@ -151,7 +154,8 @@ class Maintainer:
         if self.iceberg is not None:
             every["iceberg"] = every["iceberg_derived"] = self.iceberg.every
             tasks["iceberg"] = self._maintain_table
-            tasks["iceberg_derived"] = self._commit_derived
+            if self.iceberg.derived:  # else no copy of the tables here (DLRLENS_ICEBERG_DERIVED=0)
+                tasks["iceberg_derived"] = self._commit_derived
         while not self._stop.is_set():
             if not self.active and not self._take_lock():
                 self._stop.wait(self.lock_retry_seconds)
@@ -394,7 +398,7 @@ def iceberg_schedule(settings) -> IcebergSchedule | None:
         return None
     return IcebergSchedule(settings.store.catalog, max(0.0, settings.iceberg_maintenance_seconds),
                            settings.iceberg_snapshot_retention.total_seconds(),
-                           settings.iceberg_orphan_grace.total_seconds())
+                           settings.iceberg_orphan_grace.total_seconds(), settings.iceberg_derived)
 
 
 def start_process(settings) -> MaintenanceProcess | None:
@@ -431,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iceberg-catalog", default=None, help="the Iceberg store's catalog: maintain its table")
     parser.add_argument("--iceberg-every", type=float, default=0.0,
                         help="seconds between runs of the table's maintenance")
+    parser.add_argument("--no-iceberg-derived", dest="iceberg_derived", action="store_false",
+                        help="keep no copy of the tables here and commit no derived state (with --iceberg-catalog)")
     parser.add_argument("--snapshot-retention", type=float,
                         help="seconds a superseded snapshot is kept (with --iceberg-catalog)")
     parser.add_argument("--orphan-grace", type=float,
@@ -443,8 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.iceberg_catalog and (args.snapshot_retention is None or args.orphan_grace is None):
         parser.error("--iceberg-catalog needs --snapshot-retention and --orphan-grace")
     parent, stop = supervised_child(args.log_level, args.niceness, args.parent)
-    iceberg = (IcebergSchedule(args.iceberg_catalog, args.iceberg_every, args.snapshot_retention, args.orphan_grace)
-               if args.iceberg_catalog else None)
+    iceberg = (IcebergSchedule(args.iceberg_catalog, args.iceberg_every, args.snapshot_retention, args.orphan_grace,
+                               args.iceberg_derived) if args.iceberg_catalog else None)
     maintainer = start(Path(args.data), interval=args.interval, compact_every=args.compact_every,
                        lock_retry_seconds=PROCESS_LOCK_RETRY_SECONDS, iceberg=iceberg)
     if maintainer is None:

@@ -317,6 +317,9 @@ def test_the_settings_schedule_the_table_maintenance(monkeypatch, tmp_path):
     monkeypatch.setenv("DLRLENS_STORE", "iceberg:lake")
     schedule = maintenance.iceberg_schedule(load_settings(data_dir=tmp_path))
     assert schedule == maintenance.IcebergSchedule("lake", 300.0, 1800.0, 7200.0)
+    monkeypatch.setenv("DLRLENS_ICEBERG_DERIVED", "0")
+    assert maintenance.iceberg_schedule(load_settings(data_dir=tmp_path)).arguments()[-1] == "--no-iceberg-derived"
+    monkeypatch.delenv("DLRLENS_ICEBERG_DERIVED")
     monkeypatch.setenv("DLRLENS_ICEBERG_MAINTENANCE_SECONDS", "0")  # off; the sync still stores in the catalog
     assert maintenance.iceberg_schedule(load_settings(data_dir=tmp_path)) == maintenance.IcebergSchedule(
         "lake", 0.0, 1800.0, 7200.0)
@@ -381,3 +384,18 @@ def test_a_collector_whose_number_key_differs_from_the_others_is_told_so(lake, t
     assert other.last_results.get("iceberg") is None
     table = receipts_table(open_catalog("lake"), create=False)
     assert table.metadata.properties[NUMBER_KEY_PROPERTY] == key_fingerprint(installation_key(first))
+
+
+def test_a_collector_told_to_keep_no_copy_of_the_tables_keeps_none(lake, tmp_path):
+    data = tmp_path / "collector"
+    commit(data, rows("n", 3))
+    schedule = maintenance.IcebergSchedule("lake", every=0.2, retention_seconds=600, orphan_grace_seconds=3600,
+                                           derived=False)
+    running = maintenance.start(data, interval=0, compact_every=0, lock_retry_seconds=0.1, iceberg=schedule)
+    try:
+        status = wait_until(lambda: (maintenance_status(data) or {}).get("runs", {}).get("iceberg", 0) >= 2 and
+                            maintenance_status(data), 30, what="two table maintenance runs")
+    finally:
+        running.stop(timeout=60)
+    assert status["runs"]["iceberg_derived"] == 0 and status["errors"]["iceberg"] == 0
+    assert not (data / layout.ICEBERG_CACHE_DIR).exists(), "no copy of the tables"
