@@ -555,6 +555,9 @@ def cmd_migrate(args) -> int:
     per_table = ", ".join(f"{count} {table}" for table, count in result.files_by_table.items())
     print(f"{result.files} files in {data_dir} ({per_table}): {result.copied} copied ({result.rows:,} rows), "
           f"{result.already} copied before, {result.covered} covered by earlier copies, in {result.seconds:.1f} s")
+    if result.send_files:
+        print(f"{result.send_files} send record, campaign list and names files merged into the send tables: "
+              f"{result.send_partitions} partitions changed ({'all there already' if not result.send_partitions else 'copied'})")
     if result.log_segments:
         print(f"note: the write-ahead log still holds {result.log_segments} segments, not copied: start and stop "
               f"the collector once on {data_dir} (it flushes them), then run migrate again")
