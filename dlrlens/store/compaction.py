@@ -112,6 +112,19 @@ WRITER_OPTIONS = {
     "column_encoding": COLUMN_ENCODING,
     "write_statistics": True,
 }
+# Clicks and replies (compacted on the Iceberg store only: dlrlens.store.iceberg.maintain): the
+# receipts' tuning above names receipt columns; theirs is zstd's default, sorted by arrival then id.
+EVENT_WRITER_OPTIONS = {"compression": "zstd", "write_statistics": True}
+
+
+def sort_keys(table: str) -> tuple[str, ...]:
+    """The order a compaction output of table ``table`` (:data:`dlrlens.store.layout.TABLES`) is sorted in."""
+    if table == "receipts":
+        return SORT_KEYS
+    spec = layout.TABLES[table]
+    return (spec.day_column, spec.schema.names[0])
+
+
 DUCKDB_SETTINGS = {"threads": 1, "memory_limit": "512MB"}
 # The crash points of publishing a merged file (steps 1 and 2 of the module docstring).
 OUTPUT_CRASH_POINTS = {FSYNCED: "compact:after-write", PUBLISHED: "compact:after-rename"}
@@ -208,17 +221,19 @@ def choose_merge(files: dict[str, tuple[int, float]], *, now: float, min_age_sec
     return [f.name for f in _choose_inputs(candidates, now=now, min_age=min_age_seconds, settled=settled)]
 
 
-def merge_files(paths: list[Path], spill_dir: Path, schema: pa.Schema = layout.RECEIPT_SCHEMA) -> tuple[Path, int]:
-    """Merge the receipt files ``paths`` (of one directory) into one new sorted file beside them,
-    written exactly as :func:`compact` writes its outputs (``c-<time_ns>.parquet``, the lineage of
-    its inputs' names and rows in its metadata) with ``schema`` (the contract's, maybe with field
-    metadata); the inputs stay. Returns its path and rows."""
+def merge_files(paths: list[Path], spill_dir: Path, schema: pa.Schema = layout.RECEIPT_SCHEMA,
+                order: tuple[str, ...] = SORT_KEYS, writer_options: dict | None = None) -> tuple[Path, int]:
+    """Merge the files ``paths`` (of one directory; receipts by default) into one new file
+    beside them sorted by ``order``, written as :func:`compact` writes its outputs
+    (``c-<time_ns>.parquet``, the lineage of its inputs' names and rows in its metadata) with
+    ``schema`` (the contract's, maybe with field metadata) and ``writer_options`` (default: the
+    receipts' :data:`WRITER_OPTIONS`); the inputs stay. Returns its path and rows."""
     inputs = []
     for path in paths:
         stat = path.stat()
         inputs.append(_File(path, stat.st_size, stat.st_mtime_ns))
     with _Sorter(spill_dir) as sorter:
-        output = _merge(paths[0].parent, inputs, sorter, schema)
+        output = _merge(paths[0].parent, inputs, sorter, schema, order, writer_options or WRITER_OPTIONS)
     return output.path, output.rows
 
 
@@ -403,7 +418,8 @@ class _Output:
     size: int
 
 
-def _merge(partition: Path, inputs: list[_File], sorter: _Sorter, schema: pa.Schema = layout.RECEIPT_SCHEMA) -> _Output:
+def _merge(partition: Path, inputs: list[_File], sorter: _Sorter, schema: pa.Schema = layout.RECEIPT_SCHEMA,
+           order: tuple[str, ...] = SORT_KEYS, writer_options: dict = WRITER_OPTIONS) -> _Output:
     """Write the rows of ``inputs`` as one new sorted file, visible only when complete."""
     input_rows = {f.name: pq.read_metadata(f.path).num_rows for f in inputs}
     schema = schema.with_metadata({
@@ -413,8 +429,8 @@ def _merge(partition: Path, inputs: list[_File], sorter: _Sorter, schema: pa.Sch
     target = _new_output_path(partition)  # named after the time it appears (delete grace)
     written = 0
     with publishing(target, crash_points=OUTPUT_CRASH_POINTS) as output:
-        with pq.ParquetWriter(output.temp, schema, **WRITER_OPTIONS) as writer:
-            for batch in sorter.sorted_batches([f.path for f in inputs], ROW_GROUP_ROWS):
+        with pq.ParquetWriter(output.temp, schema, **writer_options) as writer:
+            for batch in sorter.sorted_batches([f.path for f in inputs], ROW_GROUP_ROWS, schema.names, order):
                 writer.write_table(pa.Table.from_batches([batch]).cast(schema), row_group_size=ROW_GROUP_ROWS)
                 written += batch.num_rows
         if written != sum(input_rows.values()):
@@ -450,10 +466,10 @@ class _Sorter:
             self._connection = None
         shutil.rmtree(self.spill_dir, ignore_errors=True)
 
-    def sorted_batches(self, paths: list[Path], batch_rows: int):
-        """Record batches of ``batch_rows`` rows of all ``paths`` in :data:`SORT_KEYS` order."""
-        columns = ", ".join(layout.RECEIPT_SCHEMA.names)
-        query = f"SELECT {columns} FROM read_parquet($files) ORDER BY {', '.join(SORT_KEYS)}"
+    def sorted_batches(self, paths: list[Path], batch_rows: int, columns: list[str] = layout.RECEIPT_SCHEMA.names,
+                       order: tuple[str, ...] = SORT_KEYS):
+        """Record batches of ``batch_rows`` rows (``columns``) of all ``paths`` in ``order``."""
+        query = f"SELECT {', '.join(columns)} FROM read_parquet($files) ORDER BY {', '.join(order)}"
         relation = self._connect().sql(query, params={"files": [str(p) for p in paths]})
         yield from relation.to_arrow_reader(batch_rows)
 

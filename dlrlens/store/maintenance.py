@@ -239,15 +239,17 @@ class Maintainer:
             self._derived_maintenance = TableMaintenance(self.iceberg.catalog, table=DERIVED_TABLE,
                                                          retention_seconds=self.iceberg.retention_seconds,
                                                          orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
-            # Expiry and orphans only: the events are not compacted, and a send table's partitions
-            # are replaced whole by each sync that changes them (dlrlens.store.iceberg.send_tables).
-            self._events_maintenance = {name: TableMaintenance(self.iceberg.catalog, table=name,
-                                                               retention_seconds=self.iceberg.retention_seconds,
-                                                               orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
-                                        for name in (*EVENT_TABLES, *KEYED_TABLES)}
+            # The events' tables are compacted like the receipts'; a send table's partitions are
+            # replaced whole by each sync that changes them (dlrlens.store.iceberg.send_tables):
+            # expiry and orphans only.
+            self._events_maintenance = {
+                name: TableMaintenance(self.iceberg.catalog, table=name, retention_seconds=self.iceberg.retention_seconds,
+                                       orphan_grace_seconds=self.iceberg.orphan_grace_seconds,
+                                       work_dir=self.data_dir / layout.ICEBERG_COMPACTION_DIR / name)
+                for name in (*EVENT_TABLES, *KEYED_TABLES)}
         result = self._table_maintenance.run()
         result["derived_table"] = self._derived_maintenance.run()
-        for name, events_maintenance in self._events_maintenance.items():  # expiry and orphans (not compacted)
+        for name, events_maintenance in self._events_maintenance.items():
             result[f"{name}_table"] = events_maintenance.run()
         for name in ICEBERG_TOTALS:
             self.iceberg_totals[name] += result.get(name, 0)

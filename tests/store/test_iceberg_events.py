@@ -15,6 +15,7 @@ against a real object store (``weed mini`` on loopback) and pyiceberg's SQL cata
 from __future__ import annotations
 
 import shutil
+import time
 from collections import Counter
 
 import pandas as pd
@@ -247,3 +248,36 @@ def test_migrate_copies_clicks_and_replies_once(lake, tmp_path):
     assert Counter(table_column(REPLIES_TABLE, "reply_id")) == Counter(r["reply_id"] for r in replies)
     rows = {name: len(table_column(name, layout.TABLES[name].schema.names[0])) for name in (CLICKS_TABLE, REPLIES_TABLE)}
     assert rows == {CLICKS_TABLE: len(clicks), REPLIES_TABLE: len(replies)}
+
+
+def test_compacting_the_events_tables_keeps_every_event_and_readers_follow_without_a_rebuild(lake, tmp_path,
+                                                                                              monkeypatch):
+    receipts = factory.demo_rows(300, seed=33)
+    clicks, replies = demo_events(receipts, seed=33, click_share=0.4, reply_share=0.2)
+    remote = ReceiptStorage(tmp_path / "collector", flush_seconds=3600,
+                            publish=publisher(ICEBERG, tmp_path / "collector"))
+    try:
+        for part in range(4):  # four flushes: several small files per day in each events table
+            post(remote, receipts[part::4], clicks[part::4], replies[part::4])
+            remote.flush()
+    finally:
+        remote.close()
+    reader = IcebergStore("lake", tmp_path / "reader")
+    before = funnel_figures(reader)
+    files_before = {name: len(written_table(open_catalog("lake"), name, create=False).inspect.files())
+                    for name in (CLICKS_TABLE, REPLIES_TABLE)}
+    rebuilds = []
+    rebuild = derive.rebuild_derived
+    monkeypatch.setattr(derive, "rebuild_derived", lambda *args, **kw: rebuilds.append(args) or rebuild(*args, **kw))
+    for name in (CLICKS_TABLE, REPLIES_TABLE):
+        result = TableMaintenance("lake", table=name, retention_seconds=0, orphan_grace_seconds=3600,
+                                  clock=lambda: time.time() + 2 * 3600).run()
+        files_after = len(written_table(open_catalog("lake"), name, create=False).inspect.files())
+        assert result["compaction_outputs"] == files_after < files_before[name], (name, result)
+    assert Counter(table_column(CLICKS_TABLE, "click_id")) == Counter(c["click_id"] for c in clicks)
+    assert Counter(table_column(REPLIES_TABLE, "reply_id")) == Counter(r["reply_id"] for r in replies)
+    reader.mirror.sync()
+    assert_same_figures(before, funnel_figures(reader))
+    assert not rebuilds, "the reader absorbed the compaction through its lineage"
+    cached = {p.name[:2] for p in reader.mirror.root.glob("*/date=*/*.parquet") if p.parts[-3] != "receipts"}
+    assert cached == {"c-"}

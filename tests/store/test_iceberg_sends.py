@@ -19,7 +19,7 @@ from dashboard.queries import Filters
 from dlrlens import cli
 from dlrlens import fake_mobivate as fm
 from dlrlens.mobivate import MobivateClient, Retry
-from dlrlens.store import derive, layout, pseudonym, sends
+from dlrlens.store import derive, layout, maintenance, pseudonym, sends
 from dlrlens.store.backends import parse_store, publisher
 from dlrlens.store.iceberg import derived, send_tables
 from dlrlens.store.iceberg.maintain import DerivedPublisher, TableMaintenance
@@ -31,6 +31,7 @@ from dlrlens.store.reader import Store
 from dlrlens.store.writer import ReceiptStorage
 from tests.support.factory import receipt
 from tests.support.lake import assert_same_figures as assert_same, report_json
+from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.slow  # a real object store (weed mini) per test
 
@@ -258,3 +259,23 @@ def test_migrate_copies_the_send_records_campaigns_and_names_once(world, tmp_pat
     # per-receipt columns (duplicates) differ; every message-level figure is the same.
     expected = {name: frame for name, frame in figures(Store(source)).items() if not name.startswith("campaigns")}
     assert_same(expected, figures(IcebergStore("lake", tmp_path / "reader")))
+
+
+def test_a_collectors_periodic_sync_stores_into_the_send_tables(world, tmp_path, monkeypatch):
+    server, _, _ = world
+    monkeypatch.setenv("MOBIVATE_API_KEY", "k")
+    monkeypatch.setenv("DLRLENS_MOBIVATE_URL", server.url)
+    monkeypatch.setenv("DLRLENS_SYNC_SECONDS", "0.2")
+    monkeypatch.setenv("DLRLENS_SYNC_DAYS", str((datetime.now(UTC).date() - START.date()).days + 1))  # back to START
+    # Table maintenance off: the sync still stores in the catalog (the collector's store).
+    schedule = maintenance.IcebergSchedule("lake", every=0, retention_seconds=600, orphan_grace_seconds=3600)
+    running = maintenance.start(tmp_path / "collector", interval=60, compact_every=0, lock_retry_seconds=0.1,
+                                iceberg=schedule)
+    try:
+        wait_until(lambda: running.runs["sync"] >= 1, timeout=60, what="a periodic sync")
+    finally:
+        running.stop()
+    assert running.errors["sync"] == 0, running.last_error
+    assert not (tmp_path / "collector" / sends.SENDS_DIR).exists(), "nothing in the collector's directory"
+    message_log = [r for r in local_records(tmp_path / "local") if r.startswith("Pandas(source='log'")]
+    assert table_records() == message_log  # (the newer API's history is not configured here)

@@ -17,8 +17,8 @@ or ``PYICEBERG_CATALOG__<NAME>__*`` variables). pyiceberg is an optional depende
   receipts commit and the events commits) is never committed to it twice; a segment leaves the
   log once every table holds its rows; a failed commit leaves the segments in the local log and
   is retried with back-off.
-- :mod:`~dlrlens.store.iceberg.maintain`: the receipts table's compaction, every table's
-  snapshot expiry and orphan-file cleanup (clicks and replies are not compacted), and the
+- :mod:`~dlrlens.store.iceberg.maintain`: the receipts, clicks and replies tables' compaction,
+  every table's snapshot expiry and orphan-file cleanup, and the
   commits of the derived state, run by every collector's maintenance process, all as catalog
   commits (no leader).
 - :mod:`~dlrlens.store.iceberg.derived`: the derived per-message state as a second table,

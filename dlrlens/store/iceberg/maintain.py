@@ -1,9 +1,9 @@
 """Keeping the tables bounded: compaction, snapshot expiry and orphan-file cleanup.
 
-Of the receipts table: all three; of the clicks and replies tables and the derived table:
-expiry and orphan-file cleanup (clicks and replies are not compacted, as the local store does
-not compact their files: a few percent of the receipts; each flush with events still adds a
-small data file per day, which a reader caches and lists).
+Of the receipts, clicks and replies tables: all three (the local store compacts receipts only;
+on the Iceberg store every flush of every collector worker with events adds a small data file
+per day to the clicks and replies tables, which every reader caches and lists); of the derived
+and send tables: expiry and orphan-file cleanup (their commits replace files whole).
 
 Every flush of every collector worker is a commit, and every commit adds a snapshot (about 1 KB
 in the table's metadata file, which each commit and each reader rewrites or reads whole), a
@@ -70,7 +70,7 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 
-from dlrlens.store import compaction, derive
+from dlrlens.store import compaction, derive, layout
 from dlrlens.store.iceberg import derived, send_tables
 from dlrlens.store.iceberg.mirror import COPY_CHUNK, Mirror, cache_dir, cached_name
 from dlrlens.store.iceberg.publisher import collector_id
@@ -230,9 +230,10 @@ def check_number_key(table: Table, fingerprint: str) -> str:
 
 
 class TableMaintenance:
-    """Compaction, expiry and orphan-file cleanup of catalog ``catalog_name``'s receipts table, or
-    expiry and orphan-file cleanup of its clicks or replies table (``table`` = ``clicks``,
-    ``replies``: not compacted) or of its derived table (``table`` =
+    """Compaction, expiry and orphan-file cleanup of catalog ``catalog_name``'s receipts table
+    (or its clicks or replies table: ``table`` = ``clicks``, ``replies``; outputs sorted by arrival
+    and id, :func:`dlrlens.store.compaction.sort_keys`), or expiry and orphan-file cleanup of a
+    send table (:data:`~dlrlens.store.iceberg.send_tables.KEYED_TABLES`) or of its derived table (``table`` =
     :data:`~dlrlens.store.iceberg.derived.DERIVED_TABLE`: its files are replaced by the
     :class:`DerivedPublisher`'s commits, never compacted); see the module docstring. Keeps,
     between runs, what it read of immutable manifest lists and manifests."""
@@ -252,7 +253,7 @@ class TableMaintenance:
         self.catalog_name = catalog_name
         self.retention_seconds = retention_seconds
         self.orphan_grace_seconds = orphan_grace_seconds
-        self.compact_files = compact and table == RECEIPTS_TABLE
+        self.compact_files = compact and table in WRITTEN_TABLES
         self.work_dir = Path(work_dir) if work_dir is not None else None  # compaction's scratch (default: /tmp)
         if self.work_dir is not None:  # one maintainer per data directory: what is there was a crashed run's
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -368,8 +369,11 @@ class TableMaintenance:
                 with io.new_input(data_file.file_path).open() as remote, \
                         open(partition / cached_name(data_file.file_path), "wb") as local:
                     shutil.copyfileobj(remote, local, COPY_CHUNK)
-            merged, rows = compaction.merge_files(sorted(partition.iterdir()), Path(scratch) / "spill",
-                                                  arrow_schema_with_field_ids())
+            receipts = self.table_name == RECEIPTS_TABLE
+            merged, rows = compaction.merge_files(
+                sorted(partition.iterdir()), Path(scratch) / "spill",
+                arrow_schema_with_field_ids(layout.TABLES[self.table_name].schema),
+                compaction.sort_keys(self.table_name), None if receipts else compaction.EVENT_WRITER_OPTIONS)
             if rows != sum(f.record_count for f in inputs):
                 raise RuntimeError(f"compaction merged {rows} rows of {sum(f.record_count for f in inputs)}")
             # Beside its inputs, named like the local compaction's outputs (the mirror keys on it).

@@ -28,7 +28,8 @@ without internet cannot do; pyiceberg's FileIO (pyarrow's S3 client) is already 
   rest. A committed state that recorded nothing for the events (an older dlrlens) makes it
   absorb every cached event file again, which changes nothing for the events it held already
   (the derived state is duplicate-insensitive, :mod:`dlrlens.store.derive`). An event file
-  that leaves a table (nothing removes one: events are not compacted) makes the state be rebuilt.
+  that leaves a table makes the state be rebuilt, unless a compaction output of that table holds
+  its rows (its lineage names it), as for receipts.
 * :class:`IcebergStore` is a :class:`~dlrlens.store.reader.Store` over the cache that syncs before
   it looks at the data (at most every ``sync_seconds``). Every figure is computed by the same
   code as for a local data directory, so it is the same on the same receipts.
@@ -148,7 +149,7 @@ class Mirror:
             self.receipts_snapshot = snapshot_id
             self.receipts_sequence = snapshot.sequence_number if snapshot is not None else None
             adopted = None
-            if removed and not self._compacted(removed, self._files):
+            if removed and not self._compacted(removed, self._files | self._event_files):
                 derive.rebuild_derived(self.root)  # rows left a table: the state must forget them
             elif fetched or removed or sends_changed:
                 adopted = self._adopt_if_behind(tables[RECEIPTS_TABLE]) if tables[RECEIPTS_TABLE] is not None else None
@@ -281,9 +282,9 @@ class Mirror:
         return {path for path in found if Path(path).name.startswith((CACHED_PREFIX, compaction.OUTPUT_PREFIX))}
 
     def _compacted(self, removed: list[str], wanted: dict) -> bool:
-        """Whether every ``removed`` file's rows are in a compaction output the receipts table
-        holds (its lineage names it; ``wanted``: the receipts table's files): then the derived
-        state, duplicate-insensitive, needs no rebuild."""
+        """Whether every ``removed`` file's rows are in a compaction output its table holds (its
+        lineage names it; ``wanted``: the receipts, clicks and replies tables' files): then the
+        derived state, duplicate-insensitive, needs no rebuild."""
         merged: set[str] = set()
         for relative in wanted:
             if Path(relative).name.startswith(compaction.OUTPUT_PREFIX):
