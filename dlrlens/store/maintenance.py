@@ -96,7 +96,7 @@ class Maintainer:
         self.iceberg = iceberg if iceberg is not None and iceberg.every > 0 else None
         self._table_maintenance = None  # made at the first run (imports pyiceberg)
         self._derived_maintenance = None
-        self._events_maintenance = {}  # table name -> its TableMaintenance (clicks, replies)
+        self._events_maintenance = {}  # table name -> its TableMaintenance (clicks, replies, alert_state)
         self._derived_publisher = None
         self.iceberg_totals = dict.fromkeys(ICEBERG_TOTALS, 0)
         if self.iceberg is not None:
@@ -216,6 +216,7 @@ class Maintainer:
 
     def _maintain_table(self) -> dict:
         if self._table_maintenance is None:
+            from dlrlens.store.iceberg.alert_table import ALERT_TABLE
             from dlrlens.store.iceberg.derived import DERIVED_TABLE
             from dlrlens.store.iceberg.maintain import TableMaintenance
 
@@ -230,6 +231,9 @@ class Maintainer:
                                                                retention_seconds=self.iceberg.retention_seconds,
                                                                orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
                                         for name in EVENT_TABLES}
+            self._events_maintenance[ALERT_TABLE] = TableMaintenance(  # the shared alert state: same treatment
+                self.iceberg.catalog, table=ALERT_TABLE, retention_seconds=self.iceberg.retention_seconds,
+                orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
         result = self._table_maintenance.run()
         result["derived_table"] = self._derived_maintenance.run()
         for name, events_maintenance in self._events_maintenance.items():  # expiry and orphans (not compacted)

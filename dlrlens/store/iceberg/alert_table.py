@@ -154,7 +154,11 @@ class SharedAlertState:
         data = pa.Table.from_pylist([{"kind": k, "key": key, "payload": p} for k, key, p in rows], schema=ROW_SCHEMA)
         started = time.perf_counter()
         try:
-            loaded.table.overwrite(data, snapshot_properties={COMMITTER_KEY: self.committer or "?"})
+            summary = {COMMITTER_KEY: self.committer or "?"}
+            if loaded.snapshot_id is None:  # the first commit (the catalog refuses a second "first" as well)
+                loaded.table.append(data, snapshot_properties=summary)
+            else:
+                loaded.table.overwrite(data, snapshot_properties=summary)
         except (CommitFailedException, ValidationException) as exc:
             self._table = None  # reload: pyiceberg's Table may hold its failed attempt's metadata
             raise Refused(_message(exc)) from None

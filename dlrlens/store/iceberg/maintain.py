@@ -1,6 +1,7 @@
 """Keeping the tables bounded: compaction, snapshot expiry and orphan-file cleanup.
 
-Of the receipts table: all three; of the clicks and replies tables and the derived table:
+Of the receipts table: all three; of the clicks and replies tables, the derived table and the
+alert-state table (:mod:`dlrlens.store.iceberg.alert_table`, a commit per alert evaluation round):
 expiry and orphan-file cleanup (clicks and replies are not compacted, as the local store does
 not compact their files: a few percent of the receipts; each flush with events still adds a
 small data file per day, which a reader caches and lists).
@@ -72,6 +73,7 @@ from pyiceberg.table.metadata import TableMetadata
 
 from dlrlens.store import compaction, derive
 from dlrlens.store.iceberg import derived
+from dlrlens.store.iceberg.alert_table import ALERT_TABLE, ALERT_TABLE_PROPERTIES, alert_table
 from dlrlens.store.iceberg.mirror import COPY_CHUNK, Mirror, cache_dir, cached_name
 from dlrlens.store.iceberg.publisher import collector_id
 from dlrlens.store.iceberg.table import (COMMITTED_PREFIX, RECEIPTS_TABLE, SEGMENT_KEY, SOURCE_KEY, TABLE_PROPERTIES,
@@ -206,11 +208,12 @@ class TableMaintenance:
 
     def __init__(self, catalog_name: str, *, retention_seconds: float, orphan_grace_seconds: float,
                  compact: bool = True, work_dir: Path | None = None, clock=time.time, table: str = RECEIPTS_TABLE):
-        if table not in (*WRITTEN_TABLES, derived.DERIVED_TABLE):
-            raise ValueError(f"dlrlens maintains the tables {', '.join(WRITTEN_TABLES)} and {derived.DERIVED_TABLE}, "
-                             f"not {table!r}")
+        if table not in (*WRITTEN_TABLES, derived.DERIVED_TABLE, ALERT_TABLE):
+            raise ValueError(f"dlrlens maintains the tables {', '.join(WRITTEN_TABLES)}, {derived.DERIVED_TABLE} and "
+                             f"{ALERT_TABLE}, not {table!r}")
         self.table_name = table
-        self.properties = TABLE_PROPERTIES if table in WRITTEN_TABLES else derived.DERIVED_TABLE_PROPERTIES
+        self.properties = (TABLE_PROPERTIES if table in WRITTEN_TABLES else ALERT_TABLE_PROPERTIES
+                           if table == ALERT_TABLE else derived.DERIVED_TABLE_PROPERTIES)
         if retention_seconds < 0:
             raise ValueError("the snapshot retention cannot be negative")
         if orphan_grace_seconds <= 0:
@@ -253,7 +256,8 @@ class TableMaintenance:
             try:
                 catalog = open_catalog(self.catalog_name)
                 self._table = (written_table(catalog, self.table_name, create=False)
-                               if self.table_name in WRITTEN_TABLES else derived.derived_table(catalog))
+                               if self.table_name in WRITTEN_TABLES else alert_table(catalog, create=False)
+                               if self.table_name == ALERT_TABLE else derived.derived_table(catalog))
             except NoSuchTableError:
                 return None
             if self._table is None:
