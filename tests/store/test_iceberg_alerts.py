@@ -24,18 +24,20 @@ import pytest
 
 from dlrlens.alerts import engine
 from dlrlens.alerts.rules import parse
-from dlrlens.store.alert_state import AlertState
+from dlrlens.store import alert_state
+from dlrlens.store.alert_state import AlertRow, AlertState, NewNotification
 from dlrlens.store.backends import parse_store, publisher
 from dlrlens.store.iceberg.alert_table import SharedAlertState, alert_table
 from dlrlens.store.iceberg.table import open_catalog
 from dlrlens.store.writer import ReceiptStorage
 from tests.support.alert_streams import stream
-from tests.support.factory import utc, write_receipts
+from tests.support.factory import write_receipts
 from tests.support.servers import wait_until
 
 ICEBERG = parse_store("iceberg:lake")
 REPO = Path(__file__).resolve().parents[2]
-AT = utc(2026, 11, 20, 12, 0)
+# Recent (the shared state keeps resolved alerts for RESOLVED_KEPT after they resolve), in the past.
+AT = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - 3 * timedelta(hours=1)
 HOUR = timedelta(hours=1)
 RULES = """
 [alerts]
@@ -248,3 +250,37 @@ def test_the_object_store_down_fails_the_round_visibly_and_the_next_one_works(ep
     assert outbox.titles() == ["[FIRING] drop: now"]
     assert "alerts_round_error" not in AlertState(data).meta(), "the next round's import cleared it"
     assert [(n["kind"], n["status"]) for n in shared_state(tmp_path).history()] == [("firing", "sent")]
+
+
+def test_the_export_keeps_a_bounded_history_and_imports_back_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(alert_state, "HISTORY_PER_RULE", 3)
+    state = AlertState(tmp_path / "a")
+    now = datetime.now(timezone.utc)
+    state.apply([AlertRow("drop", "old", "resolved", now - 30 * HOUR, resolved_at=now - 9 * 24 * HOUR),
+                 AlertRow("drop", "recent", "resolved", now - 3 * HOUR, resolved_at=now - HOUR),
+                 AlertRow("drop", "bad", "firing", now - HOUR, announced=True, detail={"summary": "50%"})], [], now,
+                {"rules": '["drop"]', "alerts_round_error": "only this process's"})
+    ids = state.apply([], [NewNotification("drop", "firing", "ops", ["bad"], f"t{n}", "b") for n in range(6)], now)
+    for nid in ids[:5]:
+        state.record_attempt(nid, ok=True, at=now)
+    state.add_silence("drop", None, now - HOUR, now + HOUR, "in force")
+    for n in range(3):
+        state.end_silence(state.add_silence("drop", "bad", now - HOUR, now + HOUR, f"ended {n}"), now)
+
+    rows = state.rows()
+    copy = AlertState(tmp_path / "b")
+    copy.replace(rows)
+    assert copy.rows() == rows, "an import exports back exactly"
+    assert [a.grp for a in copy.alerts()] == ["bad", "recent"], "resolved more than RESOLVED_KEPT ago: dropped"
+    assert copy.alerts()[0] == state.alerts()[0]
+    kept = [(n["id"], n["status"]) for n in copy.history()]
+    assert kept == [(ids[5], "pending"), (ids[4], "sent"), (ids[3], "sent"), (ids[2], "sent")], \
+        "every notification still to deliver, the latest 3 done"
+    assert [s["comment"] for s in copy.silences()] == ["ended 2", "ended 1", "ended 0", "in force"]
+    assert copy.meta() == {"rules": '["drop"]'}, "this process's own meta is not exported"
+    assert copy.apply([], [NewNotification("drop", "repeat", "ops", ["bad"], "t", "b")], now) == [ids[5] + 1]
+    with pytest.raises(ValueError, match="unknown kind"):
+        copy.replace([("nonsense", "k", "{}")])
+    with pytest.raises(ValueError, match="columns this dlrlens does not know: extra"):
+        copy.replace([("meta", "a", '"b"'), ("silence", "1", '{"id": 1, "extra": 2}')])
+    assert copy.meta() == {"rules": '["drop"]'}, "a refused import changes nothing"
