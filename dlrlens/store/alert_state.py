@@ -365,12 +365,13 @@ class AlertState:
             for table in _EXPORTED.values():
                 con.execute(f"DELETE FROM {table}")
             con.execute("DELETE FROM sqlite_sequence")
+            sequences = {}
             for kind, key, payload in rows:
                 value = json.loads(payload)
                 if kind == "meta":
                     con.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
                 elif kind == "sequence":
-                    con.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (key, int(value)))
+                    sequences[key] = int(value)  # after the rows: their inserts set it too
                 elif kind in _EXPORTED:
                     table = _EXPORTED[kind]
                     unknown = set(value) - columns[table]
@@ -382,6 +383,9 @@ class AlertState:
                                 [value[n] for n in names])
                 else:
                     raise ValueError(f"the shared alert state has a row of unknown kind {kind!r}")
+            for name, seq in sequences.items():
+                if not con.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, name)).rowcount:
+                    con.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, seq))
             con.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                             [(r["key"], r["value"]) for r in local])
 
