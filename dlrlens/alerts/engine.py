@@ -415,12 +415,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--file", required=True, help="the alerts file (alerts.toml)")
     parser.add_argument("--every", type=float, default=60.0, help="seconds between evaluations")
+    parser.add_argument("--store", default=None, help="local or iceberg:<catalog> (default: $DLRLENS_STORE or local)")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--niceness", type=int, default=NICENESS)
     parser.add_argument("--parent", type=int, default=None, help="exit when this process is gone")
     args = parser.parse_args(argv)
+    try:
+        choice = store_choice(args.store)
+    except ValueError as exc:
+        parser.error(str(exc))
     parent, stop = supervised_child(args.log_level, args.niceness, args.parent)
-    worker = threading.Thread(target=loop, args=(Path(args.data), Path(args.file), args.every, stop),
+    worker = threading.Thread(target=loop, args=(Path(args.data), Path(args.file), args.every, stop, choice),
                               name="dlrlens-alerts", daemon=True)
     worker.start()
     while not stop.wait(1.0) and os.getppid() == parent:

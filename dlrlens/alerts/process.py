@@ -20,10 +20,13 @@ log = logging.getLogger("dlrlens.alerts")
 class AlertsProcess(MaintenanceProcess):
     """``python3 -m dlrlens.alerts.engine --every S`` supervised like the maintenance process."""
 
-    def __init__(self, data_dir: Path, alerts_file: Path, every: float, log_level: str = "info"):
+    def __init__(self, data_dir: Path, alerts_file: Path, every: float, log_level: str = "info",
+                 store: str = "local"):
         super().__init__(data_dir, interval=0, compact_every=0, log_level=log_level)
+        # --store: the collector's choice, which may come from its own --store, not the environment.
         self.command = [sys.executable, "-m", "dlrlens.alerts.engine", "--data", str(data_dir),
-                        "--file", str(alerts_file), "--every", str(every), "--log-level", log_level]
+                        "--file", str(alerts_file), "--every", str(every), "--log-level", log_level,
+                        "--store", store]
 
 
 def start_process(settings) -> AlertsProcess | None:
@@ -36,4 +39,4 @@ def start_process(settings) -> AlertsProcess | None:
     except RulesError as exc:  # started anyway: it retries the file every tick
         log.error("event=alerts_file_refused error=%r", str(exc))
     return AlertsProcess(settings.data_dir, settings.alerts_file, settings.alerts_seconds,
-                         settings.log_level).start()
+                         settings.log_level, str(settings.store)).start()

@@ -5,7 +5,7 @@ table: ``<namespace>.alert_state`` (:data:`ALERT_TABLE`), issue #10.
 notifications outbox and history, silences, meta) as small rows ``(kind, key, payload)``
 (:meth:`dlrlens.store.alert_state.AlertState.rows`: JSON payloads, a bounded history),
 unpartitioned, rewritten whole by each commit: one overwrite replacing the previous snapshot's
-single data file. Each process keeps a working copy in its own ``data/alerts.sqlite`` (so
+single data file (one snapshot a commit). Each process keeps a working copy in its own ``data/alerts.sqlite`` (so
 ``/metrics`` and the Alerts page read it as on the local store).
 
 **Coordination: catalog commits only** (no leader, no lock between machines), as the derived
@@ -44,11 +44,12 @@ from pathlib import Path
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
+from pyiceberg.io.pyarrow import _dataframe_to_data_files  # what Table.overwrite writes with (pyiceberg <0.13)
 from pyiceberg.table import Table, TableProperties
 
 from dlrlens.store import files
 from dlrlens.store.alert_state import AlertState
-from dlrlens.store.iceberg.table import namespace, open_catalog
+from dlrlens.store.iceberg.table import live_data_entries, namespace, open_catalog
 
 log = logging.getLogger("dlrlens.store")
 
@@ -154,11 +155,18 @@ class SharedAlertState:
         data = pa.Table.from_pylist([{"kind": k, "key": key, "payload": p} for k, key, p in rows], schema=ROW_SCHEMA)
         started = time.perf_counter()
         try:
-            summary = {COMMITTER_KEY: self.committer or "?"}
-            if loaded.snapshot_id is None:  # the first commit (the catalog refuses a second "first" as well)
-                loaded.table.append(data, snapshot_properties=summary)
-            else:
-                loaded.table.overwrite(data, snapshot_properties=summary)
+            # One snapshot replacing the previous data file(s) by the new one (pyiceberg's
+            # Table.overwrite makes two per commit, a delete and an append: twice the snapshots).
+            # The first commit too: the catalog refuses a second "first" like any stale commit.
+            table = loaded.table
+            with table.transaction() as transaction:
+                with transaction.update_snapshot(
+                        snapshot_properties={COMMITTER_KEY: self.committer or "?"}).overwrite() as overwrite:
+                    for entry in live_data_entries(table):
+                        overwrite.delete_data_file(entry.data_file)
+                    for data_file in _dataframe_to_data_files(table.metadata, data, table.io,
+                                                              write_uuid=overwrite.commit_uuid):
+                        overwrite.append_data_file(data_file)
         except (CommitFailedException, ValidationException) as exc:
             self._table = None  # reload: pyiceberg's Table may hold its failed attempt's metadata
             raise Refused(_message(exc)) from None
