@@ -203,7 +203,7 @@ def test_a_claimed_notification_is_sent_by_no_other_round_until_its_claim_runs_o
     assert [(n["status"], n["attempts"]) for n in shared_state(tmp_path).history()] == [("sent", 1)]
 
 
-def test_a_silence_from_the_dashboard_mutes_the_alert_in_a_collector(episode, tmp_path, monkeypatch):
+def test_a_silence_and_a_test_notification_from_the_dashboards_machine(episode, tmp_path, monkeypatch):
     from dashboard.queries.alerts import add_silence, alerts_overview
 
     monkeypatch.setenv("DLRLENS_STORE", "iceberg:lake")
@@ -216,6 +216,10 @@ def test_a_silence_from_the_dashboard_mutes_the_alert_in_a_collector(episode, tm
     assert overview["state_error"] == ""
     assert overview["firing"][["rule", "group", "silenced"]].values.tolist() == [["drop", "bad", True]]
     assert overview["silences"]["id"].tolist() == [silence_id]
+
+    delivery = engine.send_test(parse(RULES), tmp_path / "dashboard", "ops", send=outbox, choice=ICEBERG)
+    assert delivery.ok and outbox.titles() == ["[TEST] dlrlens alerts"]
+    assert [(n["kind"], n["status"]) for n in shared_state(tmp_path).history()] == [("test", "sent")]
 
 
 def test_a_commit_refused_mid_round_sends_nothing(episode, tmp_path, monkeypatch):
