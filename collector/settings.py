@@ -173,6 +173,11 @@ SETTINGS_TABLE = (
             "With the Iceberg store: seconds between the maintenance process's runs of compaction, snapshot "
             "expiry and orphan-file cleanup on the tables, and of its commit of the derived per-message state "
             "(0 turns them off). Every collector runs them; runs at once are safe."),
+    Setting("iceberg_derived", "DLRLENS_ICEBERG_DERIVED", "1", parse_flag,
+            "With the Iceberg store: 1 (default) to let this collector's maintenance keep a copy of the tables' "
+            "files under the data directory and commit the derived per-message state from it; 0 on collectors "
+            "that should hold no copy of the history (their table maintenance, sync and webhooks are unchanged). "
+            "Keep it on for at least one collector, else every dashboard builds the state itself."),
     Setting("iceberg_snapshot_retention", "DLRLENS_ICEBERG_SNAPSHOT_RETENTION", "10m",
             _at_least(MIN_SNAPSHOT_RETENTION_SECONDS, "a commit in flight retries from the snapshot it started from"),
             "With the Iceberg store: snapshots superseded longer ago than this are expired (at least 10s; time travel "
@@ -225,6 +230,7 @@ class Settings:
     log_level: str
     store: StoreChoice
     iceberg_maintenance_seconds: float
+    iceberg_derived: bool
     iceberg_snapshot_retention: timedelta
     iceberg_orphan_grace: timedelta
     alerts_file: Path | None

@@ -164,7 +164,8 @@ _FROM_SUBMISSION = ("{} of the time from submission: created time of the message
 COST_KPIS: tuple[Kpi, ...] = (
     Kpi("cost", "Cost", "amount", f"Sum of Mobivate's log cost over the {_SENT_IN_PERIOD}, in `currency`. A "
         "message's record is its MT record in the message log, else in the newer API's history (the latest "
-        "modified)."),
+        "modified). Rounded to a millionth of the currency, so that the same records give the same sum on every "
+        "store (a floating-point sum depends on the order it adds in)."),
     Kpi("currency", "Currency", "text",
         "The currency of `cost` as Mobivate's log gives it; a campaign billed in two currencies has one row per "
         "currency. Empty when none of its messages has a log record."),

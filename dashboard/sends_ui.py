@@ -105,6 +105,7 @@ def names_upload(data_dir) -> None:
     import streamlit as st
 
     from dlrlens.store import sends
+    from dlrlens.store.backends import send_destination
 
     with st.expander("Name campaigns (CSV upload)"):
         st.caption("A CSV with the header `batch_id,name`: a campaign without a URL label shows its name instead of "
@@ -117,7 +118,12 @@ def names_upload(data_dir) -> None:
         except UnicodeDecodeError:
             st.error("The file is not UTF-8 text.")
             return
-        result = sends.import_names(data_dir, text)
+        try:
+            result = sends.import_names(data_dir, text, send_destination(data_dir))
+        except Exception as exc:  # noqa: BLE001 - the Iceberg store's catalog or object store failed
+            st.error(md_text(f"Nothing imported: the store could not take the names ({type(exc).__name__}: "
+                             f"{str(exc)[:300]}). Try again when it is back."))
+            return
         if result.errors:
             st.error("Nothing imported: " + "; ".join(md_text(e) for e in result.errors[:10])
                      + (f" (and {len(result.errors) - 10} more)" if len(result.errors) > 10 else ""))

@@ -555,6 +555,9 @@ def cmd_migrate(args) -> int:
     per_table = ", ".join(f"{count} {table}" for table, count in result.files_by_table.items())
     print(f"{result.files} files in {data_dir} ({per_table}): {result.copied} copied ({result.rows:,} rows), "
           f"{result.already} copied before, {result.covered} covered by earlier copies, in {result.seconds:.1f} s")
+    if result.send_files:
+        print(f"{result.send_files} send record, campaign list and names files merged into the send tables: "
+              f"{result.send_partitions} partitions changed ({'all there already' if not result.send_partitions else 'copied'})")
     if result.log_segments:
         print(f"note: the write-ahead log still holds {result.log_segments} segments, not copied: start and stop "
               f"the collector once on {data_dir} (it flushes them), then run migrate again")
@@ -659,6 +662,7 @@ def _day(text: str):
 
 def sync_arguments(parser: argparse.ArgumentParser) -> None:
     _data_argument(parser)
+    _store_argument(parser)
     parser.add_argument("--from", dest="date_from", metavar="DATE", type=_day, required=True,
                         help="first UTC day (YYYY-MM-DD) of Mobivate send records to fetch")
     parser.add_argument("--to", dest="date_to", metavar="DATE", type=_day, required=True,
@@ -685,18 +689,24 @@ def cmd_sync(args) -> int:
         print("dlrlens sync: error: no Mobivate API key: set MOBIVATE_API_KEY (nothing is fetched without one)",
               file=sys.stderr)
         return 2
+    destination = _send_destination(args, "sync")
     client = MobivateClient.from_settings(settings)
     data_dir = layout.data_dir(args.data)
     data_dir.mkdir(parents=True, exist_ok=True)
     progress = lambda text: print(f"dlrlens sync: {text}", file=sys.stderr, flush=True)  # noqa: E731
     try:
         result = sends.sync(data_dir, client, args.date_from, args.date_to, keep_recipient=settings.keep_recipient,
-                            page_size=args.page_size, progress=progress)
+                            page_size=args.page_size, progress=progress, destination=destination)
     except MobivateAuthError as exc:
         print(f"dlrlens sync: error: {exc}", file=sys.stderr)
         return 3
     except MobivateError as exc:
         print(f"dlrlens sync: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the Iceberg store's catalog or object store: named, not a trace
+        print(f"dlrlens sync: error: the store could not take the records ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); the days merged before it are kept",
+              file=sys.stderr)
         return 1
     finally:
         client.close()
@@ -707,8 +717,21 @@ def cmd_sync(args) -> int:
     return 0
 
 
+def _send_destination(args, command: str):
+    """Where ``command`` stores send records or names (``--store``); exits with status 2 naming
+    the problem (an unconfigured catalog)."""
+    from dlrlens.store.backends import send_destination
+
+    try:
+        return send_destination(layout.data_dir(args.data), _store_choice(args, command))
+    except ValueError as exc:
+        print(f"dlrlens {command}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def campaigns_arguments(parser: argparse.ArgumentParser) -> None:
     _data_argument(parser)
+    _store_argument(parser)
     parser.add_argument("action", choices=["import"], help="import: campaign names from a CSV")
     parser.add_argument("file", metavar="FILE.csv", help="CSV with the header batch_id,name")
 
@@ -722,9 +745,15 @@ def cmd_campaigns(args) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         print(f"dlrlens campaigns import: error: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
+    destination = _send_destination(args, "campaigns import")
     data_dir = layout.data_dir(args.data)
     data_dir.mkdir(parents=True, exist_ok=True)
-    result = sends.import_names(data_dir, text)
+    try:
+        result = sends.import_names(data_dir, text, destination)
+    except Exception as exc:  # noqa: BLE001 - the Iceberg store's catalog or object store
+        print(f"dlrlens campaigns import: error: the store could not take the names ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); nothing imported", file=sys.stderr)
+        return 1
     if result.errors:
         for error in result.errors[:50]:
             print(f"dlrlens campaigns import: {args.file}: {error}", file=sys.stderr)

@@ -94,6 +94,14 @@ def submission_latency(store: Store, f: Filters) -> pd.DataFrame:
     return df
 
 
+# Summed costs are rounded to a millionth of the currency: a sum of floating-point costs depends
+# on the order it adds them in, which follows the files' layout (the local store's and an Iceberg
+# store's cache of the same records differed in the 16th digit: 1.9400000000000002 against
+# 1.94). Mobivate prices to 4-5 decimals, so the rounding loses nothing and the same records give
+# the same figure on every store.
+COST_DECIMALS = 6
+
+
 def _cost_sql(receipts: str, log_only: str, group: str) -> str:
     """Cost figures per (``grp``: the expression ``group``, currency) over the cubes
     ``receipts`` and ``log_only`` (:func:`dashboard.queries.geography.receipts_cube`,
@@ -108,9 +116,9 @@ def _cost_sql(receipts: str, log_only: str, group: str) -> str:
             SELECT grp, currency,
                    coalesce(sum(messages) FILTER (WHERE has_receipt), 0) AS messages,
                    coalesce(sum(messages) FILTER (WHERE outcome = 'delivered'), 0) AS delivered,
-                   CASE WHEN sum(priced) > 0 THEN sum(cost) END AS cost,
-                   CASE WHEN sum(priced) FILTER (WHERE {failed}) > 0 THEN sum(cost) FILTER (WHERE {failed}) END
-                       AS failed_cost,
+                   CASE WHEN sum(priced) > 0 THEN round(sum(cost), {COST_DECIMALS}) END AS cost,
+                   CASE WHEN sum(priced) FILTER (WHERE {failed}) > 0
+                        THEN round(sum(cost) FILTER (WHERE {failed}), {COST_DECIMALS}) END AS failed_cost,
                    coalesce(sum(messages) FILTER (WHERE NOT has_receipt AND missing), 0) AS receipts_missing
             FROM j GROUP BY ALL),
         per_group AS (

@@ -60,7 +60,7 @@ def _find(store: Store, term: str) -> None:
     phone number a message was sent to, through the keyed hash of the send records) and
     ``lookup_ids``."""
     raw = store.raw_sql()
-    number_hash = pseudonym.lookup_hash(store.data_dir, term)
+    number_hash = pseudonym.lookup_hash(store.key_dir, term)
     by_number = (f" OR delivery_message_id IN (SELECT message_id FROM {sends.sends_sql(store.data_dir)} "
                  f"WHERE recipient_hash = $number_hash)") if number_hash else ""
     store.query(f"""CREATE OR REPLACE TEMP TABLE lookup_rows AS

@@ -32,7 +32,7 @@ def where() -> None:
     st.title("Where")
     if not state.data_notice():
         return
-    if not sends.has_sends(state.data_dir()):
+    if not sends.has_sends(state.store().data_dir):
         st.info("Country, network, sender ID, route and cost come from Mobivate's message log. Set MOBIVATE_API_KEY "
                 "and run `dlrlens sync --from DATE --to DATE` (the collector then syncs by itself).",
                 icon=":material/public:")

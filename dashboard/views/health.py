@@ -111,7 +111,7 @@ def health() -> None:
                 downloads.show_table(unknown, "unknown-statuses", f, file_filters=everything)
 
         maintenance(state.utc_now())
-        sends_ui.sync_state_section(state.data_dir(), state.utc_now())
+        sends_ui.sync_state_section(state.store().data_dir, state.utc_now())
 
         st.subheader("Rejected requests", anchor=False)
         rejected = queries.rejected_summary(state.data_dir())  # a few small files; not worth caching

@@ -72,6 +72,24 @@ def publisher(choice: StoreChoice, data_dir: Path):
     return IcebergPublisher(choice.catalog, Path(data_dir))
 
 
+def send_destination(data_dir: str | Path, choice: StoreChoice | None = None):
+    """Where a sync of Mobivate's send records and a campaign-names import store what they bring
+    (``choice`` default: :func:`store_choice`): :class:`dlrlens.store.sends.LocalSends` of the
+    data directory, or the Iceberg store's send tables
+    (:class:`dlrlens.store.iceberg.send_tables.IcebergSends`). Raises ValueError when the
+    catalog is not configured."""
+    choice = store_choice() if choice is None else choice
+    if choice.is_local:
+        from dlrlens.store.sends import LocalSends
+
+        return LocalSends(Path(data_dir))
+    from dlrlens.store.iceberg.send_tables import IcebergSends
+    from dlrlens.store.iceberg.table import check_configured
+
+    check_configured(choice.catalog)
+    return IcebergSends(choice.catalog)
+
+
 def open_store(data_dir: str | Path, choice: StoreChoice | None = None, settings: dict | None = None):
     """The read interface (:class:`~dlrlens.store.reader.Store`) over ``choice`` (default:
     :func:`store_choice`): the data directory itself, or the Iceberg table cached under it."""

@@ -47,7 +47,10 @@ per flush of a log slot's segments (snapshot summary ``dlrlens.segment = <collec
 id>/<slot>/<segment>[,<segment>...]``, table property ``dlrlens.committed.<collector
 id>/<slot>``: the slot's segments the table holds that its log still holds) or per batch of
 files copied by ``dlrlens migrate`` (``dlrlens.source = <source id>/<relative path>``, one per
-line); the receipts compacted by the collectors' maintenance; see :mod:`dlrlens.store.iceberg`.
+line); the receipts compacted by the collectors' maintenance; Mobivate's send records, campaign
+list and imported names in ``<namespace>.sends`` (partitioned by source and UTC day of
+``created``), ``.campaigns`` and ``.campaign_names``, each partition replaced by an overwrite
+commit (:mod:`dlrlens.store.iceberg.send_tables`); see :mod:`dlrlens.store.iceberg`.
 The data directory then keeps what is local to one machine::
 
     data/
@@ -59,11 +62,14 @@ The data directory then keeps what is local to one machine::
                                                           c-<hash>: a compaction output, lineage inside)
         clicks/date=YYYY-MM-DD/i-<hash>.parquet           ... of the clicks table
         replies/date=YYYY-MM-DD/i-<hash>.parquet          ... of the replies table
+        sends/<source>/YYYY-MM-DD.parquet, campaigns/...  the send tables' partitions as local files
+        send-tables.json, sync.json                       their data files cached; the last sync's outcome
         derived/..., derived.lock                         per-message state computed from the cache
         mirror.lock                                       flock: one sync of the cache at a time
       tmp/iceberg-compaction/                             the table compaction's copies while it merges
 
-No ``receipts/``, ``clicks/`` or ``replies/`` is written under ``data/`` itself then. The cache follows the contract for
+No ``receipts/``, ``clicks/``, ``replies/``, ``sends/`` or ``campaigns/`` is written under ``data/`` itself then
+(``sync.json`` and ``sync.lock`` are: a syncing process's own outcome and lock). The cache follows the contract for
 readers below (it is a data-directory layout); it is disposable: deleting it costs one download.
 
 Files are published and locks taken only through :mod:`dlrlens.store.files`; the derived

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dlrlens.store import compaction, derive, files, layout, sends
+from dlrlens.store import compaction, derive, files, layout, pseudonym, sends
 from dlrlens.store.events import EVENT_TABLES
 
 log = logging.getLogger("dlrlens.collector")
@@ -61,17 +61,20 @@ ICEBERG_TOTALS = ("files_compacted", "expired_snapshots", "orphans_deleted", "or
 @dataclass(frozen=True)
 class IcebergSchedule:
     """The Iceberg table's maintenance (``DLRLENS_ICEBERG_*`` settings): catalog, seconds between
-    runs, snapshot retention and orphan-file grace in seconds."""
+    runs, snapshot retention and orphan-file grace in seconds, and whether this process keeps a
+    copy of the tables and commits the derived state from it (``DLRLENS_ICEBERG_DERIVED``)."""
 
     catalog: str
     every: float
     retention_seconds: float
     orphan_grace_seconds: float
+    derived: bool = True
 
     def arguments(self) -> list[str]:
         """The same as ``python3 -m dlrlens.store.maintenance`` arguments."""
         return ["--iceberg-catalog", self.catalog, "--iceberg-every", str(self.every),
-                "--snapshot-retention", str(self.retention_seconds), "--orphan-grace", str(self.orphan_grace_seconds)]
+                "--snapshot-retention", str(self.retention_seconds), "--orphan-grace", str(self.orphan_grace_seconds),
+                *(() if self.derived else ("--no-iceberg-derived",))]
 
 
 class Maintainer:
@@ -94,9 +97,13 @@ class Maintainer:
         if self.sync_settings is not None:
             self.runs["sync"] = self.errors["sync"] = 0
         self.iceberg = iceberg if iceberg is not None and iceberg.every > 0 else None
+        # The periodic sync stores into the store's own send tables (also with the table's
+        # maintenance turned off): the data directory is only the collector's log on Iceberg.
+        self._send_catalog = iceberg.catalog if iceberg is not None else None
+        self._send_destination = None
         self._table_maintenance = None  # made at the first run (imports pyiceberg)
         self._derived_maintenance = None
-        self._events_maintenance = {}  # table name -> its TableMaintenance (clicks, replies, alert_state)
+        self._events_maintenance = {}  # table name -> its TableMaintenance (clicks, replies, send tables, alert_state)
         self._derived_publisher = None
         self.iceberg_totals = dict.fromkeys(ICEBERG_TOTALS, 0)
         if self.iceberg is not None:
@@ -147,7 +154,8 @@ class Maintainer:
         if self.iceberg is not None:
             every["iceberg"] = every["iceberg_derived"] = self.iceberg.every
             tasks["iceberg"] = self._maintain_table
-            tasks["iceberg_derived"] = self._commit_derived
+            if self.iceberg.derived:  # else no copy of the tables here (DLRLENS_ICEBERG_DERIVED=0)
+                tasks["iceberg_derived"] = self._commit_derived
         while not self._stop.is_set():
             if not self.active and not self._take_lock():
                 self._stop.wait(self.lock_retry_seconds)
@@ -212,13 +220,18 @@ class Maintainer:
         return derive.update_derived(self.data_dir)
 
     def _sync(self) -> dict:
-        return sends.periodic_sync(self.data_dir, self.sync_settings)
+        if self._send_destination is None and self._send_catalog is not None:
+            from dlrlens.store.iceberg.send_tables import IcebergSends
+
+            self._send_destination = IcebergSends(self._send_catalog)
+        return sends.periodic_sync(self.data_dir, self.sync_settings, destination=self._send_destination)
 
     def _maintain_table(self) -> dict:
         if self._table_maintenance is None:
             from dlrlens.store.iceberg.alert_table import ALERT_TABLE
             from dlrlens.store.iceberg.derived import DERIVED_TABLE
             from dlrlens.store.iceberg.maintain import TableMaintenance
+            from dlrlens.store.iceberg.send_tables import KEYED_TABLES
 
             self._table_maintenance = TableMaintenance(self.iceberg.catalog,
                                                        retention_seconds=self.iceberg.retention_seconds,
@@ -227,13 +240,12 @@ class Maintainer:
             self._derived_maintenance = TableMaintenance(self.iceberg.catalog, table=DERIVED_TABLE,
                                                          retention_seconds=self.iceberg.retention_seconds,
                                                          orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
+            # Expiry and orphans only: the events are not compacted, and a send table's partitions
+            # are replaced whole by each sync that changes them (dlrlens.store.iceberg.send_tables).
             self._events_maintenance = {name: TableMaintenance(self.iceberg.catalog, table=name,
                                                                retention_seconds=self.iceberg.retention_seconds,
                                                                orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
-                                        for name in EVENT_TABLES}
-            self._events_maintenance[ALERT_TABLE] = TableMaintenance(  # the shared alert state: same treatment
-                self.iceberg.catalog, table=ALERT_TABLE, retention_seconds=self.iceberg.retention_seconds,
-                orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
+                                        for name in (*EVENT_TABLES, *KEYED_TABLES, ALERT_TABLE)}
         result = self._table_maintenance.run()
         result["derived_table"] = self._derived_maintenance.run()
         for name, events_maintenance in self._events_maintenance.items():  # expiry and orphans (not compacted)
@@ -245,6 +257,11 @@ class Maintainer:
                      "objects=%d metadata_bytes=%d conflicts=%d seconds=%.2f", result["files_compacted"],
                      result["expired_snapshots"], result["snapshots"], result["data_files"], result["orphans_deleted"],
                      result["objects"], result["metadata_bytes"], result["conflicts"], result["seconds"])
+        if self._table_maintenance.table is not None:  # last: a mismatch raises, the work above is done
+            from dlrlens.store.iceberg.maintain import check_number_key
+
+            result["number_key"] = check_number_key(self._table_maintenance.table,
+                                                    pseudonym.key_fingerprint(pseudonym.installation_key(self.data_dir)))
         return result
 
     def _commit_derived(self) -> dict:
@@ -376,19 +393,20 @@ def _signal(pid: int, signum: int) -> bool:
 
 
 def iceberg_schedule(settings) -> IcebergSchedule | None:
-    """The Iceberg table's maintenance for the collector's ``settings`` (None: local store, or off)."""
-    if settings.store.is_local or settings.iceberg_maintenance_seconds <= 0:
+    """The Iceberg table's maintenance for the collector's ``settings`` (None: the local store;
+    ``every`` 0: turned off, the catalog still naming where the periodic sync stores)."""
+    if settings.store.is_local:
         return None
-    return IcebergSchedule(settings.store.catalog, settings.iceberg_maintenance_seconds,
+    return IcebergSchedule(settings.store.catalog, max(0.0, settings.iceberg_maintenance_seconds),
                            settings.iceberg_snapshot_retention.total_seconds(),
-                           settings.iceberg_orphan_grace.total_seconds())
+                           settings.iceberg_orphan_grace.total_seconds(), settings.iceberg_derived)
 
 
 def start_process(settings) -> MaintenanceProcess | None:
     """Start the supervised maintenance process for the collector's ``settings``; ``None``
     when every task is disabled."""
     iceberg = iceberg_schedule(settings)
-    if settings.maintenance_seconds <= 0 and settings.compact_seconds <= 0 and iceberg is None:
+    if settings.maintenance_seconds <= 0 and settings.compact_seconds <= 0 and (iceberg is None or iceberg.every <= 0):
         return None
     return MaintenanceProcess(settings.data_dir, interval=settings.maintenance_seconds,
                               compact_every=settings.compact_seconds, log_level=settings.log_level,
@@ -418,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iceberg-catalog", default=None, help="the Iceberg store's catalog: maintain its table")
     parser.add_argument("--iceberg-every", type=float, default=0.0,
                         help="seconds between runs of the table's maintenance")
+    parser.add_argument("--no-iceberg-derived", dest="iceberg_derived", action="store_false",
+                        help="keep no copy of the tables here and commit no derived state (with --iceberg-catalog)")
     parser.add_argument("--snapshot-retention", type=float,
                         help="seconds a superseded snapshot is kept (with --iceberg-catalog)")
     parser.add_argument("--orphan-grace", type=float,
@@ -430,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.iceberg_catalog and (args.snapshot_retention is None or args.orphan_grace is None):
         parser.error("--iceberg-catalog needs --snapshot-retention and --orphan-grace")
     parent, stop = supervised_child(args.log_level, args.niceness, args.parent)
-    iceberg = (IcebergSchedule(args.iceberg_catalog, args.iceberg_every, args.snapshot_retention, args.orphan_grace)
-               if args.iceberg_catalog else None)
+    iceberg = (IcebergSchedule(args.iceberg_catalog, args.iceberg_every, args.snapshot_retention, args.orphan_grace,
+                               args.iceberg_derived) if args.iceberg_catalog else None)
     maintainer = start(Path(args.data), interval=args.interval, compact_every=args.compact_every,
                        lock_retry_seconds=PROCESS_LOCK_RETRY_SECONDS, iceberg=iceberg)
     if maintainer is None:

@@ -130,6 +130,13 @@ def mask_msisdn(msisdn: str | None) -> str | None:
     return mask(msisdn) if msisdn else None
 
 
+def key_fingerprint(key: bytes) -> str:
+    """What tells two number keys apart without revealing either (an HMAC of a fixed text, 64
+    bits): the Iceberg store records the first collector's, and every collector compares its own
+    with it (:func:`dlrlens.store.iceberg.maintain.check_number_key`)."""
+    return hmac.new(key, b"dlrlens number key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
 def keyed_hash(key: bytes, canonical: str) -> str:
     return hmac.new(key, canonical.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 

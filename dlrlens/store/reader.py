@@ -213,6 +213,9 @@ class Store:
 
     def __init__(self, data_dir: str | Path, settings: dict | None = None):
         self.data_dir = Path(data_dir)
+        # Whose number key (dlrlens.store.pseudonym) hashes a number looked up: the data
+        # directory's; an Iceberg store's cache lives under the one that holds it.
+        self.key_dir = self.data_dir
         self._prefix = os.path.join(str(self.data_dir), "")  # + a relative path: str(data_dir / path)
         self._lock = threading.RLock()
         self._spill = Path(os.environ.get("TMPDIR", "/tmp")) / f"dlrlens-store-{os.getpid()}-{id(self)}"

@@ -293,30 +293,71 @@ def _later_modified(row: dict, stored: dict) -> bool:
     return stored["modified"] is None or row["modified"] > stored["modified"]
 
 
-def store_rows(data_dir: Path, rows: list[dict]) -> int:
-    """Merge send rows into their day files; returns how many files changed."""
-    by_file: dict[Path, list[dict]] = {}
+def send_partitions(rows: list[dict]) -> dict[tuple[str, date], list[dict]]:
+    """``rows`` by (source, UTC day of ``created``): a local day file, a partition of the
+    Iceberg ``sends`` table."""
+    by_partition: dict[tuple[str, date], list[dict]] = {}
     for row in rows:
-        by_file.setdefault(day_path(data_dir, row["source"], row["created"].date()), []).append(row)
-    changed = 0
-    for path, day_rows in sorted(by_file.items()):
-        table, dirty = _merge(_read(path, SEND_SCHEMA), day_rows, SEND_SCHEMA, "message_id", _later_modified,
-                              stamp="changed_at")
+        by_partition.setdefault((row["source"], row["created"].date()), []).append(row)
+    return by_partition
+
+
+def merge_sends(existing: pa.Table | None, rows: list[dict]) -> tuple[pa.Table, bool]:
+    """One day's stored send rows with ``rows`` merged in (one per message id, the latest
+    ``modified`` wins, taken rows stamped ``changed_at``); and whether anything changed."""
+    return _merge(existing, rows, SEND_SCHEMA, "message_id", _later_modified, stamp="changed_at")
+
+
+def merge_campaigns(existing: pa.Table | None, rows: list[dict]) -> tuple[pa.Table, bool]:
+    """The stored campaign list with ``rows`` merged in (the fetched row wins)."""
+    return _merge(existing, rows, CAMPAIGN_SCHEMA, "campaign_id", lambda a, b: True)
+
+
+def merge_names(existing: pa.Table | None, rows: list[dict]) -> tuple[pa.Table, bool]:
+    """The stored imported names with ``rows`` merged in (a batch id imported again takes the new name)."""
+    return _merge(existing, rows, NAME_SCHEMA, "batch_id", lambda a, b: True)
+
+
+class LocalSends:
+    """Where a sync and a names import store what they bring: the data directory's files (the
+    local store). The Iceberg store's counterpart is
+    :class:`dlrlens.store.iceberg.send_tables.IcebergSends` (same methods, same merge rules)."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+
+    def store_rows(self, rows: list[dict]) -> int:
+        """Merge send rows into their day files; returns how many files changed."""
+        changed = 0
+        for (source, day), day_rows in sorted(send_partitions(rows).items()):
+            path = day_path(self.data_dir, source, day)
+            changed += self._publish(path, *merge_sends(_read(path, SEND_SCHEMA), day_rows), compression="zstd")
+        return changed
+
+    def store_campaigns(self, rows: list[dict]) -> int:
+        """Merge campaign-list rows; returns 1 when the file changed."""
+        path = self.data_dir / MOBIVATE_CAMPAIGNS
+        return self._publish(path, *merge_campaigns(_read(path, CAMPAIGN_SCHEMA), rows))
+
+    def store_names(self, rows: list[dict]) -> int:
+        """Merge imported names (``batch_id``, ``name``); returns 1 when the file changed."""
+        path = self.data_dir / IMPORTED_NAMES
+        return self._publish(path, *merge_names(_read(path, NAME_SCHEMA), rows))
+
+    def record_status(self, status: dict) -> None:
+        """Nothing more to do: ``sync.json`` is the data directory's own (:func:`record_sync`)."""
+
+    @staticmethod
+    def _publish(path: Path, table: pa.Table, dirty: bool, compression: str = "snappy") -> int:
         if dirty:
             path.parent.mkdir(parents=True, exist_ok=True)
-            files.publish_table(table, path, compression="zstd")
-            changed += 1
-    return changed
+            files.publish_table(table, path, compression=compression)
+        return int(dirty)
 
 
-def store_campaigns(data_dir: Path, rows: list[dict]) -> int:
-    """Merge campaign-list rows (the fetched row wins); returns 1 when the file changed."""
-    path = Path(data_dir) / MOBIVATE_CAMPAIGNS
-    table, dirty = _merge(_read(path, CAMPAIGN_SCHEMA), rows, CAMPAIGN_SCHEMA, "campaign_id", lambda a, b: True)
-    if dirty:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        files.publish_table(table, path)
-    return int(dirty)
+def store_rows(data_dir: Path, rows: list[dict]) -> int:
+    """Merge send rows into the data directory's day files; returns how many files changed."""
+    return LocalSends(data_dir).store_rows(rows)
 
 
 # --------------------------------------------------------------------------- names from a CSV
@@ -369,20 +410,17 @@ def parse_names_csv(text: str) -> NameImport:
     return result
 
 
-def import_names(data_dir: Path, text: str) -> NameImport:
-    """Parse a names CSV and, when it has no error, merge it into ``campaigns/imported.parquet``
-    (a batch id imported again takes the new name). Nothing is stored when any row is bad."""
+def import_names(data_dir: Path, text: str, destination=None) -> NameImport:
+    """Parse a names CSV and, when it has no error, merge it into the imported names
+    (``destination``: :class:`LocalSends` of ``data_dir`` by default, i.e.
+    ``campaigns/imported.parquet``). Nothing is stored when any row is bad."""
     result = parse_names_csv(text)
     if result.errors or not result.names:
         if not result.errors:
             result.errors.append("no names in the file")
         return result
-    path = Path(data_dir) / IMPORTED_NAMES
-    rows = [{"batch_id": k, "name": v} for k, v in result.names.items()]
-    table, dirty = _merge(_read(path, NAME_SCHEMA), rows, NAME_SCHEMA, "batch_id", lambda a, b: True)
-    if dirty:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        files.publish_table(table, path)
+    destination = destination or LocalSends(data_dir)
+    destination.store_names([{"batch_id": k, "name": v} for k, v in result.names.items()])
     return result
 
 
@@ -413,12 +451,14 @@ def days(start: date, end: date) -> list[date]:
 
 
 def sync(data_dir: Path, client, start: date, end: date, *, keep_recipient: bool = False,
-         page_size: int = 1000, progress: Callable[[str], None] | None = None) -> SyncResult:
+         page_size: int = 1000, progress: Callable[[str], None] | None = None, destination=None) -> SyncResult:
     """Fetch the message log (day by day), the history and the campaign list for the UTC days
     [start, end] with ``client`` (a :class:`dlrlens.mobivate.MobivateClient`) and merge them
-    into the store. Each day is merged after its last page, so an interrupted backfill keeps
-    the days already done. Records the outcome in ``sync.json`` (also on failure, then
-    re-raises: :class:`dlrlens.mobivate.MobivateAuthError` for a key problem)."""
+    into ``destination`` (default: :class:`LocalSends` of ``data_dir``; on the Iceberg store its
+    tables). Each day is merged after its last page, so an interrupted backfill keeps
+    the days already done. Records the outcome in ``data_dir``'s ``sync.json`` and with the
+    destination (also on failure, then re-raises: :class:`dlrlens.mobivate.MobivateAuthError`
+    for a key problem). ``data_dir`` also holds the sync's lock and the number key."""
     import time
 
     from dlrlens.mobivate import MalformedPage
@@ -428,6 +468,7 @@ def sync(data_dir: Path, client, start: date, end: date, *, keep_recipient: bool
     began = time.monotonic()
     converter = RecordConverter(pseudonym.installation_key(data_dir), keep_recipient)
     say = progress or (lambda text: None)
+    destination = destination or LocalSends(data_dir)
 
     def malformed(exc: MalformedPage) -> None:
         result.bad_pages.append(str(exc))
@@ -439,22 +480,22 @@ def sync(data_dir: Path, client, start: date, end: date, *, keep_recipient: bool
                 last = first + timedelta(days=1) - timedelta(seconds=1)
                 rows = _fetch(client.message_log(first, last, page_size=page_size, on_malformed=malformed),
                               lambda page: converter.page(page, "log"), result)
-                result.files_changed += store_rows(data_dir, rows)
+                result.files_changed += destination.store_rows(rows)
                 say(f"{day.isoformat()}: {len(rows)} log records ({result.records} in all, "
                     f"{len(result.bad_pages)} bad pages)")
             rows = _fetch(client.history(start, end + timedelta(days=1), on_malformed=malformed),
                           lambda page: converter.page(page, "history"), result)
-            result.files_changed += store_rows(data_dir, rows)
+            result.files_changed += destination.store_rows(rows)
             campaigns = _fetch(client.campaigns(start, end, on_malformed=malformed), campaign_rows, result,
                                count=False)
             result.campaigns = len(campaigns)
-            result.files_changed += store_campaigns(data_dir, campaigns)
+            result.files_changed += destination.store_campaigns(campaigns)
     except Exception as exc:
         result.seconds = time.monotonic() - began
-        record_sync(data_dir, result, error=exc)
+        record_sync(data_dir, result, error=exc, destination=destination)
         raise
     result.seconds = time.monotonic() - began
-    record_sync(data_dir, result)
+    record_sync(data_dir, result, destination=destination)
     if result.bad_pages:
         say(f"{len(result.bad_pages)} malformed page(s) skipped; first: {result.bad_pages[0]}")
     return result
@@ -476,8 +517,11 @@ def _fetch(pages: Iterable[list[dict]], convert, result: SyncResult, count: bool
     return rows
 
 
-def record_sync(data_dir: Path, result: SyncResult, error: Exception | None = None) -> None:
-    """Update ``sync.json``: the last success (window, counts) or the last error and its time."""
+def record_sync(data_dir: Path, result: SyncResult, error: Exception | None = None, destination=None) -> None:
+    """Update ``sync.json``: the last success (window, counts) or the last error and its time;
+    and give the same to ``destination`` (the Iceberg store keeps it with its tables, where
+    every dashboard reads it). A destination that cannot take it is logged, not raised: the
+    sync's own outcome stands."""
     from dlrlens.mobivate import MobivateAuthError
 
     status = sync_status(data_dir) or {}
@@ -491,6 +535,11 @@ def record_sync(data_dir: Path, result: SyncResult, error: Exception | None = No
                       consecutive_failures=int(status.get("consecutive_failures") or 0) + 1,
                       failed_window={"from": result.start.isoformat(), "to": result.end.isoformat()})
     files.publish_bytes(Path(data_dir) / SYNC_STATUS, json.dumps(status, sort_keys=True).encode())
+    if destination is not None:
+        try:
+            destination.record_status(status)
+        except Exception as exc:  # noqa: BLE001 - the status is for people; the records are stored
+            log.warning("event=sync_status_unpublished error=%r", f"{type(exc).__name__}: {str(exc)[:300]}")
 
 
 def sync_status(data_dir: Path) -> dict | None:
@@ -517,7 +566,7 @@ def periodic_settings():
     return settings if settings.configured and settings.sync_seconds > 0 else None
 
 
-def periodic_sync(data_dir: Path, settings, now: datetime | None = None, client=None) -> dict:
+def periodic_sync(data_dir: Path, settings, now: datetime | None = None, client=None, destination=None) -> dict:
     """One periodic sync (the maintenance process, every ``settings.sync_seconds``): the last
     ``settings.sync_days`` UTC days again (overlapping windows: late log updates arrive, stored
     records merge by id). After failures it backs off: the next attempt waits the interval
@@ -538,7 +587,7 @@ def periodic_sync(data_dir: Path, settings, now: datetime | None = None, client=
     own = client is None
     client = client or MobivateClient.from_settings(settings)
     try:
-        result = sync(data_dir, client, start, end, keep_recipient=settings.keep_recipient)
+        result = sync(data_dir, client, start, end, keep_recipient=settings.keep_recipient, destination=destination)
     finally:
         if own:
             client.close()

@@ -35,7 +35,7 @@ from dlrlens.store.wal import list_segments
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
 from tests.support.funnel import demo_events, write_events
-from tests.support.lake import table_ids
+from tests.support.lake import assert_same_figures, table_ids
 
 pytestmark = pytest.mark.slow  # a real object store (weed mini) per test
 
@@ -177,12 +177,6 @@ def funnel_figures(store: Store) -> dict[str, pd.DataFrame]:
             out[f"clicks_by_{by}{i}"] = q.click_breakdown(store, f, by)
         out[f"top_links{i}"] = q.top_links(store, f)
     return out
-
-
-def assert_same_figures(expected: dict[str, pd.DataFrame], got: dict[str, pd.DataFrame]) -> None:
-    for name, frame in expected.items():
-        pd.testing.assert_frame_equal(frame.reset_index(drop=True), got[name].reset_index(drop=True),
-                                      check_exact=True, check_dtype=False, obj=name)
 
 
 def test_the_funnel_on_the_iceberg_store_matches_the_local_store(lake, tmp_path):

@@ -8,6 +8,7 @@ batches, and the collector's maintenance thread runs and reports it.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from datetime import timedelta
@@ -17,9 +18,11 @@ import pytest
 
 from collector import metrics
 from collector.settings import load_settings
-from dlrlens.store import derive, maintenance, writer
+from dlrlens.store import derive, layout, maintenance, writer
 from dlrlens.store.backends import parse_store, publisher
-from dlrlens.store.iceberg.maintain import MaintenanceResult, TableMaintenance, count_by_kind, table_files
+from dlrlens.store.iceberg.maintain import (NUMBER_KEY_PROPERTY, MaintenanceResult, TableMaintenance, count_by_kind,
+                                           table_files)
+from dlrlens.store.pseudonym import installation_key, key_fingerprint
 from dlrlens.store.iceberg.migrate import migrate
 from dlrlens.store.iceberg.table import (SEGMENT_KEY, committed_keys, committed_property, open_catalog,
                                          parse_segment_value, receipts_table)
@@ -314,8 +317,12 @@ def test_the_settings_schedule_the_table_maintenance(monkeypatch, tmp_path):
     monkeypatch.setenv("DLRLENS_STORE", "iceberg:lake")
     schedule = maintenance.iceberg_schedule(load_settings(data_dir=tmp_path))
     assert schedule == maintenance.IcebergSchedule("lake", 300.0, 1800.0, 7200.0)
-    monkeypatch.setenv("DLRLENS_ICEBERG_MAINTENANCE_SECONDS", "0")
-    assert maintenance.iceberg_schedule(load_settings(data_dir=tmp_path)) is None
+    monkeypatch.setenv("DLRLENS_ICEBERG_DERIVED", "0")
+    assert maintenance.iceberg_schedule(load_settings(data_dir=tmp_path)).arguments()[-1] == "--no-iceberg-derived"
+    monkeypatch.delenv("DLRLENS_ICEBERG_DERIVED")
+    monkeypatch.setenv("DLRLENS_ICEBERG_MAINTENANCE_SECONDS", "0")  # off; the sync still stores in the catalog
+    assert maintenance.iceberg_schedule(load_settings(data_dir=tmp_path)) == maintenance.IcebergSchedule(
+        "lake", 0.0, 1800.0, 7200.0)
 
 
 def test_compaction_keeps_every_row_and_readers_follow_it_without_a_rebuild(lake, tmp_path, monkeypatch):
@@ -360,3 +367,35 @@ def test_two_maintainers_merging_the_same_files_commit_one_merge(lake, tmp_path)
     assert sorted(table_ids()) == ids_of(*batches)
     outputs = [path for path in listed_files(table()) if path.rsplit("/", 1)[-1].startswith("c-")]
     assert len(outputs) == 1, "the refused merge's output was deleted"
+
+
+def test_a_collector_whose_number_key_differs_from_the_others_is_told_so(lake, tmp_path):
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    commit(first, rows("k", 2))
+    schedule = maintenance.IcebergSchedule("lake", every=60, retention_seconds=600, orphan_grace_seconds=3600)
+    assert maintenance.Maintainer(first, iceberg=schedule)._maintain_table()["number_key"] == "recorded"
+    assert maintenance.Maintainer(first, iceberg=schedule)._maintain_table()["number_key"] == "same"
+    (third / layout.KEYS_DIR).mkdir(parents=True)
+    shutil.copy(first / layout.MSISDN_KEY, third / layout.MSISDN_KEY)  # as the README says to
+    assert maintenance.Maintainer(third, iceberg=schedule)._maintain_table()["number_key"] == "same"
+    other = maintenance.Maintainer(second, iceberg=schedule)  # a key of its own, made at first use
+    other._run_task("iceberg", other._maintain_table)
+    assert other.errors["iceberg"] == 1 and "keys/msisdn.key" in other.last_error and "differs" in other.last_error
+    assert other.last_results.get("iceberg") is None
+    table = receipts_table(open_catalog("lake"), create=False)
+    assert table.metadata.properties[NUMBER_KEY_PROPERTY] == key_fingerprint(installation_key(first))
+
+
+def test_a_collector_told_to_keep_no_copy_of_the_tables_keeps_none(lake, tmp_path):
+    data = tmp_path / "collector"
+    commit(data, rows("n", 3))
+    schedule = maintenance.IcebergSchedule("lake", every=0.2, retention_seconds=600, orphan_grace_seconds=3600,
+                                           derived=False)
+    running = maintenance.start(data, interval=0, compact_every=0, lock_retry_seconds=0.1, iceberg=schedule)
+    try:
+        status = wait_until(lambda: (maintenance_status(data) or {}).get("runs", {}).get("iceberg", 0) >= 2 and
+                            maintenance_status(data), 30, what="two table maintenance runs")
+    finally:
+        running.stop(timeout=60)
+    assert status["runs"]["iceberg_derived"] == 0 and status["errors"]["iceberg"] == 0
+    assert not (data / layout.ICEBERG_CACHE_DIR).exists(), "no copy of the tables"

@@ -3,6 +3,7 @@
 * :func:`table_column`: one column of every row of the receipts table, read through pyiceberg
   (the catalog configured by ``PYICEBERG_CATALOG__<NAME>__*`` variables in this process);
   :func:`derived_message_ids`: the message ids of the derived table.
+* :func:`assert_same_figures`: named frames (a page's questions) equal, exactly.
 * :func:`report_json`: ``dlrlens report --format json`` of a store (local or ``iceberg:NAME``),
   in this process, without the one entry that always differs (its generation time).
 * :func:`commit_keeping_a_copy`: a flushed (committed) segment's path and content, to put back
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pandas as pd
 
 from dlrlens import cli
 from dlrlens.store.iceberg.derived import derived_table
@@ -48,6 +51,13 @@ def commit_keeping_a_copy(storage, rows: list[dict]) -> tuple[Path, bytes]:
     storage.flush()
     storage.close()
     return segment, kept
+
+
+def assert_same_figures(expected: dict[str, pd.DataFrame], got: dict[str, pd.DataFrame]) -> None:
+    """Every named frame of ``expected`` equals ``got``'s exactly (values; dtypes may differ)."""
+    for name, frame in expected.items():
+        pd.testing.assert_frame_equal(frame.reset_index(drop=True), got[name].reset_index(drop=True),
+                                      check_exact=True, check_dtype=False, obj=name)
 
 
 def report_json(data_dir: Path, store: str, output: Path) -> dict:

@@ -27,6 +27,12 @@ or ``PYICEBERG_CATALOG__<NAME>__*`` variables). pyiceberg is an optional depende
   the clicks and replies tables' snapshots);
   committed by the maintenance processes (a commit based on a snapshot that is no longer the
   table's is refused, and its maintainer adopts the winner's state), adopted by readers.
+- :mod:`~dlrlens.store.iceberg.send_tables`: Mobivate's send records, campaign list and
+  imported names as the tables ``sends`` (partitioned by source and UTC day), ``campaigns`` and
+  ``campaign_names``, written by the syncs and names imports: a day's records merged into the
+  partition by the local files' rules and replaced in one overwrite commit; a commit refused
+  because another syncer's landed first merges again. The mirror caches each partition as the
+  local file it stands for.
 - :mod:`~dlrlens.store.iceberg.mirror`: the read side. pyiceberg plans the data files of the
   receipts, clicks and replies tables, which are copied once into a local cache laid out like a
   data directory; the ordinary :class:`~dlrlens.store.reader.Store` (DuckDB) reads that (the

@@ -82,7 +82,7 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.table import Table, TableProperties
 
 from dlrlens.store import derive, events, files, layout
-from dlrlens.store.iceberg.table import RECEIPTS_TABLE, live_data_entries, namespace
+from dlrlens.store.iceberg.table import RECEIPTS_TABLE, ensure_namespace, live_data_entries, namespace
 
 log = logging.getLogger("dlrlens.store")
 
@@ -94,6 +94,7 @@ HASH_PROBE_KEY = "dlrlens.hash-probe"                # derive.hash_probe of the 
 FORMAT_KEY = "dlrlens.derived-format"                # derive.FORMAT of the writer
 KEYWORDS_KEY = "dlrlens.opt-out-keywords"            # the opt-out keywords its replies were matched with
 COMMITTER_KEY = "dlrlens.committer"                  # the collector whose maintenance committed
+SEND_STAMPS_KEY = "dlrlens.send-stamps"              # JSON {send file: latest changed_at absorbed}
 STATE_NAME = "derived-commit.json"
 COMPANIONS_DIR = "companions"  # beside data/ under the table's location: each data file's companions
 ADOPT_DIR = "tmp/adopt"  # under the mirror's root: downloads whose companions are computed here
@@ -147,11 +148,7 @@ def _unstatted(schema: pa.Schema) -> dict[str, str]:
 def _create(catalog: Catalog, schema: pa.Schema) -> Table:
     """Create the table from a messages file's schema; the loser of a race finds the winner's."""
     identifier = (namespace(), DERIVED_TABLE)
-    try:
-        catalog.create_namespace(identifier[0])
-    except Exception:
-        if not catalog.namespace_exists(identifier[0]):
-            raise
+    ensure_namespace(catalog, identifier[0])
     try:
         table = catalog.create_table(identifier, schema=_table_schema(schema),
                                      properties={**DERIVED_TABLE_PROPERTIES, **_unstatted(schema)})
@@ -201,6 +198,7 @@ class Committed:
     files: dict[str, DataFile]  # data file URI -> its DataFile
     columns: list[str]
     events_sequences: dict[str, int] = field(default_factory=dict)  # clicks/replies -> sequence absorbed
+    send_stamps: dict[str, int] = field(default_factory=dict)  # cached send file -> latest stamp absorbed
 
     def absorbed_sequence(self, table: str) -> int | None:
         """The sequence number of table ``table``'s snapshot whose files this state absorbed
@@ -229,7 +227,18 @@ def committed_state(table: Table) -> Committed | None:
                      opt_out_keywords=tuple(k for k in summary.get(KEYWORDS_KEY, "").split(",") if k),
                      files={e.data_file.file_path: e.data_file for e in live_data_entries(table, snapshot)},
                      columns=list(table.schema().column_names),
-                     events_sequences=parse_events_sequences(summary.get(EVENTS_SEQUENCE_KEY, "")))
+                     events_sequences=parse_events_sequences(summary.get(EVENTS_SEQUENCE_KEY, "")),
+                     send_stamps=parse_send_stamps(summary.get(SEND_STAMPS_KEY, "")))
+
+
+def parse_send_stamps(value: str) -> dict[str, int]:
+    """{send file: latest stamp (epoch us)} of a :data:`SEND_STAMPS_KEY` summary value ({} for
+    none or an unreadable one: the adopter then absorbs the send files again, which changes nothing)."""
+    try:
+        found = json.loads(value) if value else {}
+        return {str(path): int(stamp) for path, stamp in found.items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
 
 
 def events_sequences_value(sequences: dict[str, int]) -> str:
@@ -442,10 +451,14 @@ def adopt(root: Path, table: Table, committed: Committed, file_sequences: dict[s
                 con.close()
             shutil.rmtree(scratch, ignore_errors=True)
         now = time.time()
+        send_listing = derive.send_files(root)
         manifest = derive.Manifest(version=(old.version + 1) if old is not None else 1, files=kept,
-                                   absorbed=absorbed_files(committed, file_sequences),
+                                   absorbed=absorbed_files(committed, file_sequences) | absorbed_sends(
+                                       root, committed, send_listing),
                                    retired=dict(old.retired) if old is not None else {}, hash_probe=probe,
-                                   opt_out_keywords=committed.opt_out_keywords)
+                                   opt_out_keywords=committed.opt_out_keywords,
+                                   send_stamps={path: stamp for path, stamp in committed.send_stamps.items()
+                                                if path in send_listing})
         for f in in_force.values():
             if f.path not in adopted:
                 manifest.retired.setdefault(f.path, now)
@@ -467,6 +480,20 @@ def absorbed_files(committed: Committed, file_sequences: dict[str, int]) -> set[
         limit = committed.absorbed_sequence(table) if table is not None else None
         if limit is not None and sequence <= limit:
             absorbed.add(path)
+    return absorbed
+
+
+def absorbed_sends(root: Path, committed: Committed, send_listing: dict[str, str]) -> set[str]:
+    """The manifest keys of the cached send files (``send_listing``: :func:`derive.send_files`)
+    whose every record ``committed`` absorbed: their latest stamp is at most the one it recorded
+    for them. The others keep the recorded stamp, so only their records stamped since are absorbed
+    (a send table's partition keeps its stamps growing whoever merges into it)."""
+    absorbed = set()
+    for path, key in send_listing.items():
+        recorded = committed.send_stamps.get(path)
+        latest = derive.latest_stamp(root, path) if recorded is not None else None
+        if latest is not None and latest <= recorded:
+            absorbed.add(key)
     return absorbed
 
 
@@ -554,6 +581,8 @@ def commit(catalog: Catalog, root: Path, committer: str, *, receipts_snapshot: i
                        KEYWORDS_KEY: ",".join(manifest.opt_out_keywords)}
             if events_sequences:
                 summary[EVENTS_SEQUENCE_KEY] = events_sequences_value(events_sequences)
+            if manifest.send_stamps:
+                summary[SEND_STAMPS_KEY] = json.dumps(manifest.send_stamps, sort_keys=True, separators=(",", ":"))
             with table.transaction() as transaction:
                 with transaction.update_snapshot(snapshot_properties=summary).overwrite() as overwrite:
                     for data_file in removed:

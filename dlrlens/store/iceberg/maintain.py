@@ -1,8 +1,9 @@
 """Keeping the tables bounded: compaction, snapshot expiry and orphan-file cleanup.
 
-Of the receipts table: all three; of the clicks and replies tables, the derived table and the
-alert-state table (:mod:`dlrlens.store.iceberg.alert_table`, a commit per alert evaluation round):
-expiry and orphan-file cleanup (clicks and replies are not compacted, as the local store does
+Of the receipts table: all three; of the clicks and replies tables, the send tables
+(:mod:`dlrlens.store.iceberg.send_tables`), the derived table and the alert-state table
+(:mod:`dlrlens.store.iceberg.alert_table`, a commit per alert evaluation round): expiry and
+orphan-file cleanup (clicks and replies are not compacted, as the local store does
 not compact their files: a few percent of the receipts; each flush with events still adds a
 small data file per day, which a reader caches and lists).
 
@@ -72,7 +73,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 
 from dlrlens.store import compaction, derive
-from dlrlens.store.iceberg import derived
+from dlrlens.store.iceberg import derived, send_tables
 from dlrlens.store.iceberg.alert_table import ALERT_TABLE, ALERT_TABLE_PROPERTIES, alert_table
 from dlrlens.store.iceberg.mirror import COPY_CHUNK, Mirror, cache_dir, cached_name
 from dlrlens.store.iceberg.publisher import collector_id
@@ -198,6 +199,39 @@ def count_by_kind(files: list[pafs.FileInfo]) -> dict[str, int]:
     return kinds
 
 
+NUMBER_KEY_PROPERTY = "dlrlens.number-key"  # the receipts table's: the fingerprint of the deployment's number key
+
+
+class NumberKeyMismatch(RuntimeError):
+    """This collector's number key is not the one the other collectors hash numbers with."""
+
+
+def check_number_key(table: Table, fingerprint: str) -> str:
+    """Compare ``fingerprint`` (:func:`dlrlens.store.pseudonym.key_fingerprint` of this
+    collector's ``keys/msisdn.key``) with the one the receipts ``table`` records, recording it
+    when none is (the first maintainer's): ``"recorded"``, ``"same"``, or ``"unknown"`` when
+    another maintainer's commit came first (compared at the next run). Raises
+    :class:`NumberKeyMismatch` when they differ: the hashes of numbers this collector writes
+    (clickers, repliers, synced recipients) then match no other collector's, so lookups by
+    number and counts of distinct numbers go wrong. Nothing is refused: the receipts and
+    events flow as before; the error says what to copy where."""
+    recorded = table.metadata.properties.get(NUMBER_KEY_PROPERTY)
+    if recorded is None:
+        try:
+            with table.transaction() as transaction:
+                transaction.set_properties({NUMBER_KEY_PROPERTY: fingerprint})
+        except CommitFailedException:  # a properties-only commit is not retried by pyiceberg
+            return "unknown"
+        log.info("event=number_key_recorded fingerprint=%s", fingerprint)
+        return "recorded"
+    if recorded != fingerprint:
+        raise NumberKeyMismatch(
+            f"this collector's number key (keys/msisdn.key, fingerprint {fingerprint}) differs from the one the "
+            f"table's other writers use (fingerprint {recorded}): hashes of phone numbers will not match across "
+            f"collectors. Copy keys/msisdn.key from a collector whose key matches into this one's --data and restart it")
+    return "same"
+
+
 class TableMaintenance:
     """Compaction, expiry and orphan-file cleanup of catalog ``catalog_name``'s receipts table, or
     expiry and orphan-file cleanup of its clicks or replies table (``table`` = ``clicks``,
@@ -208,11 +242,12 @@ class TableMaintenance:
 
     def __init__(self, catalog_name: str, *, retention_seconds: float, orphan_grace_seconds: float,
                  compact: bool = True, work_dir: Path | None = None, clock=time.time, table: str = RECEIPTS_TABLE):
-        if table not in (*WRITTEN_TABLES, derived.DERIVED_TABLE, ALERT_TABLE):
-            raise ValueError(f"dlrlens maintains the tables {', '.join(WRITTEN_TABLES)}, {derived.DERIVED_TABLE} and "
-                             f"{ALERT_TABLE}, not {table!r}")
+        maintained = (*WRITTEN_TABLES, derived.DERIVED_TABLE, *send_tables.KEYED_TABLES, ALERT_TABLE)
+        if table not in maintained:
+            raise ValueError(f"dlrlens maintains the tables {', '.join(maintained)}, not {table!r}")
         self.table_name = table
-        self.properties = (TABLE_PROPERTIES if table in WRITTEN_TABLES else ALERT_TABLE_PROPERTIES
+        self.properties = (TABLE_PROPERTIES if table in WRITTEN_TABLES else send_tables.TABLE_PROPERTIES
+                           if table in send_tables.KEYED_TABLES else ALERT_TABLE_PROPERTIES
                            if table == ALERT_TABLE else derived.DERIVED_TABLE_PROPERTIES)
         if retention_seconds < 0:
             raise ValueError("the snapshot retention cannot be negative")
@@ -256,7 +291,10 @@ class TableMaintenance:
             try:
                 catalog = open_catalog(self.catalog_name)
                 self._table = (written_table(catalog, self.table_name, create=False)
-                               if self.table_name in WRITTEN_TABLES else alert_table(catalog, create=False)
+                               if self.table_name in WRITTEN_TABLES
+                               else send_tables.keyed_table(catalog, self.table_name, create=False)
+                               if self.table_name in send_tables.KEYED_TABLES
+                               else alert_table(catalog, create=False)
                                if self.table_name == ALERT_TABLE else derived.derived_table(catalog))
             except NoSuchTableError:
                 return None
@@ -264,6 +302,11 @@ class TableMaintenance:
                 return None
         else:
             self._table = self._table.refresh()
+        return self._table
+
+    @property
+    def table(self) -> Table | None:
+        """The table as the last run saw it (None before a run found it)."""
         return self._table
 
     def ensure_properties(self) -> int:

@@ -1,5 +1,6 @@
 """``dlrlens migrate --to iceberg:<catalog>``: copy a local data directory's receipts, clicks and
-replies into the Iceberg tables of the same names, idempotent and resumable.
+replies into the Iceberg tables of the same names, and its send records, campaign list and
+imported names into the send tables, idempotent and resumable.
 
 The receipts first, then the clicks, then the replies, each into its own table (the same
 columns, :data:`dlrlens.store.layout.TABLES`). Unit of work: a batch of one table's files (up to :data:`BATCH_ROWS` rows or :data:`BATCH_FILES`
@@ -19,6 +20,11 @@ skipped. One made from some copied and some uncopied files cannot be copied with
 rows: the migration stops and says so (stop the collector, or its compaction, while migrating:
 ``DLRLENS_COMPACT_SECONDS=0``). What the source's write-ahead log still holds is not in any
 file yet: the result counts those segments (start and stop the collector once to flush them).
+
+Send records (``sends/<source>/<day>.parquet``), the campaign list and imported names are merged
+into the send tables by the sync's own rules (:class:`~dlrlens.store.iceberg.send_tables.IcebergSends`:
+one row per message id, the latest ``modified`` wins), :data:`SEND_BATCH_FILES` day files a
+commit: a second run, or a run after a collector's sync stored newer records, changes nothing.
 """
 
 from __future__ import annotations
@@ -31,8 +37,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dlrlens.store import compaction, events, layout
+from dlrlens.store import compaction, events, layout, sends
 from dlrlens.store.iceberg.publisher import collector_id
+from dlrlens.store.iceberg.send_tables import IcebergSends
 from dlrlens.store.iceberg.table import (RECEIPTS_TABLE, SOURCE_KEY, SOURCE_SEPARATOR, WRITTEN_TABLES, arrow_rows,
                                          committed_keys, open_catalog, written_table)
 from dlrlens.store.wal import list_segments
@@ -40,6 +47,7 @@ from dlrlens.store.wal import list_segments
 
 BATCH_ROWS = 500_000   # rows per commit at most (held in memory meanwhile: ~100 MB)
 BATCH_FILES = 500      # files per commit at most (their paths go into the snapshot summary)
+SEND_BATCH_FILES = 30  # send record day files per commit (each a partition: ~450 k records at most)
 
 
 class MigrationError(Exception):
@@ -57,6 +65,8 @@ class MigrationResult:
     seconds: float = 0.0
     copied_paths: list[str] = field(default_factory=list)
     files_by_table: dict[str, int] = field(default_factory=dict)  # files in the source, per table
+    send_files: int = 0        # send record, campaign list and names files in the source
+    send_partitions: int = 0   # partitions of the send tables this run changed (0: all there already)
 
 
 def source_files(data_dir: Path) -> dict[str, list[Path]]:
@@ -86,8 +96,30 @@ def migrate(data_dir: Path, catalog_name: str, progress=None) -> MigrationResult
         for table in WRITTEN_TABLES:
             if sources[table]:
                 _copy(data_dir, written_table(catalog, table), table, sources[table], source_id, result, progress)
+    _copy_send_records(data_dir, catalog_name, result)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _copy_send_records(data_dir: Path, catalog_name: str, result: MigrationResult) -> None:
+    """Merge the data directory's send records, campaign list and imported names into the send
+    tables (:class:`~dlrlens.store.iceberg.send_tables.IcebergSends`, the sync's own merge: a
+    record the table holds already, or holds modified later, is left as it is), up to
+    :data:`SEND_BATCH_FILES` day files a commit. Idempotent: a second run changes nothing."""
+    day_files = sorted(p for p in (data_dir / sends.SENDS_DIR).glob("*/*.parquet") if not p.name.startswith("."))
+    lists = [(data_dir / relative, schema, store) for relative, schema, store in (
+        (sends.MOBIVATE_CAMPAIGNS, sends.CAMPAIGN_SCHEMA, "store_campaigns"),
+        (sends.IMPORTED_NAMES, sends.NAME_SCHEMA, "store_names")) if (data_dir / relative).is_file()]
+    result.send_files = len(day_files) + len(lists)
+    if not result.send_files:
+        return
+    destination = IcebergSends(catalog_name)
+    for start in range(0, len(day_files), SEND_BATCH_FILES):
+        batch = day_files[start:start + SEND_BATCH_FILES]
+        rows = [row for path in batch for row in pq.read_table(path, schema=sends.SEND_SCHEMA).to_pylist()]
+        result.send_partitions += destination.store_rows(rows)
+    for path, schema, store in lists:
+        result.send_partitions += getattr(destination, store)(pq.read_table(path, schema=schema).to_pylist())
 
 
 def _copy(data_dir: Path, table, name: str, sources: list[Path], source_id: str, result: MigrationResult,

@@ -42,6 +42,7 @@ Several processes may share a cache: a sync holds ``mirror.lock``.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -50,14 +51,16 @@ from pathlib import Path
 
 from pyiceberg.exceptions import NoSuchTableError
 
-from dlrlens.store import compaction, derive, events, files, layout
-from dlrlens.store.iceberg import derived
+from dlrlens.store import compaction, derive, events, files, layout, sends
+from dlrlens.store.iceberg import derived, send_tables
 from dlrlens.store.iceberg.table import RECEIPTS_TABLE, WRITTEN_TABLES, live_data_entries, open_catalog, written_table
 from dlrlens.store.reader import Store
 
 log = logging.getLogger("dlrlens.store")
 
 CACHED_PREFIX = "i-"
+# {cached send-record or campaign file: the data files of its partition it was made from}
+SEND_TABLES_STATE = "send-tables.json"
 SYNC_SECONDS = 2.0
 # After a failed sync: a sync against an unreachable store can block for its timeouts and retries
 # (seconds), so a dashboard that asks every few seconds tries again only this much later.
@@ -115,8 +118,9 @@ class Mirror:
         a consistent earlier state)."""
         with files.locked(self.root / "mirror.lock", wait=True):
             tables = {name: self._fresh_table(name) for name in WRITTEN_TABLES}
+            keyed = {name: self._fresh_table(name, keyed=True) for name in send_tables.KEYED_TABLES}
             snapshots = {name: table.current_snapshot() if table is not None else None
-                         for name, table in tables.items()}
+                         for name, table in (tables | keyed).items()}
             synced = tuple(snapshot.snapshot_id if snapshot is not None else None for snapshot in snapshots.values())
             snapshot = snapshots[RECEIPTS_TABLE]
             snapshot_id = snapshot.snapshot_id if snapshot is not None else None
@@ -124,6 +128,7 @@ class Mirror:
                 return {"snapshot": snapshot_id, "files": None, "fetched": 0, "removed": 0, "adopted": None}
             planned = {name: self._planned(tables[name], snapshots[name], name) if snapshots[name] is not None else {}
                        for name in WRITTEN_TABLES}
+            sends_changed = self._sync_send_tables(keyed, snapshots)
             wanted = {relative: (name, uri) for name, found in planned.items()
                       for relative, (uri, _, _) in found.items()}
             cached = self._cached()
@@ -145,13 +150,45 @@ class Mirror:
             adopted = None
             if removed and not self._compacted(removed, self._files):
                 derive.rebuild_derived(self.root)  # rows left a table: the state must forget them
-            elif fetched or removed:
+            elif fetched or removed or sends_changed:
                 adopted = self._adopt_if_behind(tables[RECEIPTS_TABLE]) if tables[RECEIPTS_TABLE] is not None else None
                 derive.update_derived(self.root, wait=True)
             self._synced = synced
             self.last_sync_at = time.time()
             return {"snapshot": snapshot_id, "files": len(wanted), "fetched": fetched, "removed": len(removed),
-                    "adopted": adopted}
+                    "adopted": adopted, "send_files_changed": sends_changed}
+
+    def _sync_send_tables(self, tables: dict, snapshots: dict) -> int:
+        """Make the cache's send-record and campaign files (``sends/<source>/<day>.parquet``,
+        ``campaigns/*.parquet``) and ``sync.json`` match the send tables' ``snapshots``
+        (:mod:`~dlrlens.store.iceberg.send_tables`): a file is written again when its partition's
+        data files changed (a replaced file is re-read by the derived state, which absorbs the
+        records stamped since), removed when its partition is gone. Returns the files changed."""
+        state_path = self.root / SEND_TABLES_STATE
+        try:
+            known = json.loads(state_path.read_bytes())
+        except (OSError, ValueError):
+            known = {}
+        wanted: dict[str, tuple[str, list[str]]] = {}
+        for name, table in tables.items():
+            if snapshots[name] is not None:
+                for relative, uris in send_tables.cached_files(table, name, snapshots[name]).items():
+                    wanted[relative] = (name, uris)
+        changed = 0
+        for relative, (name, uris) in sorted(wanted.items()):
+            if known.get(relative) != uris or not (self.root / relative).exists():
+                send_tables.write_cached(tables[name], name, uris, self.root / relative)
+                changed += 1
+        for relative in sorted(set(known) - set(wanted)):
+            (self.root / relative).unlink(missing_ok=True)
+            changed += 1
+        status = send_tables.sync_status(tables[send_tables.SENDS_TABLE]) \
+            if tables[send_tables.SENDS_TABLE] is not None else None
+        if status is not None and status != sends.sync_status(self.root):
+            files.publish_bytes(self.root / sends.SYNC_STATUS, json.dumps(status, sort_keys=True).encode())
+        if changed or not state_path.exists():
+            files.publish_bytes(state_path, json.dumps({k: v for k, (_, v) in sorted(wanted.items())}).encode())
+        return changed
 
     @property
     def probe(self) -> int:
@@ -203,8 +240,9 @@ class Mirror:
         sequences = {relative: sequence for relative, (_, sequence, _) in (self._files | self._event_files).items()}
         return derived.adopt(self.root, table, committed, sequences, self.probe)
 
-    def _fresh_table(self, name: str):
-        """Table ``name`` refreshed now, or None before anything made it."""
+    def _fresh_table(self, name: str, keyed: bool = False):
+        """Table ``name`` (of the collectors' tables, or ``keyed``: of the send tables) refreshed
+        now, or None before anything made it."""
         table = self._tables.get(name)
         if table is not None:
             table = table.refresh()
@@ -212,7 +250,7 @@ class Mirror:
             if self._catalog is None:
                 self._catalog = open_catalog(self.catalog_name)
             try:
-                table = written_table(self._catalog, name, create=False)
+                table = (send_tables.keyed_table if keyed else written_table)(self._catalog, name, create=False)
             except NoSuchTableError:
                 return None  # nothing written yet
         self._tables[name] = table
@@ -287,6 +325,7 @@ class IcebergStore(Store):
         self.sync_seconds = sync_seconds
         self.mirror.sync_if_due(0)
         super().__init__(self.mirror.root, settings)
+        self.key_dir = Path(data_dir)
 
     def _state(self):
         self.mirror.sync_if_due(self.sync_seconds)

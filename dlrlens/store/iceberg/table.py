@@ -53,7 +53,7 @@ from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform
-from pyiceberg.types import IntegerType, NestedField, StringType, TimestamptzType
+from pyiceberg.types import DoubleType, IntegerType, LongType, NestedField, StringType, TimestamptzType
 from pyiceberg.utils.config import Config
 from pyiceberg.utils.properties import property_as_bool
 from requests import Session
@@ -108,14 +108,21 @@ logging.getLogger("pyiceberg.catalog").addFilter(_RaceLostMetadataDeletes())
 # second on a healthy catalog; the collector retries a failed commit with back-off.
 REST_TIMEOUT = (5, 60)
 
-_TYPES = {pa.string(): StringType(), layout.UTC_TIMESTAMP: TimestamptzType(), pa.int32(): IntegerType()}
+_TYPES = {pa.string(): StringType(), layout.UTC_TIMESTAMP: TimestamptzType(), pa.int32(): IntegerType(),
+          pa.int64(): LongType(), pa.float64(): DoubleType()}
+
+
+def iceberg_schema(schema: pa.Schema) -> Schema:
+    """A flat Arrow schema of the local contract as an Iceberg schema (field ids 1..n in its
+    order, required where the contract says not null)."""
+    return Schema(*(NestedField(field_id=number, name=f.name, field_type=_TYPES[f.type], required=not f.nullable)
+                    for number, f in enumerate(schema, start=1)))
 
 
 def table_schema(name: str = RECEIPTS_TABLE) -> Schema:
     """The contract schema of table ``name`` (:data:`~dlrlens.store.layout.TABLES`) as an
     Iceberg schema (field ids 1..n)."""
-    return Schema(*(NestedField(field_id=number, name=f.name, field_type=_TYPES[f.type], required=not f.nullable)
-                    for number, f in enumerate(layout.TABLES[name].schema, start=1)))
+    return iceberg_schema(layout.TABLES[name].schema)
 
 
 def receipt_schema() -> Schema:
@@ -205,23 +212,40 @@ def written_table(catalog: Catalog, name: str, create: bool = True) -> Table:
     """Table ``name`` of :data:`WRITTEN_TABLES`, created (with its namespace) when missing and ``create``."""
     if name not in WRITTEN_TABLES:
         raise ValueError(f"dlrlens writes the tables {', '.join(WRITTEN_TABLES)}, not {name!r}")
+    schema = table_schema(name)
+    return namespaced_table(catalog, name, create, lambda: dict(
+        schema=schema, partition_spec=day_partitioning(schema, name), properties=TABLE_PROPERTIES))
+
+
+def namespaced_table(catalog: Catalog, name: str, create: bool, arguments) -> Table:
+    """Table ``name`` of the namespace (:func:`namespace`); when missing and ``create``, made by
+    :func:`create_table` with ``arguments()``; else NoSuchTableError."""
     identifier = (namespace(), name)
     try:
         return catalog.load_table(identifier)
     except NoSuchTableError:
         if not create:
             raise
-    # Several collectors may get here at once: the loser of a race finds what the winner made
-    # (a SQL catalog reports the race as an integrity error, not as "already exists").
+    return create_table(catalog, identifier, **arguments())
+
+
+def ensure_namespace(catalog: Catalog, name: str) -> None:
+    """Create namespace ``name`` unless it exists (another process may create it meanwhile)."""
     try:
-        catalog.create_namespace(identifier[0])
+        catalog.create_namespace(name)
     except Exception:
-        if not catalog.namespace_exists(identifier[0]):
+        if not catalog.namespace_exists(name):
             raise
-    schema = table_schema(name)
+
+
+def create_table(catalog: Catalog, identifier: tuple[str, str], **arguments) -> Table:
+    """Create table ``identifier`` (and its namespace) with pyiceberg's ``create_table``
+    ``arguments``. Several processes may get here at once: the loser of the race finds what the
+    winner made (a SQL catalog reports the race as an integrity error, not as "already exists");
+    the creation's error is raised when there is no table after it."""
+    ensure_namespace(catalog, identifier[0])
     try:
-        return catalog.create_table(identifier, schema=schema, partition_spec=day_partitioning(schema, name),
-                                    properties=TABLE_PROPERTIES)
+        return catalog.create_table(identifier, **arguments)
     except Exception as exc:
         try:
             return catalog.load_table(identifier)
@@ -299,12 +323,13 @@ def live_data_entries(table: Table, snapshot=None) -> list[ManifestEntry]:
     return entries
 
 
-def arrow_schema_with_field_ids() -> pa.Schema:
-    """The contract schema with each column's Iceberg field id (:func:`receipt_schema`) in the
-    field metadata, which Parquet writers turn into field ids: how Iceberg readers (pyiceberg,
-    Spark, Trino) match a data file's columns when the file was not written by pyiceberg."""
+def arrow_schema_with_field_ids(schema: pa.Schema = layout.RECEIPT_SCHEMA) -> pa.Schema:
+    """A contract schema (default: the receipts') with each column's Iceberg field id
+    (:func:`iceberg_schema`) in the field metadata, which Parquet writers turn into field ids:
+    how Iceberg readers (pyiceberg, Spark, Trino) match a data file's columns when the file was
+    not written by pyiceberg."""
     return pa.schema([f.with_metadata({b"PARQUET:field_id": str(number).encode()})
-                      for number, f in enumerate(layout.RECEIPT_SCHEMA, start=1)])
+                      for number, f in enumerate(schema, start=1)])
 
 
 def arrow_rows(table: pa.Table, name: str = RECEIPTS_TABLE) -> pa.Table:
