@@ -34,6 +34,12 @@ def start_process(settings) -> AlertsProcess | None:
     file (``DLRLENS_ALERTS_FILE``) or with evaluation turned off."""
     if settings.alerts_file is None or settings.alerts_seconds <= 0:
         return None
+    if not settings.store.is_local and not getattr(settings, "iceberg_derived", True):
+        # The evaluation reads a local copy of the tables (the cache the maintenance would share).
+        log.warning("event=alerts_keep_a_copy reason=%r", "DLRLENS_ICEBERG_DERIVED=0 asks for no copy of the "
+                    "history on this machine, but the alerts process evaluates the Iceberg tables through a copy "
+                    "under the data directory; unset DLRLENS_ALERTS_FILE here and let other collectors evaluate "
+                    "(the alert state is shared)")
     try:
         load(settings.alerts_file)
     except RulesError as exc:  # started anyway: it retries the file every tick
