@@ -197,15 +197,23 @@ def _iceberg_maintenance_lines(iceberg: dict) -> list[str]:
 
 def alerts_lines(data_dir: Path) -> list[str]:
     """``dlrlens_alerts_firing{rule=...}``: groups firing per alert rule (none before the first
-    evaluation; see dlrlens.store.alert_state)."""
+    evaluation; see dlrlens.store.alert_state); ``dlrlens_alerts_round_failing``: 1 while this
+    collector's last evaluation round failed (once one has failed)."""
     try:
-        firing = AlertState(data_dir, create=False).firing_counts()
+        state = AlertState(data_dir, create=False)
+        firing = state.firing_counts()
+        round_error = state.meta().get("alerts_round_error")
     except Exception:  # a locked or foreign file: metrics must answer anyway
         return []
+    lines = []
+    if round_error is not None:
+        lines += ["# HELP dlrlens_alerts_round_failing 1 while the last alert evaluation round failed (its log: "
+                  "event=alerts_failed; on the Iceberg store, the catalog or object store out of reach).",
+                  "# TYPE dlrlens_alerts_round_failing gauge", f"dlrlens_alerts_round_failing {int(bool(round_error))}"]
     if not firing:
-        return []
-    lines = ["# HELP dlrlens_alerts_firing Groups (campaigns, statuses, ...) firing per alert rule.",
-             "# TYPE dlrlens_alerts_firing gauge"]
+        return lines
+    lines += ["# HELP dlrlens_alerts_firing Groups (campaigns, statuses, ...) firing per alert rule.",
+              "# TYPE dlrlens_alerts_firing gauge"]
     for rule, n in firing.items():
         escaped = rule.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         lines.append(f'dlrlens_alerts_firing{{rule="{escaped}"}} {int(n)}')

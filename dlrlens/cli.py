@@ -576,6 +576,7 @@ def alerts_arguments(parser: argparse.ArgumentParser) -> None:
                         help="check: one evaluation; test: a test notification")
     parser.add_argument("name", nargs="?", metavar="NAME", help="test: a [[notify]] channel's name")
     _data_argument(parser)
+    _store_argument(parser)  # on the Iceberg store, the shared alert state (and the receipts table)
     parser.add_argument("--file", metavar="FILE", default=None,
                         help="the alerts file (default: $DLRLENS_ALERTS_FILE or ./alerts.toml)")
     parser.add_argument("--at", metavar="ISO-TIME", type=_instant_argument, default=None,
@@ -602,6 +603,7 @@ def cmd_alerts(args) -> int:
         return 2
     path = Path(args.file or os.environ.get("DLRLENS_ALERTS_FILE") or "alerts.toml")
     data_dir = layout.data_dir(args.data)
+    choice = _store_choice(args, "alerts")
     try:
         config = load(path)
     except RulesError as exc:
@@ -609,7 +611,7 @@ def cmd_alerts(args) -> int:
         return 2
     if args.alerts_command == "test":
         try:
-            delivery = engine.send_test(config, data_dir, args.name)
+            delivery = engine.send_test(config, data_dir, args.name, choice=choice)
         except KeyError:
             print(f"dlrlens alerts test: error: no [[notify]] channel named {args.name!r} in {path}; known: "
                   f"{', '.join(config.channels) or '(none)'}", file=sys.stderr)
@@ -626,7 +628,11 @@ def cmd_alerts(args) -> int:
         print(f"dlrlens alerts check: error: no data directory {data_dir} (pass the collector's --data, or set "
               f"DLRLENS_DATA)", file=sys.stderr)
         return 2
-    result = engine.run_once(config, data_dir, args.at)
+    result = engine.evaluate_now(config, data_dir, args.at, choice=choice)
+    if result.refused:
+        print("another process's evaluation committed first: this one was discarded (nothing sent); run it again",
+              file=sys.stderr)
+        return 1
     evaluation = result.evaluation
     print(f"evaluated {len(config.rules)} rules at {result.at:%Y-%m-%dT%H:%M:%SZ} "
           f"({evaluation.seconds:.2f} s of CPU): {len(evaluation.findings)} firing")

@@ -7,6 +7,13 @@
 * :func:`alert_channel_failures`: the channels whose latest delivery failed (Data health).
 * :func:`add_silence` / :func:`end_silence`: the page's silence form (the store's writer).
 
+On the Iceberg store (``DLRLENS_STORE=iceberg:...``, :func:`dlrlens.store.backends.store_choice`)
+the state is the one every collector shares (:mod:`dlrlens.store.iceberg.alert_table`): read
+from a working copy under the data directory refreshed at most every
+:data:`~dlrlens.store.iceberg.alert_table.REFRESH_SECONDS` (a failed refresh shows as
+``state_error`` and the copy is served), and a silence is a commit to the table (retried on
+a concurrent commit), which every collector's next evaluation honours.
+
 Contract: never raises for a data directory without alerts (empty frames, ``evaluated_at``
 NaT); times are UTC Timestamps.
 """
@@ -20,6 +27,9 @@ from pathlib import Path
 import pandas as pd
 
 from dlrlens.store.alert_state import AlertState
+from dlrlens.store.backends import shared_alert_state
+
+COMMITTER = "dashboard"  # names the dashboard's commits in the shared state's snapshots
 
 FIRING_COLUMNS = ["rule", "group", "since", "silenced", "figures", "last_notified"]
 HISTORY_COLUMNS = ["created_at", "rule", "kind", "channel", "groups", "status", "attempts", "sent_at", "last_error"]
@@ -37,10 +47,30 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     return frame
 
 
+def _read_state(data_dir: str | Path) -> tuple[AlertState, str]:
+    """The alert state to read (on the Iceberg store, the shared state's working copy, refreshed
+    when due) and why it may be stale ("" when it is not)."""
+    shared = shared_alert_state(data_dir, committer=COMMITTER)
+    if shared is None:
+        return AlertState(data_dir, create=False), ""
+    shared.refresh_if_due()
+    return shared.local, shared.last_error or ""
+
+
+def _change(data_dir: str | Path, apply):
+    """``apply(state)`` on the alert state: the data directory's, or committed to the shared one."""
+    shared = shared_alert_state(data_dir, committer=COMMITTER)
+    if shared is None:
+        return apply(AlertState(data_dir))
+    return shared.change(apply)
+
+
 def alerts_overview(data_dir: str | Path, now: datetime, history_limit: int = 200) -> dict:
-    """{"evaluated_at", "cpu_seconds", "errors", "file_error", "rules", "firing", "silences",
-    "history", "channels"} (see the module docstring)."""
-    state = AlertState(data_dir, create=False)
+    """{"evaluated_at", "cpu_seconds", "errors", "file_error", "state_error", "rules", "firing",
+    "silences", "history", "channels"} (see the module docstring). ``state_error``: why the
+    state shown may be stale (the shared state could not be read, or the last evaluation round
+    failed); "" when it is not."""
+    state, refresh_error = _read_state(data_dir)
     meta = state.meta()
     active = state.silences(active_at=now)
     firing = []
@@ -59,6 +89,7 @@ def alerts_overview(data_dir: str | Path, now: datetime, history_limit: int = 20
         "cpu_seconds": float(meta["last_evaluation_cpu_seconds"]) if meta.get("last_evaluation_cpu_seconds") else None,
         "errors": meta.get("last_evaluation_errors") or "",
         "file_error": meta.get("alerts_file_error") or "",
+        "state_error": refresh_error or meta.get("alerts_round_error") or "",
         "rules": _frame(rules, RULE_COLUMNS),
         "firing": _frame(firing, FIRING_COLUMNS),
         "silences": _frame(silences, SILENCE_COLUMNS),
@@ -69,15 +100,15 @@ def alerts_overview(data_dir: str | Path, now: datetime, history_limit: int = 20
 
 def alert_channel_failures(data_dir: str | Path) -> pd.DataFrame:
     """The notify channels whose latest delivery attempt failed (columns of the channel status)."""
-    channels = _frame(AlertState(data_dir, create=False).channel_status(), CHANNEL_COLUMNS)
+    channels = _frame(_read_state(data_dir)[0].channel_status(), CHANNEL_COLUMNS)
     return channels[channels["failing"].astype(bool)].reset_index(drop=True)
 
 
 def add_silence(data_dir: str | Path, rule: str, group: str | None, starts_at: datetime, ends_at: datetime,
                 comment: str) -> int:
     """Mute ``rule`` (only ``group`` when given) from ``starts_at`` to ``ends_at``."""
-    return AlertState(data_dir).add_silence(rule, group or None, starts_at, ends_at, comment)
+    return _change(data_dir, lambda state: state.add_silence(rule, group or None, starts_at, ends_at, comment))
 
 
 def end_silence(data_dir: str | Path, silence_id: int, at: datetime) -> None:
-    AlertState(data_dir).end_silence(silence_id, at)
+    _change(data_dir, lambda state: state.end_silence(silence_id, at))

@@ -33,8 +33,12 @@ def silence_form(rules: list[str], now) -> None:
             if not rule:
                 st.error("Pick a rule.")
             else:
-                queries.add_silence(state.data_dir(), rule, group.strip() or None, now, now + SILENCE_SPANS[span],
-                                    comment.strip())
+                try:
+                    queries.add_silence(state.data_dir(), rule, group.strip() or None, now,
+                                        now + SILENCE_SPANS[span], comment.strip())
+                except Exception as exc:  # the shared state's catalog down: say so, the page stays
+                    st.error(f"The silence could not be saved: {md_text(f'{type(exc).__name__}: {exc}')}")
+                    return
                 st.success(f"Silenced {md_text(rule)}"
                            + (f" for {md_text(group.strip())}" if group.strip() else "") + f" for {span}.")
 
@@ -54,6 +58,9 @@ def alerts() -> None:
         evaluated = pd.Timestamp(overview["evaluated_at"]).tz_convert(f.tz)
         cpu = f", {overview['cpu_seconds']:.2f} s of CPU" if overview["cpu_seconds"] is not None else ""
         st.caption(f"Last evaluation: {evaluated:%Y-%m-%d %H:%M:%S %Z}{cpu}.")
+    if overview["state_error"]:
+        st.error("The alert state could not be brought up to date; what follows may be stale.\n\n"
+                 + md_text(overview["state_error"]), icon=":material/cloud_off:")
     if overview["file_error"]:
         st.error("The alerts file was refused; the last good rules stay in force.\n\n"
                  + md_text(overview["file_error"]), icon=":material/error:")
@@ -89,8 +96,12 @@ def alerts() -> None:
                                   f"#{i}: {current.set_index('id').loc[i, 'rule']} / "
                                   f"{current.set_index('id').loc[i, 'group']}")
             if ending is not None and st.button("End it", key="silence_end_button"):
-                queries.end_silence(state.data_dir(), int(ending), now)
-                st.rerun()
+                try:
+                    queries.end_silence(state.data_dir(), int(ending), now)
+                except Exception as exc:  # the shared state's catalog down: say so, the page stays
+                    st.error(f"The silence could not be ended: {md_text(f'{type(exc).__name__}: {exc}')}")
+                else:
+                    st.rerun()
 
     st.subheader("Rules", anchor=False)
     if overview["rules"].empty:

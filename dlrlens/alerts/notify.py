@@ -87,7 +87,12 @@ def send_apprise(url: str, title: str, body: str, timeout: float) -> str | None:
 def deliver_due(config: AlertsConfig, state: AlertState, now: datetime | None = None, send=send_apprise) -> list[Delivery]:
     """Send every due notification (see the module docstring); what happened to each."""
     now = now or datetime.now(UTC)
-    due = state.due(now)
+    return deliver(config, state, state.due(now), send)
+
+
+def deliver(config: AlertsConfig, state: AlertState, due: list[dict], send=send_apprise) -> list[Delivery]:
+    """Send the notifications ``due`` (as the store gives them), each channel in its own thread,
+    recording each outcome in ``state``; what happened to each."""
     by_channel: dict[str, list[dict]] = {}
     for n in due:
         by_channel.setdefault(n["channel"], []).append(n)

@@ -9,7 +9,8 @@ What it holds (one SQLite database in WAL mode, every change one transaction):
   detail as JSON).
 * ``notifications``: every notification, one row per (rule, kind, channel): kind firing |
   repeat | resolved | test, the groups it lists (JSON), title and body as sent, ``status``
-  (pending | retrying | sent | failed), attempts, the last error, when it was sent. It is also
+  (pending | retrying | sending | sent | failed; ``sending``, only on the Iceberg store: claimed
+  by the process whose round won, until ``next_attempt_at``), attempts, the last error, when it was sent. It is also
   the *outbox*: the evaluation writes its state change and the pending notifications in one
   transaction, and delivery marks each one sent or failed afterwards. A process that dies in
   between leaves them pending and the next process delivers them, so a restart neither
@@ -18,6 +19,11 @@ What it holds (one SQLite database in WAL mode, every change one transaction):
 * ``silences``: a rule (and optionally one group of it) muted from starts_at to ends_at.
 * ``meta``: the last evaluation's time, CPU seconds, errors, rule names (JSON), the alerts
   file's error when it was refused (text).
+
+On the Iceberg store this database is each process's working copy of the state shared in an
+Iceberg table (:mod:`dlrlens.store.iceberg.alert_table`): :meth:`AlertState.rows` exports it as
+rows, keeping a bounded history (:data:`HISTORY_PER_RULE`, :data:`ENDED_SILENCES_KEPT`), and
+:meth:`AlertState.replace` imports them.
 
 Writers: the alert evaluator (one per data directory, holding ``data/alerts.lock``) and the
 dashboard's silence form; SQLite serialises them (a writer waits up to
@@ -33,7 +39,7 @@ import json
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 UTC = timezone.utc
@@ -41,6 +47,19 @@ ALERTS_DB = "alerts.sqlite"
 ALERTS_LOCK = "alerts.lock"  # flock: the one alert evaluator of a data directory
 BUSY_TIMEOUT_MS = 10_000
 NOTIFICATION_KINDS = ("firing", "repeat", "resolved", "test")
+# What an export (:meth:`AlertState.rows`) keeps: every notification still to deliver, and the
+# latest of those done (sent or failed) per rule; every silence in force or to come, and the
+# latest ended ones. The shared state is rewritten whole by every commit: it must stay small
+# (measured as JSON: an alert row 0.6 KB, a notification listing 50 groups 9.3 KB, one of one
+# group under 1 KB; 60 campaigns firing at once with their notification, 45 KB in all).
+HISTORY_PER_RULE = 20
+ENDED_SILENCES_KEPT = 100
+# A resolved alert row only describes its last episode (a group firing again starts a new one):
+# kept this long after it resolved, so groups that come and go (campaigns) do not pile up.
+RESOLVED_KEPT = timedelta(days=7)
+# Meta keys that describe this process, not the shared state: never exported.
+LOCAL_META = ("alerts_round_error", "alerts_round_error_at")
+_EXPORTED = {"alert": "alerts", "notification": "notifications", "silence": "silences", "meta": "meta"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -226,10 +245,39 @@ class AlertState:
     # -- the outbox
 
     def due(self, now: datetime) -> list[dict]:
-        """Notifications waiting to be (re)tried at ``now``, oldest first."""
+        """Notifications waiting to be (re)tried at ``now``, oldest first (a claim that ran out,
+        ``sending`` past its ``next_attempt_at``, is due again: its process died sending)."""
         return [_notification(r) for r in self._rows(
-            "SELECT * FROM notifications WHERE status IN ('pending', 'retrying') AND next_attempt_at <= ? "
+            "SELECT * FROM notifications WHERE status IN ('pending', 'retrying', 'sending') AND next_attempt_at <= ? "
             "ORDER BY id", (iso(now),))]
+
+    def claim_due(self, now: datetime, until: datetime, ids: list[int] | None = None) -> list[dict]:
+        """Mark the notifications due at ``now`` (or those of ``ids``) ``sending`` until
+        ``until`` (no one else delivers them before then); them as they were, oldest first."""
+        with self.transaction() as con:
+            if ids is None:
+                rows = con.execute("SELECT * FROM notifications WHERE status IN ('pending', 'retrying', 'sending') "
+                                   "AND next_attempt_at <= ? ORDER BY id", (iso(now),)).fetchall()
+            else:
+                marks = ",".join("?" * len(ids))
+                rows = con.execute(f"SELECT * FROM notifications WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
+            con.executemany("UPDATE notifications SET status = 'sending', next_attempt_at = ? WHERE id = ?",
+                            [(iso(until), r["id"]) for r in rows])
+        return [_notification(r) for r in rows]
+
+    def set_outcomes(self, outcomes: list[dict]) -> int:
+        """Write the delivery fields (status, attempts, times, last error) of ``outcomes``
+        (notifications as :meth:`notification` returns them) onto the rows of the same id;
+        how many rows were there."""
+        found = 0
+        with self.transaction() as con:
+            for n in outcomes:
+                found += con.execute(
+                    "UPDATE notifications SET status = ?, attempts = ?, last_attempt_at = ?, last_error = ?, "
+                    "next_attempt_at = ?, sent_at = ? WHERE id = ?",
+                    (n["status"], n["attempts"], iso(n["last_attempt_at"]), n["last_error"], iso(n["next_attempt_at"]),
+                     iso(n["sent_at"]), n["id"])).rowcount
+        return found
 
     def record_attempt(self, notification_id: int, *, ok: bool, at: datetime, error: str | None = None,
                        retry_at: datetime | None = None) -> None:
@@ -275,6 +323,71 @@ class AlertState:
                         "last_success_at": success, "last_failure_at": failure, "last_error": r["last_error"],
                         "failing": failure is not None and (success is None or failure > success)})
         return out
+
+    # -- export and import (the shared state of the Iceberg store)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """The whole state as (kind, key, payload JSON) rows, kind alert | notification |
+        silence | meta | sequence, with a bounded history (see :data:`HISTORY_PER_RULE`,
+        :data:`RESOLVED_KEPT`) and
+        without this process's own meta (:data:`LOCAL_META`)."""
+        out = []
+        now = datetime.now(UTC)
+        for r in self._rows("SELECT * FROM alerts WHERE state != 'resolved' OR resolved_at > ? ORDER BY rule, grp",
+                            (iso(now - RESOLVED_KEPT),)):
+            out.append(("alert", json.dumps([r["rule"], r["grp"]]), json.dumps(dict(r))))
+        for r in self._rows(
+                "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY rule, status IN ('sent', 'failed') "
+                "ORDER BY id DESC) AS newest FROM notifications) WHERE status NOT IN ('sent', 'failed') OR newest <= ? "
+                "ORDER BY id", (HISTORY_PER_RULE,)):
+            out.append(("notification", str(r["id"]), json.dumps({k: r[k] for k in r.keys() if k != "newest"})))
+        for r in self._rows("SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY ends_at > ? ORDER BY id DESC) "
+                            "AS newest FROM silences) WHERE ends_at > ? OR newest <= ? ORDER BY id",
+                            (iso(now),) * 2 + (ENDED_SILENCES_KEPT,)):
+            out.append(("silence", str(r["id"]), json.dumps({k: r[k] for k in r.keys() if k != "newest"})))
+        for r in self._rows("SELECT key, value FROM meta ORDER BY key"):
+            if r["key"] not in LOCAL_META:
+                out.append(("meta", r["key"], json.dumps(r["value"])))
+        for r in self._rows("SELECT name, seq FROM sqlite_sequence ORDER BY name"):
+            out.append(("sequence", r["name"], json.dumps(r["seq"])))  # ids stay unique after a trimmed history
+        return out
+
+    def replace(self, rows: list[tuple[str, str, str]], keep_local_meta: bool = True) -> None:
+        """Make the state exactly ``rows`` (as :meth:`rows` gives them), in one transaction;
+        this process's own meta (:data:`LOCAL_META`) stays unless ``keep_local_meta`` is False.
+        Raises ValueError on a row of an unknown kind or column."""
+        with self.transaction() as con:
+            columns = {table: {c["name"] for c in con.execute(f"PRAGMA table_info({table})")}
+                       for table in _EXPORTED.values()}
+            local = ([] if not keep_local_meta else
+                     con.execute(f"SELECT key, value FROM meta WHERE key IN ({','.join('?' * len(LOCAL_META))})",
+                                 LOCAL_META).fetchall())
+            for table in _EXPORTED.values():
+                con.execute(f"DELETE FROM {table}")
+            con.execute("DELETE FROM sqlite_sequence")
+            sequences = {}
+            for kind, key, payload in rows:
+                value = json.loads(payload)
+                if kind == "meta":
+                    con.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+                elif kind == "sequence":
+                    sequences[key] = int(value)  # after the rows: their inserts set it too
+                elif kind in _EXPORTED:
+                    table = _EXPORTED[kind]
+                    unknown = set(value) - columns[table]
+                    if unknown:
+                        raise ValueError(f"the shared alert state has {kind} columns this dlrlens does not know: "
+                                         f"{', '.join(sorted(unknown))}")
+                    names = sorted(value)
+                    con.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                                [value[n] for n in names])
+                else:
+                    raise ValueError(f"the shared alert state has a row of unknown kind {kind!r}")
+            for name, seq in sequences.items():
+                if not con.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (seq, name)).rowcount:
+                    con.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, seq))
+            con.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                            [(r["key"], r["value"]) for r in local])
 
     # -- silences
 

@@ -103,3 +103,18 @@ def open_store(data_dir: str | Path, choice: StoreChoice | None = None, settings
 
     check_configured(choice.catalog)
     return IcebergStore(choice.catalog, data_dir, settings)
+
+
+def shared_alert_state(data_dir: str | Path, choice: StoreChoice | None = None, committer: str = ""):
+    """Where the alert state is shared for ``choice`` (default: :func:`store_choice`): None on the
+    local store (each data directory's ``alerts.sqlite`` is the state), else the Iceberg table's
+    :class:`~dlrlens.store.iceberg.alert_table.SharedAlertState` with its working copy in
+    ``data_dir``. Raises ValueError when the catalog is not configured."""
+    choice = store_choice() if choice is None else choice
+    if choice.is_local:
+        return None
+    from dlrlens.store.iceberg.alert_table import shared_alert_state as shared
+    from dlrlens.store.iceberg.table import check_configured
+
+    check_configured(choice.catalog)
+    return shared(choice.catalog, data_dir, committer)

@@ -103,7 +103,7 @@ class Maintainer:
         self._send_destination = None
         self._table_maintenance = None  # made at the first run (imports pyiceberg)
         self._derived_maintenance = None
-        self._events_maintenance = {}  # table name -> its TableMaintenance (clicks, replies)
+        self._events_maintenance = {}  # table name -> its TableMaintenance (clicks, replies, send tables, alert_state)
         self._derived_publisher = None
         self.iceberg_totals = dict.fromkeys(ICEBERG_TOTALS, 0)
         if self.iceberg is not None:
@@ -228,6 +228,7 @@ class Maintainer:
 
     def _maintain_table(self) -> dict:
         if self._table_maintenance is None:
+            from dlrlens.store.iceberg.alert_table import ALERT_TABLE
             from dlrlens.store.iceberg.derived import DERIVED_TABLE
             from dlrlens.store.iceberg.maintain import TableMaintenance
             from dlrlens.store.iceberg.send_tables import KEYED_TABLES
@@ -239,14 +240,13 @@ class Maintainer:
             self._derived_maintenance = TableMaintenance(self.iceberg.catalog, table=DERIVED_TABLE,
                                                          retention_seconds=self.iceberg.retention_seconds,
                                                          orphan_grace_seconds=self.iceberg.orphan_grace_seconds)
-            # The events' tables are compacted like the receipts'; a send table's partitions are
-            # replaced whole by each sync that changes them (dlrlens.store.iceberg.send_tables):
-            # expiry and orphans only.
+            # The events' tables are compacted like the receipts'; a send table's partitions and the
+            # alert state are replaced whole by each commit that changes them: expiry and orphans only.
             self._events_maintenance = {
                 name: TableMaintenance(self.iceberg.catalog, table=name, retention_seconds=self.iceberg.retention_seconds,
                                        orphan_grace_seconds=self.iceberg.orphan_grace_seconds,
                                        work_dir=self.data_dir / layout.ICEBERG_COMPACTION_DIR / name)
-                for name in (*EVENT_TABLES, *KEYED_TABLES)}
+                for name in (*EVENT_TABLES, *KEYED_TABLES, ALERT_TABLE)}
         result = self._table_maintenance.run()
         result["derived_table"] = self._derived_maintenance.run()
         for name, events_maintenance in self._events_maintenance.items():

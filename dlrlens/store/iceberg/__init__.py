@@ -18,7 +18,7 @@ or ``PYICEBERG_CATALOG__<NAME>__*`` variables). pyiceberg is an optional depende
   log once every table holds its rows; a failed commit leaves the segments in the local log and
   is retried with back-off.
 - :mod:`~dlrlens.store.iceberg.maintain`: the receipts, clicks and replies tables' compaction,
-  every table's snapshot expiry and orphan-file cleanup, and the
+  every table's snapshot expiry and orphan-file cleanup (the alert state's too), and the
   commits of the derived state, run by every collector's maintenance process, all as catalog
   commits (no leader).
 - :mod:`~dlrlens.store.iceberg.derived`: the derived per-message state as a second table,
@@ -38,6 +38,12 @@ or ``PYICEBERG_CATALOG__<NAME>__*`` variables). pyiceberg is an optional depende
   data directory; the ordinary :class:`~dlrlens.store.reader.Store` (DuckDB) reads that (the
   Funnel page included), with the derived per-message state adopted from the derived table
   (an empty cache) and kept up to date locally from the cached receipts, clicks and replies.
+- :mod:`~dlrlens.store.iceberg.alert_table`: the alert state shared by every collector's alerts
+  process and the dashboard, ``<namespace>.alert_state``: the whole state of
+  :mod:`dlrlens.store.alert_state` as small rows, rewritten by one overwrite commit per change,
+  based on the snapshot the change imported (a commit based on a snapshot that is no longer the
+  table's is refused: the round that made it is discarded, or the change retried on the new one).
+  Each process's ``alerts.sqlite`` is its working copy.
 - :mod:`~dlrlens.store.iceberg.migrate`: copies a local data directory's receipt, click and
   reply files into their tables, in batches, idempotent and resumable.
 

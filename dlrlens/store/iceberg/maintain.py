@@ -3,7 +3,9 @@
 Of the receipts, clicks and replies tables: all three (the local store compacts receipts only;
 on the Iceberg store every flush of every collector worker with events adds a small data file
 per day to the clicks and replies tables, which every reader caches and lists); of the derived
-and send tables: expiry and orphan-file cleanup (their commits replace files whole).
+table, the send tables (:mod:`dlrlens.store.iceberg.send_tables`) and the alert-state table
+(:mod:`dlrlens.store.iceberg.alert_table`, a commit per alert evaluation round): expiry and
+orphan-file cleanup (their commits replace files whole).
 
 Every flush of every collector worker is a commit, and every commit adds a snapshot (about 1 KB
 in the table's metadata file, which each commit and each reader rewrites or reads whole), a
@@ -72,6 +74,7 @@ from pyiceberg.table.metadata import TableMetadata
 
 from dlrlens.store import compaction, derive, layout
 from dlrlens.store.iceberg import derived, send_tables
+from dlrlens.store.iceberg.alert_table import ALERT_TABLE, ALERT_TABLE_PROPERTIES, alert_table
 from dlrlens.store.iceberg.mirror import COPY_CHUNK, Mirror, cache_dir, cached_name
 from dlrlens.store.iceberg.publisher import collector_id
 from dlrlens.store.iceberg.table import (COMMITTED_PREFIX, RECEIPTS_TABLE, SEGMENT_KEY, SOURCE_KEY, TABLE_PROPERTIES,
@@ -240,12 +243,13 @@ class TableMaintenance:
 
     def __init__(self, catalog_name: str, *, retention_seconds: float, orphan_grace_seconds: float,
                  compact: bool = True, work_dir: Path | None = None, clock=time.time, table: str = RECEIPTS_TABLE):
-        maintained = (*WRITTEN_TABLES, derived.DERIVED_TABLE, *send_tables.KEYED_TABLES)
+        maintained = (*WRITTEN_TABLES, derived.DERIVED_TABLE, *send_tables.KEYED_TABLES, ALERT_TABLE)
         if table not in maintained:
             raise ValueError(f"dlrlens maintains the tables {', '.join(maintained)}, not {table!r}")
         self.table_name = table
         self.properties = (TABLE_PROPERTIES if table in WRITTEN_TABLES else send_tables.TABLE_PROPERTIES
-                           if table in send_tables.KEYED_TABLES else derived.DERIVED_TABLE_PROPERTIES)
+                           if table in send_tables.KEYED_TABLES else ALERT_TABLE_PROPERTIES
+                           if table == ALERT_TABLE else derived.DERIVED_TABLE_PROPERTIES)
         if retention_seconds < 0:
             raise ValueError("the snapshot retention cannot be negative")
         if orphan_grace_seconds <= 0:
@@ -290,7 +294,9 @@ class TableMaintenance:
                 self._table = (written_table(catalog, self.table_name, create=False)
                                if self.table_name in WRITTEN_TABLES
                                else send_tables.keyed_table(catalog, self.table_name, create=False)
-                               if self.table_name in send_tables.KEYED_TABLES else derived.derived_table(catalog))
+                               if self.table_name in send_tables.KEYED_TABLES
+                               else alert_table(catalog, create=False)
+                               if self.table_name == ALERT_TABLE else derived.derived_table(catalog))
             except NoSuchTableError:
                 return None
             if self._table is None:
