@@ -15,7 +15,7 @@ from dlrlens.alerts.rules import parse
 from dlrlens.store.alert_state import AlertState
 from dlrlens.store.reader import Store
 from dlrlens.store.rejected import RejectedBodies
-from tests.support.alert_streams import daily, stream
+from tests.support.alert_streams import DROP_RULE, daily, stream
 from tests.support.factory import receipt, utc, write_receipts
 
 AT = utc(2026, 11, 20, 12, 0)
@@ -47,16 +47,7 @@ url = "json://ops.invalid/hook"
 {rules}""")
 
 
-DROP = """
-[[rule]]
-name = "drop"
-kind = "delivery_rate"
-by = "campaign"
-window = "30m"
-min_messages = 20
-below = 0.85
-notify = ["ops"]
-"""
+DROP = DROP_RULE
 
 
 def run(cfg, data, at, recorder):

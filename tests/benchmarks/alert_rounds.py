@@ -29,23 +29,11 @@ from dlrlens.alerts import engine
 from dlrlens.alerts.rules import parse
 from dlrlens.store.backends import open_store, parse_store, publisher, shared_alert_state
 from dlrlens.store.writer import ReceiptStorage
-from tests.support.alert_streams import stream
+from tests.support.alert_streams import DROP_RULE, OPS_CHANNEL, stream
 from tests.support.factory import utc, write_receipts
 from tests.support.seaweed import object_store
 
-RULES = """
-[[notify]]
-name = "ops"
-url = "json://ops.invalid/hook"
-[[rule]]
-name = "drop"
-kind = "delivery_rate"
-by = "campaign"
-window = "30m"
-min_messages = 20
-below = 0.85
-notify = ["ops"]
-"""
+RULES = OPS_CHANNEL + DROP_RULE
 AT = utc(2026, 11, 20, 12, 0)
 
 

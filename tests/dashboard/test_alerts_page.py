@@ -14,7 +14,7 @@ from dashboard import queries  # noqa: F401 (this clone's dashboard, before AppT
 from dlrlens.alerts import engine
 from dlrlens.alerts.rules import parse
 from dlrlens.store.alert_state import AlertState
-from tests.support.alert_streams import stream
+from tests.support.alert_streams import OPS_CHANNEL, drop_rule, stream
 from tests.support.factory import write_receipts
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
@@ -22,22 +22,11 @@ UTC = timezone.utc
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 HOSTILE = "![i](http://127.0.0.1:9/p.png)"
 
-RULES = """
-[[notify]]
-name = "ops"
-url = "json://ops.invalid/hook"
+RULES = OPS_CHANNEL + """
 [[notify]]
 name = "down"
 url = "json://down.invalid/hook"
-[[rule]]
-name = "drop"
-kind = "delivery_rate"
-by = "campaign"
-window = "30m"
-min_messages = 20
-below = 0.85
-notify = ["ops", "down"]
-"""
+""" + drop_rule(("ops", "down"))
 
 
 def answer(url, title, body, timeout):

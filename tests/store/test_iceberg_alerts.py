@@ -31,7 +31,7 @@ from dlrlens.store.iceberg.alert_table import ALERT_TABLE, SharedAlertState, ale
 from dlrlens.store.iceberg.maintain import TableMaintenance, table_files
 from dlrlens.store.iceberg.table import live_data_entries, open_catalog
 from dlrlens.store.writer import ReceiptStorage
-from tests.support.alert_streams import stream
+from tests.support.alert_streams import DROP_RULE, OPS_CHANNEL, stream
 from tests.support.factory import write_receipts
 from tests.support.servers import wait_until
 
@@ -44,18 +44,7 @@ RULES = """
 [alerts]
 send_timeout = "2s"
 send_attempts = 1
-[[notify]]
-name = "ops"
-url = "json://ops.invalid/hook"
-[[rule]]
-name = "drop"
-kind = "delivery_rate"
-by = "campaign"
-window = "30m"
-min_messages = 20
-below = 0.85
-notify = ["ops"]
-"""
+""" + OPS_CHANNEL + DROP_RULE
 # Firing from AT - 30 min to AT + 1 h (+ 30 min of window), resolved after.
 EPISODE = stream("bad", AT - HOUR, AT + HOUR, delivered=0.5) + stream("bad", AT + HOUR, AT + 2 * HOUR, delivered=1.0,
                                                                        prefix="ok")

@@ -12,6 +12,57 @@ from datetime import datetime, timedelta
 
 from tests.support.factory import message
 
+# An alerts file's parts the tests share: the channel "ops" (a URL no one answers) and a
+# delivery-rate drop below 85 % per campaign over 30 minutes (20 messages at least), notifying it.
+OPS_CHANNEL = """
+[[notify]]
+name = "ops"
+url = "json://ops.invalid/hook"
+"""
+
+
+def drop_rule(notify: tuple[str, ...] = ("ops",)) -> str:
+    """The drop rule notifying the channels ``notify``."""
+    channels = ", ".join(f'"{name}"' for name in notify)
+    return f"""
+[[rule]]
+name = "drop"
+kind = "delivery_rate"
+by = "campaign"
+window = "30m"
+min_messages = 20
+below = 0.85
+notify = [{channels}]
+"""
+
+
+DROP_RULE = drop_rule()
+
+
+def hook_rules(url: str) -> str:
+    """The alerts file of the collector tests: channel "hook" at ``url``, the drop rule over 10
+    minutes and refused requests (3 unauthorized in 10 minutes), both notifying it."""
+    return f"""
+[[notify]]
+name = "hook"
+url = "{url}"
+[[rule]]
+name = "drop"
+kind = "delivery_rate"
+by = "campaign"
+window = "10m"
+min_messages = 20
+below = 0.85
+notify = ["hook"]
+[[rule]]
+name = "refused"
+kind = "rejected_requests"
+window = "10m"
+min_messages = 3
+reasons = ["unauthorized"]
+notify = ["hook"]
+"""
+
 
 def stream(campaign: str, start: datetime, end: datetime, *, per_minute: int = 2, delivered: float = 0.97,
            pending: float = 0.0, settle: float = 5.0, prefix: str | None = None, labels: dict | None = None,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import requests
 
+from tests.support.alert_streams import hook_rules
 from tests.support.receipts import receipt
 from tests.support.servers import start_collector, wait_until
 from tests.support.sinks import WebhookSink
@@ -40,26 +41,7 @@ def test_the_collector_evaluates_alerts_and_notifies(tmp_path):
     data = tmp_path / "data"
     with WebhookSink() as sink:
         rules = tmp_path / "alerts.toml"
-        rules.write_text(f"""
-[[notify]]
-name = "hook"
-url = "{sink.url()}"
-[[rule]]
-name = "drop"
-kind = "delivery_rate"
-by = "campaign"
-window = "10m"
-min_messages = 20
-below = 0.85
-notify = ["hook"]
-[[rule]]
-name = "refused"
-kind = "rejected_requests"
-window = "10m"
-min_messages = 3
-reasons = ["unauthorized"]
-notify = ["hook"]
-""")
+        rules.write_text(hook_rules(sink.url()))
         collector = start_collector(data, env={"DLRLENS_ALERTS_FILE": str(rules), "DLRLENS_ALERTS_SECONDS": "1",
                                                "DLRLENS_TOKEN": SECRET, "DLRLENS_DASHBOARD_URL": "http://dash.test"})
         try:

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from dlrlens.store import layout
+from tests.support.alert_streams import hook_rules
 from tests.support.receipts import receipt
 from tests.support.seaweed import object_store
 from tests.support.servers import start_collector, wait_until
@@ -27,26 +28,7 @@ SECRET = "s3cret-for-alerts"
 def test_two_collectors_on_the_iceberg_store_notify_once(tmp_path):
     with object_store(tmp_path / "s3") as store, WebhookSink() as sink:
         rules = tmp_path / "alerts.toml"
-        rules.write_text(f"""
-[[notify]]
-name = "hook"
-url = "{sink.url()}"
-[[rule]]
-name = "drop"
-kind = "delivery_rate"
-by = "campaign"
-window = "10m"
-min_messages = 20
-below = 0.85
-notify = ["hook"]
-[[rule]]
-name = "refused"
-kind = "rejected_requests"
-window = "10m"
-min_messages = 3
-reasons = ["unauthorized"]
-notify = ["hook"]
-""")
+        rules.write_text(hook_rules(sink.url()))
         env = dict(store.catalog_env("lake", tmp_path / "catalog.db"), DLRLENS_STORE="iceberg:lake",
                    DLRLENS_ALERTS_FILE=str(rules), DLRLENS_ALERTS_SECONDS="1", DLRLENS_TOKEN=SECRET)
         collectors = [start_collector(tmp_path / name, flush_seconds=0.3, env=env) for name in ("a", "b")]

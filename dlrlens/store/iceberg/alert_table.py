@@ -49,7 +49,7 @@ from pyiceberg.table import Table, TableProperties
 
 from dlrlens.store import files
 from dlrlens.store.alert_state import AlertState
-from dlrlens.store.iceberg.table import live_data_entries, namespace, open_catalog
+from dlrlens.store.iceberg.table import live_data_entries, namespaced_table, open_catalog
 
 log = logging.getLogger("dlrlens.store")
 
@@ -87,24 +87,11 @@ class Loaded:
 def alert_table(catalog: Catalog, create: bool = True) -> Table | None:
     """The alert-state table (created when missing and ``create``; the loser of a creation race
     finds the winner's), or None when missing and not ``create``."""
-    identifier = (namespace(), ALERT_TABLE)
     try:
-        return catalog.load_table(identifier)
+        return namespaced_table(catalog, ALERT_TABLE, create,
+                                lambda: dict(schema=ROW_SCHEMA, properties=ALERT_TABLE_PROPERTIES))
     except NoSuchTableError:
-        if not create:
-            return None
-    try:
-        catalog.create_namespace(identifier[0])
-    except Exception:
-        if not catalog.namespace_exists(identifier[0]):
-            raise
-    try:
-        return catalog.create_table(identifier, schema=ROW_SCHEMA, properties=ALERT_TABLE_PROPERTIES)
-    except Exception as exc:
-        try:
-            return catalog.load_table(identifier)
-        except NoSuchTableError:
-            raise exc from None
+        return None
 
 
 def _message(exc: BaseException) -> str:
