@@ -249,12 +249,16 @@ def reply_units_sql(source: str, keywords: tuple[str, ...]) -> str:
     return _event_unit_sql("in_reply_to", NO_CLICKS, f"[{item}]::{REPLY_ITEM}[]", source)
 
 
+# Each SEND_ITEM field from a send record (a dlrlens.store.sends.SEND_SCHEMA row).
+SEND_RECORD_FIELDS = {"p": "source = 'log'", "hm": "modified IS NOT NULL", "m": "modified", "c": "created",
+                      "s": "status", "o": "originator", "rt": "route_id", "co": "cost", "cu": "currency",
+                      "ci": "campaign_id", "n": "country", "w": "network", "k": "recipient_masked"}
+
+
 def send_units_sql(source: str) -> str:
     """Units from stored send records of ``source`` (:data:`dlrlens.store.sends.SEND_SCHEMA`
     rows): each MT record belongs to its ``message_id`` (an MO record is no message of ours)."""
-    key = _send_key_sql({"p": "source = 'log'", "hm": "modified IS NOT NULL", "m": "modified", "c": "created",
-                         "s": "status", "o": "originator", "rt": "route_id", "co": "cost", "cu": "currency",
-                         "ci": "campaign_id", "n": "country", "w": "network", "k": "recipient_masked"})
+    key = _send_key_sql(SEND_RECORD_FIELDS)
     return _event_unit_sql("message_id", NO_CLICKS, NO_REPLIES, source, "coalesce(direction, 'MT') = 'MT'", key)
 
 

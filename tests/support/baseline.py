@@ -85,7 +85,7 @@ def messages_sql(rows: str) -> str:
 def send_records_sql(data_dir: Path) -> str:
     """A message's send record, straightforwardly: of its MT records (log and history), the
     log's, then the latest modified (:func:`dlrlens.store.sends.sends_sql`)."""
-    return sends.sends_sql(data_dir, where="coalesce(direction, 'MT') = 'MT'")
+    return sends.sends_sql(data_dir, where=sends.MT_RECORD)
 
 
 def joined_sql(messages: str, all_messages: str, data_dir: Path, log_window: str = "TRUE") -> str:
