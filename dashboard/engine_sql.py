@@ -1,70 +1,161 @@
-"""The Campaigns KPIs as one SQL query over a receipts relation, for engines other than DuckDB.
+"""The Campaigns table as one SQL query over the Iceberg tables, for engines other than DuckDB.
 
-Other engines (Sail, Spark) read the same Iceberg table as the dashboard; this module gives them
+Other engines (Sail, Spark) read the same Iceberg tables as the dashboard; this module gives them
 the same figures from the same definitions, never a second hand-written copy:
 
-* :func:`campaign_kpis_sql` composes the store's own SQL builders, unchanged: the per-message
-  state exactly as a rebuild computes it (:func:`dlrlens.store.derive.receipt_units_sql`,
-  :func:`~dlrlens.store.derive.merge_sql`, :func:`~dlrlens.store.derive.messages_view_sql`),
-  the counts and shares (:func:`dlrlens.store.derive.rollup_sql` and
-  :func:`dlrlens.store.sql.counts_select`), the latency percentiles
-  (:func:`dlrlens.store.reader.quantiles_by_group_sql`) and the per-receipt KPIs
-  (:func:`dlrlens.store.sql.distinct_receipts_sql`, :func:`dashboard._sql.receipt_kpis_sql`).
-  Its columns: ``campaign``, then every column of :data:`dashboard.catalog.KPI_COLUMNS`, one row
-  per campaign, by messages descending. In DuckDB it gives exactly the Campaigns table.
+* :func:`campaign_kpis_sql` composes the store's and the dashboard's own SQL builders, unchanged:
+  the per-message state exactly as a rebuild computes it (:func:`dlrlens.store.derive.receipt_units_sql`,
+  :func:`~dlrlens.store.derive.merge_sql`, :func:`~dlrlens.store.derive.messages_view_sql`);
+  campaign names as every relation of the store gets them (:func:`dlrlens.store.sends.names_of_sql`,
+  :func:`dlrlens.store.reader.named_sql`: a message's campaign is its label, else its batchId,
+  shown by the batchId's imported name, else Mobivate's; a message only in Mobivate's log by its
+  campaignId's); each message's send record (:func:`dlrlens.store.sends.one_record_per_message_sql`,
+  its MT record, the log's first, as :func:`dlrlens.store.sends.sends_sql` picks it, with the
+  columns :data:`dlrlens.store.derive.SEND_VIEW_COLUMNS` of the derived state), and the messages
+  the log knows without any receipt (:func:`dlrlens.store.reader.log_only_messages_sql`); the counts
+  and shares (:func:`dlrlens.store.derive.rollup_sql`, :func:`dlrlens.store.sql.counts_select`), the
+  latency percentiles (:func:`dlrlens.store.reader.quantiles_by_group_sql`), the per-receipt
+  KPIs (:func:`dlrlens.store.sql.distinct_receipts_sql`, :func:`dashboard._sql.receipt_kpis_sql`);
+  the cost figures (:func:`dlrlens.store.derive.cost_rollup_sql`, the cubes of
+  :mod:`dashboard.queries.geography`, :func:`dashboard.queries.cost.cost_sql`: costs summed per
+  campaign and currency, rounded to 6 decimals) and the times from submission
+  (:func:`dlrlens.store.reader.submission_latency_sql`), joined as
+  :func:`dashboard.queries.cost.campaigns_with_cost` joins them.
+  Its columns (:func:`campaign_columns`): ``campaign``, every column of
+  :data:`dashboard.catalog.KPI_COLUMNS`, then the cost columns (:data:`~dashboard.catalog.COST_COLUMNS`,
+  the time from submission p50 / p95): one row per campaign and currency, in the report's order.
+  In DuckDB it gives exactly the report's Campaigns sheet but its funnel columns.
 * :func:`campaign_kpis_sql` with ``dialect="spark"`` translates that query with sqlglot (a SQL
   parser and transpiler), plus the rewrites in :func:`_spark_rewrites` for what sqlglot 30 leaves
   in DuckDB's words or what Sail 0.7 does not take (each found by running the query on Sail).
 
-Scope: every receipt of the relation (no date range, no filter), like ``dlrlens report`` without
-options. The campaign is the message's label, else its batch id, else ``(none)``: campaign names
-imported with ``dlrlens campaigns import`` or synced from Mobivate live in a data directory, not in
-the table. The funnel columns are not generated here yet (the clicks and replies tables are in the
-catalog, :mod:`dlrlens.store.iceberg.table`), and the cost columns come from Mobivate's send
-records, which the Iceberg store does not hold yet.
+Scope: every receipt and send record of the tables (no date range, no filter), like ``dlrlens
+report`` without options. A send record table that does not exist (no ``dlrlens sync`` or names
+import yet) is given as None: no rows, the figures of the receipts alone (cost columns empty,
+every message without cost). Receipts missing depend on a time: the caller gives the cut-off
+(the report's "now" minus ``DLRLENS_RECEIPTS_MISSING_AFTER``), else that column is left out. The
+funnel columns (clicks, replies, opt-outs) are not generated here yet: the clicks and replies
+tables are in the catalog (:mod:`dlrlens.store.iceberg.table`), but linking an event to its
+message (:mod:`dlrlens.store.events`) is not composed for other engines yet.
 
 sqlglot is imported only by the Spark translation (the ``engines`` extra).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from dlrlens.store import derive
-from dlrlens.store.reader import QUANTILES, quantiles_by_group_sql
-from dlrlens.store.sql import counts_select, distinct_receipts_sql
+from dlrlens.store import sends as sends_module  # (sends: an argument, the table's name)
+from dlrlens.store.reader import (QUANTILES, log_only_messages_sql, named_sql, quantiles_by_group_sql,
+                                  submission_latency_sql)
+from dlrlens.store.sql import counts_select, distinct_receipts_sql, string_literal
 from dashboard._sql import receipt_kpis_sql
-from dashboard.catalog import KPI_COLUMNS
+from dashboard.catalog import COST_COLUMNS, KPI_COLUMNS
+from dashboard.queries.cost import (CAMPAIGN_COUNT_COLUMNS, SUBMISSION_COLUMNS, SUBMISSION_QUANTILE_COLUMNS, cost_sql,
+                                    submission_key_sql)
+from dashboard.queries.geography import log_only_cube_sql, receipts_cube_sql
 
 DIALECTS = ("duckdb", "spark")
+# The send record tables (dlrlens.store.iceberg.send_tables) by argument, with their columns.
+SEND_TABLE_SCHEMAS = {"sends": sends_module.SEND_SCHEMA, "campaigns": sends_module.CAMPAIGN_SCHEMA,
+                      "names": sends_module.NAME_SCHEMA}
+# Each send record column of a message (derive.SEND_VIEW_COLUMNS) as the send record's column
+# it is (the derived state keeps them so: derive.SEND_FIELDS, derive.SEND_RECORD_FIELDS).
+RECORD_COLUMNS = {column: derive.SEND_RECORD_FIELDS[derive.SEND_FIELDS[column]] for column in derive.SEND_VIEW_COLUMNS}
 
 
-def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb") -> str:
-    """Campaign and every KPI column per campaign over the stored receipt rows of the relation
-    named ``receipts`` (a table or view with the receipt columns), in ``dialect``."""
+def campaign_columns(receipts_missing: bool = True) -> list[str]:
+    """The columns of :func:`campaign_kpis_sql` (``receipts_missing`` only with a ``missing_before``)."""
+    cost = [c for c in COST_COLUMNS if receipts_missing or c != "receipts_missing"]
+    return ["campaign", *KPI_COLUMNS, *cost, *SUBMISSION_COLUMNS]
+
+
+def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb", *, sends: str | None = None,
+                      campaigns: str | None = None, names: str | None = None,
+                      missing_before: datetime | None = None) -> str:
+    """The Campaigns table (:func:`campaign_columns`) over the stored receipt rows of the
+    relation named ``receipts`` and the send record tables named ``sends``, ``campaigns`` and
+    ``names`` (Mobivate's send records, its campaign list, the imported names; None: a table
+    that does not exist, no rows), in ``dialect``. ``missing_before``: the receipts-missing
+    cut-off (the report's ``now`` minus ``DLRLENS_RECEIPTS_MISSING_AFTER``); None leaves that
+    column out."""
     if dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {dialect!r}")
+    if missing_before is not None and missing_before.utcoffset() is None:
+        raise ValueError("missing_before must be an aware datetime (UTC)")
+    tables = {"sends": sends, "campaigns": campaigns, "names": names}
+    relation = {key: name or f"({sends_module.empty_select(SEND_TABLE_SCHEMAS[key])})"
+                for key, name in tables.items()}
+    names_in_force = (f"SELECT campaign_id, name FROM {sends_module.names_of_sql(relation['names'], relation['campaigns'])} "
+                      f"WHERE name IS NOT NULL")
+    records = sends_module.one_record_per_message_sql(relation["sends"], sends_module.MT_RECORD)
+    record_columns = ", ".join(f"s.{record} AS {column}" for column, record in RECORD_COLUMNS.items())
+
+    # The messages with receipts, each with its send record, named.
     receipts_only = derive.merge_sql(derive.receipt_units_sql(receipts, events=False), events=False)
-    messages = derive.messages_view_sql(f"({receipts_only})", sends=False)
+    unnamed = f"""
+        SELECT m.*, {record_columns}
+        FROM ({derive.messages_view_sql(f"({receipts_only})", sends=False)}) m
+        LEFT JOIN records s ON s.message_id = m.delivery_message_id"""
+    messages = named_sql(f"({unnamed})", "names_in_force")
+    # The messages Mobivate's log knows without any receipt, named.
+    log_only_rows = f"""(
+        SELECT s.message_id AS delivery_message_id, {record_columns}
+        FROM records s LEFT JOIN (SELECT DISTINCT delivery_message_id FROM {receipts}) r
+             ON r.delivery_message_id = s.message_id
+        WHERE r.delivery_message_id IS NULL)"""
+    log_only = named_sql(log_only_messages_sql(log_only_rows), "names_in_force")
+
     counts = (f"SELECT {counts_select('campaign')} "
               f"FROM ({derive.rollup_sql(messages, t='sent_at')}) GROUP BY ALL")
     quantiles = quantiles_by_group_sql(messages, "campaign", [f"latency_{name}_s" for name, _ in QUANTILES])
     per_receipt = receipt_kpis_sql(messages, f"({distinct_receipts_sql(receipts)})", "campaign")
+    cut_off = "NULL::TIMESTAMPTZ" if missing_before is None else \
+        f"{string_literal(missing_before.isoformat())}::TIMESTAMPTZ"
+    cost = cost_sql(f"({receipts_cube_sql(f'({derive.cost_rollup_sql(messages)})')})",
+                    f"({log_only_cube_sql(log_only, cut_off)})", "campaign")
+    submission = quantiles_by_group_sql(submission_latency_sql(messages), submission_key_sql("campaign", "currency"),
+                                        SUBMISSION_QUANTILE_COLUMNS)
+    # campaigns_with_cost (dashboard.queries.cost): the campaigns' rows and their cost rows,
+    # one per campaign and currency; a campaign only in the log has a row of zero counts.
+    columns = []
+    for column in campaign_columns(missing_before is not None)[1:]:
+        if column in KPI_COLUMNS:
+            value = f"coalesce(k.{column}, 0)" if column in CAMPAIGN_COUNT_COLUMNS else f"k.{column}"
+        elif column == "messages_without_cost":  # a campaign without a cost row: all its messages
+            value = "coalesce(c.messages_without_cost, k.messages, 0)"
+        else:
+            value = f"coalesce(c.{column}, 0)" if column in CAMPAIGN_COUNT_COLUMNS else f"c.{column}"
+        columns.append(f"{value} AS {column}")
     sql = f"""
-        WITH counts AS ({counts}), quantiles AS ({quantiles}), per_receipt AS ({per_receipt})
-        SELECT counts.grp AS campaign, {', '.join(KPI_COLUMNS)}
-        FROM counts LEFT JOIN quantiles USING (grp) LEFT JOIN per_receipt USING (grp)
-        ORDER BY messages DESC, campaign
+        WITH names_in_force AS ({names_in_force}), records AS {records},
+        counts AS ({counts}), quantiles AS ({quantiles}), per_receipt AS ({per_receipt}),
+        kpis AS (SELECT counts.grp AS campaign, {', '.join(KPI_COLUMNS)}
+                 FROM counts LEFT JOIN quantiles USING (grp) LEFT JOIN per_receipt USING (grp)),
+        cost AS ({cost}), submission AS ({submission}),
+        cost_rows AS (SELECT cost.*, {', '.join(f"submission.{c}" for c in SUBMISSION_COLUMNS)}
+                      FROM cost LEFT JOIN submission
+                           ON submission.grp = {submission_key_sql("cost.grp", "cost.currency")})
+        SELECT coalesce(k.campaign, c.grp) AS campaign, {', '.join(columns)}
+        FROM kpis k FULL OUTER JOIN cost_rows c ON c.grp = k.campaign
+        ORDER BY k.messages IS NULL, k.messages DESC, campaign, c.currency NULLS LAST
     """
-    return sql if dialect == "duckdb" else _to_spark(sql, receipts)
+    if dialect == "duckdb":
+        return sql
+    schema = {receipts: derive.receipt_sql_types()}
+    schema |= {name: sends_module.sql_types(SEND_TABLE_SCHEMAS[key]) for key, name in tables.items() if name}
+    return _to_spark(sql, schema)
 
 
-def _to_spark(sql: str, receipts: str) -> str:
+def _to_spark(sql: str, schema: dict[str, dict[str, str]]) -> str:
     import sqlglot
     from sqlglot.optimizer.qualify import qualify
 
     tree = sqlglot.parse_one(sql, read="duckdb")
     # Qualifying against the receipts' columns expands `SELECT * EXCLUDE (...)`, which Sail 0.7
     # does not parse, into the columns it stands for.
-    tree = qualify(tree, schema={receipts: derive.receipt_sql_types()}, dialect="duckdb",
+    tree = qualify(tree, schema=schema, dialect="duckdb",
                    quote_identifiers=False, validate_qualify_columns=False)
     # A rewritten node's own children are not visited again: a second pass reaches them.
     for _ in range(2):
@@ -82,6 +173,18 @@ def _spark_rewrites(node):
         # DuckDB's quantile_cont(x, q) is Spark's exact percentile(x, q): both interpolate linearly
         # between the closest ranks (sqlglot would write percentile_cont(x, q), not Spark SQL).
         return exp.Anonymous(this="percentile", expressions=[node.this.copy(), node.expression.copy()])
+    if isinstance(node, exp.Union) and node.args.get("by_name"):
+        # UNION ALL BY NAME (not in Spark SQL): both sides' columns in one order, a column one
+        # side lacks NULL there (the sides are plain selects once qualified).
+        sides = [node.left, node.right]
+        if all(isinstance(side, exp.Select) for side in sides):
+            by_name = [{column.alias_or_name: column for column in side.expressions} for side in sides]
+            order = list(dict.fromkeys(name for columns in by_name for name in columns))
+            for side, columns in zip(sides, by_name):
+                side.set("expressions", [columns[name].copy() if name in columns else exp.alias_(exp.Null(), name)
+                                         for name in order])
+            node.set("by_name", None)
+        return node
     group = node.args.get("group") if isinstance(node, exp.Select) else None
     if group is not None and group.args.get("all"):
         # GROUP BY ALL (not in Sail 0.7): the select list's expressions that aggregate nothing.
