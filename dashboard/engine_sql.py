@@ -20,23 +20,29 @@ the same figures from the same definitions, never a second hand-written copy:
   :mod:`dashboard.queries.geography`, :func:`dashboard.queries.cost.cost_sql`: costs summed per
   campaign and currency, rounded to 6 decimals) and the times from submission
   (:func:`dlrlens.store.reader.submission_latency_sql`), joined as
-  :func:`dashboard.queries.cost.campaigns_with_cost` joins them.
+  :func:`dashboard.queries.cost.campaigns_with_cost` joins them; the funnel: distinct clicks and
+  replies (:func:`dlrlens.store.events.distinct_clicks_sql`, ``distinct_replies_sql``) linked to
+  their messages at query time as the test oracle links them
+  (:func:`dlrlens.store.derive.linked_clicks_at_query_sql`, ``linked_replies_at_query_sql``, over
+  :func:`dlrlens.store.events.linked_clicks_sql` / ``linked_replies_sql``: the store keeps the
+  link in its derived state instead) and counted by :func:`dashboard.queries.funnel.funnel_sql`.
   Its columns (:func:`campaign_columns`): ``campaign``, every column of
-  :data:`dashboard.catalog.KPI_COLUMNS`, then the cost columns (:data:`~dashboard.catalog.COST_COLUMNS`,
-  the time from submission p50 / p95): one row per campaign and currency, in the report's order.
-  In DuckDB it gives exactly the report's Campaigns sheet but its funnel columns.
+  :data:`dashboard.catalog.KPI_COLUMNS`, of :data:`~dashboard.catalog.FUNNEL_COLUMNS`, then the
+  cost columns (:data:`~dashboard.catalog.COST_COLUMNS`, the time from submission p50 / p95): one
+  row per campaign and currency, in the report's order. In DuckDB it gives exactly the report's
+  Campaigns sheet.
 * :func:`campaign_kpis_sql` with ``dialect="spark"`` translates that query with sqlglot (a SQL
   parser and transpiler), plus the rewrites in :func:`_spark_rewrites` for what sqlglot 30 leaves
   in DuckDB's words or what Sail 0.7 does not take (each found by running the query on Sail).
 
-Scope: every receipt and send record of the tables (no date range, no filter), like ``dlrlens
-report`` without options. A send record table that does not exist (no ``dlrlens sync`` or names
-import yet) is given as None: no rows, the figures of the receipts alone (cost columns empty,
-every message without cost). Receipts missing depend on a time: the caller gives the cut-off
-(the report's "now" minus ``DLRLENS_RECEIPTS_MISSING_AFTER``), else that column is left out. The
-funnel columns (clicks, replies, opt-outs) are not generated here yet: the clicks and replies
-tables are in the catalog (:mod:`dlrlens.store.iceberg.table`), but linking an event to its
-message (:mod:`dlrlens.store.events`) is not composed for other engines yet.
+Scope: every receipt, send record, click and reply of the tables (no date range, no filter), like
+``dlrlens report`` without options. A table that does not exist (no ``dlrlens sync`` or names
+import yet, no click or reply yet) is given as None: no rows (without send records: the figures
+of the receipts alone, cost columns empty, every message without cost). Receipts missing depend
+on a time: the caller gives the cut-off (the report's "now" minus
+``DLRLENS_RECEIPTS_MISSING_AFTER``), else that column is left out. Opt-outs are matched with
+``opt_out_keywords``, by default this process's ``DLRLENS_OPT_OUT_KEYWORDS`` (the store matches
+with the keywords its derived state was built with: the maintenance's setting).
 
 sqlglot is imported only by the Spark translation (the ``engines`` extra).
 """
@@ -45,15 +51,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from dlrlens.store import derive
+from dlrlens.store import derive, events
 from dlrlens.store import sends as sends_module  # (sends: an argument, the table's name)
 from dlrlens.store.reader import (QUANTILES, log_only_messages_sql, named_sql, quantiles_by_group_sql,
                                   submission_latency_sql)
 from dlrlens.store.sql import counts_select, distinct_receipts_sql, string_literal
 from dashboard._sql import receipt_kpis_sql
-from dashboard.catalog import COST_COLUMNS, KPI_COLUMNS
+from dashboard.catalog import COST_COLUMNS, FUNNEL_COLUMNS, KPI_COLUMNS, unit
 from dashboard.queries.cost import (CAMPAIGN_COUNT_COLUMNS, SUBMISSION_COLUMNS, SUBMISSION_QUANTILE_COLUMNS, cost_sql,
                                     submission_key_sql)
+from dashboard.queries.funnel import funnel_sql
 from dashboard.queries.geography import log_only_cube_sql, receipts_cube_sql
 
 DIALECTS = ("duckdb", "spark")
@@ -65,15 +72,20 @@ SEND_TABLE_SCHEMAS = {"sends": sends_module.SEND_SCHEMA, "campaigns": sends_modu
 RECORD_COLUMNS = {column: derive.SEND_RECORD_FIELDS[derive.SEND_FIELDS[column]] for column in derive.SEND_VIEW_COLUMNS}
 
 
+# The funnel's counts: 0, not empty, for a campaign without clicks or replies (campaigns_with_funnel).
+FUNNEL_COUNT_COLUMNS = [c for c in FUNNEL_COLUMNS if unit(c) == "count"]
+
+
 def campaign_columns(receipts_missing: bool = True) -> list[str]:
     """The columns of :func:`campaign_kpis_sql` (``receipts_missing`` only with a ``missing_before``)."""
     cost = [c for c in COST_COLUMNS if receipts_missing or c != "receipts_missing"]
-    return ["campaign", *KPI_COLUMNS, *cost, *SUBMISSION_COLUMNS]
+    return ["campaign", *KPI_COLUMNS, *FUNNEL_COLUMNS, *cost, *SUBMISSION_COLUMNS]
 
 
 def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb", *, sends: str | None = None,
-                      campaigns: str | None = None, names: str | None = None,
-                      missing_before: datetime | None = None) -> str:
+                      campaigns: str | None = None, names: str | None = None, clicks: str | None = None,
+                      replies: str | None = None, missing_before: datetime | None = None,
+                      opt_out_keywords: tuple[str, ...] | None = None) -> str:
     """The Campaigns table (:func:`campaign_columns`) over the stored receipt rows of the
     relation named ``receipts`` and the send record tables named ``sends``, ``campaigns`` and
     ``names`` (Mobivate's send records, its campaign list, the imported names; None: a table
@@ -85,6 +97,7 @@ def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb", *, se
     if missing_before is not None and missing_before.utcoffset() is None:
         raise ValueError("missing_before must be an aware datetime (UTC)")
     tables = {"sends": sends, "campaigns": campaigns, "names": names}
+    event_tables = {"clicks": clicks, "replies": replies}
     relation = {key: name or f"({sends_module.empty_select(SEND_TABLE_SCHEMAS[key])})"
                 for key, name in tables.items()}
     names_in_force = (f"SELECT campaign_id, name FROM {sends_module.names_of_sql(relation['names'], relation['campaigns'])} "
@@ -109,6 +122,20 @@ def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb", *, se
 
     counts = (f"SELECT {counts_select('campaign')} "
               f"FROM ({derive.rollup_sql(messages, t='sent_at')}) GROUP BY ALL")
+    # The funnel: every distinct click and reply linked to its message at query time.
+    event_rows = {table: f"(SELECT {columns} FROM {name or f'({events.empty_sql(table)})'})"
+                  for table, name, columns in (("clicks", clicks, derive.CLICK_COLUMNS),
+                                               ("replies", replies, derive.REPLY_COLUMNS))}
+    keywords = opt_out_keywords or events.opt_out_keywords()
+    linked_clicks = derive.linked_clicks_at_query_sql(f"({events.distinct_clicks_sql(event_rows['clicks'])})",
+                                                      "every_message")
+    linked_replies = derive.linked_replies_at_query_sql(f"({events.distinct_replies_sql(event_rows['replies'])})",
+                                                        "every_message", keywords)
+    funnel = funnel_sql(derive.rollup_sql(messages, t="sent_at"),
+                        f"SELECT * FROM ({linked_clicks}) WHERE linked_by IS NOT NULL",
+                        f"SELECT * FROM ({linked_replies}) WHERE linked_by IS NOT NULL")
+    funnel_columns = ", ".join(f"coalesce(funnel.{c}, 0) AS {c}" if c in FUNNEL_COUNT_COLUMNS else f"funnel.{c}"
+                               for c in FUNNEL_COLUMNS)
     quantiles = quantiles_by_group_sql(messages, "campaign", [f"latency_{name}_s" for name, _ in QUANTILES])
     per_receipt = receipt_kpis_sql(messages, f"({distinct_receipts_sql(receipts)})", "campaign")
     cut_off = "NULL::TIMESTAMPTZ" if missing_before is None else \
@@ -121,7 +148,7 @@ def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb", *, se
     # one per campaign and currency; a campaign only in the log has a row of zero counts.
     columns = []
     for column in campaign_columns(missing_before is not None)[1:]:
-        if column in KPI_COLUMNS:
+        if column in KPI_COLUMNS or column in FUNNEL_COLUMNS:
             value = f"coalesce(k.{column}, 0)" if column in CAMPAIGN_COUNT_COLUMNS else f"k.{column}"
         elif column == "messages_without_cost":  # a campaign without a cost row: all its messages
             value = "coalesce(c.messages_without_cost, k.messages, 0)"
@@ -130,9 +157,12 @@ def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb", *, se
         columns.append(f"{value} AS {column}")
     sql = f"""
         WITH names_in_force AS ({names_in_force}), records AS {records},
-        counts AS ({counts}), quantiles AS ({quantiles}), per_receipt AS ({per_receipt}),
-        kpis AS (SELECT counts.grp AS campaign, {', '.join(KPI_COLUMNS)}
-                 FROM counts LEFT JOIN quantiles USING (grp) LEFT JOIN per_receipt USING (grp)),
+        every_message AS (SELECT {derive.LINKED_MESSAGE_COLUMNS} FROM {messages}),
+        kpi_counts AS ({counts}), quantiles AS ({quantiles}), per_receipt AS ({per_receipt}),
+        funnel AS (SELECT grp, {', '.join(FUNNEL_COLUMNS)} FROM ({funnel}) WHERE NOT total),
+        kpis AS (SELECT kpi_counts.grp AS campaign, {', '.join(KPI_COLUMNS)}, {funnel_columns}
+                 FROM kpi_counts LEFT JOIN quantiles USING (grp) LEFT JOIN per_receipt USING (grp)
+                      LEFT JOIN funnel USING (grp)),
         cost AS ({cost}), submission AS ({submission}),
         cost_rows AS (SELECT cost.*, {', '.join(f"submission.{c}" for c in SUBMISSION_COLUMNS)}
                       FROM cost LEFT JOIN submission
@@ -145,6 +175,7 @@ def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb", *, se
         return sql
     schema = {receipts: derive.receipt_sql_types()}
     schema |= {name: sends_module.sql_types(SEND_TABLE_SCHEMAS[key]) for key, name in tables.items() if name}
+    schema |= {name: events.sql_types(table) for table, name in event_tables.items() if name}
     return _to_spark(sql, schema)
 
 
@@ -169,6 +200,12 @@ def _spark_rewrites(node):
 
     if isinstance(node, exp.Anonymous) and node.name.lower() == "epoch_us":
         return exp.UnixMicros(this=node.expressions[0].copy())  # Spark: unix_micros
+    if isinstance(node, exp.Anonymous) and node.name.lower() == "hash":
+        # A message's key (the events' message_key): Spark's hash has 32 bits, xxhash64 64 as DuckDB's.
+        return exp.Anonymous(this="xxhash64", expressions=[e.copy() for e in node.expressions])
+    if isinstance(node, exp.Tuple) and isinstance(node.parent, (exp.ArgMin, exp.ArgMax)):
+        # arg_min(x, (a, b)): DuckDB orders by the tuple, Spark by a struct (Spark reads (a, b) as no value).
+        return exp.Struct(expressions=[e.copy() for e in node.expressions])
     if isinstance(node, exp.PercentileCont):
         # DuckDB's quantile_cont(x, q) is Spark's exact percentile(x, q): both interpolate linearly
         # between the closest ranks (sqlglot would write percentile_cont(x, q), not Spark SQL).

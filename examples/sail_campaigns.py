@@ -7,15 +7,15 @@
 
 Sail (``pysail``) is a Spark Connect server: an ordinary PySpark session talks to it, and it runs
 the query with several workers. The figures are those of ``dlrlens report --store iceberg:NAME``'s
-Campaigns sheet: every receipt KPI column and every cost column (one row per campaign and
-currency, campaigns named as the dashboard names them), all but the funnel columns
-(``tests/store/test_iceberg.py`` compares each value).
+Campaigns sheet: every receipt KPI, funnel and cost column (one row per campaign and currency,
+campaigns named as the dashboard names them; ``tests/store/test_iceberg.py`` compares each value).
 
 1. The catalog (configured the pyiceberg way, as for ``DLRLENS_STORE=iceberg:NAME``) gives the
-   tables' locations and their current snapshots: the receipts table, and Mobivate's send
-   records (``sends``), campaign list (``campaigns``) and imported names (``campaign_names``)
-   when a ``dlrlens sync`` or names import made them (without them: the receipts' figures, no
-   names, no cost, as the report shows them).
+   tables' locations and their current snapshots: the receipts table, the clicks and replies
+   tables, and Mobivate's send records (``sends``), campaign list (``campaigns``) and imported
+   names (``campaign_names``) when a ``dlrlens sync`` or names import made them (a table missing
+   counts as empty: without send records, the receipts' figures, no names, no cost, as the
+   report shows them).
 2. Without ``--remote``, a Sail server starts in this process in *local-cluster* mode with
    ``--workers`` workers: the driver splits the query into tasks and sends them to the workers
    over gRPC, as it does to worker pods in Sail's cluster mode on Kubernetes. It reaches the
@@ -32,7 +32,8 @@ currency, campaigns named as the dashboard names them), all but the funnel colum
    definitions, translated, not rewritten by hand.
 5. Receipts missing (MT log records without any receipt) are counted as of ``--now`` (default:
    the current time) minus ``DLRLENS_RECEIPTS_MISSING_AFTER``, as the report counts them as of
-   the time it runs: give ``--now`` to reproduce a report of another moment.
+   the time it runs: give ``--now`` to reproduce a report of another moment. Opt-outs are the
+   replies matching ``DLRLENS_OPT_OUT_KEYWORDS`` (set it as the maintenance has it).
 
 Exit status 0, or 2 with a message on stderr when the catalog or receipts table is missing.
 """
@@ -55,8 +56,9 @@ from dashboard.engine_sql import campaign_kpis_sql  # noqa: E402
 from dashboard.queries.cost import missing_after_setting  # noqa: E402
 
 RECEIPTS = "receipts"
-# Each table's view in the Spark session (the tables of dlrlens.store.iceberg.send_tables by their own names).
-VIEWS = {RECEIPTS: "receipts", "sends": "sends", "campaigns": "campaigns", "campaign_names": "campaign_names"}
+# Each table's view in the Spark session (the catalog's tables by their own names).
+VIEWS = {RECEIPTS: "receipts", "sends": "sends", "campaigns": "campaigns", "campaign_names": "campaign_names",
+         "clicks": "clicks", "replies": "replies"}
 DEFAULT_WORKERS = 2
 
 # pyiceberg S3 property -> the variable Sail's object store reads (Sail's S3 guide).
@@ -92,7 +94,7 @@ def current_tables(catalog_name: str) -> tuple[dict[str, TableRead], dict]:
     exists with data (none before the first ``dlrlens sync`` or names import), and the
     catalog's properties."""
     from dlrlens.store.iceberg.send_tables import KEYED_TABLES, keyed_table
-    from dlrlens.store.iceberg.table import open_catalog, receipts_table
+    from dlrlens.store.iceberg.table import CLICKS_TABLE, REPLIES_TABLE, open_catalog, receipts_table, written_table
     from pyiceberg.exceptions import NoSuchTableError
     from pyiceberg.utils.config import Config
 
@@ -105,9 +107,11 @@ def current_tables(catalog_name: str) -> tuple[dict[str, TableRead], dict]:
     if receipts.current_snapshot() is None:
         raise LookupError(f"the receipts table of catalog {catalog_name!r} has no data yet")
     found = {RECEIPTS: receipts}
-    for name in KEYED_TABLES:
+    optional = [(name, lambda name: keyed_table(catalog, name, create=False)) for name in KEYED_TABLES]
+    optional += [(name, lambda name: written_table(catalog, name, create=False)) for name in (CLICKS_TABLE, REPLIES_TABLE)]
+    for name, load in optional:
         try:
-            table = keyed_table(catalog, name, create=False)
+            table = load(name)
         except NoSuchTableError:
             continue
         if table.current_snapshot() is not None:  # a sync that stored nothing yet leaves none
@@ -120,11 +124,13 @@ def current_tables(catalog_name: str) -> tuple[dict[str, TableRead], dict]:
 def campaign_sql(tables: dict[str, TableRead], cut_off: datetime) -> str:
     """The Spark SQL of the Campaigns table over the views of ``tables``."""
     from dlrlens.store.iceberg.send_tables import CAMPAIGNS_TABLE, NAMES_TABLE, SENDS_TABLE
+    from dlrlens.store.iceberg.table import CLICKS_TABLE, REPLIES_TABLE
 
     def view(name: str) -> str | None:
         return tables[name].view if name in tables else None
     return campaign_kpis_sql(VIEWS[RECEIPTS], dialect="spark", sends=view(SENDS_TABLE), campaigns=view(CAMPAIGNS_TABLE),
-                             names=view(NAMES_TABLE), missing_before=cut_off)
+                             names=view(NAMES_TABLE), clicks=view(CLICKS_TABLE), replies=view(REPLIES_TABLE),
+                             missing_before=cut_off)
 
 
 def campaign_kpis(catalog_name: str, workers: int = DEFAULT_WORKERS, remote: str | None = None,

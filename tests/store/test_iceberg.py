@@ -23,7 +23,8 @@ from collector.settings import load_settings
 from dlrlens import cli
 from dlrlens.store.backends import open_store, parse_store, publisher, store_choice
 from dlrlens.store.iceberg.migrate import MigrationError, migrate
-from dlrlens.store.iceberg.table import SEGMENT_KEY, SOURCE_KEY, committed_keys, open_catalog, receipts_table
+from dlrlens.store.iceberg.table import (SEGMENT_KEY, SOURCE_KEY, committed_keys, open_catalog, receipts_table,
+                                         written_table)
 from dlrlens.store.wal import StorageError, list_segments
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
@@ -355,8 +356,7 @@ def _assert_same_campaigns(engine: str, computed: list[dict], report: list[dict]
     """Every column of ``computed`` (an engine's Campaigns table) equals the report's, row by row
     in the report's order: counts exactly, the rest to 12 digits (Sail's percentile may differ
     from DuckDB's in the last bit of the interpolation; a cost rounded in another engine)."""
-    from dashboard.catalog import COUNT_KPIS
-    from dashboard.queries.cost import CAMPAIGN_COUNT_COLUMNS
+    from dashboard.catalog import unit
 
     assert [list(row) for row in computed] == [columns] * len(computed), engine
     assert [(row["campaign"], row["currency"]) for row in computed] == \
@@ -369,17 +369,17 @@ def _assert_same_campaigns(engine: str, computed: list[dict], report: list[dict]
             where = (engine, row["campaign"], row["currency"], column)
             if wanted is None or value is None or value != value:  # NaN: none
                 assert wanted is None and (value is None or value != value), where
-            elif column in COUNT_KPIS or column in CAMPAIGN_COUNT_COLUMNS or isinstance(wanted, str):
+            elif unit(column) == "count" or isinstance(wanted, str):
                 assert value == wanted, where
             else:
                 assert value == pytest.approx(wanted, rel=1e-12, abs=0), where
 
 
 def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monkeypatch):
-    """examples/sail_campaigns.py (Sail, 2 workers, through PySpark) gives every column it
-    computes of the report's Campaigns sheet (receipt KPIs and cost columns, one row per campaign
-    and currency, names imported and Mobivate's), row by row; so does the same query in DuckDB,
-    also before any sync (no send record tables)."""
+    """examples/sail_campaigns.py (Sail, 2 workers, through PySpark) gives every column of the
+    report's Campaigns sheet (receipt KPIs, funnel and cost columns, one row per campaign and
+    currency, names imported and Mobivate's), row by row; so does the same query in DuckDB, also
+    before any sync (no send record tables)."""
     pytest.importorskip("pysail", reason="the engines extra (pysail, pyspark-client, sqlglot) is not installed")
     import duckdb
 
@@ -387,6 +387,7 @@ def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monke
     from dlrlens import fake_mobivate as fm
     from dlrlens.store import sends
     from dlrlens.store.iceberg.send_tables import IcebergSends, keyed_table
+    from tests.support.funnel import demo_events
     from tests.support.send_records import client, stream
 
     start = datetime(2026, 11, 2, tzinfo=timezone.utc)
@@ -399,8 +400,11 @@ def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monke
     rows = stream(records, campaigns, start)
     rows += [factory.receipt(f"UNSYNCED{k:024d}", "DELIVERED", start + timedelta(hours=k), batch_id="batch-not-synced")
              for k in range(3)]  # a campaign without any send record: currency empty
+    clicks, replies = demo_events(rows, seed=5, click_share=0.4, reply_share=0.2)
     for part in range(2):  # several commits and data files
         collector.store(rows[part::2])
+        collector.store(clicks[part::2], "clicks")
+        collector.store(replies[part::2], "replies")
         collector.flush()
     collector.close()
 
@@ -408,12 +412,13 @@ def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monke
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
         catalog = open_catalog("lake")
-        con.register("receipts", receipts_table(catalog, create=False).scan().to_arrow())
-        views = {}
+        for name in ("receipts", "clicks", "replies"):
+            con.register(name, written_table(catalog, name, create=False).scan().to_arrow())
+        views = dict(clicks="clicks", replies="replies")
         if synced:
             for name in ("sends", "campaigns", "campaign_names"):
                 con.register(name, keyed_table(catalog, name, create=False).scan().to_arrow())
-            views = dict(sends="sends", campaigns="campaigns", names="campaign_names")
+            views |= dict(sends="sends", campaigns="campaigns", names="campaign_names")
         sql = campaign_kpis_sql("receipts", missing_before=missing_before, **views)
         frame = con.execute(sql).fetchdf().astype(object)
         return frame.where(frame.notna(), None).to_dict("records")
@@ -445,6 +450,7 @@ def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monke
     assert len([row for row in report if row["campaign"] == campaigns[0]["name"]]) == 2
     assert 0 < sum(row["receipts_missing"] for row in report) < len(unanswered)
     assert any(row["messages_without_cost"] for row in report)
+    assert all(sum(row[c] or 0 for row in report) > 0 for c in ("clicked", "clicks", "replied", "opted_out"))
 
     example = Path(__file__).resolve().parents[2] / "examples" / "sail_campaigns.py"
     run = subprocess.run([sys.executable, str(example), "--catalog", "lake", "--workers", "2", "--format", "json",
@@ -453,7 +459,7 @@ def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monke
     sail = json.loads(run.stdout)
     assert sail["tables"]["receipts"]["snapshot_id"] == \
         receipts_table(open_catalog("lake"), create=False).current_snapshot().snapshot_id
-    assert set(sail["tables"]) == {"receipts", "sends", "campaigns", "campaign_names"}
+    assert set(sail["tables"]) == {"receipts", "clicks", "replies", "sends", "campaigns", "campaign_names"}
     columns = campaign_columns()
     _assert_same_campaigns("sail", sail["campaigns"], report, columns)
     _assert_same_campaigns("duckdb", in_duckdb(now - grace), report, columns)
