@@ -86,66 +86,30 @@ def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb", *, se
                       campaigns: str | None = None, names: str | None = None, clicks: str | None = None,
                       replies: str | None = None, missing_before: datetime | None = None,
                       opt_out_keywords: tuple[str, ...] | None = None) -> str:
-    """The Campaigns table (:func:`campaign_columns`) over the stored receipt rows of the
-    relation named ``receipts`` and the send record tables named ``sends``, ``campaigns`` and
-    ``names`` (Mobivate's send records, its campaign list, the imported names; None: a table
-    that does not exist, no rows), in ``dialect``. ``missing_before``: the receipts-missing
-    cut-off (the report's ``now`` minus ``DLRLENS_RECEIPTS_MISSING_AFTER``); None leaves that
-    column out."""
+    """The Campaigns table (:func:`campaign_columns`) in ``dialect``, over the tables (or views)
+    named ``receipts`` (the stored receipt rows), ``sends``, ``campaigns`` and ``names``
+    (Mobivate's send records, its campaign list, the imported names: the tables of
+    :mod:`dlrlens.store.iceberg.send_tables`), ``clicks`` and ``replies``; None: a table that
+    does not exist, no rows. ``missing_before``: the receipts-missing cut-off (the report's
+    "now" minus ``DLRLENS_RECEIPTS_MISSING_AFTER``); None leaves that column out.
+    ``opt_out_keywords``: default :func:`dlrlens.store.events.opt_out_keywords`."""
     if dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {dialect!r}")
     if missing_before is not None and missing_before.utcoffset() is None:
         raise ValueError("missing_before must be an aware datetime (UTC)")
-    tables = {"sends": sends, "campaigns": campaigns, "names": names}
+    send_tables = {"sends": sends, "campaigns": campaigns, "names": names}
     event_tables = {"clicks": clicks, "replies": replies}
-    relation = {key: name or f"({sends_module.empty_select(SEND_TABLE_SCHEMAS[key])})"
-                for key, name in tables.items()}
-    names_in_force = (f"SELECT campaign_id, name FROM {sends_module.names_of_sql(relation['names'], relation['campaigns'])} "
-                      f"WHERE name IS NOT NULL")
-    records = sends_module.one_record_per_message_sql(relation["sends"], sends_module.MT_RECORD)
-    record_columns = ", ".join(f"s.{record} AS {column}" for column, record in RECORD_COLUMNS.items())
-
-    # The messages with receipts, each with its send record, named.
-    receipts_only = derive.merge_sql(derive.receipt_units_sql(receipts, events=False), events=False)
-    unnamed = f"""
-        SELECT m.*, {record_columns}
-        FROM ({derive.messages_view_sql(f"({receipts_only})", sends=False)}) m
-        LEFT JOIN records s ON s.message_id = m.delivery_message_id"""
-    messages = named_sql(f"({unnamed})", "names_in_force")
-    # The messages Mobivate's log knows without any receipt, named.
-    log_only_rows = f"""(
-        SELECT s.message_id AS delivery_message_id, {record_columns}
-        FROM records s LEFT JOIN (SELECT DISTINCT delivery_message_id FROM {receipts}) r
-             ON r.delivery_message_id = s.message_id
-        WHERE r.delivery_message_id IS NULL)"""
-    log_only = named_sql(log_only_messages_sql(log_only_rows), "names_in_force")
-
-    counts = (f"SELECT {counts_select('campaign')} "
-              f"FROM ({derive.rollup_sql(messages, t='sent_at')}) GROUP BY ALL")
-    # The funnel: every distinct click and reply linked to its message at query time.
-    event_rows = {table: f"(SELECT {columns} FROM {name or f'({events.empty_sql(table)})'})"
-                  for table, name, columns in (("clicks", clicks, derive.CLICK_COLUMNS),
-                                               ("replies", replies, derive.REPLY_COLUMNS))}
-    keywords = opt_out_keywords or events.opt_out_keywords()
-    linked_clicks = derive.linked_clicks_at_query_sql(f"({events.distinct_clicks_sql(event_rows['clicks'])})",
-                                                      "every_message")
-    linked_replies = derive.linked_replies_at_query_sql(f"({events.distinct_replies_sql(event_rows['replies'])})",
-                                                        "every_message", keywords)
-    funnel = funnel_sql(derive.rollup_sql(messages, t="sent_at"),
-                        f"SELECT * FROM ({linked_clicks}) WHERE linked_by IS NOT NULL",
-                        f"SELECT * FROM ({linked_replies}) WHERE linked_by IS NOT NULL")
-    funnel_columns = ", ".join(f"coalesce(funnel.{c}, 0) AS {c}" if c in FUNNEL_COUNT_COLUMNS else f"funnel.{c}"
-                               for c in FUNNEL_COLUMNS)
+    messages = "SELECT * FROM campaign_messages"  # each message with receipts, named, with its send record
+    rollup = derive.rollup_sql(messages, t="sent_at")
+    counts = f"SELECT {counts_select('campaign')} FROM ({rollup}) GROUP BY ALL"
     quantiles = quantiles_by_group_sql(messages, "campaign", [f"latency_{name}_s" for name, _ in QUANTILES])
     per_receipt = receipt_kpis_sql(messages, f"({distinct_receipts_sql(receipts)})", "campaign")
-    cut_off = "NULL::TIMESTAMPTZ" if missing_before is None else \
-        f"{string_literal(missing_before.isoformat())}::TIMESTAMPTZ"
-    cost = cost_sql(f"({receipts_cube_sql(f'({derive.cost_rollup_sql(messages)})')})",
-                    f"({log_only_cube_sql(log_only, cut_off)})", "campaign")
-    submission = quantiles_by_group_sql(submission_latency_sql(messages), submission_key_sql("campaign", "currency"),
-                                        SUBMISSION_QUANTILE_COLUMNS)
-    # campaigns_with_cost (dashboard.queries.cost): the campaigns' rows and their cost rows,
-    # one per campaign and currency; a campaign only in the log has a row of zero counts.
+    funnel = _funnel_sql(rollup, clicks, replies, opt_out_keywords or events.opt_out_keywords())
+    funnel_columns = ", ".join(f"coalesce(funnel.{c}, 0) AS {c}" if c in FUNNEL_COUNT_COLUMNS else f"funnel.{c}"
+                               for c in FUNNEL_COLUMNS)
+    # campaigns_with_funnel, then campaigns_with_cost (dashboard.queries): the campaigns' rows
+    # and their cost rows, one per campaign and currency; a campaign only in the log has a row
+    # of zero counts.
     columns = []
     for column in campaign_columns(missing_before is not None)[1:]:
         if column in KPI_COLUMNS or column in FUNNEL_COLUMNS:
@@ -156,17 +120,13 @@ def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb", *, se
             value = f"coalesce(c.{column}, 0)" if column in CAMPAIGN_COUNT_COLUMNS else f"c.{column}"
         columns.append(f"{value} AS {column}")
     sql = f"""
-        WITH names_in_force AS ({names_in_force}), records AS {records},
-        every_message AS (SELECT {derive.LINKED_MESSAGE_COLUMNS} FROM {messages}),
+        WITH {_messages_ctes(receipts, send_tables)},
         kpi_counts AS ({counts}), quantiles AS ({quantiles}), per_receipt AS ({per_receipt}),
         funnel AS (SELECT grp, {', '.join(FUNNEL_COLUMNS)} FROM ({funnel}) WHERE NOT total),
         kpis AS (SELECT kpi_counts.grp AS campaign, {', '.join(KPI_COLUMNS)}, {funnel_columns}
                  FROM kpi_counts LEFT JOIN quantiles USING (grp) LEFT JOIN per_receipt USING (grp)
                       LEFT JOIN funnel USING (grp)),
-        cost AS ({cost}), submission AS ({submission}),
-        cost_rows AS (SELECT cost.*, {', '.join(f"submission.{c}" for c in SUBMISSION_COLUMNS)}
-                      FROM cost LEFT JOIN submission
-                           ON submission.grp = {submission_key_sql("cost.grp", "cost.currency")})
+        cost_rows AS ({_cost_rows_sql(messages, missing_before)})
         SELECT coalesce(k.campaign, c.grp) AS campaign, {', '.join(columns)}
         FROM kpis k FULL OUTER JOIN cost_rows c ON c.grp = k.campaign
         ORDER BY k.messages IS NULL, k.messages DESC, campaign, c.currency NULLS LAST
@@ -174,9 +134,67 @@ def campaign_kpis_sql(receipts: str = "receipts", dialect: str = "duckdb", *, se
     if dialect == "duckdb":
         return sql
     schema = {receipts: derive.receipt_sql_types()}
-    schema |= {name: sends_module.sql_types(SEND_TABLE_SCHEMAS[key]) for key, name in tables.items() if name}
+    schema |= {name: sends_module.sql_types(SEND_TABLE_SCHEMAS[key]) for key, name in send_tables.items() if name}
     schema |= {name: events.sql_types(table) for table, name in event_tables.items() if name}
     return _to_spark(sql, schema)
+
+
+def _messages_ctes(receipts: str, send_tables: dict[str, str | None]) -> str:
+    """The common table expressions of the messages: ``names_in_force`` (campaign_id, name),
+    ``records`` (each message's MT send record), ``campaign_messages`` (each message with
+    receipts, named, with :data:`dlrlens.store.derive.SEND_VIEW_COLUMNS`), ``log_only`` (the
+    messages Mobivate's log knows without any receipt, named) and ``every_message`` (what
+    events link to)."""
+    relation = {key: name or f"({sends_module.empty_select(SEND_TABLE_SCHEMAS[key])})"
+                for key, name in send_tables.items()}
+    names_in_force = (f"SELECT campaign_id, name FROM {sends_module.names_of_sql(relation['names'], relation['campaigns'])} "
+                      f"WHERE name IS NOT NULL")
+    records = sends_module.one_record_per_message_sql(relation["sends"], sends_module.MT_RECORD)
+    record_columns = ", ".join(f"s.{record} AS {column}" for column, record in RECORD_COLUMNS.items())
+    receipts_only = derive.merge_sql(derive.receipt_units_sql(receipts, events=False), events=False)
+    unnamed = f"""
+        SELECT m.*, {record_columns}
+        FROM ({derive.messages_view_sql(f"({receipts_only})", sends=False)}) m
+        LEFT JOIN records s ON s.message_id = m.delivery_message_id"""
+    log_only_rows = f"""(
+        SELECT s.message_id AS delivery_message_id, {record_columns}
+        FROM records s LEFT JOIN (SELECT DISTINCT delivery_message_id FROM {receipts}) r
+             ON r.delivery_message_id = s.message_id
+        WHERE r.delivery_message_id IS NULL)"""
+    return f"""names_in_force AS ({names_in_force}), records AS {records},
+        campaign_messages AS {named_sql(f"({unnamed})", "names_in_force")},
+        log_only AS {named_sql(log_only_messages_sql(log_only_rows), "names_in_force")},
+        every_message AS (SELECT {derive.LINKED_MESSAGE_COLUMNS} FROM campaign_messages)"""
+
+
+def _funnel_sql(rollup: str, clicks: str | None, replies: str | None, keywords: tuple[str, ...]) -> str:
+    """:func:`dashboard.queries.funnel.funnel_sql` of the messages of ``rollup`` (their counts)
+    and every distinct click and reply of the tables ``clicks`` and ``replies`` linked to
+    ``every_message`` at query time."""
+    rows = {table: f"(SELECT {columns} FROM {name or f'({events.empty_sql(table)})'})"
+            for table, name, columns in (("clicks", clicks, derive.CLICK_COLUMNS),
+                                         ("replies", replies, derive.REPLY_COLUMNS))}
+    linked_clicks = derive.linked_clicks_at_query_sql(f"({events.distinct_clicks_sql(rows['clicks'])})",
+                                                      "every_message")
+    linked_replies = derive.linked_replies_at_query_sql(f"({events.distinct_replies_sql(rows['replies'])})",
+                                                        "every_message", keywords)
+    return funnel_sql(rollup, f"SELECT * FROM ({linked_clicks}) WHERE linked_by IS NOT NULL",
+                      f"SELECT * FROM ({linked_replies}) WHERE linked_by IS NOT NULL")
+
+
+def _cost_rows_sql(messages: str, missing_before: datetime | None) -> str:
+    """The cost rows (:func:`dashboard.queries.cost.cost_by` ``campaign``'s, group column
+    ``grp``) of the ``messages`` and ``log_only``, receipts missing before ``missing_before``."""
+    cut_off = "NULL::TIMESTAMPTZ" if missing_before is None else \
+        f"{string_literal(missing_before.isoformat())}::TIMESTAMPTZ"
+    cost = cost_sql(f"({receipts_cube_sql(f'({derive.cost_rollup_sql(messages)})')})",
+                    f"({log_only_cube_sql('log_only', cut_off)})", "campaign")
+    submission = quantiles_by_group_sql(submission_latency_sql(messages), submission_key_sql("campaign", "currency"),
+                                        SUBMISSION_QUANTILE_COLUMNS)
+    return f"""
+        WITH cost AS ({cost}), submission AS ({submission})
+        SELECT cost.*, {', '.join(f"submission.{c}" for c in SUBMISSION_COLUMNS)}
+        FROM cost LEFT JOIN submission ON submission.grp = {submission_key_sql("cost.grp", "cost.currency")}"""
 
 
 def _to_spark(sql: str, schema: dict[str, dict[str, str]]) -> str:
