@@ -28,7 +28,7 @@ from dlrlens.store.iceberg.table import (SEGMENT_KEY, SOURCE_KEY, committed_keys
 from dlrlens.store.wal import StorageError, list_segments
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
-from tests.support.lake import commit_keeping_a_copy, report_json, table_ids
+from tests.support.lake import assert_same_campaigns, commit_keeping_a_copy, report_json, table_ids
 from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.slow  # a real object store (weed mini) per test
@@ -345,36 +345,6 @@ def test_the_dashboard_shows_the_same_cards_from_the_iceberg_store(lake, tmp_pat
     assert cards["iceberg"] == cards["local"] and cards["local"]["Messages"] == "120"
 
 
-def _campaign_rows(rows: list[dict]) -> dict[tuple, dict]:
-    """Campaigns table rows by (campaign, currency)."""
-    keyed = {(row["campaign"], row.get("currency")): row for row in rows}
-    assert len(keyed) == len(rows), "one row per campaign and currency"
-    return keyed
-
-
-def _assert_same_campaigns(engine: str, computed: list[dict], report: list[dict], columns: list[str]) -> None:
-    """Every column of ``computed`` (an engine's Campaigns table) equals the report's, row by row
-    in the report's order: counts exactly, the rest to 12 digits (Sail's percentile may differ
-    from DuckDB's in the last bit of the interpolation; a cost rounded in another engine)."""
-    from dashboard.catalog import unit
-
-    assert [list(row) for row in computed] == [columns] * len(computed), engine
-    assert [(row["campaign"], row["currency"]) for row in computed] == \
-        [(row["campaign"], row["currency"]) for row in report], engine
-    expected = _campaign_rows(report)
-    for row in computed:
-        wanted_row = expected[(row["campaign"], row["currency"])]
-        for column in columns:
-            value, wanted = row[column], wanted_row[column]
-            where = (engine, row["campaign"], row["currency"], column)
-            if wanted is None or value is None or value != value:  # NaN: none
-                assert wanted is None and (value is None or value != value), where
-            elif unit(column) == "count" or isinstance(wanted, str):
-                assert value == wanted, where
-            else:
-                assert value == pytest.approx(wanted, rel=1e-12, abs=0), where
-
-
 def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monkeypatch):
     """examples/sail_campaigns.py (Sail, 2 workers, through PySpark) gives every column of the
     report's Campaigns sheet (receipt KPIs, funnel and cost columns, one row per campaign and
@@ -424,7 +394,7 @@ def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monke
         return frame.where(frame.notna(), None).to_dict("records")
 
     before_sync = report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "before.json")["Campaigns"]
-    _assert_same_campaigns("duckdb, no sync", in_duckdb(synced=False), before_sync, campaign_columns(receipts_missing=False))
+    assert_same_campaigns("duckdb, no sync", in_duckdb(synced=False), before_sync, campaign_columns(receipts_missing=False))
 
     with fm.FakeServer(fm.create_app(records, campaigns, api_key="k")) as server:
         sends.sync(tmp_path / "collector", client(server), start.date(), (start + timedelta(days=2)).date(),
@@ -461,8 +431,8 @@ def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monke
         receipts_table(open_catalog("lake"), create=False).current_snapshot().snapshot_id
     assert set(sail["tables"]) == {"receipts", "clicks", "replies", "sends", "campaigns", "campaign_names"}
     columns = campaign_columns()
-    _assert_same_campaigns("sail", sail["campaigns"], report, columns)
-    _assert_same_campaigns("duckdb", in_duckdb(now - grace), report, columns)
+    assert_same_campaigns("sail", sail["campaigns"], report, columns)
+    assert_same_campaigns("duckdb", in_duckdb(now - grace), report, columns)
     with pytest.raises(ValueError, match="dialect must be one of duckdb, spark"):
         campaign_kpis_sql(dialect="trino")
 
