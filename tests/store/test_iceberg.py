@@ -348,8 +348,8 @@ def test_the_dashboard_shows_the_same_cards_from_the_iceberg_store(lake, tmp_pat
 def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monkeypatch):
     """examples/sail_campaigns.py (Sail, 2 workers, through PySpark) gives every column of the
     report's Campaigns sheet (receipt KPIs, funnel and cost columns, one row per campaign and
-    currency, names imported and Mobivate's), row by row; so does the same query in DuckDB, also
-    before any sync (no send record tables)."""
+    currency, names imported and Mobivate's), row by row, before and after a sync; so does the
+    same query in DuckDB."""
     pytest.importorskip("pysail", reason="the engines extra (pysail, pyspark-client, sqlglot) is not installed")
     import duckdb
 
@@ -393,8 +393,19 @@ def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monke
         frame = con.execute(sql).fetchdf().astype(object)
         return frame.where(frame.notna(), None).to_dict("records")
 
+    def in_sail(now: datetime) -> dict:
+        example = Path(__file__).resolve().parents[2] / "examples" / "sail_campaigns.py"
+        run = subprocess.run([sys.executable, str(example), "--catalog", "lake", "--workers", "2", "--format", "json",
+                              "--now", now.isoformat()], capture_output=True, text=True, timeout=240)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return json.loads(run.stdout)
+
+    # Before any sync: no send record tables, the receipts' figures (no names, no cost).
     before_sync = report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "before.json")["Campaigns"]
     assert_same_campaigns("duckdb, no sync", in_duckdb(synced=False), before_sync, campaign_columns(receipts_missing=False))
+    sail = in_sail(datetime.now(timezone.utc))
+    assert set(sail["tables"]) == {"receipts", "clicks", "replies"}
+    assert_same_campaigns("sail, no sync", sail["campaigns"], before_sync, campaign_columns())
 
     with fm.FakeServer(fm.create_app(records, campaigns, api_key="k")) as server:
         sends.sync(tmp_path / "collector", client(server), start.date(), (start + timedelta(days=2)).date(),
@@ -422,11 +433,7 @@ def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monke
     assert any(row["messages_without_cost"] for row in report)
     assert all(sum(row[c] or 0 for row in report) > 0 for c in ("clicked", "clicks", "replied", "opted_out"))
 
-    example = Path(__file__).resolve().parents[2] / "examples" / "sail_campaigns.py"
-    run = subprocess.run([sys.executable, str(example), "--catalog", "lake", "--workers", "2", "--format", "json",
-                          "--now", now.isoformat()], capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-3000:]
-    sail = json.loads(run.stdout)
+    sail = in_sail(now)
     assert sail["tables"]["receipts"]["snapshot_id"] == \
         receipts_table(open_catalog("lake"), create=False).current_snapshot().snapshot_id
     assert set(sail["tables"]) == {"receipts", "clicks", "replies", "sends", "campaigns", "campaign_names"}
