@@ -26,7 +26,9 @@ Contract:
   and a masked form. Message text (``body``, ``text``) is never stored; no number is logged.
 * Readers: :func:`sends_sql` (one row per message id over every source), :func:`names_sql`
   (one name per campaign id: imported first, then Mobivate's) and :func:`campaign_sql` (THE
-  definition of a message's campaign). The dashboard's cost figures read the send records
+  definition of a message's campaign); :func:`one_record_per_message_sql` and
+  :func:`names_of_sql` are the first two over any relation (other engines' views of the
+  Iceberg tables: :mod:`dashboard.engine_sql`). The dashboard's cost figures read the send records
   the derived state absorbed (:mod:`dlrlens.store.derive`: each message keeps its MT record),
   never joining at query time; the straightforward join is the test oracle's
   (``tests/support/baseline.py``).
