@@ -62,9 +62,15 @@ def _missing_before(now: datetime | None, missing_after: timedelta | None) -> da
 
 
 # Every percentile the store computes, named; the pages show SUBMISSION_COLUMNS of them.
-_SUBMISSION_QUANTILES = [f"latency_from_submission_{name}_s" for name, _ in QUANTILES]
+SUBMISSION_QUANTILE_COLUMNS = [f"latency_from_submission_{name}_s" for name, _ in QUANTILES]
 _NO_CURRENCY = "\x1e"  # stands for a NULL currency in a percentile group key
 _KEY_SEPARATOR = "\x1f"
+
+
+def submission_key_sql(group: str, currency: str) -> str:
+    """The key the times from submission are grouped by: the text ``group`` and ``currency``
+    (SQL expressions) in one text (:func:`_submission_quantiles`)."""
+    return f"{group} || '{_KEY_SEPARATOR}' || coalesce({currency}, '{_NO_CURRENCY}')"
 
 
 def _submission_quantiles(store: Store, f: Filters, group: str) -> pd.DataFrame:
@@ -73,8 +79,8 @@ def _submission_quantiles(store: Store, f: Filters, group: str) -> pd.DataFrame:
     time from submission (Mobivate's log created time to the first DELIVERED receipt) over
     the delivered messages with a log record created before it, per ``group`` (an SQL text
     expression) and currency; exact (:meth:`Store.latency_quantiles`)."""
-    key = f"{group} || '{_KEY_SEPARATOR}' || coalesce(currency, '{_NO_CURRENCY}')"
-    df = store.latency_quantiles(f, key, _SUBMISSION_QUANTILES, kind=SUBMISSION, count="latency_from_submission_messages")
+    key = submission_key_sql(group, "currency")
+    df = store.latency_quantiles(f, key, SUBMISSION_QUANTILE_COLUMNS, kind=SUBMISSION, count="latency_from_submission_messages")
     return df.rename(columns={"grp": "key"})[["key", *SUBMISSION_COLUMNS, "latency_from_submission_messages"]]
 
 
@@ -84,7 +90,7 @@ def submission_latency(store: Store, f: Filters) -> pd.DataFrame:
     submission (:data:`SUBMISSION_COLUMNS`), whatever the currency: the Latency page shows
     them beside the time to deliver, which starts at the first receipt."""
     def compute():
-        df = store.latency_quantiles(f, None, _SUBMISSION_QUANTILES, kind=SUBMISSION,
+        df = store.latency_quantiles(f, None, SUBMISSION_QUANTILE_COLUMNS, kind=SUBMISSION,
                                      count="latency_from_submission_messages")
         if df.empty:  # one row whatever: no percentiles, no messages
             return pd.DataFrame([{name: math.nan for name in SUBMISSION_COLUMNS} | {"latency_from_submission_messages": 0}])
@@ -102,11 +108,12 @@ def submission_latency(store: Store, f: Filters) -> pd.DataFrame:
 COST_DECIMALS = 6
 
 
-def _cost_sql(receipts: str, log_only: str, group: str) -> str:
+def cost_sql(receipts: str, log_only: str, group: str) -> str:
     """Cost figures per (``grp``: the expression ``group``, currency) over the cubes
     ``receipts`` and ``log_only`` (:func:`dashboard.queries.geography.receipts_cube`,
-    :func:`~dashboard.queries.geography.log_only_cube`). A sum of costs over messages none of
-    which has one is empty, as SQL's sum is."""
+    :func:`~dashboard.queries.geography.log_only_cube`): :data:`COST_TABLE_COLUMNS` but campaign
+    and the times from submission. A sum of costs over messages none of which has one is
+    empty, as SQL's sum is."""
     failed = "outcome IN ('failed', 'unknown')"
     return f"""
         WITH j AS (SELECT {group} AS grp, *, TRUE AS has_receipt, FALSE AS missing FROM {receipts}
@@ -125,7 +132,8 @@ def _cost_sql(receipts: str, log_only: str, group: str) -> str:
             SELECT grp, coalesce(sum(messages) FILTER (WHERE has_receipt AND NOT in_log), 0) AS messages_without_cost,
                    count(DISTINCT currency) AS currencies
             FROM j GROUP BY ALL)
-        SELECT p.*, g.messages_without_cost
+        SELECT p.*, p.cost / CASE WHEN p.delivered > 0 THEN p.delivered END AS cost_per_delivered,
+               g.messages_without_cost
         FROM per_currency p JOIN per_group g USING (grp)
         -- the rows without a currency (messages without a log record) join the campaign's
         -- currency rows, unless it has none
@@ -154,7 +162,7 @@ def cost_by(store: Store, f: Filters, group: str | None, now: datetime | None = 
 
     def compute():
         with store.pinned():
-            figures = store.query(_cost_sql(receipts_cube(store, f), log_only_cube(store, f, before), expression))
+            figures = store.query(cost_sql(receipts_cube(store, f), log_only_cube(store, f, before), expression))
             if not with_submission:
                 return figures.rename(columns={"grp": column})
             quantiles = _submission_quantiles(store, f, expression)
@@ -165,7 +173,6 @@ def cost_by(store: Store, f: Filters, group: str | None, now: datetime | None = 
     df = store.cached("cost_by", (f, group, before.replace(second=0, microsecond=0)), compute)
     if df.empty:
         return empty_frame(columns)
-    df["cost_per_delivered"] = df["cost"] / df["delivered"].where(df["delivered"] > 0)
     df = counts_as_int(df, ["messages", "delivered", "messages_without_cost", "receipts_missing"])
     for name in ("cost", "failed_cost", "cost_per_delivered", *(SUBMISSION_COLUMNS if with_submission else ())):
         df[name] = df[name].astype("float64")
@@ -202,6 +209,11 @@ def sync_state(store: Store) -> dict | None:
     return sends.sync_status(store.data_dir)
 
 
+# The counts of the campaign table with cost: 0, not empty, on a row of a campaign only in the log.
+CAMPAIGN_COUNT_COLUMNS = ("messages", "delivered", "failed", "unknown", "pending", "regressions", "latency_messages",
+                          "delivered_without_earlier", "messages_without_cost", "receipts_missing")
+
+
 def campaigns_with_cost(per_campaign: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
     """The campaign table (:func:`dashboard.queries.campaigns`) with the cost columns
     (:data:`dashboard.catalog.COST_COLUMNS`, then :data:`SUBMISSION_COLUMNS`) of
@@ -215,10 +227,7 @@ def campaigns_with_cost(per_campaign: pd.DataFrame, cost: pd.DataFrame) -> pd.Da
     no_record = merged["currency"].isna() & merged["messages_without_cost"].isna()
     if "messages" in merged:
         merged.loc[no_record, "messages_without_cost"] = merged.loc[no_record, "messages"]
-    counts = [c for c in ("messages", "delivered", "failed", "unknown", "pending", "regressions",
-                          "latency_messages", "delivered_without_earlier", "messages_without_cost",
-                          "receipts_missing") if c in merged]
-    merged = counts_as_int(merged, counts)
+    merged = counts_as_int(merged, [c for c in CAMPAIGN_COUNT_COLUMNS if c in merged])
     order = {name: i for i, name in enumerate(per_campaign["campaign"])}
     merged["_order"] = merged["campaign"].map(order).fillna(len(order))
     return merged.sort_values(["_order", "campaign", "currency"], na_position="last").drop(columns="_order") \

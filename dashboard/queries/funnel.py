@@ -60,14 +60,22 @@ def _filtered_events(store: Store, f: Filters, table: str, params: dict) -> str:
 
 
 def _funnel_sql(store: Store, f: Filters) -> tuple[str, dict]:
-    """The funnel figures in total (``total`` true, ``grp`` NULL) and per campaign (``grp``), in
-    one pass over the clicks and replies (GROUPING SETS)."""
+    """:func:`funnel_sql` of the messages matching ``f`` and its parameters."""
     counts, params = store.filtered_counts_sql(f)
     clicks = _filtered_events(store, f, "clicks", params)
     replies = _filtered_events(store, f, "replies", params)
+    return funnel_sql(counts, clicks, replies), params
+
+
+def funnel_sql(counts: str, clicks: str, replies: str) -> str:
+    """The funnel figures in total (``total`` true, ``grp`` NULL) and per campaign (``grp``): the
+    messages of the counts relation ``counts`` (:meth:`Store.counts_sql` rows), their linked
+    ``clicks`` and ``replies`` (:meth:`Store.linked_clicks_sql` / ``linked_replies_sql`` rows of
+    those messages), in one pass over the clicks and replies (GROUPING SETS); columns total,
+    grp, :data:`FUNNEL_TABLE_COLUMNS`."""
     levels = "GROUP BY GROUPING SETS ((), (campaign))"
     first = "first_click AND outcome = 'delivered'"
-    sql = f"""
+    return f"""
         WITH counts AS (
             SELECT grouping(campaign) = 1 AS total, campaign AS grp, sum(messages)::BIGINT AS messages,
                    coalesce(sum(messages) FILTER (WHERE outcome = 'delivered'), 0)::BIGINT AS delivered
@@ -86,11 +94,12 @@ def _funnel_sql(store: Store, f: Filters) -> tuple[str, dict]:
         SELECT c.total, c.grp, c.messages, c.delivered, coalesce(k.clicked, 0) AS clicked,
                coalesce(k.clicks, 0) AS clicks, coalesce(r.replied, 0) AS replied,
                coalesce(r.opted_out, 0) AS opted_out,
+               coalesce(k.clicked, 0) / CASE WHEN c.delivered > 0 THEN c.delivered END AS click_rate,
+               coalesce(r.opted_out, 0) / CASE WHEN c.delivered > 0 THEN c.delivered END AS opt_out_rate,
                k.click_delays[1] / 1e6 AS click_delay_p50_s, k.click_delays[2] / 1e6 AS click_delay_p95_s
         FROM counts c LEFT JOIN by_click k ON k.total = c.total AND k.grp IS NOT DISTINCT FROM c.grp
                       LEFT JOIN by_reply r ON r.total = c.total AND r.grp IS NOT DISTINCT FROM c.grp
     """
-    return sql, params
 
 
 def funnel(store: Store, f: Filters, by_campaign: bool = False) -> pd.DataFrame:
@@ -102,10 +111,7 @@ def funnel(store: Store, f: Filters, by_campaign: bool = False) -> pd.DataFrame:
         sql, params = _funnel_sql(store, f)
         df = store.query(sql, params)
         df = counts_as_int(df, _COUNTS)
-        delivered = df["delivered"].where(df["delivered"] > 0)
-        df["click_rate"] = (df["clicked"] / delivered).astype("float64")
-        df["opt_out_rate"] = (df["opted_out"] / delivered).astype("float64")
-        for column in ("click_delay_p50_s", "click_delay_p95_s"):
+        for column in ("click_rate", "opt_out_rate", "click_delay_p50_s", "click_delay_p95_s"):
             df[column] = df[column].astype("float64")
         return df
 

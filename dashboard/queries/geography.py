@@ -43,11 +43,17 @@ def receipts_cube(store: Store, f: Filters) -> str:
     ``store.pinned()``."""
     params: dict = {}
     conditions = send_record_conditions(store, f, params)
-    sql = f"""
+    return store.materialized("receipts_cube", (f,), receipts_cube_sql(store.cost_counts_sql(f, params), conditions),
+                              params)
+
+
+def receipts_cube_sql(cost_counts: str, conditions: str = "TRUE") -> str:
+    """:func:`receipts_cube`'s rows from ``cost_counts`` (rows of
+    :func:`dlrlens.store.derive.cost_rollup_sql`, signed) meeting ``conditions``."""
+    return f"""
         SELECT {CUBE_COLUMNS}, sum(messages) AS messages, sum(cost) AS cost, sum(priced) AS priced
-        FROM {store.cost_counts_sql(f, params)} WHERE {conditions}
+        FROM {cost_counts} WHERE {conditions}
         GROUP BY ALL HAVING sum(messages) <> 0"""
-    return store.materialized("receipts_cube", (f,), sql, params)
 
 
 def log_only_cube(store: Store, f: Filters, missing_before) -> str:
@@ -57,11 +63,17 @@ def log_only_cube(store: Store, f: Filters, missing_before) -> str:
     params: dict = {"missing_before": missing_before}
     log_only = store.log_only_sql(f, params)
     conditions = send_record_conditions(store, f, params)
-    sql = f"""
-        SELECT {CUBE_COLUMNS.replace("in_log", "TRUE AS in_log")}, log_created < $missing_before AS missing,
+    return store.materialized("log_only_cube", (f, missing_before),
+                              log_only_cube_sql(log_only, "$missing_before", conditions), params)
+
+
+def log_only_cube_sql(log_only: str, missing_before: str, conditions: str = "TRUE") -> str:
+    """:func:`log_only_cube`'s rows from ``log_only`` (:meth:`Store.log_only_sql`'s rows)
+    meeting ``conditions``; ``missing_before``: an SQL expression of that time."""
+    return f"""
+        SELECT {CUBE_COLUMNS.replace("in_log", "TRUE AS in_log")}, log_created < {missing_before} AS missing,
                count(*) AS messages, sum(cost) AS cost, count(cost) AS priced
         FROM {log_only} WHERE {conditions} GROUP BY ALL"""
-    return store.materialized("log_only_cube", (f, missing_before), sql, params)
 
 
 def delivery_by(store: Store, f: Filters, dimension: str, limit: int = VALUE_LIMIT) -> pd.DataFrame:

@@ -249,12 +249,16 @@ def reply_units_sql(source: str, keywords: tuple[str, ...]) -> str:
     return _event_unit_sql("in_reply_to", NO_CLICKS, f"[{item}]::{REPLY_ITEM}[]", source)
 
 
+# Each SEND_ITEM field from a send record (a dlrlens.store.sends.SEND_SCHEMA row).
+SEND_RECORD_FIELDS = {"p": "source = 'log'", "hm": "modified IS NOT NULL", "m": "modified", "c": "created",
+                      "s": "status", "o": "originator", "rt": "route_id", "co": "cost", "cu": "currency",
+                      "ci": "campaign_id", "n": "country", "w": "network", "k": "recipient_masked"}
+
+
 def send_units_sql(source: str) -> str:
     """Units from stored send records of ``source`` (:data:`dlrlens.store.sends.SEND_SCHEMA`
     rows): each MT record belongs to its ``message_id`` (an MO record is no message of ours)."""
-    key = _send_key_sql({"p": "source = 'log'", "hm": "modified IS NOT NULL", "m": "modified", "c": "created",
-                         "s": "status", "o": "originator", "rt": "route_id", "co": "cost", "cu": "currency",
-                         "ci": "campaign_id", "n": "country", "w": "network", "k": "recipient_masked"})
+    key = _send_key_sql(SEND_RECORD_FIELDS)
     return _event_unit_sql("message_id", NO_CLICKS, NO_REPLIES, source, "coalesce(direction, 'MT') = 'MT'", key)
 
 
@@ -564,6 +568,46 @@ def click_flags_sql(rows: str, message: str) -> str:
         FROM (SELECT *, row_number() OVER (PARTITION BY {message} ORDER BY {order}) = 1 AS first_click, {flags}
               FROM ({rows}))
     """
+
+
+# The columns of the messages events are linked against at query time (linked_clicks_at_query_sql).
+LINKED_MESSAGE_COLUMNS = ("delivery_message_id, batch_id, client_reference, campaign, sent_at, outcome, last_status, "
+                          "label_sets, delivered_at")
+_LINKED_MESSAGE = "m.delivery_message_id, m.campaign, m.sent_at, m.outcome, m.last_status, m.label_sets"
+CLICK_COLUMNS = "click_id, received_at, message_id, batch_id, client_ref, url, browser, os, country"
+REPLY_COLUMNS = "reply_id, created, received_at, in_reply_to, logical_message_id, body, originator_hash"
+
+
+def linked_clicks_at_query_sql(clicks: str, messages: str) -> str:
+    """The distinct clicks ``clicks`` (:data:`CLICK_COLUMNS` of
+    :func:`dlrlens.store.events.distinct_clicks_sql`) linked at query time against ``messages``
+    (a table or CTE name with :data:`LINKED_MESSAGE_COLUMNS`: every message), with the columns
+    of :meth:`dlrlens.store.reader.Store.linked_clicks_sql` (and ``delivery_message_id``): the
+    straightforward link, without the derived state (the test oracle's, other engines')."""
+    linked = f"""
+        SELECT CASE WHEN lc.linked_id IS NOT NULL THEN hash(lc.linked_id) END AS message_key, lc.linked_by,
+               {_LINKED_MESSAGE}, m.delivered_at, lc.received_at, lc.url, lc.browser, lc.os, lc.country
+        FROM ({events.linked_clicks_sql(clicks, messages)}) lc LEFT JOIN {messages} m ON m.delivery_message_id = lc.linked_id"""
+    return click_flags_sql(linked, "message_key")
+
+
+def linked_replies_at_query_sql(replies: str, messages: str, keywords: tuple[str, ...]) -> str:
+    """:func:`linked_clicks_at_query_sql` for the distinct replies ``replies``
+    (:data:`REPLY_COLUMNS`), opt-outs by ``keywords``: the columns of
+    :meth:`dlrlens.store.reader.Store.linked_replies_sql` (a batch-linked reply with its
+    batch's first sent message's)."""
+    return f"""
+        WITH firsts AS (SELECT batch_id, arg_min(delivery_message_id, (sent_at, delivery_message_id)) AS first_id
+                        FROM {messages} WHERE batch_id IS NOT NULL GROUP BY ALL),
+        lr AS ({events.linked_replies_sql(replies, messages, keywords)})
+        SELECT CASE WHEN coalesce(lr.linked_id, b.first_id) IS NOT NULL
+                    THEN hash(coalesce(lr.linked_id, b.first_id)) END AS message_key,
+               lr.linked_id, lr.linked_by,
+               CASE WHEN lr.linked_id IS NOT NULL THEN lr.linked_id
+                    ELSE lr.linked_batch || chr(31) || coalesce(lr.originator_hash, lr.reply_id) END AS replier,
+               {_LINKED_MESSAGE}, lr.reply_id, lr.created, lr.received_at, lr.opt_out
+        FROM lr LEFT JOIN firsts b ON b.batch_id = lr.linked_batch
+                LEFT JOIN {messages} m ON m.delivery_message_id = coalesce(lr.linked_id, b.first_id)"""
 
 
 def clicks_companion_sql(rows: str) -> str:

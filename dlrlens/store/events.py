@@ -86,11 +86,15 @@ def event_files(data_dir: Path, table: str) -> dict[str, tuple[int, int]]:
     return found
 
 
+def sql_types(table: str) -> dict[str, str]:
+    """{column: DuckDB type} of ``table`` (``clicks``, ``replies``)."""
+    types = {"string": "VARCHAR", "int32": "INTEGER", "timestamp[us, tz=UTC]": "TIMESTAMPTZ"}
+    return {f.name: types[str(f.type)] for f in layout.TABLES[table].schema}
+
+
 def empty_sql(table: str) -> str:
     """A query with ``table``'s columns and no rows."""
-    types = {"string": "VARCHAR", "int32": "INTEGER", "timestamp[us, tz=UTC]": "TIMESTAMPTZ"}
-    columns = ", ".join(f"NULL::{types[str(f.type)]} AS {f.name}" for f in layout.TABLES[table].schema)
-    return f"SELECT {columns} WHERE FALSE"
+    return "SELECT " + ", ".join(f"NULL::{kind} AS {name}" for name, kind in sql_types(table).items()) + " WHERE FALSE"
 
 
 def rows_sql(paths: list[str], table: str, columns: str = "*") -> str:

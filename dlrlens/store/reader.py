@@ -370,8 +370,7 @@ class Store:
         stored campaign is its label, else its batchId, else ``(none)``). Identity without names."""
         if not self._has_names:
             return f"(SELECT {columns} FROM {relation})"
-        return (f"(SELECT r.* REPLACE (coalesce(cn.name, r.campaign) AS campaign) FROM (SELECT {columns} FROM {relation}) r "
-                f"LEFT JOIN campaign_names cn ON cn.campaign_id = r.campaign)")
+        return named_sql(relation, "campaign_names", columns)
 
     def _absolute(self, files: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
         """``files`` (see :meth:`_files`) by absolute path."""
@@ -512,10 +511,7 @@ class Store:
         file (no sent time from a receipt); adds the bound times to ``params``."""
         rows = self._unplaced_rows_sql(", ".join(("delivery_message_id", *derive.SEND_VIEW_COLUMNS)))
         where = " AND ".join(["log_created IS NOT NULL"] + time_conditions(f, params, column="log_created"))
-        return self._named(f"""(
-            SELECT *, coalesce(log_campaign_id, '{sends.NO_CAMPAIGN}') AS campaign, NULL::VARCHAR AS outcome,
-                   NULL::VARCHAR AS last_status, NULL::VARCHAR AS label_sets
-            FROM {rows} WHERE {where})""")
+        return self._named(log_only_messages_sql(rows, where))
 
     def label_condition(self, f: Filters):
         """The label-pair condition builder for :func:`dlrlens.store.sql.dimension_conditions`."""
@@ -1376,6 +1372,26 @@ def _label_catalog(store: Store) -> pd.DataFrame:
     return store.cached("label_catalog", (), lambda: store.query(*store.label_sets_sql()))
 
 
+def named_sql(relation: str, names: str, columns: str = "*") -> str:
+    """``relation`` (SQL with a ``campaign`` column; ``columns`` of it) with each campaign that
+    is a campaign id of ``names`` (a relation of ``campaign_id``, ``name``: the names in force,
+    :func:`dlrlens.store.sends.names_sql`) shown by its name: :meth:`Store._named`'s SQL, also
+    other engines' (:mod:`dashboard.engine_sql`)."""
+    return (f"(SELECT r.* REPLACE (coalesce(cn.name, r.campaign) AS campaign) FROM (SELECT {columns} FROM {relation}) r "
+            f"LEFT JOIN {names} cn ON cn.campaign_id = r.campaign)")
+
+
+def log_only_messages_sql(rows: str, where: str = "TRUE") -> str:
+    """The messages of ``rows`` (send record rows without receipts: ``delivery_message_id``
+    and :data:`dlrlens.store.derive.SEND_VIEW_COLUMNS`) meeting ``where``, with the columns
+    of a message the cost cubes read: ``campaign`` (the record's campaignId, else ``(none)``;
+    unnamed: see :func:`named_sql`), ``outcome``, ``last_status`` and ``label_sets`` (NULL)."""
+    return f"""(
+        SELECT *, coalesce(log_campaign_id, '{sends.NO_CAMPAIGN}') AS campaign, NULL::VARCHAR AS outcome,
+               NULL::VARCHAR AS last_status, NULL::VARCHAR AS label_sets
+        FROM {rows} WHERE {where})"""
+
+
 # --------------------------------------------------------------------------- exact percentiles
 
 
@@ -1452,9 +1468,15 @@ def _quantiles_by_duckdb(store: Store, f: Filters, group: str | None, names, kin
     """:meth:`Store.latency_quantiles` by DuckDB's ``quantile_cont`` over the messages."""
     sql, params = store.filtered_messages_sql(f)
     if kind is SUBMISSION:
-        sql = (f"SELECT *, latency_us / 1e6 AS latency_s FROM ({derive.submission_view_sql(sql)}) "
-               f"WHERE {' AND '.join(['TRUE'] + send_conditions(f, params))}")
+        sql = f"SELECT * FROM ({submission_latency_sql(sql)}) WHERE {' AND '.join(['TRUE'] + send_conditions(f, params))}"
     return store.query(quantiles_by_group_sql(sql, group, names, count), params)
+
+
+def submission_latency_sql(messages: str) -> str:
+    """The times from submission (:func:`dlrlens.store.derive.submission_view_sql`) of the
+    messages ``messages`` (a query) with ``latency_s``: what :func:`quantiles_by_group_sql`
+    takes the percentiles of (kind :data:`SUBMISSION`)."""
+    return f"SELECT *, latency_us / 1e6 AS latency_s FROM ({derive.submission_view_sql(messages)})"
 
 
 def quantiles_by_group_sql(messages: str, group: str | None, names, count: str | None = None) -> str:

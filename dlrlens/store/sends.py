@@ -26,7 +26,9 @@ Contract:
   and a masked form. Message text (``body``, ``text``) is never stored; no number is logged.
 * Readers: :func:`sends_sql` (one row per message id over every source), :func:`names_sql`
   (one name per campaign id: imported first, then Mobivate's) and :func:`campaign_sql` (THE
-  definition of a message's campaign). The dashboard's cost figures read the send records
+  definition of a message's campaign); :func:`one_record_per_message_sql` and
+  :func:`names_of_sql` are the first two over any relation (other engines' views of the
+  Iceberg tables: :mod:`dashboard.engine_sql`). The dashboard's cost figures read the send records
   the derived state absorbed (:mod:`dlrlens.store.derive`: each message keeps its MT record),
   never joining at query time; the straightforward join is the test oracle's
   (``tests/support/baseline.py``).
@@ -617,35 +619,55 @@ def has_sends(data_dir: Path) -> bool:
     return bool(_visible(data_dir, f"{SENDS_DIR}/*/*.parquet"))
 
 
-def _empty_select(schema: pa.Schema) -> str:
+def sql_types(schema: pa.Schema) -> dict[str, str]:
+    """{column: DuckDB type} of one of this module's schemas (:data:`SEND_SCHEMA`, ...)."""
     types = {"string": "VARCHAR", "int32": "INTEGER", "int64": "BIGINT", "double": "DOUBLE",
              "timestamp[us, tz=UTC]": "TIMESTAMPTZ"}
-    return "SELECT " + ", ".join(f"NULL::{types[str(f.type)]} AS {f.name}" for f in schema) + " WHERE FALSE"
+    return {f.name: types[str(f.type)] for f in schema}
+
+
+def empty_select(schema: pa.Schema) -> str:
+    """A query with the columns of ``schema`` (one of this module's) and no rows."""
+    return "SELECT " + ", ".join(f"NULL::{t} AS {name}" for name, t in sql_types(schema).items()) + " WHERE FALSE"
 
 
 def _parquet(paths: list[Path], schema: pa.Schema) -> str:
     if not paths:
-        return f"({_empty_select(schema)})"
+        return f"({empty_select(schema)})"
     return "read_parquet([" + ", ".join(string_literal(p) for p in paths) + "], union_by_name = true)"
+
+
+# A message's send record is an MT one (an MO record is no message of ours).
+MT_RECORD = "coalesce(direction, 'MT') = 'MT'"
 
 
 def sends_sql(data_dir: Path, where: str = "TRUE") -> str:
     """One row per message id over every stored send record meeting ``where`` (of a message
     in both the log and the history, the log's; else the latest modified)."""
-    source = _parquet(_visible(data_dir, f"{SENDS_DIR}/*/*.parquet"), SEND_SCHEMA)
+    return one_record_per_message_sql(_parquet(_visible(data_dir, f"{SENDS_DIR}/*/*.parquet"), SEND_SCHEMA), where)
+
+
+def one_record_per_message_sql(records: str, where: str = "TRUE") -> str:
+    """:func:`sends_sql` over the send records ``records`` (a relation with the columns of
+    :data:`SEND_SCHEMA`: the local files, or another engine's view of the ``sends`` table)."""
     return f"""(
         SELECT * EXCLUDE (pick) FROM (
             SELECT *, row_number() OVER (PARTITION BY message_id
                 ORDER BY source = 'log' DESC, modified DESC NULLS LAST, created DESC) AS pick
-            FROM {source} WHERE {where})
+            FROM {records} WHERE {where})
         WHERE pick = 1)"""
 
 
 def names_sql(data_dir: Path) -> str:
     """One row per campaign id (``campaign_id``, ``name``): an imported name first, else
     Mobivate's campaign name."""
-    imported = _parquet(_visible(data_dir, IMPORTED_NAMES), NAME_SCHEMA)
-    mobivate = _parquet(_visible(data_dir, MOBIVATE_CAMPAIGNS), CAMPAIGN_SCHEMA)
+    return names_of_sql(_parquet(_visible(data_dir, IMPORTED_NAMES), NAME_SCHEMA),
+                        _parquet(_visible(data_dir, MOBIVATE_CAMPAIGNS), CAMPAIGN_SCHEMA))
+
+
+def names_of_sql(imported: str, mobivate: str) -> str:
+    """:func:`names_sql` over the relations ``imported`` (:data:`NAME_SCHEMA` rows) and
+    ``mobivate`` (:data:`CAMPAIGN_SCHEMA` rows)."""
     return f"""(
         SELECT campaign_id, arg_min(name, priority) AS name FROM (
             SELECT batch_id AS campaign_id, name, 1 AS priority FROM {imported}

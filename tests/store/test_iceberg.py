@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -22,11 +23,12 @@ from collector.settings import load_settings
 from dlrlens import cli
 from dlrlens.store.backends import open_store, parse_store, publisher, store_choice
 from dlrlens.store.iceberg.migrate import MigrationError, migrate
-from dlrlens.store.iceberg.table import SEGMENT_KEY, SOURCE_KEY, committed_keys, open_catalog, receipts_table
+from dlrlens.store.iceberg.table import (SEGMENT_KEY, SOURCE_KEY, committed_keys, open_catalog, receipts_table,
+                                         written_table)
 from dlrlens.store.wal import StorageError, list_segments
 from dlrlens.store.writer import ReceiptStorage
 from tests.support import factory
-from tests.support.lake import commit_keeping_a_copy, report_json, table_ids
+from tests.support.lake import assert_same_campaigns, commit_keeping_a_copy, report_json, table_ids
 from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.slow  # a real object store (weed mini) per test
@@ -343,51 +345,101 @@ def test_the_dashboard_shows_the_same_cards_from_the_iceberg_store(lake, tmp_pat
     assert cards["iceberg"] == cards["local"] and cards["local"]["Messages"] == "120"
 
 
-def test_sail_computes_every_campaign_kpi_of_the_report(lake, tmp_path):
-    """examples/sail_campaigns.py (Sail, 2 workers, through PySpark) gives every KPI of the
-    report's Campaigns sheet, campaign by campaign; so does the same query in DuckDB."""
+def test_sail_computes_every_campaign_column_of_the_report(lake, tmp_path, monkeypatch):
+    """examples/sail_campaigns.py (Sail, 2 workers, through PySpark) gives every column of the
+    report's Campaigns sheet (receipt KPIs, funnel and cost columns, one row per campaign and
+    currency, names imported and Mobivate's), row by row, before and after a sync; so does the
+    same query in DuckDB."""
     pytest.importorskip("pysail", reason="the engines extra (pysail, pyspark-client, sqlglot) is not installed")
     import duckdb
 
-    from dashboard.catalog import COUNT_KPIS, KPI_COLUMNS
-    from dashboard.engine_sql import campaign_kpis_sql
+    from dashboard.engine_sql import campaign_columns, campaign_kpis_sql
+    from dlrlens import fake_mobivate as fm
+    from dlrlens.store import sends
+    from dlrlens.store.iceberg.send_tables import IcebergSends, keyed_table
+    from tests.support.funnel import demo_events
+    from tests.support.send_records import client, stream
 
-    rows = factory.demo_rows(300, seed=11)
+    start = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    records, campaigns = fm.generate_records(200, start, start + timedelta(days=2), seed=23)
+    first = [r for r in records if r["campaignId"] == campaigns[0]["id"]]
+    for record in first[::2]:  # a campaign billed in two currencies: two rows
+        record["currency"] = "EUR"
     collector = ReceiptStorage(tmp_path / "collector", flush_seconds=3600,
                                publish=publisher(ICEBERG, tmp_path / "collector"))
-    for start in range(0, len(rows), 250):  # several commits and data files
-        collector.store(rows[start:start + 250])
+    rows = stream(records, campaigns, start)
+    rows += [factory.receipt(f"UNSYNCED{k:024d}", "DELIVERED", start + timedelta(hours=k), batch_id="batch-not-synced")
+             for k in range(3)]  # a campaign without any send record: currency empty
+    clicks, replies = demo_events(rows, seed=5, click_share=0.4, reply_share=0.2)
+    for part in range(2):  # several commits and data files
+        collector.store(rows[part::2])
+        collector.store(clicks[part::2], "clicks")
+        collector.store(replies[part::2], "replies")
         collector.flush()
     collector.close()
-    report = {row["campaign"]: row for row in report_json(tmp_path / "reader", "iceberg:lake",
-                                                          tmp_path / "report.json")["Campaigns"]}
-    assert len(report) > 3
 
-    example = Path(__file__).resolve().parents[2] / "examples" / "sail_campaigns.py"
-    run = subprocess.run([sys.executable, str(example), "--catalog", "lake", "--workers", "2", "--format", "json"],
-                         capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-3000:]
-    sail = json.loads(run.stdout)
-    assert sail["snapshot_id"] == receipts_table(open_catalog("lake"), create=False).current_snapshot().snapshot_id
-    assert [list(row) for row in sail["campaigns"]] == [["campaign"] + KPI_COLUMNS] * len(report)
+    def in_duckdb(missing_before=None, synced=True) -> list[dict]:
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        catalog = open_catalog("lake")
+        for name in ("receipts", "clicks", "replies"):
+            con.register(name, written_table(catalog, name, create=False).scan().to_arrow())
+        views = dict(clicks="clicks", replies="replies")
+        if synced:
+            for name in ("sends", "campaigns", "campaign_names"):
+                con.register(name, keyed_table(catalog, name, create=False).scan().to_arrow())
+            views |= dict(sends="sends", campaigns="campaigns", names="campaign_names")
+        sql = campaign_kpis_sql("receipts", missing_before=missing_before, **views)
+        frame = con.execute(sql).fetchdf().astype(object)
+        return frame.where(frame.notna(), None).to_dict("records")
 
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.register("receipts", receipts_table(open_catalog("lake"), create=False).scan().to_arrow())
-    in_duckdb = con.execute(campaign_kpis_sql("receipts")).fetchdf().astype(object).to_dict("records")
+    def in_sail(now: datetime) -> dict:
+        example = Path(__file__).resolve().parents[2] / "examples" / "sail_campaigns.py"
+        run = subprocess.run([sys.executable, str(example), "--catalog", "lake", "--workers", "2", "--format", "json",
+                              "--now", now.isoformat()], capture_output=True, text=True, timeout=240)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return json.loads(run.stdout)
 
-    for engine, computed in (("sail", sail["campaigns"]), ("duckdb", in_duckdb)):
-        assert sorted(row["campaign"] for row in computed) == sorted(report), engine
-        for row in computed:
-            expected = report[row["campaign"]]
-            for column in KPI_COLUMNS:
-                value, wanted = row[column], expected[column]
-                if wanted is None or value is None or value != value:  # NaN: none
-                    assert wanted is None and (value is None or value != value), (engine, row["campaign"], column)
-                elif column in COUNT_KPIS:
-                    assert value == wanted, (engine, row["campaign"], column)
-                else:  # Sail's percentile may differ from DuckDB's in the last bit of the interpolation
-                    assert value == pytest.approx(wanted, rel=1e-12, abs=0), (engine, row["campaign"], column)
+    # Before any sync: no send record tables, the receipts' figures (no names, no cost).
+    before_sync = report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "before.json")["Campaigns"]
+    assert_same_campaigns("duckdb, no sync", in_duckdb(synced=False), before_sync, campaign_columns(receipts_missing=False))
+    sail = in_sail(datetime.now(timezone.utc))
+    assert set(sail["tables"]) == {"receipts", "clicks", "replies"}
+    assert_same_campaigns("sail, no sync", sail["campaigns"], before_sync, campaign_columns())
+
+    with fm.FakeServer(fm.create_app(records, campaigns, api_key="k")) as server:
+        sends.sync(tmp_path / "collector", client(server), start.date(), (start + timedelta(days=2)).date(),
+                   destination=IcebergSends("lake"))
+    sends.import_names(tmp_path / "collector", f"batch_id,name\n{campaigns[1]['id']},Imported name\n",
+                       IcebergSends("lake"))
+    # Receipts missing depend on the time: the cut-off falls in the middle of the widest gap
+    # between the created times of the log's messages without receipts, so that the seconds
+    # between the report's "now" and the example's change nothing (and both sides count).
+    received = {r["delivery_message_id"] for r in rows}
+    unanswered = sorted(sends.parse_time(r["created"]) for r in records
+                        if r["direction"] == "MT" and r["id"] not in received)
+    gap, after = max((b - a, a) for a, b in zip(unanswered, unanswered[1:]))
+    cut_off = after + gap / 2
+    now = datetime.now(timezone.utc)
+    grace = timedelta(seconds=round((now - cut_off).total_seconds()))
+    monkeypatch.setenv("DLRLENS_RECEIPTS_MISSING_AFTER", f"{grace.total_seconds():.0f}s")
+
+    report = report_json(tmp_path / "reader", "iceberg:lake", tmp_path / "report.json")["Campaigns"]
+    named = {row["campaign"] for row in report}
+    assert {"Imported name", campaigns[0]["name"]} <= named and campaigns[1]["id"] not in named
+    assert {row["currency"] for row in report} == {"GBP", "EUR", None}
+    assert len([row for row in report if row["campaign"] == campaigns[0]["name"]]) == 2
+    assert 0 < sum(row["receipts_missing"] for row in report) < len(unanswered)
+    assert any(row["messages_without_cost"] for row in report)
+    assert all(sum(row[c] or 0 for row in report) > 0 for c in ("clicked", "clicks", "replied", "opted_out"))
+
+    sail = in_sail(now)
+    assert sail["tables"]["receipts"]["snapshot_id"] == \
+        receipts_table(open_catalog("lake"), create=False).current_snapshot().snapshot_id
+    assert set(sail["tables"]) == {"receipts", "clicks", "replies", "sends", "campaigns", "campaign_names"}
+    columns = campaign_columns()
+    assert_same_campaigns("sail", sail["campaigns"], report, columns)
+    assert_same_campaigns("duckdb", in_duckdb(now - grace), report, columns)
     with pytest.raises(ValueError, match="dialect must be one of duckdb, spark"):
         campaign_kpis_sql(dialect="trino")
 

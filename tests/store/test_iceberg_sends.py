@@ -18,7 +18,6 @@ from dashboard import queries as q
 from dashboard.queries import Filters
 from dlrlens import cli
 from dlrlens import fake_mobivate as fm
-from dlrlens.mobivate import MobivateClient, Retry
 from dlrlens.store import derive, layout, maintenance, pseudonym, sends
 from dlrlens.store.backends import parse_store, publisher
 from dlrlens.store.iceberg import derived, send_tables
@@ -29,8 +28,8 @@ from dlrlens.store.iceberg.send_tables import IcebergSends, keyed_table
 from dlrlens.store.iceberg.table import open_catalog
 from dlrlens.store.reader import Store
 from dlrlens.store.writer import ReceiptStorage
-from tests.support.factory import receipt
 from tests.support.lake import assert_same_figures as assert_same, report_json
+from tests.support.send_records import client, stream
 from tests.support.servers import wait_until
 
 pytestmark = pytest.mark.slow  # a real object store (weed mini) per test
@@ -40,27 +39,6 @@ START = datetime(2026, 11, 2, tzinfo=UTC)
 NOW = START + timedelta(days=5)
 ICEBERG = parse_store("iceberg:lake")
 FILTERS = (Filters(), Filters(start=START, end=START + timedelta(days=1), countries=("GB",)))
-
-
-def stream(records: list[dict], campaigns: list[dict]) -> list[dict]:
-    """Receipts for most MT records of the log (some never get one), a few for messages the log
-    does not know, some campaign sends by batch id."""
-    rows = []
-    for i, record in enumerate(r for r in records if r["direction"] == "MT"):
-        if i % 7 == 0:
-            continue
-        created = sends.parse_time(record["created"]) + timedelta(seconds=5)
-        batch = record["campaignId"] if i % 3 else None
-        rows.append(receipt(record["id"], "ACCEPTED", created, batch_id=batch))
-        final = ("DELIVERED", "UNDELIVERABLE", "EXPIRED")[i % 3]
-        rows.append(receipt(record["id"], final, created + timedelta(seconds=30 + i % 90), batch_id=batch))
-    rows += [receipt(f"NOLOG{k:027d}", "DELIVERED", START + timedelta(hours=k), batch_id=campaigns[0]["id"])
-             for k in range(6)]
-    return rows
-
-
-def client(server) -> MobivateClient:
-    return MobivateClient("k", server.url, server.url, retry=Retry(sleep=lambda s: None))
 
 
 def figures(store: Store) -> dict[str, pd.DataFrame]:
@@ -83,7 +61,7 @@ def world(lake, tmp_path):
     directory synced and named. Both sides share the number key (collectors of one deployment
     are given one key: their hashes must match)."""
     records, campaigns = fm.generate_records(300, START, START + timedelta(days=2), seed=23)
-    rows = stream(records, campaigns)
+    rows = stream(records, campaigns, START)
     local = ReceiptStorage(tmp_path / "local", flush_seconds=3600)
     collector = ReceiptStorage(tmp_path / "collector", flush_seconds=3600,
                                publish=publisher(ICEBERG, tmp_path / "collector"))

@@ -85,7 +85,7 @@ def messages_sql(rows: str) -> str:
 def send_records_sql(data_dir: Path) -> str:
     """A message's send record, straightforwardly: of its MT records (log and history), the
     log's, then the latest modified (:func:`dlrlens.store.sends.sends_sql`)."""
-    return sends.sends_sql(data_dir, where="coalesce(direction, 'MT') = 'MT'")
+    return sends.sends_sql(data_dir, where=sends.MT_RECORD)
 
 
 def joined_sql(messages: str, all_messages: str, data_dir: Path, log_window: str = "TRUE") -> str:
@@ -206,38 +206,16 @@ class BaselineStore(Store):
     # Clicks and replies: linked at query time against every message (the store keeps the link
     # in its derived state instead).
     # (delivery_message_id too: the baseline's label filter looks up the raw rows by message)
-    _MESSAGE = "m.delivery_message_id, m.campaign, m.sent_at, m.outcome, m.last_status, m.label_sets"
-
     def _every_message(self) -> str:
-        return (f"(SELECT delivery_message_id, batch_id, client_reference, campaign, sent_at, outcome, last_status, "
-                f"label_sets, delivered_at FROM {self.messages_sql()})")
+        return f"(SELECT {derive.LINKED_MESSAGE_COLUMNS} FROM {self.messages_sql()})"
 
     def linked_clicks_sql(self) -> str:
-        clicks = self.clicks_sql("click_id, received_at, message_id, batch_id, client_ref, url, browser, os, country")
-        linked = f"""
-            WITH m AS MATERIALIZED {self._every_message()},
-            lc AS ({events.linked_clicks_sql(clicks, 'm')})
-            SELECT CASE WHEN lc.linked_id IS NOT NULL THEN hash(lc.linked_id) END AS message_key, lc.linked_by,
-                   {self._MESSAGE}, m.delivered_at, lc.received_at, lc.url, lc.browser, lc.os, lc.country
-            FROM lc LEFT JOIN m ON m.delivery_message_id = lc.linked_id"""
-        return f"({derive.click_flags_sql(linked, 'message_key')})"
+        return (f"(WITH m AS MATERIALIZED {self._every_message()} "
+                f"{derive.linked_clicks_at_query_sql(self.clicks_sql(derive.CLICK_COLUMNS), 'm')})")
 
     def linked_replies_sql(self) -> str:
-        replies = self.replies_sql("reply_id, created, received_at, in_reply_to, logical_message_id, body, "
-                                   "originator_hash")
-        return f"""(
-            WITH m AS MATERIALIZED {self._every_message()},
-            firsts AS (SELECT batch_id, arg_min(delivery_message_id, (sent_at, delivery_message_id)) AS first_id
-                       FROM m WHERE batch_id IS NOT NULL GROUP BY ALL),
-            lr AS ({events.linked_replies_sql(replies, 'm', events.opt_out_keywords())})
-            SELECT CASE WHEN coalesce(lr.linked_id, b.first_id) IS NOT NULL
-                        THEN hash(coalesce(lr.linked_id, b.first_id)) END AS message_key,
-                   lr.linked_id, lr.linked_by,
-                   CASE WHEN lr.linked_id IS NOT NULL THEN lr.linked_id
-                        ELSE lr.linked_batch || chr(31) || coalesce(lr.originator_hash, lr.reply_id) END AS replier,
-                   {self._MESSAGE}, lr.reply_id, lr.created, lr.received_at, lr.opt_out
-            FROM lr LEFT JOIN firsts b ON b.batch_id = lr.linked_batch
-                    LEFT JOIN m ON m.delivery_message_id = coalesce(lr.linked_id, b.first_id))"""
+        linked = derive.linked_replies_at_query_sql(self.replies_sql(derive.REPLY_COLUMNS), "m", events.opt_out_keywords())
+        return f"(WITH m AS MATERIALIZED {self._every_message()} SELECT * FROM ({linked}))"
 
     def messages_for_ids(self, ids_table: str) -> str:
         return (f"(SELECT * FROM {self.messages_sql()} "

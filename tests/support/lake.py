@@ -6,6 +6,8 @@
 * :func:`assert_same_figures`: named frames (a page's questions) equal, exactly.
 * :func:`report_json`: ``dlrlens report --format json`` of a store (local or ``iceberg:NAME``),
   in this process, without the one entry that always differs (its generation time).
+* :func:`assert_same_campaigns`: another engine's Campaigns table (``dashboard.engine_sql``)
+  equals the report's Campaigns sheet, row by row and column by column.
 * :func:`commit_keeping_a_copy`: a flushed (committed) segment's path and content, to put back
   as a crash between the commit and the segment's deletion leaves it.
 """
@@ -16,7 +18,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from dashboard.catalog import unit
 from dlrlens import cli
 from dlrlens.store.iceberg.derived import derived_table
 from dlrlens.store.iceberg.table import open_catalog, receipts_table
@@ -67,3 +71,31 @@ def report_json(data_dir: Path, store: str, output: Path) -> dict:
     doc = json.loads(Path(output).read_text())
     doc["Summary"] = [row for row in doc["Summary"] if row["key"] != "generated_at"]
     return doc
+
+
+def campaign_rows(rows: list[dict]) -> dict[tuple, dict]:
+    """Campaigns table rows by (campaign, currency)."""
+    keyed = {(row["campaign"], row.get("currency")): row for row in rows}
+    assert len(keyed) == len(rows), "one row per campaign and currency"
+    return keyed
+
+
+def assert_same_campaigns(engine: str, computed: list[dict], report: list[dict], columns: list[str]) -> None:
+    """Every column of ``computed`` (an engine's Campaigns table) equals the report's, row by row
+    in the report's order: counts exactly, the rest to 12 digits (Sail's percentile may differ
+    from DuckDB's in the last bit of the interpolation; a cost rounded in another engine)."""
+    assert [list(row) for row in computed] == [columns] * len(computed), engine
+    assert [(row["campaign"], row["currency"]) for row in computed] == \
+        [(row["campaign"], row["currency"]) for row in report], engine
+    expected = campaign_rows(report)
+    for row in computed:
+        wanted_row = expected[(row["campaign"], row["currency"])]
+        for column in columns:
+            value, wanted = row[column], wanted_row[column]
+            where = (engine, row["campaign"], row["currency"], column)
+            if wanted is None or value is None or value != value:  # NaN: none
+                assert wanted is None and (value is None or value != value), where
+            elif unit(column) == "count" or isinstance(wanted, str):
+                assert value == wanted, where
+            else:
+                assert value == pytest.approx(wanted, rel=1e-12, abs=0), where
