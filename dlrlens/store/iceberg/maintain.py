@@ -63,12 +63,15 @@ import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from pyarrow import fs as pafs
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
 from pyiceberg.io.pyarrow import PyArrowFileIO, parquet_file_to_data_file
 from pyiceberg.manifest import DataFile
+from pyiceberg.catalog import Catalog
 from pyiceberg.table import Table
 from pyiceberg.table.metadata import TableMetadata
 
@@ -232,6 +235,20 @@ def check_number_key(table: Table, fingerprint: str) -> str:
     return "same"
 
 
+def _maintained_tables() -> dict[str, tuple[dict[str, str], Callable[[Catalog], Table | None]]]:
+    """Every table the maintenance keeps bounded: name -> (the properties it makes sure the table
+    has, how to load it: None, or NoSuchTableError, before a commit made it)."""
+    tables = {name: (TABLE_PROPERTIES, partial(written_table, name=name, create=False)) for name in WRITTEN_TABLES}
+    tables[derived.DERIVED_TABLE] = (derived.DERIVED_TABLE_PROPERTIES, derived.derived_table)
+    tables |= {name: (send_tables.TABLE_PROPERTIES, partial(send_tables.keyed_table, name=name, create=False))
+               for name in send_tables.KEYED_TABLES}
+    tables[ALERT_TABLE] = (ALERT_TABLE_PROPERTIES, partial(alert_table, create=False))
+    return tables
+
+
+MAINTAINED_TABLES = _maintained_tables()
+
+
 class TableMaintenance:
     """Compaction, expiry and orphan-file cleanup of catalog ``catalog_name``'s receipts table
     (or its clicks or replies table: ``table`` = ``clicks``, ``replies``; outputs sorted by arrival
@@ -243,13 +260,10 @@ class TableMaintenance:
 
     def __init__(self, catalog_name: str, *, retention_seconds: float, orphan_grace_seconds: float,
                  compact: bool = True, work_dir: Path | None = None, clock=time.time, table: str = RECEIPTS_TABLE):
-        maintained = (*WRITTEN_TABLES, derived.DERIVED_TABLE, *send_tables.KEYED_TABLES, ALERT_TABLE)
-        if table not in maintained:
-            raise ValueError(f"dlrlens maintains the tables {', '.join(maintained)}, not {table!r}")
+        if table not in MAINTAINED_TABLES:
+            raise ValueError(f"dlrlens maintains the tables {', '.join(MAINTAINED_TABLES)}, not {table!r}")
         self.table_name = table
-        self.properties = (TABLE_PROPERTIES if table in WRITTEN_TABLES else send_tables.TABLE_PROPERTIES
-                           if table in send_tables.KEYED_TABLES else ALERT_TABLE_PROPERTIES
-                           if table == ALERT_TABLE else derived.DERIVED_TABLE_PROPERTIES)
+        self.properties, self._load = MAINTAINED_TABLES[table]
         if retention_seconds < 0:
             raise ValueError("the snapshot retention cannot be negative")
         if orphan_grace_seconds <= 0:
@@ -290,13 +304,7 @@ class TableMaintenance:
     def _fresh_table(self) -> Table | None:
         if self._table is None:
             try:
-                catalog = open_catalog(self.catalog_name)
-                self._table = (written_table(catalog, self.table_name, create=False)
-                               if self.table_name in WRITTEN_TABLES
-                               else send_tables.keyed_table(catalog, self.table_name, create=False)
-                               if self.table_name in send_tables.KEYED_TABLES
-                               else alert_table(catalog, create=False)
-                               if self.table_name == ALERT_TABLE else derived.derived_table(catalog))
+                self._table = self._load(open_catalog(self.catalog_name))
             except NoSuchTableError:
                 return None
             if self._table is None:
@@ -311,9 +319,8 @@ class TableMaintenance:
         return self._table
 
     def ensure_properties(self) -> int:
-        """Set the table's properties (:data:`~dlrlens.store.iceberg.table.TABLE_PROPERTIES`,
-        :data:`~dlrlens.store.iceberg.derived.DERIVED_TABLE_PROPERTIES`) it lacks (a table made
-        before them); how many. Setting them twice at once is harmless (same values)."""
+        """Set the properties of the table's kind (:data:`MAINTAINED_TABLES`) it lacks (a table
+        made before them); how many. Setting them twice at once is harmless (same values)."""
         missing = {name: value for name, value in self.properties.items()
                    if self._table.metadata.properties.get(name) != value}
         if missing:
