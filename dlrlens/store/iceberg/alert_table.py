@@ -44,12 +44,11 @@ from pathlib import Path
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, NoSuchTableError, ValidationException
-from pyiceberg.io.pyarrow import _dataframe_to_data_files  # what Table.overwrite writes with (pyiceberg <0.13)
 from pyiceberg.table import Table, TableProperties
 
 from dlrlens.store import files
 from dlrlens.store.alert_state import AlertState
-from dlrlens.store.iceberg.table import live_data_entries, namespaced_table, open_catalog
+from dlrlens.store.iceberg.table import live_data_entries, namespaced_table, open_catalog, upload_data_file
 
 log = logging.getLogger("dlrlens.store")
 
@@ -151,9 +150,8 @@ class SharedAlertState:
                         snapshot_properties={COMMITTER_KEY: self.committer or "?"}).overwrite() as overwrite:
                     for entry in live_data_entries(table):
                         overwrite.delete_data_file(entry.data_file)
-                    for data_file in _dataframe_to_data_files(table.metadata, data, table.io,
-                                                              write_uuid=overwrite.commit_uuid):
-                        overwrite.append_data_file(data_file)
+                    if data.num_rows:
+                        overwrite.append_data_file(upload_data_file(table, data, ROW_SCHEMA))
         except (CommitFailedException, ValidationException) as exc:
             self._table = None  # reload: pyiceberg's Table may hold its failed attempt's metadata
             raise Refused(_message(exc)) from None

@@ -42,7 +42,6 @@ import json
 import logging
 import random
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -52,15 +51,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, ValidationException
-from pyiceberg.io.pyarrow import parquet_file_to_data_file
 from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import UNPARTITIONED_PARTITION_SPEC, PartitionField, PartitionSpec
 from pyiceberg.table import Table
 from pyiceberg.transforms import DayTransform, IdentityTransform
 
 from dlrlens.store import files, sends
-from dlrlens.store.iceberg.table import arrow_schema_with_field_ids, iceberg_schema, live_data_entries, \
-    namespaced_table, open_catalog
+from dlrlens.store.iceberg.table import iceberg_schema, live_data_entries, namespaced_table, open_catalog, \
+    upload_data_file
 
 log = logging.getLogger("dlrlens.sync")
 
@@ -241,15 +239,10 @@ class IcebergSends:
             changed = changes(table)
             if not changed and not properties:
                 return 0
-            uploaded: list[str] = []
+            added: list[DataFile] = []
             try:
-                added = []
                 for partition, (rows, _) in changed.items():
-                    uri = f"{table.metadata.location.rstrip('/')}/data/{spec.directory(partition)}{uuid.uuid4().hex}.parquet"
-                    with table.io.new_output(uri).create() as remote:
-                        pq.write_table(rows.cast(arrow_schema_with_field_ids(spec.schema)), remote, compression="zstd")
-                    uploaded.append(uri)
-                    added.append(parquet_file_to_data_file(table.io, table.metadata, uri))
+                    added.append(upload_data_file(table, rows, spec.schema, spec.directory(partition)))
                 with table.transaction() as transaction:
                     if changed:
                         summary = {WRITER_KEY: f"{name}: {len(changed)}"}
@@ -263,7 +256,7 @@ class IcebergSends:
                         transaction.set_properties(properties)
             except (CommitFailedException, ValidationException) as exc:
                 # Certainly not committed (pyiceberg says so of these two): the uploads are no one's.
-                self._delete(table, uploaded)
+                self._delete(table, [data_file.file_path for data_file in added])
                 self.refusals += 1
                 log.info("event=send_table_commit_refused table=%s attempt=%d error=%r", name, attempt,
                          str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)

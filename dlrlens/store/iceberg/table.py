@@ -42,13 +42,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import uuid
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pyiceberg.catalog import PY_CATALOG_IMPL, Catalog, CatalogType, infer_catalog_type, load_catalog
 from pyiceberg.catalog.rest import SIGV4
 from pyiceberg.catalog.rest import RestCatalog as PyIcebergRestCatalog
 from pyiceberg.exceptions import NoSuchTableError
-from pyiceberg.manifest import DataFileContent, ManifestEntry
+from pyiceberg.io.pyarrow import parquet_file_to_data_file
+from pyiceberg.manifest import DataFile, DataFileContent, ManifestEntry
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -330,6 +333,18 @@ def arrow_schema_with_field_ids(schema: pa.Schema = layout.RECEIPT_SCHEMA) -> pa
     not written by pyiceberg."""
     return pa.schema([f.with_metadata({b"PARQUET:field_id": str(number).encode()})
                       for number, f in enumerate(schema, start=1)])
+
+
+def upload_data_file(table: Table, rows: pa.Table, schema: pa.Schema, folder: str = "") -> DataFile:
+    """``rows`` written as a new Parquet data file of ``table`` under ``<location>/data/<folder>``
+    (zstd, with the field ids of ``schema``, a flat contract schema whose ids are 1..n in its
+    order: :func:`arrow_schema_with_field_ids`), described for a commit; of a partitioned table,
+    the rows must share one partition (read from the file's statistics). Not committed: the
+    caller's commit adds it (or the orphan-file cleanup deletes it)."""
+    uri = f"{table.metadata.location.rstrip('/')}/data/{folder}{uuid.uuid4().hex}.parquet"
+    with table.io.new_output(uri).create() as remote:
+        pq.write_table(rows.cast(arrow_schema_with_field_ids(schema)), remote, compression="zstd")
+    return parquet_file_to_data_file(table.io, table.metadata, uri)
 
 
 def arrow_rows(table: pa.Table, name: str = RECEIPTS_TABLE) -> pa.Table:
